@@ -1,0 +1,3 @@
+from labelwise.cli import main
+
+main()

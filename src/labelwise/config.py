@@ -1,0 +1,285 @@
+"""Configs: YAML in, validated pydantic objects out.
+
+Every config has ``seed``, ``method``, ``data``, ``model`` and ``trainer``. Unknown keys, wrong types,
+missing files and out-of-range numbers are refused before any work with a :class:`ConfigError` whose
+message names the key (and suggests the closest valid key for a typo).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from labelwise.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthData(Section):
+    """A built-in dataset generated in memory (deterministic for its seed)."""
+
+    kind: Literal["shapes"] = "shapes"
+    n: int = Field(600, gt=0)
+    size: int = Field(32, ge=8)
+    dim: Literal[2, 3] = 2
+    num_classes: int = Field(3, ge=2, le=4)
+    noise: float = Field(0.3, ge=0)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    """Where the samples come from and how they are batched."""
+
+    path: Path | None = None
+    synth: SynthData | None = None
+    task: Literal["classification", "segmentation"] = "classification"
+    batch_size: int = Field(32, gt=0, description="global batch size, split over devices")
+    eval_batch_size: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.synth is None):
+            raise ValueError("give exactly one of data.path (an .npz file) or data.synth (a built-in dataset)")
+        return self
+
+
+class ModelConfig(Section):
+    """A network from the model registry; sizes left out are taken from the data."""
+
+    name: str = "resnet"
+    spatial_dims: Literal[2, 3] | None = None
+    in_channels: int | None = Field(None, gt=0)
+    out_channels: int | None = Field(None, gt=0)
+    channels: list[int] | None = None
+    layers: list[int] | None = None
+    norm: Literal["batch", "instance", "group"] = "batch"
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from labelwise.models import MODELS
+
+        return _check_choice(name, MODELS, "model")
+
+    @field_validator("channels", "layers")
+    @classmethod
+    def _positive(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and (not values or min(values) <= 0):
+            raise ValueError("must be a non-empty list of positive integers")
+        return values
+
+
+class OptimizerConfig(Section):
+    """Optimizer and learning-rate schedule."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class TrainerConfig(Section):
+    """How the engine runs: steps, checkpoints, devices, precision."""
+
+    max_steps: int = Field(gt=0)
+    checkpoint_every: int = Field(gt=0)
+    log_every: int = Field(10, gt=0)
+    val_every: int = Field(0, ge=0, description="0: validate only at the end")
+    devices: int = Field(1, gt=0)
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    gradient_clip: float | None = Field(1.0, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    num_workers: int = Field(0, ge=0)
+    deterministic: bool = True
+
+
+class MethodConfig(Section):
+    """The training recipe; ``method: supervised`` is short for ``method: {name: supervised}``.
+
+    Each method validates its own options (see ``labelwise.methods``)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from labelwise.methods import METHODS
+
+        return _check_choice(name, METHODS, "method")
+
+    def options(self) -> dict[str, Any]:
+        """The method's own options (everything but ``name``)."""
+        return dict(self.model_extra or {})
+
+
+class Config(Section):
+    """A whole run."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int
+    method: MethodConfig
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    trainer: TrainerConfig
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _method_options(self) -> Config:
+        from labelwise.methods import METHODS
+
+        options_model = METHODS[self.method.name].Options
+        try:
+            options_model(**self.method.options())
+        except ValidationError as err:
+            raise ConfigError(_format_errors(err, prefix="method", model=options_model)) from None
+        return self
+
+    def method_options(self) -> BaseModel:
+        """The validated options object of the configured method."""
+        from labelwise.methods import METHODS
+
+        return METHODS[self.method.name].Options(**self.method.options())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as written to ``config.yaml`` (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or a dict), apply ``key.sub=value`` overrides, validate, check files.
+
+    Relative data paths are resolved against the config file's folder first, then the working directory.
+    Raises :class:`ConfigError` with one line per problem, each naming the key."""
+    base_dir = None
+    if isinstance(source, dict):
+        raw: Any = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        base_dir = path.parent
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys (seed, method, data, model, trainer)")
+    raw = _apply_overrides(raw, overrides or [])
+    try:
+        config = Config(**raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, model=Config)) from None
+    _check_files(config, base_dir)
+    return config
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``trainer.max_steps=10`` sets raw['trainer']['max_steps'] = 10 (value parsed as YAML)."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. trainer.max_steps=100")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if isinstance(child, str) and part == "method":
+                child = {"name": child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node[part] = child
+            node = child
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    return raw
+
+
+def _check_files(config: Config, base_dir: Path | None) -> None:
+    path = config.data.path
+    if path is None:
+        return
+    candidates = [path] if path.is_absolute() else [p for p in (base_dir and base_dir / path, path) if p]
+    for candidate in candidates:
+        if candidate.is_file():
+            config.data.path = candidate.resolve()
+            return
+    raise ConfigError(f"data.path: file not found: {path}")
+
+
+# --- error messages ------------------------------------------------------------------------------
+
+
+def _check_choice(name: str, registry: dict[str, Any], what: str) -> str:
+    if name not in registry:
+        hint = _did_you_mean(name, registry)
+        raise ValueError(f"unknown {what} {name!r}{hint}; choose from {', '.join(sorted(registry))}")
+    return name
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc[:-1]``, following nested sections."""
+    for part in loc[:-1]:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        args = getattr(annotation, "__args__", None) or (annotation,)
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model
+
+
+def _format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line per problem: ``key.path: what is wrong`` (+ "did you mean" for unknown keys)."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "config"
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            owner = _model_at(model, loc)
+            hint = _did_you_mean(loc[-1], owner.model_fields) if owner else ""
+            lines.append(f"{key}: unknown key{hint}")
+        elif kind == "missing":
+            lines.append(f"{key}: required key is missing")
+        elif kind in ("value_error", "assertion_error"):
+            message = str(e.get("ctx", {}).get("error", e["msg"]))
+            lines.append(f"{key}: {message}")
+        else:
+            got = e.get("input")
+            shown = f", got {got!r}" if not isinstance(got, dict) else ""
+            lines.append(f"{key}: {e['msg'].lower()}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Datasets held in memory as arrays (built-in synthetic sets and ``.npz`` files)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from labelwise.errors import DataError
+
+if TYPE_CHECKING:
+    from labelwise.config import DataConfig
+
+
+class ArrayDataset(Dataset):
+    """Samples ``{"image": (C, *spatial) float32, "target": () int64 or (*spatial) int64, "index": ()}``."""
+
+    def __init__(self, image: np.ndarray, target: np.ndarray, indices: np.ndarray):
+        self.image = torch.from_numpy(np.ascontiguousarray(image[indices], dtype=np.float32))
+        self.target = torch.from_numpy(np.ascontiguousarray(target[indices]).astype(np.int64))
+        self.indices = torch.from_numpy(indices.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.image[i], "target": self.target[i], "index": self.indices[i]}
+
+
+@dataclass
+class DataBundle:
+    """The splits of one dataset and what a model needs to know about it."""
+
+    splits: dict[str, ArrayDataset]
+    task: str
+    num_classes: int
+    in_channels: int
+    spatial_dims: int
+    class_names: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> ArrayDataset:
+        """One split; a clear error when it is empty."""
+        if name not in self.splits or len(self.splits[name]) == 0:
+            raise DataError(f"the data has no samples in split {name!r} (splits: {sorted(self.splits)})")
+        return self.splits[name]
+
+
+def load_data(cfg: DataConfig) -> DataBundle:
+    """Generate (``data.synth``) or read (``data.path``, an ``.npz``) the dataset the config names.
+
+    An ``.npz`` holds ``image`` (N, C, *spatial), ``split`` (N,) of 'train'/'val'/'test', and ``label`` (N,)
+    for classification or ``mask`` (N, *spatial) for segmentation; optional ``class_names``."""
+    from labelwise.data.npz import load_npz
+    from labelwise.data.synth import make_shapes
+
+    target_key = "label" if cfg.task == "classification" else "mask"
+    if cfg.synth is not None:
+        arrays = make_shapes(**cfg.synth.model_dump(exclude={"kind"}))
+        source = f"built-in {cfg.synth.kind}"
+    else:
+        arrays = load_npz(cfg.path, required=("image", "split", target_key))
+        source = str(cfg.path)
+    image, target, split = arrays["image"], arrays[target_key], arrays["split"].astype(str)
+    if image.ndim not in (4, 5):
+        raise DataError(f"{source}: image must be (N, C, H, W) or (N, C, D, H, W), got shape {image.shape}")
+    if cfg.task == "segmentation" and target.shape[1:] != image.shape[2:]:
+        raise DataError(f"{source}: mask shape {target.shape} does not match image shape {image.shape}")
+    if cfg.task == "classification" and target.ndim != 1:
+        raise DataError(f"{source}: label must be (N,), got shape {target.shape}")
+    if target.min() < 0:
+        raise DataError(f"{source}: {target_key} has negative values")
+    class_names = [str(c) for c in arrays.get("class_names", [])]
+    num_classes = int(target.max()) + 1
+    if cfg.task == "classification":
+        num_classes = max(num_classes, len(class_names))
+    else:
+        num_classes = max(num_classes, len(class_names) + 1)
+    splits = {name: ArrayDataset(image, target, np.flatnonzero(split == name)) for name in ("train", "val", "test")}
+    unknown = sorted(set(np.unique(split)) - set(splits))
+    if unknown:
+        raise DataError(f"{source}: unknown split names {unknown}; expected train, val, test")
+    return DataBundle(
+        splits=splits,
+        task=cfg.task,
+        num_classes=num_classes,
+        in_channels=image.shape[1],
+        spatial_dims=image.ndim - 2,
+        class_names=class_names,
+    )

@@ -1,0 +1,111 @@
+"""Checkpoints: weights as safetensors plus trainer state, written atomically, loaded without unpickling code.
+
+Layout: ``checkpoints/step-000100/{model.safetensors, trainer_state.pt}`` and ``checkpoints/latest.json``
+pointing at the newest complete one. A checkpoint folder is filled under a temporary name and renamed into
+place; ``latest.json`` is replaced last, so a kill at any moment leaves the previous checkpoint intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from labelwise.errors import LabelwiseError
+from labelwise.io import atomic_write
+
+WEIGHTS = "model.safetensors"
+STATE = "trainer_state.pt"
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) random states as tensors and plain numbers."""
+    np_state = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def network_tensors(networks: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """All networks' state dicts in one flat mapping ``<network>.<key>``, on the CPU."""
+    return {
+        f"{name}.{key}": value.detach().to("cpu", copy=True).contiguous()
+        for name, net in networks.items()
+        for key, value in net.state_dict().items()
+    }
+
+
+def save_checkpoint(folder: Path, step: int, networks: dict[str, nn.Module], state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``folder/step-XXXXXX`` atomically, point ``latest.json`` at it, keep the newest ``keep``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    final = folder / name
+    tmp = folder / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(network_tensors(networks), str(tmp / WEIGHTS), metadata={"step": str(step)})
+    torch.save({**state, "step": step}, tmp / STATE)
+    for file in tmp.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write(folder / "latest.json", json.dumps({"step": step, "path": name}))
+    for old in sorted(folder.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint folder, or None."""
+    pointer = folder / "latest.json"
+    if not pointer.is_file():
+        return None
+    path = folder / json.loads(pointer.read_text())["path"]
+    return path if (path / WEIGHTS).is_file() and (path / STATE).is_file() else None
+
+
+def load_weights(path: Path, networks: dict[str, nn.Module]) -> None:
+    """Load ``model.safetensors`` (a checkpoint folder or the file itself) into the networks, strictly."""
+    file = path / WEIGHTS if path.is_dir() else path
+    if not file.is_file():
+        raise LabelwiseError(f"no weights at {file}")
+    tensors = load_file(str(file))
+    for name, net in networks.items():
+        prefix = f"{name}."
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing, unexpected = net.load_state_dict(own, strict=False)
+        if missing or unexpected:
+            raise LabelwiseError(
+                f"{file}: weights do not fit network {name!r} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint folder (plain tensors and numbers; never unpickles code)."""
+    return torch.load(path / STATE, map_location="cpu", weights_only=True)

@@ -1,0 +1,327 @@
+"""The one training loop: runs any Method on Lightning Fabric.
+
+Devices and data parallelism (``trainer.devices`` processes: gloo on CPU, NCCL on GPU), precision,
+deterministic seeding, gradient clipping, a non-finite-loss guard, atomic checkpoints and exact resume,
+progress, the metrics log and the end-of-run evaluation all live here, once, for every method.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric import Fabric
+from torch.utils.data import DataLoader
+
+import labelwise
+from labelwise.config import Config, save_config
+from labelwise.data import DataBundle, StepBatchSampler, load_data
+from labelwise.engine.checkpoint import latest_checkpoint, load_state, load_weights, rng_states, save_checkpoint, set_rng_states
+from labelwise.engine.progress import StepProgress
+from labelwise.engine.rundir import RunDir
+from labelwise.errors import ConfigError, LabelwiseError
+from labelwise.io import atomic_write
+from labelwise.methods import METHODS, Method
+
+N_SAMPLES = 8  # samples kept for the report
+
+
+class NonFiniteLossError(LabelwiseError):
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: ``status`` is completed, interrupted or failed (``message`` says why)."""
+
+    run_dir: Path
+    step: int
+    status: str
+    message: str
+    test: dict[str, float]
+    is_global_zero: bool = True
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the random draws (dropout, augmentation) of one step on one process: resuming at any step
+    reproduces them exactly, and processes draw differently."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+def learning_rate(config: Config, step: int) -> float:
+    """Learning rate at ``step``: linear warm-up, then constant or cosine decay to zero."""
+    opt, total = config.optimizer, config.trainer.max_steps
+    if opt.warmup_steps and step < opt.warmup_steps:
+        return opt.lr * (step + 1) / opt.warmup_steps
+    if opt.scheduler == "cosine":
+        progress = (step - opt.warmup_steps) / max(1, total - opt.warmup_steps)
+        return opt.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return opt.lr
+
+
+def build_optimizer(config: Config, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    opt = config.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(parameters, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+    return cls(parameters, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def make_fabric(config: Config) -> Fabric:
+    """A Fabric for the config's devices and precision; refuses combinations the machine cannot run."""
+    t = config.trainer
+    accelerator = t.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator: 'gpu' asked for but no CUDA device is visible")
+    if accelerator == "gpu" and t.devices > torch.cuda.device_count():
+        raise ConfigError(f"trainer.devices: {t.devices} asked for but {torch.cuda.device_count()} GPUs are visible")
+    if accelerator == "cpu" and t.precision == "16-mixed":
+        raise ConfigError("trainer.precision: 16-mixed needs a GPU; use bf16-mixed or 32-true on the CPU")
+    if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return Fabric(
+        accelerator=accelerator,
+        devices=t.devices,
+        strategy="ddp" if t.devices > 1 else "auto",
+        precision=t.precision,
+    )
+
+
+class Trainer:
+    """Runs one Method from a Config into a run directory."""
+
+    def __init__(self, config: Config, run_dir: str | Path, fabric: Fabric | None = None):
+        self.config = config
+        self.run = RunDir(run_dir)
+        self.fabric = fabric or make_fabric(config)
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def _setup(self, resume: bool) -> int:
+        cfg, fabric = self.config, self.fabric
+        fabric.launch()
+        fabric.seed_everything(cfg.seed, verbose=False)
+        if cfg.trainer.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.data: DataBundle = load_data(cfg.data)
+        self.method: Method = METHODS[cfg.method.name](cfg, self.data)
+        self.raw_networks = dict(self.method.networks)
+        self.start_step = 0
+        checkpoint = latest_checkpoint(self.run.checkpoints) if resume else None
+        if checkpoint is not None:
+            load_weights(checkpoint, self.raw_networks)
+        for name, net in self.raw_networks.items():
+            self.method.networks[name] = fabric.setup_module(net)
+        self.optimizer = fabric.setup_optimizers(build_optimizer(cfg, self.method.parameters()))
+        if checkpoint is not None:
+            state = load_state(checkpoint)
+            self.optimizer.load_state_dict(state["optimizer"])
+            set_rng_states(state["rng"])
+            self.start_step = int(state["step"])
+        if fabric.is_global_zero:
+            self.run.create()
+            if resume:
+                self.run.truncate_metrics(self.start_step)
+            else:
+                save_config(cfg, self.run.config)
+            self.run.update_summary(
+                name=cfg.name, status="running", step=self.start_step, max_steps=cfg.trainer.max_steps,
+                message="", labelwise_version=labelwise.__version__, world_size=fabric.world_size,
+            )
+        fabric.barrier()
+        return self.start_step
+
+    def _train_loader(self, start_step: int) -> DataLoader:
+        cfg, fabric = self.config, self.fabric
+        n_train, batch = len(self.data.split("train")), cfg.data.batch_size
+        if batch % fabric.world_size:
+            raise ConfigError(f"data.batch_size: {batch} is not divisible by trainer.devices={fabric.world_size}")
+        if batch > n_train:
+            raise ConfigError(f"data.batch_size: {batch} is larger than the training split ({n_train} samples)")
+        sampler = StepBatchSampler(
+            n_train, batch, cfg.trainer.max_steps, cfg.seed,
+            start_step=start_step, rank=fabric.global_rank, world=fabric.world_size,
+        )
+        loader = DataLoader(
+            self.data.split("train"), batch_sampler=sampler, num_workers=cfg.trainer.num_workers,
+            persistent_workers=False, pin_memory=fabric.device.type == "cuda",
+        )
+        return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``trainer.max_steps`` (from the last checkpoint if ``resume``), evaluate, save."""
+        cfg, fabric = self.config, self.fabric
+        start = self._setup(resume)
+        t = cfg.trainer
+        step = start
+        window_losses: dict[str, torch.Tensor] = {}
+        window_count = 0
+        first_bad = torch.tensor(-1, device=fabric.device)
+        started = time.perf_counter()
+        previous_sigterm = _sigterm_as_interrupt()
+        progress = StepProgress(t.max_steps, start, enabled=fabric.is_global_zero)
+        status, message = "completed", ""
+        try:
+            with progress:
+                for batch in self._train_loader(start):
+                    torch.manual_seed(step_seed(cfg.seed, step, fabric.global_rank))
+                    lr = learning_rate(cfg, step)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    for net in self.method.networks.values():
+                        net.train()
+                    losses = self.method.training_step(batch)
+                    loss = losses["loss"]
+                    self.optimizer.zero_grad(set_to_none=True)
+                    fabric.backward(loss)
+                    if t.gradient_clip:
+                        for net in self.method.networks.values():
+                            if any(p.requires_grad for p in net.parameters()):
+                                fabric.clip_gradients(net, self.optimizer, max_norm=t.gradient_clip, error_if_nonfinite=False)
+                    self.optimizer.step()
+                    step += 1
+                    finite = torch.isfinite(loss.detach())
+                    first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=fabric.device), first_bad)
+                    for key, value in losses.items():
+                        window_losses[key] = window_losses.get(key, 0.0) + value.detach().float()
+                    window_count += 1
+
+                    is_last = step == t.max_steps
+                    if step % t.log_every == 0 or is_last:
+                        self._check_finite(first_bad)
+                        record = self._log_train(step, window_losses, window_count, lr, started)
+                        progress.update(step, record["loss"])
+                        window_losses, window_count = {}, 0
+                    if t.val_every and step % t.val_every == 0 and not is_last:
+                        self._evaluate("val", step, started)
+                    if step % t.checkpoint_every == 0 or is_last:
+                        self._check_finite(first_bad)
+                        self._save(step)
+                    progress.update(step)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._check_finite(first_bad)
+            self._save(step)
+            message = f"interrupted at step {step}; continue with: labelwise train --resume {self.run.path}"
+        except NonFiniteLossError as err:
+            status, message = "failed", str(err)
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+        test: dict[str, float] = {}
+        if status == "completed":
+            self._evaluate("val", step, started)
+            test = self._evaluate("test", step, started, save_predictions=True)
+        if fabric.is_global_zero:
+            wall = time.perf_counter() - started
+            self.run.update_summary(status=status, step=step, message=message, test=test, wall_time_s=round(wall, 2))
+        fabric.barrier()
+        return TrainResult(self.run.path, step, status, message, test, fabric.is_global_zero)
+
+    # --- pieces of the loop --------------------------------------------------------------------
+
+    def _check_finite(self, first_bad: torch.Tensor) -> None:
+        """Stop every process if any saw a non-finite loss since the start; nothing after it is saved."""
+        bad = self.fabric.all_reduce(first_bad.float(), reduce_op="max")
+        if bad >= 0:
+            checkpoint = latest_checkpoint(self.run.checkpoints)
+            kept = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written before it"
+            raise NonFiniteLossError(
+                f"non-finite loss at step {int(bad)}; stopped ({kept}). Try a lower optimizer.lr, "
+                "trainer.gradient_clip, or check the data for NaN/inf values"
+            )
+
+    def _log_train(self, step: int, sums: dict[str, Any], count: int, lr: float, started: float) -> dict[str, Any]:
+        keys = sorted(sums)
+        stacked = torch.stack([torch.as_tensor(sums[k], device=self.fabric.device) for k in keys]) / count
+        mean = self.fabric.all_reduce(stacked, reduce_op="mean").tolist()
+        record: dict[str, Any] = {"step": step, "split": "train", "time": round(time.perf_counter() - started, 3), "lr": lr}
+        for key, value in zip(keys, mean):
+            record["loss" if key == "loss" else f"loss/{key}"] = value
+        if self.fabric.is_global_zero:
+            self.run.append_metrics(record)
+        return record
+
+    def _save(self, step: int) -> None:
+        if self.fabric.is_global_zero:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": {"name": self.config.optimizer.scheduler, "last_step": step},
+                "rng": rng_states(),
+                "world_size": self.fabric.world_size,
+            }
+            save_checkpoint(self.run.checkpoints, step, self.raw_networks, state, keep=self.config.trainer.keep_checkpoints)
+            self.run.update_summary(step=step)
+        self.fabric.barrier()
+
+    @torch.no_grad()
+    def predict_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, targets and images of a whole split, on the CPU (every process computes all of it)."""
+        dataset = self.data.split(split)
+        for net in self.method.networks.values():
+            net.eval()
+        outputs = []
+        bs = self.config.data.eval_batch_size
+        for start in range(0, len(dataset), bs):
+            image = dataset.image[start : start + bs].to(self.fabric.device)
+            outputs.append(self.method.predict(image).float().cpu())
+        return torch.cat(outputs), dataset.target, dataset.image[:N_SAMPLES]
+
+    def _evaluate(self, split: str, step: int, started: float, save_predictions: bool = False) -> dict[str, float]:
+        if split not in self.data.splits or len(self.data.splits[split]) == 0:
+            return {}
+        outputs, target, images = self.predict_split(split)
+        metrics, predictions = self.method.evaluate(outputs, target)
+        if self.fabric.is_global_zero:
+            self.run.append_metrics({"step": step, "split": split, "time": round(time.perf_counter() - started, 3), **metrics})
+            if save_predictions:
+                arrays = {k: v.cpu().numpy() for k, v in predictions.items()}
+                _save_npz(self.run.predictions / f"{split}.npz", arrays)
+                samples = {
+                    "image": images.numpy(),
+                    "target": arrays["target"][:N_SAMPLES],
+                    "prediction": arrays["prediction"][:N_SAMPLES],
+                    "task": np.array(self.data.task),
+                    "class_names": np.array(self.data.class_names, dtype=str),
+                }
+                _save_npz(self.run.predictions / "samples.npz", samples)
+        return metrics
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Treat SIGTERM (a scheduler's pre-emption) like Ctrl-C: checkpoint and stop cleanly."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return signal.getsignal(signal.SIGTERM)
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train ``config`` into ``run_dir`` (continuing from its last checkpoint if ``resume``)."""
+    return Trainer(config, run_dir).fit(resume=resume)
+
+
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "learning_rate", "step_seed", "train"]

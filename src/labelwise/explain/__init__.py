@@ -1,0 +1,1 @@
+"""Visual explanations (Grad-CAM family) and their metrics; arrives with the explanations capability."""

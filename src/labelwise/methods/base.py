@@ -1,0 +1,77 @@
+"""The Method interface: what a training recipe defines; the engine (``labelwise.engine``) runs it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from labelwise.metrics import classification as cls_metrics
+from labelwise.metrics import segmentation as seg_metrics
+
+if TYPE_CHECKING:
+    from labelwise.config import Config
+    from labelwise.data import DataBundle
+
+
+class NoOptions(BaseModel):
+    """A method without options of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Method:
+    """A training recipe: owns its networks, defines one training step and how to predict.
+
+    Subclasses set ``name`` and ``Options`` (a pydantic model of ``method:`` keys), build their networks in
+    ``__init__`` and register them in ``self.networks`` (saved in checkpoints, wrapped by the engine for
+    devices and data parallelism), and implement :meth:`training_step`."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, config: Config, data: DataBundle):
+        self.config = config
+        self.options: Any = config.method_options()
+        self.data = data
+        self.networks: dict[str, nn.Module] = {}
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of all networks (what the default optimizer updates)."""
+        return [p for net in self.networks.values() for p in net.parameters() if p.requires_grad]
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses of one batch: ``"loss"`` is minimised; other entries are logged as ``loss/<key>``."""
+        raise NotImplementedError
+
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)`` (classification) or ``(B, K, *spatial)`` (segmentation) for a batch of images."""
+        raise NotImplementedError
+
+    def evaluate(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Metrics of a whole split and its per-sample predictions, from stacked logits and targets."""
+        k = self.data.num_classes
+        if self.data.task == "classification":
+            probability = outputs.float().softmax(dim=1)
+            prediction = probability.argmax(dim=1)
+            metrics = {
+                "accuracy": cls_metrics.accuracy(prediction, target),
+                "balanced_accuracy": cls_metrics.balanced_accuracy(prediction, target, k),
+                "macro_f1": cls_metrics.macro_f1(prediction, target, k),
+                "loss": nn.functional.cross_entropy(outputs.float(), target),
+            }
+            predictions = {"prediction": prediction, "probability": probability, "target": target}
+        else:
+            prediction = outputs.argmax(dim=1)
+            per_class = seg_metrics.dice(prediction, target, num_classes=k)
+            metrics = {"dice": torch.nanmean(per_class)}
+            for c in range(per_class.shape[1]):
+                metrics[f"dice/{self._class_name(c + 1)}"] = torch.nanmean(per_class[:, c])
+            predictions = {"prediction": prediction, "target": target}
+        return {key: float(value) for key, value in metrics.items()}, predictions
+
+    def _class_name(self, segment_class: int) -> str:
+        names = self.data.class_names
+        return names[segment_class - 1] if segment_class - 1 < len(names) else str(segment_class)

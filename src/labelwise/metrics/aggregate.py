@@ -1,0 +1,64 @@
+"""Summaries of per-sample (or per-run) metric values: mean ± std and bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["bootstrap_ci", "mean_std"]
+
+_CHUNK_ELEMENTS = 1 << 24  # resampled values held at once by bootstrap_ci (bounded memory)
+
+
+def _as_numpy(values: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def mean_std(values: torch.Tensor | np.ndarray | Sequence[float], ddof: int = 1) -> tuple[float, float]:
+    """Mean and standard deviation (``ddof=1``: sample std) of ``values`` (any shape, flattened), ignoring nan.
+
+    Nan when no value is left (mean and std) or fewer than ``ddof + 1`` are (std)."""
+    x = _as_numpy(values)
+    x = x[~np.isnan(x)]
+    mean = float(x.mean()) if x.size else math.nan
+    std = float(x.std(ddof=ddof)) if x.size > ddof else math.nan
+    return mean, std
+
+
+def bootstrap_ci(
+    values: torch.Tensor | np.ndarray | Sequence[float],
+    statistic: Callable[..., np.ndarray] = np.mean,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval ``(low, high)`` of ``statistic`` over ``values`` (N,).
+
+    Nan values are dropped first. ``statistic`` is called as ``statistic(samples, axis=-1)`` on a
+    (resamples, N) array (numpy's convention, like ``np.mean``/``np.median``). All resample indices of a
+    chunk are drawn at once (no loop over resamples); deterministic for ``seed``. ``(nan, nan)`` for no
+    values; a single value gives ``(value, value)``."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be positive, got {n_resamples}")
+    x = _as_numpy(values)
+    x = x[~np.isnan(x)]
+    n = x.size
+    if n == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK_ELEMENTS // n)
+    stats = np.concatenate([
+        np.asarray(statistic(x[rng.integers(0, n, size=(min(rows, n_resamples - start), n))], axis=-1),
+                   dtype=np.float64).reshape(-1)
+        for start in range(0, n_resamples, rows)
+    ])
+    alpha = (1 - level) / 2
+    low, high = np.nanquantile(stats, [alpha, 1 - alpha])
+    return float(low), float(high)

@@ -1,0 +1,145 @@
+"""Segmentation overlap metrics (Dice, IoU) in pure torch, for 2D and 3D, vectorised over the batch.
+
+Predictions and targets come in one of two forms, both the same form:
+
+* integer label maps ``(B, *spatial)`` with values in ``[0, num_classes)``; pass ``num_classes``;
+* binary or one-hot masks ``(B, K, *spatial)``; leave ``num_classes=None``. Bool and integer masks are
+  counted exactly; floating masks are used as they are (probabilities give the *soft* Dice, so binarise
+  first for the usual hard score).
+
+Channel/class 0 is the background; ``include_background=False`` drops it from the result (except for a
+single-channel mask ``(B, 1, *spatial)``, whose only channel is the foreground, as in MONAI).
+
+Spacing: on a regular grid every voxel has the same volume, so physical voxel sizes cancel in the
+overlap ratios: Dice and IoU are spacing-invariant. ``spacing`` is accepted (and checked) only so that
+calls look the same as for distance-based metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["dice", "iou", "mean_dice", "mean_iou", "one_hot"]
+
+
+def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Label map ``(B, *spatial)`` int -> one-hot ``(B, K, *spatial)`` of ``dtype``."""
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"one_hot expects an integer label map, got dtype {labels.dtype}")
+    _check_range(labels, num_classes, "labels")
+    classes = torch.arange(num_classes, device=labels.device).view(1, num_classes, *([1] * (labels.ndim - 1)))
+    return (labels.unsqueeze(1) == classes).to(dtype)
+
+
+def dice(
+    pred: Tensor,
+    target: Tensor,
+    num_classes: int | None = None,
+    include_background: bool = False,
+    spacing: Sequence[float] | None = None,
+    empty: float = math.nan,
+) -> Tensor:
+    """Per-sample, per-class Dice ``2|P∩T| / (|P| + |T|)``, float32 ``(B, K')``.
+
+    ``K' = K - 1`` without the background, ``K`` with it. Where prediction and target are both empty for a
+    class the score is ``empty`` (default nan, so that a nanmean skips it); an empty target with a
+    non-empty prediction scores 0. Dice is spacing-invariant (see the module docstring)."""
+    inter, p, t = _overlaps(pred, target, num_classes, include_background, spacing)
+    total = p + t
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-12), torch.full_like(total, empty))
+
+
+def iou(
+    pred: Tensor,
+    target: Tensor,
+    num_classes: int | None = None,
+    include_background: bool = False,
+    spacing: Sequence[float] | None = None,
+    empty: float = math.nan,
+) -> Tensor:
+    """Per-sample, per-class IoU (Jaccard) ``|P∩T| / |P∪T|``, float32 ``(B, K')``; arguments as :func:`dice`."""
+    inter, p, t = _overlaps(pred, target, num_classes, include_background, spacing)
+    union = p + t - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.full_like(union, empty))
+
+
+def mean_dice(
+    pred: Tensor,
+    target: Tensor,
+    num_classes: int | None = None,
+    include_background: bool = False,
+    spacing: Sequence[float] | None = None,
+    empty: float = math.nan,
+) -> Tensor:
+    """Mean of :func:`dice` over samples and classes, ignoring nan; 0-d tensor (nan if nothing is left)."""
+    return torch.nanmean(dice(pred, target, num_classes, include_background, spacing, empty))
+
+
+def mean_iou(
+    pred: Tensor,
+    target: Tensor,
+    num_classes: int | None = None,
+    include_background: bool = False,
+    spacing: Sequence[float] | None = None,
+    empty: float = math.nan,
+) -> Tensor:
+    """Mean of :func:`iou` over samples and classes, ignoring nan; 0-d tensor (nan if nothing is left)."""
+    return torch.nanmean(iou(pred, target, num_classes, include_background, spacing, empty))
+
+
+def _overlaps(
+    pred: Tensor, target: Tensor, num_classes: int | None, include_background: bool, spacing: Sequence[float] | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``|P∩T|``, ``|P|``, ``|T|`` per sample and class, each float32 ``(B, K')``."""
+    pred = torch.as_tensor(pred)
+    target = torch.as_tensor(target, device=pred.device)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    if num_classes is not None:  # integer label maps (B, *spatial)
+        if pred.is_floating_point() or target.is_floating_point():
+            raise TypeError("with num_classes, pass integer label maps (B, *spatial); "
+                            "for one-hot or binary masks (B, K, *spatial) leave num_classes=None")
+        if pred.ndim < 2:
+            raise ValueError(f"label maps must be (B, *spatial), got shape {tuple(pred.shape)}")
+        k = int(num_classes)
+        _check_range(pred, k, "prediction")
+        _check_range(target, k, "target")
+        _check_spacing(spacing, pred.ndim - 1)
+        b = pred.shape[0]
+        sample = torch.arange(b, device=pred.device).view(b, *([1] * (pred.ndim - 1)))
+        index = ((sample * k + target.long()) * k + pred.long()).reshape(-1)
+        cm = torch.bincount(index, minlength=b * k * k).reshape(b, k, k)  # (B, true, predicted)
+        inter, p, t = cm.diagonal(dim1=1, dim2=2), cm.sum(dim=1), cm.sum(dim=2)
+    else:  # binary / one-hot masks (B, K, *spatial)
+        if pred.ndim < 3:
+            raise ValueError(f"masks must be (B, K, *spatial), got shape {tuple(pred.shape)}; "
+                             "for label maps (B, *spatial) pass num_classes")
+        _check_spacing(spacing, pred.ndim - 2)
+        if pred.is_floating_point() or target.is_floating_point():
+            pf, tf = pred.float(), target.float()
+            inter, p, t = (pf * tf).flatten(2).sum(2), pf.flatten(2).sum(2), tf.flatten(2).sum(2)
+        else:
+            pb, tb = pred != 0, target != 0
+            inter, p, t = (pb & tb).flatten(2).sum(2), pb.flatten(2).sum(2), tb.flatten(2).sum(2)
+        k = pred.shape[1]
+    first = 0 if include_background or k == 1 else 1
+    return inter[:, first:].float(), p[:, first:].float(), t[:, first:].float()
+
+
+def _check_range(labels: Tensor, num_classes: int, what: str) -> None:
+    if labels.numel() == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{what} values must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
+
+
+def _check_spacing(spacing: Sequence[float] | None, spatial_dims: int) -> None:
+    if spacing is None:
+        return
+    values = [float(s) for s in spacing]
+    if len(values) != spatial_dims or not all(s > 0 for s in values):
+        raise ValueError(f"spacing must be {spatial_dims} positive numbers (one per spatial axis), got {spacing!r}")

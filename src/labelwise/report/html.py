@@ -1,0 +1,214 @@
+"""Build a run's self-contained HTML report from its run directory alone (see docs/run-directory.md)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import warnings
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import yaml
+
+import labelwise
+from labelwise.io import atomic_write
+from labelwise.report.figures import _RESERVED, _number, loss_curves_png, samples_png
+
+# Metrics whose name contains one of these are better when lower; every other metric when higher.
+LOWER_IS_BETTER = ("loss", "error", "hausdorff", "hd95", "ece", "nll", "brier", "mae", "mse", "rmse")
+
+
+def fmt(value: Any) -> str:
+    """A number for display: integers as is, floats with 4 significant digits, '—' when absent."""
+    if value is None or isinstance(value, bool):
+        return "—" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _duration(seconds: Any) -> str | None:
+    """Seconds as '1h 02m 03s' / '2m 03s' / '4.2s'; None when not a number."""
+    seconds = _number(seconds)
+    if seconds is None:
+        return None
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def read_metrics(path: Path, notes: list[str]) -> list[dict] | None:
+    """The JSON lines of ``path`` (None if missing); malformed lines are skipped and noted in ``notes``."""
+    if not path.is_file():
+        return None
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            notes.append(f"metrics.jsonl line {number}: skipped, not valid JSON ({exc})")
+            continue
+        if not isinstance(record, dict):
+            notes.append(f"metrics.jsonl line {number}: skipped, not a JSON object")
+            continue
+        records.append(record)
+    return records
+
+
+def _lower_is_better(name: str) -> bool:
+    return any(word in name.lower() for word in LOWER_IS_BETTER)
+
+
+def metric_rows(records: list[dict], test: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric: final test value, best val value and its step, last val value."""
+    val = [r for r in records if r.get("split") == "val"]
+    names: dict[str, None] = {}
+    for record in val:
+        for key in record:
+            if key not in _RESERVED:
+                names.setdefault(key, None)
+    for key in test:
+        names.setdefault(key, None)
+    rows = []
+    for name in names:
+        points = [(r.get("step"), _number(r.get(name))) for r in val]
+        points = [(step, value) for step, value in points if value is not None]
+        best = None
+        if points:
+            # ties go to the earliest step
+            best = min(points, key=lambda p: p[1]) if _lower_is_better(name) else max(points, key=lambda p: p[1])
+        rows.append({
+            "name": name,
+            "test": _number(test.get(name)),
+            "best": best[1] if best else None,
+            "best_step": best[0] if best else None,
+            "last": points[-1][1] if points else None,
+            "lower_is_better": _lower_is_better(name),
+        })
+    return rows
+
+
+def _test_metrics(summary: dict | None, records: list[dict]) -> dict[str, Any]:
+    """Test metrics from summary.json, else from the last test line of metrics.jsonl."""
+    if summary and isinstance(summary.get("test"), dict) and summary["test"]:
+        return summary["test"]
+    tests = [r for r in records if r.get("split") == "test"]
+    return {k: v for k, v in tests[-1].items() if k not in _RESERVED} if tests else {}
+
+
+def _load_samples(path: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
+    """The arrays of predictions/samples.npz (no pickles), or None with a note when unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        notes.append(f"predictions/samples.npz could not be read: {exc}")
+        return None
+
+
+def _figure(name: str, draw, data, run_dir: Path, notes: list[str]) -> dict[str, str] | None:
+    """Draw one figure, save it to ``run_dir/figures/<name>.png`` and return it for embedding; a figure that
+    fails is noted rather than failing the whole report."""
+    try:
+        png = draw(data)
+    except Exception as exc:  # noqa: BLE001 - the report must still be written after a training run
+        warnings.warn(f"report figure {name} failed: {exc!r}", stacklevel=2)
+        notes.append(f"figure {name}.png could not be drawn: {type(exc).__name__}: {exc}")
+        return None
+    if png is None:
+        return None
+    atomic_write(run_dir / "figures" / f"{name}.png", png)
+    return {"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "file": f"figures/{name}.png"}
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("labelwise", "report/templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = fmt
+    return env
+
+
+def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
+    """Write ``run_dir``'s report (figures to ``run_dir/figures/``, one self-contained HTML page to ``out`` or
+    ``run_dir/report.html``) and return the page's path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist (expected a folder written by labelwise train)")
+    out = Path(out) if out is not None else run_dir / "report.html"
+    notes: list[str] = []
+
+    summary = None
+    if (run_dir / "summary.json").is_file():
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+            if not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            notes.append(f"summary.json could not be read: {exc}")
+            summary = None
+
+    config_text, config = None, {}
+    if (run_dir / "config.yaml").is_file():
+        config_text = (run_dir / "config.yaml").read_text(errors="replace")
+        try:
+            config = yaml.safe_load(config_text) or {}
+        except yaml.YAMLError as exc:
+            notes.append(f"config.yaml is not valid YAML: {exc}")
+        config = config if isinstance(config, dict) else {}
+
+    records = read_metrics(run_dir / "metrics.jsonl", notes)
+    all_records = records or []
+    train = [r for r in all_records if r.get("split") == "train"]
+    last_train = train[-1] if train else None
+    train_rows = [(k, v) for k, v in last_train.items() if k not in _RESERVED] if last_train else []
+
+    samples_path = run_dir / "predictions" / "samples.npz"
+    samples = _load_samples(samples_path, notes) if samples_path.is_file() else None
+    figures = {
+        "loss_curves": _figure("loss_curves", loss_curves_png, all_records, run_dir, notes) if train else None,
+        "samples": _figure("samples", samples_png, samples, run_dir, notes) if samples else None,
+    }
+
+    s = summary or {}
+    context = {
+        "name": str(s.get("name") or config.get("name") or run_dir.resolve().name),
+        "status": str(s.get("status") or "unknown"),
+        "message": s.get("message") or None,
+        "summary": summary,
+        "step": s.get("step"),
+        "max_steps": s.get("max_steps"),
+        "wall_time": _duration(s.get("wall_time_s")),
+        "trained_with": s.get("labelwise_version"),
+        "metrics_missing": records is None,
+        "metric_rows": metric_rows(all_records, _test_metrics(summary, all_records)),
+        "last_train": last_train,
+        "train_rows": train_rows,
+        "figures": figures,
+        "samples_missing": not samples_path.is_file(),
+        "config_text": config_text,
+        "notes": notes,
+        "version": labelwise.__version__,
+        "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "run_dir": str(run_dir),
+    }
+    html = _environment().get_template("report.html.j2").render(**context)
+    return atomic_write(out, html)
+
+
+__all__ = ["build_report", "fmt", "metric_rows", "read_metrics"]

@@ -1,0 +1,100 @@
+"""The engine in one process: run directory contents, non-finite guard, checkpoints, learning rate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from labelwise.config import load_config
+from labelwise.engine import train
+from labelwise.engine.checkpoint import latest_checkpoint, load_state
+from labelwise.engine.trainer import learning_rate
+from labelwise.methods import METHODS
+from labelwise.methods.supervised import Supervised
+
+
+def test_run_directory_holds_everything(tmp_path, tiny_config):
+    result = train(load_config(tiny_config), tmp_path / "run")
+    run = tmp_path / "run"
+    assert result.status == "completed" and result.step == 6
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "predictions", "figures"} <= {
+        p.name for p in run.iterdir()
+    }
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    test = [r for r in records if r["split"] == "test"]
+    assert len(test) == 1 and 0 <= test[0]["accuracy"] <= 1
+    predictions = np.load(run / "predictions" / "test.npz")
+    assert predictions["probability"].shape[1] == 3
+    np.testing.assert_allclose(predictions["probability"].sum(1), 1, atol=1e-5)
+    assert test[0]["accuracy"] == pytest.approx((predictions["prediction"] == predictions["target"]).mean())
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000003", "step-000006"]
+    state = load_state(latest_checkpoint(run / "checkpoints"))  # weights_only=True inside
+    assert state["step"] == 6 and "optimizer" in state and "rng" in state
+    assert json.loads((run / "summary.json").read_text())["test"]["accuracy"] == test[0]["accuracy"]
+    # The resolved config reloads to the same config.
+    assert load_config(run / "config.yaml").to_dict() == load_config(tiny_config).to_dict()
+
+
+class NanAfterFour(Supervised):
+    """Supervised, but the loss turns NaN at the 5th step."""
+
+    name = "nan_after_four"
+
+    def __init__(self, config, data):
+        super().__init__(config, data)
+        self.calls = 0
+
+    def training_step(self, batch):
+        self.calls += 1
+        losses = super().training_step(batch)
+        if self.calls >= 5:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setitem(METHODS, "nan_after_four", NanAfterFour)
+    tiny_config["method"] = "nan_after_four"
+    tiny_config["trainer"].update(max_steps=20, checkpoint_every=2, log_every=10)
+    result = train(load_config(tiny_config), tmp_path / "run")
+    assert result.status == "failed"
+    assert "non-finite loss at step 5" in result.message and "step-000004" in result.message
+    checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert checkpoint.name == "step-000004"
+    assert all(torch.isfinite(t).all() for t in load_file(str(checkpoint / "model.safetensors")).values())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "non-finite" in summary["message"]
+
+
+def test_segmentation_run(tmp_path, tiny_config):
+    tiny_config["data"]["task"] = "segmentation"
+    tiny_config["model"] = {"name": "unet", "channels": [4, 8], "norm": "instance"}
+    result = train(load_config(tiny_config), tmp_path / "run")
+    assert result.status == "completed"
+    assert 0 <= result.test["dice"] <= 1
+    samples = np.load(tmp_path / "run" / "predictions" / "samples.npz")
+    assert samples["prediction"].shape == samples["image"].shape[:1] + samples["image"].shape[2:]
+    assert str(samples["task"]) == "segmentation"
+
+
+def test_classifier_for_segmentation_is_refused(tmp_path, tiny_config):
+    from labelwise.errors import ConfigError
+
+    tiny_config["data"]["task"] = "segmentation"
+    with pytest.raises(ConfigError, match="model.name: 'resnet10' is a classification network"):
+        train(load_config(tiny_config), tmp_path / "run")
+
+
+def test_learning_rate_schedule(tiny_config):
+    tiny_config["optimizer"] = {"lr": 1.0, "scheduler": "cosine", "warmup_steps": 2}
+    tiny_config["trainer"]["max_steps"] = 12
+    config = load_config(tiny_config)
+    lrs = [learning_rate(config, s) for s in range(12)]
+    assert lrs[:2] == [0.5, 1.0]
+    assert lrs[2] == pytest.approx(1.0) and lrs[7] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))

@@ -1,0 +1,112 @@
+"""Config validation: bad configs fail before any work, exit 2, one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import SMOKE, run_cli
+from labelwise.cli import main
+from labelwise.config import load_config
+from labelwise.errors import ConfigError
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _smoke() -> dict:
+    return yaml.safe_load(SMOKE.read_text())
+
+
+def _cli_error(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_smoke_config_is_valid():
+    config = load_config(SMOKE)
+    assert config.method.name == "supervised"
+    assert config.trainer.max_steps > 0 and config.trainer.checkpoint_every > 0
+    assert config.data.synth is not None
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path, capsys):
+    raw = _smoke()
+    raw["trainer"]["max_stpes"] = raw["trainer"].pop("max_steps")
+    err = _cli_error(["train", str(_write(tmp_path, raw))], capsys)
+    assert "trainer.max_stpes: unknown key (did you mean 'max_steps'?)" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_top_level_key_and_unknown_method(tmp_path):
+    raw = _smoke()
+    raw["sed"] = 3
+    raw["method"] = "supervized"
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, raw))
+    message = str(err.value)
+    assert "sed: unknown key (did you mean 'seed'?)" in message
+    assert "unknown method 'supervized' (did you mean 'supervised'?)" in message
+
+
+def test_wrong_type_names_key_and_value(tmp_path, capsys):
+    raw = _smoke()
+    raw["trainer"]["max_steps"] = "many"
+    err = _cli_error(["train", str(_write(tmp_path, raw))], capsys)
+    assert "trainer.max_steps:" in err and "'many'" in err and "integer" in err
+
+
+def test_missing_data_file(tmp_path, capsys):
+    raw = _smoke()
+    raw["data"] = {"path": "nowhere/shapes.npz", "task": "classification"}
+    err = _cli_error(["train", str(_write(tmp_path, raw))], capsys)
+    assert "data.path: file not found: nowhere/shapes.npz" in err
+
+
+def test_negative_step_count(tmp_path, capsys):
+    raw = _smoke()
+    raw["trainer"]["max_steps"] = -5
+    err = _cli_error(["train", str(_write(tmp_path, raw))], capsys)
+    assert "trainer.max_steps: input should be greater than 0, got -5" in err
+
+
+def test_method_option_typo(tmp_path):
+    raw = _smoke()
+    raw["method"] = {"name": "supervised", "los": "dice_ce"}
+    with pytest.raises(ConfigError, match=r"method\.los: unknown key \(did you mean 'loss'\?\)"):
+        load_config(_write(tmp_path, raw))
+
+
+def test_set_overrides_and_their_errors(tmp_path):
+    config = load_config(SMOKE, ["trainer.max_steps=7", "optimizer.lr=0.1", "method.loss=cross_entropy"])
+    assert config.trainer.max_steps == 7 and config.optimizer.lr == 0.1
+    assert config.method_options().loss == "cross_entropy"
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(SMOKE, ["trainer.max_steps"])
+    with pytest.raises(ConfigError, match=r"trainer\.devicez: unknown key \(did you mean 'devices'\?\)"):
+        load_config(SMOKE, ["trainer.devicez=2"])
+
+
+def test_both_or_neither_data_source(tmp_path):
+    raw = _smoke()
+    raw["data"]["path"] = str(SMOKE)
+    with pytest.raises(ConfigError, match="exactly one of data.path"):
+        load_config(_write(tmp_path, raw))
+
+
+def test_cli_bad_config_in_a_fresh_process_has_no_traceback(tmp_path):
+    raw = _smoke()
+    raw["trainer"]["checkpoint_evry"] = 5
+    result = run_cli("train", str(_write(tmp_path, raw)))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: trainer.checkpoint_evry: unknown key (did you mean 'checkpoint_every'?)"
+    ]
