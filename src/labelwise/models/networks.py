@@ -23,9 +23,27 @@ Builder = Callable[["ModelConfig", int, int, int], nn.Module]
 
 def _norm(cfg: ModelConfig, channels: list[int]) -> str | tuple:
     """MONAI norm argument; group norm uses up to 8 groups, as many as divide every width."""
+    if cfg.norm == "instance":
+        return ("instance", {"affine": True})
     if cfg.norm != "group":
         return cfg.norm
     return ("group", {"num_groups": math.gcd(8, *channels)})
+
+
+def _replace_batch_norm(net: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """Swap every BatchNorm layer of ``net`` for the configured group or instance norm, in place."""
+    for name, child in net.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            c = child.num_features
+            if cfg.norm == "group":
+                replacement: nn.Module = nn.GroupNorm(math.gcd(8, c), c)
+            else:
+                instance = {nn.BatchNorm1d: nn.InstanceNorm1d, nn.BatchNorm2d: nn.InstanceNorm2d}.get(type(child), nn.InstanceNorm3d)
+                replacement = instance(c, affine=True)
+            setattr(net, name, replacement)
+        else:
+            _replace_batch_norm(child, cfg)
+    return net
 
 
 def _resnet(default_layers: list[int]) -> Builder:
@@ -36,7 +54,7 @@ def _resnet(default_layers: list[int]) -> Builder:
         layers = cfg.layers or default_layers
         if len(channels) != 4 or len(layers) != 4:
             raise ConfigError("model.channels and model.layers: a ResNet needs 4 values each (one per stage)")
-        return nets.ResNet(
+        net = nets.ResNet(
             block="basic",
             layers=layers,
             block_inplanes=channels,
@@ -48,6 +66,8 @@ def _resnet(default_layers: list[int]) -> Builder:
             no_max_pool=True,
             norm=_norm(cfg, channels),
         )
+        # MONAI 1.6's ResNet applies ``norm`` to its stem only; the residual stages keep BatchNorm.
+        return _replace_batch_norm(net, cfg) if cfg.norm != "batch" else net
 
     return build
 
