@@ -34,6 +34,10 @@ class NotBuiltYet(Exception):
     """A command whose capability has not landed yet."""
 
 
+def _test_line(test: dict[str, float]) -> str:
+    return "  test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if "/" not in k)
+
+
 def _not_built(command: str, issue: str) -> None:
     raise NotBuiltYet(f"labelwise {command} is not built yet: it arrives with the issue '{issue}'.")
 
@@ -79,7 +83,7 @@ def train(
         if result.message:
             typer.echo(f"  {result.message}", err=True)
         if result.test:
-            typer.echo("  test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items() if "/" not in k), err=True)
+            typer.echo(_test_line(result.test), err=True)
     if result.status != "completed":
         raise typer.Exit(1)
 
@@ -102,11 +106,15 @@ def demo(
     out: Annotated[Path, typer.Option(help="folder for the demo runs")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="a much shorter run (for tests)")] = False,
 ) -> None:
-    """Generate a small dataset, train, evaluate and write runs/demo/report.html (a few minutes on a CPU)."""
+    """Generate a small dataset, train, evaluate and write runs/demo/report.html (about a minute on a CPU)."""
+    import json
+
     from labelwise.demo import run_demo
 
     for path in run_demo(out, quick=quick):
-        typer.echo(f"report: {path}")
+        summary = json.loads((path.parent / "summary.json").read_text())
+        typer.echo(f"{summary['name']}: {summary['status']} in {summary.get('wall_time_s', '?')} s; report {path}")
+        typer.echo(_test_line(summary.get("test", {})))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -81,8 +81,9 @@ def save_checkpoint(folder: Path, step: int, networks: dict[str, nn.Module], sta
     return final
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
+def latest_checkpoint(folder: str | Path) -> Path | None:
     """The newest complete checkpoint folder, or None."""
+    folder = Path(folder)
     pointer = folder / "latest.json"
     if not pointer.is_file():
         return None
@@ -90,8 +91,9 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return path if (path / WEIGHTS).is_file() and (path / STATE).is_file() else None
 
 
-def load_weights(path: Path, networks: dict[str, nn.Module]) -> None:
+def load_weights(path: str | Path, networks: dict[str, nn.Module]) -> None:
     """Load ``model.safetensors`` (a checkpoint folder or the file itself) into the networks, strictly."""
+    path = Path(path)
     file = path / WEIGHTS if path.is_dir() else path
     if not file.is_file():
         raise LabelwiseError(f"no weights at {file}")

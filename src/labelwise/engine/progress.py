@@ -18,7 +18,8 @@ class StepProgress:
         self.console = Console(stderr=True)
         self.live = enabled and self.console.is_terminal
         self.loss: float | None = None
-        self._next_line = start
+        self._next_line = start + 1
+        self._last_printed = -1
         self._t0 = time.perf_counter()
         self._bar: Progress | None = None
 
@@ -41,10 +42,11 @@ class StepProgress:
         shown = f"{self.loss:.4g}" if self.loss is not None else "-"
         if self._bar is not None:
             self._bar.update(self._task, completed=step, loss=shown)
-        elif step >= self._next_line or step == self.total:
+        elif step != self._last_printed and (step >= self._next_line or step == self.total):
             rate = (step - self.start) / max(1e-9, time.perf_counter() - self._t0)
             print(f"{self.description}: step {step}/{self.total}  loss {shown}  ({rate:.1f} steps/s)", file=sys.stderr, flush=True)
             self._next_line = step + max(1, self.total // 10)
+            self._last_printed = step
 
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:

@@ -55,6 +55,14 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
 
 
+def reseed(seed: int) -> None:
+    """Seed torch's CPU generator, and the GPU ones if CUDA is in use (``torch.manual_seed`` without its
+    per-call cost of queueing lazy CUDA/XPU/MTIA seeding)."""
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
+
+
 def learning_rate(config: Config, step: int) -> float:
     """Learning rate at ``step``: linear warm-up, then constant or cosine decay to zero."""
     opt, total = config.optimizer, config.trainer.max_steps
@@ -172,15 +180,14 @@ class Trainer:
         previous_sigterm = _sigterm_as_interrupt()
         progress = StepProgress(t.max_steps, start, enabled=fabric.is_global_zero)
         status, message = "completed", ""
+        self._train_mode()
         try:
             with progress:
                 for batch in self._train_loader(start):
-                    torch.manual_seed(step_seed(cfg.seed, step, fabric.global_rank))
+                    reseed(step_seed(cfg.seed, step, fabric.global_rank))
                     lr = learning_rate(cfg, step)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    for net in self.method.networks.values():
-                        net.train()
                     losses = self.method.training_step(batch)
                     loss = losses["loss"]
                     self.optimizer.zero_grad(set_to_none=True)
@@ -205,6 +212,7 @@ class Trainer:
                         window_losses, window_count = {}, 0
                     if t.val_every and step % t.val_every == 0 and not is_last:
                         self._evaluate("val", step, started)
+                        self._train_mode()
                     if step % t.checkpoint_every == 0 or is_last:
                         self._check_finite(first_bad)
                         self._save(step)
@@ -230,6 +238,10 @@ class Trainer:
         return TrainResult(self.run.path, step, status, message, test, fabric.is_global_zero)
 
     # --- pieces of the loop --------------------------------------------------------------------
+
+    def _train_mode(self) -> None:
+        for net in self.method.networks.values():
+            net.train()
 
     def _check_finite(self, first_bad: torch.Tensor) -> None:
         """Stop every process if any saw a non-finite loss since the start; nothing after it is saved."""
