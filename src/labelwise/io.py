@@ -4,22 +4,40 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename: readers see the
-    old file or the new one, never half of one."""
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """``with atomic_open(p) as f: f.write(...)``: writes go to a temporary file in the same folder that
+    replaces ``path`` only when the block ends without an error. Readers see the old file or the new one,
+    never half of one. Parent folders are created; the file gets the usual permissions (umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` (str as UTF-8) to ``path`` atomically (see :func:`atomic_open`); returns the path."""
+    with atomic_open(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

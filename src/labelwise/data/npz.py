@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from labelwise.errors import DataError
+from labelwise.io import atomic_open
 
 #: Keys whose first dimension is the sample axis and must agree when present.
 SAMPLE_KEYS = ("image", "label", "mask", "split")
@@ -28,25 +27,9 @@ def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], *, compress: bo
         if value.dtype.hasobject:
             raise DataError(f"{path}: array {key!r} has dtype object, which .npz files cannot hold without pickles")
         plain[key] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, allow_pickle=False, **plain)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        (np.savez_compressed if compress else np.savez)(f, allow_pickle=False, **plain)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def load_npz(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ from labelwise.engine.checkpoint import latest_checkpoint, load_state, load_weig
 from labelwise.engine.progress import StepProgress
 from labelwise.engine.rundir import RunDir
 from labelwise.errors import ConfigError, LabelwiseError
-from labelwise.io import atomic_write
+from labelwise.data.npz import save_npz
 from labelwise.methods import METHODS, Method
 
 N_SAMPLES = 8  # samples kept for the report
@@ -259,7 +259,7 @@ class Trainer:
         stacked = torch.stack([torch.as_tensor(sums[k], device=self.fabric.device) for k in keys]) / count
         mean = self.fabric.all_reduce(stacked, reduce_op="mean").tolist()
         record: dict[str, Any] = {"step": step, "split": "train", "time": round(time.perf_counter() - started, 3), "lr": lr}
-        for key, value in zip(keys, mean):
+        for key, value in zip(keys, mean, strict=True):
             record["loss" if key == "loss" else f"loss/{key}"] = value
         if self.fabric.is_global_zero:
             self.run.append_metrics(record)
@@ -299,7 +299,7 @@ class Trainer:
             self.run.append_metrics({"step": step, "split": split, "time": round(time.perf_counter() - started, 3), **metrics})
             if save_predictions:
                 arrays = {k: v.cpu().numpy() for k, v in predictions.items()}
-                _save_npz(self.run.predictions / f"{split}.npz", arrays)
+                save_npz(self.run.predictions / f"{split}.npz", arrays, compress=True)
                 samples = {
                     "image": images.numpy(),
                     "target": arrays["target"][:N_SAMPLES],
@@ -307,16 +307,8 @@ class Trainer:
                     "task": np.array(self.data.task),
                     "class_names": np.array(self.data.class_names, dtype=str),
                 }
-                _save_npz(self.run.predictions / "samples.npz", samples)
+                save_npz(self.run.predictions / "samples.npz", samples, compress=True)
         return metrics
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write(path, buffer.getvalue())
 
 
 def _sigterm_as_interrupt() -> Any:
