@@ -65,8 +65,7 @@ def test_data_synth_shapes_writes_a_dataset(tmp_path):
     assert arrays["image"].shape == (30, 1, 16, 16, 16) and arrays["mask"].shape == (30, 16, 16, 16)
 
 
-@pytest.mark.parametrize("args", [["predict"], ["evaluate", "classification", "--predictions", "x.npy"], ["explain"],
-                                  ["data", "synth", "vessels", "--dim", "3"]])
+@pytest.mark.parametrize("args", [["predict"], ["explain"], ["data", "synth", "vessels", "--dim", "3"]])
 def test_commands_not_built_yet_say_so(args, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -85,7 +84,9 @@ def test_quick_demo(tmp_path):
     from labelwise.demo import run_demo
 
     reports = run_demo(tmp_path, quick=True)
-    assert [p.parent.name for p in reports] == ["demo", "demo-segmentation"]
+    assert [p.parent.name for p in reports] == ["demo", "demo-segmentation", "demo-multilabel"]
+    evaluation = json.loads((tmp_path / "demo-multilabel" / "evaluation.json").read_text())
+    assert evaluation["n_images"] == evaluation["n_real_scored"] > 0 and evaluation["real_top1"] >= evaluation["top1"]
     assert all(p.is_file() for p in reports)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["status"] == "completed" and "accuracy" in summary["test"]

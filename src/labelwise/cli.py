@@ -24,7 +24,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: generate the built-in synthetic sets.", no_args_is_help=True)
 synth_app = typer.Typer(help="Generate a synthetic dataset.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Score saved model outputs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(evaluate_app, name="evaluate")
 data_app.add_typer(synth_app, name="synth")
 
 RUN_DIR_ENV = "LABELWISE_RUN_DIR"  # hands the chosen run directory to the processes Fabric starts
@@ -106,7 +108,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="folder for the demo runs")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="a much shorter run (for tests)")] = False,
 ) -> None:
-    """Generate a small dataset, train, evaluate and write runs/demo/report.html (about a minute on a CPU)."""
+    """Generate small datasets, train, evaluate and write runs/demo*/report.html (about 2 minutes on a CPU)."""
     import json
 
     from labelwise.demo import run_demo
@@ -115,6 +117,12 @@ def demo(
         summary = json.loads((path.parent / "summary.json").read_text())
         typer.echo(f"{summary['name']}: {summary['status']} in {summary.get('wall_time_s', '?')} s; report {path}")
         typer.echo(_test_line(summary.get("test", {})))
+        evaluation = path.parent / "evaluation.json"
+        if evaluation.is_file():
+            scores = json.loads(evaluation.read_text())
+            keys = ("top1", "real_top1", "variable_topk_subset", "asma")
+            typer.echo("  multi-label-aware: " + ", ".join(f"{k} {scores[k]:.4f}" for k in keys if scores.get(k) is not None)
+                       + f"; {path.parent / 'evaluation.html'}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -123,10 +131,50 @@ def predict() -> None:
     _not_built("predict", "Vessel segmentation on noisy labels (DS6)")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate() -> None:
-    """Score predictions: multi-label-aware classification metrics, fairness (not built yet)."""
-    _not_built("evaluate", "Multi-label-aware evaluation of classifiers")
+@evaluate_app.command("classification")
+def evaluate_classification(
+    predictions: Annotated[list[Path], typer.Option(help="model outputs: .npy/.npz/.pt, scores (N, C) or classes (N,); repeat for several models")],
+    label_sets: Annotated[str, typer.Option(help="imagenet-real, imagenetv2-multilabel, or a JSON label-set file")],
+    ids: Annotated[Optional[Path], typer.Option(help="one image id per prediction row (text lines or a JSON list)")] = None,
+    single_labels: Annotated[Optional[Path], typer.Option(help="the original single label per row (.npy, JSON or text)")] = None,
+    topk: Annotated[str, typer.Option(help="k values for top-k and ReaL top-k, comma-separated")] = "1,5",
+    threshold: Annotated[Optional[float], typer.Option(help="also multi-label model metrics (mAP, F1, ...) at this score threshold")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for 95% intervals (0: none)")] = 0,
+    asma_metric: Annotated[str, typer.Option(help="per-subgroup metric that ASMA averages")] = "variable_topk_subset",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON here")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="write one row per model as CSV here")] = None,
+    report_out: Annotated[Optional[Path], typer.Option("--report", help="write an HTML report here")] = None,
+) -> None:
+    """Score classifiers against multi-label sets: top-k, ReaL, variable top-k, per-subgroup accuracy, ASMA."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from labelwise.evaluate import evaluate_classification as run, table_columns, write_outputs
+    from labelwise.report.html import fmt
+
+    try:
+        ks = [int(k) for k in topk.split(",") if k.strip()]
+    except ValueError:
+        raise LabelwiseError(f"--topk {topk!r}: expected comma-separated integers such as 1,5") from None
+    if not ks or min(ks) < 1:
+        raise LabelwiseError(f"--topk {topk!r}: each k must be a positive integer")
+    result = run(predictions, label_sets, ids=ids, single_labels=single_labels, topk=ks, threshold=threshold,
+                 bootstrap=bootstrap, asma_metric=asma_metric)
+    columns = table_columns(result)
+    table = Table(title=f"label sets: {result['label_set']}")  # one column per model: fits a terminal
+    table.add_column("metric")
+    for model in result["models"]:
+        table.add_column(model["model"], justify="right")
+    for column in columns:
+        table.add_row(column, *(fmt(model.get(column)) for model in result["models"]))
+    console = Console()
+    console.print(table)
+    for model in result["models"]:
+        if model["unavailable"]:
+            reasons = "; ".join(f"{k}: {why}" for k, why in model["unavailable"].items())
+            console.print(f"{model['model']}: not computed: {reasons}", highlight=False)
+    for path in write_outputs(result, json_out, csv_out, report_out):
+        typer.echo(f"wrote {path}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -154,9 +202,34 @@ def synth_shapes(
     typer.echo(f"wrote {out}: {n} samples of {'x'.join([str(size)] * dim)}, splits train/val/test")
 
 
+@synth_app.command("patchml")
+def synth_patchml(
+    out: Annotated[Path, typer.Option(help="output folder")],
+    source: Annotated[str, typer.Option(help="'digits' (scikit-learn's bundled digits) or a folder of class subfolders")] = "digits",
+    grid: Annotated[int, typer.Option(min=1, help="cells per side")] = 2,
+    objects: Annotated[str, typer.Option(help="objects per image, MIN-MAX")] = "1-4",
+    n: Annotated[int, typer.Option(min=1, help="number of images")] = 1000,
+    cell: Annotated[Optional[int], typer.Option(help="cell side in pixels (default: from the source)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    images: Annotated[bool, typer.Option(help="also write one PNG per image")] = True,
+) -> None:
+    """Multi-label images of object patches on a grid, with label sets and object boxes (PatchML)."""
+    from labelwise.data.synth import make_patchml, write_patchml
+
+    low, _, high = objects.partition("-")
+    try:
+        counts = (int(low), int(high or low))
+    except ValueError:
+        raise LabelwiseError(f"--objects {objects!r}: expected MIN-MAX such as 1-4") from None
+    arrays = make_patchml(source=source, n=n, grid=grid, objects=counts, cell=cell, seed=seed)
+    write_patchml(out, arrays, images=images)
+    multi = float((arrays["labels"].sum(1) >= 2).mean())
+    typer.echo(f"wrote {out}: {n} images {arrays['image'].shape[-1]}x{arrays['image'].shape[-1]}, "
+               f"{len(arrays['class_names'])} classes, {multi:.0%} with 2 or more labels")
+
+
 for _name, _issue in (
     ("vessels", "Vessel segmentation on noisy labels (DS6)"),
-    ("patchml", "Multi-label-aware evaluation of classifiers"),
     ("rnflt", "Semi-supervised classification with a pseudo supervisor"),
 ):
 

@@ -40,6 +40,7 @@ class DataBundle:
     in_channels: int
     spatial_dims: int
     class_names: list[str] = field(default_factory=list)
+    ids: np.ndarray | None = None  # one id per sample of the file (its ``ids`` array), when it has one
 
     def split(self, name: str) -> ArrayDataset:
         """One split; a clear error when it is empty."""
@@ -52,7 +53,7 @@ def load_data(cfg: DataConfig) -> DataBundle:
     """Generate (``data.synth``) or read (``data.path``, an ``.npz``) the dataset the config names.
 
     An ``.npz`` holds ``image`` (N, C, *spatial), ``split`` (N,) of 'train'/'val'/'test', and ``label`` (N,)
-    for classification or ``mask`` (N, *spatial) for segmentation; optional ``class_names``."""
+    for classification or ``mask`` (N, *spatial) for segmentation; optional ``class_names`` and ``ids`` (N,)."""
     from labelwise.data.npz import load_npz
     from labelwise.data.synth import make_shapes
 
@@ -89,4 +90,5 @@ def load_data(cfg: DataConfig) -> DataBundle:
         in_channels=image.shape[1],
         spatial_dims=image.ndim - 2,
         class_names=class_names,
+        ids=arrays["ids"].astype(str) if "ids" in arrays else None,
     )

@@ -28,6 +28,7 @@ from labelwise.engine.progress import StepProgress
 from labelwise.engine.rundir import RunDir
 from labelwise.errors import ConfigError, LabelwiseError
 from labelwise.data.npz import save_npz
+from labelwise.io import atomic_write
 from labelwise.methods import METHODS, Method
 
 N_SAMPLES = 8  # samples kept for the report
@@ -299,7 +300,10 @@ class Trainer:
             self.run.append_metrics({"step": step, "split": split, "time": round(time.perf_counter() - started, 3), **metrics})
             if save_predictions:
                 arrays = {k: v.cpu().numpy() for k, v in predictions.items()}
-                save_npz(self.run.predictions / f"{split}.npz", arrays, compress=True)
+                rows = self.data.split(split).indices.numpy()
+                save_npz(self.run.predictions / f"{split}.npz", {**arrays, "index": rows}, compress=True)
+                if self.data.ids is not None:
+                    atomic_write(self.run.predictions / f"{split}_ids.txt", "".join(f"{i}\n" for i in self.data.ids[rows]))
                 samples = {
                     "image": images.numpy(),
                     "target": arrays["target"][:N_SAMPLES],

@@ -132,6 +132,18 @@ def _figure(name: str, draw, data, run_dir: Path, notes: list[str]) -> dict[str,
     return {"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "file": f"figures/{name}.png"}
 
 
+EVALUATION_KEYS = ("top1", "real_top1", "top5", "real_top5", "variable_topk_subset", "variable_topk_fraction", "asma",
+                   "multi_label_fraction", "n_images", "n_real_scored")
+
+
+def _evaluation_rows(evaluation: dict | None) -> list[tuple[str, Any, Any]] | None:
+    """(metric, value, 95% interval) rows of a run's ``evaluation.json`` (multi-label-aware scores)."""
+    if not isinstance(evaluation, dict):
+        return None
+    ci = evaluation.get("ci") or {}
+    return [(k, evaluation[k], ci.get(k)) for k in EVALUATION_KEYS if evaluation.get(k) is not None]
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("labelwise", "report/templates"),
@@ -185,6 +197,12 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "samples": _figure("samples", samples_png, samples, run_dir, notes) if samples else None,
     }
 
+    evaluation = None
+    if (run_dir / "evaluation.json").is_file():
+        try:
+            evaluation = json.loads((run_dir / "evaluation.json").read_text())
+        except ValueError as exc:
+            notes.append(f"evaluation.json could not be read: {exc}")
     s = summary or {}
     context = {
         "name": str(s.get("name") or config.get("name") or run_dir.resolve().name),
@@ -206,6 +224,8 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "version": labelwise.__version__,
         "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
         "run_dir": str(run_dir),
+        "evaluation": _evaluation_rows(evaluation),
+        "evaluation_page": (run_dir / "evaluation.html").is_file(),
     }
     html = _environment().get_template("report.html.j2").render(**context)
     return atomic_write(out, html)

@@ -1,0 +1,187 @@
+"""Readers for multi-label evaluation: label sets (built-in or a file), image ids, single labels, model outputs.
+
+Built-in label sets ship inside the package (see ``labelsets/SOURCES.md``): ``imagenet-real`` (ReaL labels of
+the 50,000 ImageNet validation images) and ``imagenetv2-multilabel`` (refined sets of the 10,000 ImageNetV2
+MatchedFrequency images). A label-set file is JSON: a list of lists of class indices (row i is image i) or an
+object ``{image id: [class indices]}``; indices may be ints or strings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from labelwise.errors import DataError
+
+HERE = Path(__file__).resolve().parent / "labelsets"
+BUILTIN = {
+    "imagenet-real": "real.json",
+    "imagenetv2-multilabel": "imagenetv2_refined_labels.json",
+}
+PREDICTION_KEYS = ("scores", "logits", "probabilities", "probability", "probs", "predictions", "outputs")
+SINGLE_LABEL_KEYS = ("target", "label", "labels")
+
+
+@dataclass
+class LabelSets:
+    """Image ids (the keys a row is matched by) and the class indices valid for each image."""
+
+    name: str
+    ids: list[str]
+    sets: list[list[int]]
+    num_classes: int
+    class_names: list[str]
+    rows_in_order: bool  # True when the file's order is a meaningful row order (no --ids needed)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _imagenet_class_names() -> list[str]:
+    names = json.loads((HERE / "label_indices_to_label_names.json").read_text())
+    return [names[str(i)] for i in range(len(names))]
+
+
+def load_label_sets(spec: str | Path) -> LabelSets:
+    """A built-in label set by name, or a JSON label-set file (see the module docstring)."""
+    if str(spec) in BUILTIN:
+        name = str(spec)
+        raw = json.loads((HERE / BUILTIN[name]).read_text())
+        names = _imagenet_class_names()
+        if name == "imagenet-real":
+            ids = [f"ILSVRC2012_val_{i + 1:08d}.JPEG" for i in range(len(raw))]
+            return LabelSets(name, ids, [list(map(int, s)) for s in raw], 1000, names, True)
+        return LabelSets(name, list(raw), [list(map(int, s)) for s in raw.values()], 1000, names, False)
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"--label-sets {spec}: no such file, and not a built-in set ({', '.join(BUILTIN)})")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a JSON label-set file ({err})") from None
+    if isinstance(raw, dict):
+        ids, values = [str(k) for k in raw], list(raw.values())
+    elif isinstance(raw, list):
+        ids, values = [str(i) for i in range(len(raw))], raw
+    else:
+        raise DataError(f"{path}: expected a JSON list of lists or an object {{id: [classes]}}, got {type(raw).__name__}")
+    sets = []
+    for key, value in zip(ids, values, strict=True):
+        try:
+            sets.append([int(c) for c in value])
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: entry {key!r} is not a list of class indices: {value!r}") from None
+        if any(c < 0 for c in sets[-1]):
+            raise DataError(f"{path}: entry {key!r} holds a negative class index: {value!r}")
+    largest = max((max(s) for s in sets if s), default=-1)
+    return LabelSets(path.name, ids, sets, largest + 1, [], True)
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Image ids, one per prediction row: a text file (one per line) or a JSON list."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--ids {path}: no such file")
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        try:
+            ids = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"--ids {path}: invalid JSON ({err})") from None
+        return [str(x) for x in ids]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_single_labels(path: str | Path) -> np.ndarray:
+    """One integer class per row: ``.npy``, ``.npz`` (``target`` or ``label``, e.g. a run's
+    ``predictions/test.npz``), a JSON list, or text with one integer per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--single-labels {path}: no such file")
+    if path.suffix == ".npy":
+        labels = np.load(path, allow_pickle=False)
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            key = next((k for k in SINGLE_LABEL_KEYS if k in data.files), None)
+            if key is None:
+                raise DataError(f"--single-labels {path}: holds {data.files}, none of {', '.join(SINGLE_LABEL_KEYS)}")
+            labels = data[key]
+    else:
+        text = path.read_text()
+        try:
+            labels = np.array(json.loads(text) if text.lstrip().startswith("[") else text.split(), dtype=np.int64)
+        except (ValueError, json.JSONDecodeError):
+            raise DataError(f"--single-labels {path}: expected integers, one per row") from None
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"--single-labels {path}: expected integers of shape (N,), got {labels.dtype} {labels.shape}")
+    return labels.astype(np.int64)
+
+
+def read_predictions(path: str | Path) -> np.ndarray:
+    """Model outputs (N, C) (logits or probabilities, any float dtype) or predicted classes (N,) from a
+    ``.npy`` (memory-mapped), ``.npz`` or ``.pt`` file (read without unpickling code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--predictions {path}: no such file")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                array = data[_pick(path, list(data.files))]
+        elif path.suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = obj[_pick(path, [k for k, v in obj.items() if isinstance(v, torch.Tensor)])]
+            if not isinstance(obj, torch.Tensor):
+                raise DataError(f"{path}: expected a tensor (or a dict holding one), got {type(obj).__name__}")
+            array = obj.numpy() if obj.dtype != torch.bfloat16 else obj.float().numpy()
+        else:
+            raise DataError(f"{path}: unknown format {path.suffix!r}; use .npy, .npz or .pt")
+    except (ValueError, OSError, RuntimeError) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+    if array.ndim == 1 and not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path}: a 1-D array must hold integer class predictions, got dtype {array.dtype}")
+    if array.ndim not in (1, 2) or not (np.issubdtype(array.dtype, np.number)):
+        raise DataError(f"{path}: expected scores (N, C) or classes (N,), got {array.dtype} {array.shape}")
+    return array
+
+
+def _pick(path: Path, keys: list[str]) -> str:
+    if len(keys) == 1:
+        return keys[0]
+    for key in PREDICTION_KEYS:
+        if key in keys:
+            return key
+    raise DataError(f"{path}: holds {keys}; expected one array or one named {', '.join(PREDICTION_KEYS)}")
+
+
+def align(label_sets: LabelSets, n_rows: int, ids: list[str] | None) -> tuple[list[list[int]], np.ndarray | None, list[str]]:
+    """The label set of each prediction row, the single labels read from class folders in the ids (or None),
+    and the row ids. Ids match by their last path part, so ``val/ILSVRC2012_val_00000001.JPEG`` works."""
+    if ids is None:
+        if not label_sets.rows_in_order:
+            raise DataError(f"label set {label_sets.name} has no row order: give --ids (one image id per prediction row)")
+        if n_rows != len(label_sets):
+            raise DataError(f"the predictions have {n_rows} rows but label set {label_sets.name} has {len(label_sets)} "
+                            "images; give --ids to match rows to images")
+        return label_sets.sets, None, label_sets.ids
+    if len(ids) != n_rows:
+        raise DataError(f"--ids has {len(ids)} entries but the predictions have {n_rows} rows")
+    index = {key: i for i, key in enumerate(label_sets.ids)}
+    rows, folders = [], []
+    for line, full in enumerate(ids, start=1):
+        parts = PurePosixPath(full.replace("\\", "/")).parts
+        i = index.get(parts[-1] if parts else "")
+        if i is None:
+            raise DataError(f"--ids entry {line} ({full!r}) is not in label set {label_sets.name} "
+                            f"(its ids look like {label_sets.ids[0]!r})")
+        rows.append(label_sets.sets[i])
+        folders.append(parts[-2] if len(parts) > 1 else "")
+    single = None
+    if all(f.isdigit() for f in folders):
+        single = np.array([int(f) for f in folders], dtype=np.int64)
+    return rows, single, ids

@@ -1,0 +1,121 @@
+"""``labelwise evaluate classification``: score saved model outputs against multi-label sets.
+
+Reads each prediction file, matches its rows to the label sets (by ``--ids`` or by order), and runs
+:func:`labelwise.metrics.multilabel.summarize`; writes the results as JSON, CSV and an HTML report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labelwise.data.labelsets import align, load_label_sets, read_ids, read_predictions, read_single_labels
+from labelwise.errors import DataError
+from labelwise.io import atomic_write
+from labelwise.metrics.multilabel import label_set_matrix, summarize
+
+#: Columns of the model table (terminal, CSV, HTML), in order; absent ones are skipped.
+TABLE_COLUMNS = ("n_images", "top1", "top5", "real_top1", "real_top5", "n_real_scored", "variable_topk_subset",
+                 "variable_topk_fraction", "asma", "map", "f1_micro", "f1_macro", "f1_samples", "subset_accuracy",
+                 "hamming_loss", "lrap")
+
+
+def evaluate_classification(
+    predictions: Sequence[str | Path],
+    label_sets: str,
+    ids: str | Path | None = None,
+    single_labels: str | Path | None = None,
+    topk: Sequence[int] = (1, 5),
+    threshold: float | None = None,
+    bootstrap: int = 0,
+    asma_metric: str = "variable_topk_subset",
+) -> dict:
+    """Scores of every prediction file: ``{"label_set": ..., "models": [{"model": name, **scores}, ...]}``."""
+    sets = load_label_sets(label_sets)
+    row_ids = read_ids(ids) if ids is not None else None
+    given_single = read_single_labels(single_labels) if single_labels is not None else None
+    cache: dict[int, tuple] = {}  # label matrix by row count (the same for every model of one evaluation)
+    models = []
+    for path in predictions:
+        outputs = read_predictions(path)
+        n = outputs.shape[0]
+        if n not in cache:
+            rows, folder_labels, _ = align(sets, n, row_ids)
+            num_classes = max(sets.num_classes, outputs.shape[1] if outputs.ndim == 2 else 0)
+            matrix = label_set_matrix(rows, num_classes)
+            cache[n] = (matrix, matrix.sum(dim=1, dtype=torch.int32), folder_labels)
+        matrix, count, folder_labels = cache[n]
+        single = given_single if given_single is not None else folder_labels
+        if single is not None and len(single) != n:
+            raise DataError(f"--single-labels has {len(single)} entries but {path} has {n} rows")
+        if single is not None and (single.max(initial=-1) >= matrix.shape[1]):
+            bad = int(np.flatnonzero(single >= matrix.shape[1])[0])
+            raise DataError(f"single label of row {bad + 1} is {int(single[bad])}, outside [0, {matrix.shape[1]})")
+        if outputs.ndim == 2 and outputs.shape[1] != matrix.shape[1]:
+            raise DataError(f"{path}: {outputs.shape[1]} classes but label set {sets.name} has {matrix.shape[1]}")
+        if outputs.ndim == 1 and outputs.size and (outputs.min() < 0 or outputs.max() >= matrix.shape[1]):
+            bad = int(np.flatnonzero((outputs < 0) | (outputs >= matrix.shape[1]))[0])
+            raise DataError(f"{path}: row {bad + 1} predicts class {int(outputs[bad])}, outside [0, {matrix.shape[1]})")
+        scores = summarize(outputs, matrix, single, topk=topk, label_count=count, threshold=threshold,
+                           bootstrap=bootstrap, asma_metric=asma_metric)
+        models.append({"model": _model_name(Path(path)), "file": str(path), **scores})
+    return {"label_set": sets.name, "models": models}
+
+
+def _model_name(path: Path) -> str:
+    """The file's stem, or the run's name for a run's ``predictions/test.npz``."""
+    if path.parent.name == "predictions" and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent.name
+    return path.stem
+
+
+def to_json(result: dict) -> str:
+    """One model: its flat dict (plus ``label_set``); several: the whole result. nan becomes null."""
+    body = {"label_set": result["label_set"], **result["models"][0]} if len(result["models"]) == 1 else result
+    return json.dumps(_finite(body), indent=2)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def table_columns(result: dict) -> list[str]:
+    """The table columns that at least one model has a value for."""
+    return [c for c in TABLE_COLUMNS if any(m.get(c) is not None for m in result["models"])]
+
+
+def to_csv(result: dict) -> str:
+    """One row per model."""
+    columns = ["model", *table_columns(result)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for model in result["models"]:
+        writer.writerow({c: model.get(c) for c in columns})
+    return buffer.getvalue()
+
+
+def write_outputs(result: dict, json_out: Path | None, csv_out: Path | None, report_out: Path | None) -> list[Path]:
+    """Write whichever of JSON, CSV and the HTML report were asked for; returns the paths."""
+    written = []
+    if json_out is not None:
+        written.append(atomic_write(json_out, to_json(result)))
+    if csv_out is not None:
+        written.append(atomic_write(csv_out, to_csv(result)))
+    if report_out is not None:
+        from labelwise.report.evaluation import build_evaluation_report
+
+        written.append(build_evaluation_report(result, report_out))
+    return written
