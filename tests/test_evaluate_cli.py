@@ -93,3 +93,31 @@ def test_bad_input_is_refused_with_the_entry_named(tmp_path, capsys, case, messa
         args += ["--topk", "1,x"]
     code, _, err = _run(capsys, *args)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_pt_and_npz_inputs_read_the_same_scores(tmp_path, capsys):
+    import torch
+
+    rng = np.random.default_rng(4)
+    scores = rng.standard_normal((4, 5)).astype(np.float32)
+    (tmp_path / "sets.json").write_text(json.dumps({"a": [0], "b": [1, 2], "c": [3], "d": [4]}))
+    torch.save({"logits": torch.from_numpy(scores), "step": torch.tensor(3)}, tmp_path / "m.pt")
+    np.savez(tmp_path / "m.npz", probability=scores, target=np.arange(4))
+    results = []
+    for name in ("m.pt", "m.npz"):
+        _run(capsys, "--predictions", str(tmp_path / name), "--label-sets", str(tmp_path / "sets.json"),
+             "--single-labels", str(tmp_path / "m.npz"), "--json", str(tmp_path / f"{name}.json"))
+        results.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    keys = ("top1", "real_top1", "variable_topk_subset", "asma")
+    assert [results[0][k] for k in keys] == [results[1][k] for k in keys]
+
+
+def test_data_synth_patchml_cli(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["data", "synth", "patchml", "--out", str(tmp_path / "p"), "--n", "40", "--objects", "2-3", "--no-images"])
+    assert info.value.code in (0, None)
+    sets = json.loads((tmp_path / "p" / "label_sets.json").read_text())
+    assert len(sets) == 40 and all(1 <= len(s) <= 3 for s in sets.values())
+    assert not (tmp_path / "p" / "images").exists()
+    code, _, err = _run(capsys, "--predictions", "x.npy", "--label-sets", "nope.json")
+    assert code == 2 and "not a built-in set" in err
