@@ -15,6 +15,7 @@ torch tensors on any device; no Python loop runs over images.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -41,19 +42,16 @@ _CHUNK_ELEMENTS = 1 << 24  # rows are processed in chunks of about this many sco
 
 
 def _tensor(x: Tensor | np.ndarray) -> Tensor:
+    """A tensor view of ``x`` without a copy (numpy arrays and read-only memory maps included)."""
     if isinstance(x, Tensor):
         return x
-    x = np.asarray(x)
-    if not x.flags.writeable:  # read-only memory map: torch only reads it, so no copy is needed
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(x)
-    return torch.from_numpy(x)
+    with warnings.catch_warnings():  # torch warns on read-only arrays; these functions never write to them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(x))
 
 
-def _rows(n: int, width: int) -> int:
+def _rows(width: int) -> int:
+    """How many rows of ``width`` values make one chunk."""
     return max(1, _CHUNK_ELEMENTS // max(1, width))
 
 
@@ -75,10 +73,11 @@ def top_predictions(scores: Tensor | np.ndarray, k: int) -> Tensor:
     scores = _tensor(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores must be (N, C), got shape {tuple(scores.shape)}")
-    k = min(k, scores.shape[1])
-    step = _rows(scores.shape[0], scores.shape[1])
-    return torch.cat([torch.topk(scores[i : i + step], k, dim=1).indices for i in range(0, scores.shape[0], step)]) \
-        if scores.shape[0] else torch.empty(0, k, dtype=torch.long)
+    n, k = scores.shape[0], min(k, scores.shape[1])
+    if n == 0:
+        return torch.empty(0, k, dtype=torch.long)
+    step = _rows(scores.shape[1])
+    return torch.cat([torch.topk(scores[i : i + step], k, dim=1).indices for i in range(0, n, step)])
 
 
 def topk_correct(top: Tensor, labels: Tensor | np.ndarray, k: int) -> Tensor:
@@ -166,7 +165,7 @@ def mean_average_precision(scores: Tensor | np.ndarray, targets: Tensor | np.nda
     scores = _tensor(scores)
     targets = _tensor(targets).to(scores.device)
     n, c = scores.shape
-    width = _rows(c, n)  # columns per chunk
+    width = _rows(n)  # columns per chunk
     ap = torch.cat([_average_precision(scores[:, j : j + width].float(), targets[:, j : j + width].bool())
                     for j in range(0, c, width)])
     return ap.float() if average is None else ap.mean().float()
@@ -189,7 +188,7 @@ def label_ranking_average_precision(scores: Tensor | np.ndarray, targets: Tensor
     of (true labels scored >= it) / (labels scored >= it); 1 for an image with no or all labels true."""
     scores, targets = _tensor(scores), _tensor(targets)
     total, n = torch.zeros((), dtype=torch.float64), scores.shape[0]
-    step = _rows(n, scores.shape[1])
+    step = _rows(scores.shape[1])
     for i in range(0, n, step):
         s = scores[i : i + step].float()
         t = targets[i : i + s.shape[0]].bool().to(s.device)
@@ -260,8 +259,10 @@ def summarize(
 
     ``outputs``: scores (N, C) or predicted classes (N,) (then only the top-1 family is computed and the rest
     is listed under ``"unavailable"``). ``label_sets`` (N, C) bool. ``single_labels`` (N,) the original single
-    label (optional). ``threshold``: also the thresholded multi-label metrics (F1, subset accuracy, Hamming
-    loss). ``bootstrap``: that many resamples of the images give 95% intervals under ``"ci"``."""
+    label (optional). ``label_count`` (N,): the set sizes, when known (saves a pass over the label sets when
+    many models are scored). ``threshold``: also the multi-label model metrics (mAP, LRAP, and F1, subset
+    accuracy and Hamming loss of ``scores >= threshold``) over the images with a non-empty set.
+    ``bootstrap``: that many resamples of the images give 95% intervals under ``"ci"``."""
     outputs, label_sets = _tensor(outputs), _tensor(label_sets).bool()
     n, c = label_sets.shape
     if outputs.shape[0] != n:

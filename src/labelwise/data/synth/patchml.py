@@ -167,10 +167,10 @@ def write_patchml(out_dir: str | Path, arrays: Mapping[str, np.ndarray], images:
         raise DataError(f"{out_dir}: exists and is not a folder")
 
     save_npz(out_dir / "patchml.npz", arrays)
-    label_sets = {i: np.flatnonzero(row).tolist() for i, row in zip(ids, labels)}
+    label_sets = {i: np.flatnonzero(row).tolist() for i, row in zip(ids, labels, strict=True)}
     objects = {
         i: [{"class": int(b[0]), "name": names[b[0]], "box": b[1:].tolist()} for b in per_image if b[0] >= 0]
-        for i, per_image in zip(ids, boxes)
+        for i, per_image in zip(ids, boxes, strict=True)
     }
     atomic_write(out_dir / "label_sets.json", json.dumps(label_sets))
     atomic_write(out_dir / "boxes.json", json.dumps(objects))
@@ -182,7 +182,7 @@ def write_patchml(out_dir: str | Path, arrays: Mapping[str, np.ndarray], images:
         folder = out_dir / "images"
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-        for i, px in zip(ids, pixels):
+        for i, px in zip(ids, pixels, strict=True):
             Image.fromarray(px[0] if px.shape[0] == 1 else px.transpose(1, 2, 0)).save(folder / f"{i}.png")
     return out_dir
 
