@@ -136,7 +136,7 @@ def evaluate_classification(
     predictions: Annotated[list[Path], typer.Option(help="model outputs: .npy/.npz/.pt, scores (N, C) or classes (N,); repeat for several models")],
     label_sets: Annotated[str, typer.Option(help="imagenet-real, imagenetv2-multilabel, or a JSON label-set file")],
     ids: Annotated[Optional[Path], typer.Option(help="one image id per prediction row (text lines or a JSON list)")] = None,
-    single_labels: Annotated[Optional[Path], typer.Option(help="the original single label per row (.npy, JSON or text)")] = None,
+    single_labels: Annotated[Optional[Path], typer.Option(help="the original single label per row (.npy, .npz with target/label, JSON or text)")] = None,
     topk: Annotated[str, typer.Option(help="k values for top-k and ReaL top-k, comma-separated")] = "1,5",
     threshold: Annotated[Optional[float], typer.Option(help="also multi-label model metrics (mAP, F1, ...) at this score threshold")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for 95% intervals (0: none)")] = 0,

@@ -46,7 +46,7 @@ def evaluate_classification(
         outputs = read_predictions(path)
         n = outputs.shape[0]
         if n not in cache:
-            rows, folder_labels, _ = align(sets, n, row_ids)
+            rows, folder_labels = align(sets, n, row_ids)
             num_classes = max(sets.num_classes, outputs.shape[1] if outputs.ndim == 2 else 0)
             matrix = label_set_matrix(rows, num_classes)
             cache[n] = (matrix, matrix.sum(dim=1, dtype=torch.int32), folder_labels)
@@ -57,13 +57,11 @@ def evaluate_classification(
         if single is not None and (single.max(initial=-1) >= matrix.shape[1]):
             bad = int(np.flatnonzero(single >= matrix.shape[1])[0])
             raise DataError(f"single label of row {bad + 1} is {int(single[bad])}, outside [0, {matrix.shape[1]})")
-        if outputs.ndim == 2 and outputs.shape[1] != matrix.shape[1]:
-            raise DataError(f"{path}: {outputs.shape[1]} classes but label set {sets.name} has {matrix.shape[1]}")
-        if outputs.ndim == 1 and outputs.size and (outputs.min() < 0 or outputs.max() >= matrix.shape[1]):
-            bad = int(np.flatnonzero((outputs < 0) | (outputs >= matrix.shape[1]))[0])
-            raise DataError(f"{path}: row {bad + 1} predicts class {int(outputs[bad])}, outside [0, {matrix.shape[1]})")
-        scores = summarize(outputs, matrix, single, topk=topk, label_count=count, threshold=threshold,
-                           bootstrap=bootstrap, asma_metric=asma_metric)
+        try:  # summarize checks the outputs' classes against the label sets; name the file in its message
+            scores = summarize(outputs, matrix, single, topk=topk, label_count=count, threshold=threshold,
+                               bootstrap=bootstrap, asma_metric=asma_metric)
+        except ValueError as err:
+            raise DataError(f"{path}: {err}") from None
         models.append({"model": _model_name(Path(path)), "file": str(path), **scores})
     return {"label_set": sets.name, "models": models}
 

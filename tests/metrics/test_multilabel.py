@@ -65,7 +65,7 @@ def test_integer_predictions_give_the_top1_family_only():
     assert r["top1"] == 0.25 and r["real_top1"] == pytest.approx(2 / 3)
     for key in ("top5", "real_top5", "variable_topk_subset", "variable_topk_fraction", "asma"):
         assert r[key] is None and key in r["unavailable"]
-    with pytest.raises(ValueError, match="predicted class 7 of row 1"):
+    with pytest.raises(ValueError, match="row 2 predicts class 7, outside"):
         ml.summarize(torch.tensor([0, 7, 1, 0]), ml.label_set_matrix(SETS, 5))
 
 

@@ -159,16 +159,16 @@ def _pick(path: Path, keys: list[str]) -> str:
     raise DataError(f"{path}: holds {keys}; expected one array or one named {', '.join(PREDICTION_KEYS)}")
 
 
-def align(label_sets: LabelSets, n_rows: int, ids: list[str] | None) -> tuple[list[list[int]], np.ndarray | None, list[str]]:
-    """The label set of each prediction row, the single labels read from class folders in the ids (or None),
-    and the row ids. Ids match by their last path part, so ``val/ILSVRC2012_val_00000001.JPEG`` works."""
+def align(label_sets: LabelSets, n_rows: int, ids: list[str] | None) -> tuple[list[list[int]], np.ndarray | None]:
+    """The label set of each prediction row, and the single labels read from class folders in the ids (or
+    None). Ids match by their last path part, so ``val/ILSVRC2012_val_00000001.JPEG`` works."""
     if ids is None:
         if not label_sets.rows_in_order:
             raise DataError(f"label set {label_sets.name} has no row order: give --ids (one image id per prediction row)")
         if n_rows != len(label_sets):
             raise DataError(f"the predictions have {n_rows} rows but label set {label_sets.name} has {len(label_sets)} "
                             "images; give --ids to match rows to images")
-        return label_sets.sets, None, label_sets.ids
+        return label_sets.sets, None
     if len(ids) != n_rows:
         raise DataError(f"--ids has {len(ids)} entries but the predictions have {n_rows} rows")
     index = {key: i for i, key in enumerate(label_sets.ids)}
@@ -184,4 +184,4 @@ def align(label_sets: LabelSets, n_rows: int, ids: list[str] | None) -> tuple[li
     single = None
     if all(f.isdigit() for f in folders):
         single = np.array([int(f) for f in folders], dtype=np.int64)
-    return rows, single, ids
+    return rows, single

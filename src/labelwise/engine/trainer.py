@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader
 import labelwise
 from labelwise.config import Config, save_config
 from labelwise.data import DataBundle, StepBatchSampler, load_data
+from labelwise.data.npz import save_npz
 from labelwise.engine.checkpoint import latest_checkpoint, load_state, load_weights, rng_states, save_checkpoint, set_rng_states
 from labelwise.engine.progress import StepProgress
 from labelwise.engine.rundir import RunDir
 from labelwise.errors import ConfigError, LabelwiseError
-from labelwise.data.npz import save_npz
 from labelwise.io import atomic_write
 from labelwise.methods import METHODS, Method
 

@@ -272,10 +272,10 @@ def summarize(
     scored = label_count > 0
     is_scores = outputs.ndim == 2
     if is_scores and outputs.shape[1] != c:
-        raise ValueError(f"outputs have {outputs.shape[1]} classes but the label sets have {c}")
+        raise ValueError(f"{outputs.shape[1]} classes but the label sets have {c}")
     if not is_scores and outputs.numel() and (int(outputs.min()) < 0 or int(outputs.max()) >= c):
         bad = int(torch.nonzero((outputs < 0) | (outputs >= c))[0, 0])
-        raise ValueError(f"predicted class {int(outputs[bad])} of row {bad} is outside [0, {c})")
+        raise ValueError(f"row {bad + 1} predicts class {int(outputs[bad])}, outside [0, {c})")
 
     ks = sorted({int(k) for k in topk})
     need = max(ks + [int(label_count.max()) if n else 1])
