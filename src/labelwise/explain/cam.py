@@ -133,12 +133,15 @@ class CAM:
                  upsample: Upsample = "linear") -> Tensor:
         """Maps ``(B, K, *spatial)`` float32: at the input's size, or the layer's with ``upsample=None``."""
         _check_input(x)
-        return postprocess(self.compute(x, targets), x.shape[2:], relu, normalize, upsample)
+        maps = self.compute(x, targets)
+        with full_precision(x):
+            return postprocess(maps, x.shape[2:], relu, normalize, upsample)
 
     def compute(self, x: Tensor, targets: Any = None) -> Tensor:
         """Raw maps ``(B, K, *s)`` at the layer's resolution, before ReLU, upsampling and scaling."""
         capture = self.capture(x, targets, gradients=self.uses_gradients)
-        return self.combine(capture.activations, capture.gradients)
+        with full_precision(x):
+            return self.combine(capture.activations, capture.gradients)
 
     def combine(self, activations: Tensor, gradients: Tensor | None) -> Tensor:
         """Map ``(B, K, *s)`` from activations ``(B, C, *s)`` and gradients ``(B, K, C, *s)``."""
@@ -196,8 +199,8 @@ class CAM:
             grads = torch.stack([
                 torch.autograd.grad(scores[:, j].sum(), leaf, retain_graph=j < k - 1)[0] for j in range(k)
             ], dim=1)
-            grads = self._grid(grads.flatten(0, 1)).unflatten(0, grads.shape[:2]).float()
-        return Capture(self._grid(leaf.detach()).float(), grads, classes, output.detach())
+            grads = _float(self._grid(grads.flatten(0, 1)).unflatten(0, grads.shape[:2]))
+        return Capture(_float(self._grid(leaf.detach())), grads, classes, output.detach())
 
     def _grid(self, t: Tensor) -> Tensor:
         out = self.reshape(t) if self.reshape is not None else t
@@ -283,7 +286,8 @@ class SmoothGradCAMPlusPlus(CAM):
             g = self.capture(noisy, clean.classes).gradients
             g1, g2, g3 = g1 + g, g2 + g.square(), g3 + g.pow(3)
         n = self.samples
-        return _plus_plus(clean.activations, g1 / n, g2 / n, g3 / n)
+        with full_precision(x):
+            return _plus_plus(clean.activations, g1 / n, g2 / n, g3 / n)
 
 
 class XGradCAM(CAM):
@@ -310,8 +314,10 @@ class LayerCAM(CAM):
 
 
 class EigenCAM(CAM):
-    """Eigen-CAM: the (positions x channels) activations, centred, projected on their first principal component;
-    sign chosen so the map sums to >= 0. Class-agnostic: the K maps are equal (Muhammad & Yeasin, arXiv 2008.00299)."""
+    """Eigen-CAM: the (positions x channels) activation matrix projected on its first right-singular vector, sign
+    chosen so the map sums to >= 0; class-agnostic, the K maps are equal (Muhammad & Yeasin, arXiv 2008.00299).
+    The matrix is not centred, as in the paper: centred, every projection would sum to 0 and no sign rule could
+    make the map "mostly positive" (pytorch-grad-cam centres it, and its maps flip sign from image to image)."""
 
     uses_gradients = False
 
@@ -319,12 +325,12 @@ class EigenCAM(CAM):
         capture = self.capture(x, targets, gradients=False)
         a = capture.activations
         k = capture.classes.shape[1] if isinstance(capture.classes, Tensor) else 1
-        m = a.flatten(2).transpose(1, 2)  # (B, positions, C)
-        m = m - m.mean(1, keepdim=True)
-        _, _, vh = torch.linalg.svd(m, full_matrices=False)
-        projection = (m @ vh[:, 0, :, None]).squeeze(2)  # (B, positions)
-        sign = torch.where(projection.sum(1, keepdim=True) < 0, -1.0, 1.0)
-        return (projection * sign).view(a.shape[0], 1, *a.shape[2:]).expand(-1, k, *a.shape[2:]).contiguous()
+        with full_precision(x):
+            m = a.flatten(2).transpose(1, 2)  # (B, positions, C)
+            _, _, vh = torch.linalg.svd(m, full_matrices=False)
+            projection = (m @ vh[:, 0, :, None]).squeeze(2)  # (B, positions)
+            projection = torch.where(projection.sum(1, keepdim=True) < 0, -projection, projection)
+        return projection.view(a.shape[0], 1, *a.shape[2:]).expand(-1, k, *a.shape[2:]).contiguous()
 
 
 class ScoreCAM(CAM):
@@ -345,7 +351,8 @@ class ScoreCAM(CAM):
         capture = self.capture(x, targets, gradients=False)
         a = capture.activations
         b, c = a.shape[:2]
-        masks = postprocess(a, x.shape[2:], relu=False, normalize=True, upsample="linear")  # (B, C, *S)
+        with full_precision(x):
+            masks = postprocess(a, x.shape[2:], relu=False, normalize=True, upsample="linear")  # (B, C, *S)
         rows = torch.arange(b, device=x.device).repeat_interleave(c)
         scores = []
         with torch.no_grad(), _eval_mode(self.model):
@@ -353,9 +360,10 @@ class ScoreCAM(CAM):
                 sel = rows[start:start + self.batch_size]
                 chunk = masks.flatten(0, 1)[start:start + self.batch_size].unsqueeze(1)
                 output = _first_tensor(self.model(x[sel] * chunk.to(x.dtype)))
-                scores.append(_scores(output, capture.classes, rows=sel)[1].float())
-        alpha = torch.cat(scores).view(b, c, -1).softmax(dim=1)  # (B, C, K)
-        return _weighted(alpha.transpose(1, 2), a)
+                scores.append(_scores(output, capture.classes, rows=sel)[1].to(a.dtype))
+        with full_precision(x):
+            alpha = torch.cat(scores).view(b, c, -1).softmax(dim=1)  # (B, C, K)
+            return _weighted(alpha.transpose(1, 2), a)
 
 
 METHODS: dict[str, type[CAM]] = {
@@ -369,6 +377,16 @@ METHODS: dict[str, type[CAM]] = {
     "scorecam": ScoreCAM,
     "eigencam": EigenCAM,
 }
+
+
+def full_precision(x: Tensor) -> torch.autocast:
+    """Context without autocast on ``x``'s device: map arithmetic stays in float32 (or float64)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _float(t: Tensor) -> Tensor:
+    """At least float32 (float16/bfloat16 under autocast are widened; float64 is kept)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def _check_input(x: Tensor) -> None:

@@ -14,7 +14,9 @@ from labelwise.explain.cam import (
     _check_input,
     _eval_mode,
     _first_tensor,
+    _float,
     _scores,
+    full_precision,
     postprocess,
 )
 
@@ -65,12 +67,14 @@ class GuidedBackprop:
         _, scores = _scores(output, targets)
         k = scores.shape[1]
         grads = [torch.autograd.grad(scores[:, j].sum(), leaf, retain_graph=j < k - 1)[0] for j in range(k)]
-        return torch.stack(grads, dim=1).float()
+        return _float(torch.stack(grads, dim=1))
 
     def __call__(self, x: Tensor, targets: Any = None, *, relu: bool = True, normalize: bool = True,
                  upsample: Upsample = "linear") -> Tensor:
         """Maps ``(B, K, *spatial)``: max over channels of |guided gradient|, scaled to [0, 1] per map."""
-        return postprocess(self.gradients(x, targets).abs().amax(2), x.shape[2:], relu, normalize, upsample)
+        grads = self.gradients(x, targets)
+        with full_precision(x):
+            return postprocess(grads.abs().amax(2), x.shape[2:], relu, normalize, upsample)
 
 
 class GuidedGradCAM:
@@ -84,10 +88,11 @@ class GuidedGradCAM:
     def __call__(self, x: Tensor, targets: Any = None, *, relu: bool = True, normalize: bool = True,
                  upsample: Upsample = "linear") -> Tensor:
         capture = self.gradcam.capture(x, targets)
-        cam = postprocess(self.gradcam.combine(capture.activations, capture.gradients), x.shape[2:],
-                          relu=True, normalize=False, upsample="linear")
         guided = self.guided.gradients(x, capture.classes)
-        return postprocess((guided * cam.unsqueeze(2)).abs().amax(2), x.shape[2:], relu, normalize, upsample)
+        with full_precision(x):
+            cam = postprocess(self.gradcam.combine(capture.activations, capture.gradients), x.shape[2:],
+                              relu=True, normalize=False, upsample="linear")
+            return postprocess((guided * cam.unsqueeze(2)).abs().amax(2), x.shape[2:], relu, normalize, upsample)
 
     @property
     def model(self) -> nn.Module:
