@@ -177,10 +177,45 @@ def evaluate_classification(
         typer.echo(f"wrote {path}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def explain() -> None:
-    """Grad-CAM family explanations of a trained model (not built yet)."""
-    _not_built("explain", "Visual explanations: a fast Grad-CAM family")
+@app.command()
+def explain(
+    input_: Annotated[list[Path], typer.Option("--input", help="image (png/jpg/tif), .npy or NIfTI file, or a folder of them; repeat for more")],
+    run: Annotated[Optional[Path], typer.Option(help="a run directory (its latest checkpoint)")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="one checkpoint folder, RUN/checkpoints/step-XXXXXX")] = None,
+    method: Annotated[Optional[list[str]], typer.Option(help="gradcam (default), gradcam++, scorecam, ...; repeat for more")] = None,
+    target: Annotated[Optional[list[int]], typer.Option(help="class to explain (default: the predicted one); repeat for more")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="target layer, e.g. layer4 (default: the last spatial layer)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default RUN_DIR/explanations)")] = None,
+    report: Annotated[bool, typer.Option(help="rebuild the run's report, with the gallery, when --out is in the run")] = True,
+) -> None:
+    """Explain a trained model's predictions: Grad-CAM family maps as overlays (2D) or NIfTI, montage and MIP (3D)."""
+    from rich.progress import Progress
+
+    from labelwise.explain import METHOD_NAMES
+    from labelwise.explaining import explain_files
+    from labelwise.trained import input_files, load_trained
+
+    if (run is None) == (checkpoint is None):
+        raise LabelwiseError("give one of --run RUN_DIR or --checkpoint CHECKPOINT_FOLDER")
+    methods = method or ["gradcam"]
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown:
+        raise LabelwiseError(f"--method {unknown[0]!r}: unknown; choose from {', '.join(METHOD_NAMES)}")
+    trained = load_trained(run or checkpoint)
+    out = out or trained.run_dir / "explanations"
+    files = input_files(input_)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("explaining", total=len(files))
+        try:
+            entries = explain_files(trained, files, out, methods, target, layer,
+                                    progress=lambda path: bar.update(task, advance=1, description=path.name))
+        except ValueError as err:
+            raise LabelwiseError(str(err)) from None
+    typer.echo(f"wrote {len(entries)} map(s) for {len(files)} input(s) to {out}")
+    if report and out.resolve().is_relative_to(trained.run_dir.resolve()):
+        from labelwise.report import build_report
+
+        typer.echo(f"report {build_report(trained.run_dir)}")
 
 
 @synth_app.command("shapes")

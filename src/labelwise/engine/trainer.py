@@ -145,6 +145,8 @@ class Trainer:
             self.run.update_summary(
                 name=cfg.name, status="running", step=self.start_step, max_steps=cfg.trainer.max_steps,
                 message="", labelwise_version=labelwise.__version__, world_size=fabric.world_size,
+                data={"task": self.data.task, "num_classes": self.data.num_classes, "in_channels": self.data.in_channels,
+                      "spatial_dims": self.data.spatial_dims, "class_names": self.data.class_names},
             )
         fabric.barrier()
         return self.start_step

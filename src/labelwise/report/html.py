@@ -16,11 +16,17 @@ import numpy as np
 import yaml
 
 import labelwise
+from labelwise.errors import DataError
 from labelwise.io import atomic_write
 from labelwise.report.figures import _RESERVED, _number, loss_curves_png, samples_png
 
 # Metrics whose name contains one of these are better when lower; every other metric when higher.
 LOWER_IS_BETTER = ("loss", "error", "hausdorff", "hd95", "ece", "nll", "brier", "mae", "mse", "rmse")
+# ... and, in the explanations table, saliency metrics where a faithful map scores low.
+EXPLANATION_LOWER_IS_BETTER = ("deletion", "drop")
+MAX_GALLERY = 24  # explanation figures shown in the report
+MAX_OVERLAY_BYTES = 8 * 2**20
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def fmt(value: Any) -> str:
@@ -144,6 +150,80 @@ def _evaluation_rows(evaluation: dict | None) -> list[tuple[str, Any, Any]] | No
     return [(k, evaluation[k], ci.get(k)) for k in EVALUATION_KEYS if evaluation.get(k) is not None]
 
 
+def _explanation_figure(number: int, entry: Any, folder: Path, notes: list[str]) -> dict[str, str] | None:
+    """One gallery figure (overlay PNG as a data URI and its caption), or None with a note when its file is
+    missing or not a PNG inside ``folder``."""
+    if not isinstance(entry, dict):
+        notes.append(f"explanations/explanations.json entry {number}: skipped, not a JSON object")
+        return None
+    files = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+    overlay = files.get("overlay")
+    source = str(entry.get("input") or "")
+    what = f"entry {number} ({entry.get('method')}, {source or 'no input'})"
+    if not isinstance(overlay, str) or not overlay:
+        notes.append(f"explanations/explanations.json {what}: no overlay file listed")
+        return None
+    path = folder / overlay
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+        png = path.read_bytes() if inside and path.stat().st_size <= MAX_OVERLAY_BYTES else b""
+    except OSError:
+        notes.append(f"explanations/{overlay}: overlay of {what} is missing")
+        return None
+    if not png.startswith(PNG_MAGIC):
+        notes.append(f"explanations/{overlay}: overlay of {what} is not a PNG file inside explanations/ "
+                     f"(or is over {MAX_OVERLAY_BYTES // 2**20} MiB)")
+        return None
+    name = Path(source).name or source or "—"
+    target = entry.get("target")
+    class_name = entry.get("class_name")
+    class_name = str(class_name) if class_name not in (None, "") else fmt(target)
+    caption = f"{fmt(entry.get('method'))} · {class_name} ({fmt(target)}) · {name} · {fmt(entry.get('score'))}"
+    return {"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "caption": caption,
+            "input": source, "file": f"explanations/{overlay}",
+            "alt": f"{fmt(entry.get('method'))} saliency map for {class_name} on {name}"}
+
+
+def _explanations(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
+    """The Explanations section from ``run_dir/explanations/explanations.json`` (written by labelwise explain):
+    its metrics table and a gallery of up to :data:`MAX_GALLERY` overlays; None without that file."""
+    folder = run_dir / "explanations"
+    if not (folder / "explanations.json").is_file():
+        return None
+    # imported here, not at the top: labelwise.explain loads torch
+    from labelwise.explain.outputs import read_index
+
+    try:
+        index = read_index(folder)
+    except DataError as exc:
+        notes.append(f"explanations/explanations.json could not be read: {exc}")
+        return None
+    if index is None:
+        return None
+    rows = []
+    for number, row in enumerate(index["metrics"]):
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            notes.append(f"explanations/explanations.json metrics row {number}: skipped, not a JSON object")
+    names: dict[str, None] = {"method": None} if rows else {}
+    for row in rows:
+        for key in row:
+            names.setdefault(str(key), None)
+    columns = [(name, name != "method" and (_lower_is_better(name)
+                                            or any(w in name.lower() for w in EXPLANATION_LOWER_IS_BETTER)))
+               for name in names]
+    entries = index["entries"]
+    figures = [_explanation_figure(number, entry, folder, notes) for number, entry in enumerate(entries[:MAX_GALLERY])]
+    return {
+        "columns": columns,
+        "rows": [[row.get(name) for name, _ in columns] for row in rows],
+        "figures": [f for f in figures if f is not None],
+        "total": len(entries),
+        "listed": min(len(entries), MAX_GALLERY),
+    }
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("labelwise", "report/templates"),
@@ -203,6 +283,7 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
             evaluation = json.loads((run_dir / "evaluation.json").read_text())
         except ValueError as exc:
             notes.append(f"evaluation.json could not be read: {exc}")
+    explanations = _explanations(run_dir, notes)
     s = summary or {}
     context = {
         "name": str(s.get("name") or config.get("name") or run_dir.resolve().name),
@@ -226,6 +307,7 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "run_dir": str(run_dir),
         "evaluation": _evaluation_rows(evaluation),
         "evaluation_page": (run_dir / "evaluation.html").is_file(),
+        "explanations": explanations,
     }
     html = _environment().get_template("report.html.j2").render(**context)
     return atomic_write(out, html)
