@@ -65,7 +65,7 @@ def test_data_synth_shapes_writes_a_dataset(tmp_path):
     assert arrays["image"].shape == (30, 1, 16, 16, 16) and arrays["mask"].shape == (30, 16, 16, 16)
 
 
-@pytest.mark.parametrize("args", [["predict"], ["explain"], ["data", "synth", "vessels", "--dim", "3"]])
+@pytest.mark.parametrize("args", [["predict"], ["data", "synth", "vessels", "--dim", "3"]])
 def test_commands_not_built_yet_say_so(args, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -90,3 +90,6 @@ def test_quick_demo(tmp_path):
     assert all(p.is_file() for p in reports)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["status"] == "completed" and "accuracy" in summary["test"]
+    explanations = json.loads((tmp_path / "demo-multilabel" / "explanations" / "explanations.json").read_text())
+    assert len(explanations["entries"]) == 4 and [r["method"] for r in explanations["metrics"]] == ["gradcam", "center"]
+    assert "explanation-gallery" in (tmp_path / "demo-multilabel" / "report.html").read_text()
