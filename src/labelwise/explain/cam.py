@@ -161,7 +161,7 @@ class CAM:
 
     def capture(self, x: Tensor, targets: Any = None, gradients: bool = True) -> Capture:
         """One forward pass (graph only after the target layer) and, with ``gradients``, one backward pass per
-        explained class down to the layer. Activations and gradients come back as float32."""
+        explained class down to the layer. Activations and gradients come back as float32 (float64 kept)."""
         if torch.is_inference_mode_enabled():
             raise LabelwiseError("Grad-CAM needs gradients: call it outside torch.inference_mode()")
         layer = self.target_layer(x)
