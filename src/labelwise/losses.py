@@ -1,0 +1,112 @@
+"""Segmentation losses on logits: Focal Tversky, and the multi-scale supervision (MSS) sum of DS6.
+
+Focal Tversky: Abraham & Khan, "A Novel Focal Tversky Loss Function with Improved Attention U-Net for Lesion
+Segmentation", ISBI 2019 (arXiv:1810.07842). MSS: Chatterjee et al., "DS6, Deformation-aware Semi-supervised
+Learning: Application to Small Vessel Segmentation with Noisy Training Data", J. Imaging 8(10):259, 2022.
+
+Logits and targets are channel-first, ``(B, C, *spatial)`` in 2D or 3D. Each channel is a binary problem with its own
+sigmoid (one channel, the paper's case; several: multi-label, the loss averaged over channels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from labelwise.errors import ConfigError, DataError
+
+__all__ = ["MSS_WEIGHTS", "focal_tversky_loss", "mss_loss"]
+
+Reduction = Literal["batch", "mean", "none"]
+MSS_WEIGHTS = (1.0, 0.66, 0.34)
+
+
+def _nonnegative(name: str, value: float, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
+        strict and value == 0
+    ):
+        raise ConfigError(f"{name}: expected a {'positive' if strict else 'non-negative'} number, got {value!r}")
+    return float(value)
+
+
+def focal_tversky_loss(
+    logits: Tensor,
+    target: Tensor,
+    alpha: float = 0.7,
+    beta: float = 0.3,
+    gamma: float = 0.75,
+    smooth: float = 1.0,
+    reduction: Reduction = "batch",
+) -> Tensor:
+    """Focal Tversky loss ``(1 - TI) ** gamma`` with ``TI = (TP + smooth) / (TP + alpha FN + beta FP + smooth)``.
+
+    Soft counts on ``p = sigmoid(logits)`` (in float32 at least): ``TP = sum p y``, ``FN = sum (1 - p) y``,
+    ``FP = sum p (1 - y)``; ``alpha`` weighs false negatives, ``beta`` false positives (Abraham & Khan 2019; DS6 uses
+    the defaults). ``logits`` and ``target`` (values in [0, 1], soft labels allowed) are ``(B, C, *spatial)``.
+    ``smooth = 0`` is allowed but gives NaN where a channel has neither target nor predicted foreground.
+
+    ``reduction``: "batch" sums the counts over the batch and space, one index per channel, then averages the
+    channels: a scalar, as in DS6's code; "mean": one index per sample and channel, averaged; "none": those, ``(B, C)``.
+    ``gamma < 1`` (0.75 here and in DS6) makes the loss exceed ``1 - TI`` for TI in (0, 1), most of all near TI = 1,
+    so nearly-right predictions keep a sizeable gradient; it stays finite (zero at a perfect prediction).
+    """
+    alpha, beta, smooth = _nonnegative("alpha", alpha), _nonnegative("beta", beta), _nonnegative("smooth", smooth)
+    gamma = _nonnegative("gamma", gamma, strict=True)
+    if reduction not in ("batch", "mean", "none"):
+        raise ConfigError(f"reduction: expected 'batch', 'mean' or 'none', got {reduction!r}")
+    if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.ndim < 3:
+        got = f"{logits.dtype} shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise DataError(f"logits: expected a float tensor (B, C, *spatial), got {got}")
+    if not isinstance(target, Tensor) or target.shape != logits.shape:
+        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise DataError(f"target: expected the logits' shape {tuple(logits.shape)}, got {got}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    y = target.to(dtype)
+    if y.numel():
+        low, high = torch.aminmax(y.detach())
+        if low < 0 or high > 1:
+            raise DataError(
+                f"target: expected values in [0, 1] (binary or soft labels), got [{low.item()}, {high.item()}]"
+            )
+    p = torch.sigmoid(logits.to(dtype))
+    dims = [0, *range(2, p.ndim)] if reduction == "batch" else list(range(2, p.ndim))
+    tp = (p * y).sum(dims)
+    fn = ((1 - p) * y).sum(dims)
+    fp = (p * (1 - y)).sum(dims)
+    tversky = (tp + smooth) / (tp + alpha * fn + beta * fp + smooth)
+    # 1 - TI >= 0; clamping at the smallest normal number keeps d/dx x**gamma finite for gamma < 1 (zero at x = 0).
+    loss = (1 - tversky).clamp_min(torch.finfo(dtype).tiny) ** gamma
+    return loss if reduction == "none" else loss.mean()
+
+
+def mss_loss(
+    outputs: Tensor | Sequence[Tensor],
+    target: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = focal_tversky_loss,
+    weights: Sequence[float] = MSS_WEIGHTS,
+) -> Tensor:
+    """Multi-scale supervision (DS6): ``sum_k weights[k] * loss_fn(outputs[k], target)``, every output full-size.
+
+    ``outputs``: :class:`~labelwise.models.UNetMSS`'s train-mode tuple ``(full, half_up, quarter_up)``, one weight
+    each (DS6: 1.0, 0.66, 0.34; not normalised); a single tensor gives ``loss_fn(outputs, target)`` unweighted.
+    """
+    if isinstance(outputs, Tensor):
+        return loss_fn(outputs, target)
+    if isinstance(outputs, (str, bytes)) or not isinstance(outputs, Sequence) or not outputs:
+        raise DataError(f"outputs: expected a tensor or a non-empty tuple of tensors, got {type(outputs).__name__}")
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or len(weights) != len(outputs):
+        raise ConfigError(f"weights: expected one weight per output ({len(outputs)}), got {weights!r}")
+    weights = [_nonnegative(f"weights[{k}]", w) for k, w in enumerate(weights)]
+    for k, out in enumerate(outputs):
+        if not isinstance(out, Tensor):
+            raise DataError(f"outputs[{k}]: expected a tensor of logits, got {type(out).__name__}")
+        if out.shape != outputs[0].shape:
+            raise DataError(
+                f"outputs[{k}]: expected full-size logits shaped like outputs[0] {tuple(outputs[0].shape)}, "
+                f"got {tuple(out.shape)}"
+            )
+    return sum(w * loss_fn(out, target) for w, out in zip(weights, outputs))  # type: ignore[return-value]
