@@ -123,6 +123,13 @@ def demo(
             keys = ("top1", "real_top1", "variable_topk_subset", "asma")
             typer.echo("  multi-label-aware: " + ", ".join(f"{k} {scores[k]:.4f}" for k in keys if scores.get(k) is not None)
                        + f"; {path.parent / 'evaluation.html'}")
+        index = path.parent / "explanations" / "explanations.json"
+        if index.is_file():
+            explained = json.loads(index.read_text())
+            hits = ", ".join(f"{row['method']} {row['pointing_game']:.2f}" for row in explained.get("metrics", [])
+                             if row.get("pointing_game") is not None)
+            typer.echo(f"  explanations: {len(explained.get('entries', []))} maps; pointing game {hits}; "
+                       f"{index.parent}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
