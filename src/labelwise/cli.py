@@ -132,10 +132,28 @@ def demo(
                        f"{index.parent}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def predict() -> None:
-    """Predict with a trained run on new images (not built yet)."""
-    _not_built("predict", "Vessel segmentation on noisy labels (DS6)")
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a segmentation run directory (or one of its checkpoint folders)")],
+    input: Annotated[list[Path], typer.Option(help="NIfTI volumes or 2D images, or folders of them; repeat")],
+    out: Annotated[Path, typer.Option(help="folder for probabilities/, masks/, figures/ and predictions.json")],
+    reference: Annotated[Optional[Path], typer.Option(help="folder of reference masks (matched by case id): Dice and difference maps")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="0.5, another number, otsu or argmax (default: 0.5 for one channel, argmax otherwise)")] = None,
+    overlap: Annotated[float, typer.Option(min=0, max=0.95, help="overlap of the sliding windows")] = 0.5,
+    roi: Annotated[Optional[list[int]], typer.Option(help="window size: one value or one per axis (default: the run's data.patch_size)")] = None,
+) -> None:
+    """Segment new images with a trained run: sliding windows with Gaussian blending, probability and mask (NIfTI
+    or PNG), a maximum-intensity projection and, with --reference, a difference map (false negatives red, false
+    positives blue)."""
+    from labelwise.predicting import parse_threshold, predict_files
+    from labelwise.trained import load_trained
+
+    trained = load_trained(run_dir)
+    cases = predict_files(trained, input, out, threshold=parse_threshold(threshold) if threshold else None,
+                          reference=reference, roi_size=roi or None, overlap=overlap)
+    dice = [c["dice"] for c in cases if c.get("dice") is not None]
+    tail = f"; mean Dice {sum(dice) / len(dice):.4f} against {reference}" if dice else ""
+    typer.echo(f"wrote {len(cases)} case(s) to {out}{tail}")
 
 
 @evaluate_app.command("classification")
@@ -182,6 +200,40 @@ def evaluate_classification(
             console.print(f"{model['model']}: not computed: {reasons}", highlight=False)
     for path in write_outputs(result, json_out, csv_out, report_out):
         typer.echo(f"wrote {path}")
+
+
+@evaluate_app.command("segmentation")
+def evaluate_segmentation(
+    pred: Annotated[Path, typer.Option(help="folder of predicted masks (a labelwise predict folder: its masks/)")],
+    truth: Annotated[Path, typer.Option(help="folder of reference masks, matched by case id (file name)")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON here")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="write one row per case (+ mean, std) as CSV here")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="skip cases found on one side only instead of refusing")] = False,
+) -> None:
+    """Score segmentations: Dice, IoU, precision, sensitivity, volumetric similarity, HD95, ASSD (physical units)
+    and clDice, per case and mean ± std."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from labelwise.evaluate_segmentation import evaluate_segmentation as run, format_table, to_csv, to_json
+
+    result = run(pred, truth, allow_missing=allow_missing)
+    rows = format_table(result)
+    table = Table(title=f"{result['n']} case(s): {pred} vs {truth}")
+    for i, column in enumerate(rows[0]):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows[1:]:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for note in result.get("notes", []):
+        console.print(f"note: {note}", highlight=False)
+    if json_out is not None:
+        to_json(result, json_out)
+        typer.echo(f"wrote {json_out}")
+    if csv_out is not None:
+        to_csv(result, csv_out)
+        typer.echo(f"wrote {csv_out}")
 
 
 @app.command()

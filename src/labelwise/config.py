@@ -40,14 +40,24 @@ class DataConfig(Section):
 
     path: Path | None = None
     synth: SynthData | None = None
+    manifest: Path | None = Field(None, description="CSV of image files: id,image,label,split[,truth]")
     task: Literal["classification", "segmentation"] = "classification"
     batch_size: int = Field(32, gt=0, description="global batch size, split over devices")
     eval_batch_size: int = Field(64, gt=0)
+    patch_size: list[int] | None = Field(None, description="manifest data: train on random patches of this size")
+    patches_per_volume: int = Field(100, gt=0, description="random patches per training case and epoch")
+    foreground_ratio: float = Field(0.5, ge=0, le=1, description="share of patches centred on a labelled voxel")
+    intensity: Literal["max", "zscore", "none"] = Field("max", description="per-volume intensity normalisation")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        if (self.path is None) == (self.synth is None):
-            raise ValueError("give exactly one of data.path (an .npz file) or data.synth (a built-in dataset)")
+        if sum(x is not None for x in (self.path, self.synth, self.manifest)) != 1:
+            raise ValueError("give exactly one of data.path (an .npz file), data.synth (a built-in dataset) or "
+                             "data.manifest (a CSV of image files)")
+        if self.manifest is not None and self.task != "segmentation":
+            raise ValueError("data.manifest lists images with masks: set data.task: segmentation")
+        if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):
+            raise ValueError(f"data.patch_size: expected 2 or 3 positive sizes, got {self.patch_size}")
         return self
 
 
@@ -62,6 +72,7 @@ class ModelConfig(Section):
     layers: list[int] | None = None
     norm: Literal["batch", "instance", "group"] = "batch"
     dropout: float = Field(0.0, ge=0, lt=1)
+    deep_supervision: bool = Field(True, description="unet_mss: extra outputs at 1/2 and 1/4 resolution")
 
     @field_validator("name")
     @classmethod
@@ -225,15 +236,15 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _check_files(config: Config, base_dir: Path | None) -> None:
-    path = config.data.path
-    if path is None:
-        return
-    candidates = [path] if path.is_absolute() else [p for p in (base_dir and base_dir / path, path) if p]
-    for candidate in candidates:
-        if candidate.is_file():
-            config.data.path = candidate.resolve()
-            return
-    raise ConfigError(f"data.path: file not found: {path}")
+    for key in ("path", "manifest"):
+        path = getattr(config.data, key)
+        if path is None:
+            continue
+        candidates = [path] if path.is_absolute() else [p for p in (base_dir and base_dir / path, path) if p]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(f"data.{key}: file not found: {path}")
+        setattr(config.data, key, found.resolve())
 
 
 # --- error messages ------------------------------------------------------------------------------

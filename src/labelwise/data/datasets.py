@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from labelwise.data.patches import VolumeDataset
 from labelwise.errors import DataError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class ArrayDataset(Dataset):
 class DataBundle:
     """The splits of one dataset and what a model needs to know about it."""
 
-    splits: dict[str, ArrayDataset]
+    splits: dict[str, Dataset]
     task: str
     num_classes: int
     in_channels: int
@@ -49,14 +50,18 @@ class DataBundle:
         return self.splits[name]
 
 
-def load_data(cfg: DataConfig) -> DataBundle:
-    """Generate (``data.synth``) or read (``data.path``, an ``.npz``) the dataset the config names.
+def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> DataBundle:
+    """Generate (``data.synth``) or read (``data.path``, an ``.npz``; ``data.manifest``, image files) the dataset
+    the config names. Unlabelled training cases of a manifest are kept only with ``keep_unlabelled`` (methods
+    that learn from them); otherwise they are left out. ``seed`` draws the training patches.
 
     An ``.npz`` holds ``image`` (N, C, *spatial), ``split`` (N,) of 'train'/'val'/'test', and ``label`` (N,)
     for classification or ``mask`` (N, *spatial) for segmentation; optional ``class_names`` and ``ids`` (N,)."""
     from labelwise.data.npz import load_npz
     from labelwise.data.synth import make_shapes
 
+    if cfg.manifest is not None:
+        return _load_manifest(cfg, keep_unlabelled, seed)
     target_key = "label" if cfg.task == "classification" else "mask"
     if cfg.synth is not None:
         arrays = make_shapes(**cfg.synth.model_dump(exclude={"kind"}))
@@ -92,3 +97,37 @@ def load_data(cfg: DataConfig) -> DataBundle:
         class_names=class_names,
         ids=arrays["ids"].astype(str) if "ids" in arrays else None,
     )
+
+
+def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBundle:
+    """Cases of a manifest: whole volumes for val and test, random patches (``data.patch_size``) or whole images
+    for training."""
+    from labelwise.data.manifest import read_manifest
+    from labelwise.data.patches import PatchDataset, load_cases
+
+    cases = read_manifest(cfg.manifest)
+    splits: dict[str, Dataset] = {}
+    for name in ("train", "val", "test"):
+        chosen = [i for i, c in enumerate(cases) if c.split == name and (c.labelled or keep_unlabelled)]
+        splits[name] = load_cases([cases[i] for i in chosen], np.array(chosen, dtype=np.int64), cfg.intensity)
+    train = splits["train"]
+    if len(train) == 0:
+        raise DataError(f"{cfg.manifest}: no usable training cases (unlabelled ones are used only by "
+                        "semi-supervised methods)")
+    if not bool(train.labelled.any()):
+        raise DataError(f"{cfg.manifest}: the training cases have no labels")
+    first = train.image[0]
+    spatial_dims, in_channels = first.ndim - 1, first.shape[0]
+    for name, split in splits.items():
+        for image, case in zip(split.image, split.cases):
+            if image.ndim - 1 != spatial_dims or image.shape[0] != in_channels:
+                raise DataError(f"{case.image}: {image.shape[0]} channel(s), {image.ndim - 1}D; the training cases "
+                                f"have {in_channels}, {spatial_dims}D")
+    if cfg.patch_size is not None:
+        splits["train"] = PatchDataset(train, cfg.patch_size, cfg.patches_per_volume, cfg.foreground_ratio, seed)
+    elif len({tuple(i.shape) for i in train.image}) > 1:
+        raise DataError(f"{cfg.manifest}: training images differ in size; set data.patch_size to train on patches")
+    top = max(int(t.max()) for split in splits.values() if isinstance(split, VolumeDataset)
+              for t, labelled in zip(split.target, split.labelled.tolist()) if labelled)
+    return DataBundle(splits=splits, task="segmentation", num_classes=max(2, top + 1), in_channels=in_channels,
+                      spatial_dims=spatial_dims, class_names=[], ids=np.array([c.id for c in cases]))

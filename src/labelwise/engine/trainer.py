@@ -24,6 +24,7 @@ import labelwise
 from labelwise.config import Config, save_config
 from labelwise.data import DataBundle, StepBatchSampler, load_data
 from labelwise.data.npz import save_npz
+from labelwise.data.patches import VolumeDataset, save_case_predictions
 from labelwise.engine.checkpoint import latest_checkpoint, load_state, load_weights, rng_states, save_checkpoint, set_rng_states
 from labelwise.engine.progress import StepProgress
 from labelwise.engine.rundir import RunDir
@@ -121,7 +122,8 @@ class Trainer:
         fabric.seed_everything(cfg.seed, verbose=False)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.data: DataBundle = load_data(cfg.data)
+        self.data: DataBundle = load_data(cfg.data, keep_unlabelled=METHODS[cfg.method.name].uses_unlabelled,
+                                          seed=cfg.seed)
         self.method: Method = METHODS[cfg.method.name](cfg, self.data)
         self.raw_networks = dict(self.method.networks)
         self.start_step = 0
@@ -130,10 +132,12 @@ class Trainer:
             load_weights(checkpoint, self.raw_networks)
         for name, net in self.raw_networks.items():
             self.method.networks[name] = fabric.setup_module(net)
-        self.optimizer = fabric.setup_optimizers(build_optimizer(cfg, self.method.parameters()))
+        parameters = self.method.parameters()  # none: a method without gradient training (e.g. frangi)
+        self.optimizer = fabric.setup_optimizers(build_optimizer(cfg, parameters)) if parameters else None
         if checkpoint is not None:
             state = load_state(checkpoint)
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
             set_rng_states(state["rng"])
             self.start_step = int(state["step"])
         if fabric.is_global_zero:
@@ -189,17 +193,11 @@ class Trainer:
                 for batch in self._train_loader(start):
                     reseed(step_seed(cfg.seed, step, fabric.global_rank))
                     lr = learning_rate(cfg, step)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                    self.method.step = step
                     losses = self.method.training_step(batch)
                     loss = losses["loss"]
-                    self.optimizer.zero_grad(set_to_none=True)
-                    fabric.backward(loss)
-                    if t.gradient_clip:
-                        for net in self.method.networks.values():
-                            if any(p.requires_grad for p in net.parameters()):
-                                fabric.clip_gradients(net, self.optimizer, max_norm=t.gradient_clip, error_if_nonfinite=False)
-                    self.optimizer.step()
+                    if self.optimizer is not None:
+                        self._optimize(loss, lr)
                     step += 1
                     finite = torch.isfinite(loss.detach())
                     first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=fabric.device), first_bad)
@@ -242,6 +240,19 @@ class Trainer:
 
     # --- pieces of the loop --------------------------------------------------------------------
 
+    def _optimize(self, loss: torch.Tensor, lr: float) -> None:
+        """One optimizer step on ``loss`` at learning rate ``lr``, gradients clipped per network."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        self.fabric.backward(loss)
+        if self.config.trainer.gradient_clip:
+            for net in self.method.networks.values():
+                if any(p.requires_grad for p in net.parameters()):
+                    self.fabric.clip_gradients(net, self.optimizer, max_norm=self.config.trainer.gradient_clip,
+                                               error_if_nonfinite=False)
+        self.optimizer.step()
+
     def _train_mode(self) -> None:
         for net in self.method.networks.values():
             net.train()
@@ -271,7 +282,7 @@ class Trainer:
     def _save(self, step: int) -> None:
         if self.fabric.is_global_zero:
             state = {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
                 "scheduler": {"name": self.config.optimizer.scheduler, "last_step": step},
                 "rng": rng_states(),
                 "world_size": self.fabric.world_size,
@@ -281,11 +292,16 @@ class Trainer:
         self.fabric.barrier()
 
     @torch.no_grad()
-    def predict_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits, targets and images of a whole split, on the CPU (every process computes all of it)."""
+    def predict_split(self, split: str) -> tuple[Any, Any, Any]:
+        """Logits, targets and images of a whole split, on the CPU (every process computes all of it); for cases of
+        their own sizes (:class:`VolumeDataset`) lists with one tensor per case."""
         dataset = self.data.split(split)
         for net in self.method.networks.values():
             net.eval()
+        if isinstance(dataset, VolumeDataset):
+            logits = [self.method.predict(image[None].to(self.fabric.device))[0].float().cpu()
+                      for image in dataset.image]
+            return logits, dataset.target, dataset.image[:N_SAMPLES]
         outputs = []
         bs = self.config.data.eval_batch_size
         for start in range(0, len(dataset), bs):
@@ -300,7 +316,9 @@ class Trainer:
         metrics, predictions = self.method.evaluate(outputs, target)
         if self.fabric.is_global_zero:
             self.run.append_metrics({"step": step, "split": split, "time": round(time.perf_counter() - started, 3), **metrics})
-            if save_predictions:
+            if save_predictions and isinstance(self.data.split(split), VolumeDataset):
+                save_case_predictions(self.run.predictions / split, self.data.split(split), predictions)
+            elif save_predictions:
                 arrays = {k: v.cpu().numpy() for k, v in predictions.items()}
                 rows = self.data.split(split).indices.numpy()
                 save_npz(self.run.predictions / f"{split}.npz", {**arrays, "index": rows}, compress=True)

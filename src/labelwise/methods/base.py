@@ -31,6 +31,9 @@ class Method:
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
+    uses_unlabelled: ClassVar[bool] = False  # True: unlabelled training cases are loaded (flag "labelled" = False)
+    threshold: float | str = 0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, or "otsu"
+    step: int = 0  # the engine sets the number of the step about to run before each training_step
 
     def __init__(self, config: Config, data: DataBundle):
         self.config = config
@@ -63,15 +66,47 @@ class Method:
                 "loss": nn.functional.cross_entropy(outputs.float(), target),
             }
             predictions = {"prediction": prediction, "probability": probability, "target": target}
+        elif isinstance(outputs, (list, tuple)):  # whole cases of their own sizes
+            pairs = [self.segment(o[None]) for o in outputs]
+            probability, prediction = [p[0] for p, _ in pairs], [m[0] for _, m in pairs]
+            per_class = torch.cat([seg_metrics.dice(m[None], t[None], num_classes=k)
+                                   for m, t in zip(prediction, target)])
+            metrics = self._dice_metrics(per_class)
+            predictions = {"prediction": prediction, "probability": probability, "target": list(target)}
         else:
-            prediction = outputs.argmax(dim=1)
-            per_class = seg_metrics.dice(prediction, target, num_classes=k)
-            metrics = {"dice": torch.nanmean(per_class)}
-            for c in range(per_class.shape[1]):
-                metrics[f"dice/{self._class_name(c + 1)}"] = torch.nanmean(per_class[:, c])
+            prediction = self.segment(outputs)[1]
+            metrics = self._dice_metrics(seg_metrics.dice(prediction, target, num_classes=k))
             predictions = {"prediction": prediction, "target": target}
         return {key: float(value) for key, value in metrics.items()}, predictions
+
+    def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, K, *spatial)`` logits -> foreground probability ``(B, *spatial)`` and label map ``(B, *spatial)``:
+        one channel: sigmoid and :attr:`threshold`; several: softmax, 1 - p(background) and argmax."""
+        logits = logits.float()
+        if logits.shape[1] == 1:
+            probability = torch.sigmoid(logits[:, 0])
+            return probability, (probability > threshold_value(probability, self.threshold)).long()
+        soft = logits.softmax(dim=1)
+        return 1 - soft[:, 0], soft.argmax(dim=1)
+
+    def _dice_metrics(self, per_class: torch.Tensor) -> dict[str, torch.Tensor]:
+        metrics = {"dice": torch.nanmean(per_class)}
+        for c in range(per_class.shape[1]):
+            metrics[f"dice/{self._class_name(c + 1)}"] = torch.nanmean(per_class[:, c])
+        return metrics
 
     def _class_name(self, segment_class: int) -> str:
         names = self.data.class_names
         return names[segment_class - 1] if segment_class - 1 < len(names) else str(segment_class)
+
+
+def threshold_value(probability: torch.Tensor, threshold: float | str) -> float:
+    """``threshold`` itself, or Otsu's threshold of ``probability`` (0.5 when the map is constant)."""
+    if threshold != "otsu":
+        return float(threshold)
+    from skimage.filters import threshold_otsu
+
+    values = probability.detach().float().cpu().numpy()
+    if values.size == 0 or values.min() == values.max():
+        return 0.5
+    return float(threshold_otsu(values))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -9,6 +10,8 @@ from monai.losses import DiceCELoss
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from labelwise.errors import ConfigError
+from labelwise.losses import MSS_WEIGHTS, focal_tversky_loss, mss_loss
 from labelwise.methods.base import Method
 from labelwise.models import build_model
 
@@ -17,34 +20,69 @@ class SupervisedOptions(BaseModel):
     """Options of ``method: supervised``."""
 
     model_config = ConfigDict(extra="forbid")
-    loss: Literal["auto", "cross_entropy", "dice_ce"] = "auto"
+    loss: Literal["auto", "cross_entropy", "dice_ce", "focal_tversky"] = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    alpha: float = Field(0.7, ge=0, description="focal_tversky: weight of false negatives")
+    beta: float = Field(0.3, ge=0, description="focal_tversky: weight of false positives")
+    gamma: float = Field(0.75, gt=0, description="focal_tversky: focal exponent")
+    mss_weights: tuple[float, float, float] = Field(MSS_WEIGHTS, description="unet_mss: full, 1/2, 1/4 outputs")
+    threshold: float | Literal["otsu"] = Field(0.5, description="one-channel segmenters: p > threshold, or otsu")
+    overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window inference: overlap of the patches")
 
 
 class Supervised(Method):
-    """Plain supervised training: cross-entropy for classification, Dice + cross-entropy for segmentation."""
+    """Plain supervised training: cross-entropy for classification; Dice + cross-entropy (softmax over classes) or
+    Focal Tversky (one sigmoid channel, binary masks; the default for ``unet_mss``) for segmentation. A U-Net MSS
+    in train mode returns three full-size outputs, scored with weights ``mss_weights`` (DS6's 1, 0.66, 0.34)."""
 
     name = "supervised"
     Options = SupervisedOptions
 
     def __init__(self, config, data):
         super().__init__(config, data)
-        self.networks["model"] = build_model(
-            config.model, data.spatial_dims, data.in_channels, data.num_classes, data.task
-        )
         loss = self.options.loss
         if loss == "auto":
-            loss = "cross_entropy" if data.task == "classification" else "dice_ce"
+            loss = ("cross_entropy" if data.task == "classification" else
+                    "focal_tversky" if config.model.name == "unet_mss" else "dice_ce")
+        if loss in ("dice_ce", "focal_tversky") and data.task != "segmentation":
+            raise ConfigError(f"method.loss: {loss} is a segmentation loss but data.task is {data.task!r}")
+        if loss == "focal_tversky" and data.num_classes != 2:
+            raise ConfigError(f"method.loss: focal_tversky trains one sigmoid channel for binary masks; the data has "
+                              f"{data.num_classes} classes (use dice_ce)")
+        self.loss_name = loss
+        out_channels = 1 if loss == "focal_tversky" else data.num_classes
+        self.networks["model"] = build_model(config.model, data.spatial_dims, data.in_channels, out_channels, data.task)
         if loss == "dice_ce":
             self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=self.options.label_smoothing)
-        self.loss_name = loss
+        self.threshold = self.options.threshold
+        self.patch_size = config.data.patch_size
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
-        return self.networks["model"](image)
+        """Logits of the main output; images larger than ``data.patch_size`` go through overlapping patches with
+        Gaussian blending (:func:`labelwise.predicting.sliding_window_predict`)."""
+        model = self.networks["model"]
+        if self.patch_size is not None and any(s > p for s, p in zip(image.shape[2:], self.patch_size)):
+            from labelwise.predicting import sliding_window_predict
+
+            return sliding_window_predict(model, image, self.patch_size, overlap=self.options.overlap)
+        out = model(image)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def segmentation_loss(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+        """The configured loss of logits (a tensor, or U-Net MSS's tuple) against a label map ``(B, *spatial)``."""
+        if self.loss_name == "focal_tversky":
+            o = self.options
+            loss_fn = partial(focal_tversky_loss, alpha=o.alpha, beta=o.beta, gamma=o.gamma)
+            target = target.unsqueeze(1).float()
+        else:
+            loss_fn, target = self.dice_ce, target.unsqueeze(1)
+        weights = self.options.mss_weights[: len(outputs)] if isinstance(outputs, (tuple, list)) else None
+        return mss_loss(outputs, target, loss_fn, weights) if weights else loss_fn(outputs, target)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.predict(batch["image"])
+        outputs = self.networks["model"](batch["image"])
         target = batch["target"]
-        if self.loss_name == "dice_ce":
-            return {"loss": self.dice_ce(logits, target.unsqueeze(1))}
-        return {"loss": nn.functional.cross_entropy(logits, target, label_smoothing=self.options.label_smoothing)}
+        if self.data.task == "segmentation":
+            return {"loss": self.segmentation_loss(outputs, target)}
+        return {"loss": nn.functional.cross_entropy(outputs, target, label_smoothing=self.options.label_smoothing)}
+

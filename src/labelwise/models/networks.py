@@ -106,6 +106,18 @@ def _basic_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_chann
     )
 
 
+def _unet_mss(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    from labelwise.models.unet_mss import DEFAULT_CHANNELS, UNetMSS
+
+    if cfg.norm != "batch" or cfg.dropout:
+        raise ConfigError("model: unet_mss has batch norm and no dropout (as in DS6); leave model.norm and "
+                          "model.dropout at their defaults")
+    channels = cfg.channels or list(DEFAULT_CHANNELS)
+    if len(channels) != 5:
+        raise ConfigError("model.channels: unet_mss needs 5 widths (DS6's paper: [64, 128, 256, 512, 1024])")
+    return UNetMSS(spatial_dims, in_channels, out_channels, channels, deep_supervision=cfg.deep_supervision)
+
+
 MODELS: dict[str, Builder] = {
     "resnet10": _resnet([1, 1, 1, 1]),
     "resnet18": _resnet([2, 2, 2, 2]),
@@ -113,9 +125,10 @@ MODELS: dict[str, Builder] = {
     "densenet121": _densenet121,
     "unet": _unet,
     "basic_unet": _basic_unet,
+    "unet_mss": _unet_mss,
 }
 
-SEGMENTERS = {"unet", "basic_unet"}
+SEGMENTERS = {"unet", "basic_unet", "unet_mss"}
 
 
 def build_model(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, task: str) -> nn.Module:

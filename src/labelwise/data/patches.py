@@ -1,0 +1,148 @@
+"""Whole volumes in memory, and random patches drawn from them for training (2D and 3D).
+
+:class:`VolumeDataset` holds the cases of one split: images ``(C, *spatial)`` float32 and masks ``(*spatial)``
+int64, each of its own size. :class:`PatchDataset` turns the training cases into ``patches_per_volume`` random
+patches each: sample ``i`` is a pure function of ``(seed, i)`` (so any number of loader workers and a resumed run
+see the same patches), centred with probability ``foreground_ratio`` on a random foreground voxel of a labelled
+case, otherwise anywhere; volumes smaller than the patch are zero-padded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from labelwise.data.manifest import Case
+from labelwise.data.volumes import read_volume, write_volume
+from labelwise.errors import DataError
+
+__all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity", "save_case_predictions"]
+
+Intensity = Literal["max", "zscore", "none"]
+
+
+def normalize_intensity(image: np.ndarray, mode: Intensity) -> np.ndarray:
+    """Per volume: ``max`` divides by the largest absolute value, ``zscore`` subtracts the mean and divides by the
+    standard deviation, ``none`` keeps the values. A constant volume is left unscaled (no division by zero)."""
+    if mode == "max":
+        top = float(np.abs(image).max(initial=0.0))
+        return image / top if top > 0 else image
+    if mode == "zscore":
+        std = float(image.std())
+        return (image - image.mean()) / std if std > 0 else image - image.mean()
+    return image
+
+
+class VolumeDataset(Dataset):
+    """Whole cases: ``{"image": (C, *spatial), "target": (*spatial), "labelled": (), "index": ()}``."""
+
+    def __init__(self, cases: Sequence[Case], images: list[torch.Tensor], targets: list[torch.Tensor],
+                 spacings: list[tuple[float, ...]], affines: list[np.ndarray | None], indices: np.ndarray):
+        self.cases = list(cases)
+        self.image, self.target = images, targets
+        self.spacings, self.affines = spacings, affines
+        self.labelled = torch.tensor([c.labelled for c in self.cases], dtype=torch.bool)
+        self.indices = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        self.ids = [c.id for c in self.cases]
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.image[i], "target": self.target[i], "labelled": self.labelled[i],
+                "index": self.indices[i]}
+
+
+def load_cases(cases: Sequence[Case], indices: np.ndarray, intensity: Intensity = "max") -> VolumeDataset:
+    """Read the cases' images and labels (unlabelled: an all-zero target), checking that each label matches its
+    image in shape and spacing and that every image has the same channels and number of spatial axes."""
+    images, targets, spacings, affines = [], [], [], []
+    for case in cases:
+        image = read_volume(case.image)
+        if image.array.ndim not in (3, 4):
+            raise DataError(f"{case.image}: image of shape {image.array.shape}; expected 2D or 3D")
+        if images and (image.array.shape[0], image.array.ndim) != (images[0].shape[0], images[0].ndim):
+            raise DataError(f"{case.image}: {image.array.shape[0]} channel(s), {image.array.ndim - 1}D; the first "
+                            f"case has {images[0].shape[0]}, {images[0].ndim - 1}D")
+        spatial = image.array.shape[1:]
+        if case.label is not None:
+            label = read_volume(case.label, mask=True)
+            if label.array.shape != spatial:
+                raise DataError(f"{case.label}: mask shape {label.array.shape} differs from its image "
+                                f"{case.image} {spatial}")
+            if not np.allclose(label.spacing, image.spacing, rtol=1e-3):
+                raise DataError(f"{case.label}: spacing {label.spacing} differs from its image {case.image} "
+                                f"{image.spacing}")
+            target = label.array
+        else:
+            target = np.zeros(spatial, dtype=np.int64)
+        images.append(torch.from_numpy(np.ascontiguousarray(normalize_intensity(image.array, intensity),
+                                                            dtype=np.float32)))
+        targets.append(torch.from_numpy(target))
+        spacings.append(image.spacing)
+        affines.append(image.affine)
+    return VolumeDataset(cases, images, targets, spacings, affines, indices)
+
+
+class PatchDataset(Dataset):
+    """``patches_per_volume`` random patches of every case of ``volumes``: the same keys as
+    :class:`VolumeDataset`, cut to ``patch_size``; ``index`` is the sample number."""
+
+    def __init__(self, volumes: VolumeDataset, patch_size: Sequence[int], patches_per_volume: int = 100,
+                 foreground_ratio: float = 0.5, seed: int = 0):
+        dims = volumes.image[0].ndim - 1 if len(volumes) else len(patch_size)
+        if len(patch_size) != dims:
+            raise DataError(f"data.patch_size: {list(patch_size)} has {len(patch_size)} axes but the images are "
+                            f"{dims}D")
+        self.volumes, self.patch = volumes, tuple(int(p) for p in patch_size)
+        self.patches_per_volume, self.foreground_ratio, self.seed = patches_per_volume, foreground_ratio, seed
+        # flat indices of foreground voxels, per labelled case (int32 where they fit)
+        self.foreground = [torch.nonzero(t.reshape(-1) > 0).squeeze(1).to(torch.int64 if t.numel() > 2**31
+                                                                            else torch.int32)
+                           if labelled else torch.empty(0, dtype=torch.int32)
+                           for t, labelled in zip(volumes.target, volumes.labelled.tolist())]
+        self.indices = torch.arange(len(self))
+        self.image, self.target = None, None  # patches are drawn on access; there is no stacked array
+
+    def __len__(self) -> int:
+        return len(self.volumes) * self.patches_per_volume
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(i)])
+        v = int(i) % len(self.volumes)
+        image, target = self.volumes.image[v], self.volumes.target[v]
+        spatial = tuple(image.shape[1:])
+        foreground = self.foreground[v]
+        if len(foreground) and rng.random() < self.foreground_ratio:
+            centre = np.unravel_index(int(foreground[rng.integers(len(foreground))]), spatial)
+        else:
+            centre = tuple(int(rng.integers(s)) for s in spatial)
+        starts = [min(max(c - p // 2, 0), max(s - p, 0)) for c, p, s in zip(centre, self.patch, spatial)]
+        window = tuple(slice(a, a + p) for a, p in zip(starts, self.patch))
+        image_patch, target_patch = image[(slice(None), *window)], target[window]
+        if tuple(target_patch.shape) != self.patch:  # the volume is smaller than the patch along some axis
+            pad = [x for got, want in zip(reversed(target_patch.shape), reversed(self.patch)) for x in (0, want - got)]
+            image_patch = torch.nn.functional.pad(image_patch, pad)
+            target_patch = torch.nn.functional.pad(target_patch, pad)
+        return {"image": image_patch.contiguous(), "target": target_patch.contiguous(),
+                "labelled": self.volumes.labelled[v], "index": torch.tensor(int(i))}
+
+
+def save_case_predictions(folder, volumes: VolumeDataset, predictions: dict[str, list[torch.Tensor]]) -> None:
+    """``folder/masks/<id>`` and ``folder/probabilities/<id>`` (NIfTI in 3D, PNG + ``.npy`` in 2D) for every case,
+    with the image's spacing and affine: what ``labelwise evaluate segmentation --pred folder`` reads."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    for i, case_id in enumerate(volumes.ids):
+        spacing, affine = volumes.spacings[i], volumes.affines[i]
+        mask = predictions["prediction"][i].cpu().numpy()
+        suffix = ".nii.gz" if mask.ndim == 3 else ".png"
+        write_volume(folder / "masks" / f"{case_id}{suffix}", mask.astype(np.uint8), spacing, affine)
+        if "probability" in predictions:
+            probability = predictions["probability"][i].cpu().numpy().astype(np.float32)
+            write_volume(folder / "probabilities" / f"{case_id}{'.nii.gz' if mask.ndim == 3 else '.npy'}",
+                         probability, spacing, affine)

@@ -1,0 +1,171 @@
+"""Reading and writing one image or mask with its voxel spacing: NIfTI (3D, through nibabel), PNG/TIFF/JPG (2D).
+
+Arrays are channel-first: an image is ``(C, *spatial)`` float32, a mask ``(*spatial)`` int64. Spatial axes are
+kept in the file's order (NIfTI: x, y, z; pictures: row, column), and ``spacing`` gives one physical size per
+spatial axis (NIfTI: the header's zooms, in mm; pictures: 1.0)::
+
+    vol = read_volume("case01.nii.gz")            # Volume(array (1, X, Y, Z), spacing (0.3, 0.3, 0.6), affine)
+    write_volume("pred01.nii.gz", mask, spacing=vol.spacing, affine=vol.affine)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from labelwise.errors import DataError
+
+__all__ = ["NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "Volume", "case_id", "read_volume",
+           "write_volume"]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + PICTURE_SUFFIXES + (".npy",)
+
+
+@dataclass
+class Volume:
+    """One image ``(C, *spatial)`` float32 or mask ``(*spatial)`` int64, its spacing and (NIfTI) its affine."""
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    affine: np.ndarray | None = None
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape[-len(self.spacing):])
+
+
+def suffix_of(path: str | Path) -> str:
+    """``.nii.gz`` or the last suffix, lower case."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def case_id(path: str | Path) -> str:
+    """The file name without its suffix (``case01.nii.gz`` -> ``case01``)."""
+    name = Path(path).name
+    suffix = suffix_of(path)
+    return name[: len(name) - len(suffix)] if suffix else name
+
+
+def read_volume(path: str | Path, mask: bool = False) -> Volume:
+    """Read ``path``. Images: pictures scaled to [0, 1] (grey: 1 channel, colour: 3), NIfTI and ``.npy`` values as
+    stored, NIfTI ``(X, Y, Z[, C])`` -> ``(C, X, Y, Z)``, ``.npy`` taken as ``(*spatial)`` or ``(C, *spatial)``
+    (2D when it has 2 axes, else channel-first). Masks (``mask=True``): integer labels ``(*spatial)``; a picture
+    holding only 0 and 255 becomes 0/1."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    affine = None
+    if suffix in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        try:
+            image = nib.load(str(path))
+            array = np.asarray(image.dataobj)
+            affine = np.asarray(image.affine, dtype=np.float64)
+            zooms = tuple(round(float(z), 6) for z in image.header.get_zooms()[:3])  # stored as float32
+        except Exception as err:  # noqa: BLE001 - nibabel raises many kinds
+            raise DataError(f"{path}: cannot read NIfTI: {err}") from None
+        if array.ndim == 4 and not mask:
+            array = np.moveaxis(array, -1, 0)
+        elif array.ndim not in (2, 3):
+            raise DataError(f"{path}: NIfTI of shape {array.shape}; expected (X, Y[, Z]) or, for images, (X, Y, Z, C)")
+        spacing = zooms[: min(array.ndim, 3)]
+        if not mask and array.ndim in (2, 3) and array.ndim == len(spacing):
+            array = array[None]
+    elif suffix in PICTURE_SUFFIXES:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                grey = im.mode in ("1", "L", "LA", "I", "I;16", "F", "P") or mask
+                raw = np.asarray(im.convert("L") if grey and im.mode not in ("I", "I;16", "F") else
+                                 (im if grey else im.convert("RGB")))
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot read image: {err}") from None
+        array = raw if mask else (raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0))
+        spacing = (1.0, 1.0)
+        if not mask:
+            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    elif suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot read array: {err}") from None
+        if array.ndim not in (2, 3, 4):
+            raise DataError(f"{path}: array of shape {array.shape}; expected 2 to 4 axes")
+        if mask:
+            spacing = (1.0,) * array.ndim
+        else:
+            array = array[None] if array.ndim == 2 else array
+            spacing = (1.0,) * (array.ndim - 1)
+    else:
+        raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(VOLUME_SUFFIXES)}")
+    if mask:
+        return Volume(_as_labels(array, path, picture=suffix in PICTURE_SUFFIXES), tuple(spacing), affine)
+    return Volume(np.ascontiguousarray(array, dtype=np.float32), tuple(spacing[: array.ndim - 1]), affine)
+
+
+def _as_labels(array: np.ndarray, path: Path, picture: bool) -> np.ndarray:
+    if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))):
+        raise DataError(f"{path}: a mask must hold integer labels, found fractional or non-finite values")
+    values = np.unique(array)
+    if values.size and values.min() < 0:
+        raise DataError(f"{path}: a mask must hold labels >= 0, found {values.min()}")
+    labels = array.astype(np.int64)
+    if picture and values.size == 2 and values[0] == 0 and values[1] == 255:  # 0/255 pictures: binary
+        labels = (labels > 0).astype(np.int64)
+    return np.ascontiguousarray(labels)
+
+
+def write_volume(path: str | Path, array: np.ndarray, spacing: tuple[float, ...] | None = None,
+                 affine: np.ndarray | None = None) -> Path:
+    """Write ``array`` (``(*spatial)`` or ``(C, *spatial)`` for NIfTI images) to ``path`` (parents created).
+
+    NIfTI: the given ``affine``, else a diagonal one with ``spacing`` (default 1); integer arrays are stored as
+    uint8/int16/int32 as they fit, floats as float32. Pictures (2D only): integer masks 0/1 are written 0/255,
+    other integers as 8 bit, floats in [0, 1] scaled to 8 bit."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix_of(path)
+    array = np.asarray(array)
+    if suffix in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        if array.dtype.kind in "biu":
+            top = int(array.max(initial=0))
+            array = array.astype(np.uint8 if top < 256 and array.min(initial=0) >= 0 else
+                                 np.int16 if top < 2**15 else np.int32)
+        else:
+            array = array.astype(np.float32)
+        if array.ndim == 4:  # (C, X, Y, Z) -> (X, Y, Z, C)
+            array = np.moveaxis(array, 0, -1)
+        if affine is None:
+            zooms = list(spacing or (1.0,) * 3)[:3] + [1.0] * (3 - len(spacing or (1.0,) * 3))
+            affine = np.diag([*zooms, 1.0])
+        image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+        if spacing is not None:
+            image.header.set_zooms(tuple(float(s) for s in spacing[: min(array.ndim, 3)]) + image.header.get_zooms()[3:])
+        nib.save(image, str(path))
+    elif suffix in PICTURE_SUFFIXES:
+        from PIL import Image
+
+        if array.ndim == 3 and array.shape[0] in (1, 3):
+            array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+        if array.ndim not in (2, 3):
+            raise DataError(f"{path}: a picture must be 2D, got shape {array.shape}")
+        if array.dtype.kind in "biu":
+            array = array.astype(np.uint8) * (255 if array.max(initial=0) <= 1 else 1)
+        else:
+            array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(array).save(path)
+    elif suffix == ".npy":
+        np.save(path, array)
+    else:
+        raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(VOLUME_SUFFIXES)}")
+    return path

@@ -1,0 +1,223 @@
+"""Score a folder of predicted masks against a folder of reference masks (``labelwise evaluate segmentation``).
+
+Files are matched by case id (the file name without its suffix: ``case01.nii.gz`` <-> ``case01.png``); any of
+``.nii.gz .nii .png .tif .tiff .jpg .jpeg .npy`` is read with :func:`labelwise.data.volumes.read_volume`. When
+``pred`` holds a ``masks/`` folder (where ``labelwise predict`` writes its masks) that folder is read. Each case
+gets the scores of :func:`labelwise.metrics.surface.segmentation_scores`; masks holding several labels are scored
+as one foreground, ``label > 0`` (a note says so).
+
+Refused with a :class:`~labelwise.errors.DataError` naming the files: cases present on one side only (unless
+``allow_missing``, which skips them with a note), two files with the same case id in one folder, shapes that
+differ, and voxel spacings that differ by more than ``1e-3`` relative on any axis. Spacing is only compared
+between files that store one (NIfTI); ``.npy`` and pictures carry none and take the other file's. Distances are in
+the spacing's units: mm for NIfTI, pixels otherwise (``spacing_unit``).
+
+The summary is the mean and the sample standard deviation (``ddof=1``) over cases, each ignoring nan values (see
+the empty-mask conventions in :mod:`labelwise.metrics.surface`); the std of a single value is nan. ``count`` says
+how many cases entered each mean::
+
+    result = evaluate_segmentation(Path("runs/pred"), Path("data/labels"))
+    # {"cases": [{"id", "pred", "truth", "spacing", "dice", ...}], "mean": {...}, "std": {...}, "count": {...},
+    #  "n": N, "spacing_unit": "mm", "notes": [...], "skipped": {"pred_only": [...], "truth_only": [...]}}
+    Path("scores.json").write_text(to_json(result))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelwise.data.volumes import (
+    NIFTI_SUFFIXES,
+    VOLUME_SUFFIXES,
+    case_id,
+    read_volume,
+    suffix_of,
+)
+from labelwise.errors import DataError
+from labelwise.metrics.aggregate import mean_std
+from labelwise.metrics.surface import SCORE_NAMES, segmentation_scores
+
+__all__ = ["SCORE_LABELS", "SCORE_NAMES", "evaluate_segmentation", "format_table", "to_csv", "to_json"]
+
+SPACING_RTOL = 1e-3
+_LIST_AT_MOST = 10
+
+SCORE_LABELS = {
+    "dice": "Dice", "iou": "IoU", "precision": "precision", "sensitivity": "sensitivity",
+    "volumetric_similarity": "VS", "hd95": "HD95", "assd": "ASSD", "cldice": "clDice",
+}
+_DISTANCES = ("hd95", "assd")
+
+
+def _listing(ids: list[str]) -> str:
+    shown = ", ".join(ids[:_LIST_AT_MOST])
+    return shown + (f" and {len(ids) - _LIST_AT_MOST} more" if len(ids) > _LIST_AT_MOST else "")
+
+
+def _cases(folder: Path, what: str) -> dict[str, Path]:
+    """Case id -> file of the mask files directly in ``folder``."""
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} not found" if not folder.exists()
+                        else f"{what}: {folder} is not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or suffix_of(path) not in VOLUME_SUFFIXES:
+            continue
+        cid = case_id(path)
+        if cid in found:
+            raise DataError(f"{what}: two files for case {cid!r}: {found[cid]} and {path}")
+        found[cid] = path
+    if not found:
+        raise DataError(f"{what} folder {folder} holds no mask files ({', '.join(VOLUME_SUFFIXES)})")
+    return found
+
+
+def _has_spacing(path: Path) -> bool:
+    return suffix_of(path) in NIFTI_SUFFIXES
+
+
+def _check_pair(pred_path: Path, truth_path: Path, pred_vol, truth_vol) -> tuple[float, ...]:
+    """Refuse differing shapes or spacings; the spacing to score with."""
+    if pred_vol.array.shape != truth_vol.array.shape:
+        raise DataError(f"shape mismatch: prediction {pred_path} has shape {tuple(pred_vol.array.shape)}, "
+                        f"truth {truth_path} has shape {tuple(truth_vol.array.shape)}")
+    if pred_vol.array.ndim not in (2, 3):
+        raise DataError(f"{truth_path}: masks must be 2D or 3D, got shape {tuple(truth_vol.array.shape)}")
+    ps, ts = pred_vol.spacing, truth_vol.spacing
+    if _has_spacing(pred_path) and _has_spacing(truth_path):
+        a, b = np.asarray(ps, dtype=np.float64), np.asarray(ts, dtype=np.float64)
+        if a.shape != b.shape or np.any(np.abs(a - b) > SPACING_RTOL * np.maximum(np.abs(a), np.abs(b))):
+            raise DataError(f"spacing mismatch: prediction {pred_path} has spacing {tuple(ps)}, "
+                            f"truth {truth_path} has spacing {tuple(ts)} (tolerance {SPACING_RTOL:g} relative)")
+        return tuple(ts)
+    return tuple(ps) if _has_spacing(pred_path) else tuple(ts)
+
+
+def _labels_note(path: Path, array: np.ndarray, what: str) -> str | None:
+    top = int(array.max(initial=0))
+    if top <= 1:
+        return None
+    labels = [int(v) for v in np.unique(array) if v > 0]
+    return f"{what} {path.name} holds labels {_listing([str(v) for v in labels])}; scored as one foreground (label > 0)"
+
+
+def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = False) -> dict[str, Any]:
+    """Score every predicted mask in ``pred`` (or ``pred/masks``) against the same case in ``truth``.
+
+    Returns ``{"cases", "mean", "std", "count", "n", "spacing_unit", "notes", "skipped"}`` as described in the
+    module docstring; cases are in case-id order."""
+    pred, truth = Path(pred), Path(truth)
+    if (pred / "masks").is_dir():
+        pred = pred / "masks"
+    pred_files, truth_files = _cases(pred, "prediction"), _cases(truth, "truth")
+    pred_only = sorted(set(pred_files) - set(truth_files))
+    truth_only = sorted(set(truth_files) - set(pred_files))
+    notes: list[str] = []
+    if (pred_only or truth_only) and not allow_missing:
+        parts = []
+        if pred_only:
+            parts.append(f"{len(pred_only)} predicted case(s) without truth in {truth}: {_listing(pred_only)}")
+        if truth_only:
+            parts.append(f"{len(truth_only)} truth case(s) without prediction in {pred}: {_listing(truth_only)}")
+        raise DataError("; ".join(parts) + " (cases are matched by file name without suffix; "
+                        "allow missing cases to skip them)")
+    if pred_only:
+        notes.append(f"skipped {len(pred_only)} predicted case(s) without truth: {_listing(pred_only)}")
+    if truth_only:
+        notes.append(f"skipped {len(truth_only)} truth case(s) without prediction: {_listing(truth_only)}")
+    common = sorted(set(pred_files) & set(truth_files))
+    if not common:
+        raise DataError(f"no case id is found in both {pred} and {truth}")
+
+    cases: list[dict[str, Any]] = []
+    units: set[str] = set()
+    for cid in common:
+        pp, tp = pred_files[cid], truth_files[cid]
+        pv, tv = read_volume(pp, mask=True), read_volume(tp, mask=True)
+        spacing = _check_pair(pp, tp, pv, tv)
+        for path, vol, what in ((pp, pv, "prediction"), (tp, tv, "truth")):
+            note = _labels_note(path, vol.array, what)
+            if note:
+                notes.append(note)
+        units.add("mm" if _has_spacing(pp) or _has_spacing(tp) else "pixels")
+        scores = segmentation_scores(pv.array, tv.array, spacing)
+        cases.append({"id": cid, "pred": str(pp), "truth": str(tp), "spacing": [float(s) for s in spacing],
+                      **scores})
+
+    mean, std, count = {}, {}, {}
+    for name in SCORE_NAMES:
+        values = np.array([case[name] for case in cases], dtype=np.float64)
+        mean[name], std[name] = mean_std(values, ddof=1)
+        count[name] = int(np.count_nonzero(~np.isnan(values)))
+    unit = units.pop() if len(units) == 1 else "mm (NIfTI cases), pixels (other cases)"
+    return {"cases": cases, "mean": mean, "std": std, "count": count, "n": len(cases), "spacing_unit": unit,
+            "notes": notes, "skipped": {"pred_only": pred_only, "truth_only": truth_only}}
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def to_json(result: dict[str, Any], path: Path | None = None) -> str:
+    """The result as JSON text, nan written as ``null`` (strict JSON); also written to ``path`` when given."""
+    text = json.dumps(_nan_to_none(result), indent=2, allow_nan=False) + "\n"
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+def _number(value: float) -> str:
+    return "" if value is None or math.isnan(value) else format(value, ".8g")
+
+
+def to_csv(result: dict[str, Any], path: Path | None = None) -> str:
+    """CSV text: ``id, pred, truth, <scores>``, one row per case then rows ``mean`` and ``std``; nan is empty."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "pred", "truth", *SCORE_NAMES])
+    for case in result["cases"]:
+        writer.writerow([case["id"], case["pred"], case["truth"], *(_number(case[n]) for n in SCORE_NAMES)])
+    for row in ("mean", "std"):
+        writer.writerow([row, "", "", *(_number(result[row][n]) for n in SCORE_NAMES)])
+    text = out.getvalue()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+def _cell(name: str, value: float) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.2f}" if name in _DISTANCES else f"{value:.3f}"
+
+
+def format_table(result: dict[str, Any]) -> list[list[str]]:
+    """Rows of strings for printing: a header (distances labelled with ``spacing_unit``), one row per case, and a
+    last row ``mean ± std``. Overlap scores with 3 decimals, distances with 2, nan as ``-``."""
+    unit = result["spacing_unit"]
+    unit = unit if unit in ("mm", "pixels") else "mm/px"
+    header = ["case", *(f"{SCORE_LABELS[n]} ({unit})" if n in _DISTANCES else SCORE_LABELS[n] for n in SCORE_NAMES)]
+    rows = [header]
+    for case in result["cases"]:
+        rows.append([case["id"], *(_cell(n, case[n]) for n in SCORE_NAMES)])
+    summary = [f"mean ± std (n={result['n']})"]
+    for name in SCORE_NAMES:
+        m, s = result["mean"][name], result["std"][name]
+        summary.append("-" if math.isnan(m) else _cell(name, m) + ("" if math.isnan(s) else f" ± {_cell(name, s)}"))
+    rows.append(summary)
+    return rows

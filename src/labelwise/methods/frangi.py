@@ -1,0 +1,117 @@
+"""``method: frangi``: the classical baseline of vessel segmentation, multi-scale Frangi vesselness and a threshold.
+
+Nothing is learnt by gradient descent. With ``threshold: tuned`` (the default) the one step of "training" picks the
+vesselness threshold that maximises the mean Dice against the labelled training cases (among ``candidates``
+quantiles of their vesselness); ``otsu`` thresholds every image by Otsu's method; a number is used as it is. The
+network is :class:`Vesselness`, so a frangi run predicts, is evaluated and is reported like any other run."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from labelwise.errors import ConfigError
+from labelwise.methods.base import Method
+
+_EPS = 1e-6
+
+
+class FrangiOptions(BaseModel):
+    """Options of ``method: frangi``."""
+
+    model_config = ConfigDict(extra="forbid")
+    sigmas: list[float] = Field([0.5, 1.0, 1.5, 2.0, 3.0], min_length=1, description="vessel scales, in voxels")
+    threshold: Literal["tuned", "otsu"] | float = "tuned"
+    candidates: int = Field(64, ge=2, description="tuned: thresholds tried (quantiles of the vesselness)")
+
+
+class Vesselness(nn.Module):
+    """Frangi vesselness (:func:`labelwise.vesselness.vesselness`, bright vessels) as a segmenter:
+    ``(B, C, *spatial)`` -> logits ``(B, 1, *spatial)`` = logit(v) - logit(threshold), so that a probability above
+    0.5 means a vesselness above the threshold (the channels are averaged first). ``threshold`` < 0 means Otsu's
+    threshold of each image's vesselness."""
+
+    def __init__(self, sigmas: list[float]):
+        super().__init__()
+        self.sigmas = [float(s) for s in sigmas]
+        self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float64))
+
+    def vesselness(self, image: torch.Tensor) -> np.ndarray:
+        """Vesselness in [0, 1] of one image ``(C, *spatial)``."""
+        from labelwise.vesselness import vesselness
+
+        return vesselness(image.float().mean(0).cpu().numpy(), sigmas=self.sigmas)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from skimage.filters import threshold_otsu
+
+        out = []
+        for image in x:
+            v = self.vesselness(image).astype(np.float64)
+            t = float(self.threshold)
+            if t < 0:
+                t = float(threshold_otsu(v)) if v.min() < v.max() else 0.5
+            out.append(torch.from_numpy(_logit(v) - _logit(np.float64(t))).float())
+        return torch.stack(out).unsqueeze(1).to(x.device)
+
+
+class Frangi(Method):
+    """The Frangi vesselness baseline; see the module docstring."""
+
+    name = "frangi"
+    Options = FrangiOptions
+
+    def __init__(self, config, data):
+        super().__init__(config, data)
+        if data.task != "segmentation" or data.num_classes != 2:
+            raise ConfigError("method: frangi segments vessels: it needs binary masks (data.task: segmentation)")
+        self.networks["model"] = Vesselness(self.options.sigmas)
+        threshold = self.options.threshold
+        if isinstance(threshold, float) and not 0 < threshold < 1:
+            raise ConfigError(f"method.threshold: a vesselness threshold lies in (0, 1), got {threshold}")
+        if isinstance(threshold, float):
+            self.networks["model"].threshold.fill_(threshold)
+
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        return self.networks["model"](image)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The first step tunes the threshold (``tuned``); the loss logged is 1 - the training Dice it reaches."""
+        model = self.networks["model"]
+        model = getattr(model, "module", model)
+        if self.options.threshold != "tuned" or self.step > 0:
+            return {"loss": torch.zeros(())}
+        volumes = getattr(self.data.split("train"), "volumes", self.data.split("train"))
+        maps, masks = [], []
+        for image, target, labelled in zip(volumes.image, volumes.target, _labelled(volumes)):
+            if labelled:
+                maps.append(model.vesselness(image))
+                masks.append(target.numpy() > 0)
+        every = np.concatenate([m.reshape(-1) for m in maps])
+        candidates = np.unique(np.quantile(every, np.linspace(0.5, 0.999, self.options.candidates)))
+        candidates = candidates[(candidates > 0) & (candidates < 1)]
+        if candidates.size == 0:
+            raise ConfigError("method: frangi found no vesselness response on the training cases")
+        scores = [np.mean([_dice(m > t, y) for m, y in zip(maps, masks)]) for t in candidates]
+        best = int(np.argmax(scores))
+        model.threshold.fill_(float(candidates[best]))
+        return {"loss": torch.tensor(1.0 - scores[best])}
+
+
+def _labelled(volumes) -> list[bool]:
+    labelled = getattr(volumes, "labelled", None)
+    return labelled.tolist() if labelled is not None else [True] * len(volumes.image)
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = pred.sum() + truth.sum()
+    return float(2 * (pred & truth).sum() / total) if total else 1.0
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)

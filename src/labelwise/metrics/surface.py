@@ -1,0 +1,276 @@
+"""Binary-mask segmentation scores for one case, 2D or 3D, in numpy/scipy, distances in physical units.
+
+``pred`` and ``truth`` are arrays (numpy or torch) of the same shape ``(*spatial)`` with 2 or 3 axes; the
+foreground is ``value > 0`` (label maps with several labels are scored as one foreground). ``spacing`` gives the
+physical size of a voxel along each axis (one number: isotropic; ``None``: 1), e.g. the NIfTI zooms in mm::
+
+    scores = segmentation_scores(pred, truth, spacing=(0.3, 0.3, 0.6))
+    # {"dice": ..., "iou": ..., "precision": ..., "sensitivity": ..., "volumetric_similarity": ...,
+    #  "hd95": ... (mm), "assd": ... (mm), "cldice": ...}
+
+Definitions (TP, FP, FN, TN voxel counts from :func:`confusion`):
+
+* Dice ``2TP / (2TP + FP + FN)``, IoU ``TP / (TP + FP + FN)``, precision ``TP / (TP + FP)``, sensitivity
+  ``TP / (TP + FN)``, volumetric similarity ``1 - |FN - FP| / (2TP + FP + FN)`` (1 when both volumes are equal,
+  wherever they are). They are spacing-invariant and agree with :func:`labelwise.metrics.segmentation.dice`/``iou``.
+* Surface voxels: foreground voxels with at least one face neighbour (4 in 2D, 6 in 3D) in the background or
+  outside the image, i.e. ``mask & ~binary_erosion(mask)`` with scipy's default structuring element, as MONAI's
+  ``get_mask_edges`` (without subvoxels). A one-voxel-thick tube is all surface.
+* :func:`hd95`: the larger of the two directed 95th percentiles (linear interpolation, as ``np.percentile`` and
+  ``torch.quantile``) of the distances from each surface voxel of one mask to the nearest surface voxel of the
+  other, i.e. MONAI's ``compute_hausdorff_distance(percentile=95, directed=False)``.
+* :func:`assd`: the mean of all those distances from both sides pooled together (so the larger surface weighs
+  more), i.e. MONAI's ``compute_average_surface_distance(symmetric=True)``.
+* :func:`cldice`: ``2 Tprec Tsens / (Tprec + Tsens)`` with ``Tprec = |S(pred) ∩ truth| / |S(pred)|`` and
+  ``Tsens = |S(truth) ∩ pred| / |S(truth)|``, ``S`` the skeleton by :func:`skimage.morphology.skeletonize`
+  (Zhang in 2D, Lee in 3D) (Shit et al., CVPR 2021). It measures whether the centre lines are covered, the
+  right question for thin tubes where a one-voxel offset halves the Dice.
+
+Empty masks (``nan`` where a ratio is 0/0, so that a ``nanmean`` over cases skips it):
+
+* both empty: every score is nan (as :func:`labelwise.metrics.segmentation.dice`; MONAI's ``compute_dice``
+  gives nan with its default ``ignore_empty=True`` and 1 with ``ignore_empty=False``);
+* prediction empty, truth not: Dice, IoU, sensitivity, volumetric similarity, clDice 0; precision nan
+  (no predicted voxel; as MONAI's confusion-matrix metrics); HD95, ASSD nan;
+* truth empty, prediction not: Dice, IoU, precision, volumetric similarity, clDice 0; sensitivity nan;
+  HD95, ASSD nan. (MONAI's ``compute_dice`` with ``ignore_empty=True`` gives nan here, with ``False`` 0.)
+
+Precision and sensitivity follow MONAI's confusion-matrix metrics in all three cases (scikit-learn gives 0 with a
+warning instead of nan).
+
+Distances with one empty mask are nan: a surface distance to nothing is undefined, and inf would make every mean
+over cases inf (a failed case still shows as Dice 0, and the evaluation counts the values behind each mean). MONAI
+agrees for HD95 (its ``torch.quantile`` of all-inf distances is nan) but returns inf for ASSD and for the plain
+(100th-percentile) Hausdorff distance.
+
+Speed: everything runs on the bounding box of the union of both masks (plus a one-voxel margin), which is exact;
+the nearest-surface distances use a KD-tree over surface voxels when the surfaces are sparse in that box (thin
+tubes) and ``scipy.ndimage.distance_transform_edt(..., sampling=spacing)`` otherwise; each mask is skeletonised
+once. A 128³ case with thin vessels takes well under a second."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+from scipy import ndimage
+
+from labelwise.errors import DataError
+
+__all__ = [
+    "SCORE_NAMES",
+    "Confusion",
+    "assd",
+    "cldice",
+    "confusion",
+    "hd95",
+    "precision",
+    "segmentation_scores",
+    "sensitivity",
+    "surface_distances",
+    "volumetric_similarity",
+]
+
+SCORE_NAMES = ("dice", "iou", "precision", "sensitivity", "volumetric_similarity", "hd95", "assd", "cldice")
+
+_KDTREE_FRACTION = 0.05  # KD-tree when the surface voxels are fewer than this fraction of the box
+
+
+class Confusion(NamedTuple):
+    """Voxel counts of a binary prediction against the truth."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
+
+
+def _binary(mask, what: str) -> np.ndarray:
+    if hasattr(mask, "detach"):  # torch tensor
+        mask = mask.detach().cpu().numpy()
+    array = np.asarray(mask)
+    if array.dtype == bool:
+        return array
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{what}: expected a numeric or boolean mask, got dtype {array.dtype}")
+    return array > 0
+
+
+def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    p, t = _binary(pred, "prediction"), _binary(truth, "truth")
+    if p.shape != t.shape:
+        raise DataError(f"prediction and truth shapes differ: {p.shape} vs {t.shape}")
+    if p.ndim not in (2, 3):
+        raise DataError(f"masks must be 2D or 3D (*spatial), got shape {p.shape}")
+    return p, t
+
+
+def _spacing(spacing: float | Sequence[float] | None, ndim: int) -> np.ndarray:
+    if spacing is None:
+        return np.ones(ndim)
+    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64)).reshape(-1)
+    if values.size == 1:
+        values = np.repeat(values, ndim)
+    if values.size != ndim or not np.all(np.isfinite(values)) or not np.all(values > 0):
+        raise DataError(f"spacing must be one positive number or {ndim} (one per spatial axis), got {spacing!r}")
+    return values
+
+
+def _box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """Bounding box of ``mask`` grown by ``margin`` (clipped to the image); None when empty."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def confusion(pred, truth) -> Confusion:
+    """True/false positives/negatives, counted over voxels (foreground ``> 0``)."""
+    p, t = _pair(pred, truth)
+    tp = int(np.count_nonzero(p & t))
+    fp = int(np.count_nonzero(p)) - tp
+    fn = int(np.count_nonzero(t)) - tp
+    return Confusion(tp, fp, fn, p.size - tp - fp - fn)
+
+
+def _overlap_scores(c: Confusion) -> dict[str, float]:
+    union = c.tp + c.fp + c.fn
+    return {
+        "dice": _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn),
+        "iou": _ratio(c.tp, union),
+        "precision": _ratio(c.tp, c.tp + c.fp),
+        "sensitivity": _ratio(c.tp, c.tp + c.fn),
+        "volumetric_similarity": 1.0 - _ratio(abs(c.fn - c.fp), 2 * c.tp + c.fp + c.fn),
+    }
+
+
+def precision(pred, truth) -> float:
+    """``TP / (TP + FP)``; nan for an empty prediction."""
+    return _overlap_scores(confusion(pred, truth))["precision"]
+
+
+def sensitivity(pred, truth) -> float:
+    """Recall ``TP / (TP + FN)``; nan for an empty truth."""
+    return _overlap_scores(confusion(pred, truth))["sensitivity"]
+
+
+def volumetric_similarity(pred, truth) -> float:
+    """``1 - |FN - FP| / (2TP + FP + FN)`` = ``1 - |V_pred - V_truth| / (V_pred + V_truth)``; nan when both empty."""
+    return _overlap_scores(confusion(pred, truth))["volumetric_similarity"]
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask)  # face connectivity, outside the image counts as background
+
+
+def _nearest(points_from: np.ndarray, surface_to: np.ndarray, points_to: np.ndarray, spacing: np.ndarray,
+             use_kdtree: bool) -> np.ndarray:
+    """Distance from each of ``points_from`` (voxel indices) to the nearest voxel of ``surface_to``."""
+    if use_kdtree:
+        from scipy.spatial import KDTree
+
+        tree = KDTree(points_to * spacing, leafsize=32)
+        return tree.query(points_from * spacing, k=1)[0]
+    distance = ndimage.distance_transform_edt(~surface_to, sampling=spacing)
+    return distance[tuple(points_from.T)]
+
+
+def surface_distances(pred, truth, spacing: float | Sequence[float] | None = None,
+                      method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Distances (physical units, float64) from each surface voxel of ``pred`` to the nearest surface voxel of
+    ``truth``, and from each surface voxel of ``truth`` to ``pred``'s surface. Empty arrays when either mask is
+    empty. ``method``: ``"kdtree"``, ``"edt"`` (both exact) or ``"auto"`` (KD-tree for sparse surfaces)."""
+    p, t = _pair(pred, truth)
+    s = _spacing(spacing, p.ndim)
+    if method not in ("auto", "kdtree", "edt"):
+        raise ValueError(f"method must be 'auto', 'kdtree' or 'edt', got {method!r}")
+    box = _box(p | t)
+    if box is None or not p.any() or not t.any():
+        return np.empty(0), np.empty(0)
+    p, t = p[box], t[box]
+    sp, st = _surface(p), _surface(t)
+    ip, it = np.argwhere(sp), np.argwhere(st)
+    use_kdtree = method == "kdtree" or (method == "auto" and len(ip) + len(it) < _KDTREE_FRACTION * p.size)
+    return (_nearest(ip, st, it, s, use_kdtree).astype(np.float64),
+            _nearest(it, sp, ip, s, use_kdtree).astype(np.float64))
+
+
+def _hd(d_pt: np.ndarray, d_tp: np.ndarray, percentile: float) -> float:
+    if d_pt.size == 0 or d_tp.size == 0:
+        return math.nan
+    return float(max(np.percentile(d_pt, percentile), np.percentile(d_tp, percentile)))
+
+
+def _assd(d_pt: np.ndarray, d_tp: np.ndarray) -> float:
+    if d_pt.size == 0 or d_tp.size == 0:
+        return math.nan
+    return float((d_pt.sum() + d_tp.sum()) / (d_pt.size + d_tp.size))
+
+
+def hd95(pred, truth, spacing: float | Sequence[float] | None = None, percentile: float = 95.0) -> float:
+    """95th-percentile symmetric Hausdorff distance between the surfaces, in the units of ``spacing``; nan when
+    either mask is empty (as MONAI for ``percentile=95``; MONAI gives inf for ``percentile=100``)."""
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
+    return _hd(*surface_distances(pred, truth, spacing), percentile)
+
+
+def assd(pred, truth, spacing: float | Sequence[float] | None = None) -> float:
+    """Average symmetric surface distance, in the units of ``spacing``; nan when either mask is empty (MONAI:
+    inf)."""
+    return _assd(*surface_distances(pred, truth, spacing))
+
+
+def _skeleton(mask: np.ndarray) -> np.ndarray:
+    """Skeleton of ``mask`` computed on its bounding box (zero margin of one voxel), as a full-size bool array."""
+    from skimage.morphology import skeletonize
+
+    out = np.zeros(mask.shape, dtype=bool)
+    box = _box(mask)
+    if box is not None:
+        crop = np.pad(mask[box], 1)
+        skeleton = skeletonize(crop)[(slice(1, -1),) * mask.ndim].astype(bool)
+        # a non-empty component always keeps a voxel; keep the mask itself should the skeleton ever vanish
+        out[box] = skeleton if skeleton.any() else mask[box]
+    return out
+
+
+def _cldice(p: np.ndarray, t: np.ndarray) -> float:
+    p_any, t_any = bool(p.any()), bool(t.any())
+    if not p_any and not t_any:
+        return math.nan
+    if not p_any or not t_any:
+        return 0.0
+    box = _box(p | t)
+    p, t = p[box], t[box]
+    sp, st = _skeleton(p), _skeleton(t)
+    tprec = np.count_nonzero(sp & t) / np.count_nonzero(sp)
+    tsens = np.count_nonzero(st & p) / np.count_nonzero(st)
+    return 0.0 if tprec + tsens == 0 else float(2 * tprec * tsens / (tprec + tsens))
+
+
+def cldice(pred, truth) -> float:
+    """Centre-line Dice (skeleton-based); nan when both masks are empty, 0 when exactly one is."""
+    return _cldice(*_pair(pred, truth))
+
+
+def segmentation_scores(pred, truth, spacing: float | Sequence[float] | None = None) -> dict[str, float]:
+    """All scores of one case: ``dice, iou, precision, sensitivity, volumetric_similarity, hd95, assd, cldice``
+    (distances in the units of ``spacing``); see the module docstring for definitions and empty masks."""
+    p, t = _pair(pred, truth)
+    s = _spacing(spacing, p.ndim)
+    scores = _overlap_scores(confusion(p, t))
+    d_pt, d_tp = surface_distances(p, t, s)
+    scores["hd95"] = _hd(d_pt, d_tp, 95.0)
+    scores["assd"] = _assd(d_pt, d_tp)
+    scores["cldice"] = _cldice(p, t)
+    return {name: float(scores[name]) for name in SCORE_NAMES}
