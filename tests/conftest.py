@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,3 +34,22 @@ def tiny_config() -> dict:
         "model": {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "group"},
         "trainer": {"max_steps": 6, "checkpoint_every": 3, "log_every": 1},
     }
+
+
+def make_set(folder, splits=("train", "train", "train", "val", "test"), unlabelled=(2,), shape=(20, 24, 28),
+             spacing=(0.5, 0.6, 0.8)):
+    """A small manifest of NIfTI volumes with a bright tube (label 1); case ``i`` in ``unlabelled`` has no label."""
+    rng = np.random.default_rng(0)
+    from labelwise.data.volumes import write_volume
+
+    rows = ["id,image,label,split"]
+    for i, split in enumerate(splits):
+        grid = np.indices(shape)
+        mask = ((grid[1] - shape[1] // 2) ** 2 + (grid[2] - shape[2] // 2 - i) ** 2 < 6).astype(np.int64)
+        image = (100 * mask + rng.normal(10, 3, shape)).astype(np.float32)
+        write_volume(folder / "images" / f"case{i}.nii.gz", image, spacing=spacing)
+        write_volume(folder / "labels" / f"case{i}.nii.gz", mask, spacing=spacing)
+        label = "" if i in unlabelled else f"labels/case{i}.nii.gz"
+        rows.append(f"case{i},images/case{i}.nii.gz,{label},{split}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"

@@ -1,8 +1,8 @@
 """``method: frangi``: the classical baseline of vessel segmentation, multi-scale Frangi vesselness and a threshold.
 
 Nothing is learnt by gradient descent. With ``threshold: tuned`` (the default) the one step of "training" picks the
-vesselness threshold that maximises the mean Dice against the labelled training cases (among ``candidates``
-quantiles of their vesselness); ``otsu`` thresholds every image by Otsu's method; a number is used as it is. The
+vesselness threshold that maximises the mean Dice against the labelled training cases (among quantiles of
+their positive vesselness and evenly spaced values); ``otsu`` thresholds every image by Otsu's method; a number is used as it is. The
 network is :class:`Vesselness`, so a frangi run predicts, is evaluated and is reported like any other run."""
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ class FrangiOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sigmas: list[float] = Field([0.5, 1.0, 1.5, 2.0, 3.0], min_length=1, description="vessel scales, in voxels")
     threshold: Literal["tuned", "otsu"] | float = "tuned"
-    candidates: int = Field(64, ge=2, description="tuned: thresholds tried (quantiles of the vesselness)")
+    candidates: int = Field(64, ge=2, description="tuned: thresholds tried (as many quantiles of the positive "
+                            "vesselness and as many evenly spaced values)")
 
 
 class Vesselness(nn.Module):
@@ -92,7 +93,10 @@ class Frangi(Method):
                 maps.append(model.vesselness(image))
                 masks.append(target.numpy() > 0)
         every = np.concatenate([m.reshape(-1) for m in maps])
-        candidates = np.unique(np.quantile(every, np.linspace(0.5, 0.999, self.options.candidates)))
+        positive = every[every > 0]
+        n = self.options.candidates
+        quantiles = np.quantile(positive, np.linspace(0, 0.999, n)) if positive.size else np.empty(0)
+        candidates = np.unique(np.concatenate([quantiles, np.linspace(0.01, 0.99, n)]))
         candidates = candidates[(candidates > 0) & (candidates < 1)]
         if candidates.size == 0:
             raise ConfigError("method: frangi found no vesselness response on the training cases")
