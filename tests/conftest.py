@@ -37,12 +37,13 @@ def tiny_config() -> dict:
 
 
 def make_set(folder, splits=("train", "train", "train", "val", "test"), unlabelled=(2,), shape=(20, 24, 28),
-             spacing=(0.5, 0.6, 0.8)):
-    """A small manifest of NIfTI volumes with a bright tube (label 1); case ``i`` in ``unlabelled`` has no label."""
+             spacing=(0.5, 0.6, 0.8), truth=False):
+    """A small manifest of NIfTI volumes with a bright tube (label 1); case ``i`` in ``unlabelled`` has no label.
+    With ``truth``, a ``truth`` column names a reference mask: the label with its first slice cleared."""
     rng = np.random.default_rng(0)
     from labelwise.data.volumes import write_volume
 
-    rows = ["id,image,label,split"]
+    rows = ["id,image,label,split" + (",truth" if truth else "")]
     for i, split in enumerate(splits):
         grid = np.indices(shape)
         mask = ((grid[1] - shape[1] // 2) ** 2 + (grid[2] - shape[2] // 2 - i) ** 2 < 6).astype(np.int64)
@@ -50,6 +51,10 @@ def make_set(folder, splits=("train", "train", "train", "val", "test"), unlabell
         write_volume(folder / "images" / f"case{i}.nii.gz", image, spacing=spacing)
         write_volume(folder / "labels" / f"case{i}.nii.gz", mask, spacing=spacing)
         label = "" if i in unlabelled else f"labels/case{i}.nii.gz"
-        rows.append(f"case{i},images/case{i}.nii.gz,{label},{split}")
+        rows.append(f"case{i},images/case{i}.nii.gz,{label},{split}" + (f",truth/case{i}.nii.gz" if truth else ""))
+        if truth:
+            clean = mask.copy()
+            clean[0] = 0
+            write_volume(folder / "truth" / f"case{i}.nii.gz", clean, spacing=spacing)
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
     return folder / "manifest.csv"

@@ -151,14 +151,19 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
         cases.append({"id": cid, "pred": str(pp), "truth": str(tp), "spacing": [float(s) for s in spacing],
                       **scores})
 
+    unit = units.pop() if len(units) == 1 else "mm (NIfTI cases), pixels (other cases)"
+    return {"cases": cases, **summarize_cases(cases), "n": len(cases), "spacing_unit": unit,
+            "notes": notes, "skipped": {"pred_only": pred_only, "truth_only": truth_only}}
+
+
+def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``{"mean", "std", "count"}`` of every score over ``cases``, nan skipped; std with ddof=1."""
     mean, std, count = {}, {}, {}
     for name in SCORE_NAMES:
         values = np.array([case[name] for case in cases], dtype=np.float64)
         mean[name], std[name] = mean_std(values, ddof=1)
         count[name] = int(np.count_nonzero(~np.isnan(values)))
-    unit = units.pop() if len(units) == 1 else "mm (NIfTI cases), pixels (other cases)"
-    return {"cases": cases, "mean": mean, "std": std, "count": count, "n": len(cases), "spacing_unit": unit,
-            "notes": notes, "skipped": {"pred_only": pred_only, "truth_only": truth_only}}
+    return {"mean": mean, "std": std, "count": count}
 
 
 def _nan_to_none(value: Any) -> Any:

@@ -575,3 +575,57 @@ def _write_index(out: Path, trained: Any, entries: list[dict[str, Any]]) -> Path
         "cases": cases, "mean_dice": float(np.mean(scores)) if scores else None,
     }
     return atomic_write(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
+
+
+# --- the end-of-run outputs of a run on a manifest ----------------------------------------------------------------
+
+
+def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str, list[torch.Tensor]]) -> Path:
+    """What a training run on a manifest writes for one split (``volumes``, a
+    :class:`~labelwise.data.patches.VolumeDataset`), from :meth:`Method.evaluate`'s per-case predictions:
+
+    ``masks/<id>`` and ``probabilities/<id>`` (NIfTI in 3D with the image's spacing and affine; PNG and ``.npy`` in
+    2D), ``figures/<id>_mip.png`` (the prediction over the image's projection) and ``figures/<id>_diff_<ref>.png``
+    for each reference (``label``: the mask the run was scored on; ``truth``: the manifest's clean mask, when it has
+    one), and ``segmentation.json``: every score of :func:`labelwise.metrics.surface.segmentation_scores` per case
+    and their mean and std, per reference. Returns the path of ``segmentation.json``."""
+    from labelwise.evaluate_segmentation import SCORE_NAMES, summarize_cases, to_json
+    from labelwise.metrics.surface import segmentation_scores
+
+    folder = Path(folder)
+    scores: dict[str, list[dict[str, Any]]] = {"label": [], "truth": []}
+    figures = []
+    for i, case in enumerate(volumes.cases):
+        spacing, affine = volumes.spacings[i], volumes.affines[i]
+        mask = predictions["prediction"][i].cpu().numpy()
+        probability = predictions["probability"][i].cpu().numpy().astype(np.float32)
+        three_d = mask.ndim == 3
+        write_volume(folder / "masks" / f"{case.id}{'.nii.gz' if three_d else '.png'}", mask.astype(np.uint8),
+                     spacing, affine)
+        write_volume(folder / "probabilities" / f"{case.id}{'.nii.gz' if three_d else '.npy'}", probability,
+                     spacing, affine)
+        image = volumes.image[i].float().mean(0).cpu().numpy()
+        shown = project(image, affine)
+        _write_png(folder / "figures" / f"{case.id}_mip.png", mask_overlay_rgb(shown, project(mask > 0, affine)),
+                   f"{case.id}: prediction")
+        entry = {"id": case.id, "mip": f"figures/{case.id}_mip.png"}
+        references = {"label": volumes.target[i].cpu().numpy() if bool(volumes.labelled[i]) else None,
+                      "truth": read_volume(case.truth, mask=True).array if case.truth is not None else None}
+        for name, reference in references.items():
+            if reference is None:
+                continue
+            if reference.shape != mask.shape:
+                raise DataError(f"{case.truth}: shape {reference.shape} differs from the image {case.image} "
+                                f"{mask.shape}")
+            scores[name].append({"id": case.id, **segmentation_scores(mask > 0, reference > 0, spacing)})
+            _write_png(folder / "figures" / f"{case.id}_diff_{name}.png",
+                       diff_rgb(shown, project(mask > 0, affine), project(reference > 0, affine)),
+                       f"{case.id}: vs {name} (red: missed, blue: extra)")
+            entry[f"diff_{name}"] = f"figures/{case.id}_diff_{name}.png"
+        figures.append(entry)
+    result = {"scores": list(SCORE_NAMES), "figures": figures,
+              "references": {name: {"cases": cases, **summarize_cases(cases)}
+                             for name, cases in scores.items() if cases}}
+    path = folder / "segmentation.json"
+    atomic_write(path, to_json(result))
+    return path

@@ -135,7 +135,8 @@ def test_frangi_tunes_the_threshold_that_maximises_training_dice(manifest):
 
 
 @pytest.mark.parametrize("method", ["ds6", "frangi"])
-def test_runs_on_a_manifest_write_nifti_predictions(manifest, tmp_path, method):
+def test_runs_on_a_manifest_write_nifti_predictions(tmp_path, method):
+    manifest = make_set(tmp_path / "data", shape=(16, 20, 24), truth=True)
     if method == "frangi":
         cfg = load_config({"name": "f", "seed": 0, "method": "frangi",
                            "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
@@ -150,3 +151,26 @@ def test_runs_on_a_manifest_write_nifti_predictions(manifest, tmp_path, method):
     assert np.array_equal(mask.array, (probability.array[0] > 0.5).astype(np.int64))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any(r["split"] == "test" and "dice" in r for r in records)
+    # scores against the label and the manifest's truth, and the figures, for the report
+    folder = tmp_path / "run" / "predictions" / "test"
+    summary = json.loads((folder / "segmentation.json").read_text())
+    assert set(summary["references"]) == {"label", "truth"}
+    label = read_volume(manifest.parent / "labels" / "case4.nii.gz", mask=True).array > 0
+    truth = read_volume(manifest.parent / "truth" / "case4.nii.gz", mask=True).array > 0
+    for name, reference in (("label", label), ("truth", truth)):
+        case = summary["references"][name]["cases"][0]
+        assert case["id"] == "case4"
+        pred = mask.array > 0
+        total = pred.sum() + reference.sum()
+        dice = 2 * (pred & reference).sum() / total if total else None
+        assert case["dice"] == pytest.approx(dice) if dice is not None else case["dice"] is None
+        assert (folder / summary["figures"][0][f"diff_{name}"]).is_file()
+    assert (folder / summary["figures"][0]["mip"]).is_file()
+    # the report shows the table (one row per reference) and the three figures of the test case
+    from labelwise.report import build_report
+
+    html = build_report(tmp_path / "run").read_text()
+    section = html[html.index('<section id="segmentation">'):]
+    section = section[: section.index("</section>")]
+    assert section.count("<tr><td class=\"name\">") == 2 and "truth" in section and "label" in section
+    assert section.count('<img src="data:image/png;base64,') == 3

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import Dataset
 
 from labelwise.data.manifest import Case
-from labelwise.data.volumes import read_volume, write_volume
+from labelwise.data.volumes import read_volume
 from labelwise.errors import DataError
 
-__all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity", "save_case_predictions"]
+__all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity"]
 
 Intensity = Literal["max", "zscore", "none"]
 
@@ -130,19 +130,3 @@ class PatchDataset(Dataset):
         return {"image": image_patch.contiguous(), "target": target_patch.contiguous(),
                 "labelled": self.volumes.labelled[v], "index": torch.tensor(int(i))}
 
-
-def save_case_predictions(folder, volumes: VolumeDataset, predictions: dict[str, list[torch.Tensor]]) -> None:
-    """``folder/masks/<id>`` and ``folder/probabilities/<id>`` (NIfTI in 3D, PNG + ``.npy`` in 2D) for every case,
-    with the image's spacing and affine: what ``labelwise evaluate segmentation --pred folder`` reads."""
-    from pathlib import Path
-
-    folder = Path(folder)
-    for i, case_id in enumerate(volumes.ids):
-        spacing, affine = volumes.spacings[i], volumes.affines[i]
-        mask = predictions["prediction"][i].cpu().numpy()
-        suffix = ".nii.gz" if mask.ndim == 3 else ".png"
-        write_volume(folder / "masks" / f"{case_id}{suffix}", mask.astype(np.uint8), spacing, affine)
-        if "probability" in predictions:
-            probability = predictions["probability"][i].cpu().numpy().astype(np.float32)
-            write_volume(folder / "probabilities" / f"{case_id}{'.nii.gz' if mask.ndim == 3 else '.npy'}",
-                         probability, spacing, affine)

@@ -24,7 +24,7 @@ import labelwise
 from labelwise.config import Config, save_config
 from labelwise.data import DataBundle, StepBatchSampler, load_data
 from labelwise.data.npz import save_npz
-from labelwise.data.patches import VolumeDataset, save_case_predictions
+from labelwise.data.patches import VolumeDataset
 from labelwise.engine.checkpoint import latest_checkpoint, load_state, load_weights, rng_states, save_checkpoint, set_rng_states
 from labelwise.engine.progress import StepProgress
 from labelwise.engine.rundir import RunDir
@@ -317,7 +317,9 @@ class Trainer:
         if self.fabric.is_global_zero:
             self.run.append_metrics({"step": step, "split": split, "time": round(time.perf_counter() - started, 3), **metrics})
             if save_predictions and isinstance(self.data.split(split), VolumeDataset):
-                save_case_predictions(self.run.predictions / split, self.data.split(split), predictions)
+                from labelwise.predicting import save_run_predictions
+
+                save_run_predictions(self.run.predictions / split, self.data.split(split), predictions)
             elif save_predictions:
                 arrays = {k: v.cpu().numpy() for k, v in predictions.items()}
                 rows = self.data.split(split).indices.numpy()

@@ -224,6 +224,60 @@ def _explanations(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     }
 
 
+SEGMENTATION_SCORES = (("dice", "Dice"), ("iou", "IoU"), ("precision", "precision"), ("sensitivity", "sensitivity"),
+                       ("volumetric_similarity", "VS"), ("hd95", "HD95"), ("assd", "ASSD"), ("cldice", "clDice"))
+MAX_SEGMENTATION_CASES = 6
+
+
+def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
+    """The per-case segmentation section from ``predictions/test/segmentation.json`` (runs on a manifest): mean ± std
+    of every score per reference, and the projections and difference maps of up to
+    :data:`MAX_SEGMENTATION_CASES` cases; None without that file."""
+    folder = run_dir / "predictions" / "test"
+    path = folder / "segmentation.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        references = data["references"]
+        figures = data.get("figures", [])
+    except (ValueError, KeyError, TypeError) as exc:
+        notes.append(f"predictions/test/segmentation.json could not be read: {exc}")
+        return None
+    rows = []
+    for name, result in references.items():
+        mean, std = result.get("mean", {}), result.get("std", {})
+        rows.append({"reference": name, "n": len(result.get("cases", [])),
+                     "values": [(mean.get(key), std.get(key)) for key, _ in SEGMENTATION_SCORES]})
+    cases = []
+    for entry in figures[:MAX_SEGMENTATION_CASES]:
+        images = []
+        for key, caption in (("mip", "prediction"), ("diff_label", "vs label"), ("diff_truth", "vs truth")):
+            file = entry.get(key) if isinstance(entry, dict) else None
+            if not file:
+                continue
+            png = _png_inside(folder / file, folder)
+            if png is None:
+                notes.append(f"predictions/test/{file}: missing or not a PNG")
+                continue
+            images.append({"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                           "caption": f"{entry.get('id')}: {caption}"})
+        if images:
+            cases.append({"id": entry.get("id"), "images": images})
+    return {"columns": [label for _, label in SEGMENTATION_SCORES], "rows": rows, "cases": cases,
+            "total": len(figures), "listed": len(cases)}
+
+
+def _png_inside(path: Path, folder: Path) -> bytes | None:
+    try:
+        if not path.resolve().is_relative_to(folder.resolve()) or path.stat().st_size > MAX_OVERLAY_BYTES:
+            return None
+        png = path.read_bytes()
+    except OSError:
+        return None
+    return png if png.startswith(PNG_MAGIC) else None
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("labelwise", "report/templates"),
@@ -308,6 +362,7 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "evaluation": _evaluation_rows(evaluation),
         "evaluation_page": (run_dir / "evaluation.html").is_file(),
         "explanations": explanations,
+        "segmentation": _segmentation(run_dir, notes),
     }
     html = _environment().get_template("report.html.j2").render(**context)
     return atomic_write(out, html)
