@@ -65,7 +65,7 @@ def test_data_synth_shapes_writes_a_dataset(tmp_path):
     assert arrays["image"].shape == (30, 1, 16, 16, 16) and arrays["mask"].shape == (30, 16, 16, 16)
 
 
-@pytest.mark.parametrize("args", [["predict"], ["data", "synth", "vessels", "--dim", "3"]])
+@pytest.mark.parametrize("args", [["data", "synth", "rnflt"]])
 def test_commands_not_built_yet_say_so(args, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)

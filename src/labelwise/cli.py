@@ -322,8 +322,26 @@ def synth_patchml(
                f"{len(arrays['class_names'])} classes, {multi:.0%} with 2 or more labels")
 
 
+@synth_app.command("vessels")
+def synth_vessels(
+    out: Annotated[Path, typer.Option(help="output folder (images/, labels/, truth/, radius/, manifest.csv)")],
+    dim: Annotated[int, typer.Option(min=2, max=3, help="2 (fundus-like pictures) or 3 (angiography-like volumes)")] = 3,
+    n: Annotated[int, typer.Option(min=1, help="number of cases (11: 6 train / 2 val / 3 test, as in DS6)")] = 11,
+    shape: Annotated[Optional[list[int]], typer.Option(help="size per axis, one value or one per axis (default 96 in 3D, 256 in 2D)")] = None,
+    spacing: Annotated[Optional[list[float]], typer.Option(help="voxel size per axis in mm (NIfTI header; default 1)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed; case i depends on (seed, i) only")] = 0,
+) -> None:
+    """Synthetic vessel trees with a clean mask and a noisy semi-automatic one (Frangi vesselness + threshold)."""
+    from labelwise.data.synth.vessels import write_vessels
+
+    size = shape or [96 if dim == 3 else 256]
+    size = size * dim if len(size) == 1 else size
+    manifest = write_vessels(out, dim, n, size, seed=seed, spacing=spacing, progress=typer.echo)
+    typer.echo(f"wrote {manifest}: {n} cases {'x'.join(map(str, size))}; labels/ holds the noisy masks training "
+               "sees, truth/ the clean ones for evaluation")
+
+
 for _name, _issue in (
-    ("vessels", "Vessel segmentation on noisy labels (DS6)"),
     ("rnflt", "Semi-supervised classification with a pseudo supervisor"),
 ):
 

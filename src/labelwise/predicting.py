@@ -209,12 +209,9 @@ def _class_probabilities(logits: Any) -> torch.Tensor:
 def _threshold_value(probability: np.ndarray, threshold: Threshold) -> float:
     if threshold != "otsu":
         return 0.5 if threshold is None else float(threshold)
-    low, high = float(probability.min()), float(probability.max())
-    if not high > low:  # a constant map has no Otsu threshold
-        return 0.5
-    from skimage.filters import threshold_otsu
+    from labelwise.vesselness import otsu_threshold
 
-    return float(threshold_otsu(probability))
+    return otsu_threshold(probability)  # 0.5 for a constant map
 
 
 def _masks(classes: torch.Tensor, threshold: Threshold) -> tuple[np.ndarray, np.ndarray, float | str]:

@@ -104,9 +104,6 @@ def threshold_value(probability: torch.Tensor, threshold: float | str) -> float:
     """``threshold`` itself, or Otsu's threshold of ``probability`` (0.5 when the map is constant)."""
     if threshold != "otsu":
         return float(threshold)
-    from skimage.filters import threshold_otsu
+    from labelwise.vesselness import otsu_threshold
 
-    values = probability.detach().float().cpu().numpy()
-    if values.size == 0 or values.min() == values.max():
-        return 0.5
-    return float(threshold_otsu(values))
+    return otsu_threshold(probability.detach().cpu().numpy())

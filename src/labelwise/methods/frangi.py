@@ -48,14 +48,14 @@ class Vesselness(nn.Module):
         return vesselness(image.float().mean(0).cpu().numpy(), sigmas=self.sigmas)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from skimage.filters import threshold_otsu
+        from labelwise.vesselness import otsu_threshold
 
         out = []
         for image in x:
             v = self.vesselness(image).astype(np.float64)
             t = float(self.threshold)
             if t < 0:
-                t = float(threshold_otsu(v)) if v.min() < v.max() else 0.5
+                t = otsu_threshold(v)
             out.append(torch.from_numpy(_logit(v) - _logit(np.float64(t))).float())
         return torch.stack(out).unsqueeze(1).to(x.device)
 
