@@ -84,7 +84,10 @@ def test_quick_demo(tmp_path):
     from labelwise.demo import run_demo
 
     reports = run_demo(tmp_path, quick=True)
-    assert [p.parent.name for p in reports] == ["demo", "demo-segmentation", "demo-multilabel"]
+    assert [p.parent.name for p in reports] == ["demo", "demo-segmentation", "demo-multilabel", "demo-vessels"]
+    vessels = json.loads((tmp_path / "demo-vessels" / "predictions" / "test" / "segmentation.json").read_text())
+    assert set(vessels["references"]) == {"label", "truth"}
+    assert "segmentation-gallery" in (tmp_path / "demo-vessels" / "report.html").read_text()
     evaluation = json.loads((tmp_path / "demo-multilabel" / "evaluation.json").read_text())
     assert evaluation["n_images"] == evaluation["n_real_scored"] > 0 and evaluation["real_top1"] >= evaluation["top1"]
     assert all(p.is_file() for p in reports)

@@ -123,6 +123,12 @@ def demo(
             keys = ("top1", "real_top1", "variable_topk_subset", "asma")
             typer.echo("  multi-label-aware: " + ", ".join(f"{k} {scores[k]:.4f}" for k in keys if scores.get(k) is not None)
                        + f"; {path.parent / 'evaluation.html'}")
+        segmentation = path.parent / "predictions" / "test" / "segmentation.json"
+        if segmentation.is_file():
+            references = json.loads(segmentation.read_text())["references"]
+            typer.echo("  test cases: " + "; ".join(
+                f"against {name}: Dice {r['mean']['dice']:.4f}, clDice {r['mean']['cldice']:.4f}"
+                for name, r in references.items() if r["mean"].get("dice") is not None))
         index = path.parent / "explanations" / "explanations.json"
         if index.is_file():
             explained = json.loads(index.read_text())

@@ -323,20 +323,9 @@ def _write_png(path: Path, rgb: np.ndarray, title: str) -> None:
 
 def prediction_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """Files given, and the readable files inside folders given (sorted): NIfTI, pictures, ``.npy``."""
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and suffix_of(p) in VOLUME_SUFFIXES)
-            if not found:
-                raise DataError(f"{path}: no images or volumes ({', '.join(VOLUME_SUFFIXES)})")
-            files += found
-        elif path.is_file():
-            if suffix_of(path) not in VOLUME_SUFFIXES:
-                raise DataError(f"{path}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)}")
-            files.append(path)
-        else:
-            raise DataError(f"{path}: no such file or folder")
-    return files
+    from labelwise.trained import input_files
+
+    return input_files(paths, VOLUME_SUFFIXES)
 
 
 def _references(reference: str | Path | None, files: Sequence[Path]) -> dict[str, Path]:

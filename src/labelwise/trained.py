@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,11 +67,12 @@ def load_trained(path: str | Path) -> Trained:
                    data.spatial_dims, data.class_names)
 
 
-def input_files(paths: list[Path]) -> list[Path]:
-    """Files given, and the readable files inside folders given (sorted); a clear error for anything else."""
-    suffixes = IMAGE_SUFFIXES + ARRAY_SUFFIXES + NIFTI_SUFFIXES
+def input_files(paths: Sequence[str | Path], suffixes: Sequence[str] | None = None) -> list[Path]:
+    """Files given, and the readable files inside folders given (sorted); a clear error for anything else.
+    ``suffixes``: the accepted file types (default: pictures, ``.npy`` and NIfTI)."""
+    suffixes = tuple(suffixes or IMAGE_SUFFIXES + ARRAY_SUFFIXES + NIFTI_SUFFIXES)
     files: list[Path] = []
-    for path in paths:
+    for path in map(Path, paths):
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and _suffix(p) in suffixes)
             if not found:

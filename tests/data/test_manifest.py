@@ -114,3 +114,15 @@ def test_load_data_from_manifest(tmp_path):
     assert whole.split("train")[0]["image"].shape == (1, 20, 24, 28)
     with pytest.raises(ValueError, match="data.task: segmentation"):
         DataConfig(manifest=path)
+
+
+def test_patches_are_the_same_in_loader_workers(tmp_path):
+    """Sample i is a function of (seed, i): two worker processes give the batches one process gives."""
+    from torch.utils.data import DataLoader
+
+    volumes = load_cases(read_manifest(make_set(tmp_path)), np.arange(5))
+    patches = PatchDataset(volumes, (8, 8, 8), patches_per_volume=4, foreground_ratio=0.5, seed=1)
+    order = [[3, 7], [0, 19], [12, 5]]
+    alone = [b["image"] for b in DataLoader(patches, batch_sampler=order, num_workers=0)]
+    workers = [b["image"] for b in DataLoader(patches, batch_sampler=order, num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(alone, workers))

@@ -58,10 +58,11 @@ class Supervised(Method):
         self.patch_size = config.data.patch_size
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits of the main output; images larger than ``data.patch_size`` go through overlapping patches with
-        Gaussian blending (:func:`labelwise.predicting.sliding_window_predict`)."""
+        """Logits of the main output. With ``data.patch_size`` (patch training) whole images go through overlapping
+        windows of that size with Gaussian blending, padded as the network needs
+        (:func:`labelwise.predicting.sliding_window_predict`)."""
         model = self.networks["model"]
-        if self.patch_size is not None and any(s > p for s, p in zip(image.shape[2:], self.patch_size)):
+        if self.patch_size is not None:
             from labelwise.predicting import sliding_window_predict
 
             return sliding_window_predict(model, image, self.patch_size, overlap=self.options.overlap)
