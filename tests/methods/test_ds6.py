@@ -174,3 +174,4 @@ def test_runs_on_a_manifest_write_nifti_predictions(tmp_path, method):
     section = section[: section.index("</section>")]
     assert section.count("<tr><td class=\"name\">") == 2 and "truth" in section and "label" in section
     assert section.count('<img src="data:image/png;base64,') == 3
+    assert ".gallery {" in html  # the grid layout is styled without an explanations section too
