@@ -367,17 +367,9 @@ def _read_image(path: Path, in_channels: int, spatial_dims: int, intensity: str)
     array, spacing = volume.array, volume.spacing
     if suffix_of(path) == ".npy" and len(spacing) == spatial_dims - 1:  # an (X, Y, Z) array read as (C, H, W)
         array, spacing = array[None], (1.0,) * spatial_dims
-    if array.ndim != spatial_dims + 1:
-        raise DataError(f"{path}: shape {array.shape}; the run's network takes {spatial_dims}D inputs "
-                        f"({in_channels}, {', '.join(['size'] * spatial_dims)})")
-    channels = array.shape[0]
-    if channels != in_channels:
-        if channels == 1:
-            array = np.repeat(array, in_channels, axis=0)
-        elif in_channels == 1 and channels == 3:
-            array = array.mean(0, keepdims=True)
-        else:
-            raise DataError(f"{path}: {channels} channels; the run's network takes {in_channels}")
+    from labelwise.trained import fit_channels
+
+    array = fit_channels(array, path, in_channels, spatial_dims)
     if intensity != "none":
         from labelwise.data.patches import normalize_intensity
 

@@ -120,6 +120,12 @@ def read_input(path: Path, in_channels: int, spatial_dims: int) -> tuple[torch.T
             raise DataError(f"{path}: cannot read array: {err}") from None
         if array.ndim == spatial_dims:
             array = array[None]
+    return torch.from_numpy(np.ascontiguousarray(fit_channels(array, path, in_channels, spatial_dims))), affine
+
+
+def fit_channels(array: np.ndarray, path: Path, in_channels: int, spatial_dims: int) -> np.ndarray:
+    """``array`` ``(C, *spatial)`` checked against the network's input: a grey input given to a colour model is
+    repeated over its channels, a colour one given to a grey model averaged; anything else is a DataError."""
     if array.ndim != spatial_dims + 1:
         raise DataError(f"{path}: shape {array.shape}; the model takes {spatial_dims}D inputs "
                         f"({in_channels}, {', '.join(['size'] * spatial_dims)})")
@@ -131,7 +137,7 @@ def read_input(path: Path, in_channels: int, spatial_dims: int) -> tuple[torch.T
             array = array.mean(0, keepdims=True)
         else:
             raise DataError(f"{path}: {channels} channels; the model takes {in_channels}")
-    return torch.from_numpy(np.ascontiguousarray(array)), affine
+    return array
 
 
 def _suffix(path: Path) -> str:
