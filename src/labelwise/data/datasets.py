@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from labelwise.data.patches import VolumeDataset
 from labelwise.errors import DataError
 
 if TYPE_CHECKING:
@@ -123,11 +122,11 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
             if image.ndim - 1 != spatial_dims or image.shape[0] != in_channels:
                 raise DataError(f"{case.image}: {image.shape[0]} channel(s), {image.ndim - 1}D; the training cases "
                                 f"have {in_channels}, {spatial_dims}D")
+    top = max(int(t.max()) for split in splits.values()
+              for t, labelled in zip(split.target, split.labelled.tolist()) if labelled)
     if cfg.patch_size is not None:
         splits["train"] = PatchDataset(train, cfg.patch_size, cfg.patches_per_volume, cfg.foreground_ratio, seed)
     elif len({tuple(i.shape) for i in train.image}) > 1:
         raise DataError(f"{cfg.manifest}: training images differ in size; set data.patch_size to train on patches")
-    top = max(int(t.max()) for split in splits.values() if isinstance(split, VolumeDataset)
-              for t, labelled in zip(split.target, split.labelled.tolist()) if labelled)
     return DataBundle(splits=splits, task="segmentation", num_classes=max(2, top + 1), in_channels=in_channels,
                       spatial_dims=spatial_dims, class_names=[], ids=np.array([c.id for c in cases]))
