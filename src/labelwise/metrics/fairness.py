@@ -1,0 +1,133 @@
+"""Binary-outcome scores of a classifier and their spread over patient groups (numpy, vectorised).
+
+For the semi-supervised classification capability (Luo et al., ICCV 2023, Harvard-GDP), which reports AUC overall
+and per sex, race and ethnicity, and the equity-scaled AUC of the Harvard ophthalmology group::
+
+    ES-AUC = AUC / (1 + sum over groups g of |AUC - AUC_g|)
+
+``scores`` are the model's scores for the positive class (any monotone scale for AUC; probabilities for
+calibration), ``labels`` 0/1. A group whose labels are all one class has no AUC: it is reported as ``None`` with
+the reason, and left out of the ES-AUC sum (the result says which groups were used)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from labelwise.errors import DataError
+
+__all__ = ["auc_confidence_interval", "equity_scaled_auc", "expected_calibration_error", "group_auc", "roc_auc",
+           "sensitivity_at_specificity"]
+
+
+def _binary(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if scores.shape != labels.shape:
+        raise DataError(f"scores and labels differ in length: {scores.size} vs {labels.size}")
+    if not np.all(np.isfinite(scores)):
+        raise DataError("scores must be finite")
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise DataError(f"labels must be 0 or 1, got values {np.unique(labels)[:5].tolist()}")
+    return scores, labels.astype(bool)
+
+
+def roc_auc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve, the Mann-Whitney statistic with ties counted one half; nan when only one class
+    is present."""
+    scores, labels = _binary(scores, labels)
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(scores)  # average ranks: ties count 1/2
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def _auc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """AUC of every row of ``scores``/``labels`` ``(R, N)`` at once (nan for a row with one class)."""
+    ranks = rankdata(scores, axis=1)
+    positives = labels.sum(axis=1)
+    negatives = labels.shape[1] - positives
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * labels).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
+    return np.where((positives > 0) & (negatives > 0), auc, np.nan)
+
+
+def auc_confidence_interval(scores: Any, labels: Any, resamples: int = 1000, level: float = 0.95,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUC (cases resampled with replacement; resamples with one class are
+    dropped); (nan, nan) when the AUC itself is undefined."""
+    scores, labels = _binary(scores, labels)
+    if not 0 < level < 1 or resamples < 1:
+        raise DataError(f"level must lie in (0, 1) and resamples be >= 1, got {level}, {resamples}")
+    if np.isnan(roc_auc(scores, labels)):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, resamples, 256):  # bounded memory: 256 resamples at a time
+        index = rng.integers(0, scores.size, size=(min(256, resamples - start), scores.size))
+        values.append(_auc_rows(scores[index], labels[index]))
+    values = np.concatenate(values)
+    values = values[~np.isnan(values)]
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def sensitivity_at_specificity(scores: Any, labels: Any, specificity: float = 0.9) -> float:
+    """The largest sensitivity among thresholds whose specificity is at least ``specificity`` (positive where
+    score >= threshold; every distinct score and +inf are tried); nan with one class."""
+    scores, labels = _binary(scores, labels)
+    if labels.all() or not labels.any():
+        return float("nan")
+    negatives, positives = np.sort(scores[~labels]), np.sort(scores[labels])
+    thresholds = np.append(np.unique(scores), np.inf)
+    spec = np.searchsorted(negatives, thresholds, side="left") / negatives.size  # negatives below the threshold
+    sens = 1 - np.searchsorted(positives, thresholds, side="left") / positives.size  # positives at or above it
+    return float(sens[spec >= specificity - 1e-12].max())
+
+
+def expected_calibration_error(probabilities: Any, labels: Any, bins: int = 15) -> float:
+    """Binary ECE: the probabilities of the positive class in ``bins`` equal-width bins of [0, 1]; the mean over
+    cases of |mean probability - positive rate| of each case's bin."""
+    probabilities, labels = _binary(probabilities, labels)
+    if probabilities.size and (probabilities.min() < 0 or probabilities.max() > 1):
+        raise DataError("probabilities must lie in [0, 1]")
+    if probabilities.size == 0:
+        return float("nan")
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    # sum over bins of (n_b / N) |mean p - positive rate| = sum over bins |sum p - positives| / N
+    sum_p = np.bincount(which, probabilities, minlength=bins)
+    sum_y = np.bincount(which, labels.astype(np.float64), minlength=bins)
+    return float(np.abs(sum_p - sum_y).sum() / probabilities.size)
+
+
+def group_auc(scores: Any, labels: Any, groups: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Per group (values of ``groups``, one per case, as strings): ``{"auc", "n", "positives"}`` with ``auc`` None
+    and a ``note`` when the group holds one class only."""
+    scores, labels = _binary(scores, labels)
+    groups = np.asarray([str(g) for g in groups])
+    if groups.size != scores.size:
+        raise DataError(f"groups has {groups.size} entries for {scores.size} cases")
+    out = {}
+    for group in sorted(set(groups.tolist())):
+        member = groups == group
+        positives = int(labels[member].sum())
+        auc = roc_auc(scores[member], labels[member])
+        entry: dict[str, Any] = {"auc": None if np.isnan(auc) else auc, "n": int(member.sum()),
+                                 "positives": positives}
+        if np.isnan(auc):
+            entry["note"] = f"no AUC: all {entry['n']} cases are {'positive' if positives else 'negative'}"
+        out[group] = entry
+    return out
+
+
+def equity_scaled_auc(auc: float, per_group: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``{"es_auc", "groups"}``: AUC / (1 + sum |AUC - AUC_g|) over the groups that have an AUC (listed)."""
+    used = {g: e["auc"] for g, e in per_group.items() if e.get("auc") is not None}
+    if np.isnan(auc) or not used:
+        return {"es_auc": None, "groups": sorted(used)}
+    return {"es_auc": float(auc / (1 + sum(abs(auc - a) for a in used.values()))), "groups": sorted(used)}
