@@ -1,4 +1,4 @@
-"""The command line: train end to end, report, data synth, demo, and the commands not built yet."""
+"""The command line: train end to end, report, data synth, demo."""
 
 from __future__ import annotations
 
@@ -63,14 +63,6 @@ def test_data_synth_shapes_writes_a_dataset(tmp_path):
     assert exit_info.value.code in (0, None)
     arrays = np.load(out)
     assert arrays["image"].shape == (30, 1, 16, 16, 16) and arrays["mask"].shape == (30, 16, 16, 16)
-
-
-@pytest.mark.parametrize("args", [["data", "synth", "rnflt"]])
-def test_commands_not_built_yet_say_so(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 3
-    assert "is not built yet" in capsys.readouterr().err
 
 
 def test_help_lists_every_command():

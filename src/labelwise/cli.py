@@ -32,16 +32,8 @@ data_app.add_typer(synth_app, name="synth")
 RUN_DIR_ENV = "LABELWISE_RUN_DIR"  # hands the chosen run directory to the processes Fabric starts
 
 
-class NotBuiltYet(Exception):
-    """A command whose capability has not landed yet."""
-
-
 def _test_line(test: dict[str, float]) -> str:
     return "  test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if "/" not in k)
-
-
-def _not_built(command: str, issue: str) -> None:
-    raise NotBuiltYet(f"labelwise {command} is not built yet: it arrives with the issue '{issue}'.")
 
 
 @app.command()
@@ -347,15 +339,24 @@ def synth_vessels(
                "sees, truth/ the clean ones for evaluation")
 
 
-for _name, _issue in (
-    ("rnflt", "Semi-supervised classification with a pseudo supervisor"),
-):
+@synth_app.command("rnflt")
+def synth_rnflt(
+    out: Annotated[Path, typer.Option(help="output folder for data_0001.npz, ... (the Harvard-GDP layout)")],
+    n: Annotated[int, typer.Option(min=1, help="number of patients")] = 1000,
+    seed: Annotated[int, typer.Option(help="random seed; patient i depends on (seed, i) only")] = 0,
+) -> None:
+    """Synthetic retinal nerve fibre layer thickness maps with glaucoma, visual fields, progression and
+    demographics whose prevalence and image statistics differ by group."""
+    from rich.progress import track
 
-    def _later(name: str = _name, issue: str = _issue) -> None:
-        _not_built(f"data synth {name}", issue)
+    from labelwise.data.synth.rnflt import make_patient, patient_seed, save_patient
 
-    synth_app.command(_name, help=f"(not built yet) synthetic {_name} data",
-                      context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_later)
+    glaucoma = 0
+    for i in track(range(n), description="patients", transient=True):
+        patient = make_patient(patient_seed(seed, i))
+        save_patient(out, i, patient)
+        glaucoma += int(patient["glaucoma"])
+    typer.echo(f"wrote {n} patients to {out} ({glaucoma / n:.0%} with glaucoma)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -366,9 +367,6 @@ def main(argv: list[str] | None = None) -> None:
         for line in str(err).splitlines():
             typer.echo(f"error: {line}", err=True)
         sys.exit(2)
-    except NotBuiltYet as err:
-        typer.echo(str(err), err=True)
-        sys.exit(3)
 
 
 if __name__ == "__main__":
