@@ -3,6 +3,8 @@ scikit-learn and hand computation."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -15,6 +17,7 @@ from labelwise.metrics.fairness import (
     group_auc,
     roc_auc,
     sensitivity_at_specificity,
+    summarize_binary,
 )
 
 
@@ -78,3 +81,27 @@ def test_group_auc_and_es_auc_by_hand():
     assert result["es_auc"] == pytest.approx(auc / (1 + abs(auc - 1.0) + abs(auc - 0.0)))
     same = {"a": {"auc": auc}, "b": {"auc": auc}}
     assert equity_scaled_auc(auc, same)["es_auc"] == pytest.approx(auc)  # no gap between groups: ES-AUC = AUC
+
+
+def test_summarize_binary_against_scikit_learn():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = 1 / (1 + np.exp(-(2 * labels - 1 + rng.normal(0, 1.5, 300))))
+    sex = rng.choice(["f", "m"], 300)
+    race = np.where(rng.random(300) < 0.02, "rare", rng.choice(["a", "b"], 300))
+    labels[race == "rare"] = 1  # a group with one class: no AUC
+    result = summarize_binary(scores, labels, {"sex": sex, "race": race}, resamples=200)
+    predicted = scores >= 0.5
+    assert result["auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert result["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
+    assert result["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, predicted))
+    assert result["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert result["auc_ci"][0] < result["auc"] < result["auc_ci"][1]
+    assert result["group_auc"]["sex"]["f"] == pytest.approx(roc_auc_score(labels[sex == "f"], scores[sex == "f"]))
+    assert result["group_auc"]["race"]["rare"] is None and "rare" in result["group_notes"]["race"]
+    gap = sum(abs(result["auc"] - result["group_auc"]["race"][g]) for g in ("a", "b"))
+    assert result["es_auc"]["race"] == pytest.approx(result["auc"] / (1 + gap))
+    assert 0 <= result["ece"] <= 1
+    json.dumps(result, allow_nan=False)  # JSON-ready: no nan anywhere

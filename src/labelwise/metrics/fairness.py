@@ -11,6 +11,7 @@ the reason, and left out of the ES-AUC sum (the result says which groups were us
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from scipy.stats import rankdata
 from labelwise.errors import DataError
 
 __all__ = ["auc_confidence_interval", "equity_scaled_auc", "expected_calibration_error", "group_auc", "roc_auc",
-           "sensitivity_at_specificity"]
+           "sensitivity_at_specificity", "summarize_binary"]
 
 
 def _binary(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -131,3 +132,48 @@ def equity_scaled_auc(auc: float, per_group: dict[str, dict[str, Any]]) -> dict[
     if np.isnan(auc) or not used:
         return {"es_auc": None, "groups": sorted(used)}
     return {"es_auc": float(auc / (1 + sum(abs(auc - a) for a in used.values()))), "groups": sorted(used)}
+
+
+def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[Any]] | None = None,
+                     threshold: float = 0.5, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The scores the semi-supervised capability reports for one binary outcome, as JSON-ready values:
+    ``auc``, ``auc_ci`` (bootstrap 95%), ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (at ``threshold`` on the
+    probability ``scores``), ``sensitivity_at_90_specificity``, ``ece``, and per attribute column
+    ``group_auc`` ``{attribute: {group: auc or None}}``, ``group_notes`` (why a group has none) and ``es_auc``
+    ``{attribute: value}``. Undefined values are None."""
+    scores, labels = _binary(scores, labels)
+    predicted = scores >= threshold
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
+    tp, tn = float((predicted & labels).sum()), float((~predicted & ~labels).sum())
+    fp, fn = float((predicted & ~labels).sum()), float((~predicted & labels).sum())
+    f1_pos, f1_neg = ratio(2 * tp, 2 * tp + fp + fn), ratio(2 * tn, 2 * tn + fp + fn)
+    auc = roc_auc(scores, labels)
+    result: dict[str, Any] = {
+        "n": int(labels.size), "positives": int(labels.sum()), "auc": auc,
+        "auc_ci": list(auc_confidence_interval(scores, labels, resamples, seed=seed)),
+        "accuracy": ratio(tp + tn, labels.size),
+        "balanced_accuracy": float(np.nanmean([ratio(tp, tp + fn), ratio(tn, tn + fp)])),
+        "macro_f1": float(np.nanmean([f1_pos, f1_neg])),
+        "sensitivity_at_90_specificity": sensitivity_at_specificity(scores, labels, 0.9),
+        "ece": expected_calibration_error(scores, labels) if scores.min() >= 0 and scores.max() <= 1 else None,
+        "group_auc": {}, "group_notes": {}, "es_auc": {},
+    }
+    for name, values in (attributes or {}).items():
+        per_group = group_auc(scores, labels, values)
+        result["group_auc"][name] = {g: e["auc"] for g, e in per_group.items()}
+        result["group_notes"][name] = {g: e["note"] for g, e in per_group.items() if "note" in e}
+        result["es_auc"][name] = equity_scaled_auc(auc, per_group)["es_auc"]
+    return _none_for_nan(result)
+
+
+def _none_for_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _none_for_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_none_for_nan(v) for v in value]
+    return value
