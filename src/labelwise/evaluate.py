@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from labelwise.data.labelsets import align, load_label_sets, read_ids, read_predictions, read_single_labels
 from labelwise.errors import DataError
-from labelwise.io import atomic_write
+from labelwise.io import atomic_write, json_ready
 from labelwise.metrics.multilabel import label_set_matrix, summarize
 
 #: Columns of the model table (terminal, CSV, HTML), in order; absent ones are skipped.
@@ -76,17 +75,7 @@ def _model_name(path: Path) -> str:
 def to_json(result: dict) -> str:
     """One model: its flat dict (plus ``label_set``); several: the whole result. nan becomes null."""
     body = {"label_set": result["label_set"], **result["models"][0]} if len(result["models"]) == 1 else result
-    return json.dumps(_finite(body), indent=2)
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    return json.dumps(json_ready(body), indent=2)
 
 
 def table_columns(result: dict) -> list[str]:

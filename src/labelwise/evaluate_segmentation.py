@@ -41,6 +41,7 @@ from labelwise.data.volumes import (
     suffix_of,
 )
 from labelwise.errors import DataError
+from labelwise.io import json_ready
 from labelwise.metrics.aggregate import mean_std
 from labelwise.metrics.surface import SCORE_NAMES, segmentation_scores
 
@@ -166,19 +167,9 @@ def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return {"mean": mean, "std": std, "count": count}
 
 
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value
-
-
 def to_json(result: dict[str, Any], path: Path | None = None) -> str:
     """The result as JSON text, nan written as ``null`` (strict JSON); also written to ``path`` when given."""
-    text = json.dumps(_nan_to_none(result), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(json_ready(result), indent=2, allow_nan=False) + "\n"
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text, encoding="utf-8")

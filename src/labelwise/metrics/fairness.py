@@ -11,7 +11,6 @@ the reason, and left out of the ES-AUC sum (the result says which groups were us
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from labelwise.errors import DataError
+from labelwise.io import json_ready
 
 __all__ = ["auc_confidence_interval", "equity_scaled_auc", "expected_calibration_error", "group_auc", "roc_auc",
            "sensitivity_at_specificity", "summarize_binary"]
@@ -166,14 +166,4 @@ def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[An
         result["group_auc"][name] = {g: e["auc"] for g, e in per_group.items()}
         result["group_notes"][name] = {g: e["note"] for g, e in per_group.items() if "note" in e}
         result["es_auc"][name] = equity_scaled_auc(auc, per_group)["es_auc"]
-    return _none_for_nan(result)
-
-
-def _none_for_nan(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _none_for_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_none_for_nan(v) for v in value]
-    return value
+    return json_ready(result)
