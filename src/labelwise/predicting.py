@@ -486,33 +486,12 @@ def predict_files(
         del logits
 
         nifti = dims == 3 or suffix_of(path) in NIFTI_SUFFIXES
-        files_written: dict[str, str | None] = {}
-        if nifti:
-            files_written["probability"] = f"probabilities/{cid}.nii.gz"
-            files_written["mask"] = f"masks/{cid}.nii.gz"
-            write_volume(out / files_written["probability"], probability, image.spacing, image.affine)
-        else:
-            files_written["probability"] = f"probabilities/{cid}.png"
-            files_written["probability_npy"] = f"probabilities/{cid}.npy"
-            files_written["mask"] = f"masks/{cid}.png"
-            write_volume(out / files_written["probability"], probability)
-            write_volume(out / files_written["probability_npy"], probability)
-        write_volume(out / files_written["mask"], mask.astype(np.uint8), image.spacing, image.affine)
-
-        shown = image.array.mean(0) if image.array.shape[0] == 3 else image.array[0]  # colour: its grey
-        view = project(shown, image.affine, mip_axis)
-        predicted_view = project(mask, image.affine, mip_axis)
-        files_written["mip"] = f"figures/{cid}_mip.png"
-        kind = "MIP" if dims == 3 else "overlay"
-        _write_png(out / files_written["mip"], mask_overlay_rgb(view, predicted_view), f"{cid}: prediction {kind}")
-        files_written["diff"] = None
+        files_written: dict[str, str | None] = {"diff": None}
+        files_written.update(write_case(out, cid, image.array, probability, mask, image.spacing, image.affine, nifti,
+                                        {"": ref.array} if ref is not None else {}, mip_axis))
         dice: float | None = None
         per_class: list[float | None] | None = None
         if ref is not None:
-            reference_view = project(ref.array > 0, image.affine, mip_axis)
-            files_written["diff"] = f"figures/{cid}_diff.png"
-            _write_png(out / files_written["diff"], diff_rgb(view, predicted_view > 0, reference_view),
-                       f"{cid}: white true positive, red false negative, blue false positive")
             dice = _dice(mask > 0, ref.array > 0)
             if trained.num_classes > 2:
                 per_class = [_dice(mask == k, ref.array == k) for k in range(1, trained.num_classes)]
@@ -555,6 +534,35 @@ def _write_index(out: Path, trained: Any, entries: list[dict[str, Any]]) -> Path
     return atomic_write(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
 
 
+def write_case(out: Path, cid: str, image: np.ndarray, probability: np.ndarray, mask: np.ndarray,
+               spacing: Sequence[float], affine: np.ndarray | None, nifti: bool,
+               references: dict[str, np.ndarray] | None = None, mip_axis: int | None = None) -> dict[str, str]:
+    """Write one predicted case under ``out`` and return the paths written, relative to ``out``, by key:
+    ``probability`` and ``mask`` (NIfTI with ``spacing`` and ``affine`` when ``nifti``; else PNG, plus the
+    probability as ``probability_npy``), ``mip`` (the mask over the projection of ``image`` ``(C, *spatial)``:
+    colour shown as grey, otherwise its first channel) and, per reference mask ``{name: mask}``, ``diff_<name>``
+    (``diff`` for the name ""): white where both are set, red where only the reference is, blue where only the
+    prediction is."""
+    files = {"probability": f"probabilities/{cid}.nii.gz" if nifti else f"probabilities/{cid}.png",
+             "mask": f"masks/{cid}.nii.gz" if nifti else f"masks/{cid}.png"}
+    write_volume(out / files["probability"], probability, spacing if nifti else None, affine if nifti else None)
+    if not nifti:
+        files["probability_npy"] = f"probabilities/{cid}.npy"
+        write_volume(out / files["probability_npy"], probability)
+    write_volume(out / files["mask"], mask.astype(np.uint8), spacing, affine)
+    shown = image.mean(0) if image.shape[0] == 3 else image[0]
+    view, predicted = project(shown, affine, mip_axis), project(mask, affine, mip_axis)
+    files["mip"] = f"figures/{cid}_mip.png"
+    _write_png(out / files["mip"], mask_overlay_rgb(view, predicted),
+               f"{cid}: prediction {'MIP' if mask.ndim == 3 else 'overlay'}")
+    for name, reference in (references or {}).items():
+        key = f"diff_{name}" if name else "diff"
+        files[key] = f"figures/{cid}_{key}.png"
+        _write_png(out / files[key], diff_rgb(view, predicted > 0, project(reference > 0, affine, mip_axis)),
+                   f"{cid}: {f'vs {name}: ' if name else ''}white true positive, red false negative, blue false positive")
+    return files
+
+
 # --- the end-of-run outputs of a run on a manifest ----------------------------------------------------------------
 
 
@@ -577,29 +585,18 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
         spacing, affine = volumes.spacings[i], volumes.affines[i]
         mask = predictions["prediction"][i].cpu().numpy()
         probability = predictions["probability"][i].cpu().numpy().astype(np.float32)
-        three_d = mask.ndim == 3
-        write_volume(folder / "masks" / f"{case.id}{'.nii.gz' if three_d else '.png'}", mask.astype(np.uint8),
-                     spacing, affine)
-        write_volume(folder / "probabilities" / f"{case.id}{'.nii.gz' if three_d else '.npy'}", probability,
-                     spacing, affine)
-        image = volumes.image[i].float().mean(0).cpu().numpy()
-        shown = project(image, affine)
-        _write_png(folder / "figures" / f"{case.id}_mip.png", mask_overlay_rgb(shown, project(mask > 0, affine)),
-                   f"{case.id}: prediction")
-        entry = {"id": case.id, "mip": f"figures/{case.id}_mip.png"}
         references = {"label": volumes.target[i].cpu().numpy() if bool(volumes.labelled[i]) else None,
                       "truth": read_volume(case.truth, mask=True).array if case.truth is not None else None}
+        references = {name: reference for name, reference in references.items() if reference is not None}
         for name, reference in references.items():
-            if reference is None:
-                continue
             if reference.shape != mask.shape:
-                raise DataError(f"{case.truth}: shape {reference.shape} differs from the image {case.image} "
+                raise DataError(f"{case.id}: the {name} mask has shape {reference.shape}, the image {case.image} "
                                 f"{mask.shape}")
             scores[name].append({"id": case.id, **segmentation_scores(mask > 0, reference > 0, spacing)})
-            _write_png(folder / "figures" / f"{case.id}_diff_{name}.png",
-                       diff_rgb(shown, project(mask > 0, affine), project(reference > 0, affine)),
-                       f"{case.id}: vs {name} (red: missed, blue: extra)")
-            entry[f"diff_{name}"] = f"figures/{case.id}_diff_{name}.png"
+        nifti = mask.ndim == 3 or suffix_of(case.image) in NIFTI_SUFFIXES
+        files = write_case(folder, case.id, volumes.image[i].float().cpu().numpy(), probability, mask, spacing,
+                           affine, nifti, references)
+        entry = {"id": case.id, **{key: value for key, value in files.items() if key.startswith(("mip", "diff"))}}
         figures.append(entry)
     result = {"scores": list(SCORE_NAMES), "figures": figures,
               "references": {name: {"cases": cases, **summarize_cases(cases)}
