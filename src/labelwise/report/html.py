@@ -164,13 +164,11 @@ def _explanation_figure(number: int, entry: Any, folder: Path, notes: list[str])
         notes.append(f"explanations/explanations.json {what}: no overlay file listed")
         return None
     path = folder / overlay
-    try:
-        inside = path.resolve().is_relative_to(folder.resolve())
-        png = path.read_bytes() if inside and path.stat().st_size <= MAX_OVERLAY_BYTES else b""
-    except OSError:
+    png = _png_inside(path, folder)
+    if png is None and path.resolve().is_relative_to(folder.resolve()) and not path.is_file():
         notes.append(f"explanations/{overlay}: overlay of {what} is missing")
         return None
-    if not png.startswith(PNG_MAGIC):
+    if png is None:
         notes.append(f"explanations/{overlay}: overlay of {what} is not a PNG file inside explanations/ "
                      f"(or is over {MAX_OVERLAY_BYTES // 2**20} MiB)")
         return None
@@ -269,6 +267,7 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
 
 
 def _png_inside(path: Path, folder: Path) -> bytes | None:
+    """The bytes of ``path`` if it is a PNG file inside ``folder`` of at most ``MAX_OVERLAY_BYTES``, else None."""
     try:
         if not path.resolve().is_relative_to(folder.resolve()) or path.stat().st_size > MAX_OVERLAY_BYTES:
             return None
