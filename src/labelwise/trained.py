@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from labelwise.data.volumes import NIFTI_SUFFIXES, PICTURE_SUFFIXES, suffix_of
 from labelwise.errors import DataError, LabelwiseError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (*PICTURE_SUFFIXES, ".bmp")
 ARRAY_SUFFIXES = (".npy",)
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass
@@ -74,12 +74,12 @@ def input_files(paths: Sequence[str | Path], suffixes: Sequence[str] | None = No
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and _suffix(p) in suffixes)
+            found = sorted(p for p in path.iterdir() if p.is_file() and suffix_of(p) in suffixes)
             if not found:
                 raise DataError(f"{path}: no images or volumes ({', '.join(suffixes)})")
             files += found
         elif path.is_file():
-            if _suffix(path) not in suffixes:
+            if suffix_of(path) not in suffixes:
                 raise DataError(f"{path}: unsupported file type; expected one of {', '.join(suffixes)}")
             files.append(path)
         else:
@@ -93,7 +93,7 @@ def read_input(path: Path, in_channels: int, spatial_dims: int) -> tuple[torch.T
     Images (png, jpg, ...) are scaled to [0, 1] as the built-in datasets are; ``.npy`` and NIfTI values are used as
     stored. A grey image given to a colour model is repeated over 3 channels, a colour one given to a grey model is
     averaged. NIfTI volumes are ``(X, Y, Z)`` or ``(X, Y, Z, C)`` and become ``(C, X, Y, Z)``."""
-    suffix, affine = _suffix(path), None
+    suffix, affine = suffix_of(path), None
     if suffix in IMAGE_SUFFIXES:
         from PIL import Image
 
@@ -138,8 +138,3 @@ def fit_channels(array: np.ndarray, path: Path, in_channels: int, spatial_dims: 
         else:
             raise DataError(f"{path}: {channels} channels; the model takes {in_channels}")
     return array
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
