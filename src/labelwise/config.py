@@ -87,6 +87,11 @@ class ModelConfig(Section):
     norm: Literal["batch", "instance", "group"] = "batch"
     dropout: float = Field(0.0, ge=0, lt=1)
     deep_supervision: bool = Field(True, description="unet_mss: extra outputs at 1/2 and 1/4 resolution")
+    heads: list[int] | None = Field(None, description="vit/unetr: [attention heads]; swin/swin_unetr: heads per stage")
+    patch_size: int | None = Field(None, gt=0, description="vit: side of a token's patch (default 16); swin/swin_unetr: "
+                                   "of the patch embedding (default 2); unetr: always 16")
+    image_size: list[int] | None = Field(None, description="vit/unetr: the input size their position embeddings are "
+                                         "built for (default: the data's image or data.patch_size)")
     init_from: Path | None = Field(None, description="a pretrain run directory: start from its backbone's weights")
     freeze_backbone: bool = Field(False, description="train only the head: a linear probe of the init_from backbone "
                                   "(without init_from: of the random one)")
@@ -98,7 +103,7 @@ class ModelConfig(Section):
 
         return _check_choice(name, MODELS, "model")
 
-    @field_validator("channels", "layers")
+    @field_validator("channels", "layers", "heads", "image_size")
     @classmethod
     def _positive(cls, values: list[int] | None) -> list[int] | None:
         if values is not None and (not values or min(values) <= 0):

@@ -60,7 +60,8 @@ def load_trained(path: str | Path) -> Trained:
     info = RunDir(run_dir).summary().get("data")
     if info:
         data = DataBundle(splits={}, task=info["task"], num_classes=info["num_classes"], in_channels=info["in_channels"],
-                          spatial_dims=info["spatial_dims"], class_names=list(info.get("class_names") or []))
+                          spatial_dims=info["spatial_dims"], class_names=list(info.get("class_names") or []),
+                          image_size=tuple(info["image_size"]) if info.get("image_size") else None)
     else:  # a run from before summary.json recorded the data's sizes: read the data once
         data = load_data(cfg.data)
     method = METHODS[cfg.method.name](cfg, data)

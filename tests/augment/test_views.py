@@ -328,3 +328,40 @@ def test_errors():
                  lambda: strong_view(x, n_ops=1.5)):
         with pytest.raises(ConfigError):
             call()
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("padding", ["border", "zeros"])
+def test_separable_resample_equals_grid_sample(d, padding):
+    """The crops and translations interpolate axis by axis; the oracle is grid_sample on the same affine grid."""
+    from labelwise.augment.views import _resample
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 2, *(9, 12, 10)[-d:], generator=g, dtype=torch.float64, requires_grad=True)
+    scale = 0.2 + 1.3 * torch.rand(4, d, generator=g, dtype=torch.float64)  # some boxes reach outside the image
+    centre = 1.2 * torch.rand(4, d, generator=g, dtype=torch.float64) - 0.6
+    size = (7, 11, 5)[-d:]
+    theta = torch.cat([torch.diag_embed(scale.flip(-1)), centre.flip(-1).unsqueeze(-1)], -1)
+    grid = torch.nn.functional.affine_grid(theta, [4, 2, *size], align_corners=False)
+    expected = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    got = _resample(x, scale, centre, size, padding)
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-12)
+    weights = torch.rand(expected.shape, generator=g, dtype=torch.float64)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), x)
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_negative_crop_scale_is_a_flip_of_the_crop(d):
+    """contrastive_views flips by reading an axis of the crop backwards: the same as flipping the cropped image."""
+    from labelwise.augment.views import _resample
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(3, 1, *(8, 10, 12)[-d:], generator=g)
+    scale, centre = 0.3 + 0.7 * torch.rand(3, d, generator=g), 0.4 * torch.rand(3, d, generator=g) - 0.2
+    size = (6, 7, 5)[-d:]
+    sign = torch.ones(d)
+    sign[0] = -1
+    flipped = _resample(x, scale * sign, centre, size, "border")
+    assert torch.allclose(flipped, _resample(x, scale, centre, size, "border").flip(2), atol=1e-6)

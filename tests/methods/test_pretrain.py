@@ -214,3 +214,32 @@ def test_unet_mss_encoder_pretrains_and_starts_a_segmenter(tmp_path, tagged):
     after = load_file(str(latest_checkpoint(seg / "checkpoints") / "model.safetensors"))
     encoder = [k for k in weights if k.startswith("backbone.encoder.")]
     assert encoder and all(torch.equal(after["model." + k[len("backbone."):]], weights[k]) for k in encoder)
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "vit", "channels": [16], "layers": [1], "heads": [2], "patch_size": 4},
+    {"name": "swin", "channels": [6], "layers": [1, 1, 1, 1], "heads": [1, 1, 1, 1], "patch_size": 1},
+])
+def test_transformers_pretrain_with_a_mask_token_and_start_a_probe(tmp_path, tagged, model):
+    pre = tmp_path / "pre"
+    result = train(config(tagged / "tags.npz", "pretrain", steps=2, model={**model, "norm": "batch"}), pre)
+    assert result.status == "completed" and 0 <= result.test["knn_accuracy"] <= 1
+    weights = load_file(str(latest_checkpoint(pre / "checkpoints") / "model.safetensors"))
+    token_width = model["channels"][0]  # SimMIM: the mask token replaces patch-embedding tokens, not input pixels
+    assert weights["mim_decoder.mask_token"].shape == (token_width,)
+    probe = tmp_path / "probe"
+    train(config(tagged / "classes.npz", "supervised", steps=2, model={**model, "init_from": str(pre),
+                                                                        "freeze_backbone": True}), probe)
+    after = load_file(str(latest_checkpoint(probe / "checkpoints") / "model.safetensors"))
+    encoder = [k for k in weights if k.startswith("backbone.")]
+    assert encoder and all(torch.equal(after["model." + k[len("backbone."):]], weights[k]) for k in encoder)
+    assert not torch.equal(after["model.head.weight"], torch.zeros_like(after["model.head.weight"]))
+
+
+def test_mask_patch_must_cover_whole_tokens(tagged):
+    from labelwise.methods import METHODS
+
+    cfg = config(tagged / "tags.npz", "pretrain", options={"mask_patch": 2},
+                 model={"name": "vit", "channels": [16], "layers": [1], "heads": [2], "patch_size": 4})
+    with pytest.raises(Exception, match="multiple of vit's token patch 4"):
+        METHODS["pretrain"](cfg, load_data(cfg.data, keep_unlabelled=True))

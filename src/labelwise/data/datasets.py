@@ -48,6 +48,7 @@ class DataBundle:
     ids: np.ndarray | None = None  # one id per sample of the file (its ``ids`` array), when it has one
     multilabel: bool = False  # classification with several 0/1 labels per sample (targets (K,))
     attributes: dict[str, np.ndarray] = field(default_factory=dict)  # group of every sample (by ``index``)
+    image_size: tuple[int, ...] | None = None  # spatial size of a training sample (a patch, for patch training)
 
     def split(self, name: str) -> ArrayDataset:
         """One split; a clear error when it is empty."""
@@ -114,6 +115,7 @@ def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> 
         num_classes=num_classes,
         in_channels=image.shape[1],
         spatial_dims=image.ndim - 2,
+        image_size=tuple(image.shape[2:]),
         class_names=class_names,
         ids=arrays["ids"].astype(str) if "ids" in arrays else None,
         multilabel=multilabel,
@@ -151,7 +153,8 @@ def _load_table(cfg: DataConfig, keep_unlabelled: bool) -> DataBundle:
                                  table.labelled) for name in ("train", "val", "test")}
     return DataBundle(
         splits=splits, task="classification", num_classes=len(table.class_names), in_channels=image.shape[1],
-        spatial_dims=image.ndim - 2, class_names=table.class_names, ids=np.array(table.ids),
+        spatial_dims=image.ndim - 2, image_size=tuple(image.shape[2:]), class_names=table.class_names,
+        ids=np.array(table.ids),
         multilabel=table.multilabel, attributes=table.attributes,
     )
 
@@ -186,5 +189,6 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         splits["train"] = PatchDataset(train, cfg.patch_size, cfg.patches_per_volume, cfg.foreground_ratio, seed)
     elif len({tuple(i.shape) for i in train.image}) > 1:
         raise DataError(f"{cfg.manifest}: training images differ in size; set data.patch_size to train on patches")
+    size = tuple(cfg.patch_size) if cfg.patch_size is not None else tuple(first.shape[1:])
     return DataBundle(splits=splits, task="segmentation", num_classes=max(2, top + 1), in_channels=in_channels,
-                      spatial_dims=spatial_dims, class_names=[], ids=np.array([c.id for c in cases]))
+                      spatial_dims=spatial_dims, image_size=size, class_names=[], ids=np.array([c.id for c in cases]))

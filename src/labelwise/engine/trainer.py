@@ -161,7 +161,8 @@ class Trainer:
                 message="", labelwise_version=labelwise.__version__, world_size=fabric.world_size,
                 **({} if resume else {"best": None, "tested_step": None}),
                 data={"task": self.data.task, "num_classes": self.data.num_classes, "in_channels": self.data.in_channels,
-                      "spatial_dims": self.data.spatial_dims, "class_names": self.data.class_names},
+                      "spatial_dims": self.data.spatial_dims, "class_names": self.data.class_names,
+                      "image_size": list(self.data.image_size) if self.data.image_size else None},
             )
         fabric.barrier()
         return self.start_step
@@ -199,7 +200,8 @@ class Trainer:
         if cfg.init_from is None:  # freeze_backbone alone: a linear probe on the randomly initialised backbone
             from labelwise.models.backbones import build_backbone
 
-            names = set(build_backbone(cfg, self.data.spatial_dims, self.data.in_channels).state_dict())
+            d = self.data
+            names = set(build_backbone(cfg, d.spatial_dims, d.in_channels, d.image_size).state_dict())
             state = {k: v for k, v in target.state_dict().items() if k in names}
             load_encoder(target, state, freeze=True, source="(random initialisation)")
             return

@@ -5,8 +5,9 @@ the same code and the ablation is a config change:
 - ``multilabel``: binary cross-entropy of a linear head over the image-level tags (what is in the image); samples
   without tags (``use_label`` 0, or no tags) skip this term;
 - ``mim``: masked image modelling as SimMIM (Xie et al. 2022): random patches of the input are replaced by a learned
-  value per channel, a light decoder (one 1x1 convolution and a pixel shuffle) reconstructs the image from the last
-  feature map, and the L1 (or L2) loss counts the masked pixels only;
+  value per channel (CNNs), or their tokens by a learned mask token (ViT, Swin); a light decoder (one 1x1
+  convolution and a pixel shuffle) reconstructs the image from the last feature map, and the L1 (or L2) loss counts
+  the masked pixels only;
 - ``contrastive``: two augmented views (:func:`labelwise.augment.views.contrastive_views`) agree: SimCLR's NT-Xent
   (Chen et al. 2020) or MoCo v3's InfoNCE against a momentum encoder (Chen, Xie & He 2021).
 
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from labelwise.augment.views import contrastive_views
 from labelwise.errors import ConfigError
 from labelwise.methods.base import Method, ema_update, frozen_copy
-from labelwise.models.backbones import build_backbone, masked_input
+from labelwise.models.backbones import build_backbone
 
 Task = Literal["multilabel", "mim", "contrastive"]
 
@@ -62,13 +63,17 @@ def mlp(dim_in: int, dim_hidden: int, dim_out: int) -> nn.Sequential:
 
 class MIMDecoder(nn.Module):
     """SimMIM's light decoder: a 1x1 convolution to ``in_channels * stride^d`` values per position of the last map,
-    rearranged into the full-resolution image; also holds the learned fill value of masked input pixels."""
+    rearranged into the full-resolution image; also holds the learned value that replaces masked inputs
+    (``mask_dim``: one per input channel for CNNs, a token for transformers)."""
 
-    def __init__(self, dim: int, in_channels: int, stride: int, spatial_dims: int):
+    def __init__(self, dim: int, in_channels: int, stride: int, spatial_dims: int, mask_dim: int | None = None,
+                 token: bool = False):
         super().__init__()
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.proj = conv(dim, in_channels * stride**spatial_dims, kernel_size=1)
-        self.mask_token = nn.Parameter(torch.zeros(in_channels))
+        self.mask_token = nn.Parameter(torch.zeros(mask_dim or in_channels))
+        if token:  # a transformer's mask token: SimMIM draws it like the other weights
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.in_channels, self.stride, self.spatial_dims = in_channels, stride, spatial_dims
 
     def forward(self, last: Tensor) -> Tensor:
@@ -141,13 +146,20 @@ class Pretrain(Method):
         if "multilabel" in self.tasks and not d.multilabel:
             raise ConfigError("method.tasks: multilabel needs image-level tags: several data.labels columns (0/1), "
                               "or an .npz whose label is (N, K) 0/1; drop the task for single-label data")
-        backbone = build_backbone(config.model, d.spatial_dims, d.in_channels)
+        backbone = build_backbone(config.model, d.spatial_dims, d.in_channels, d.image_size)
         self.networks["backbone"] = backbone
         if "multilabel" in self.tasks:
             self.networks["tag_head"] = nn.Linear(backbone.dim, d.num_classes)
         if "mim" in self.tasks:
             self.patch = o.mask_patch or backbone.stride
-            self.networks["mim_decoder"] = MIMDecoder(backbone.dim, d.in_channels, backbone.stride, d.spatial_dims)
+            if self.patch % backbone.token_patch:
+                raise ConfigError(f"method.mask_patch: {self.patch} must be a multiple of {config.model.name}'s "
+                                  f"token patch {backbone.token_patch}")
+            if d.image_size and any(n % backbone.stride for n in d.image_size):
+                raise ConfigError(f"method.tasks.mim: the image size {list(d.image_size)} must be a multiple of "
+                                  f"{config.model.name}'s output stride {backbone.stride} to be reconstructed")
+            self.networks["mim_decoder"] = MIMDecoder(backbone.dim, d.in_channels, backbone.stride, d.spatial_dims,
+                                                      backbone.mask_dim, backbone.masks_tokens)
         if "contrastive" in self.tasks:
             self.networks["projector"] = mlp(backbone.dim, backbone.dim, o.projection_dim)
             if o.contrastive == "moco":
@@ -167,7 +179,7 @@ class Pretrain(Method):
         if "mim" in self.tasks:
             decoder = self.networks["mim_decoder"]
             mask = random_patch_mask(tuple(x.shape), self.patch, self.options.mask_ratio, x.device)
-            reconstruction = decoder(backbone.features(masked_input(x, mask, decoder.mask_token))[-1])
+            reconstruction = decoder(backbone.masked_features(x, mask, decoder.mask_token)[-1])
             error = (reconstruction - x).abs() if self.options.mim_loss == "l1" else (reconstruction - x) ** 2
             losses["mim"] = (error * mask).sum() / (mask.sum() * x.shape[1]).clamp(min=1)
         if "contrastive" in self.tasks:

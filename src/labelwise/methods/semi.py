@@ -67,7 +67,8 @@ class SemiSupervised(Method):
 
     def build_network(self) -> nn.Module:
         d = self.data
-        return build_model(self.config.model, d.spatial_dims, d.in_channels, d.num_classes, "classification")
+        return build_model(self.config.model, d.spatial_dims, d.in_channels, d.num_classes, "classification",
+                           d.image_size)
 
     def split_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Labelled images and targets, and unlabelled images, of a batch."""

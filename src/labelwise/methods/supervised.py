@@ -52,7 +52,8 @@ class Supervised(Method):
                               f"{data.num_classes} classes (use dice_ce)")
         self.loss_name = loss
         out_channels = 1 if loss == "focal_tversky" else data.num_classes
-        self.networks["model"] = build_model(config.model, data.spatial_dims, data.in_channels, out_channels, data.task)
+        self.networks["model"] = build_model(config.model, data.spatial_dims, data.in_channels, out_channels, data.task,
+                                              data.image_size)
         if loss == "dice_ce":
             self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=self.options.label_smoothing)
         self.threshold = self.options.threshold

@@ -3,8 +3,15 @@
 map is than the input). Their parameter names equal those of the matching classifier of
 :mod:`labelwise.models.networks` without its head, so pretrained weights load into it by name (``init_from``).
 
-Built so far: the MONAI ResNets (``resnet10/18/34``) and the U-Net MSS encoder (``unet_mss``), 2D and 3D. Masked image modelling on a CNN masks the input
-(a learnable value per channel where masked, as SimMIM does for CNNs)."""
+Encoders, 2D and 3D: the MONAI ResNets (``resnet10/18/34``), the U-Net MSS encoder (``unet_mss``), MONAI's ViT
+(``vit``; ``unetr``: the same ViT as UNETR's, so its weights start a UNETR) and MONAI's Swin transformer (``swin``;
+``swin_unetr``: SwinUNETR's encoder). The ``vit`` and ``swin`` classifiers are these encoders with a linear ``head``
+on the embedding.
+
+Masked image modelling (:meth:`Backbone.masked_features`) follows SimMIM: a CNN sees its input with the masked pixels
+replaced by a learned value per channel; a transformer replaces the masked patches' tokens by a learned mask token
+after the patch embedding (``mask_dim`` is the size of that learned value, ``token_patch`` the side of the smallest
+patch a mask may hide)."""
 
 from __future__ import annotations
 
@@ -13,28 +20,43 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from labelwise.errors import ConfigError
+from labelwise.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from labelwise.config import ModelConfig
 
-__all__ = ["BACKBONES", "Backbone", "ResNetBackbone", "UNetMSSBackbone", "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "ResNetBackbone", "SwinBackbone", "UNetMSSBackbone", "ViTBackbone",
+           "build_backbone"]
 
 
 class Backbone(nn.Module):
-    """Shared part: ``embed`` is the global average of the last feature map (``avgpool`` of the subclass)."""
+    """Shared part: ``embed`` is the global average of the last feature map; ``forward`` is ``embed``, followed by
+    ``head`` when the network has one (a classifier)."""
 
-    dim: int
-    stride: int
+    dim: int  # channels of the last feature map = size of the embedding
+    stride: int  # how much smaller the last feature map is than the input
+    token_patch: int = 1  # masked image modelling: a mask hides whole patches of this side (CNNs: any pixel)
+    masks_tokens = False  # masked image modelling replaces tokens (transformers), not input pixels (CNNs)
+    in_channels: int
+
+    @property
+    def mask_dim(self) -> int:
+        """Size of the learned value that replaces masked inputs (CNNs: one per input channel)."""
+        return self.in_channels
 
     def features(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
 
+    def masked_features(self, x: Tensor, mask: Tensor, token: Tensor) -> list[Tensor]:
+        """``features`` of ``x`` with the pixels where ``mask`` ``(B, 1, *spatial)`` is 1 hidden behind ``token``."""
+        return self.features(masked_input(x, mask, token))
+
     def embed(self, x: Tensor) -> Tensor:
-        return self.avgpool(self.features(x)[-1]).flatten(1)
+        return self.features(x)[-1].flatten(2).mean(2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.embed(x)
+        z = self.embed(x)
+        return self._modules["head"](z) if "head" in self._modules else z
 
 
 class ResNetBackbone(Backbone):
@@ -45,7 +67,7 @@ class ResNetBackbone(Backbone):
         from labelwise.models.networks import MODELS
 
         net = MODELS[cfg.name](cfg, spatial_dims, in_channels, 1)
-        for name in ("conv1", "bn1", "act", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
+        for name in ("conv1", "bn1", "act", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             if hasattr(net, name):
                 setattr(self, name, getattr(net, name))
         self.no_max_pool = net.no_max_pool
@@ -77,7 +99,6 @@ class UNetMSSBackbone(Backbone):
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.dim = net.channels[-1]
         self.stride = net.divisor
-        self.avgpool = (nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d)(1)
 
     def features(self, x: Tensor) -> list[Tensor]:
         maps = []
@@ -87,15 +108,154 @@ class UNetMSSBackbone(Backbone):
         return maps
 
 
+class _TokenMasking:
+    """Masked image modelling for transformers: the mask, taken at the token grid, swaps tokens for ``token``."""
+
+    masks_tokens = True
+    token_patch: int
+    token_dim: int  # width of the tokens a mask replaces (after the patch embedding)
+
+    @property
+    def mask_dim(self) -> int:
+        return self.token_dim
+
+    def grid_mask(self, mask: Tensor) -> Tensor:
+        """``(B, 1, *grid)`` boolean: the tokens whose patch ``mask`` hides (``mask`` is constant on each patch)."""
+        p = self.token_patch
+        return mask[(slice(None), slice(None)) + (slice(None, None, p),) * (mask.ndim - 2)].bool()
+
+
+class ViTBackbone(_TokenMasking, Backbone):
+    """MONAI's ViT without a class token (as UNETR builds it, attribute ``vit``, so its weights start a UNETR):
+    ``features`` is the last block's tokens after the final layer norm as a map ``(B, hidden, *grid)``, ``embed``
+    their mean. Options: ``channels: [hidden]`` (768), ``layers: [blocks]`` (12), ``heads: [heads]`` (12), MLP 4 x
+    hidden, ``patch_size`` (16), ``image_size`` (default: the data's), ``dropout``."""
+
+    def __init__(self, cfg: ModelConfig, spatial_dims: int, in_channels: int,
+                 image_size: tuple[int, ...] | None = None, unetr: bool = False):
+        super().__init__()
+        from monai.networks.nets import ViT
+
+        hidden = _single(cfg, "channels", 768, "hidden size") if not unetr else (cfg.channels or [768])[0]
+        layers = _single(cfg, "layers", 12, "number of blocks") if not unetr else 12
+        heads = _single(cfg, "heads", 12, "attention heads")
+        patch = (cfg.patch_size or 16) if not unetr else 16
+        if unetr and ((cfg.layers and cfg.layers != [12]) or cfg.patch_size not in (None, 16)):
+            raise ConfigError("model: unetr's ViT (MONAI) has 12 blocks and 16-pixel patches; leave model.layers and "
+                              "model.patch_size unset")
+        if hidden % heads:
+            raise ConfigError(f"model.heads: the hidden size {hidden} must be divisible by the heads {heads}")
+        size = tuple(cfg.image_size or image_size or ())
+        if len(size) != spatial_dims or any(n % patch for n in size):
+            raise ConfigError(f"model.image_size: {cfg.name} needs the input size ({spatial_dims} values, each a "
+                              f"multiple of the patch size {patch}); got {list(size) or 'none'}")
+        self.vit = ViT(in_channels, img_size=size, patch_size=patch, hidden_size=hidden, mlp_dim=4 * hidden,
+                       num_layers=layers, num_heads=heads, proj_type="conv", classification=False,
+                       dropout_rate=cfg.dropout, spatial_dims=spatial_dims, qkv_bias=False)
+        self.spatial_dims, self.in_channels, self.image_size = spatial_dims, in_channels, size
+        self.dim, self.stride, self.token_patch, self.token_dim = hidden, patch, patch, hidden
+        self.grid = tuple(n // patch for n in size)
+
+    def tokens(self, x: Tensor, mask: Tensor | None = None, token: Tensor | None = None) -> Tensor:
+        """``(B, N, hidden)`` output tokens, the masked ones (``mask``) entering as ``token``."""
+        if tuple(x.shape[2:]) != self.image_size:
+            raise DataError(f"model {self.vit.__class__.__name__}: built for {list(self.image_size)} inputs (its "
+                            f"position embeddings), got {list(x.shape[2:])}; set model.image_size or resize the data")
+        embedding = self.vit.patch_embedding
+        t = embedding.patch_embeddings(x).flatten(2).transpose(1, 2)
+        if mask is not None:
+            t = torch.where(self.grid_mask(mask).flatten(1)[..., None], token.to(t.dtype), t)
+        t = embedding.dropout(t + embedding.position_embeddings)
+        for block in self.vit.blocks:
+            t = block(t)
+        return self.vit.norm(t)
+
+    def _map(self, t: Tensor) -> Tensor:
+        return t.transpose(1, 2).reshape(t.shape[0], self.dim, *self.grid)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        return [self._map(self.tokens(x))]
+
+    def masked_features(self, x: Tensor, mask: Tensor, token: Tensor) -> list[Tensor]:
+        return [self._map(self.tokens(x, mask, token))]
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.tokens(x).mean(1)
+
+
+class SwinBackbone(_TokenMasking, Backbone):
+    """MONAI's Swin transformer built as SwinUNETR builds it (attribute ``swinViT``, so its weights start a
+    SwinUNETR): ``features`` are the four stages' maps (layer-normalised, strides 2p, 4p, 8p, 16p for patch side p),
+    ``embed`` the mean of the last. Options: ``channels: [embedding width]`` (24, SwinUNETR's feature_size),
+    ``layers`` (blocks per stage, [2, 2, 2, 2]), ``heads`` ([3, 6, 12, 24]), ``patch_size`` (2); windows of 7."""
+
+    def __init__(self, cfg: ModelConfig, spatial_dims: int, in_channels: int, image_size: tuple[int, ...] | None = None):
+        super().__init__()
+        from monai.networks.nets.swin_unetr import MERGING_MODE, SwinTransformer
+
+        width, depths, heads, patch = swin_options(cfg)
+        self.swinViT = SwinTransformer(
+            in_chans=in_channels, embed_dim=width, window_size=(7,) * spatial_dims, patch_size=(patch,) * spatial_dims,
+            depths=depths, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, drop_rate=cfg.dropout, attn_drop_rate=0.0,
+            drop_path_rate=0.0, norm_layer=nn.LayerNorm, patch_norm=False, use_checkpoint=False,
+            spatial_dims=spatial_dims, downsample=MERGING_MODE["merging"], use_v2=False)
+        self.spatial_dims, self.in_channels = spatial_dims, in_channels
+        self.dim, self.stride, self.token_patch, self.token_dim = width * 16, patch * 16, patch, width
+
+    def _stages(self, x0: Tensor) -> list[Tensor]:
+        swin, maps = self.swinViT, []
+        x = swin.pos_drop(x0)
+        for stage in (swin.layers1, swin.layers2, swin.layers3, swin.layers4):
+            x = stage[0](x.contiguous())
+            maps.append(swin.proj_out(x, True))
+        return maps
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        return self._stages(self.swinViT.patch_embed(x))
+
+    def masked_features(self, x: Tensor, mask: Tensor, token: Tensor) -> list[Tensor]:
+        x0 = self.swinViT.patch_embed(x)
+        shape = (1, -1) + (1,) * (x0.ndim - 2)
+        return self._stages(torch.where(self.grid_mask(mask), token.view(shape).to(x0.dtype), x0))
+
+
+def swin_options(cfg: ModelConfig) -> tuple[int, list[int], list[int], int]:
+    """Embedding width, blocks per stage, heads per stage and patch side of a Swin model (SwinUNETR's defaults)."""
+    width = _single(cfg, "channels", 24, "embedding width (SwinUNETR's feature_size)")
+    depths, heads = cfg.layers or [2, 2, 2, 2], cfg.heads or [3, 6, 12, 24]
+    if len(depths) != 4 or len(heads) != 4:
+        raise ConfigError("model.layers and model.heads: a Swin transformer (MONAI) has 4 stages: give 4 values each")
+    bad = [h for i, h in enumerate(heads) if (width * 2**i) % h]
+    if bad:
+        raise ConfigError(f"model.heads: stage widths {[width * 2**i for i in range(4)]} must be divisible by the "
+                          f"heads {heads}")
+    return width, depths, heads, cfg.patch_size or 2
+
+
+def _single(cfg: ModelConfig, key: str, default: int, what: str) -> int:
+    values = getattr(cfg, key)
+    if values is None:
+        return default
+    if len(values) != 1:
+        raise ConfigError(f"model.{key}: {cfg.name} takes one value (the {what}), got {values}")
+    return values[0]
+
+
 BACKBONES = {"resnet10": ResNetBackbone, "resnet18": ResNetBackbone, "resnet34": ResNetBackbone,
-             "unet_mss": UNetMSSBackbone}
+             "unet_mss": UNetMSSBackbone, "vit": ViTBackbone, "swin": SwinBackbone, "swin_unetr": SwinBackbone}
 
 
-def build_backbone(cfg: ModelConfig, spatial_dims: int, in_channels: int) -> nn.Module:
-    """The encoder of ``model.name`` (see :data:`BACKBONES`)."""
+def build_backbone(cfg: ModelConfig, spatial_dims: int, in_channels: int,
+                   image_size: tuple[int, ...] | None = None) -> Backbone:
+    """The encoder of ``model.name`` (see :data:`BACKBONES`; ``unetr``: its ViT); ``image_size``: the data's, for the
+    ViT's position embeddings when ``model.image_size`` is not set."""
+    if cfg.name == "unetr":
+        return ViTBackbone(cfg, spatial_dims, in_channels, image_size, unetr=True)
     if cfg.name not in BACKBONES:
         raise ConfigError(f"model.name: {cfg.name!r} has no pretraining backbone yet; use one of "
-                          f"{', '.join(sorted(BACKBONES))}")
+                          f"{', '.join(sorted([*BACKBONES, 'unetr']))}")
+    if BACKBONES[cfg.name] in (ViTBackbone, SwinBackbone):
+        return BACKBONES[cfg.name](cfg, spatial_dims, in_channels, image_size)
     return BACKBONES[cfg.name](cfg, spatial_dims, in_channels)
 
 

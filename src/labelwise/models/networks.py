@@ -1,8 +1,9 @@
 """MONAI networks behind one constructor signature, so a config names a network and its widths only.
 
-Every builder takes ``(cfg, spatial_dims, in_channels, out_channels)`` and returns an ``nn.Module``
+Every builder takes ``(cfg, spatial_dims, in_channels, out_channels, image_size)`` and returns an ``nn.Module``
 mapping ``(B, in_channels, *spatial)`` to ``(B, out_channels)`` (classifiers) or
-``(B, out_channels, *spatial)`` (segmenters).
+``(B, out_channels, *spatial)`` (segmenters). ``image_size`` (the data's training image or patch size) matters only
+to the ViTs, whose position embeddings are built for one size.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from labelwise.errors import ConfigError
 if TYPE_CHECKING:
     from labelwise.config import ModelConfig
 
-Builder = Callable[["ModelConfig", int, int, int], nn.Module]
+Builder = Callable[["ModelConfig", int, int, int, "tuple[int, ...] | None"], nn.Module]
 
 
 def _norm(cfg: ModelConfig, channels: list[int]) -> str | tuple:
@@ -47,7 +48,7 @@ def _replace_batch_norm(net: nn.Module, cfg: ModelConfig) -> nn.Module:
 
 
 def _resnet(default_layers: list[int]) -> Builder:
-    def build(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    def build(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
         if cfg.dropout:
             raise ConfigError("model.dropout: MONAI's ResNet has no dropout; set it to 0 or pick densenet121")
         channels = cfg.channels or [64, 128, 256, 512]
@@ -72,13 +73,13 @@ def _resnet(default_layers: list[int]) -> Builder:
     return build
 
 
-def _densenet121(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+def _densenet121(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
     return nets.DenseNet121(
         spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout_prob=cfg.dropout
     )
 
 
-def _unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+def _unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
     channels = cfg.channels or [16, 32, 64, 128]
     return nets.UNet(
         spatial_dims=spatial_dims,
@@ -92,7 +93,7 @@ def _unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: i
     )
 
 
-def _basic_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+def _basic_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
     features = cfg.channels or [32, 32, 64, 128, 256, 32]
     if len(features) != 6:
         raise ConfigError("model.channels: basic_unet needs 6 widths (5 encoder levels + the last decoder)")
@@ -106,7 +107,7 @@ def _basic_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_chann
     )
 
 
-def _unet_mss(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+def _unet_mss(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
     from labelwise.models.unet_mss import DEFAULT_CHANNELS, UNetMSS
 
     if cfg.norm != "batch" or cfg.dropout:
@@ -118,6 +119,59 @@ def _unet_mss(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channel
     return UNetMSS(spatial_dims, in_channels, out_channels, channels, deep_supervision=cfg.deep_supervision)
 
 
+def _transformer_norm(cfg: ModelConfig) -> None:
+    if cfg.norm != "batch":
+        raise ConfigError(f"model.norm: {cfg.name} uses layer norm in its transformer; leave model.norm unset")
+
+
+def _vit(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
+    """MONAI's ViT (see :class:`labelwise.models.backbones.ViTBackbone`) with a linear head on its mean token."""
+    from labelwise.models.backbones import ViTBackbone
+
+    _transformer_norm(cfg)
+    net = ViTBackbone(cfg, spatial_dims, in_channels, image_size)
+    net.head = nn.Linear(net.dim, out_channels)
+    return net
+
+
+def _swin(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
+    """MONAI's Swin transformer (see :class:`labelwise.models.backbones.SwinBackbone`) with a linear head on the
+    mean of its last stage."""
+    from labelwise.models.backbones import SwinBackbone
+
+    _transformer_norm(cfg)
+    net = SwinBackbone(cfg, spatial_dims, in_channels, image_size)
+    net.head = nn.Linear(net.dim, out_channels)
+    return net
+
+
+def _unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
+    """MONAI's UNETR: a ViT (16-pixel patches, 12 blocks; ``channels: [hidden]`` or ``[hidden, decoder width]``,
+    default [768, 16]; ``heads: [12]``) with a convolutional decoder (``model.norm``)."""
+    from labelwise.models.backbones import ViTBackbone
+
+    vit = ViTBackbone(cfg, spatial_dims, in_channels, image_size, unetr=True)
+    widths = cfg.channels or [768, 16]
+    return nets.UNETR(in_channels, out_channels, img_size=vit.image_size, feature_size=widths[1] if len(widths) > 1
+                      else 16, hidden_size=vit.dim, mlp_dim=4 * vit.dim, num_heads=(cfg.heads or [12])[0],
+                      proj_type="conv", norm_name=_norm(cfg, [widths[-1]]), dropout_rate=cfg.dropout,
+                      spatial_dims=spatial_dims, qkv_bias=False)
+
+
+def _swin_unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int,
+                image_size=None) -> nn.Module:
+    """MONAI's SwinUNETR (``channels: [feature_size]``, default 24, a multiple of 12; ``layers``/``heads`` per
+    stage; ``patch_size`` 2); its decoder uses ``model.norm``. Inputs: each side a multiple of 32."""
+    from labelwise.models.backbones import swin_options
+
+    width, depths, heads, patch = swin_options(cfg)
+    if width % 12:
+        raise ConfigError(f"model.channels: swin_unetr's feature size must be a multiple of 12, got {width}")
+    return nets.SwinUNETR(in_channels, out_channels, patch_size=patch, depths=depths, num_heads=heads, window_size=7,
+                          feature_size=width, norm_name=_norm(cfg, [width]), drop_rate=cfg.dropout,
+                          spatial_dims=spatial_dims)
+
+
 MODELS: dict[str, Builder] = {
     "resnet10": _resnet([1, 1, 1, 1]),
     "resnet18": _resnet([2, 2, 2, 2]),
@@ -126,13 +180,19 @@ MODELS: dict[str, Builder] = {
     "unet": _unet,
     "basic_unet": _basic_unet,
     "unet_mss": _unet_mss,
+    "vit": _vit,
+    "swin": _swin,
+    "unetr": _unetr,
+    "swin_unetr": _swin_unetr,
 }
 
-SEGMENTERS = {"unet", "basic_unet", "unet_mss"}
+SEGMENTERS = {"unet", "basic_unet", "unet_mss", "unetr", "swin_unetr"}
 
 
-def build_model(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, task: str) -> nn.Module:
-    """Build ``cfg.name``; sizes given in the config must agree with the data's."""
+def build_model(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, task: str,
+                image_size: tuple[int, ...] | None = None) -> nn.Module:
+    """Build ``cfg.name``; sizes given in the config must agree with the data's (``image_size``: a training
+    sample's spatial size, for the ViTs)."""
     for key, from_data in (("spatial_dims", spatial_dims), ("in_channels", in_channels), ("out_channels", out_channels)):
         given = getattr(cfg, key)
         if given is not None and given != from_data:
@@ -141,4 +201,4 @@ def build_model(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_chann
     if is_segmenter != (task == "segmentation"):
         kind = "a segmentation" if is_segmenter else "a classification"
         raise ConfigError(f"model.name: {cfg.name!r} is {kind} network but data.task is {task!r}")
-    return MODELS[cfg.name](cfg, spatial_dims, in_channels, out_channels)
+    return MODELS[cfg.name](cfg, spatial_dims, in_channels, out_channels, image_size)
