@@ -1,16 +1,18 @@
-"""Multi-task pretraining ablation: pretrain a ResNet-10 on PatchML composites of scikit-learn's digits (tags = the
-digits present) with each single task, each pair, all three, and not at all; then a linear probe (frozen backbone)
-and a fine-tune on digit classification with 10 labels per class. Mean ± std of the test accuracy over seeds, and
-pretraining time per step relative to a supervised step on the same images and batch.
+"""Multi-task pretraining ablation: pretrain a ResNet-10 (``--model vit``: a small ViT) on PatchML composites of
+scikit-learn's digits (tags = the digits present) with each single task, each pair, all three, and not at all; then a
+linear probe (frozen backbone) and a fine-tune on digit classification with 10 labels per class. Mean ± std of the
+test accuracy over seeds, and pretraining time per step relative to a supervised step on the same images and batch.
 
 Per seed: a downstream split of the 1797 digits (upsampled to 16 x 16; 70/10/20 stratified, 10 labelled per class
 in the training part) and its own PatchML set (``--images`` composites of 2 x 2 cells, 1-4 digits each, 16 x 16)
 built from the training part's digits only, so no validation or test digit is seen (or tagged) in pretraining.
-Pretraining: ``--steps`` steps, batch 64, AdamW 1e-3 with cosine decay; downstream: ``--tune-steps`` steps, batch 32,
-AdamW 1e-3 (fine-tune) or 1e-2 (linear probe). Nothing is tuned on the test split.
+Models: ResNet-10 widths 16-128 with batch norm; ViT hidden 64, 4 blocks, 4 heads, 4 x 4 patches (16 tokens), the
+same optimiser settings (not tuned for either). Pretraining: ``--steps`` steps, batch 64, AdamW 1e-3 with cosine
+decay; downstream: ``--tune-steps`` steps, batch 32, AdamW 1e-3 (fine-tune) or 1e-2 (linear probe). Nothing is tuned
+on the test split.
 
     python benchmarks/pretrain.py [--seeds 0 1 2] [--steps 500] [--tune-steps 300] [--images 3000]
-                                  [--variants none mim ...] [--out runs/bench-pretrain]
+                                  [--variants none mim ...] [--model resnet10|vit] [--out runs/bench-pretrain]
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("multilabel", "mim", "contrastive")
 VARIANTS = ["none"] + ["+".join(c) for r in (1, 2, 3) for c in itertools.combinations(TASKS, r)]
-MODEL = {"name": "resnet10", "channels": [16, 32, 64, 128], "norm": "batch"}
+MODELS = {
+    "resnet10": {"name": "resnet10", "channels": [16, 32, 64, 128], "norm": "batch"},
+    "vit": {"name": "vit", "channels": [64], "layers": [4], "heads": [4], "patch_size": 4},  # 16 tokens of 4 x 4
+}
 
 
 def step_time(run_dir: Path) -> float:
@@ -81,25 +86,25 @@ def make_data(folder: Path, seed: int, images: int) -> tuple[Path, Path]:
     return pre, down
 
 
-def pretrain_config(path: Path, variant: str, seed: int, steps: int) -> dict:
+def pretrain_config(path: Path, variant: str, seed: int, steps: int, model: dict) -> dict:
     tasks = {t: 1.0 for t in variant.split("+")}
     return {
         "name": f"pre-{variant.replace('+', '-')}", "seed": seed, "method": {"name": "pretrain", "tasks": tasks},
         "data": {"path": str(path), "task": "classification", "batch_size": 64, "eval_batch_size": 256},
-        "model": MODEL,
+        "model": model,
         "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "scheduler": "cosine", "warmup_steps": 20},
         "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 25, "val_every": 0},
     }
 
 
-def supervised_tags_config(path: Path, seed: int, steps: int) -> dict:
+def supervised_tags_config(path: Path, seed: int, steps: int, model: dict) -> dict:
     """The supervised reference step: multi-label BCE on the same images and batch."""
-    raw = pretrain_config(path, "multilabel", seed, steps)
+    raw = pretrain_config(path, "multilabel", seed, steps, model)
     return {**raw, "name": "pre-supervised", "method": "supervised"}
 
 
-def downstream_config(path: Path, pretrained: Path | None, probe: bool, seed: int, steps: int) -> dict:
-    model = {**MODEL, "freeze_backbone": probe}  # no pretraining: a probe of the random backbone
+def downstream_config(path: Path, pretrained: Path | None, probe: bool, seed: int, steps: int, model: dict) -> dict:
+    model = {**model, "freeze_backbone": probe}  # no pretraining: a probe of the random backbone
     if pretrained is not None:
         model["init_from"] = str(pretrained)
     return {
@@ -118,8 +123,10 @@ def main() -> None:
     parser.add_argument("--tune-steps", type=int, default=300)
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--model", default="resnet10", choices=sorted(MODELS))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-pretrain")
     args = parser.parse_args()
+    model = MODELS[args.model]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     results: dict = json.loads(path.read_text()) if path.is_file() else {}
@@ -128,7 +135,8 @@ def main() -> None:
         pre_data, down_data = make_data(args.out / f"data-{seed}", seed, args.images)
         key = f"supervised-step/{seed}"
         if key not in results:
-            run(supervised_tags_config(pre_data, seed, min(args.steps, 100)), args.out / f"seed{seed}" / "supervised")
+            run(supervised_tags_config(pre_data, seed, min(args.steps, 100), model),
+                args.out / f"seed{seed}" / "supervised")
             results[key] = {"step_time": step_time(args.out / f"seed{seed}" / "supervised")}
         for variant in args.variants:
             key = f"{variant}/{seed}"
@@ -138,12 +146,12 @@ def main() -> None:
             folder = args.out / f"seed{seed}" / variant
             pretrained, entry = None, {}
             if variant != "none":
-                result = run(pretrain_config(pre_data, variant, seed, args.steps), folder / "pretrain")
+                result = run(pretrain_config(pre_data, variant, seed, args.steps, model), folder / "pretrain")
                 pretrained = result.run_dir
                 entry["step_time"] = step_time(pretrained)
                 entry["knn_accuracy"] = result.test.get("knn_accuracy")
             for probe in (True, False):
-                result = run(downstream_config(down_data, pretrained, probe, seed, args.tune_steps),
+                result = run(downstream_config(down_data, pretrained, probe, seed, args.tune_steps, model),
                              folder / ("probe" if probe else "finetune"))
                 entry["probe" if probe else "finetune"] = result.test["accuracy"]
             entry["wall"] = time.perf_counter() - started

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SMOKE, run_cli
+from conftest import REPO, SMOKE, run_cli
 from labelwise.cli import main
 from labelwise.config import load_config
 from labelwise.errors import ConfigError
@@ -110,3 +110,15 @@ def test_cli_bad_config_in_a_fresh_process_has_no_traceback(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: trainer.checkpoint_evry: unknown key (did you mean 'checkpoint_every'?)"
     ]
+
+
+def test_every_shipped_config_is_valid():
+    shipped = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(shipped) >= 10
+    for path in shipped:
+        try:
+            cfg = load_config(path)
+        except ConfigError as error:  # valid apart from data its comment says to generate first
+            assert "file not found" in str(error) and "data/" in str(error), (path, error)
+            cfg = load_config(yaml.safe_load(path.read_text()) | {"data": {"synth": {"kind": "shapes"}}})
+        assert cfg.name and cfg.trainer.max_steps > 0, path

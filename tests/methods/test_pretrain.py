@@ -243,3 +243,21 @@ def test_mask_patch_must_cover_whole_tokens(tagged):
                  model={"name": "vit", "channels": [16], "layers": [1], "heads": [2], "patch_size": 4})
     with pytest.raises(Exception, match="multiple of vit's token patch 4"):
         METHODS["pretrain"](cfg, load_data(cfg.data, keep_unlabelled=True))
+
+
+def test_swin_encoder_pretrains_and_starts_a_swin_unetr(tmp_path, tagged):
+    swin = {"name": "swin_unetr", "channels": [12], "layers": [1, 1, 1, 1], "heads": [3, 3, 3, 3]}
+    pre = tmp_path / "pre-swin"  # 16 x 16 images: too small for mim at Swin's stride 32; the encoder is size-free
+    result = train(config(tagged / "tags.npz", "pretrain", steps=1, options={"tasks": {"contrastive": 1.0}},
+                          model=swin), pre)
+    assert result.status == "completed"
+    weights = load_file(str(latest_checkpoint(pre / "checkpoints") / "model.safetensors"))
+    raw = {"name": "seg", "seed": 0, "method": {"name": "supervised", "loss": "dice_ce"},
+           "data": {"synth": {"n": 20, "size": 32, "num_classes": 2}, "task": "segmentation", "batch_size": 2},
+           "model": {**swin, "norm": "group", "init_from": str(pre), "freeze_backbone": True},
+           "trainer": {"max_steps": 1, "checkpoint_every": 1, "log_every": 1}}
+    train(load_config(raw), tmp_path / "seg")
+    after = load_file(str(latest_checkpoint(tmp_path / "seg" / "checkpoints") / "model.safetensors"))
+    encoder = [k for k in weights if k.startswith("backbone.swinViT.")]
+    assert encoder and all(torch.equal(after["model." + k[len("backbone."):]], weights[k]) for k in encoder)
+    assert any(k.startswith("model.decoder") for k in after)  # the segmenter's own decoder, trained from scratch

@@ -90,6 +90,8 @@ def test_clear_errors_for_impossible_sizes():
         build_backbone(ModelConfig(**{**VIT, "heads": [5]}), 2, 1, (16, 16))
     with pytest.raises(ConfigError, match="4 stages"):
         build_backbone(ModelConfig(**{**SWIN, "layers": [2, 2]}), 2, 1, (16, 16))
+    with pytest.raises(ConfigError, match="expects 2-voxel patches"):
+        build_model(ModelConfig(**{**SWIN, "name": "swin_unetr"}), 2, 1, 2, "segmentation", (32, 32))
     with pytest.raises(ConfigError, match="layer norm"):
         build_model(ModelConfig(**{**SWIN, "norm": "group"}), 2, 1, 2, "classification", (16, 16))
     vit = build_backbone(ModelConfig(**{**VIT, "image_size": [16, 16]}), 2, 1, (64, 64))  # the config's size wins

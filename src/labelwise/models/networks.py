@@ -161,10 +161,13 @@ def _unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: 
 def _swin_unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int,
                 image_size=None) -> nn.Module:
     """MONAI's SwinUNETR (``channels: [feature_size]``, default 24, a multiple of 12; ``layers``/``heads`` per
-    stage; ``patch_size`` 2); its decoder uses ``model.norm``. Inputs: each side a multiple of 32."""
+    stage; 2-voxel patches); its decoder uses ``model.norm`` (instance norm fails where the bottleneck is one voxel,
+    at 32-voxel inputs). Inputs: each side a multiple of 32."""
     from labelwise.models.backbones import swin_options
 
     width, depths, heads, patch = swin_options(cfg)
+    if patch != 2:
+        raise ConfigError(f"model.patch_size: swin_unetr's decoder (MONAI) expects 2-voxel patches, got {patch}")
     if width % 12:
         raise ConfigError(f"model.channels: swin_unetr's feature size must be a multiple of 12, got {width}")
     return nets.SwinUNETR(in_channels, out_channels, patch_size=patch, depths=depths, num_heads=heads, window_size=7,
