@@ -19,6 +19,7 @@ import time
 
 import torch
 from monai.networks import nets
+from timing import interleaved
 
 SETTINGS = {"2d": (2, (16, 3, 224, 224)), "3d": (3, (2, 1, 96, 96, 96))}
 
@@ -59,14 +60,7 @@ def run(setting: str, repeats: int) -> dict[str, float]:
     model = nets.resnet18(spatial_dims=dims, n_input_channels=shape[1], num_classes=10).eval()
     x = torch.randn(shape)
     targets = [i % 10 for i in range(shape[0])]
-    fns = contenders(model, x, targets)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(repeats + 1):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if r:  # round 0 warms up
-                times[name].append(time.perf_counter() - start)
+    times = interleaved(contenders(model, x, targets), repeats)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -21,10 +21,9 @@ test_ds6_consistency_loss_backpropagates_through_t_of_f_x), not timed here.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import interleaved, print_peer_table
 
 
 def contenders(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor) -> dict:
@@ -73,25 +72,10 @@ def main() -> None:
     label = (image > 0.5).long()
     pred = torch.rand(shape, generator=g)
     volumes = 3 * args.batch
-    fns = contenders(image, label, pred)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(args.repeats + 1):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if r:  # round 0 warms up
-                times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    times = interleaved(contenders(image, label, pred), args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {'x'.join(map(str, shape))}, "
           f"image + label + prediction = {volumes} warped volumes per round; median of {args.repeats} (interleaved)")
-    print(f"  {'':22s} {'s/round':>8s} {'volumes/s':>10s} {'labelwise x':>12s}   rounds: min-max s")
-    ours = medians["labelwise"]
-    for name, t in medians.items():
-        print(f"  {name:22s} {t:8.3f} {volumes / t:10.1f} {t / ours:12.1f}   "
-              f"{min(times[name]):.3f}-{max(times[name]):.3f}")
-    best_monai = min(t for name, t in medians.items() if name.startswith("MONAI"))
-    print(f"throughput ratio labelwise / fastest MONAI: {best_monai / ours:.1f}x "
-          f"({volumes / ours:.0f} vs {volumes / best_monai:.0f} volumes/s)")
+    print_peer_table(times, volumes, "volumes", digits=3)
     print("gradient through T(f(x)): checked by tests/augment/test_elastic.py::test_gradcheck_through_warp and "
           "::test_ds6_consistency_loss_backpropagates_through_t_of_f_x")
 

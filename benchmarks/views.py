@@ -31,10 +31,9 @@ runs every contender once, in turn (A B C A B C ...), after one warm-up round; t
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import interleaved, print_peer_table
 
 
 def monai_views(x: torch.Tensor):
@@ -86,26 +85,11 @@ def contenders(x: torch.Tensor) -> dict:
 
 
 def bench(x: torch.Tensor, repeats: int) -> None:
-    fns = contenders(x)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(repeats + 1):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if r:  # round 0 warms up
-                times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    times = interleaved(contenders(x), repeats)
     images = 2 * x.shape[0]
     print(f"batch {'x'.join(map(str, x.shape))}, two views = {images} images per round; "
           f"median of {repeats} (interleaved)")
-    print(f"  {'':22s} {'s/round':>8s} {'images/s':>10s} {'labelwise x':>12s}   rounds: min-max s")
-    ours = medians["labelwise"]
-    for name, t in medians.items():
-        print(f"  {name:22s} {t:8.4f} {images / t:10.1f} {t / ours:12.1f}   "
-              f"{min(times[name]):.4f}-{max(times[name]):.4f}")
-    best_monai = min(t for name, t in medians.items() if name.startswith("MONAI"))
-    print(f"throughput ratio labelwise / fastest MONAI (peer s / labelwise s): {best_monai / ours:.1f}x "
-          f"({images / ours:.0f} vs {images / best_monai:.0f} images/s)")
+    print_peer_table(times, images, "images")
 
 
 def main() -> None:
