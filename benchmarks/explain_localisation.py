@@ -34,7 +34,7 @@ def run_seed(seed: int, images: int, steps: int, layers: list[str], out: Path) -
     from labelwise.explain import METHOD_NAMES
     from labelwise.explain.evaluate import evaluate_explanations
     from labelwise.explain.metrics import box_masks
-    from labelwise.trained import load_trained
+    from labelwise.inference import load_run
 
     data_dir = out / f"data-{seed}"
     arrays = make_patchml(n=4000, grid=3, objects=(2, 3), seed=seed)
@@ -49,7 +49,7 @@ def run_seed(seed: int, images: int, steps: int, layers: list[str], out: Path) -
         start = time.perf_counter()
         result = train(load_config(raw), run_dir)
         print(f"seed {seed}: trained in {time.perf_counter() - start:.0f} s, test {result.test}", flush=True)
-    model = load_trained(run_dir).model
+    model = load_run(run_dir).model
 
     test = np.flatnonzero(arrays["split"] == "test")[:images]
     x = torch.from_numpy(arrays["image"][test])
@@ -61,8 +61,9 @@ def run_seed(seed: int, images: int, steps: int, layers: list[str], out: Path) -
     rows = []
     for layer in layers:
         methods = None if layer == layers[0] else [m for m in METHOD_NAMES if m != "guided-backprop"]
+        # tolerance 0: on 48-pixel scenes of 16-pixel cells the paper's 15 pixels would reach the neighbouring digit
         found = evaluate_explanations(model, x, label, masks, **({"methods": methods} if methods else {}),
-                                      target_layer=layer, steps=steps, options={"scorecam": {"batch_size": 256}},
+                                      tolerance=0.0, target_layer=layer, steps=steps, options={"scorecam": {"batch_size": 256}},
                                       progress=lambda name, layer=layer: print(f"  seed {seed}, {layer}: {name}", flush=True))
         rows += [{**row, "seed": seed, "layer": layer} for row in found]
     return rows

@@ -56,6 +56,50 @@ def test_resume_without_a_run_is_refused(tmp_path, capsys):
     assert "no run there" in capsys.readouterr().err
 
 
+def _train_then_resume(tmp_path, tiny_config, scheduler, *resume_args):
+    """Train 4 steps (checkpoints at 2 and 4), then ``train --resume RUN ARGS``: the run, its config.yaml before the
+    resume, and the resume's exit code."""
+    tiny_config["optimizer"] = {"scheduler": scheduler}
+    tiny_config["trainer"].update(max_steps=4, checkpoint_every=2)
+    config, run = tmp_path / "tiny.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(tiny_config))
+    with pytest.raises(SystemExit) as first:
+        main(["train", str(config), "--run-dir", str(run), "--no-report"])
+    assert first.value.code in (0, None)
+    before = yaml.safe_load((run / "config.yaml").read_text())
+    with pytest.raises(SystemExit) as resumed:
+        main(["train", "--resume", str(run), "--no-report", *resume_args])
+    return run, before, resumed.value.code
+
+
+def test_resume_with_set_writes_what_ran_into_config_yaml(tmp_path, tiny_config, capsys):
+    run, before, code = _train_then_resume(tmp_path, tiny_config, "constant", "--set", "trainer.max_steps=6",
+                                           "--set", "trainer.log_every=2")
+    assert code in (0, None)  # the constant schedule: extending the run is fine
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["max_steps"] == 6 and saved["trainer"]["log_every"] == 2
+    before["trainer"].update(max_steps=6, log_every=2)
+    assert saved == before  # the rest as it was
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 6 and summary["max_steps"] == 6
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 6
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 6]  # log_every 1 up to step 4, then 2
+
+
+def test_resume_refuses_a_new_max_steps_under_the_cosine_schedule(tmp_path, tiny_config, capsys):
+    run, before, code = _train_then_resume(tmp_path, tiny_config, "cosine", "--set", "trainer.max_steps=8")
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: trainer.max_steps: 4 -> 8 refused") and "cosine" in lines[-1]
+    assert sum(line.startswith("error:") for line in lines) == 1
+    assert yaml.safe_load((run / "config.yaml").read_text()) == before  # nothing written
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["max_steps"] == 4
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 4
+
+
 def test_data_synth_shapes_writes_a_dataset(tmp_path):
     out = tmp_path / "shapes.npz"
     with pytest.raises(SystemExit) as exit_info:
@@ -86,6 +130,10 @@ def test_quick_demo(tmp_path):
     vessels = json.loads((tmp_path / "demo-vessels" / "predictions" / "test" / "segmentation.json").read_text())
     assert set(vessels["references"]) == {"label", "truth"}
     assert "segmentation-gallery" in (tmp_path / "demo-vessels" / "report.html").read_text()
+    for run, names in (("demo-vessels", {"foreground"}), ("demo-semi", {"0", "1"})):  # explained as models
+        entries = json.loads((tmp_path / run / "explanations" / "explanations.json").read_text())["entries"]
+        assert len(entries) == 2 and {e["class_name"] for e in entries} <= names
+        assert "explanation-gallery" in (tmp_path / run / "report.html").read_text()
     evaluation = json.loads((tmp_path / "demo-multilabel" / "evaluation.json").read_text())
     assert evaluation["n_images"] == evaluation["n_real_scored"] > 0 and evaluation["real_top1"] >= evaluation["top1"]
     assert all(p.is_file() for p in reports)

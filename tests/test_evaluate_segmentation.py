@@ -133,3 +133,64 @@ def test_bad_folders(folders, tmp_path):
     np.save(pred / "case01.npy", tube())
     with pytest.raises(DataError, match="two files for case 'case01'"):
         evaluate_segmentation(pred, truth)
+
+
+def square(shift: int = 0) -> np.ndarray:
+    """A 4 x 4 square in a 12 x 12 picture, moved down by ``shift`` rows."""
+    m = np.zeros((12, 12), np.uint8)
+    m[3 + shift:7 + shift, 3:7] = 1
+    return m
+
+
+def write_cases(tmp_path, cases: dict[str, tuple[np.ndarray, np.ndarray]]):
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    for cid, (p, t) in cases.items():
+        write_volume(pred / f"{cid}.png", p)
+        write_volume(truth / f"{cid}.png", t)
+    return pred, truth
+
+
+def test_empty_masks_are_counted_and_their_distances_left_out_of_the_means(tmp_path):
+    empty = np.zeros((12, 12), np.uint8)
+    pred, truth = write_cases(tmp_path, {
+        "a": (square(), square()),  # HD95 0, ASSD 0
+        "b": (square(1), square()),  # one row down: of the 12 surface pixels of each side 6 are 1 away, 6 touch
+        "c": (empty, square()), "d": (empty, square(2)),  # empty predictions
+        "e": (square(), empty),  # empty reference
+        "f": (empty, empty)})  # both empty
+    result = evaluate_segmentation(pred, truth)
+    assert result["cases"][1]["hd95"] == 1.0 and result["cases"][1]["assd"] == 0.5  # (6 x 1 + 6 x 1) / 24
+    assert (result["empty_prediction"], result["empty_reference"], result["both_empty"]) == (2, 1, 1)
+    assert result["count"] == {"dice": 5, "iou": 5, "precision": 3, "sensitivity": 4, "volumetric_similarity": 5,
+                               "hd95": 2, "assd": 2, "cldice": 5}
+    assert result["mean"]["hd95"] == 0.5 and result["mean"]["assd"] == 0.25  # over a and b only
+    assert result["mean"]["dice"] == pytest.approx((1 + 0.75 + 0 + 0 + 0) / 5)  # an empty prediction counts as 0
+    assert result["notes"] == [
+        "HD95/ASSD: 4 of 6 cases have an empty mask (2 an empty prediction, 1 an empty reference, 1 both masks "
+        "empty); the distances are undefined there (nan, as MONAI's HD95 gives; its ASSD gives inf with one mask "
+        "empty) and their mean is over 2 cases"]
+    parsed = json.loads(to_json(result))
+    assert parsed["empty_prediction"] == 2 and parsed["count"]["hd95"] == 2 and parsed["cases"][2]["hd95"] is None
+    mean_row = dict(zip(format_table(result)[0], format_table(result)[-1], strict=True))
+    assert mean_row["HD95 (pixels)"] == "0.50 ± 0.71 (n=2)" and mean_row["Dice"] == "0.350 ± 0.487 (n=5)"
+    assert mean_row["case"] == "mean ± std (n=6)"
+
+
+def test_cli_says_how_many_predictions_are_empty(tmp_path, capsys, monkeypatch):
+    from labelwise.cli import main
+
+    monkeypatch.setenv("COLUMNS", "300")  # the whole table on one line per row
+
+    empty = np.zeros((12, 12), np.uint8)
+    pred, truth = write_cases(tmp_path, {"a": (square(), square()), "b": (square(1), square()),
+                                         "c": (empty, square()), "d": (empty, square(1))})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "segmentation", "--pred", str(pred), "--truth", str(truth), "--json", str(tmp_path / "s.json")])
+    assert exit_info.value.code in (0, None)
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert ("note: HD95/ASSD: 2 of 4 cases have an empty prediction; the distances are undefined there (nan, as "
+            "MONAI's HD95 gives; its ASSD gives inf with one mask empty) and their mean is over 2 cases") in out
+    assert "│ 0.50 ± 0.71 (n=2) │" in out
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert (saved["empty_prediction"], saved["empty_reference"], saved["both_empty"]) == (2, 0, 0)
+    assert saved["count"]["hd95"] == 2 and saved["count"]["dice"] == 4 and saved["n"] == 4

@@ -14,7 +14,7 @@ from PIL import Image
 from labelwise.config import load_config
 from labelwise.engine import train
 from labelwise.explain import GradCAM, GradCAMPlusPlus
-from labelwise.trained import load_trained, read_input
+from labelwise.inference import load_run
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def test_explain_2d_writes_overlays_index_and_gallery(run_2d, tmp_path):
                  and e["input"].endswith("img1.png"))
     assert (out / entry["files"]["overlay"]).is_file()
     # The saved map is what the library gives for the same network and input.
-    trained = load_trained(run_2d)
-    x, _ = read_input(folder / "img1.png", trained.in_channels, trained.spatial_dims)
+    trained = load_run(run_2d)
+    x = torch.from_numpy(trained.read(folder / "img1.png").array)
     expected = GradCAMPlusPlus(trained.model)(x[None], [[1, 2]])[0, 1].numpy()
     np.testing.assert_allclose(np.load(out / entry["files"]["map"]), expected, rtol=1e-5, atol=1e-6)
     report = (run_2d / "report.html").read_text()
@@ -63,7 +63,7 @@ def test_explain_checkpoint_default_target_and_own_out(run_2d, tmp_path):
     result = run_cli("explain", "--checkpoint", str(checkpoint), "--input", str(image), "--out", str(out))
     assert result.returncode == 0, result.stderr
     (entry,) = json.loads((out / "explanations.json").read_text())["entries"]
-    trained = load_trained(checkpoint)
+    trained = load_run(checkpoint)
     x = torch.from_numpy(np.load(image))[None]
     assert entry["target"] == int(trained.model(x).argmax()) == entry["predicted"]
     np.testing.assert_allclose(np.load(out / entry["files"]["map"]), GradCAM(trained.model)(x)[0, 0].numpy(),
@@ -97,6 +97,7 @@ def test_explain_3d_nifti(tmp_path):
     (["--run", "RUN", "--input", "missing.png"], "no such file"),
     (["--run", "RUN", "--input", "IMG", "--method", "gradcam+++"], "unknown"),
     (["--run", "RUN", "--input", "IMG", "--target", "9"], r"\[0, 3\)"),
+    (["--run", "RUN", "--input", "IMG", "--target", "circle"], "no such class; this run's classes are 0 "),
     (["--run", "RUN", "--input", "IMG", "--layer", "layer9"], "no such submodule"),
     (["--run", "NOTARUN", "--input", "IMG"], "neither a run directory"),
 ])

@@ -16,18 +16,9 @@ from labelwise.data.volumes import read_volume, write_volume
 from labelwise.engine.trainer import train
 from labelwise.errors import ConfigError, DataError
 from labelwise.models import UNetMSS
-from labelwise.predicting import (
-    FN_RGB,
-    FP_RGB,
-    TP_RGB,
-    default_roi,
-    model_divisor,
-    predict_files,
-    probabilities,
-    project,
-    sliding_window_predict,
-)
-from labelwise.trained import Trained, load_trained
+from labelwise.inference import load_run
+from labelwise.inference.predict import FN_RGB, FP_RGB, TP_RGB, predict_files, probabilities, project
+from labelwise.models.windows import default_roi, model_divisor, sliding_window_predict
 
 
 class Pointwise(nn.Module):
@@ -126,7 +117,7 @@ def _segmentation_run(path, dim):
         "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
     }
     train(load_config(cfg), path)
-    return load_trained(path)
+    return load_run(path)
 
 
 @pytest.fixture(scope="module")
@@ -243,10 +234,13 @@ def test_predict_2d_pictures(tmp_path):
     assert (out / entry["mip"]).is_file()
 
 
-def test_predict_needs_a_segmentation_run(tmp_path):
-    trained = Trained(nn.Linear(2, 2), tmp_path, tmp_path, "classification", 2, 1, 2, ["a", "b"])
-    with pytest.raises(DataError, match="needs a segmentation run.*labelwise explain"):
-        predict_files(trained, [tmp_path], tmp_path / "out")
+def test_predict_files_needs_a_segmentation_run(tmp_path):
+    cfg = {"name": "cls", "seed": 0, "method": "supervised", "data": {"synth": {"n": 30, "size": 16}, "batch_size": 4},
+           "model": {"name": "resnet10", "channels": [4, 4, 4, 4]},
+           "trainer": {"max_steps": 1, "checkpoint_every": 1}}
+    train(load_config(cfg), tmp_path / "run")
+    with pytest.raises(DataError, match="a classification run; .*predict_classes"):
+        predict_files(load_run(tmp_path / "run"), [tmp_path], tmp_path / "out")
 
 
 class MaxNormalised(nn.Module):

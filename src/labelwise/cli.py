@@ -7,6 +7,7 @@ its message and exits with code 2, without a traceback.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -34,6 +35,58 @@ data_app.add_typer(synth_app, name="synth")
 data_app.add_typer(table_app, name="table")
 
 RUN_DIR_ENV = "LABELWISE_RUN_DIR"  # hands the chosen run directory to the processes Fabric starts
+
+#: Options that take one value per axis, by command path, each with an example for its help. Click options take a
+#: fixed number of values, so :func:`expand_per_axis_options` rewrites ``--shape 96 96 96`` to ``--shape 96 --shape 96
+#: --shape 96`` before parsing (the repeated form works as well). A new such option only needs an entry here.
+PER_AXIS_OPTIONS: dict[tuple[str, ...], dict[str, str]] = {
+    ("data", "synth", "vessels"): {"--shape": "96 96 96", "--spacing": "0.8 0.8 1.5"},
+    ("predict",): {"--roi": "64 64 64"},
+}
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def expand_per_axis_options(args: list[str]) -> list[str]:
+    """``args`` with each per-axis option of :data:`PER_AXIS_OPTIONS` followed by several numbers rewritten to that
+    option repeated once per number: ``predict RUN --roi 64 64 32`` -> ``predict RUN --roi 64 --roi 64 --roi 32``."""
+    args = list(args)
+    names = next((names for path, names in PER_AXIS_OPTIONS.items() if tuple(args[:len(path)]) == path), None)
+    if not names:
+        return args
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        out.append(token)
+        i += 1
+        if token == "--":
+            out.extend(args[i:])
+            break
+        if token in names:
+            values = 0
+            while i < len(args) and _NUMBER.fullmatch(args[i]):
+                out.extend([token, args[i]] if values else [args[i]])
+                values += 1
+                i += 1
+    return out
+
+
+def cli_command() -> typer.core.TyperGroup:
+    """The click command of :data:`app` (what ``main`` runs), with each per-axis option's help naming the
+    space-separated form."""
+    command = typer.main.get_command(app)
+    for path, options in PER_AXIS_OPTIONS.items():
+        target = command
+        for name in path:
+            target = target.commands[name]  # type: ignore[attr-defined]
+        for param in target.params:
+            example = next((options[o] for o in param.opts if o in options), None)
+            if example is None:
+                continue
+            if "space-separated" not in (param.help or ""):
+                param.help = f"{(param.help or '').rstrip('.')}; several values space-separated: {param.opts[0]} {example}"
+            param.metavar = f"<{'float' if '.' in example else 'int'}> ..."
+    return command
 
 
 def _test_line(test: dict[str, float]) -> str:
@@ -104,7 +157,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="folder for the demo runs")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="a much shorter run (for tests)")] = False,
 ) -> None:
-    """Generate small datasets, train, evaluate and write runs/demo*/report.html (about 2 minutes on a CPU)."""
+    """Generate small datasets, train, evaluate, write runs/demo*/report.html (about four minutes on two CPU cores)."""
     import json
 
     from labelwise.demo import run_demo
@@ -136,23 +189,36 @@ def demo(
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="a segmentation run directory (or one of its checkpoint folders)")],
-    input: Annotated[list[Path], typer.Option(help="NIfTI volumes or 2D images, or folders of them; repeat")],
-    out: Annotated[Path, typer.Option(help="folder for probabilities/, masks/, figures/ and predictions.json")],
-    reference: Annotated[Optional[Path], typer.Option(help="folder of reference masks (matched by case id): Dice and difference maps")] = None,
-    threshold: Annotated[Optional[str], typer.Option(help="0.5, another number, otsu or argmax (default: 0.5 for one channel, argmax otherwise)")] = None,
-    overlap: Annotated[float, typer.Option(min=0, max=0.95, help="overlap of the sliding windows")] = 0.5,
-    roi: Annotated[Optional[list[int]], typer.Option(help="window size: one value or one per axis (default: the run's data.patch_size)")] = None,
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (or one of its checkpoint folders)")],
+    input: Annotated[list[Path], typer.Option(help="images, volumes (NIfTI, .npy) or folders of them; classification "
+                                              "runs also a table .csv or a dataset .npz; repeat for more")],
+    out: Annotated[Path, typer.Option(help="output folder (segmentation: probabilities/, masks/, figures/, "
+                                      "predictions.json; classification: predictions.csv and .npz)")],
+    reference: Annotated[Optional[Path], typer.Option(help="segmentation: folder of reference masks (matched by case id): Dice and difference maps")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="segmentation: 0.5, another number, otsu or argmax (default: the run's method.threshold for one channel, argmax otherwise)")] = None,
+    overlap: Annotated[Optional[float], typer.Option(min=0, max=0.95, help="segmentation: overlap of the sliding windows (default: the run's method.overlap)")] = None,
+    roi: Annotated[Optional[list[int]], typer.Option(help="segmentation: window size, one value or one per axis (default: the run's data.patch_size; whole images for runs trained on them)")] = None,
+    split: Annotated[Optional[str], typer.Option(help="classification: only the rows of this split of a table or dataset .npz")] = None,
 ) -> None:
-    """Segment new images with a trained run: sliding windows with Gaussian blending, probability and mask (NIfTI
-    or PNG), a maximum-intensity projection and, with --reference, a difference map (false negatives red, false
-    positives blue)."""
-    from labelwise.predicting import parse_threshold, predict_files
-    from labelwise.trained import load_trained
+    """Predict with a trained run, exactly as it was trained and tested: inputs are read and preprocessed as its
+    training data was. Segmentation runs: sliding windows, probability and mask (NIfTI or PNG), a maximum-intensity
+    projection and, with --reference, a difference map. Classification runs: class or label probabilities as CSV
+    and .npz, readable by labelwise evaluate classification."""
+    from labelwise.inference import load_run, predict_classes, predict_files
 
-    trained = load_trained(run_dir)
-    cases = predict_files(trained, input, out, threshold=parse_threshold(threshold) if threshold else None,
-                          reference=reference, roi_size=roi or None, overlap=overlap)
+    run = load_run(run_dir)
+    if run.task == "classification":
+        given = [name for name, value in (("--reference", reference), ("--threshold", threshold), ("--overlap", overlap),
+                                          ("--roi", roi)) if value]
+        if given:
+            raise LabelwiseError(f"{', '.join(given)}: only for segmentation runs; {run_dir} is a classification run")
+        files = predict_classes(run, input, out, split=split)
+        typer.echo(f"wrote {files['csv']} and {files['npz']}")
+        return
+    if split is not None:
+        raise LabelwiseError("--split: only for classification runs (a table or dataset .npz)")
+    cases = predict_files(run, input, out, threshold=threshold, reference=reference, roi_size=roi or None,
+                          overlap=overlap)
     dice = [c["dice"] for c in cases if c.get("dice") is not None]
     tail = f"; mean Dice {sum(dice) / len(dice):.4f} against {reference}" if dice else ""
     typer.echo(f"wrote {len(cases)} case(s) to {out}{tail}")
@@ -163,14 +229,14 @@ def evaluate_classification(
     predictions: Annotated[list[Path], typer.Option(help="model outputs: .npy/.npz/.pt, scores (N, C) or classes (N,); repeat for several models")],
     label_sets: Annotated[Optional[str], typer.Option(help="imagenet-real, imagenetv2-multilabel, or a JSON label-set file")] = None,
     attributes: Annotated[Optional[Path], typer.Option(help="CSV of groups (id + one column per attribute): AUC per group and ES-AUC")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="CSV of labels (id + label columns) when the predictions carry none")] = None,
-    label_column: Annotated[Optional[list[str]], typer.Option(help="label column(s) of --labels; several: multi-label (default: label)")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", "--single-labels", help="the labels, for whichever figures are asked: a CSV (id + label column(s); rows matched by --ids, or in file order) or one single label per row (.npy, .npz with target/label, JSON or text). --label-sets: the original single label (top-k); --attributes or alone: the targets of AUC and fairness. --single-labels is an alias")] = None,
+    label_column: Annotated[Optional[list[str]], typer.Option(help="label column(s) of a --labels CSV; several: multi-label, --attributes path only (default: label)")] = None,
     attribute: Annotated[Optional[list[str]], typer.Option(help="attribute column(s) of --attributes to use (default: all)")] = None,
     ids: Annotated[Optional[Path], typer.Option(help="one image id per prediction row (text lines or a JSON list)")] = None,
-    single_labels: Annotated[Optional[Path], typer.Option(help="the original single label per row (.npy, .npz with target/label, JSON or text)")] = None,
     topk: Annotated[str, typer.Option(help="k values for top-k and ReaL top-k, comma-separated")] = "1,5",
     threshold: Annotated[Optional[float], typer.Option(help="also multi-label model metrics (mAP, F1, ...) at this score threshold")] = None,
-    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for 95% intervals (0: none; AUC with --attributes/--labels: 0 means 1000)")] = 0,
+    bootstrap: Annotated[Optional[int], typer.Option(min=0, help="bootstrap resamples for 95% intervals, 0: none (default: 0 with --label-sets, 1000 for the AUC with --attributes/--labels)")] = None,
+    logits: Annotated[bool, typer.Option("--logits", help="--attributes/--labels: the scores are logits; applies a sigmoid per column (one column: binary; several --label-column: multi-label) or a softmax over the columns (exclusive classes). Without it, scores outside [0, 1] are refused")] = False,
     asma_metric: Annotated[str, typer.Option(help="per-subgroup metric that ASMA averages")] = "variable_topk_subset",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON here")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="write one row per model as CSV here")] = None,
@@ -179,10 +245,13 @@ def evaluate_classification(
     """Score classifiers against multi-label sets (--label-sets: top-k, ReaL, variable top-k, per-subgroup accuracy,
     ASMA), or probabilities against labels overall and per patient group (--attributes/--labels: AUC with
     bootstrap CI, accuracy, balanced accuracy, macro-F1, sensitivity at 90% specificity, ECE, per-group AUC,
-    ES-AUC)."""
+    ES-AUC). --labels feeds either."""
     from rich.console import Console
     from rich.table import Table
 
+    if label_sets is not None and attributes is not None:
+        raise LabelwiseError("give --label-sets (multi-label-aware scores) or --attributes (AUC and fairness across "
+                             "groups), not both: each writes its own --json and --report")
     if label_sets is None:
         if attributes is None and labels is None:
             raise LabelwiseError("give --label-sets (multi-label-aware scores) or --attributes/--labels (AUC and "
@@ -190,8 +259,10 @@ def evaluate_classification(
         if len(predictions) != 1:
             raise LabelwiseError("--attributes/--labels score one --predictions file at a time")
         _evaluate_fairness(predictions[0], attributes, labels, label_column or ["label"], attribute, ids,
-                           bootstrap or 1000, json_out, report_out)
+                           1000 if bootstrap is None else bootstrap, logits, json_out, report_out)
         return
+    if logits:
+        raise LabelwiseError("--logits is for --attributes/--labels; --label-sets ranks the scores as they are")
 
     from labelwise.evaluate import evaluate_classification as run, table_columns, write_outputs
     from labelwise.report.html import fmt
@@ -202,8 +273,8 @@ def evaluate_classification(
         raise LabelwiseError(f"--topk {topk!r}: expected comma-separated integers such as 1,5") from None
     if not ks or min(ks) < 1:
         raise LabelwiseError(f"--topk {topk!r}: each k must be a positive integer")
-    result = run(predictions, label_sets, ids=ids, single_labels=single_labels, topk=ks, threshold=threshold,
-                 bootstrap=bootstrap, asma_metric=asma_metric)
+    result = run(predictions, label_sets, ids=ids, single_labels=labels, topk=ks, threshold=threshold,
+                 bootstrap=bootstrap or 0, asma_metric=asma_metric, label_columns=label_column or ["label"])
     columns = table_columns(result)
     table = Table(title=f"label sets: {result['label_set']}")  # one column per model: fits a terminal
     table.add_column("metric")
@@ -222,7 +293,7 @@ def evaluate_classification(
 
 
 def _evaluate_fairness(predictions: Path, attributes: Optional[Path], labels: Optional[Path], label_columns: list[str],
-                       attribute_columns: Optional[list[str]], ids: Optional[Path], resamples: int,
+                       attribute_columns: Optional[list[str]], ids: Optional[Path], resamples: int, logits: bool,
                        json_out: Optional[Path], report_out: Optional[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -230,14 +301,18 @@ def _evaluate_fairness(predictions: Path, attributes: Optional[Path], labels: Op
     from labelwise.evaluate_fairness import evaluate_fairness, write_fairness_json
     from labelwise.report.html import fmt
 
-    result = evaluate_fairness(predictions, attributes, labels, label_columns, attribute_columns, ids, resamples)
+    result = evaluate_fairness(predictions, attributes, labels, label_columns, attribute_columns, ids, resamples,
+                               logits=logits)
     summary = result["summary"]
     console = Console()
     table = Table(title=f"{predictions}: {summary['kind']}, {summary['n']} cases")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    ci = summary.get("auc_ci") or [None, None]
-    table.add_row("AUC (95% CI)", f"{fmt(summary['auc'])} ({fmt(ci[0])}-{fmt(ci[1])})")
+    ci = summary.get("auc_ci")
+    if ci:
+        table.add_row("AUC (95% CI)", f"{fmt(summary['auc'])} ({fmt(ci[0])}-{fmt(ci[1])})")
+    else:
+        table.add_row("AUC", fmt(summary["auc"]))
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity_at_90_specificity", "ece"):
         table.add_row(key, fmt(summary.get(key)))
     for name, per_group in summary["group_auc"].items():
@@ -294,12 +369,12 @@ def evaluate_segmentation(
 
 @app.command()
 def explain(
-    input_: Annotated[list[Path], typer.Option("--input", help="image (png/jpg/tif), .npy or NIfTI file, or a folder of them; repeat for more")],
-    run: Annotated[Optional[Path], typer.Option(help="a run directory (its latest checkpoint)")] = None,
+    input_: Annotated[list[Path], typer.Option("--input", help="image (png/jpg/tif), .npy, NIfTI or Harvard-GDP .npz file, or a folder of them; repeat for more")],
+    run: Annotated[Optional[Path], typer.Option(help="a run directory (the weights it tested)")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="one checkpoint folder, RUN/checkpoints/step-XXXXXX")] = None,
     method: Annotated[Optional[list[str]], typer.Option(help="gradcam (default), gradcam++, scorecam, ...; repeat for more")] = None,
-    target: Annotated[Optional[list[int]], typer.Option(help="class to explain (default: the predicted one); repeat for more")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="target layer, e.g. layer4 (default: the last spatial layer)")] = None,
+    target: Annotated[Optional[list[str]], typer.Option(help="class or label to explain, by index or name (default: the predicted one; segmentation: each foreground class); repeat for more")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="target layer, e.g. layer4 (default: the last spatial layer; ViT: the last block's tokens as a grid)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output folder (default RUN_DIR/explanations)")] = None,
     report: Annotated[bool, typer.Option(help="rebuild the run's report, with the gallery, when --out is in the run")] = True,
 ) -> None:
@@ -307,8 +382,7 @@ def explain(
     from rich.progress import Progress
 
     from labelwise.explain import METHOD_NAMES
-    from labelwise.explaining import explain_files
-    from labelwise.trained import input_files, load_trained
+    from labelwise.inference import explain_files, input_files, load_run
 
     if (run is None) == (checkpoint is None):
         raise LabelwiseError("give one of --run RUN_DIR or --checkpoint CHECKPOINT_FOLDER")
@@ -316,21 +390,36 @@ def explain(
     unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown:
         raise LabelwiseError(f"--method {unknown[0]!r}: unknown; choose from {', '.join(METHOD_NAMES)}")
-    trained = load_trained(run or checkpoint)
-    out = out or trained.run_dir / "explanations"
+    model = load_run(run or checkpoint)
+    out = out or model.run_dir / "explanations"
     files = input_files(input_)
     with Progress(transient=True) as bar:
         task = bar.add_task("explaining", total=len(files))
-        try:
-            entries = explain_files(trained, files, out, methods, target, layer,
-                                    progress=lambda path: bar.update(task, advance=1, description=path.name))
-        except ValueError as err:
-            raise LabelwiseError(str(err)) from None
+        entries = explain_files(model, files, out, methods, target, layer,
+                                progress=lambda path: bar.update(task, advance=1, description=path.name))
     typer.echo(f"wrote {len(entries)} map(s) for {len(files)} input(s) to {out}")
-    if report and out.resolve().is_relative_to(trained.run_dir.resolve()):
+    if report and out.resolve().is_relative_to(model.run_dir.resolve()):
         from labelwise.report import build_report
 
-        typer.echo(f"report {build_report(trained.run_dir)}")
+        typer.echo(f"report {build_report(model.run_dir)}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (or one of its checkpoint folders)")],
+    out: Annotated[Path, typer.Option(help="output file (model.onnx, model.pt); its sidecar FILE.json is written "
+                                      "beside it: input shape, preprocessing, activation, class names, settings")],
+    format: Annotated[str, typer.Option("--format", help="onnx (opset 17) or torchscript (a traced module)")] = "onnx",
+) -> None:
+    """Export a trained run's predicting network as ONNX or TorchScript, with a JSON sidecar of what using it
+    needs: input shape (dynamic batch; U-Net segmenters any size that is a multiple of their divisor), the
+    preprocessing with the training statistics, output activation and class names, threshold, window and overlap."""
+    from labelwise.inference import load_run
+    from labelwise.inference.export import export_format, export_run
+
+    chosen = export_format(format)  # refused before the run is loaded
+    files = export_run(load_run(run_dir), chosen, out)
+    typer.echo(f"wrote {files[0]} and {files[1]}")
 
 
 @synth_app.command("shapes")
@@ -455,9 +544,11 @@ def table_folder(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI; bad input exits 2 with one message, no traceback."""
+    """Entry point: run the CLI; bad input exits 2 with one message, no traceback. Per-axis options take their
+    values space-separated (:func:`expand_per_axis_options`)."""
+    args = expand_per_axis_options(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=True)
+        cli_command()(args=args, standalone_mode=True)
     except LabelwiseError as err:
         for line in str(err).splitlines():
             typer.echo(f"error: {line}", err=True)

@@ -78,7 +78,8 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """A network from the model registry; sizes left out are taken from the data."""
 
-    name: str = "resnet"
+    name: str | None = Field(None, description="a network of the model registry (default: resnet18 for "
+                             "classification, unet for segmentation)")
     spatial_dims: Literal[2, 3] | None = None
     in_channels: int | None = Field(None, gt=0)
     out_channels: int | None = Field(None, gt=0)
@@ -98,10 +99,10 @@ class ModelConfig(Section):
 
     @field_validator("name")
     @classmethod
-    def _known_model(cls, name: str) -> str:
+    def _known_model(cls, name: str | None) -> str | None:
         from labelwise.models import MODELS
 
-        return _check_choice(name, MODELS, "model")
+        return None if name is None else _check_choice(name, MODELS, "model")
 
     @field_validator("channels", "layers", "heads", "image_size")
     @classmethod
@@ -160,6 +161,9 @@ class MethodConfig(Section):
         return dict(self.model_extra or {})
 
 
+DEFAULT_MODELS = {"classification": "resnet18", "segmentation": "unet"}
+
+
 class Config(Section):
     """A whole run."""
 
@@ -167,8 +171,8 @@ class Config(Section):
     seed: int
     method: MethodConfig
     data: DataConfig
-    model: ModelConfig = ModelConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     trainer: TrainerConfig
 
     @field_validator("method", mode="before")
@@ -179,6 +183,9 @@ class Config(Section):
     @model_validator(mode="after")
     def _method_options(self) -> Config:
         from labelwise.methods import METHODS
+
+        if self.model.name is None:  # the saved config names the network that ran
+            self.model.name = DEFAULT_MODELS[self.data.task]
 
         options_model = METHODS[self.method.name].Options
         try:
@@ -201,10 +208,12 @@ class Config(Section):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Config:
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None,
+                check_files: bool = True) -> Config:
     """Read a YAML file (or a dict), apply ``key.sub=value`` overrides, validate, check files.
 
     Relative data paths are resolved against the config file's folder first, then the working directory.
+    ``check_files=False`` (a run loaded for inference: its data may be gone) keeps the data paths as written.
     Raises :class:`ConfigError` with one line per problem, each naming the key."""
     base_dir = None
     if isinstance(source, dict):
@@ -225,13 +234,28 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         config = Config(**raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, model=Config)) from None
-    _check_files(config, base_dir)
+    if check_files:
+        _check_files(config, base_dir)
     return config
 
 
 def save_config(config: Config, path: Path) -> None:
-    """Write the resolved config as YAML."""
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML. Data files are written relative to the folder of ``path`` (a run's
+    ``config.yaml``: its run directory), so a project folder copied elsewhere with its runs and data still resolves
+    them; a file on another drive stays absolute."""
+    import os
+
+    raw = config.to_dict()
+    for key in ("path", "manifest"):
+        value = getattr(config.data, key)
+        if value is not None and Path(value).is_absolute():
+            try:
+                raw["data"][key] = os.path.relpath(Path(value), Path(path).parent.resolve())
+            except ValueError:  # another drive (Windows)
+                pass
+    from labelwise.io import atomic_write
+
+    atomic_write(path, yaml.safe_dump(raw, sort_keys=False))  # a resumed run rewrites it while other processes read it
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -93,8 +93,7 @@ def explain_demo(run_dir: Path, patchml_file: Path, quick: bool = False) -> None
     from labelwise.explain.evaluate import evaluate_explanations
     from labelwise.explain.metrics import box_masks
     from labelwise.explain.outputs import read_index, write_index
-    from labelwise.explaining import explain_files
-    from labelwise.trained import load_trained
+    from labelwise.inference import explain_files, load_run
 
     arrays = load_npz(patchml_file)
     test = np.flatnonzero(arrays["split"] == "test")
@@ -104,7 +103,7 @@ def explain_demo(run_dir: Path, patchml_file: Path, quick: bool = False) -> None
     for i in test[:4]:
         files.append(inputs / f"{arrays['ids'][i]}.png")
         Image.fromarray(np.round(arrays["image"][i, 0] * 255).astype(np.uint8)).save(files[-1])
-    trained = load_trained(run_dir)
+    trained = load_run(run_dir)
     out = run_dir / "explanations"
     explain_files(trained, files, out, methods=("gradcam",) if quick else ("gradcam", "gradcam++", "scorecam", "eigencam"))
 
@@ -117,7 +116,9 @@ def explain_demo(run_dir: Path, patchml_file: Path, quick: bool = False) -> None
     rows = evaluate_explanations(trained.model, x, label, box_masks(own, tuple(x.shape[2:])),
                                  methods=("gradcam", "center") if quick else
                                  ("gradcam", "gradcam++", "layercam", "scorecam", "eigencam", "center", "random"),
-                                 steps=8 if quick else 16, options={"scorecam": {"batch_size": 256}})
+                                 steps=8 if quick else 16, activation=trained.activation,
+                                 tolerance=0.0,  # 16-pixel images: the paper's 15 pixels would reach every corner
+                                 options={"scorecam": {"batch_size": 256}})
     write_index(out, (read_index(out) or {}).get("entries", []), rows)
 
 
@@ -164,10 +165,22 @@ def vessels_config(manifest: Path, quick: bool = False) -> dict[str, Any]:
 def vessels_demo(out: Path, quick: bool = False) -> Path:
     """Write the 2D vessel set and train DS6 on it; returns the run directory."""
     from labelwise.data.synth.vessels import write_vessels
+    from labelwise.data.volumes import case_id
 
     manifest = write_vessels(out / "demo-data" / "vessels-2d", 2, 5 if quick else 11, [64, 64] if quick else [128, 128],
                              seed=0)
-    return train(load_config(vessels_config(manifest, quick)), _fresh(out / "demo-vessels")).run_dir
+    run_dir = train(load_config(vessels_config(manifest, quick)), _fresh(out / "demo-vessels")).run_dir
+    tested = sorted(case_id(p) for p in (run_dir / "predictions" / "test" / "masks").iterdir())[:2]
+    explain_cases(run_dir, [next((manifest.parent / "images").glob(f"{i}.*")) for i in tested])
+    return run_dir
+
+
+def explain_cases(run_dir: Path, files: list[Path]) -> None:
+    """Grad-CAM of a few input files through the run as a model (``labelwise explain``'s path: the run's folder, its
+    reader, preprocessing and activation), into the run's gallery."""
+    from labelwise.inference import explain_files, load_run
+
+    explain_files(load_run(run_dir), files, run_dir / "explanations", methods=("gradcam",))
 
 
 def semi_config(table: Path, quick: bool = False) -> dict[str, Any]:
@@ -197,7 +210,10 @@ def semi_demo(out: Path, quick: bool = False) -> Path:
         shutil.rmtree(folder)
     write_rnflt(folder, 60 if quick else 300, seed=0)
     table = write_harvard_table(folder, labelled=0.2, seed=0)
-    return train(load_config(semi_config(table, quick)), _fresh(out / "demo-semi")).run_dir
+    run_dir = train(load_config(semi_config(table, quick)), _fresh(out / "demo-semi")).run_dir
+    tested = [folder / f"{i}.npz" for i in (run_dir / "predictions" / "test_ids.txt").read_text().split()[:2]]
+    explain_cases(run_dir, tested)
+    return run_dir
 
 
 def pretrain_demo(out: Path, patchml_file: Path, quick: bool = False) -> list[Path]:

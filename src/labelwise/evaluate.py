@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelwise.data.labelsets import align, load_label_sets, read_ids, read_predictions, read_single_labels
+from labelwise.data.labelsets import align, load_label_sets, read_ids, read_labels, read_predictions
 from labelwise.errors import DataError
 from labelwise.io import atomic_write, json_ready
 from labelwise.metrics.multilabel import label_set_matrix, summarize
@@ -34,11 +34,19 @@ def evaluate_classification(
     threshold: float | None = None,
     bootstrap: int = 0,
     asma_metric: str = "variable_topk_subset",
+    label_columns: Sequence[str] = ("label",),
 ) -> dict:
-    """Scores of every prediction file: ``{"label_set": ..., "models": [{"model": name, **scores}, ...]}``."""
+    """Scores of every prediction file: ``{"label_set": ..., "models": [{"model": name, **scores}, ...]}``.
+    ``single_labels``: the original label of each row, a CSV (``id`` + the one of ``label_columns``; rows matched by
+    ``ids`` when given, else in file order) or a single-label file (see :func:`labelwise.data.labelsets.read_labels`)."""
     sets = load_label_sets(label_sets)
     row_ids = read_ids(ids) if ids is not None else None
-    given_single = read_single_labels(single_labels) if single_labels is not None else None
+    given_single = None
+    if single_labels is not None:
+        if len(label_columns) != 1:
+            raise DataError(f"--labels {single_labels}: --label-sets scores take one original label per image; name "
+                            f"one --label-column, not {len(label_columns)} (the label sets hold the other classes)")
+        given_single, _ = read_labels(single_labels, list(label_columns), row_ids)
     cache: dict[int, tuple] = {}  # label matrix by row count (the same for every model of one evaluation)
     models = []
     for path in predictions:
@@ -52,7 +60,7 @@ def evaluate_classification(
         matrix, count, folder_labels = cache[n]
         single = given_single if given_single is not None else folder_labels
         if single is not None and len(single) != n:
-            raise DataError(f"--single-labels has {len(single)} entries but {path} has {n} rows")
+            raise DataError(f"--labels has {len(single)} entries but {path} has {n} rows")
         if single is not None and (single.max(initial=-1) >= matrix.shape[1]):
             bad = int(np.flatnonzero(single >= matrix.shape[1])[0])
             raise DataError(f"single label of row {bad + 1} is {int(single[bad])}, outside [0, {matrix.shape[1]})")

@@ -3,9 +3,12 @@ multi-label classifier overall and per patient group (AUC with bootstrap CI, cal
 
 Predictions: a run's ``predictions/test.npz`` (``probability`` (N, K), ``target``; ids from ``test_ids.txt`` beside
 it), a ``.npy`` of scores ``(N,)`` or ``(N, K)`` (ids with ``--ids``), or a CSV with an ``id`` column and one
-probability column per class (one column: the positive class of a binary problem). Labels come from the ``.npz``
-or from ``--labels CSV`` (an ``id`` column and the label column(s)); groups from ``--attributes CSV`` (an ``id``
-column and one column per attribute). Rows are matched by id; ids missing on either side are refused."""
+probability column per class (one column: the positive class of a binary problem). Scores must lie in [0, 1];
+logits are taken with ``logits=True`` (``--logits``): a sigmoid per column for one column (binary) or several labels
+(multi-label), a softmax over the columns for exclusive classes. Labels come from the ``.npz`` or from ``--labels``:
+a CSV (an ``id`` column and the label column(s)) or single labels in row order (``.npy``, ``.npz``, JSON, text);
+groups from ``--attributes CSV`` (an ``id`` column and one column per attribute). Rows are matched by id; ids
+missing on either side are refused."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from labelwise.data.labelsets import read_ids
+from labelwise.data.labelsets import read_ids, read_labels
 from labelwise.data.table import read_rows
 from labelwise.errors import DataError
 from labelwise.io import atomic_write
@@ -78,6 +81,23 @@ def _read_predictions(path: Path, ids: Path | None) -> tuple[list[str] | None, n
     return row_ids, scores, target, names
 
 
+def _probabilities(path: Path, scores: np.ndarray, multilabel: bool, logits: bool) -> np.ndarray:
+    """``scores`` checked to lie in [0, 1], or, for ``logits``, mapped there: sigmoid per column (one column, or
+    multi-label), softmax over the columns (exclusive classes)."""
+    if np.isnan(scores).any():
+        raise DataError(f"--predictions {path}: holds NaN scores")
+    if logits:
+        if multilabel or scores.shape[1] == 1:
+            return 0.5 * (1.0 + np.tanh(0.5 * scores))  # the logistic sigmoid, without overflow
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    low, high = (float(scores.min()), float(scores.max())) if scores.size else (0.0, 1.0)
+    if low < 0 or high > 1:
+        raise DataError(f"--predictions {path}: scores range from {low:.4g} to {high:.4g}, outside [0, 1]; if they "
+                        "are logits, add --logits")
+    return scores
+
+
 def _match(row_ids: list[str], table: dict[str, np.ndarray], what: str) -> np.ndarray:
     position = {i: k for k, i in enumerate(table["id"].tolist())}
     missing = [i for i in row_ids if i not in position]
@@ -95,25 +115,23 @@ def evaluate_fairness(
     ids: str | Path | None = None,
     resamples: int = 1000,
     seed: int = 0,
+    logits: bool = False,
 ) -> dict[str, Any]:
-    """``{"summary": <labelwise.metrics.fairness.summarize>, "scores", "target", "groups", "multilabel"}``."""
+    """``{"summary": <labelwise.metrics.fairness.summarize>, "scores", "target", "groups", "multilabel"}``.
+    ``resamples`` 0: no bootstrap interval (``auc_ci`` None). ``logits``: see the module docstring."""
     row_ids, scores, target, names = _read_predictions(Path(predictions), Path(ids) if ids else None)
-    multilabel = len(label_columns) > 1 or (target is not None and target.ndim == 2)
     if labels is not None:
-        table = read_id_table(labels, label_columns, what="--labels")
-        if row_ids is None:
-            row_ids = table["id"].tolist()
-            if len(row_ids) != len(scores):
-                raise DataError(f"--labels: {len(row_ids)} rows for {len(scores)} predictions; give --ids")
-        rows = _match(row_ids, table, "--labels")
-        try:
-            values = np.stack([table[c][rows].astype(np.int64) for c in label_columns], axis=1)
-        except ValueError:
-            raise DataError(f"--labels: columns {', '.join(label_columns)} must hold integer labels") from None
-        target = values if multilabel else values[:, 0]
-        names = list(label_columns) if multilabel else names
+        target, row_ids = read_labels(labels, list(label_columns), row_ids, len(scores))
+        names = list(label_columns) if target.ndim == 2 else names
     if target is None:
-        raise DataError("no labels: the predictions file has no 'target'; give --labels CSV")
+        raise DataError("no labels: the predictions file has no 'target'; give --labels (a CSV, or single labels)")
+    multilabel = target.ndim == 2
+    if multilabel and target.shape[1] != scores.shape[1]:
+        raise DataError(f"--predictions {predictions}: {scores.shape[1]} score columns for {target.shape[1]} labels")
+    if not multilabel and target.size and (target.min() < 0 or target.max() >= max(scores.shape[1], 2)):
+        raise DataError(f"labels range from {target.min()} to {target.max()}, but --predictions {predictions} has "
+                        f"{scores.shape[1]} score column(s) (classes 0 to {max(scores.shape[1], 2) - 1})")
+    scores = _probabilities(Path(predictions), scores, multilabel, logits)
     if scores.shape[1] == 1 and not multilabel:  # one column: p(positive) of a binary problem
         scores = np.concatenate([1 - scores, scores], axis=1)
     groups: dict[str, np.ndarray] = {}

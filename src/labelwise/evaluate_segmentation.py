@@ -14,10 +14,13 @@ the spacing's units: mm for NIfTI, pixels otherwise (``spacing_unit``).
 
 The summary is the mean and the sample standard deviation (``ddof=1``) over cases, each ignoring nan values (see
 the empty-mask conventions in :mod:`labelwise.metrics.surface`); the std of a single value is nan. ``count`` says
-how many cases entered each mean::
+how many cases entered each mean, and ``empty_prediction``, ``empty_reference`` and ``both_empty`` how many cases
+have an empty mask, where HD95 and ASSD are undefined (nan) and left out of their means; a note says so, and the
+table shows ``(n=k)`` beside every mean over fewer than all cases::
 
     result = evaluate_segmentation(Path("runs/pred"), Path("data/labels"))
     # {"cases": [{"id", "pred", "truth", "spacing", "dice", ...}], "mean": {...}, "std": {...}, "count": {...},
+    #  "empty_prediction": k, "empty_reference": k, "both_empty": k,
     #  "n": N, "spacing_unit": "mm", "notes": [...], "skipped": {"pred_only": [...], "truth_only": [...]}}
     Path("scores.json").write_text(to_json(result))
 """
@@ -45,7 +48,8 @@ from labelwise.io import json_ready
 from labelwise.metrics.aggregate import mean_std
 from labelwise.metrics.surface import SCORE_NAMES, segmentation_scores
 
-__all__ = ["SCORE_LABELS", "SCORE_NAMES", "evaluate_segmentation", "format_table", "to_csv", "to_json"]
+__all__ = ["SCORE_LABELS", "SCORE_NAMES", "empty_mask_note", "evaluate_segmentation", "format_table",
+           "summarize_cases", "to_csv", "to_json"]
 
 SPACING_RTOL = 1e-3
 _LIST_AT_MOST = 10
@@ -153,18 +157,46 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
                       **scores})
 
     unit = units.pop() if len(units) == 1 else "mm (NIfTI cases), pixels (other cases)"
-    return {"cases": cases, **summarize_cases(cases), "n": len(cases), "spacing_unit": unit,
-            "notes": notes, "skipped": {"pred_only": pred_only, "truth_only": truth_only}}
+    summary = summarize_cases(cases)
+    note = empty_mask_note(summary, len(cases))
+    return {"cases": cases, **summary, "n": len(cases), "spacing_unit": unit,
+            "notes": notes + ([note] if note else []), "skipped": {"pred_only": pred_only, "truth_only": truth_only}}
 
 
-def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``{"mean", "std", "count"}`` of every score over ``cases``, nan skipped; std with ddof=1."""
+def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"mean", "std", "count", "empty_prediction", "empty_reference", "both_empty"}`` over ``cases`` (each a dict
+    of :func:`~labelwise.metrics.surface.segmentation_scores`): mean and std (ddof=1) of every score, nan skipped;
+    ``count`` the cases behind each mean; and how many cases have only the prediction, only the reference, or both
+    masks empty (HD95 and ASSD are nan there). An empty mask shows in the scores: precision is nan exactly when the
+    prediction is empty, sensitivity exactly when the reference is."""
     mean, std, count = {}, {}, {}
     for name in SCORE_NAMES:
         values = np.array([case[name] for case in cases], dtype=np.float64)
         mean[name], std[name] = mean_std(values, ddof=1)
         count[name] = int(np.count_nonzero(~np.isnan(values)))
-    return {"mean": mean, "std": std, "count": count}
+    no_pred = np.isnan(np.array([case["precision"] for case in cases], dtype=np.float64))
+    no_ref = np.isnan(np.array([case["sensitivity"] for case in cases], dtype=np.float64))
+    return {"mean": mean, "std": std, "count": count,
+            "empty_prediction": int(np.count_nonzero(no_pred & ~no_ref)),
+            "empty_reference": int(np.count_nonzero(no_ref & ~no_pred)),
+            "both_empty": int(np.count_nonzero(no_pred & no_ref))}
+
+
+def empty_mask_note(summary: dict[str, Any], n: int) -> str | None:
+    """One line on the cases of :func:`summarize_cases`'s ``summary`` (``n`` in all) whose HD95 and ASSD are undefined
+    because a mask is empty, and how many cases their mean is over; None when there are none."""
+    kinds = [(summary.get(key, 0), what) for key, what in (("empty_prediction", "an empty prediction"),
+                                                          ("empty_reference", "an empty reference"),
+                                                          ("both_empty", "both masks empty"))]
+    kinds = [(k, what) for k, what in kinds if k]
+    if not kinds:
+        return None
+    total = sum(k for k, _ in kinds)
+    verb = "case has" if total == 1 else "cases have"
+    which = kinds[0][1] if len(kinds) == 1 else "an empty mask (" + ", ".join(f"{k} {what}" for k, what in kinds) + ")"
+    counted = summary["count"]["hd95"]
+    return (f"HD95/ASSD: {total} of {n} {verb} {which}; the distances are undefined there (nan, as MONAI's HD95 gives; "
+            f"its ASSD gives inf with one mask empty) and their mean is over {counted} case{'' if counted == 1 else 's'}")
 
 
 def to_json(result: dict[str, Any], path: Path | None = None) -> str:
@@ -204,7 +236,8 @@ def _cell(name: str, value: float) -> str:
 
 def format_table(result: dict[str, Any]) -> list[list[str]]:
     """Rows of strings for printing: a header (distances labelled with ``spacing_unit``), one row per case, and a
-    last row ``mean ± std``. Overlap scores with 3 decimals, distances with 2, nan as ``-``."""
+    last row ``mean ± std``, with ``(n=k)`` where a mean is over fewer than all cases (nan values left out). Overlap
+    scores with 3 decimals, distances with 2, nan as ``-``."""
     unit = result["spacing_unit"]
     unit = unit if unit in ("mm", "pixels") else "mm/px"
     header = ["case", *(f"{SCORE_LABELS[n]} ({unit})" if n in _DISTANCES else SCORE_LABELS[n] for n in SCORE_NAMES)]
@@ -214,6 +247,8 @@ def format_table(result: dict[str, Any]) -> list[list[str]]:
     summary = [f"mean ± std (n={result['n']})"]
     for name in SCORE_NAMES:
         m, s = result["mean"][name], result["std"][name]
-        summary.append("-" if math.isnan(m) else _cell(name, m) + ("" if math.isnan(s) else f" ± {_cell(name, s)}"))
+        cell = "-" if math.isnan(m) else _cell(name, m) + ("" if math.isnan(s) else f" ± {_cell(name, s)}")
+        count = result.get("count", {}).get(name, result["n"])
+        summary.append(cell if count == result["n"] else f"{cell} (n={count})")
     rows.append(summary)
     return rows

@@ -71,6 +71,43 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_con
     assert summary["status"] == "failed" and "non-finite" in summary["message"]
 
 
+class NanThenInterrupt(NanAfterFour):
+    """NaN from the 5th step on, and Ctrl-C at the 7th, before the loop has checked the loss again."""
+
+    name = "nan_then_interrupt"
+
+    def training_step(self, batch):
+        if self.calls == 6:
+            raise KeyboardInterrupt
+        return super().training_step(batch)
+
+
+def test_interrupt_after_an_unchecked_non_finite_loss_stops_cleanly(tmp_path, tiny_config, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from labelwise.cli import app
+
+    monkeypatch.setitem(METHODS, "nan_then_interrupt", NanThenInterrupt)
+    tiny_config["method"] = "nan_then_interrupt"
+    tiny_config["trainer"].update(max_steps=20, checkpoint_every=4, log_every=10)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(config), "--run-dir", str(run)])
+    assert result.exit_code == 1, result.output  # not completed
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["step"] == 6  # where it stopped, as for a failed run
+    assert summary["message"].startswith("interrupted at step 6; non-finite loss at step 5")
+    assert "step-000004" in summary["message"]
+    assert latest_checkpoint(run / "checkpoints").name == "step-000004"  # nothing written after the bad step
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000004"]
+    assert not (run / "metrics.jsonl").exists()  # log_every 10: no record was due before the stop
+    assert 'class="status status-stopped"' in (run / "report.html").read_text()
+
+
 def test_segmentation_run(tmp_path, tiny_config):
     tiny_config["data"]["task"] = "segmentation"
     tiny_config["model"] = {"name": "unet", "channels": [4, 8], "norm": "instance"}
@@ -103,7 +140,7 @@ def test_learning_rate_schedule(tiny_config):
 def test_select_best_tests_the_best_validation_weights(tmp_path, tiny_config):
     """Validation at steps 2, 4, 6 and the end: the test split is scored once, with the weights of the step whose
     validation loss was lowest, and ``labelwise predict``/``explain`` load those weights."""
-    from labelwise.trained import load_trained
+    from labelwise.inference import load_run
 
     tiny_config["trainer"].update(val_every=2, select_best="loss", max_steps=6)
     tiny_config["optimizer"] = {"lr": 0.05}  # large steps: the validation loss moves around
@@ -121,7 +158,7 @@ def test_select_best_tests_the_best_validation_weights(tmp_path, tiny_config):
     if best_step != 6:
         assert summary["tested_step"] == best_step
         assert any(not torch.equal(best[k], last[k]) for k in best)
-        trained = load_trained(run)
+        trained = load_run(run)
         weights = {f"model.{k}": v for k, v in trained.model.state_dict().items()}
         assert all(torch.equal(weights[k], best[k]) for k in best)
     assert result.test["loss"] == pytest.approx(test[0]["loss"])

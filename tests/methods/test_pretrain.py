@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from labelwise.config import load_config
 from labelwise.data import load_data
 from labelwise.data.npz import save_npz
 from labelwise.engine.checkpoint import latest_checkpoint
-from labelwise.engine.trainer import train
+from labelwise.engine.trainer import Trainer, train
 from labelwise.methods.pretrain import (
     MIMDecoder,
     knn_predict,
@@ -196,6 +197,41 @@ def test_freeze_backbone_alone_probes_the_random_backbone(tmp_path, tagged):
     assert torch.equal(first["model.layer1.0.conv1.weight"], fresh["layer1.0.conv1.weight"])  # frozen, same seed
     assert torch.equal(first["model.bn1.running_mean"], fresh["bn1.running_mean"])  # batch norm kept in eval mode
     assert not torch.equal(first["model.fc.weight"], fresh["fc.weight"])
+
+
+@pytest.mark.parametrize("source", ["pretrained", "random", "random-old-checkpoint"])
+def test_linear_probe_resumes_with_the_same_parameters_frozen(tmp_path, tagged, source):
+    """A probe stopped at step 2 and resumed to step 4: the backbone (weights and batch-norm statistics) is still
+    frozen and the init_from run is not read again (deleted here); the head goes on training."""
+    model = {"freeze_backbone": True}
+    if source == "pretrained":
+        pre = tmp_path / "pre"
+        train(config(tagged / "tags.npz", "pretrain", steps=2, options={"tasks": {"mim": 1.0}}), pre)
+        backbone = load_file(str(latest_checkpoint(pre / "checkpoints") / "model.safetensors"))
+        model["init_from"] = str(pre)
+    run = tmp_path / "probe"
+    assert train(config(tagged / "classes.npz", "supervised", steps=2, model=model), run).status == "completed"
+    stopped = run / "checkpoints" / "step-000002"
+    if source == "pretrained":
+        shutil.rmtree(pre)
+    if source == "random-old-checkpoint":  # written before checkpoints named the frozen parameters
+        state = torch.load(stopped / "trainer_state.pt", weights_only=True)
+        assert len(state.pop("frozen")["model"]) > 10
+        torch.save(state, stopped / "trainer_state.pt")
+
+    resumed = Trainer(config(tagged / "classes.npz", "supervised", steps=4, model=model), run).fit(resume=True)
+    assert resumed.status == "completed" and resumed.step == 4
+    before = load_file(str(stopped / "model.safetensors"))
+    after = load_file(str(run / "checkpoints" / "step-000004" / "model.safetensors"))
+    head = {"model.fc.weight", "model.fc.bias"}
+    assert head < set(after) and len(after) > 20
+    for key in set(after) - head:
+        assert torch.equal(after[key], before[key]), key  # frozen, batch-norm statistics included
+        if source == "pretrained":
+            assert torch.equal(after[key], backbone["backbone." + key[len("model."):]]), key
+    assert all(not torch.equal(after[key], before[key]) for key in head)
+    frozen = torch.load(run / "checkpoints" / "step-000004" / "trainer_state.pt", weights_only=True)["frozen"]
+    assert set(frozen["model"]) == {key[len("model."):] for key in set(after) - head}  # saved for the next resume
 
 
 def test_unet_mss_encoder_pretrains_and_starts_a_segmenter(tmp_path, tagged):

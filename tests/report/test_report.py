@@ -230,3 +230,61 @@ def test_figures_directly():
                        "prediction": np.array([1, 1]), "task": np.array("classification"),
                        "class_names": np.array([], dtype=str)})  # what the trainer writes without names
     assert png.startswith(PNG_MAGIC)
+
+
+def test_samples_line_only_where_samples_npz_is_expected(tmp_path):
+    """A run on a manifest of image files writes predictions/test/, never samples.npz: its report must not call
+    samples.npz missing; a classification run without the file still says so."""
+    from conftest import make_set
+
+    from labelwise.config import load_config
+    from labelwise.engine.trainer import train
+
+    manifest = make_set(tmp_path / "data", shape=(8, 12, 12))
+    cfg = load_config({"name": "seg", "seed": 0, "method": "frangi",
+                       "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
+                       "trainer": {"max_steps": 1, "checkpoint_every": 1}})
+    assert train(cfg, tmp_path / "seg").status == "completed"
+    assert (tmp_path / "seg" / "predictions" / "test").is_dir()
+    assert not (tmp_path / "seg" / "predictions" / "samples.npz").exists()
+    html = build_report(tmp_path / "seg").read_text()
+    assert 'id="segmentation"' in html
+    assert "samples.npz is missing" not in html and "No samples to show" not in html
+    # an interrupted run on a manifest (no predictions yet) does not expect samples.npz either
+    (tmp_path / "seg" / "predictions" / "test").rename(tmp_path / "seg" / "elsewhere")
+    assert "samples.npz is missing" not in build_report(tmp_path / "seg").read_text()
+
+    run = make_classification_run(tmp_path)
+    (run / "predictions" / "samples.npz").unlink()
+    assert "predictions/samples.npz is missing: no samples to show." in build_report(run).read_text()
+
+
+def test_segmentation_section_counts_the_cases_behind_each_mean(tmp_path):
+    """segmentation.json as a run writes it (summarize_cases per reference): against ``truth`` 2 of 4 predictions are
+    empty, so HD95 and ASSD are means over 2 cases; the report shows those counts and says why."""
+    from labelwise.evaluate_segmentation import summarize_cases, to_json
+    from labelwise.metrics.surface import segmentation_scores
+
+    square = np.zeros((12, 12), np.uint8)
+    square[3:7, 3:7] = 1
+    empty = np.zeros_like(square)
+    label = [(square, square), (np.roll(square, 1, axis=0), square), (square, square), (np.roll(square, 1, 0), square)]
+    truth = [(square, square), (np.roll(square, 1, axis=0), square), (empty, square), (empty, square)]
+    references = {}
+    for name, pairs in (("label", label), ("truth", truth)):
+        cases = [{"id": f"c{i}", **segmentation_scores(p, t)} for i, (p, t) in enumerate(pairs)]
+        references[name] = {"cases": cases, **summarize_cases(cases)}
+    run = make_segmentation_3d_run(tmp_path)
+    (run / "predictions" / "test").mkdir(parents=True)
+    (run / "predictions" / "test" / "segmentation.json").write_text(to_json({"references": references, "figures": []}))
+
+    html = build_report(run).read_text()
+    rows = table(html, "segmentation-table")
+    columns = [c.replace("↓", "").strip() for c in rows.pop("reference")]
+    hd95, dice = columns.index("HD95"), columns.index("Dice")
+    assert rows["label"][0] == "4" and rows["label"][hd95] == "0.5 ± 0.5774"  # all 4 cases: no count shown
+    assert rows["truth"][hd95] == "0.5 ± 0.7071 (n=2)" and rows["truth"][dice] == "0.4375 ± 0.5154"
+    assert ("against truth: HD95/ASSD: 2 of 4 cases have an empty prediction; the distances are undefined there "
+            "(nan, as MONAI&#39;s HD95 gives; its ASSD gives inf with one mask empty) and their mean is over 2 "
+            "cases") in " ".join(html.split())
+    assert "against label:" not in html

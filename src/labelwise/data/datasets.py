@@ -49,6 +49,8 @@ class DataBundle:
     multilabel: bool = False  # classification with several 0/1 labels per sample (targets (K,))
     attributes: dict[str, np.ndarray] = field(default_factory=dict)  # group of every sample (by ``index``)
     image_size: tuple[int, ...] | None = None  # spatial size of a training sample (a patch, for patch training)
+    # how an input file becomes a sample, with the statistics measured on the training split (see preprocess_image)
+    preprocessing: dict = field(default_factory=lambda: {"intensity": "none"})
 
     def split(self, name: str) -> ArrayDataset:
         """One split; a clear error when it is empty."""
@@ -140,13 +142,13 @@ def _load_table(cfg: DataConfig, keep_unlabelled: bool) -> DataBundle:
     table = read_table(cfg.manifest, cfg.labels, cfg.attributes)
     image = load_images(table.images, cfg.modalities, cfg.image_size)
     train_rows = table.splits == "train"
+    preprocessing = {"intensity": cfg.intensity, "modalities": list(cfg.modalities),
+                     "image_size": list(cfg.image_size) if cfg.image_size else None}
     if cfg.intensity == "channel":
         axes = (0, *range(2, image.ndim))
-        mean = image[train_rows].mean(axis=axes, keepdims=True)
-        std = image[train_rows].std(axis=axes, keepdims=True)
-        image = (image - mean) / np.where(std > 0, std, 1.0)
-    else:
-        image = np.stack([normalize_intensity(i, cfg.intensity) for i in image])
+        preprocessing["channel_mean"] = image[train_rows].mean(axis=axes, dtype=np.float64).tolist()
+        preprocessing["channel_std"] = image[train_rows].std(axis=axes, dtype=np.float64).tolist()
+    image = np.stack([preprocess_image(i, preprocessing) for i in image])
     if not (table.labelled & train_rows).any():
         raise DataError(f"{cfg.manifest}: no training row may use its label (use_label)")
     splits = {name: ArrayDataset(image, table.target, _kept(table.splits, name, table.labelled, keep_unlabelled),
@@ -155,7 +157,7 @@ def _load_table(cfg: DataConfig, keep_unlabelled: bool) -> DataBundle:
         splits=splits, task="classification", num_classes=len(table.class_names), in_channels=image.shape[1],
         spatial_dims=image.ndim - 2, image_size=tuple(image.shape[2:]), class_names=table.class_names,
         ids=np.array(table.ids),
-        multilabel=table.multilabel, attributes=table.attributes,
+        multilabel=table.multilabel, attributes=table.attributes, preprocessing=preprocessing,
     )
 
 
@@ -191,4 +193,33 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         raise DataError(f"{cfg.manifest}: training images differ in size; set data.patch_size to train on patches")
     size = tuple(cfg.patch_size) if cfg.patch_size is not None else tuple(first.shape[1:])
     return DataBundle(splits=splits, task="segmentation", num_classes=max(2, top + 1), in_channels=in_channels,
-                      spatial_dims=spatial_dims, image_size=size, class_names=[], ids=np.array([c.id for c in cases]))
+                      spatial_dims=spatial_dims, image_size=size, class_names=[], ids=np.array([c.id for c in cases]),
+                      preprocessing={"intensity": cfg.intensity})
+
+
+def preprocess_image(image: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """One image ``(C, *spatial)`` as training saw it: resized to ``image_size`` (bilinear/trilinear) when given, then
+    normalised by ``intensity``: ``channel`` with the training split's ``channel_mean`` / ``channel_std``, else per
+    image (:func:`labelwise.data.patches.normalize_intensity`). ``preprocessing`` is what a run records in
+    ``inference.json``, so training and inference share this one function."""
+    from labelwise.data.patches import normalize_intensity
+
+    size = preprocessing.get("image_size")
+    if size:
+        import torch
+
+        if len(size) != image.ndim - 1:
+            raise DataError(f"image_size {list(size)} has {len(size)} sizes but the image is {image.ndim - 1}D")
+        if tuple(image.shape[1:]) != tuple(size):
+            mode = "bilinear" if len(size) == 2 else "trilinear"
+            image = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+                                                    size=tuple(size), mode=mode, align_corners=False)[0].numpy()
+    mode = preprocessing.get("intensity", "none")
+    if mode == "channel":
+        mean = np.asarray(preprocessing["channel_mean"], dtype=np.float64)
+        std = np.asarray(preprocessing["channel_std"], dtype=np.float64)
+        if mean.size != image.shape[0]:
+            raise DataError(f"the image has {image.shape[0]} channel(s); the training statistics {mean.size}")
+        shape = (-1,) + (1,) * (image.ndim - 1)
+        return ((image - mean.reshape(shape)) / np.where(std > 0, std, 1.0).reshape(shape)).astype(np.float32)
+    return normalize_intensity(image, mode).astype(np.float32)

@@ -20,7 +20,7 @@ import numpy as np
 
 from labelwise.errors import DataError
 
-__all__ = ["ATTRIBUTES", "MAP_SIZE", "Patients", "read_patients"]
+__all__ = ["ATTRIBUTES", "MAP_SIZE", "Patients", "read_harvard_image", "read_patients", "tds_grid"]
 
 MAP_SIZE = (225, 225)
 N_PROGRESSION, N_TDS = 6, 52
@@ -103,3 +103,35 @@ def read_patients(source: str | Path | Sequence[str | Path]) -> Patients:
         tds=np.stack([r["tds"] for r in records]),
         attributes={key: np.array([r[key] for r in records]) for key in ATTRIBUTES},
     )
+
+
+def tds_grid(tds: np.ndarray) -> np.ndarray:
+    """The 52 total-deviation values placed on the 24-2 grid ``(8, 9)`` (rows 21 to -21 degrees, columns -27 to 21;
+    points outside the field and the blind spot are 0), in the order of
+    :data:`labelwise.data.synth.rnflt.VF_POINTS`."""
+    from labelwise.data.synth.rnflt import VF_POINTS
+
+    grid = np.zeros((8, 9), dtype=np.float32)
+    rows = ((21 - VF_POINTS[:, 1]) // 6).astype(int)
+    cols = ((VF_POINTS[:, 0] + 27) // 6).astype(int)
+    grid[rows, cols] = np.asarray(tds, dtype=np.float32).reshape(-1)
+    return grid
+
+
+def read_harvard_image(path: Path, modalities: Sequence[str] = ("rnflt",)) -> np.ndarray:
+    """One Harvard-GDP file as channels ``modalities`` ``(C, 225, 225)`` float32: ``rnflt`` (the map) and ``tds``
+    (the visual field on its 24-2 grid, resized to the map, nearest)."""
+    patient = read_patients([path])
+    channels = []
+    for name in modalities:
+        if name == "rnflt":
+            channels.append(patient.rnflt[0])
+        elif name == "tds":
+            import torch
+
+            grid = torch.from_numpy(tds_grid(patient.tds[0]))[None, None]
+            channels.append(torch.nn.functional.interpolate(grid, size=patient.rnflt.shape[1:], mode="nearest")[0, 0]
+                            .numpy())
+        else:
+            raise DataError(f"data.modalities: unknown modality {name!r} of a Harvard-GDP file; use rnflt and/or tds")
+    return np.stack(channels).astype(np.float32)

@@ -95,29 +95,78 @@ def read_ids(path: str | Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def read_single_labels(path: str | Path) -> np.ndarray:
+def read_single_labels(path: str | Path, what: str = "--labels") -> np.ndarray:
     """One integer class per row: ``.npy``, ``.npz`` (``target`` or ``label``, e.g. a run's
-    ``predictions/test.npz``), a JSON list, or text with one integer per line."""
+    ``predictions/test.npz``), a JSON list, or text with one integer per line. ``what`` names the source in errors."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"--single-labels {path}: no such file")
+        raise DataError(f"{what} {path}: no such file")
     if path.suffix == ".npy":
         labels = np.load(path, allow_pickle=False)
     elif path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             key = next((k for k in SINGLE_LABEL_KEYS if k in data.files), None)
             if key is None:
-                raise DataError(f"--single-labels {path}: holds {data.files}, none of {', '.join(SINGLE_LABEL_KEYS)}")
+                raise DataError(f"{what} {path}: holds {data.files}, none of {', '.join(SINGLE_LABEL_KEYS)}")
             labels = data[key]
     else:
         text = path.read_text()
         try:
             labels = np.array(json.loads(text) if text.lstrip().startswith("[") else text.split(), dtype=np.int64)
         except (ValueError, json.JSONDecodeError):
-            raise DataError(f"--single-labels {path}: expected integers, one per row") from None
+            raise DataError(f"{what} {path}: expected integers, one per row") from None
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"--single-labels {path}: expected integers of shape (N,), got {labels.dtype} {labels.shape}")
+        raise DataError(f"{what} {path}: expected integers of shape (N,), got {labels.dtype} {labels.shape}")
     return labels.astype(np.int64)
+
+
+def match_ids(row_ids: list[str], keys: list[str], what: str) -> np.ndarray:
+    """The position in ``keys`` of each of ``row_ids`` (exactly, else by the last path part, so that
+    ``val/img1.jpeg`` finds ``img1.jpeg``); ids found nowhere are refused, a few named."""
+    exact = {key: i for i, key in enumerate(keys)}
+    by_name = {PurePosixPath(key.replace("\\", "/")).name: i for i, key in enumerate(keys)}
+    rows, missing = [], []
+    for row_id in row_ids:
+        i = exact.get(row_id)
+        if i is None:
+            i = by_name.get(PurePosixPath(row_id.replace("\\", "/")).name)
+        if i is None:
+            missing.append(row_id)
+        rows.append(-1 if i is None else i)
+    if missing:
+        raise DataError(f"{what}: {len(missing)} prediction id(s) not found, e.g. {', '.join(missing[:5])}")
+    return np.array(rows, dtype=np.int64)
+
+
+def read_labels(path: str | Path, columns: list[str] | tuple[str, ...] = ("label",), row_ids: list[str] | None = None,
+                n_rows: int | None = None, what: str = "--labels") -> tuple[np.ndarray, list[str] | None]:
+    """The labels of ``n_rows`` prediction rows, and the rows' ids. From a CSV with an ``id`` column and the label
+    ``columns`` (rows matched by ``row_ids``, or in file order when those are None: then the CSV's ids are
+    returned), or from single labels in row order (``.npy``, ``.npz`` with ``target``/``label``, JSON, text; see
+    :func:`read_single_labels`). Labels: int64 (N,) for one column, (N, K) for several (multi-label 0/1)."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        labels = read_single_labels(path, what)
+        if n_rows is not None and len(labels) != n_rows:
+            raise DataError(f"{what} {path}: {len(labels)} labels for {n_rows} prediction rows")
+        return labels, row_ids
+    from labelwise.evaluate_fairness import read_id_table  # a CSV keyed by id (that module imports this one)
+
+    columns = list(columns)
+    table = read_id_table(path, columns, what=what)
+    keys = table["id"].tolist()
+    if row_ids is None:
+        if n_rows is not None and len(keys) != n_rows:
+            raise DataError(f"{what} {path}: {len(keys)} rows for {n_rows} prediction rows; give --ids (one id per "
+                            "prediction row) to match rows by id")
+        rows, row_ids = np.arange(len(keys)), keys
+    else:
+        rows = match_ids(row_ids, keys, what)
+    try:
+        values = np.stack([table[c][rows].astype(np.int64) for c in columns], axis=1)
+    except ValueError:
+        raise DataError(f"{what} {path}: column(s) {', '.join(columns)} must hold integer labels") from None
+    return (values[:, 0] if len(columns) == 1 else values), row_ids
 
 
 def read_predictions(path: str | Path) -> np.ndarray:

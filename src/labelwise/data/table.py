@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from labelwise.data.harvard import tds_grid
 from labelwise.data.manifest import SPLITS
+from labelwise.data.volumes import read_image
 from labelwise.errors import DataError
 
 __all__ = ["Table", "age_band", "load_images", "read_rows", "read_table", "split_patients", "tds_grid", "write_folder_table",
@@ -173,53 +175,16 @@ def _is_int(text: str) -> bool:
     return True
 
 
-def tds_grid(tds: np.ndarray) -> np.ndarray:
-    """The 52 total-deviation values placed on the 24-2 grid ``(8, 9)`` (rows 21 to -21 degrees, columns -27 to 21;
-    points outside the field and the blind spot are 0), in the order of
-    :data:`labelwise.data.synth.rnflt.VF_POINTS`."""
-    from labelwise.data.synth.rnflt import VF_POINTS
-
-    grid = np.zeros((8, 9), dtype=np.float32)
-    rows = ((21 - VF_POINTS[:, 1]) // 6).astype(int)
-    cols = ((VF_POINTS[:, 0] + 27) // 6).astype(int)
-    grid[rows, cols] = np.asarray(tds, dtype=np.float32).reshape(-1)
-    return grid
-
-
-def _read_harvard_image(path: Path, modalities: Sequence[str]) -> np.ndarray:
-    from labelwise.data.harvard import read_patients
-
-    patient = read_patients([path])
-    channels = []
-    for name in modalities:
-        if name == "rnflt":
-            channels.append(patient.rnflt[0])
-        elif name == "tds":
-            import torch
-
-            grid = torch.from_numpy(tds_grid(patient.tds[0]))[None, None]
-            channels.append(torch.nn.functional.interpolate(grid, size=patient.rnflt.shape[1:], mode="nearest")[0, 0]
-                            .numpy())
-        else:
-            raise DataError(f"data.modalities: unknown modality {name!r} of a Harvard-GDP file; use rnflt and/or tds")
-    return np.stack(channels).astype(np.float32)
-
-
 def load_images(paths: Sequence[Path], modalities: Sequence[str] = ("rnflt",),
                 size: Sequence[int] | None = None) -> np.ndarray:
     """Images ``(N, C, *spatial)`` float32: Harvard-GDP ``.npz`` files as the channels ``modalities`` (``rnflt``, the
     map; ``tds``, the visual field on its grid resized to the map), other files through
-    :func:`labelwise.data.volumes.read_volume`; resized to ``size`` (bilinear) when given, else all must agree."""
+    :func:`labelwise.data.volumes.read_image`; resized to ``size`` (bilinear) when given, else all must agree."""
     import torch
-
-    from labelwise.data.volumes import read_volume, suffix_of
 
     out = []
     for path in paths:
-        if suffix_of(path) == ".npz":
-            image = _read_harvard_image(path, modalities)
-        else:
-            image = read_volume(path).array
+        image = read_image(path, modalities).array
         if size is not None:
             if len(size) != image.ndim - 1:
                 raise DataError(f"data.image_size: {list(size)} has {len(size)} sizes but {path} is "

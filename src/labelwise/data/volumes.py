@@ -10,19 +10,22 @@ spatial axis (NIfTI: the header's zooms, in mm; pictures: 1.0)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from labelwise.data.harvard import read_harvard_image
 from labelwise.errors import DataError
 
-__all__ = ["NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "Volume", "case_id", "read_volume",
-           "write_volume"]
+__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "Volume", "case_id",
+           "read_image", "read_volume", "write_volume"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + PICTURE_SUFFIXES + (".npy",)
+IMAGE_SUFFIXES = VOLUME_SUFFIXES + (".npz",)  # what read_image takes: + Harvard-GDP data_XXXX.npz
 
 
 @dataclass
@@ -109,6 +112,16 @@ def read_volume(path: str | Path, mask: bool = False) -> Volume:
     if mask:
         return Volume(_as_labels(array, path, picture=suffix in PICTURE_SUFFIXES), tuple(spacing), affine)
     return Volume(np.ascontiguousarray(array, dtype=np.float32), tuple(spacing[: array.ndim - 1]), affine)
+
+
+def read_image(path: str | Path, modalities: Sequence[str] = ("rnflt",)) -> Volume:
+    """The one image reader of the package: :func:`read_volume` for pictures, NIfTI and ``.npy``; a Harvard-GDP
+    ``data_XXXX.npz`` as the channels ``modalities`` (:func:`labelwise.data.harvard.read_harvard_image`)."""
+    if suffix_of(path) == ".npz":
+        if not Path(path).is_file():
+            raise DataError(f"{path}: file not found")
+        return Volume(read_harvard_image(Path(path), modalities), (1.0, 1.0))
+    return read_volume(path)
 
 
 def _as_labels(array: np.ndarray, path: Path, picture: bool) -> np.ndarray:

@@ -19,6 +19,7 @@ class RunDir:
         self.config = self.path / "config.yaml"
         self.metrics = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
+        self.inference = self.path / "inference.json"  # what inference needs besides the weights
         self.checkpoints = self.path / "checkpoints"
         self.predictions = self.path / "predictions"
         self.figures = self.path / "figures"

@@ -7,6 +7,7 @@ progress, the metrics log and the end-of-run evaluation all live here, once, for
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -41,7 +42,9 @@ class NonFiniteLossError(LabelwiseError):
 
 @dataclass
 class TrainResult:
-    """How a run ended: ``status`` is completed, interrupted or failed (``message`` says why)."""
+    """How a run ended (``message`` says why): ``status`` is completed; interrupted (Ctrl-C or SIGTERM, a checkpoint
+    written); failed (a non-finite loss: nothing saved after it); or stopped (interrupted after a non-finite loss the
+    loop had not yet checked: no checkpoint written, the last good one kept)."""
 
     run_dir: Path
     step: int
@@ -113,11 +116,14 @@ class Trainer:
         self.config = config
         self.run = RunDir(run_dir)
         self.fabric = fabric or make_fabric(config)
+        self.frozen: dict[str, list[str]] = {}  # model.freeze_backbone: the frozen state-dict names per network
 
     # --- setup ---------------------------------------------------------------------------------
 
     def _setup(self, resume: bool) -> int:
         cfg, fabric = self.config, self.fabric
+        if resume:
+            self._check_resume_config()
         fabric.launch()
         fabric.seed_everything(cfg.seed, verbose=False)
         if cfg.trainer.deterministic:
@@ -125,11 +131,11 @@ class Trainer:
         self.data: DataBundle = load_data(cfg.data, keep_unlabelled=METHODS[cfg.method.name].uses_unlabelled,
                                           seed=cfg.seed)
         self.method: Method = METHODS[cfg.method.name](cfg, self.data)
-        if (cfg.model.init_from is not None or cfg.model.freeze_backbone) and not resume:
-            self._init_from_pretrained()
+        checkpoint = latest_checkpoint(self.run.checkpoints) if resume else None
+        if cfg.model.init_from is not None or cfg.model.freeze_backbone:
+            self._init_from_pretrained(checkpoint)  # resumed from a checkpoint: only the same parameters frozen again
         self.raw_networks = dict(self.method.networks)
         self.start_step = 0
-        checkpoint = latest_checkpoint(self.run.checkpoints) if resume else None
         if checkpoint is not None:
             load_weights(checkpoint, self.raw_networks)
         for name, net in self.raw_networks.items():  # frozen networks (a teacher) need no data-parallel wrapper
@@ -154,8 +160,8 @@ class Trainer:
             self.run.create()
             if resume:
                 self.run.truncate_metrics(self.start_step)
-            else:
-                save_config(cfg, self.run.config)
+            save_config(cfg, self.run.config)  # resumed: with its --set overrides, so that config.yaml says what ran
+            atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
             self.run.update_summary(
                 name=cfg.name, status="running", step=self.start_step, max_steps=cfg.trainer.max_steps,
                 message="", labelwise_version=labelwise.__version__, world_size=fabric.world_size,
@@ -166,6 +172,23 @@ class Trainer:
             )
         fabric.barrier()
         return self.start_step
+
+    def _check_resume_config(self) -> None:
+        """Refuse, before anything is written, a resumed run whose config changes ``trainer.max_steps`` under the
+        cosine schedule: its decay is spread over max_steps (:func:`learning_rate`), so the steps already run would
+        have followed another curve. With the constant schedule a run may be extended."""
+        if not self.run.config.is_file():
+            return
+        from labelwise.config import load_config
+
+        saved, cfg = load_config(self.run.config, check_files=False), self.config
+        old, new = saved.trainer.max_steps, cfg.trainer.max_steps
+        if old != new and "cosine" in (saved.optimizer.scheduler, cfg.optimizer.scheduler):
+            raise ConfigError(
+                f"trainer.max_steps: {old} -> {new} refused when resuming {self.run.path}: the cosine schedule "
+                f"spreads its decay over max_steps, so the steps already run would have followed another curve; keep "
+                f"{old}, or start a new run to train longer"
+            )
 
     def _train_loader(self, start_step: int) -> DataLoader:
         cfg, fabric = self.config, self.fabric
@@ -184,32 +207,44 @@ class Trainer:
         )
         return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
-    def _init_from_pretrained(self) -> None:
+    def _init_from_pretrained(self, resumed: Path | None = None) -> None:
         """``model.init_from``: the backbone weights of a pretrain run's latest checkpoint into this run's network
-        (by name and shape), frozen with ``model.freeze_backbone`` (alone: the random backbone frozen)."""
+        (by name and shape), frozen with ``model.freeze_backbone`` (alone: the random backbone frozen). Resuming from
+        the checkpoint ``resumed`` (which holds the weights): the parameters frozen at the start are frozen again
+        (their names are saved in every checkpoint), nothing is loaded."""
         from safetensors.torch import load_file
 
-        from labelwise.engine.checkpoint import WEIGHTS
-        from labelwise.models.backbones import encoder_state, load_encoder
+        from labelwise.engine.checkpoint import STATE, WEIGHTS
+        from labelwise.models.backbones import build_backbone, encoder_state, freeze_encoder, load_encoder
 
         cfg = self.config.model
         target = self.method.networks.get("model")
         if target is None:
             raise ConfigError(f"model.init_from / freeze_backbone: method {self.config.method.name} has no network "
                               "'model' to load into")
+        d = self.data
+        if resumed is not None:
+            if cfg.freeze_backbone:
+                saved = torch.load(resumed / STATE, map_location="cpu", weights_only=True, mmap=True).get("frozen")
+                if saved is None:  # a checkpoint from before the names were saved: the backbone's parameters
+                    backbone = build_backbone(cfg, d.spatial_dims, d.in_channels, d.image_size).state_dict()
+                    own = target.state_dict()
+                    saved = {"model": [k for k, v in backbone.items() if k in own and own[k].shape == v.shape]}
+                freeze_encoder(target, list(saved["model"]))
+                self.frozen = {"model": list(saved["model"])}
+            return
         if cfg.init_from is None:  # freeze_backbone alone: a linear probe on the randomly initialised backbone
-            from labelwise.models.backbones import build_backbone
-
-            d = self.data
             names = set(build_backbone(cfg, d.spatial_dims, d.in_channels, d.image_size).state_dict())
             state = {k: v for k, v in target.state_dict().items() if k in names}
-            load_encoder(target, state, freeze=True, source="(random initialisation)")
+            self.frozen = {"model": load_encoder(target, state, freeze=True, source="(random initialisation)")}
             return
         checkpoint = latest_checkpoint(Path(cfg.init_from) / "checkpoints")
         if checkpoint is None:
             raise ConfigError(f"model.init_from: {cfg.init_from} is not a run directory with a checkpoint")
         state = encoder_state(load_file(str(checkpoint / WEIGHTS)))
-        load_encoder(target, state, freeze=cfg.freeze_backbone, source=str(cfg.init_from))
+        loaded = load_encoder(target, state, freeze=cfg.freeze_backbone, source=str(cfg.init_from))
+        if cfg.freeze_backbone:
+            self.frozen = {"model": loaded}
 
     def _mixed_sampler(self, start_step: int) -> MixedBatchSampler | None:
         """Batches with a fixed labelled part (``data.labelled_per_batch``, default half) for methods that learn from
@@ -278,10 +313,14 @@ class Trainer:
                         self._save(step)
                     progress.update(step)
         except KeyboardInterrupt:
-            status = "interrupted"
-            self._check_finite(first_bad)
-            self._save(step)
-            message = f"interrupted at step {step}; continue with: labelwise train --resume {self.run.path}"
+            try:
+                self._check_finite(first_bad)
+            except NonFiniteLossError as err:  # a non-finite loss not yet caught: nothing after it is saved
+                status, message = "stopped", f"interrupted at step {step}; {err}"
+            else:
+                status = "interrupted"
+                self._save(step)
+                message = f"interrupted at step {step}; continue with: labelwise train --resume {self.run.path}"
         except NonFiniteLossError as err:
             status, message = "failed", str(err)
         finally:
@@ -301,16 +340,17 @@ class Trainer:
     # --- pieces of the loop --------------------------------------------------------------------
 
     def _optimize(self, loss: torch.Tensor, lr: float) -> None:
-        """One optimizer step on ``loss`` at learning rate ``lr``, gradients clipped per network."""
+        """One optimizer step on ``loss`` at learning rate ``lr``, the gradients of everything the optimizer updates
+        clipped to one joint norm (Fabric clips all of an optimizer's parameters whichever network is named, and
+        unscales them first under 16-mixed precision, which may happen only once per step)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(loss)
         if self.config.trainer.gradient_clip:
-            for net in self.method.networks.values():
-                if any(p.requires_grad for p in net.parameters()):
-                    self.fabric.clip_gradients(net, self.optimizer, max_norm=self.config.trainer.gradient_clip,
-                                               error_if_nonfinite=False)
+            trainable = next(net for net in self.method.networks.values() if any(p.requires_grad for p in net.parameters()))
+            self.fabric.clip_gradients(trainable, self.optimizer, max_norm=self.config.trainer.gradient_clip,
+                                       error_if_nonfinite=False)
         self.optimizer.step()
 
     def _train_mode(self) -> None:
@@ -383,6 +423,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else optimizers,
                 "method": self.method.state_dict(),
                 "scheduler": {"name": self.config.optimizer.scheduler, "last_step": step},
+                "frozen": self.frozen,  # state-dict names per network frozen by model.freeze_backbone
                 "rng": rng_states(),
                 "world_size": self.fabric.world_size,
             }
@@ -394,8 +435,6 @@ class Trainer:
                                 groups: dict[str, np.ndarray]) -> dict[str, float]:
         """Write ``predictions/<split>_evaluation.json`` (AUC with bootstrap CI, calibration, per-group AUC and
         ES-AUC for every attribute; :func:`labelwise.metrics.fairness.summarize`) and return its headline numbers."""
-        import json
-
         from labelwise.metrics.fairness import summarize
 
         summary = summarize(arrays["probability"], arrays["target"], self.data.multilabel, self.data.class_names,
@@ -430,7 +469,7 @@ class Trainer:
             return metrics
         dataset = self.data.split(split)
         if save_predictions and isinstance(dataset, VolumeDataset):
-            from labelwise.predicting import save_run_predictions
+            from labelwise.inference.predict import save_run_predictions
 
             save_run_predictions(self.run.predictions / split, dataset, predictions)
         elif save_predictions:

@@ -43,7 +43,8 @@ def evaluate_explanations(
     target_layer: str | None = None,
     batch_size: int = 32,
     steps: int = 16,
-    tolerance: float = 0.0,
+    tolerance: float = m.POINTING_TOLERANCE,
+    activation: str | None = "softmax",
     options: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -51,7 +52,9 @@ def evaluate_explanations(
 
     images ``(N, C, *S)``; targets ``(N,)`` the class to explain; masks bool ``(N, *S)`` where that class's object
     is. Maps are made at the input's size (linear upsampling, scaled to [0, 1]); deletion starts from zeros and
-    insertion from a blurred image, ``steps`` steps each. ``target_layer`` None: each method's default (the last spatial layer). ``options`` per method name (e.g.
+    insertion from a blurred image, ``steps`` steps each, scored by the model's ``activation`` (softmax classes, sigmoid
+    labels); the pointing game counts a maximum within ``tolerance`` pixels of the mask (15, Zhang et al.); each row
+    records both. ``target_layer`` None: each method's default (the last spatial layer). ``options`` per method name (e.g.
     Score-CAM's batch_size)."""
     model = model.eval()
     spatial_dims = images.ndim - 2
@@ -74,12 +77,15 @@ def evaluate_explanations(
             columns["pointing_game"].append(m.pointing_game(maps, mask, tolerance, spatial_dims=spatial_dims))
             columns["energy_pointing_game"].append(m.energy_pointing_game(maps, mask, spatial_dims=spatial_dims))
             columns["map_iou"].append(m.map_iou(maps, mask, spatial_dims=spatial_dims))
-            columns["deletion_auc"].append(m.deletion_auc(model, x, maps, t, steps=steps, batch_size=256))
-            columns["insertion_auc"].append(m.insertion_auc(model, x, maps, t, steps=steps, batch_size=256))
-            drop, increase = m.average_drop_increase(model, x, maps, t)
+            columns["deletion_auc"].append(m.deletion_auc(model, x, maps, t, steps=steps, batch_size=256,
+                                                          activation=activation))
+            columns["insertion_auc"].append(m.insertion_auc(model, x, maps, t, steps=steps, batch_size=256,
+                                                            activation=activation))
+            drop, increase = m.average_drop_increase(model, x, maps, t, activation=activation)
             columns["average_drop"].append(drop)
             columns["increase_in_confidence"].append(increase)
-        row: dict[str, Any] = {"method": name, "n": len(images)}
+        row: dict[str, Any] = {"method": name, "n": len(images), "tolerance": float(tolerance),
+                               "activation": activation}
         row.update({c: float(torch.nanmean(torch.cat(v).double())) for c, v in columns.items()})
         row["ms_per_image"] = 1000 * seconds / len(images)
         rows.append(row)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+POINTING_TOLERANCE = 15.0  # pixels: the pointing game's tolerance in Zhang et al. (ECCV 2016)
+
 from labelwise.errors import ConfigError, DataError
 
 __all__ = [
@@ -40,9 +42,10 @@ ACTIVATIONS = ("softmax", "sigmoid", None)
 # --- localisation -------------------------------------------------------------------------------------------
 
 
-def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 0.0, *, spatial_dims: int | None = None) -> Tensor:
+def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = POINTING_TOLERANCE, *,
+                  spatial_dims: int | None = None) -> Tensor:
     """Pointing game (Zhang et al., ECCV 2016): 1.0 if the map's maximum lies within ``tolerance`` pixels
-    (Euclidean) of a mask pixel, else 0.0; float32 ``(B,)`` or ``(B, K)``.
+    (Euclidean; default 15, the paper's) of a mask pixel, else 0.0; float32 ``(B,)`` or ``(B, K)``.
 
     The maximum is the first argmax in flattened order; a constant map points nowhere (a miss); an empty mask
     gives nan. The accuracy is the nanmean of the result, left to the caller. Computed as the mask dilated by a

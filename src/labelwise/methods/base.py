@@ -10,6 +10,8 @@ from torch import nn
 
 from labelwise.metrics import classification as cls_metrics
 from labelwise.metrics import segmentation as seg_metrics
+from labelwise.models.outputs import segment
+from labelwise.models.windows import sliding_window_predict
 
 if TYPE_CHECKING:
     from labelwise.config import Config
@@ -33,6 +35,9 @@ class Method:
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_unlabelled: ClassVar[bool] = False  # True: unlabelled training cases are loaded (flag "labelled" = False)
     threshold: float | str = 0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, or "otsu"
+    overlap: float = 0.5  # segmenters: overlap of the sliding windows of predict
+    window: list[int] | None = None  # segmenters: sliding-window size of predict (None: the whole image)
+    predictor: str | None = "model"  # the network that predicts (what inference loads); None: no classifier head
     step: int = 0  # the engine sets the number of the step about to run before each training_step
     manual_optimization: ClassVar[bool] = False  # True: the method steps its own optimizers (configure_optimizers)
     fabric: Any = None  # the engine's Fabric, set before training (backward, clipping, devices)
@@ -43,6 +48,49 @@ class Method:
         self.options: Any = config.method_options()
         self.data = data
         self.networks: dict[str, nn.Module] = {}
+        # outputs of the predicting network: classes / labels (classification) or segmentation classes; one-channel
+        # segmenters (sigmoid of the foreground) set 1
+        self.out_channels = data.num_classes
+
+    @property
+    def activation(self) -> str | None:
+        """How the predictor's logits become probabilities: ``softmax`` (over classes), ``sigmoid`` (per label, or of
+        the one foreground channel); None: no classifier output (an embedding)."""
+        if self.predictor is None:
+            return None
+        if self.data.task == "classification":
+            return "sigmoid" if self.data.multilabel else "softmax"
+        return "sigmoid" if self.out_channels == 1 else "softmax"
+
+    def output_names(self) -> list[str]:
+        """A name per output class: the class or label names (classification); ``background`` then the foreground
+        classes (segmentation; ``foreground`` for a binary mask without names)."""
+        d = self.data
+        if d.task == "classification":
+            return [d.class_names[k] if k < len(d.class_names) else str(k) for k in range(d.num_classes)]
+        if d.num_classes == 2 and not d.class_names:
+            return ["background", "foreground"]
+        return ["background", *(self._class_name(k) for k in range(1, d.num_classes))]
+
+    def inference_spec(self) -> dict[str, Any]:
+        """What inference needs besides the weights (written to the run's ``inference.json``; see
+        docs/run-directory.md): the network and its arguments, the output and its activation, the preprocessing
+        with the training split's statistics, and the inference settings."""
+        d, model = self.data, self.config.model
+        return {
+            "format": 1,
+            "method": self.name,
+            "task": d.task,
+            "network": {"key": self.predictor, "name": model.name if self.predictor else None,
+                        "arguments": model.model_dump(mode="json", exclude={"init_from", "freeze_backbone"}),
+                        "spatial_dims": d.spatial_dims, "in_channels": d.in_channels,
+                        "out_channels": self.out_channels if self.predictor else None,
+                        "image_size": list(d.image_size) if d.image_size else None},
+            "output": {"activation": self.activation, "multilabel": d.multilabel, "num_classes": d.num_classes,
+                       "class_names": self.output_names()},
+            "preprocessing": {"reader": "labelwise.data.volumes.read_image", **d.preprocessing},
+            "inference": {"threshold": self.threshold, "overlap": self.overlap, "window": self.window},
+        }
 
     def parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of all networks (what the default optimizer updates)."""
@@ -57,17 +105,23 @@ class Method:
         """Manual optimisation: the method's optimizers by name, set up with ``self.fabric`` (saved in checkpoints)."""
         raise NotImplementedError
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
-        """Manual optimisation: one step of ``optimizer`` on ``loss`` at ``lr``, gradients clipped as configured."""
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, module: nn.Module) -> None:
+        """Manual optimisation: one step of ``optimizer`` (which updates ``module``) on ``loss`` at ``lr``, gradients
+        clipped as configured (:meth:`clip_gradients`)."""
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(loss)
+        self.clip_gradients(module, optimizer)
+        optimizer.step()
+
+    def clip_gradients(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the gradients of the parameters ``optimizer`` updates (those of ``module``) to the joint L2 norm
+        ``trainer.gradient_clip``, through Fabric, which unscales them first under ``16-mixed`` precision (so call it
+        once per step of each optimizer, after the backward passes)."""
         clip = self.config.trainer.gradient_clip
         if clip:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, clip, error_if_nonfinite=False)
-        optimizer.step()
+            self.fabric.clip_gradients(module, optimizer, max_norm=clip, error_if_nonfinite=False)
 
     def after_step(self) -> None:
         """Called after each step's optimizer update (e.g. a teacher's moving average)."""
@@ -80,8 +134,16 @@ class Method:
         """Restore :meth:`state_dict`."""
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, K)`` (classification) or ``(B, K, *spatial)`` (segmentation) for a batch of images."""
-        raise NotImplementedError
+        """Logits ``(B, K)`` (classification) or ``(B, K, *spatial)`` (segmentation) for a batch of images, from the
+        :attr:`predictor` network; segmenters see overlapping windows of :attr:`window` (None: the whole image,
+        padded to a size the network takes) blended as :func:`labelwise.models.windows.sliding_window_predict` does."""
+        model = self.networks[self.predictor]
+        if self.data.task == "segmentation":
+            if self.window is None:  # whole images: one window each, the batch in one forward pass
+                return sliding_window_predict(model, image, tuple(image.shape[2:]), sw_batch_size=len(image))
+            return sliding_window_predict(model, image, self.window, overlap=self.overlap)
+        out = model(image)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
     def evaluate(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Metrics of a whole split and its per-sample predictions, from stacked logits and targets."""
@@ -123,14 +185,11 @@ class Method:
         return {key: float(value) for key, value in metrics.items()}, predictions
 
     def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, K, *spatial)`` logits -> foreground probability ``(B, *spatial)`` and label map ``(B, *spatial)``:
-        one channel: sigmoid and :attr:`threshold`; several: softmax, 1 - p(background) and argmax."""
-        logits = logits.float()
-        if logits.shape[1] == 1:
-            probability = torch.sigmoid(logits[:, 0])
-            return probability, (probability > threshold_value(probability, self.threshold)).long()
-        soft = logits.softmax(dim=1)
-        return 1 - soft[:, 0], soft.argmax(dim=1)
+        """``(B, K, *spatial)`` logits -> foreground probability ``(B, *spatial)`` and label map ``(B, *spatial)``
+        (:func:`labelwise.models.outputs.segment`: one channel: sigmoid and :attr:`threshold`; several: softmax,
+        1 - p(background) and argmax)."""
+        probability, labels, _ = segment(logits, self.threshold if logits.shape[1] == 1 else None)
+        return probability, labels
 
     def _dice_metrics(self, per_class: torch.Tensor) -> dict[str, torch.Tensor]:
         metrics = {"dice": torch.nanmean(per_class)}
@@ -173,12 +232,3 @@ def macro_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     values = [roc_auc(scores[:, j].numpy(), labels[:, j].numpy()) for j in range(scores.shape[1])]
     values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
-
-
-def threshold_value(probability: torch.Tensor, threshold: float | str) -> float:
-    """``threshold`` itself, or Otsu's threshold of ``probability`` (0.5 when the map is constant)."""
-    if threshold != "otsu":
-        return float(threshold)
-    from labelwise.vesselness import otsu_threshold
-
-    return otsu_threshold(probability.detach().cpu().numpy())

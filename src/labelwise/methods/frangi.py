@@ -34,30 +34,33 @@ class Vesselness(nn.Module):
     """Frangi vesselness (:func:`labelwise.vesselness.vesselness`, bright vessels) as a segmenter:
     ``(B, C, *spatial)`` -> logits ``(B, 1, *spatial)`` = logit(v) - logit(threshold), so that a probability above
     0.5 means a vesselness above the threshold (the channels are averaged first). ``threshold`` < 0 means Otsu's
-    threshold of each image's vesselness."""
+    threshold of each image's vesselness. The vesselness map passes through the identity module ``response``, the
+    layer Grad-CAM explains (the filter has no learnt layers: its map is where the filter responds)."""
 
     def __init__(self, sigmas: list[float]):
         super().__init__()
         self.sigmas = [float(s) for s in sigmas]
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float64))
+        self.response = nn.Identity()
 
     def vesselness(self, image: torch.Tensor) -> np.ndarray:
         """Vesselness in [0, 1] of one image ``(C, *spatial)``."""
         from labelwise.vesselness import vesselness
 
-        return vesselness(image.float().mean(0).cpu().numpy(), sigmas=self.sigmas)
+        return vesselness(image.detach().float().mean(0).cpu().numpy(), sigmas=self.sigmas)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from labelwise.vesselness import otsu_threshold
 
-        out = []
+        maps, limits = [], []
         for image in x:
             v = self.vesselness(image).astype(np.float64)
             t = float(self.threshold)
-            if t < 0:
-                t = otsu_threshold(v)
-            out.append(torch.from_numpy(_logit(v) - _logit(np.float64(t))).float())
-        return torch.stack(out).unsqueeze(1).to(x.device)
+            maps.append(torch.from_numpy(v))
+            limits.append(otsu_threshold(v) if t < 0 else t)
+        v = self.response(torch.stack(maps).unsqueeze(1).to(x.device))
+        limit = torch.tensor(limits, dtype=torch.float64, device=x.device).view(-1, *[1] * (v.ndim - 1))
+        return (_logit(v) - _logit(limit)).float()
 
 
 class Frangi(Method):
@@ -71,6 +74,7 @@ class Frangi(Method):
         if data.task != "segmentation" or data.num_classes != 2:
             raise ConfigError("method: frangi segments vessels: it needs binary masks (data.task: segmentation)")
         self.networks["model"] = Vesselness(self.options.sigmas)
+        self.out_channels = 1
         threshold = self.options.threshold
         if isinstance(threshold, float) and not 0 < threshold < 1:
             raise ConfigError(f"method.threshold: a vesselness threshold lies in (0, 1), got {threshold}")
@@ -116,6 +120,6 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (pred & truth).sum() / total) if total else 1.0
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _EPS, 1 - _EPS)
-    return np.log(p) - np.log1p(-p)
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(_EPS, 1 - _EPS)
+    return torch.log(p) - torch.log1p(-p)

@@ -36,6 +36,7 @@ class MeanTeacher(SemiSupervised):
     def __init__(self, config, data):
         super().__init__(config, data)
         self.networks["teacher"] = frozen_copy(self.networks["model"])
+        self.predictor = "teacher" if self.options.predict_with == "teacher" else "model"
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         xl, yl, xu = self.split_batch(batch)
@@ -53,6 +54,3 @@ class MeanTeacher(SemiSupervised):
     def after_step(self) -> None:
         decay = min(self.options.ema_decay, (self.step + 1) / (self.step + 10))  # early steps: follow the student
         ema_update(self.networks["model"], self.networks["teacher"], decay)
-
-    def predict(self, image: torch.Tensor) -> torch.Tensor:
-        return self.networks["teacher" if self.options.predict_with == "teacher" else "model"](image)

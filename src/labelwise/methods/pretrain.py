@@ -136,6 +136,7 @@ class Pretrain(Method):
     name = "pretrain"
     Options = PretrainOptions
     uses_unlabelled = True
+    predictor = None  # a backbone, no classifier head: what transfers is explained after fine-tuning or probing
 
     def __init__(self, config, data):
         super().__init__(config, data)

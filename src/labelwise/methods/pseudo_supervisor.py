@@ -66,7 +66,8 @@ class PseudoSupervisor(SemiSupervised):
     def __init__(self, config, data):
         super().__init__(config, data)
         self.networks["policy"] = self.build_network()
-        self.heldout = data.split("val")  # a clear error when there is no validation split
+        if data.splits:  # training (a clear error when there is no validation split); no splits: loaded for inference
+            self.heldout = data.split("val")
         self.memory: list[tuple[Tensor, Tensor, float]] = []  # (unlabelled images, sampled labels, reward) per step
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -103,7 +104,7 @@ class PseudoSupervisor(SemiSupervised):
         policy_lr = self.options.policy_lr * self.lr / self.config.optimizer.lr  # follows warm-up and decay
         supervised = self.supervised_loss(model(xl), yl)
         if len(xl):
-            self.optimizer_step(self.optimizers["predictor"], supervised, predictor_lr)
+            self.optimizer_step(self.optimizers["predictor"], supervised, predictor_lr, model)
         zero = supervised.new_tensor(0.0)
         if len(xu) == 0:
             return {"loss": supervised.detach(), "supervised": supervised.detach(), "pseudo": zero, "reward": zero}
@@ -118,7 +119,7 @@ class PseudoSupervisor(SemiSupervised):
         xv, yv = self.heldout.image[rows].to(device), self.heldout.target[rows].to(device)
         before = self.heldout_loss(xv, yv)
         pseudo = classification_loss(model(xu), action, self.multilabel)
-        self.optimizer_step(self.optimizers["predictor"], pseudo, predictor_lr)
+        self.optimizer_step(self.optimizers["predictor"], pseudo, predictor_lr, model)
         after = self.heldout_loss(xv, yv)
         reward = max(math.exp(self.options.alpha * (before - after)) - 1.0, 0.0)
         self.memory.append((xu.detach(), action, reward))
@@ -139,10 +140,7 @@ class PseudoSupervisor(SemiSupervised):
         for (image, action, _), ret in zip(self.memory, returns.tolist(), strict=True):
             loss = -(self._log_prob(policy(image), action) * ret).sum() / total
             self.fabric.backward(loss)
-        clip = self.config.trainer.gradient_clip
-        if clip:
-            params = [p for p in policy.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, clip, error_if_nonfinite=False)
+        self.clip_gradients(policy, optimizer)
         optimizer.step()
         self.memory = []
 

@@ -80,6 +80,3 @@ class SemiSupervised(Method):
 
     def supervised_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         return classification_loss(logits, target, self.multilabel)
-
-    def predict(self, image: Tensor) -> Tensor:
-        return self.networks["model"](image)

@@ -51,25 +51,13 @@ class Supervised(Method):
             raise ConfigError(f"method.loss: focal_tversky trains one sigmoid channel for binary masks; the data has "
                               f"{data.num_classes} classes (use dice_ce)")
         self.loss_name = loss
-        out_channels = 1 if loss == "focal_tversky" else data.num_classes
-        self.networks["model"] = build_model(config.model, data.spatial_dims, data.in_channels, out_channels, data.task,
-                                              data.image_size)
+        self.out_channels = 1 if loss == "focal_tversky" else data.num_classes
+        self.networks["model"] = build_model(config.model, data.spatial_dims, data.in_channels, self.out_channels,
+                                              data.task, data.image_size)
         if loss == "dice_ce":
             self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=self.options.label_smoothing)
-        self.threshold = self.options.threshold
-        self.patch_size = config.data.patch_size
-
-    def predict(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits of the main output. With ``data.patch_size`` (patch training) whole images go through overlapping
-        windows of that size with Gaussian blending, padded as the network needs
-        (:func:`labelwise.predicting.sliding_window_predict`)."""
-        model = self.networks["model"]
-        if self.patch_size is not None:
-            from labelwise.predicting import sliding_window_predict
-
-            return sliding_window_predict(model, image, self.patch_size, overlap=self.options.overlap)
-        out = model(image)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        self.threshold, self.overlap = self.options.threshold, self.options.overlap
+        self.window = list(config.data.patch_size) if config.data.patch_size else None  # predict: windows of a patch
 
     def segmentation_loss(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
         """The configured loss of logits (a tensor, or U-Net MSS's tuple) against a label map ``(B, *spatial)``."""

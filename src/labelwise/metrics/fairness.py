@@ -138,7 +138,7 @@ def equity_scaled_auc(auc: float, per_group: dict[str, dict[str, Any]]) -> dict[
 def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[Any]] | None = None,
                      threshold: float = 0.5, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The scores the semi-supervised capability reports for one binary outcome, as JSON-ready values:
-    ``auc``, ``auc_ci`` (bootstrap 95%), ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (at ``threshold`` on the
+    ``auc``, ``auc_ci`` (bootstrap 95%; None when ``resamples`` is 0), ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (at ``threshold`` on the
     probability ``scores``), ``sensitivity_at_90_specificity``, ``ece``, and per attribute column
     ``group_auc`` ``{attribute: {group: auc or None}}``, ``group_n`` ``{attribute: {group: [cases, positives]}}``,
     ``group_notes`` (why a group has none) and ``es_auc`` ``{attribute: value}``. Undefined values are None."""
@@ -154,7 +154,7 @@ def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[An
     auc = roc_auc(scores, labels)
     result: dict[str, Any] = {
         "n": int(labels.size), "positives": int(labels.sum()), "auc": auc,
-        "auc_ci": list(auc_confidence_interval(scores, labels, resamples, seed=seed)),
+        "auc_ci": list(auc_confidence_interval(scores, labels, resamples, seed=seed)) if resamples else None,
         "accuracy": ratio(tp + tn, labels.size),
         "balanced_accuracy": float(np.nanmean([ratio(tp, tp + fn), ratio(tn, tn + fp)])),
         "macro_f1": float(np.nanmean([f1_pos, f1_neg])),
@@ -221,7 +221,8 @@ def summarize(probability: Any, target: Any, multilabel: bool = False, class_nam
     auc = mean("auc")
     result: dict[str, Any] = {
         "kind": "multilabel" if multilabel else "multiclass", "class_names": names, "n": int(target.shape[0]),
-        "auc": auc, "auc_ci": list(macro_auc_confidence_interval(probability, labels, resamples, seed=seed)),
+        "auc": auc,
+        "auc_ci": list(macro_auc_confidence_interval(probability, labels, resamples, seed=seed)) if resamples else None,
         "sensitivity_at_90_specificity": mean("sensitivity_at_90_specificity"), "ece": mean("ece"),
         "group_auc": {}, "group_notes": {}, "es_auc": {}, "per_label": per_label,
     }

@@ -41,13 +41,18 @@ __all__ = [
 _CHUNK_ELEMENTS = 1 << 24  # rows are processed in chunks of about this many scores (bounded memory)
 
 
+#: Integer dtypes torch stores but cannot compare, sort or reduce (``"min_all" not implemented for 'UInt16'``).
+_UNSUPPORTED_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
 def _tensor(x: Tensor | np.ndarray) -> Tensor:
-    """A tensor view of ``x`` without a copy (numpy arrays and read-only memory maps included)."""
-    if isinstance(x, Tensor):
-        return x
-    with warnings.catch_warnings():  # torch warns on read-only arrays; these functions never write to them
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.asarray(x))
+    """A tensor view of ``x`` without a copy (numpy arrays and read-only memory maps included); uint16, uint32
+    and uint64 values (e.g. class predictions saved as uint16) become an int64 copy, which torch can compute with."""
+    if not isinstance(x, Tensor):
+        with warnings.catch_warnings():  # torch warns on read-only arrays; these functions never write to them
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(np.asarray(x))
+    return x.long() if x.dtype in _UNSUPPORTED_UNSIGNED else x
 
 
 def _rows(width: int) -> int:
@@ -291,7 +296,7 @@ def summarize(
         if single_labels is not None:
             per_image[f"top{k}"] = topk_correct(top, single_labels, k)
         else:
-            unavailable[f"top{k}"] = "no single labels (give --single-labels, or ids with class folders)"
+            unavailable[f"top{k}"] = "no single labels (give --labels, or ids with class folders)"
         per_image[f"real_top{k}"] = real_correct(top, label_sets, k)
     if is_scores:
         per_image["variable_topk_subset"] = variable_topk_correct(top, label_sets, "subset", label_count)

@@ -39,9 +39,12 @@ Precision and sensitivity follow MONAI's confusion-matrix metrics in all three c
 warning instead of nan).
 
 Distances with one empty mask are nan: a surface distance to nothing is undefined, and inf would make every mean
-over cases inf (a failed case still shows as Dice 0, and the evaluation counts the values behind each mean). MONAI
-agrees for HD95 (its ``torch.quantile`` of all-inf distances is nan) but returns inf for ASSD and for the plain
-(100th-percentile) Hausdorff distance.
+over cases inf. A failed case still shows as Dice 0, and the evaluation
+(:func:`labelwise.evaluate_segmentation.summarize_cases`) counts the cases behind each mean and those with an empty
+prediction or reference, and says so. MONAI (checked with 1.6.1) agrees for HD95:
+``compute_hausdorff_distance(percentile=95)`` gives nan (its ``torch.quantile`` of all-inf distances) with an empty
+prediction or reference, with a warning; it gives inf for the plain (100th-percentile) Hausdorff distance and
+``compute_average_surface_distance`` inf for ASSD; with both masks empty all three are nan.
 
 Speed: everything runs on the bounding box of the union of both masks (plus a one-voxel margin), which is exact;
 the nearest-surface distances use a KD-tree over surface voxels when the surfaces are sparse in that box (thin
@@ -218,15 +221,16 @@ def _assd(d_pt: np.ndarray, d_tp: np.ndarray) -> float:
 
 def hd95(pred, truth, spacing: float | Sequence[float] | None = None, percentile: float = 95.0) -> float:
     """95th-percentile symmetric Hausdorff distance between the surfaces, in the units of ``spacing``; nan when
-    either mask is empty (as MONAI for ``percentile=95``; MONAI gives inf for ``percentile=100``)."""
+    either mask is empty (as MONAI 1.6's ``compute_hausdorff_distance(percentile=95)``; it gives inf for
+    ``percentile=None``, the plain Hausdorff distance)."""
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
     return _hd(*surface_distances(pred, truth, spacing), percentile)
 
 
 def assd(pred, truth, spacing: float | Sequence[float] | None = None) -> float:
-    """Average symmetric surface distance, in the units of ``spacing``; nan when either mask is empty (MONAI:
-    inf)."""
+    """Average symmetric surface distance, in the units of ``spacing``; nan when either mask is empty (MONAI 1.6's
+    ``compute_average_surface_distance``: inf with one mask empty, nan with both)."""
     return _assd(*surface_distances(pred, truth, spacing))
 
 

@@ -155,6 +155,8 @@ class ViTBackbone(_TokenMasking, Backbone):
         self.spatial_dims, self.in_channels, self.image_size = spatial_dims, in_channels, size
         self.dim, self.stride, self.token_patch, self.token_dim = hidden, patch, patch, hidden
         self.grid = tuple(n // patch for n in size)
+        # what Grad-CAM explains by default: the last block's tokens as a map (its output is a token sequence)
+        self.cam_layer = f"vit.blocks.{len(self.vit.blocks) - 1}"
 
     def tokens(self, x: Tensor, mask: Tensor | None = None, token: Tensor | None = None) -> Tensor:
         """``(B, N, hidden)`` output tokens, the masked ones (``mask``) entering as ``token``."""
@@ -172,6 +174,10 @@ class ViTBackbone(_TokenMasking, Backbone):
 
     def _map(self, t: Tensor) -> Tensor:
         return t.transpose(1, 2).reshape(t.shape[0], self.dim, *self.grid)
+
+    def cam_reshape(self, tokens: Tensor) -> Tensor:
+        """Tokens ``(B, N, hidden)`` of a block as the patch grid ``(B, hidden, *grid)`` (for Grad-CAM)."""
+        return self._map(tokens)
 
     def features(self, x: Tensor) -> list[Tensor]:
         return [self._map(self.tokens(x))]
@@ -277,23 +283,29 @@ def load_encoder(model: nn.Module, state: dict[str, Tensor], freeze: bool = Fals
         raise ConfigError(f"model.init_from {source}: no weight fits this model (different network or widths?)")
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
     if freeze:
-        names = set(loaded)
-        for name, p in model.named_parameters():
-            if name in names:
-                p.requires_grad_(False)
-        frozen = [m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                  and f"{n}.weight" in names]
-        plain_train = model.train
-
-        def train(mode: bool = True) -> nn.Module:
-            plain_train(mode)
-            for m in frozen:
-                m.eval()
-            return model
-
-        model.train = train  # type: ignore[method-assign]
-        model.train(model.training)
+        freeze_encoder(model, loaded)
     return loaded
+
+
+def freeze_encoder(model: nn.Module, names: list[str]) -> None:
+    """Freeze the entries ``names`` of ``model``'s state dict (what :func:`load_encoder` loaded): their parameters
+    stop requiring gradients and the batch-norm layers they hold stay in evaluation mode (a linear probe)."""
+    names = set(names)
+    for name, p in model.named_parameters():
+        if name in names:
+            p.requires_grad_(False)
+    frozen = [m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              and f"{n}.weight" in names]
+    plain_train = model.train
+
+    def train(mode: bool = True) -> nn.Module:
+        plain_train(mode)
+        for m in frozen:
+            m.eval()
+        return model
+
+    model.train = train  # type: ignore[method-assign]
+    model.train(model.training)
 
 
 def masked_input(x: Tensor, mask: Tensor, fill: Tensor) -> Tensor:

@@ -222,6 +222,57 @@ def _explanations(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     }
 
 
+def _activation_words(spec: dict[str, Any]) -> str:
+    out = spec["output"]
+    if out.get("multilabel"):
+        return "per label"
+    if out.get("activation") == "softmax":
+        return "over classes"
+    return "of the one foreground channel"
+
+
+def _model_section(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
+    """What the run is as a model, from ``inference.json``: network, output and activation, classes, preprocessing,
+    inference settings, and the commands that use it; None without that file."""
+    path = run_dir / "inference.json"
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text())
+        net, out, pre, settings = spec["network"], spec["output"], spec["preprocessing"], spec["inference"]
+    except (ValueError, KeyError, TypeError) as exc:
+        notes.append(f"inference.json could not be read: {exc}")
+        return None
+    dims = net.get("spatial_dims")
+    size = net.get("image_size")
+    rows = [("task", f"{spec.get('task')} ({spec.get('method')})")]
+    if net.get("key") is None:
+        rows.append(("network", f"{net.get('arguments', {}).get('name')} backbone: no classifier head (transfer it with "
+                                "model.init_from)"))
+    else:
+        rows += [("network", f"{net.get('name')} ({dims}D, {net.get('in_channels')} input channel(s), "
+                             f"{net.get('out_channels')} output(s){f', built for {size}' if size else ''})"),
+                 ("output", f"{out.get('activation')} ({_activation_words(spec)})"),
+                 ("classes", ", ".join(f"{i} {n}" for i, n in enumerate(out.get("class_names") or [])))]
+    intensity = pre.get("intensity")
+    if intensity == "channel":
+        stats = ", ".join(f"{m:.4g} ± {s:.4g}" for m, s in zip(pre.get("channel_mean", []), pre.get("channel_std", [])))
+        intensity = f"channel (training split mean ± std per channel: {stats})"
+    rows.append(("preprocessing", f"intensity {intensity}" + (f"; resized to {pre['image_size']}"
+                                                             if pre.get("image_size") else "")
+                 + (f"; Harvard-GDP channels {', '.join(pre['modalities'])}" if pre.get("modalities") else "")))
+    if spec.get("task") == "segmentation":
+        window, overlap = settings.get("window"), settings.get("overlap")
+        seen = f"windows {window}, overlap {overlap}" if window else "whole images"
+        rows.append(("inference", f"threshold {settings.get('threshold')}; {seen}"))
+    name = run_dir.name
+    commands = "\n".join([f"labelwise predict runs/{name} --input IMAGES --out runs/{name}-pred",
+                          f"labelwise explain --run runs/{name} --input IMAGE",
+                          f"labelwise export runs/{name} --format onnx --out {name}.onnx"])
+    return {"rows": rows, "commands": commands if net.get("key") is not None else "(a pretraining run: fine-tune "
+            "or probe it, then use that run)"}
+
+
 SEGMENTATION_SCORES = (("dice", "Dice"), ("iou", "IoU"), ("precision", "precision"), ("sensitivity", "sensitivity"),
                        ("volumetric_similarity", "VS"), ("hd95", "HD95"), ("assd", "ASSD"), ("cldice", "clDice"))
 MAX_SEGMENTATION_CASES = 6
@@ -242,11 +293,17 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError) as exc:
         notes.append(f"predictions/test/segmentation.json could not be read: {exc}")
         return None
-    rows = []
+    from labelwise.evaluate_segmentation import empty_mask_note
+
+    rows, empty_notes = [], []
     for name, result in references.items():
-        mean, std = result.get("mean", {}), result.get("std", {})
-        rows.append({"reference": name, "n": len(result.get("cases", [])),
-                     "values": [(mean.get(key), std.get(key)) for key, _ in SEGMENTATION_SCORES]})
+        mean, std, count = result.get("mean", {}), result.get("std", {}), result.get("count", {})
+        n = len(result.get("cases", []))
+        # the cases behind each mean, shown where fewer than all (nan scores, e.g. distances to an empty mask)
+        rows.append({"reference": name, "n": n,
+                     "values": [(mean.get(key), std.get(key), count.get(key, n)) for key, _ in SEGMENTATION_SCORES]})
+        if isinstance(count, dict) and "hd95" in count and (note := empty_mask_note(result, n)):
+            empty_notes.append(f"against {name}: {note}")
     cases = []
     for entry in figures[:MAX_SEGMENTATION_CASES]:
         images = []
@@ -263,7 +320,14 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
         if images:
             cases.append({"id": entry.get("id"), "images": images})
     return {"columns": [label for _, label in SEGMENTATION_SCORES], "rows": rows, "cases": cases,
-            "total": len(figures), "listed": len(cases)}
+            "total": len(figures), "listed": len(cases), "empty_notes": empty_notes}
+
+
+def _per_case_run(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether the run segments image files (a ``data.manifest`` with ``task: segmentation``): such runs write
+    ``predictions/test/`` (cases, figures, segmentation.json) and never ``predictions/samples.npz``."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    return (run_dir / "predictions" / "test").is_dir() or (data.get("task") == "segmentation" and bool(data.get("manifest")))
 
 
 def _png_inside(path: Path, folder: Path) -> bytes | None:
@@ -359,6 +423,7 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "train_rows": train_rows,
         "figures": figures,
         "samples_missing": not samples_path.is_file(),
+        "per_case_run": _per_case_run(run_dir, config),
         "config_text": config_text,
         "notes": notes,
         "version": labelwise.__version__,
@@ -369,6 +434,7 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "explanations": explanations,
         "fairness": fairness,
         "segmentation": _segmentation(run_dir, notes),
+        "model": _model_section(run_dir, notes),
     }
     html = _environment().get_template("report.html.j2").render(**context)
     return atomic_write(out, html)

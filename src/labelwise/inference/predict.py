@@ -28,11 +28,10 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from labelwise.data.volumes import (
     NIFTI_SUFFIXES,
@@ -43,202 +42,30 @@ from labelwise.data.volumes import (
     suffix_of,
     write_volume,
 )
-from labelwise.errors import ConfigError, DataError, LabelwiseError
+from labelwise.errors import DataError
+from labelwise.inference.run import RunModel, input_files
 from labelwise.io import atomic_write
+from labelwise.metrics.segmentation import dice
+from labelwise.models.outputs import Threshold, parse_threshold, segment
+from labelwise.models.windows import sizes
 
-__all__ = ["DEFAULT_ROI", "INDEX_NAME", "default_roi", "diff_rgb", "mask_overlay_rgb", "model_divisor",
-           "parse_threshold", "predict_files", "prediction_inputs", "probabilities", "project",
-           "sliding_window_predict", "whole_image_model"]
+__all__ = ["INDEX_NAME", "diff_rgb", "mask_overlay_rgb", "predict_files", "prediction_inputs", "probabilities",
+           "project", "save_run_predictions", "write_case"]
 
 INDEX_NAME = "predictions.json"
-DEFAULT_ROI = {2: 256, 3: 64}  # window side when neither the caller nor the run's data.patch_size gives one
 REFERENCE_SUFFIXES = ("", "_mask", "_seg", "_label", "_gt")  # <id><suffix> in the reference folder matches <id>
 TP_RGB, FN_RGB, FP_RGB = (255, 255, 255), (255, 0, 0), (0, 64, 255)
 LABEL_RGB = ((255, 210, 0), (0, 220, 90), (255, 60, 200), (0, 200, 255), (255, 130, 0), (160, 90, 255))
 
-Threshold = float | Literal["otsu"] | None
 
-
-# --- windows -------------------------------------------------------------------------------------------------------
-
-
-def model_divisor(model: nn.Module) -> int:
-    """The number every spatial size of ``model``'s input must be a multiple of: a ``divisor`` attribute
-    (UNetMSS: 16), a MONAI UNet's product of strides, 16 for MONAI's BasicUNet, else 1. Wrapped networks
-    are searched (the first known one found)."""
-    from monai.networks.nets import BasicUNet, UNet
-
-    for module in model.modules():
-        divisor = getattr(module, "divisor", None)
-        if isinstance(divisor, int) and not isinstance(divisor, bool) and divisor >= 1:
-            return divisor
-        if isinstance(module, UNet):  # an anisotropic stride counts by its largest factor
-            return int(math.prod(int(max(np.atleast_1d(s))) for s in module.strides))
-        if isinstance(module, BasicUNet):
-            return 16
-    return 1
-
-
-def whole_image_model(model: nn.Module) -> bool:
-    """Whether ``model`` should see whole images by default: it has no parameters (a fixed filter such as the
-    frangi method's vesselness, which normalises and thresholds each image it is given, so windows would change
-    its output), or a module of it sets ``whole_image = True``."""
-    if any(getattr(module, "whole_image", False) is True for module in model.modules()):
-        return True
-    return next(model.parameters(), None) is None
-
-
-def _round_up(n: int, divisor: int) -> int:
-    return -(-int(n) // divisor) * divisor
-
-
-def _sizes(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
-    sizes = (value,) * dims if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(sizes) != dims or any(isinstance(s, bool) or int(s) != s or s < 1 for s in sizes):
-        raise ConfigError(f"{name}: expected one positive size or {dims} of them, got {value!r}")
-    return tuple(int(s) for s in sizes)
-
-
-def default_roi(spatial_shape: Sequence[int], divisor: int = 1, patch_size: Sequence[int] | None = None
-                ) -> tuple[int, ...]:
-    """The window for an input of ``spatial_shape``: ``patch_size`` (the run's training patches) if given,
-    else per axis the whole extent up to :data:`DEFAULT_ROI` (64 in 3D, 256 in 2D); each side is then rounded up
-    to a multiple of ``divisor`` and kept no larger than the extent rounded up so."""
-    dims = len(spatial_shape)
-    wanted = _sizes(patch_size, dims, "roi size") if patch_size is not None else (DEFAULT_ROI.get(dims, 64),) * dims
-    return tuple(min(_round_up(w, divisor), _round_up(s, divisor)) for w, s in zip(wanted, spatial_shape))
-
-
-def sliding_window_predict(
-    model: nn.Module,
-    image: torch.Tensor,
-    roi_size: int | Sequence[int] | None = None,
-    overlap: float = 0.5,
-    mode: str = "gaussian",
-    sw_batch_size: int = 4,
-    device: str | torch.device | None = None,
-    divisible_by: int | None = None,
-    padding_mode: str = "constant",
-) -> torch.Tensor:
-    """Logits ``(B, K, *spatial)`` of ``model`` over ``image`` ``(B, C, *spatial)``, window by window.
-
-    ``roi_size``: the window (one size or one per axis; None: :func:`default_roi`, or the whole image for a
-    :func:`whole_image_model`), rounded up to a multiple of ``divisible_by`` (None: :func:`model_divisor`) and
-    capped at the image's extent rounded up likewise; inputs smaller than the window are padded
-    (``padding_mode``, MONAI's) and the result cropped back. ``overlap`` in [0, 1): the share of a window shared
-    with its neighbour; ``mode`` "gaussian" or "constant" blending.
-    Runs under ``torch.no_grad`` with the model in eval mode (its mode is restored); windows go to ``device``
-    (default: where the model's parameters are; the model is moved there if another device is given), the
-    stitched logits come back on the image's device as float32."""
-    from monai.inferers import sliding_window_inference
-
-    if not isinstance(image, torch.Tensor) or image.ndim not in (4, 5):
-        shape = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
-        raise DataError(f"sliding window: image must be a (B, C, H, W) or (B, C, D, H, W) tensor, got {shape}")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ConfigError(f"overlap: expected a value in [0, 1), got {overlap}")
-    if mode not in ("gaussian", "constant"):
-        raise ConfigError(f"mode: expected 'gaussian' or 'constant', got {mode!r}")
-    spatial = tuple(image.shape[2:])
-    divisor = model_divisor(model) if divisible_by is None else int(divisible_by)
-    if divisor < 1:
-        raise ConfigError(f"divisible_by: expected a positive int, got {divisible_by}")
-    if roi_size is None:
-        whole = whole_image_model(model)
-        roi = tuple(_round_up(s, divisor) for s in spatial) if whole else default_roi(spatial, divisor)
-    else:
-        roi = tuple(min(_round_up(r, divisor), _round_up(s, divisor))
-                    for r, s in zip(_sizes(roi_size, len(spatial), "roi size"), spatial))
-    parameter = next(model.parameters(), None)
-    if device is None:
-        device = parameter.device if parameter is not None else image.device
-    device = torch.device(device)
-    if parameter is not None and parameter.device != device:
-        model.to(device)
-
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        out = model(x)
-        if isinstance(out, dict):
-            out = next(iter(out.values()))
-        if isinstance(out, (tuple, list)):  # deep supervision heads: the full-resolution logits come first
-            out = out[0]
-        return out.float()
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = sliding_window_inference(
-                image.float(), roi, sw_batch_size, predictor, overlap=float(overlap), mode=mode,
-                padding_mode=padding_mode, sw_device=device, device=image.device,
-            )
-    finally:
-        model.train(was_training)
-    if hasattr(logits, "as_tensor"):  # a MONAI MetaTensor
-        logits = logits.as_tensor()
-    return logits
-
-
-# --- probabilities and masks ---------------------------------------------------------------------------------------
-
-
-def parse_threshold(threshold: Any) -> Threshold:
-    """None (1 output channel: 0.5; K >= 2: argmax), "otsu", or a number in (0, 1) (strings too, as the CLI
-    passes them); a ConfigError otherwise."""
-    if threshold is None or (isinstance(threshold, str) and threshold.strip().lower() in ("", "argmax", "none")):
-        return None
-    if isinstance(threshold, str) and threshold.strip().lower() == "otsu":
-        return "otsu"
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        raise ConfigError(f"threshold: expected a number in (0, 1) or 'otsu', got {threshold!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ConfigError(f"threshold: expected a number in (0, 1) or 'otsu', got {threshold!r}")
-    return value
-
-
-def _class_probabilities(logits: Any) -> torch.Tensor:
-    """``(K, *spatial)`` probabilities: sigmoid of one channel, softmax of K >= 2."""
+def probabilities(logits: Any, threshold: Threshold = None) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground probability ``(*spatial)`` float32 and mask ``(*spatial)`` int64 of one case's logits
+    ``(K, *spatial)``, by :func:`labelwise.models.outputs.segment` (the one threshold path)."""
     logits = torch.as_tensor(logits).detach().float().cpu()
     if logits.ndim not in (3, 4):
         raise DataError(f"logits must be (K, H, W) or (K, D, H, W) (one case), got shape {tuple(logits.shape)}")
-    return logits.sigmoid() if logits.shape[0] == 1 else logits.softmax(0)
-
-
-def _threshold_value(probability: np.ndarray, threshold: Threshold) -> float:
-    if threshold != "otsu":
-        return 0.5 if threshold is None else float(threshold)
-    from labelwise.vesselness import otsu_threshold
-
-    return otsu_threshold(probability)  # 0.5 for a constant map
-
-
-def _masks(classes: torch.Tensor, threshold: Threshold) -> tuple[np.ndarray, np.ndarray, float | str]:
-    """Foreground probability, labels and the threshold used ("argmax" where none)."""
-    if classes.shape[0] == 1:
-        probability = classes[0].numpy().astype(np.float32)
-    else:
-        probability = classes[1:].sum(0).numpy().astype(np.float32)  # 1 - p(background), without the cancellation
-    if threshold is None and classes.shape[0] > 1:
-        return probability, classes.argmax(0).numpy().astype(np.int64), "argmax"
-    value = _threshold_value(probability, threshold)
-    foreground = probability > value
-    if classes.shape[0] <= 2:
-        return probability, foreground.astype(np.int64), value
-    labels = classes[1:].argmax(0).numpy().astype(np.int64) + 1  # the likeliest foreground class
-    return probability, np.where(foreground, labels, 0), value
-
-
-def probabilities(logits: Any, threshold: Threshold = None) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground probability ``(*spatial)`` float32 and mask ``(*spatial)`` int64 from one case's logits
-    ``(K, *spatial)`` (``sliding_window_predict(...)[0]``).
-
-    One channel: sigmoid, mask = probability > threshold (0.5 by default, "otsu": Otsu's threshold of this
-    probability map; 0.5 for a constant map). K >= 2 channels: softmax, probability = 1 - p(background); the mask
-    is the argmax, or with a threshold given, the likeliest foreground class where the probability exceeds it."""
-    probability, mask, _ = _masks(_class_probabilities(logits), parse_threshold(threshold))
-    return probability, mask
+    probability, mask, _ = segment(logits[None], parse_threshold(threshold))
+    return probability[0].numpy().astype(np.float32), mask[0].numpy()
 
 
 # --- figures -------------------------------------------------------------------------------------------------------
@@ -323,8 +150,6 @@ def _write_png(path: Path, rgb: np.ndarray, title: str) -> None:
 
 def prediction_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """Files given, and the readable files inside folders given (sorted): NIfTI, pictures, ``.npy``."""
-    from labelwise.trained import input_files
-
     return input_files(paths, VOLUME_SUFFIXES)
 
 
@@ -362,21 +187,6 @@ def _references(reference: str | Path | None, files: Sequence[Path]) -> dict[str
     return found
 
 
-def _read_image(path: Path, in_channels: int, spatial_dims: int, intensity: str) -> Volume:
-    volume = read_volume(path)
-    array, spacing = volume.array, volume.spacing
-    if suffix_of(path) == ".npy" and len(spacing) == spatial_dims - 1:  # an (X, Y, Z) array read as (C, H, W)
-        array, spacing = array[None], (1.0,) * spatial_dims
-    from labelwise.trained import fit_channels
-
-    array = fit_channels(array, path, in_channels, spatial_dims)
-    if intensity != "none":
-        from labelwise.data.patches import normalize_intensity
-
-        array = normalize_intensity(array, intensity)
-    return Volume(np.ascontiguousarray(array, dtype=np.float32), tuple(spacing), volume.affine)
-
-
 def _read_reference(path: Path, image_path: Path, image: Volume) -> Volume:
     reference = read_volume(path, mask=True)
     if reference.array.shape != image.spatial_shape:
@@ -389,60 +199,40 @@ def _read_reference(path: Path, image_path: Path, image: Volume) -> Volume:
     return reference
 
 
-def _dice(prediction: np.ndarray, reference: np.ndarray) -> float | None:
-    p, r = prediction.astype(bool), reference.astype(bool)
-    total = int(p.sum()) + int(r.sum())
-    return None if total == 0 else 2.0 * int((p & r).sum()) / total
-
-
-def _run_settings(trained: Any) -> tuple[list[int] | None, str]:
-    """The run config's training patch size and intensity normalisation ("none" unless a manifest run)."""
-    try:
-        from labelwise.config import load_config
-
-        data = load_config(Path(trained.run_dir) / "config.yaml").data
-    except (LabelwiseError, OSError, ValueError):
-        return None, "none"
-    patch = getattr(data, "patch_size", None)
-    intensity = getattr(data, "intensity", "none") if getattr(data, "manifest", None) is not None else "none"
-    return (list(patch) if patch else None), str(intensity)
-
-
 # --- the command ---------------------------------------------------------------------------------------------------
 
 
 def predict_files(
-    trained: Any,
+    run: RunModel,
     files: Sequence[str | Path],
     out: str | Path,
     threshold: Threshold | str = None,
     reference: str | Path | None = None,
     roi_size: int | Sequence[int] | None = None,
-    overlap: float = 0.5,
+    overlap: float | None = None,
     *,
-    sw_batch_size: int = 4,
-    device: str | torch.device | None = None,
     mip_axis: int | None = None,
     progress: bool | Callable[[str], None] = True,
 ) -> list[dict[str, Any]]:
-    """Predict every input (files, or folders of them) with ``trained`` (a :class:`labelwise.trained.Trained`
-    segmentation run) and write the outputs listed in the module docstring under ``out``.
+    """Predict every input (files, or folders of them) with ``run`` (a segmentation :class:`RunModel`) and write the
+    outputs listed in the module docstring under ``out``. Inputs are read and preprocessed as the run's training
+    data was (:meth:`RunModel.read`) and go through the run's own ``predict`` and threshold, so the test images give
+    the run's own test predictions.
 
-    ``threshold``: see :func:`probabilities` (None: 0.5 for one output channel, argmax otherwise; a number or
-    "otsu" thresholds the foreground probability). ``reference``: a folder of reference masks matched by case id
-    (or one mask for one input) for the difference figures and Dice. ``roi_size``: the window (None: the run's
-    ``data.patch_size``, else :func:`default_roi`; the whole image for a :func:`whole_image_model`); ``overlap``:
-    between windows. Inputs of manifest runs get the run's per-volume ``data.intensity`` normalisation.
-    ``mip_axis``: the projection axis of 3D figures (see :func:`project`). ``progress``: True prints one line per
-    case to stderr; a callable receives that line.
+    ``threshold``: None keeps the run's (``method.threshold`` for one output channel, argmax otherwise); a number,
+    "otsu" or "argmax" overrides it (see :func:`labelwise.models.outputs.segment`). ``reference``: a folder of
+    reference masks matched by case id (or one mask for one input) for the difference figures and Dice.
+    ``roi_size``/``overlap``: the sliding windows (None: the run's ``data.patch_size`` and ``method.overlap``; a run
+    trained on whole images sees whole images). ``mip_axis``: the projection axis of 3D figures (see
+    :func:`project`). ``progress``: True prints one line per case to stderr; a callable receives that line.
 
     Returns the cases' index entries (also merged, by id, into ``out/predictions.json``)."""
-    if getattr(trained, "task", None) != "segmentation":
-        raise DataError(f"{getattr(trained, 'run_dir', 'the run')}: labelwise predict needs a segmentation run; "
-                        "for classification explanations use labelwise explain")
-    threshold = parse_threshold(threshold)
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ConfigError(f"overlap: expected a value in [0, 1), got {overlap}")
+    if run.task != "segmentation":
+        raise DataError(f"{run.run_dir}: a classification run; its predict writes class probabilities "
+                        "(labelwise.inference.predict.predict_classes)")
+    dims = run.spatial_dims
+    run.configure(threshold=threshold, overlap=overlap,
+                  window=sizes(roi_size, dims, "roi size") if roi_size is not None else None)
     files = prediction_inputs(files)
     ids = [case_id(f) for f in files]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
@@ -450,73 +240,69 @@ def predict_files(
         raise DataError(f"several inputs have the id {repeated[0]}: "
                         f"{', '.join(str(f) for f in files if case_id(f) == repeated[0])}")
     references = _references(reference, files)
-    patch_size, intensity = _run_settings(trained)
-    model, dims = trained.model, trained.spatial_dims
-    divisor, whole = model_divisor(model), whole_image_model(model)
-    if roi_size is not None:
-        roi_size = _sizes(roi_size, dims, "roi size")
-    if callable(progress):
-        report = progress
-    elif progress:
-        import typer
-
-        def report(line: str) -> None:
-            typer.echo(line, err=True)
-    else:
-        def report(line: str) -> None:
-            return None
-
+    report = _reporter(progress)
     out = Path(out)
     entries: list[dict[str, Any]] = []
     for number, path in enumerate(files, 1):
         start = time.perf_counter()
         cid = case_id(path)
-        image = _read_image(path, trained.in_channels, dims, intensity)
+        image = run.read(path)
         ref = _read_reference(references[cid], path, image) if cid in references else None
         spatial = image.spatial_shape
-        if roi_size is not None:
-            roi = tuple(min(_round_up(r, divisor), _round_up(s, divisor)) for r, s in zip(roi_size, spatial))
-        elif whole:  # a fixed filter: whatever patches the run's data names
-            roi = tuple(_round_up(s, divisor) for s in spatial)
-        else:
-            roi = default_roi(spatial, divisor, patch_size)
-        logits = sliding_window_predict(model, torch.from_numpy(image.array)[None], roi, overlap,
-                                        sw_batch_size=sw_batch_size, device=device, divisible_by=divisor)[0]
-        probability, mask, used = _masks(_class_probabilities(logits), threshold)
+        logits = run.logits(torch.from_numpy(image.array)[None])
+        probability, mask, used = (t[0] for t in run.segment(logits))
+        probability, mask = probability.numpy().astype(np.float32), mask.numpy()
         del logits
 
         nifti = dims == 3 or suffix_of(path) in NIFTI_SUFFIXES
         files_written: dict[str, str | None] = {"diff": None}
         files_written.update(write_case(out, cid, image.array, probability, mask, image.spacing, image.affine, nifti,
                                         {"": ref.array} if ref is not None else {}, mip_axis))
-        dice: float | None = None
-        per_class: list[float | None] | None = None
-        if ref is not None:
-            dice = _dice(mask > 0, ref.array > 0)
-            if trained.num_classes > 2:
-                per_class = [_dice(mask == k, ref.array == k) for k in range(1, trained.num_classes)]
-
         seconds = time.perf_counter() - start
+        window = run.method.window or list(spatial)
         entry: dict[str, Any] = {
             "id": cid, "input": str(path), **files_written,
             "reference": str(references[cid]) if cid in references else None,
             "threshold": used, "shape": list(spatial), "spacing": [float(s) for s in image.spacing],
-            "roi_size": list(roi), "overlap": float(overlap), "foreground_voxels": int((mask > 0).sum()),
-            "seconds": round(seconds, 3),
+            "roi_size": [int(w) for w in window], "overlap": float(run.method.overlap),
+            "foreground_voxels": int((mask > 0).sum()), "seconds": round(seconds, 3),
         }
-        if reference is not None:
-            entry["dice"] = dice
-            if per_class is not None:
-                entry["dice_per_class"] = per_class
+        if ref is not None:
+            entry["dice"] = _finite(dice(torch.from_numpy(mask > 0)[None], torch.from_numpy(ref.array > 0)[None],
+                                         num_classes=2)[0, 0])
+            if run.num_classes > 2:
+                entry["dice_per_class"] = [_finite(v) for v in dice(torch.from_numpy(mask)[None],
+                                                                     torch.from_numpy(ref.array)[None],
+                                                                     num_classes=run.num_classes)[0]]
+        elif reference is not None:
+            entry["dice"] = None
         entries.append(entry)
-        _write_index(out, trained, entries)  # after every case, so an error later keeps what is done
-        score = f", Dice {dice:.4f}" if dice is not None else (", no reference" if reference is not None else "")
+        _write_index(out, run, entries)  # after every case, so an error later keeps what is done
+        score = (f", Dice {entry['dice']:.4f}" if entry.get("dice") is not None
+                 else (", no reference" if reference is not None else ""))
         report(f"[{number}/{len(files)}] {cid} {'x'.join(map(str, spatial))}: {seconds:.1f} s, "
                f"{entry['foreground_voxels']} foreground {'voxels' if dims == 3 else 'pixels'}{score}")
     return entries
 
 
-def _write_index(out: Path, trained: Any, entries: list[dict[str, Any]]) -> Path:
+def _finite(value: Any) -> float | None:
+    """A score for JSON: None where it is undefined (nan: both masks empty, the convention of
+    :func:`labelwise.metrics.segmentation.dice`)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _reporter(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    if progress:
+        import typer
+
+        return lambda line: typer.echo(line, err=True)
+    return lambda line: None
+
+
+def _write_index(out: Path, run: RunModel, entries: list[dict[str, Any]]) -> Path:
     path = out / INDEX_NAME
     old: list[dict[str, Any]] = []
     if path.is_file():
@@ -528,7 +314,7 @@ def _write_index(out: Path, trained: Any, entries: list[dict[str, Any]]) -> Path
     cases = [e for e in old if e.get("id") not in new_ids] + entries
     scores = [e["dice"] for e in cases if e.get("dice") is not None]
     document = {
-        "run": str(getattr(trained, "run_dir", "")), "checkpoint": str(getattr(trained, "checkpoint", "")),
+        "run": str(run.run_dir), "checkpoint": str(run.checkpoint),
         "cases": cases, "mean_dice": float(np.mean(scores)) if scores else None,
     }
     return atomic_write(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
@@ -604,3 +390,99 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
     path = folder / "segmentation.json"
     atomic_write(path, to_json(result))
     return path
+
+
+# --- classification runs --------------------------------------------------------------------------------------------
+
+
+def classification_inputs(paths: Sequence[str | Path], split: str | None = None
+                          ) -> list[tuple[str, Path | None, np.ndarray | None]]:
+    """``(id, file, array)`` per sample: image files and folders (pictures, ``.npy``, NIfTI, Harvard-GDP ``.npz``; the
+    id is the file name without its suffix), a classification table ``.csv`` (its ``id`` and ``image`` columns,
+    images relative to the table's folder) or a dataset ``.npz`` holding ``image`` ``(N, C, *spatial)`` (ids from its
+    ``ids`` array, else the row number). ``split`` keeps the rows of one split of a table or dataset."""
+    from labelwise.data.table import read_rows
+
+    samples: list[tuple[str, Path | None, np.ndarray | None]] = []
+    for path in map(Path, paths):
+        if path.is_file() and suffix_of(path) == ".csv":
+            _, rows = read_rows(path, "classification table")
+            for row in rows:
+                if "id" not in row or "image" not in row:
+                    raise DataError(f"{path}: a classification table needs the columns id and image")
+                if split is None or row.get("split") == split:
+                    image = Path(row["image"])
+                    samples.append((row["id"], image if image.is_absolute() else path.parent / image, None))
+        elif path.is_file() and suffix_of(path) == ".npz" and _is_dataset(path):
+            with np.load(path, allow_pickle=False) as data:
+                image = np.asarray(data["image"], dtype=np.float32)
+                ids = data["ids"].astype(str) if "ids" in data.files else np.arange(len(image)).astype(str)
+                rows = np.arange(len(image)) if split is None or "split" not in data.files else \
+                    np.flatnonzero(data["split"].astype(str) == split)
+            samples += [(str(ids[i]), None, image[i]) for i in rows]
+        else:
+            samples += [(case_id(f), f, None) for f in input_files([path])]
+    if not samples:
+        raise DataError(f"no samples{f' in split {split!r}' if split else ''} in {', '.join(map(str, paths))}")
+    ids = [s[0] for s in samples]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DataError(f"several inputs have the id {repeated[0]}")
+    return samples
+
+
+def _is_dataset(path: Path) -> bool:
+    """A labelwise dataset ``.npz`` (an ``image`` array of samples), not a Harvard-GDP patient file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "image" in data.files
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read .npz: {err}") from None
+
+
+def predict_classes(run: RunModel, inputs: Sequence[str | Path], out: str | Path, split: str | None = None,
+                    batch_size: int = 32, progress: bool | Callable[[str], None] = True) -> dict[str, Path]:
+    """Class (or label) probabilities of a classification run for every sample of ``inputs`` (see
+    :func:`classification_inputs`), read and preprocessed as training read its data, through the run's network and
+    output activation. Writes ``out/predictions.csv`` (``id`` + one probability column per class or label, named as
+    the run names them) and ``out/predictions.npz`` (``probability`` ``(N, K)``, ``prediction``, ``id``; ids also in
+    ``predictions_ids.txt``), both readable by ``labelwise evaluate classification --predictions``."""
+    from labelwise.data.npz import save_npz
+    from labelwise.data.table import write_table
+
+    if run.task != "classification":
+        raise DataError(f"{run.run_dir}: a segmentation run; use labelwise predict with image files or folders")
+    run.require_head()
+    samples = classification_inputs(inputs, split)
+    report = _reporter(progress)
+    chunks = []
+    for start in range(0, len(samples), batch_size):
+        batch = [run.read(path).array if path is not None else _preprocessed(run, array, sid)
+                 for sid, path, array in samples[start : start + batch_size]]
+        shapes = {b.shape for b in batch}
+        if len(shapes) > 1:
+            raise DataError(f"inputs differ in shape ({', '.join(map(str, sorted(shapes)))}) after preprocessing; "
+                            "the run resizes only when trained with data.image_size")
+        chunks.append(run.probabilities(run.logits(torch.from_numpy(np.stack(batch)))))
+        report(f"[{min(start + batch_size, len(samples))}/{len(samples)}] samples")
+    probability = torch.cat(chunks).numpy().astype(np.float64)
+    ids = [s[0] for s in samples]
+    names = run.class_names
+    prediction = (probability > 0.5).astype(np.int64) if run.multilabel else probability.argmax(1)
+    out = Path(out)
+    files = {"csv": out / "predictions.csv", "npz": out / "predictions.npz", "ids": out / "predictions_ids.txt"}
+    write_table(files["csv"], [{"id": i, **{n: f"{p:.8g}" for n, p in zip(names, row)}}
+                               for i, row in zip(ids, probability)])
+    save_npz(files["npz"], {"probability": probability.astype(np.float32), "prediction": prediction,
+                            "id": np.array(ids), "class_names": np.array(names)}, compress=True)
+    atomic_write(files["ids"], "".join(f"{i}\n" for i in ids))
+    return files
+
+
+def _preprocessed(run: RunModel, array: np.ndarray, sid: str) -> np.ndarray:
+    """A dataset ``.npz`` sample ``(C, *spatial)`` through the run's preprocessing (as a file would be)."""
+    from labelwise.data.datasets import preprocess_image
+    from labelwise.inference.run import fit_channels
+
+    return preprocess_image(fit_channels(array, Path(sid), run.in_channels, run.spatial_dims),
+                            run.spec["preprocessing"]).astype(np.float32)

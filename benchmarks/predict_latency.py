@@ -1,0 +1,115 @@
+"""Load-and-predict latency of a trained run, against the training step time of the same run (CPU).
+
+Two runs are trained for ``--steps`` steps into a temporary folder from the shipped configs as they are (loss,
+patch size, batch, optimiser, model section: U-Net MSS widths 16..256), on synthetic vessel data written here:
+  2D  configs/unet-mss-synthetic-2d.yaml on 256 x 256 images (batch 8 of 128^2 patches)
+  3D  configs/unet-mss-synthetic-3d.yaml on 96^3 volumes (batch 2 of 64^3 patches)
+(3 cases each: 2 train, 1 test; ``data.patches_per_volume`` 8 and no validation, so the runs are quick to make.)
+Then, for the test case of each (one 256 x 256 PNG, one 96^3 NIfTI volume):
+  cold predict    wall time of a fresh ``python -m labelwise predict RUN --input FILE --out DIR`` process: interpreter
+                  start, imports, run loading, reading and preprocessing, sliding windows (the run's window and
+                  overlap), writing the probability, mask and figures
+  imports         wall time of a fresh ``python -c "import labelwise.cli, labelwise.inference"`` (the floor of the above)
+  load            in-process ``load_run(RUN)`` (config, inference.json, network, weights)
+  predict         in-process ``predict_files(run, [FILE], DIR)`` after the load (what the CLI does after loading)
+  forward         in-process ``run.logits(image)`` on the preprocessed input (sliding windows only)
+  train step      the run's own training step time: median difference of consecutive ``time`` stamps in its
+                  metrics.jsonl (log_every 1; the first step left out)
+Each round runs every contender once, in turn (2D and 3D interleaved), after one warm-up round; figures are medians
+of ``--repeats`` rounds. ``torch.set_num_threads(--threads)`` in-process; the subprocesses use torch's default
+(one thread per core).
+
+    python benchmarks/predict_latency.py [--steps 4] [--repeats 3] [--threads 2] [--keep FOLDER]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from timing import interleaved
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {2: [256, 256], 3: [96, 96, 96]}
+
+
+def train_run(dims: int, folder: Path, steps: int) -> tuple[Path, Path]:
+    """(run directory, the test case's image) of the shipped U-Net MSS config trained ``steps`` steps."""
+    from labelwise.config import load_config
+    from labelwise.data.synth.vessels import write_vessels
+    from labelwise.engine import train
+
+    manifest = write_vessels(folder / f"vessels-{dims}d", dims, 3, SHAPES[dims], seed=0, splits=[2, 0, 1])
+    overrides = [f"data.manifest={manifest}", f"trainer.max_steps={steps}", f"trainer.checkpoint_every={steps}",
+                 "trainer.log_every=1", "trainer.val_every=0", "data.patches_per_volume=8"]
+    config = load_config(REPO / "configs" / f"unet-mss-synthetic-{dims}d.yaml", overrides)
+    result = train(config, folder / "runs" / f"unet-mss-{dims}d")
+    if result.status != "completed":
+        raise RuntimeError(f"{dims}D: {result.status}: {result.message}")
+    rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
+    image = next(manifest.parent / row[1] for row in rows if row[3] == "test")
+    return result.run_dir, image
+
+
+def step_time(run_dir: Path) -> float:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    times = sorted((r["step"], r["time"]) for r in rows if r.get("split") == "train")
+    return statistics.median(b[1] - a[1] for a, b in zip(times[1:], times[2:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="train into this folder and keep it (default: a temporary one)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from labelwise.inference import load_run, predict_files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        runs = {dims: train_run(dims, folder, args.steps) for dims in (2, 3)}
+        fns, loaded = {}, {}
+        imports = [sys.executable, "-c", "import labelwise.cli, labelwise.inference"]
+        fns["imports"] = lambda: subprocess.run(imports, check=True)
+        for dims, (run_dir, image) in runs.items():
+            out = folder / f"predicted-{dims}d"
+            command = [sys.executable, "-m", "labelwise", "predict", str(run_dir), "--input", str(image),
+                       "--out", str(out / "cold")]
+            loaded[dims] = load_run(run_dir)
+            x = torch.from_numpy(loaded[dims].read(image).array)[None]
+            fns[f"{dims}D cold predict"] = lambda c=command: subprocess.run(c, check=True, capture_output=True)
+            fns[f"{dims}D load"] = lambda r=run_dir: load_run(r)
+            fns[f"{dims}D predict"] = lambda d=dims, i=image, o=out: predict_files(loaded[d], [i], o / "warm",
+                                                                                    progress=False)
+            fns[f"{dims}D forward"] = lambda d=dims, x=x: loaded[d].logits(x)
+        times = interleaved(fns, args.repeats)
+        median = {name: statistics.median(t) for name, t in times.items()}
+        print(f"torch {torch.__version__}, {args.threads} threads in-process; medians of {args.repeats} interleaved "
+              f"rounds; runs trained {args.steps} steps")
+        print(f"  imports alone (fresh process): {median['imports']:.2f} s")
+        for dims, (run_dir, image) in runs.items():
+            step = step_time(run_dir)
+            shape = "x".join(map(str, SHAPES[dims]))
+            cold, predict = median[f"{dims}D cold predict"], median[f"{dims}D predict"]
+            print(f"  {dims}D U-Net MSS, one {shape} input ({image.name}):")
+            print(f"    cold predict (fresh process, wall) {cold:8.2f} s   = {cold / step:6.1f} training steps")
+            print(f"    in-process load                    {median[f'{dims}D load']:8.3f} s")
+            print(f"    in-process predict (after load)    {predict:8.3f} s   = {predict / step:6.2f} training steps")
+            print(f"    in-process forward (windows only)  {median[f'{dims}D forward']:8.3f} s")
+            print(f"    training step (metrics.jsonl)      {step:8.3f} s")
+            print(f"    rounds min-max: cold {min(times[f'{dims}D cold predict']):.2f}-"
+                  f"{max(times[f'{dims}D cold predict']):.2f} s, predict {min(times[f'{dims}D predict']):.3f}-"
+                  f"{max(times[f'{dims}D predict']):.3f} s")
+
+
+if __name__ == "__main__":
+    main()

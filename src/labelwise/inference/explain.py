@@ -1,0 +1,110 @@
+"""``labelwise explain``: maps of a trained run's predicting network for input files, written as overlays (2D) or
+NIfTI + montage + MIP (3D) and indexed for the report's gallery (``explanations.json``).
+
+Inputs are read and preprocessed as the run's training data was (:meth:`RunModel.read`). What is explained depends
+on the run: the softmax class (single-label), a label (multi-label, sigmoid), a foreground class's logits summed over
+its predicted region (segmenters; one-channel segmenters: their one foreground channel). Recorded scores use the run's
+own activation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from labelwise.explain import SegmentationTarget, build_explainer, postprocess
+from labelwise.explain.outputs import read_index, write_explanation, write_index
+from labelwise.inference.run import RunModel
+
+__all__ = ["explain_files"]
+
+
+def explain_files(
+    run: RunModel,
+    files: Sequence[Path],
+    out: Path,
+    methods: Sequence[str] = ("gradcam",),
+    targets: Sequence[int | str] | None = None,
+    layer: str | None = None,
+    progress: Callable[[Path], None] | None = None,
+) -> list[dict[str, Any]]:
+    """For every file, method and target (default: the predicted class or label; segmenters: every foreground class),
+    write the map and its overlay to ``out``; returns the new index entries (also merged into
+    ``out/explanations.json``). ``targets``: class indices or names (:meth:`RunModel.class_index`)."""
+    model = run.model  # refuses a run without a classifier head
+    classes_given = [run.class_index(t) for t in targets] if targets else None
+    explainers = {name: build_explainer(name, model) if name == "guided-backprop" else
+                  build_explainer(name, model, **_target_layer(model, layer)) for name in methods}
+    entries = []
+    for path in files:
+        if progress is not None:
+            progress(path)
+        raw = run.read_raw(path)
+        volume = run.preprocess(raw)
+        x = torch.from_numpy(volume.array)[None]
+        with torch.no_grad():
+            logits = run.logits(x)
+        if run.task == "classification":
+            probability = run.probabilities(logits)[0]
+            predicted = int(probability.argmax())
+            classes = classes_given or [predicted]
+            scores = {k: float(probability[k]) for k in classes}
+        else:
+            foreground, labels, _ = run.segment(logits)
+            predicted = None
+            classes = classes_given or list(range(1, run.num_classes))
+            probability = run.probabilities(logits)[0]
+            scores = {k: _region_score(probability, labels[0], k) for k in classes}
+        stem = path.name.removesuffix(".gz").rsplit(".", 1)[0]
+        for name, explainer in explainers.items():
+            if run.task == "classification":
+                maps = explainer(x, [classes])[0]
+            else:  # the class's logits over where it is predicted (everywhere when it is predicted nowhere)
+                maps = torch.cat([explainer(x, SegmentationTarget(_channel(logits, k), _region(labels, k)))[0]
+                                  for k in classes])
+            if tuple(maps.shape[1:]) != raw.spatial_shape:  # a run that resizes its inputs: maps at the file's size
+                maps = postprocess(maps[None], raw.spatial_shape, relu=False)[0]
+            for i, k in enumerate(classes):
+                written = write_explanation(out, f"{stem}_{name}_{k}", raw.array, maps[i].numpy(),
+                                            affine=raw.affine, title=f"{name} · {run.class_name(k)}")
+                entries.append({
+                    "input": str(path), "method": name, "target": k, "class_name": run.class_name(k),
+                    "score": scores[k], "activation": run.activation, "predicted": predicted,
+                    "predicted_name": run.class_name(predicted) if predicted is not None else None,
+                    "layer": getattr(explainer, "layer_name", None), "files": written,
+                })
+    old = read_index(out) or {}
+    done = {(e["input"], e["method"], e["target"]) for e in entries}
+    kept = [e for e in old.get("entries", []) if (e.get("input"), e.get("method"), e.get("target")) not in done]
+    write_index(out, kept + entries, old.get("metrics"))
+    return entries
+
+
+def _target_layer(model: torch.nn.Module, layer: str | None) -> dict[str, Any]:
+    """The explained layer: ``layer``, or by default the last spatial one; a network that names a ``cam_layer`` (a
+    ViT: its last transformer block, whose tokens are not spatial) gives that layer and its ``cam_reshape`` (tokens
+    ``(B, N, C)`` -> ``(B, C, *grid)``), so token sequences become the patch grid."""
+    named = getattr(model, "cam_layer", None)
+    if named is not None and layer in (None, named):
+        return {"target_layer": named, "reshape": model.cam_reshape}
+    return {"target_layer": layer}
+
+
+def _channel(logits: torch.Tensor, k: int) -> int:
+    """The output channel of segmentation class ``k``: the one channel of a sigmoid segmenter, else channel ``k``."""
+    return 0 if logits.shape[1] == 1 else k
+
+
+def _region(labels: torch.Tensor, k: int) -> torch.Tensor | None:
+    region = labels == k
+    return region if bool(region.any()) else None
+
+
+def _region_score(probability: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Mean probability of class ``k`` where it is predicted (0 where it is predicted nowhere), by the run's
+    activation (a one-channel segmenter's sigmoid, else the softmax)."""
+    p = probability[0] if probability.shape[0] == 1 else probability[k]
+    region = labels == k
+    return float(p[region].mean()) if bool(region.any()) else 0.0

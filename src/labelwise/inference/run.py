@@ -1,0 +1,266 @@
+"""A run directory as a model: rebuilt from the folder alone (``config.yaml``, ``inference.json``, the weights), and
+new inputs read and preprocessed exactly as training read its data.
+
+``inference.json`` (written when training starts, see docs/run-directory.md) holds the network and its arguments,
+the output activation and class names, the preprocessing with the statistics measured on the training split, and the
+inference settings (threshold, window, overlap). The training data is never read: it may be gone or moved.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from labelwise.config import load_config
+from labelwise.data.datasets import DataBundle, preprocess_image
+from labelwise.data.volumes import IMAGE_SUFFIXES, Volume, read_image, suffix_of
+from labelwise.engine.checkpoint import WEIGHTS, latest_checkpoint, load_weights
+from labelwise.engine.rundir import RunDir
+from labelwise.errors import DataError, LabelwiseError
+from labelwise.methods import METHODS, Method
+from labelwise.models.outputs import Threshold, activate, parse_threshold, segment
+
+__all__ = ["RunModel", "fit_channels", "input_files", "load_run"]
+
+
+@dataclass
+class RunModel:
+    """A trained run ready to predict: its Method (networks in eval mode on the CPU, the run's threshold, window and
+    overlap), ``spec`` (``inference.json``) and where it came from."""
+
+    method: Method
+    spec: dict[str, Any]
+    run_dir: Path
+    checkpoint: Path
+    threshold_override: tuple[Threshold] | None = None  # set by configure(threshold=...)
+
+    # --- what the run is ------------------------------------------------------------------------------------------
+
+    @property
+    def task(self) -> str:
+        return self.spec["task"]
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.spec["network"]["spatial_dims"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.spec["network"]["in_channels"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.spec["output"]["num_classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        """One name per output class: class or label names; segmentation: ``background`` first."""
+        return list(self.spec["output"]["class_names"])
+
+    @property
+    def activation(self) -> str | None:
+        return self.spec["output"]["activation"]
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.spec["output"].get("multilabel"))
+
+    @property
+    def model(self) -> nn.Module:
+        """The predicting network (a pretraining run has none: :func:`require_head` says what to do instead)."""
+        self.require_head()
+        return self.method.networks[self.method.predictor]
+
+    def class_name(self, k: int) -> str:
+        names = self.class_names
+        return names[k] if 0 <= k < len(names) else str(k)
+
+    def class_index(self, target: str | int) -> int:
+        """A class given by index or name (``vessel``, ``glaucoma``): its index, or a DataError naming the choices."""
+        names = self.class_names
+        text = str(target).strip()
+        if text.lstrip("-").isdigit():
+            k = int(text)
+        elif text in names:
+            k = names.index(text)
+        else:
+            raise DataError(f"--target {text!r}: no such class; this run's classes are "
+                            f"{', '.join(f'{i} {n}' for i, n in enumerate(names))}")
+        low = 1 if self.task == "segmentation" else 0
+        if not low <= k < len(names):
+            what = "a foreground class" if self.task == "segmentation" else "a class"
+            raise DataError(f"--target {text}: {what} lies in [{low}, {len(names)}) for this run "
+                            f"({', '.join(f'{i} {n}' for i, n in enumerate(names) if i >= low)})")
+        return k
+
+    def require_head(self) -> None:
+        if self.method.predictor is None:
+            raise LabelwiseError(f"{self.run_dir}: a {self.spec['method']} run has a backbone but no classifier head "
+                                 "to predict or explain; train a classifier or segmenter from it (model.init_from, "
+                                 "with model.freeze_backbone for a linear probe) and use that run")
+
+    # --- inputs -------------------------------------------------------------------------------------------------
+
+    def read(self, path: str | Path) -> Volume:
+        """One input file as training saw its data: :meth:`read_raw`, then :meth:`preprocess`."""
+        return self.preprocess(self.read_raw(path))
+
+    def read_raw(self, path: str | Path) -> Volume:
+        """One input file read by the package's one reader (:func:`labelwise.data.volumes.read_image`, with the run's
+        Harvard-GDP modalities), its channels fitted to the network (:func:`fit_channels`); not yet preprocessed."""
+        path = Path(path)
+        volume = read_image(path, self.spec["preprocessing"].get("modalities") or ("rnflt",))
+        array, spacing = volume.array, volume.spacing
+        if suffix_of(path) == ".npy" and len(spacing) == self.spatial_dims - 1:  # an (X, Y, Z) array read as (C, H, W)
+            array, spacing = array[None], (1.0,) * self.spatial_dims
+        return Volume(fit_channels(array, path, self.in_channels, self.spatial_dims), tuple(spacing), volume.affine)
+
+    def preprocess(self, volume: Volume) -> Volume:
+        """:func:`labelwise.data.datasets.preprocess_image` with the run's preprocessing (resize, intensity and the
+        training split's statistics), as training's data loading applied it."""
+        array = preprocess_image(volume.array, self.spec["preprocessing"])
+        return Volume(np.ascontiguousarray(array, dtype=np.float32), volume.spacing, volume.affine)
+
+    # --- outputs ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch ``(B, C, *spatial)``: the run's own ``predict`` (segmenters: sliding windows of the
+        run's window and overlap, or those set by :meth:`configure`)."""
+        self.require_head()
+        return self.method.predict(image).float()
+
+    def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+        """Foreground probability, label map and the threshold used per case, from segmentation logits
+        ``(B, K, *spatial)``: the run's threshold (one channel) or argmax (several), unless :meth:`configure` set
+        one (:func:`labelwise.models.outputs.segment`, the function training's evaluation uses)."""
+        if self.threshold_override is not None:
+            return segment(logits, self.threshold_override[0])
+        return segment(logits, self.method.threshold if logits.shape[1] == 1 else None)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The run's output activation of ``logits`` (softmax over classes, sigmoid per label or of one channel)."""
+        return activate(logits, self.activation)
+
+    def configure(self, threshold: Threshold | str = None, overlap: float | None = None,
+                  window: Sequence[int] | None = None) -> RunModel:
+        """Override the run's inference settings (None keeps the run's; ``threshold="argmax"``: the argmax of several
+        output channels)."""
+        if threshold is not None:
+            self.threshold_override = (parse_threshold(threshold),)
+        if overlap is not None:
+            if not 0.0 <= float(overlap) < 1.0:
+                raise LabelwiseError(f"overlap: expected a value in [0, 1), got {overlap}")
+            self.method.overlap = float(overlap)
+            self.spec["inference"]["overlap"] = float(overlap)
+        if window is not None:
+            self.method.window = list(window)
+            self.spec["inference"]["window"] = list(window)
+        return self
+
+
+def load_run(path: str | Path) -> RunModel:
+    """A run directory (its latest checkpoint; with ``trainer.select_best``, the best validation weights it tested)
+    or one checkpoint folder ``RUN/checkpoints/step-XXXXXX`` (or ``RUN/checkpoints/best``), rebuilt from the folder
+    alone: the training data is not read, and its paths are not checked."""
+    path = Path(path)
+    if (path / WEIGHTS).is_file():
+        checkpoint, run_dir = path, path.parent.parent
+    elif (path / "config.yaml").is_file() and RunDir(path).summary().get("tested_step") is not None:
+        run_dir, checkpoint = path, path / "checkpoints" / "best"  # trainer.select_best: the weights it tested
+    elif (path / "config.yaml").is_file():
+        run_dir, checkpoint = path, latest_checkpoint(path / "checkpoints")
+        if checkpoint is None:
+            raise LabelwiseError(f"{path}: the run has no complete checkpoint yet (checkpoints/latest.json)")
+    else:
+        raise LabelwiseError(f"{path}: neither a run directory (config.yaml) nor a checkpoint folder ({WEIGHTS})")
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise LabelwiseError(f"{checkpoint}: its run directory {run_dir} has no config.yaml")
+    cfg = load_config(run.config, check_files=False)
+    spec = _read_spec(run, cfg)
+    data = _bundle(spec)
+    method = METHODS[cfg.method.name](cfg, data)
+    settings = spec["inference"]
+    method.threshold, method.overlap = settings["threshold"], settings["overlap"]
+    method.window = list(settings["window"]) if settings.get("window") else None
+    load_weights(checkpoint, method.networks)
+    for net in method.networks.values():
+        net.eval()
+    return RunModel(method, spec, run_dir, checkpoint)
+
+
+def _read_spec(run: RunDir, cfg: Any) -> dict[str, Any]:
+    """``inference.json``; a run from before it was written: rebuilt from summary.json's data sizes (per-image
+    intensity normalisation only: such runs saved no training statistics)."""
+    if run.inference.is_file():
+        try:
+            return json.loads(run.inference.read_text())
+        except ValueError as err:
+            raise LabelwiseError(f"{run.inference}: not valid JSON: {err}") from None
+    info = run.summary().get("data")
+    if not info:
+        raise LabelwiseError(f"{run.path}: neither inference.json nor the data's sizes in summary.json; retrain it "
+                             "with this version of labelwise")
+    data = DataBundle(splits={}, task=info["task"], num_classes=info["num_classes"], in_channels=info["in_channels"],
+                      spatial_dims=info["spatial_dims"], class_names=list(info.get("class_names") or []),
+                      image_size=tuple(info["image_size"]) if info.get("image_size") else None,
+                      preprocessing={"intensity": cfg.data.intensity if cfg.data.manifest is not None else "none"})
+    return METHODS[cfg.method.name](cfg, data).inference_spec()
+
+
+def _bundle(spec: dict[str, Any]) -> DataBundle:
+    """The data description a Method is built from, without data (no splits)."""
+    out, net = spec["output"], spec["network"]
+    names = list(out["class_names"])
+    if spec["task"] == "segmentation":
+        names = [] if names[1:] == ["foreground"] else names[1:]
+    return DataBundle(splits={}, task=spec["task"], num_classes=int(out["num_classes"]),
+                      in_channels=int(net["in_channels"]), spatial_dims=int(net["spatial_dims"]), class_names=names,
+                      multilabel=bool(out.get("multilabel")),
+                      image_size=tuple(net["image_size"]) if net.get("image_size") else None,
+                      preprocessing=dict(spec["preprocessing"]))
+
+
+def input_files(paths: Sequence[str | Path], suffixes: Sequence[str] | None = None) -> list[Path]:
+    """Files given, and the readable files inside folders given (sorted); a clear error for anything else.
+    ``suffixes``: the accepted file types (default: pictures, ``.npy``, NIfTI and Harvard-GDP ``.npz``)."""
+    suffixes = tuple(suffixes or (*IMAGE_SUFFIXES, ".bmp"))
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and suffix_of(p) in suffixes)
+            if not found:
+                raise DataError(f"{path}: no images or volumes ({', '.join(suffixes)})")
+            files += found
+        elif path.is_file():
+            if suffix_of(path) not in suffixes:
+                raise DataError(f"{path}: unsupported file type; expected one of {', '.join(suffixes)}")
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return files
+
+
+def fit_channels(array: np.ndarray, path: Path, in_channels: int, spatial_dims: int) -> np.ndarray:
+    """``array`` ``(C, *spatial)`` checked against the network's input: a grey input given to a colour model is
+    repeated over its channels, a colour one given to a grey model averaged; anything else is a DataError."""
+    if array.ndim != spatial_dims + 1:
+        raise DataError(f"{path}: shape {array.shape}; the model takes {spatial_dims}D inputs "
+                        f"({in_channels}, {', '.join(['size'] * spatial_dims)})")
+    channels = array.shape[0]
+    if channels != in_channels:
+        if channels == 1:
+            array = np.repeat(array, in_channels, axis=0)
+        elif in_channels == 1 and channels == 3:
+            array = array.mean(0, keepdims=True)
+        else:
+            raise DataError(f"{path}: {channels} channels; the model takes {in_channels}")
+    return array

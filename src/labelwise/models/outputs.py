@@ -1,0 +1,72 @@
+"""From a network's logits to what a user gets: probabilities (the run's output activation) and label maps (the
+threshold). Training's evaluation, ``labelwise predict`` and ``labelwise explain`` all go through these two
+functions, so a run predicts after training exactly as it was scored."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from labelwise.errors import ConfigError
+
+__all__ = ["ACTIVATIONS", "Threshold", "activate", "parse_threshold", "segment"]
+
+ACTIVATIONS = ("softmax", "sigmoid")
+Threshold = float | Literal["otsu"] | None
+
+
+def activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
+    """Probabilities from logits ``(B, K, ...)``: ``softmax`` over the classes (dim 1) or ``sigmoid`` per output
+    (a label, or the one foreground channel of a segmenter)."""
+    if activation == "softmax":
+        return logits.float().softmax(dim=1)
+    if activation == "sigmoid":
+        return torch.sigmoid(logits.float())
+    raise ConfigError(f"output activation: expected one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+
+
+def parse_threshold(threshold: Any) -> Threshold:
+    """None (1 output channel: 0.5; K >= 2: argmax), "otsu", or a number in (0, 1) (strings too, as the CLI
+    passes them); a ConfigError otherwise."""
+    if threshold is None or (isinstance(threshold, str) and threshold.strip().lower() in ("", "argmax", "none")):
+        return None
+    if isinstance(threshold, str) and threshold.strip().lower() == "otsu":
+        return "otsu"
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ConfigError(f"threshold: expected a number in (0, 1), 'otsu' or 'argmax', got {threshold!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"threshold: expected a number in (0, 1), 'otsu' or 'argmax', got {threshold!r}")
+    return value
+
+
+def segment(logits: torch.Tensor, threshold: Threshold = None) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+    """Foreground probability ``(B, *spatial)``, label map ``(B, *spatial)`` int64 and the threshold used per case
+    ("argmax" where none) from segmentation logits ``(B, K, *spatial)``.
+
+    One channel: sigmoid, foreground where p > ``threshold`` (None: 0.5; "otsu": Otsu's threshold of each case's
+    probability map, 0.5 for a constant map). K >= 2: softmax, probability = 1 - p(background) (summed over the
+    foreground classes, without the cancellation); labels: the argmax, or with a threshold, the likeliest foreground
+    class where the probability exceeds it."""
+    from labelwise.vesselness import otsu_threshold
+
+    logits = logits.float()
+    if logits.ndim < 3:
+        raise ConfigError(f"segment: expected logits (B, K, *spatial), got shape {tuple(logits.shape)}")
+    if logits.shape[1] == 1:
+        probability = torch.sigmoid(logits[:, 0])
+    else:
+        soft = logits.softmax(dim=1)
+        probability = soft[:, 1:].sum(dim=1)
+        if threshold is None:
+            return probability, soft.argmax(dim=1), ["argmax"] * len(logits)
+    used = [otsu_threshold(p.detach().cpu().numpy()) if threshold == "otsu" else
+            0.5 if threshold is None else float(threshold) for p in probability]
+    limit = torch.tensor(used, dtype=probability.dtype, device=probability.device).view(-1, *[1] * (probability.ndim - 1))
+    foreground = probability > limit
+    if logits.shape[1] <= 2:
+        return probability, foreground.long(), used
+    labels = soft[:, 1:].argmax(dim=1) + 1
+    return probability, torch.where(foreground, labels, torch.zeros_like(labels)), used
