@@ -40,7 +40,7 @@ BINS = ((0.0, 0.75), (0.75, 1.5), (1.5, 2.5), (2.5, float("inf")))
 
 def run_method(method: str, manifest: Path, run_dir: Path, seed: int, args) -> dict:
     from labelwise.config import load_config
-    from labelwise.engine.trainer import train
+    from labelwise.training import train
 
     overrides = [f"data.manifest={manifest}", f"seed={seed}", "trainer.val_every=0"]
     steps = 2 * args.steps if method in ("ds6-finetune", "unet-mss-long") else args.steps

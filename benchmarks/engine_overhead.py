@@ -21,7 +21,7 @@ import torch
 from labelwise.config import load_config
 from labelwise.data import load_data
 from labelwise.data.sampling import StepBatchSampler
-from labelwise.engine import Trainer
+from labelwise.training import build_trainer
 from labelwise.methods import METHODS
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -30,7 +30,7 @@ WARMUP = 20  # steps excluded from both timings (allocator, first-call costs)
 
 def engine_step_time(config, steps: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(config, Path(tmp) / "run").fit()
+        build_trainer(config, Path(tmp) / "run").fit()
         rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     times = {r["step"]: r["time"] for r in rows if r["split"] == "train"}
     return (times[steps] - times[WARMUP]) / (steps - WARMUP)

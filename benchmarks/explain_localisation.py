@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_seed(seed: int, images: int, steps: int, layers: list[str], out: Path) -> list[dict]:
     from labelwise.config import load_config
     from labelwise.data.synth import make_patchml, write_patchml
-    from labelwise.engine import train
+    from labelwise.training import train
     from labelwise.explain import METHOD_NAMES
     from labelwise.explain.evaluate import evaluate_explanations
     from labelwise.explain.metrics import box_masks

@@ -16,8 +16,9 @@ Then, for the test case of each (one 256 x 256 PNG, one 96^3 NIfTI volume):
   train step      the run's own training step time: median difference of consecutive ``time`` stamps in its
                   metrics.jsonl (log_every 1; the first step left out)
 Each round runs every contender once, in turn (2D and 3D interleaved), after one warm-up round; figures are medians
-of ``--repeats`` rounds. ``torch.set_num_threads(--threads)`` in-process; the subprocesses use torch's default
-(one thread per core).
+of ``--repeats`` rounds. Threads: ``torch.set_num_threads(--threads)`` in-process (training included) and
+``OMP_NUM_THREADS=--threads`` for the subprocesses. On cores other processes are busy on, 2 threads stall
+(OpenMP waits) and the times become erratic; --threads 1 gives steadier figures there.
 
     python benchmarks/predict_latency.py [--steps 4] [--repeats 3] [--threads 2] [--keep FOLDER]
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +45,7 @@ def train_run(dims: int, folder: Path, steps: int) -> tuple[Path, Path]:
     """(run directory, the test case's image) of the shipped U-Net MSS config trained ``steps`` steps."""
     from labelwise.config import load_config
     from labelwise.data.synth.vessels import write_vessels
-    from labelwise.engine import train
+    from labelwise.training import train
 
     manifest = write_vessels(folder / f"vessels-{dims}d", dims, 3, SHAPES[dims], seed=0, splits=[2, 0, 1])
     overrides = [f"data.manifest={manifest}", f"trainer.max_steps={steps}", f"trainer.checkpoint_every={steps}",
@@ -78,15 +80,17 @@ def main() -> None:
         folder = args.keep or Path(tmp)
         runs = {dims: train_run(dims, folder, args.steps) for dims in (2, 3)}
         fns, loaded = {}, {}
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         imports = [sys.executable, "-c", "import labelwise.cli, labelwise.inference"]
-        fns["imports"] = lambda: subprocess.run(imports, check=True)
+        fns["imports"] = lambda: subprocess.run(imports, check=True, env=env)
         for dims, (run_dir, image) in runs.items():
             out = folder / f"predicted-{dims}d"
             command = [sys.executable, "-m", "labelwise", "predict", str(run_dir), "--input", str(image),
                        "--out", str(out / "cold")]
             loaded[dims] = load_run(run_dir)
             x = torch.from_numpy(loaded[dims].read(image).array)[None]
-            fns[f"{dims}D cold predict"] = lambda c=command: subprocess.run(c, check=True, capture_output=True)
+            fns[f"{dims}D cold predict"] = lambda c=command: subprocess.run(c, check=True, capture_output=True,
+                                                                            env=env)
             fns[f"{dims}D load"] = lambda r=run_dir: load_run(r)
             fns[f"{dims}D predict"] = lambda d=dims, i=image, o=out: predict_files(loaded[d], [i], o / "warm",
                                                                                     progress=False)

@@ -44,7 +44,7 @@ def step_time(run_dir: Path) -> float:
 
 def run(raw: dict, run_dir: Path):
     from labelwise.config import load_config
-    from labelwise.engine.trainer import train
+    from labelwise.training import train
 
     result = train(load_config(raw), run_dir)
     if result.status != "completed":

@@ -43,7 +43,7 @@ def step_time(run_dir: Path) -> float:
 
 def run(config_path: Path | dict, overrides: list[str], run_dir: Path) -> dict:
     from labelwise.config import load_config
-    from labelwise.engine.trainer import train
+    from labelwise.training import train
 
     config = load_config(config_path, overrides)
     result = train(config, run_dir)

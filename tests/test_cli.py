@@ -32,7 +32,7 @@ def test_train_writes_a_run_and_report(tmp_path, tiny_config, capsys, monkeypatc
 
 def test_report_rebuilds_from_the_run_directory(tmp_path, tiny_config, capsys):
     from labelwise.config import load_config
-    from labelwise.engine import train
+    from labelwise.training import train
 
     train(load_config(tiny_config), tmp_path / "run")
     with pytest.raises(SystemExit) as exit_info:
@@ -132,7 +132,7 @@ def test_quick_demo(tmp_path):
     assert "segmentation-gallery" in (tmp_path / "demo-vessels" / "report.html").read_text()
     for run, names in (("demo-vessels", {"foreground"}), ("demo-semi", {"0", "1"})):  # explained as models
         entries = json.loads((tmp_path / run / "explanations" / "explanations.json").read_text())["entries"]
-        assert len(entries) == 2 and {e["class_name"] for e in entries} <= names
+        assert 1 <= len(entries) <= 2 and {e["class_name"] for e in entries} <= names
         assert "explanation-gallery" in (tmp_path / run / "report.html").read_text()
     evaluation = json.loads((tmp_path / "demo-multilabel" / "evaluation.json").read_text())
     assert evaluation["n_images"] == evaluation["n_real_scored"] > 0 and evaluation["real_top1"] >= evaluation["top1"]

@@ -1,4 +1,4 @@
-"""Folder evaluation of segmentation masks (labelwise.evaluate_segmentation) end to end on NIfTI/PNG/npy files."""
+"""Folder evaluation of segmentation masks (labelwise.evaluation.segmentation) end to end on NIfTI/PNG/npy files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from labelwise.data.volumes import write_volume
 from labelwise.errors import DataError
-from labelwise.evaluate_segmentation import (
+from labelwise.evaluation.segmentation import (
     evaluate_segmentation,
     format_table,
     to_csv,

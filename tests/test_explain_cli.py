@@ -12,7 +12,7 @@ from conftest import run_cli
 from PIL import Image
 
 from labelwise.config import load_config
-from labelwise.engine import train
+from labelwise.training import train
 from labelwise.explain import GradCAM, GradCAMPlusPlus
 from labelwise.inference import load_run
 

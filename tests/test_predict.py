@@ -13,7 +13,7 @@ from torch import nn
 
 from labelwise.config import load_config
 from labelwise.data.volumes import read_volume, write_volume
-from labelwise.engine.trainer import train
+from labelwise.training import train
 from labelwise.errors import ConfigError, DataError
 from labelwise.models import UNetMSS
 from labelwise.inference import load_run

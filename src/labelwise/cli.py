@@ -105,7 +105,7 @@ def train(
     """Train a model from a config; writes a run directory with checkpoints, metrics and a report."""
     from labelwise.config import load_config
     from labelwise.engine.rundir import new_run_dir
-    from labelwise.engine.trainer import train as run_training
+    from labelwise.training import train as run_training
 
     overrides = list(set_ or [])
     if devices is not None:
@@ -264,7 +264,8 @@ def evaluate_classification(
     if logits:
         raise LabelwiseError("--logits is for --attributes/--labels; --label-sets ranks the scores as they are")
 
-    from labelwise.evaluate import evaluate_classification as run, table_columns, write_outputs
+    from labelwise.evaluation.classification import evaluate_classification as run, write_outputs
+    from labelwise.report.evaluation import table_columns
     from labelwise.report.html import fmt
 
     try:
@@ -298,7 +299,7 @@ def _evaluate_fairness(predictions: Path, attributes: Optional[Path], labels: Op
     from rich.console import Console
     from rich.table import Table
 
-    from labelwise.evaluate_fairness import evaluate_fairness, write_fairness_json
+    from labelwise.evaluation.fairness import evaluate_fairness, write_fairness_json
     from labelwise.report.html import fmt
 
     result = evaluate_fairness(predictions, attributes, labels, label_columns, attribute_columns, ids, resamples,
@@ -346,7 +347,7 @@ def evaluate_segmentation(
     from rich.console import Console
     from rich.table import Table
 
-    from labelwise.evaluate_segmentation import evaluate_segmentation as run, format_table, to_csv, to_json
+    from labelwise.evaluation.segmentation import evaluate_segmentation as run, format_table, to_csv, to_json
 
     result = run(pred, truth, allow_missing=allow_missing)
     rows = format_table(result)

@@ -26,9 +26,10 @@ from typing import Any
 from labelwise.config import load_config
 from labelwise.data.npz import save_npz
 from labelwise.data.synth import make_patchml, make_shapes, write_patchml
-from labelwise.engine import RunDir, train
+from labelwise.engine import RunDir
+from labelwise.training import train
 from labelwise.errors import LabelwiseError
-from labelwise.evaluate import evaluate_classification, write_outputs
+from labelwise.evaluation.classification import evaluate_classification, write_outputs
 from labelwise.report import build_report
 
 

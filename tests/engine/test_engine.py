@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from labelwise.config import load_config
-from labelwise.engine import train
+from labelwise.training import train
 from labelwise.engine.checkpoint import latest_checkpoint, load_state
 from labelwise.engine.trainer import learning_rate
 from labelwise.methods import METHODS

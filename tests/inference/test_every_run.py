@@ -17,7 +17,7 @@ from labelwise.config import load_config
 from labelwise.data.npz import load_npz, save_npz
 from labelwise.data.synth import make_patchml, make_shapes
 from labelwise.data.volumes import read_image, read_volume
-from labelwise.engine import train
+from labelwise.training import train
 from labelwise.errors import LabelwiseError
 
 TRAINER = {"max_steps": 2, "checkpoint_every": 2, "log_every": 1}

@@ -15,7 +15,7 @@ from conftest import run_cli
 from labelwise.config import load_config
 from labelwise.data.npz import save_npz
 from labelwise.data.synth import make_shapes
-from labelwise.engine import train
+from labelwise.training import train
 from labelwise.errors import LabelwiseError
 from labelwise.inference import load_run
 

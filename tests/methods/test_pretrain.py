@@ -17,7 +17,7 @@ from labelwise.config import load_config
 from labelwise.data import load_data
 from labelwise.data.npz import save_npz
 from labelwise.engine.checkpoint import latest_checkpoint
-from labelwise.engine.trainer import Trainer, train
+from labelwise.training import build_trainer, train
 from labelwise.methods.pretrain import (
     MIMDecoder,
     knn_predict,
@@ -219,7 +219,7 @@ def test_linear_probe_resumes_with_the_same_parameters_frozen(tmp_path, tagged, 
         assert len(state.pop("frozen")["model"]) > 10
         torch.save(state, stopped / "trainer_state.pt")
 
-    resumed = Trainer(config(tagged / "classes.npz", "supervised", steps=4, model=model), run).fit(resume=True)
+    resumed = build_trainer(config(tagged / "classes.npz", "supervised", steps=4, model=model), run).fit(resume=True)
     assert resumed.status == "completed" and resumed.step == 4
     before = load_file(str(stopped / "model.safetensors"))
     after = load_file(str(run / "checkpoints" / "step-000004" / "model.safetensors"))

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from labelwise.config import load_config
 from labelwise.data import load_data
 from labelwise.data.npz import save_npz
-from labelwise.engine.trainer import Trainer, train
+from labelwise.training import build_trainer, train
 from labelwise.methods import METHODS
 from labelwise.methods.pseudo_supervisor import discounted_returns, normalise_returns
 from labelwise.methods.semi import classification_loss, confident_pseudo_loss, ramp_up
@@ -151,7 +151,7 @@ def test_pseudo_supervisor_resume_restores_the_policy_memory(tmp_path, npz):
     split = tmp_path / "split"
     first = config(npz, "pseudo_supervisor", steps=3, window=4)
     train(first, split)
-    Trainer(config(npz, "pseudo_supervisor", steps=6, window=4), split).fit(resume=True)
+    build_trainer(config(npz, "pseudo_supervisor", steps=6, window=4), split).fit(resume=True)
     a = load_file(str(straight / "checkpoints" / "step-000006" / "model.safetensors"))
     b = load_file(str(split / "checkpoints" / "step-000006" / "model.safetensors"))
     assert a.keys() == b.keys() and any(k.startswith("policy.") for k in a)

@@ -238,7 +238,7 @@ def test_samples_line_only_where_samples_npz_is_expected(tmp_path):
     from conftest import make_set
 
     from labelwise.config import load_config
-    from labelwise.engine.trainer import train
+    from labelwise.training import train
 
     manifest = make_set(tmp_path / "data", shape=(8, 12, 12))
     cfg = load_config({"name": "seg", "seed": 0, "method": "frangi",
@@ -262,7 +262,7 @@ def test_samples_line_only_where_samples_npz_is_expected(tmp_path):
 def test_segmentation_section_counts_the_cases_behind_each_mean(tmp_path):
     """segmentation.json as a run writes it (summarize_cases per reference): against ``truth`` 2 of 4 predictions are
     empty, so HD95 and ASSD are means over 2 cases; the report shows those counts and says why."""
-    from labelwise.evaluate_segmentation import summarize_cases, to_json
+    from labelwise.evaluation.segmentation import summarize_cases, to_json
     from labelwise.metrics.surface import segmentation_scores
 
     square = np.zeros((12, 12), np.uint8)

@@ -150,7 +150,7 @@ def read_labels(path: str | Path, columns: list[str] | tuple[str, ...] = ("label
         if n_rows is not None and len(labels) != n_rows:
             raise DataError(f"{what} {path}: {len(labels)} labels for {n_rows} prediction rows")
         return labels, row_ids
-    from labelwise.evaluate_fairness import read_id_table  # a CSV keyed by id (that module imports this one)
+    from labelwise.data.table import read_id_table
 
     columns = list(columns)
     table = read_id_table(path, columns, what=what)

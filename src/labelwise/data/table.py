@@ -30,7 +30,7 @@ from labelwise.data.manifest import SPLITS
 from labelwise.data.volumes import read_image
 from labelwise.errors import DataError
 
-__all__ = ["Table", "age_band", "load_images", "read_rows", "read_table", "split_patients", "tds_grid", "write_folder_table",
+__all__ = ["Table", "age_band", "load_images", "read_id_table", "read_rows", "read_table", "split_patients", "tds_grid", "write_folder_table",
            "write_harvard_table", "write_table"]
 
 TRUE, FALSE = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
@@ -292,3 +292,20 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(path.resolve())
+
+
+def read_id_table(path: str | Path, columns: Sequence[str] | None = None, what: str = "table") -> dict[str, np.ndarray]:
+    """The columns of a CSV keyed by its ``id`` column: ``{"id": ..., column: values}`` as string arrays;
+    ``columns`` None takes every column but ``id``."""
+    path = Path(path)
+    header, rows = read_rows(path, what)
+    if "id" not in header:
+        raise DataError(f"{what} {path}: needs an id column (columns: {','.join(header) or 'none'})")
+    wanted = [c for c in header if c != "id"] if columns is None else list(columns)
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise DataError(f"{what} {path}: missing column(s) {', '.join(missing)} (columns: {','.join(header)})")
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{what} {path}: duplicate ids")
+    return {"id": np.array(ids), **{c: np.array([row[c] for row in rows]) for c in wanted}}

@@ -14,7 +14,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ from labelwise.engine.progress import StepProgress
 from labelwise.engine.rundir import RunDir
 from labelwise.errors import ConfigError, LabelwiseError
 from labelwise.io import atomic_write
-from labelwise.methods import METHODS, Method
+
+if TYPE_CHECKING:
+    from labelwise.methods import Method
 
 N_SAMPLES = 8  # samples kept for the report
 
@@ -79,14 +81,6 @@ def learning_rate(config: Config, step: int) -> float:
     return opt.lr
 
 
-def build_optimizer(config: Config, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    opt = config.optimizer
-    if opt.name == "sgd":
-        return torch.optim.SGD(parameters, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-    return cls(parameters, lr=opt.lr, weight_decay=opt.weight_decay)
-
-
 def make_fabric(config: Config) -> Fabric:
     """A Fabric for the config's devices and precision; refuses combinations the machine cannot run."""
     t = config.trainer
@@ -110,10 +104,19 @@ def make_fabric(config: Config) -> Fabric:
 
 
 class Trainer:
-    """Runs one Method from a Config into a run directory."""
+    """Runs one Method from a Config into a run directory.
 
-    def __init__(self, config: Config, run_dir: str | Path, fabric: Fabric | None = None):
+    ``method``: the Method class (``labelwise.methods.METHODS[config.method.name]``), built once the data is loaded.
+    ``write_cases``: the end-of-run hook of runs on image files (a manifest): called as
+    ``write_cases(folder, split_dataset, predictions)`` with the test split's cases and their predictions, it writes
+    the per-case files (``labelwise.inference.predict.save_run_predictions`` does: masks, probabilities, figures,
+    segmentation.json); None writes none. ``labelwise.training.train`` wires both."""
+
+    def __init__(self, config: Config, run_dir: str | Path, method: type[Method], fabric: Fabric | None = None,
+                 write_cases: Callable[[Path, VolumeDataset, dict[str, Any]], Any] | None = None):
         self.config = config
+        self.method_class = method
+        self.write_cases = write_cases
         self.run = RunDir(run_dir)
         self.fabric = fabric or make_fabric(config)
         self.frozen: dict[str, list[str]] = {}  # model.freeze_backbone: the frozen state-dict names per network
@@ -128,12 +131,11 @@ class Trainer:
         fabric.seed_everything(cfg.seed, verbose=False)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.data: DataBundle = load_data(cfg.data, keep_unlabelled=METHODS[cfg.method.name].uses_unlabelled,
-                                          seed=cfg.seed)
-        self.method: Method = METHODS[cfg.method.name](cfg, self.data)
+        self.data: DataBundle = load_data(cfg.data, keep_unlabelled=self.method_class.uses_unlabelled, seed=cfg.seed)
+        self.method: Method = self.method_class(cfg, self.data)
         checkpoint = latest_checkpoint(self.run.checkpoints) if resume else None
         if cfg.model.init_from is not None or cfg.model.freeze_backbone:
-            self._init_from_pretrained(checkpoint)  # resumed from a checkpoint: only the same parameters frozen again
+            self._transfer(checkpoint)  # resumed from a checkpoint: only the same parameters frozen again
         self.raw_networks = dict(self.method.networks)
         self.start_step = 0
         if checkpoint is not None:
@@ -146,7 +148,7 @@ class Trainer:
         if self.method.manual_optimization:
             self.method_optimizers = self.method.configure_optimizers()
         elif parameters := self.method.parameters():  # none: a method without gradient training (e.g. frangi)
-            self.optimizer = fabric.setup_optimizers(build_optimizer(cfg, parameters))
+            self.optimizer = fabric.setup_optimizers(self.method.build_optimizer(parameters))
         if checkpoint is not None:
             state = load_state(checkpoint)
             if self.optimizer is not None:
@@ -207,44 +209,28 @@ class Trainer:
         )
         return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
-    def _init_from_pretrained(self, resumed: Path | None = None) -> None:
-        """``model.init_from``: the backbone weights of a pretrain run's latest checkpoint into this run's network
-        (by name and shape), frozen with ``model.freeze_backbone`` (alone: the random backbone frozen). Resuming from
-        the checkpoint ``resumed`` (which holds the weights): the parameters frozen at the start are frozen again
-        (their names are saved in every checkpoint), nothing is loaded."""
+    def _transfer(self, resumed: Path | None) -> None:
+        """``model.init_from`` / ``model.freeze_backbone``: the engine reads the pretrain run's latest checkpoint (or,
+        resuming, the names frozen at the start, saved in every checkpoint) and the Method loads and freezes
+        (:meth:`labelwise.methods.Method.load_backbone`, :meth:`~labelwise.methods.Method.refreeze`)."""
         from safetensors.torch import load_file
 
         from labelwise.engine.checkpoint import STATE, WEIGHTS
-        from labelwise.models.backbones import build_backbone, encoder_state, freeze_encoder, load_encoder
 
         cfg = self.config.model
-        target = self.method.networks.get("model")
-        if target is None:
-            raise ConfigError(f"model.init_from / freeze_backbone: method {self.config.method.name} has no network "
-                              "'model' to load into")
-        d = self.data
         if resumed is not None:
             if cfg.freeze_backbone:
                 saved = torch.load(resumed / STATE, map_location="cpu", weights_only=True, mmap=True).get("frozen")
-                if saved is None:  # a checkpoint from before the names were saved: the backbone's parameters
-                    backbone = build_backbone(cfg, d.spatial_dims, d.in_channels, d.image_size).state_dict()
-                    own = target.state_dict()
-                    saved = {"model": [k for k, v in backbone.items() if k in own and own[k].shape == v.shape]}
-                freeze_encoder(target, list(saved["model"]))
-                self.frozen = {"model": list(saved["model"])}
+                self.frozen = self.method.refreeze(saved)
             return
         if cfg.init_from is None:  # freeze_backbone alone: a linear probe on the randomly initialised backbone
-            names = set(build_backbone(cfg, d.spatial_dims, d.in_channels, d.image_size).state_dict())
-            state = {k: v for k, v in target.state_dict().items() if k in names}
-            self.frozen = {"model": load_encoder(target, state, freeze=True, source="(random initialisation)")}
+            self.frozen = self.method.load_backbone(None, freeze=True, source="(random initialisation)")
             return
         checkpoint = latest_checkpoint(Path(cfg.init_from) / "checkpoints")
         if checkpoint is None:
             raise ConfigError(f"model.init_from: {cfg.init_from} is not a run directory with a checkpoint")
-        state = encoder_state(load_file(str(checkpoint / WEIGHTS)))
-        loaded = load_encoder(target, state, freeze=cfg.freeze_backbone, source=str(cfg.init_from))
-        if cfg.freeze_backbone:
-            self.frozen = {"model": loaded}
+        self.frozen = self.method.load_backbone(load_file(str(checkpoint / WEIGHTS)), freeze=cfg.freeze_backbone,
+                                                source=str(cfg.init_from))
 
     def _mixed_sampler(self, start_step: int) -> MixedBatchSampler | None:
         """Batches with a fixed labelled part (``data.labelled_per_batch``, default half) for methods that learn from
@@ -469,9 +455,8 @@ class Trainer:
             return metrics
         dataset = self.data.split(split)
         if save_predictions and isinstance(dataset, VolumeDataset):
-            from labelwise.inference.predict import save_run_predictions
-
-            save_run_predictions(self.run.predictions / split, dataset, predictions)
+            if self.write_cases is not None:
+                self.write_cases(self.run.predictions / split, dataset, predictions)
         elif save_predictions:
             arrays = {k: v.cpu().numpy() for k, v in predictions.items()}
             rows = dataset.indices.numpy()
@@ -513,9 +498,4 @@ def _sigterm_as_interrupt() -> Any:
         return signal.getsignal(signal.SIGTERM)
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train ``config`` into ``run_dir`` (continuing from its last checkpoint if ``resume``)."""
-    return Trainer(config, run_dir).fit(resume=resume)
-
-
-__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "learning_rate", "step_seed", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "learning_rate", "step_seed"]

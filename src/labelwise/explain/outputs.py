@@ -20,8 +20,8 @@ from PIL.PngImagePlugin import PngInfo
 from labelwise.errors import DataError
 from labelwise.io import atomic_write
 
-__all__ = ["ENTRY_KEYS", "INDEX_NAME", "mip", "overlay_rgb", "read_index", "slice_indices", "write_explanation",
-           "write_index"]
+__all__ = ["ENTRY_KEYS", "INDEX_NAME", "mip", "overlay_rgb", "png_bytes", "read_index", "slice_indices", "upscale",
+           "write_explanation", "write_index"]
 
 INDEX_NAME = "explanations.json"
 # Keys every index entry has (write_index checks them); "files" is what write_explanation returned.
@@ -76,7 +76,7 @@ def mip(image: Any, cam: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.nan_to_num(image).max(axis=1), np.nan_to_num(cam).max(axis=0)
 
 
-def _upscale(rgb: np.ndarray, min_side: int = MIN_SIDE, max_side: int = MAX_SIDE) -> np.ndarray:
+def upscale(rgb: np.ndarray, min_side: int = MIN_SIDE, max_side: int = MAX_SIDE) -> np.ndarray:
     """``rgb`` ``(H, W, 3)`` repeated by an integer factor (nearest neighbour) so its short side is at least
     ``min_side``, without the long side passing ``max_side`` (factor at least 1)."""
     h, w = rgb.shape[:2]
@@ -85,7 +85,7 @@ def _upscale(rgb: np.ndarray, min_side: int = MIN_SIDE, max_side: int = MAX_SIDE
     return rgb.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else rgb
 
 
-def _png(rgb: np.ndarray, title: str | None = None) -> bytes:
+def png_bytes(rgb: np.ndarray, title: str | None = None) -> bytes:
     """uint8 ``(H, W, 3)`` as PNG bytes, with ``title`` as the PNG's Title text."""
     info = PngInfo()
     info.add_text("Software", "labelwise")
@@ -114,7 +114,7 @@ def _montage(image: np.ndarray, cam: np.ndarray, alpha: float, cmap: str, title:
     ``(D, H, W)``, each with its slice index in the top-left corner; uint8 ``(H', W', 3)``."""
     indices = slice_indices(cam.shape[0])
     value_range = (float(np.nan_to_num(image).min()), float(np.nan_to_num(image).max()))  # one scale for all slices
-    tiles = [_upscale(overlay_rgb(image[:, i], cam[i], alpha, cmap, value_range=value_range), TILE_SIDE, 512)
+    tiles = [upscale(overlay_rgb(image[:, i], cam[i], alpha, cmap, value_range=value_range), TILE_SIDE, 512)
              for i in indices]
     th, tw = tiles[0].shape[:2]
     cols = math.ceil(math.sqrt(len(tiles)))
@@ -172,7 +172,7 @@ def write_explanation(out_dir: str | Path, stem: str, image: Any, cam: Any, affi
 
     if cam.ndim == 2:
         files = {"overlay": f"{stem}.png", "map": f"{stem}.npy"}
-        atomic_write(out_dir / files["overlay"], _png(_upscale(overlay_rgb(shown, cam, alpha, cmap)), title))
+        atomic_write(out_dir / files["overlay"], png_bytes(upscale(overlay_rgb(shown, cam, alpha, cmap)), title))
         buffer = io.BytesIO()
         np.save(buffer, cam.astype(np.float32), allow_pickle=False)
         atomic_write(out_dir / files["map"], buffer.getvalue())
@@ -180,9 +180,9 @@ def write_explanation(out_dir: str | Path, stem: str, image: Any, cam: Any, affi
 
     files = {"overlay": f"{stem}_mip.png", "map": f"{stem}.nii.gz", "montage": f"{stem}_montage.png"}
     atomic_write(out_dir / files["map"], _nifti_bytes(cam, affine, out_dir / files["map"], title))
-    atomic_write(out_dir / files["montage"], _png(_montage(shown, cam, alpha, cmap, title), title))
+    atomic_write(out_dir / files["montage"], png_bytes(_montage(shown, cam, alpha, cmap, title), title))
     image_mip, cam_mip = mip(shown, cam)
-    atomic_write(out_dir / files["overlay"], _png(_upscale(overlay_rgb(image_mip, cam_mip, alpha, cmap)), title))
+    atomic_write(out_dir / files["overlay"], png_bytes(upscale(overlay_rgb(image_mip, cam_mip, alpha, cmap)), title))
     return files
 
 

@@ -92,9 +92,14 @@ def export_run(run: RunModel, format: str, out: str | Path) -> list[Path]:
 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and the tracer's shape-check notes
-            torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["image"],
-                              output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
-                              opset_version=ONNX_OPSET, do_constant_folding=True)
+            try:
+                torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["image"],
+                                  output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
+                                  opset_version=ONNX_OPSET, do_constant_folding=True)
+            except Exception as err:  # noqa: BLE001 - an operator ONNX lacks: a one-line refusal
+                reason = " ".join(str(err).split())[:200]
+                raise LabelwiseError(f"{run.run_dir}: cannot export {_name(run)} as ONNX opset {ONNX_OPSET} "
+                                     f"({reason}); --format torchscript may work") from None
         onnx_model = onnx.load_from_string(buffer.getvalue())
         onnx.checker.check_model(onnx_model)
         difference = _onnxruntime_difference(buffer.getvalue(), model, check)

@@ -43,6 +43,7 @@ from labelwise.data.volumes import (
     write_volume,
 )
 from labelwise.errors import DataError
+from labelwise.explain.outputs import png_bytes, upscale
 from labelwise.inference.run import RunModel, input_files
 from labelwise.io import atomic_write
 from labelwise.metrics.segmentation import dice
@@ -140,9 +141,7 @@ def diff_rgb(image: np.ndarray, prediction: np.ndarray, reference: np.ndarray) -
 
 
 def _write_png(path: Path, rgb: np.ndarray, title: str) -> None:
-    from labelwise.explain.outputs import _png, _upscale
-
-    atomic_write(path, _png(_upscale(rgb), title))
+    atomic_write(path, png_bytes(upscale(rgb), title))
 
 
 # --- inputs and references -----------------------------------------------------------------------------------------
@@ -361,7 +360,7 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
     for each reference (``label``: the mask the run was scored on; ``truth``: the manifest's clean mask, when it has
     one), and ``segmentation.json``: every score of :func:`labelwise.metrics.surface.segmentation_scores` per case
     and their mean and std, per reference. Returns the path of ``segmentation.json``."""
-    from labelwise.evaluate_segmentation import SCORE_NAMES, summarize_cases, to_json
+    from labelwise.evaluation.segmentation import SCORE_NAMES, summarize_cases, to_json
     from labelwise.metrics.surface import segmentation_scores
 
     folder = Path(folder)

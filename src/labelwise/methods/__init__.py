@@ -1,6 +1,6 @@
 """Training recipes. A recipe is one class; ``METHODS`` maps the config's ``method:`` name to it."""
 
-from labelwise.methods.base import Method
+from labelwise.methods.base import Method, build_optimizer
 from labelwise.methods.ds6 import DS6
 from labelwise.methods.fixmatch import FixMatch
 from labelwise.methods.frangi import Frangi
@@ -15,5 +15,5 @@ METHODS: dict[str, type[Method]] = {
     for cls in (Supervised, DS6, Frangi, PseudoSupervisor, PseudoLabel, MeanTeacher, FixMatch, Pretrain)
 }
 
-__all__ = ["DS6", "METHODS", "FixMatch", "Frangi", "MeanTeacher", "Method", "Pretrain", "PseudoLabel", "PseudoSupervisor",
+__all__ = ["DS6", "METHODS", "build_optimizer", "FixMatch", "Frangi", "MeanTeacher", "Method", "Pretrain", "PseudoLabel", "PseudoSupervisor",
            "Supervised"]

@@ -8,8 +8,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from labelwise.errors import ConfigError
 from labelwise.metrics import classification as cls_metrics
 from labelwise.metrics import segmentation as seg_metrics
+from labelwise.models.backbones import build_backbone, encoder_state, freeze_encoder, load_encoder
 from labelwise.models.outputs import segment
 from labelwise.models.windows import sliding_window_predict
 
@@ -95,6 +97,45 @@ class Method:
     def parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of all networks (what the default optimizer updates)."""
         return [p for net in self.networks.values() for p in net.parameters() if p.requires_grad]
+
+    def build_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The configured optimizer (``optimizer.name``, lr, weight decay, momentum) over ``parameters``."""
+        return build_optimizer(self.config, parameters)
+
+    def load_backbone(self, tensors: dict[str, torch.Tensor] | None, freeze: bool, source: str) -> dict[str, list[str]]:
+        """``model.init_from``: the backbone weights among a pretrain run's checkpoint ``tensors`` into the network
+        ``model`` (by name and shape), frozen with ``freeze`` (a linear probe); ``tensors`` None with ``freeze``: the
+        randomly initialised backbone frozen. Returns the frozen state-dict names per network (saved in checkpoints,
+        so that :meth:`refreeze` freezes the same ones on resume)."""
+        target = self._transfer_target()
+        if tensors is None:
+            d = self.data
+            names = set(build_backbone(self.config.model, d.spatial_dims, d.in_channels, d.image_size).state_dict())
+            state = {k: v for k, v in target.state_dict().items() if k in names}
+        else:
+            state = encoder_state(tensors)
+        loaded = load_encoder(target, state, freeze=freeze, source=source)
+        return {"model": loaded} if freeze else {}
+
+    def refreeze(self, saved: dict[str, list[str]] | None) -> dict[str, list[str]]:
+        """Resuming a run with ``model.freeze_backbone``: freeze the names frozen at its start (``saved``, from its
+        checkpoint; None for a checkpoint from before they were saved: the backbone's parameters of the same names
+        and shapes)."""
+        target = self._transfer_target()
+        if saved is None:
+            d = self.data
+            backbone = build_backbone(self.config.model, d.spatial_dims, d.in_channels, d.image_size).state_dict()
+            own = target.state_dict()
+            saved = {"model": [k for k, v in backbone.items() if k in own and own[k].shape == v.shape]}
+        freeze_encoder(target, list(saved["model"]))
+        return {"model": list(saved["model"])}
+
+    def _transfer_target(self) -> nn.Module:
+        target = self.networks.get("model")
+        if target is None:
+            raise ConfigError(f"model.init_from / freeze_backbone: method {self.name} has no network 'model' to load "
+                              "into")
+        return target
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses of one batch: ``"loss"`` is minimised (manual optimisation: only logged and checked to be finite);
@@ -200,6 +241,15 @@ class Method:
     def _class_name(self, segment_class: int) -> str:
         names = self.data.class_names
         return names[segment_class - 1] if segment_class - 1 < len(names) else str(segment_class)
+
+
+def build_optimizer(config: Config, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """``optimizer.name`` (adam, adamw, sgd) over ``parameters`` with the config's lr, weight decay and momentum."""
+    opt = config.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(parameters, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+    return cls(parameters, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
 def frozen_copy(net: nn.Module) -> nn.Module:

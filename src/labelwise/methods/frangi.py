@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from labelwise.errors import ConfigError
+from labelwise.filters.vesselness import otsu_threshold, vesselness
 from labelwise.methods.base import Method
+from labelwise.metrics.segmentation import dice
 
 _EPS = 1e-6
 
@@ -31,7 +33,7 @@ class FrangiOptions(BaseModel):
 
 
 class Vesselness(nn.Module):
-    """Frangi vesselness (:func:`labelwise.vesselness.vesselness`, bright vessels) as a segmenter:
+    """Frangi vesselness (:func:`labelwise.filters.vesselness.vesselness`, bright vessels) as a segmenter:
     ``(B, C, *spatial)`` -> logits ``(B, 1, *spatial)`` = logit(v) - logit(threshold), so that a probability above
     0.5 means a vesselness above the threshold (the channels are averaged first). ``threshold`` < 0 means Otsu's
     threshold of each image's vesselness. The vesselness map passes through the identity module ``response``, the
@@ -45,13 +47,9 @@ class Vesselness(nn.Module):
 
     def vesselness(self, image: torch.Tensor) -> np.ndarray:
         """Vesselness in [0, 1] of one image ``(C, *spatial)``."""
-        from labelwise.vesselness import vesselness
-
         return vesselness(image.detach().float().mean(0).cpu().numpy(), sigmas=self.sigmas)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from labelwise.vesselness import otsu_threshold
-
         maps, limits = [], []
         for image in x:
             v = self.vesselness(image).astype(np.float64)
@@ -104,7 +102,8 @@ class Frangi(Method):
         candidates = candidates[(candidates > 0) & (candidates < 1)]
         if candidates.size == 0:
             raise ConfigError("method: frangi found no vesselness response on the training cases")
-        scores = [np.mean([_dice(m > t, y) for m, y in zip(maps, masks)]) for t in candidates]
+        truth = [torch.from_numpy(y)[None] for y in masks]
+        scores = [_mean_dice([torch.from_numpy(m > t)[None] for m in maps], truth) for t in candidates]
         best = int(np.argmax(scores))
         model.threshold.fill_(float(candidates[best]))
         return {"loss": torch.tensor(1.0 - scores[best])}
@@ -115,9 +114,11 @@ def _labelled(volumes) -> list[bool]:
     return labelled.tolist() if labelled is not None else [True] * len(volumes.image)
 
 
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = pred.sum() + truth.sum()
-    return float(2 * (pred & truth).sum() / total) if total else 1.0
+def _mean_dice(predictions: list[torch.Tensor], truths: list[torch.Tensor]) -> float:
+    """Mean foreground Dice over cases (:func:`labelwise.metrics.segmentation.dice`: a case with both masks empty is
+    left out); 0 when every case is empty."""
+    values = torch.cat([dice(p, t, num_classes=2)[:, 0] for p, t in zip(predictions, truths)])
+    return float(torch.nanmean(values)) if bool(torch.isfinite(values).any()) else 0.0
 
 
 def _logit(p: torch.Tensor) -> torch.Tensor:

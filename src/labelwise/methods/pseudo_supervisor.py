@@ -71,10 +71,8 @@ class PseudoSupervisor(SemiSupervised):
         self.memory: list[tuple[Tensor, Tensor, float]] = []  # (unlabelled images, sampled labels, reward) per step
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        from labelwise.engine.trainer import build_optimizer
-
-        predictor = build_optimizer(self.config, list(self.networks["model"].parameters()))
-        policy = build_optimizer(self.config, list(self.networks["policy"].parameters()))
+        predictor = self.build_optimizer(list(self.networks["model"].parameters()))
+        policy = self.build_optimizer(list(self.networks["policy"].parameters()))
         self.optimizers = {"predictor": self.fabric.setup_optimizers(predictor),
                            "policy": self.fabric.setup_optimizers(policy)}
         return self.optimizers

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["bootstrap_ci", "mean_std"]
+__all__ = ["bootstrap_ci", "empty_mask_note", "mean_std"]
 
 _CHUNK_ELEMENTS = 1 << 24  # resampled values held at once by bootstrap_ci (bounded memory)
 
@@ -62,3 +63,20 @@ def bootstrap_ci(
     alpha = (1 - level) / 2
     low, high = np.nanquantile(stats, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+def empty_mask_note(summary: dict[str, Any], n: int) -> str | None:
+    """One line on the cases of :func:`labelwise.evaluation.segmentation.summarize_cases`'s ``summary`` (``n`` in all) whose HD95 and ASSD are undefined
+    because a mask is empty, and how many cases their mean is over; None when there are none."""
+    kinds = [(summary.get(key, 0), what) for key, what in (("empty_prediction", "an empty prediction"),
+                                                          ("empty_reference", "an empty reference"),
+                                                          ("both_empty", "both masks empty"))]
+    kinds = [(k, what) for k, what in kinds if k]
+    if not kinds:
+        return None
+    total = sum(k for k, _ in kinds)
+    verb = "case has" if total == 1 else "cases have"
+    which = kinds[0][1] if len(kinds) == 1 else "an empty mask (" + ", ".join(f"{k} {what}" for k, what in kinds) + ")"
+    counted = summary["count"]["hd95"]
+    return (f"HD95/ASSD: {total} of {n} {verb} {which}; the distances are undefined there (nan, as MONAI's HD95 gives; "
+            f"its ASSD gives inf with one mask empty) and their mean is over {counted} case{'' if counted == 1 else 's'}")

@@ -22,10 +22,12 @@ from labelwise.errors import DataError
 from labelwise.io import json_ready
 
 __all__ = ["auc_confidence_interval", "equity_scaled_auc", "expected_calibration_error", "group_auc",
-           "macro_auc_confidence_interval", "roc_auc", "sensitivity_at_specificity", "summarize", "summarize_binary"]
+           "binary_scores", "macro_auc_confidence_interval", "roc_auc", "sensitivity_at_specificity", "summarize",
+           "summarize_binary"]
 
 
-def _binary(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+def binary_scores(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Scores float64 ``(N,)`` and 0/1 labels ``(N,)`` checked: same length, finite scores, labels 0 or 1."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     if scores.shape != labels.shape:
@@ -40,7 +42,7 @@ def _binary(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 def roc_auc(scores: Any, labels: Any) -> float:
     """Area under the ROC curve, the Mann-Whitney statistic with ties counted one half; nan when only one class
     is present."""
-    scores, labels = _binary(scores, labels)
+    scores, labels = binary_scores(scores, labels)
     positives = int(labels.sum())
     negatives = labels.size - positives
     if positives == 0 or negatives == 0:
@@ -63,7 +65,7 @@ def auc_confidence_interval(scores: Any, labels: Any, resamples: int = 1000, lev
                             seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the AUC (cases resampled with replacement; resamples with one class are
     dropped); (nan, nan) when the AUC itself is undefined."""
-    scores, labels = _binary(scores, labels)
+    scores, labels = binary_scores(scores, labels)
     if not 0 < level < 1 or resamples < 1:
         raise DataError(f"level must lie in (0, 1) and resamples be >= 1, got {level}, {resamples}")
     if np.isnan(roc_auc(scores, labels)):
@@ -82,7 +84,7 @@ def auc_confidence_interval(scores: Any, labels: Any, resamples: int = 1000, lev
 def sensitivity_at_specificity(scores: Any, labels: Any, specificity: float = 0.9) -> float:
     """The largest sensitivity among thresholds whose specificity is at least ``specificity`` (positive where
     score >= threshold; every distinct score and +inf are tried); nan with one class."""
-    scores, labels = _binary(scores, labels)
+    scores, labels = binary_scores(scores, labels)
     if labels.all() or not labels.any():
         return float("nan")
     negatives, positives = np.sort(scores[~labels]), np.sort(scores[labels])
@@ -95,7 +97,7 @@ def sensitivity_at_specificity(scores: Any, labels: Any, specificity: float = 0.
 def expected_calibration_error(probabilities: Any, labels: Any, bins: int = 15) -> float:
     """Binary ECE: the probabilities of the positive class in ``bins`` equal-width bins of [0, 1]; the mean over
     cases of |mean probability - positive rate| of each case's bin."""
-    probabilities, labels = _binary(probabilities, labels)
+    probabilities, labels = binary_scores(probabilities, labels)
     if probabilities.size and (probabilities.min() < 0 or probabilities.max() > 1):
         raise DataError("probabilities must lie in [0, 1]")
     if probabilities.size == 0:
@@ -110,7 +112,7 @@ def expected_calibration_error(probabilities: Any, labels: Any, bins: int = 15) 
 def group_auc(scores: Any, labels: Any, groups: Sequence[Any]) -> dict[str, dict[str, Any]]:
     """Per group (values of ``groups``, one per case, as strings): ``{"auc", "n", "positives"}`` with ``auc`` None
     and a ``note`` when the group holds one class only."""
-    scores, labels = _binary(scores, labels)
+    scores, labels = binary_scores(scores, labels)
     groups = np.asarray([str(g) for g in groups])
     if groups.size != scores.size:
         raise DataError(f"groups has {groups.size} entries for {scores.size} cases")
@@ -142,7 +144,7 @@ def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[An
     probability ``scores``), ``sensitivity_at_90_specificity``, ``ece``, and per attribute column
     ``group_auc`` ``{attribute: {group: auc or None}}``, ``group_n`` ``{attribute: {group: [cases, positives]}}``,
     ``group_notes`` (why a group has none) and ``es_auc`` ``{attribute: value}``. Undefined values are None."""
-    scores, labels = _binary(scores, labels)
+    scores, labels = binary_scores(scores, labels)
     predicted = scores >= threshold
 
     def ratio(a: float, b: float) -> float:

@@ -40,7 +40,7 @@ warning instead of nan).
 
 Distances with one empty mask are nan: a surface distance to nothing is undefined, and inf would make every mean
 over cases inf. A failed case still shows as Dice 0, and the evaluation
-(:func:`labelwise.evaluate_segmentation.summarize_cases`) counts the cases behind each mean and those with an empty
+(:func:`labelwise.evaluation.segmentation.summarize_cases`) counts the cases behind each mean and those with an empty
 prediction or reference, and says so. MONAI (checked with 1.6.1) agrees for HD95:
 ``compute_hausdorff_distance(percentile=95)`` gives nan (its ``torch.quantile`` of all-inf distances) with an empty
 prediction or reference, with a warning; it gives inf for the plain (100th-percentile) Hausdorff distance and

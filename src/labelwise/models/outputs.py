@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 
 from labelwise.errors import ConfigError
+from labelwise.filters.vesselness import otsu_threshold
 
 __all__ = ["ACTIVATIONS", "Threshold", "activate", "parse_threshold", "segment"]
 
@@ -50,8 +51,6 @@ def segment(logits: torch.Tensor, threshold: Threshold = None) -> tuple[torch.Te
     probability map, 0.5 for a constant map). K >= 2: softmax, probability = 1 - p(background) (summed over the
     foreground classes, without the cancellation); labels: the argmax, or with a threshold, the likeliest foreground
     class where the probability exceeds it."""
-    from labelwise.vesselness import otsu_threshold
-
     logits = logits.float()
     if logits.ndim < 3:
         raise ConfigError(f"segment: expected logits (B, K, *spatial), got shape {tuple(logits.shape)}")

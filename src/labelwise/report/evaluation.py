@@ -17,6 +17,15 @@ from labelwise.report.html import _environment
 
 SUBGROUP_COLUMNS = ("top1", "real_top1", "variable_topk_subset", "variable_topk_fraction")
 
+TABLE_COLUMNS = ("n_images", "top1", "top5", "real_top1", "real_top5", "n_real_scored", "variable_topk_subset",
+                 "variable_topk_fraction", "asma", "map", "f1_micro", "f1_macro", "f1_samples", "subset_accuracy",
+                 "hamming_loss", "lrap")
+
+
+def table_columns(result: dict) -> list[str]:
+    """The table columns that at least one model has a value for."""
+    return [c for c in TABLE_COLUMNS if any(m.get(c) is not None for m in result["models"])]
+
 
 def _embed(png: bytes | None, title: str) -> dict | None:
     return None if png is None else {"src": "data:image/png;base64," + base64.b64encode(png).decode(), "title": title}
@@ -82,9 +91,7 @@ def subgroup_png(models: list[dict], key: str = "variable_topk_subset") -> bytes
 
 
 def build_evaluation_report(result: dict, out: str | Path, title: str = "Multi-label-aware evaluation") -> Path:
-    """Write the report of :func:`labelwise.evaluate.evaluate_classification`'s ``result`` to ``out``."""
-    from labelwise.evaluate import table_columns
-
+    """Write the report of :func:`labelwise.evaluation.classification.evaluate_classification`'s ``result`` to ``out``."""
     models = result["models"]
     figures = {
         "scatter": _embed(scatter_png(models), "Top-1 against ReaL and variable top-k"),

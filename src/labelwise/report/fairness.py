@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 import labelwise
 from labelwise.errors import DataError
 from labelwise.io import atomic_write
-from labelwise.metrics.fairness import _binary, roc_auc
+from labelwise.metrics.fairness import binary_scores, roc_auc
 from labelwise.report.figures import _number, _png
 from labelwise.report.html import _environment, _figure
 
@@ -57,7 +57,7 @@ def roc_curve_points(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     distinct score, from (0, 0) to (1, 1), as ``sklearn.metrics.roc_curve(labels, scores, drop_intermediate=False)``
     (tied scores make one step, so the area under the polyline counts ties one half). A rate whose class is absent
     is nan throughout."""
-    scores, labels = _binary(scores, labels)
+    scores, labels = binary_scores(scores, labels)
     order = np.argsort(-scores, kind="mergesort")
     scores, labels = scores[order], labels[order]
     # the last case of every distinct score (decreasing): the curve's points after the first, (0, 0)

@@ -293,7 +293,7 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError) as exc:
         notes.append(f"predictions/test/segmentation.json could not be read: {exc}")
         return None
-    from labelwise.evaluate_segmentation import empty_mask_note
+    from labelwise.metrics.aggregate import empty_mask_note
 
     rows, empty_notes = [], []
     for name, result in references.items():

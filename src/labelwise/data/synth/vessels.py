@@ -13,7 +13,7 @@ X-ray angiography) it is the Beer-Lambert absorption along the chord through the
 sit on smooth tissue texture, times a smooth bias field (+-20-30 %), with Rician noise. The clean mask
 (``truth``) is every voxel whose centre lies within a vessel plus every voxel the centreline passes through (so a
 sub-voxel vessel is a thin connected line); the training mask (``noisy``) is what a semi-automatic pipeline
-gives: :func:`labelwise.vesselness.frangi_segment` (Otsu) on the noisy image, components under 30 voxels
+gives: :func:`labelwise.filters.vesselness.frangi_segment` (Otsu) on the noisy image, components under 30 voxels
 removed. It misses faint small vessels and thins the edges of large ones; nothing in it is tuned to any method.
 
 Geometry lives in physical units: ``spacing`` scales the axes, radii are drawn in units of the finest spacing
@@ -37,7 +37,7 @@ import numpy as np
 from labelwise.data.volumes import write_volume
 from labelwise.errors import ConfigError
 from labelwise.io import atomic_write
-from labelwise.vesselness import frangi_segment
+from labelwise.filters.vesselness import frangi_segment
 
 __all__ = ["case_seed", "make_vessel_case", "split_counts", "write_vessels"]
 

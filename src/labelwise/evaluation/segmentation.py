@@ -45,10 +45,10 @@ from labelwise.data.volumes import (
 )
 from labelwise.errors import DataError
 from labelwise.io import json_ready
-from labelwise.metrics.aggregate import mean_std
+from labelwise.metrics.aggregate import empty_mask_note, mean_std
 from labelwise.metrics.surface import SCORE_NAMES, segmentation_scores
 
-__all__ = ["SCORE_LABELS", "SCORE_NAMES", "empty_mask_note", "evaluate_segmentation", "format_table",
+__all__ = ["SCORE_LABELS", "SCORE_NAMES", "evaluate_segmentation", "format_table",
            "summarize_cases", "to_csv", "to_json"]
 
 SPACING_RTOL = 1e-3
@@ -180,23 +180,6 @@ def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, Any]:
             "empty_prediction": int(np.count_nonzero(no_pred & ~no_ref)),
             "empty_reference": int(np.count_nonzero(no_ref & ~no_pred)),
             "both_empty": int(np.count_nonzero(no_pred & no_ref))}
-
-
-def empty_mask_note(summary: dict[str, Any], n: int) -> str | None:
-    """One line on the cases of :func:`summarize_cases`'s ``summary`` (``n`` in all) whose HD95 and ASSD are undefined
-    because a mask is empty, and how many cases their mean is over; None when there are none."""
-    kinds = [(summary.get(key, 0), what) for key, what in (("empty_prediction", "an empty prediction"),
-                                                          ("empty_reference", "an empty reference"),
-                                                          ("both_empty", "both masks empty"))]
-    kinds = [(k, what) for k, what in kinds if k]
-    if not kinds:
-        return None
-    total = sum(k for k, _ in kinds)
-    verb = "case has" if total == 1 else "cases have"
-    which = kinds[0][1] if len(kinds) == 1 else "an empty mask (" + ", ".join(f"{k} {what}" for k, what in kinds) + ")"
-    counted = summary["count"]["hd95"]
-    return (f"HD95/ASSD: {total} of {n} {verb} {which}; the distances are undefined there (nan, as MONAI's HD95 gives; "
-            f"its ASSD gives inf with one mask empty) and their mean is over {counted} case{'' if counted == 1 else 's'}")
 
 
 def to_json(result: dict[str, Any], path: Path | None = None) -> str:

@@ -20,29 +20,12 @@ from typing import Any
 import numpy as np
 
 from labelwise.data.labelsets import read_ids, read_labels
-from labelwise.data.table import read_rows
+from labelwise.data.table import read_id_table
 from labelwise.errors import DataError
 from labelwise.io import atomic_write
 from labelwise.metrics.fairness import summarize
 
-__all__ = ["evaluate_fairness", "read_id_table"]
-
-
-def read_id_table(path: str | Path, columns: Sequence[str] | None = None, what: str = "table") -> dict[str, np.ndarray]:
-    """The columns of a CSV keyed by its ``id`` column: ``{"id": ..., column: values}`` as string arrays;
-    ``columns`` None takes every column but ``id``."""
-    path = Path(path)
-    header, rows = read_rows(path, what)
-    if "id" not in header:
-        raise DataError(f"{what} {path}: needs an id column (columns: {','.join(header) or 'none'})")
-    wanted = [c for c in header if c != "id"] if columns is None else list(columns)
-    missing = [c for c in wanted if c not in header]
-    if missing:
-        raise DataError(f"{what} {path}: missing column(s) {', '.join(missing)} (columns: {','.join(header)})")
-    ids = [row["id"] for row in rows]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{what} {path}: duplicate ids")
-    return {"id": np.array(ids), **{c: np.array([row[c] for row in rows]) for c in wanted}}
+__all__ = ["evaluate_fairness"]
 
 
 def _read_predictions(path: Path, ids: Path | None) -> tuple[list[str] | None, np.ndarray, np.ndarray | None, list[str]]:

@@ -18,11 +18,9 @@ from labelwise.data.labelsets import align, load_label_sets, read_ids, read_labe
 from labelwise.errors import DataError
 from labelwise.io import atomic_write, json_ready
 from labelwise.metrics.multilabel import label_set_matrix, summarize
+from labelwise.report.evaluation import build_evaluation_report, table_columns
 
 #: Columns of the model table (terminal, CSV, HTML), in order; absent ones are skipped.
-TABLE_COLUMNS = ("n_images", "top1", "top5", "real_top1", "real_top5", "n_real_scored", "variable_topk_subset",
-                 "variable_topk_fraction", "asma", "map", "f1_micro", "f1_macro", "f1_samples", "subset_accuracy",
-                 "hamming_loss", "lrap")
 
 
 def evaluate_classification(
@@ -86,11 +84,6 @@ def to_json(result: dict) -> str:
     return json.dumps(json_ready(body), indent=2)
 
 
-def table_columns(result: dict) -> list[str]:
-    """The table columns that at least one model has a value for."""
-    return [c for c in TABLE_COLUMNS if any(m.get(c) is not None for m in result["models"])]
-
-
 def to_csv(result: dict) -> str:
     """One row per model."""
     columns = ["model", *table_columns(result)]
@@ -110,7 +103,5 @@ def write_outputs(result: dict, json_out: Path | None, csv_out: Path | None, rep
     if csv_out is not None:
         written.append(atomic_write(csv_out, to_csv(result)))
     if report_out is not None:
-        from labelwise.report.evaluation import build_evaluation_report
-
         written.append(build_evaluation_report(result, report_out))
     return written

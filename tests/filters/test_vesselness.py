@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from labelwise.errors import ConfigError, DataError
-from labelwise.vesselness import frangi_segment, remove_small_components, vesselness
+from labelwise.filters.vesselness import frangi_segment, remove_small_components, vesselness
 
 
 def _tube_and_blob(dim: int, size: int = 48, radius: float = 1.5, bright: bool = True) -> np.ndarray:
@@ -102,7 +102,7 @@ def test_otsu_threshold_of_a_map_spanning_a_few_float32_ulps():
     bins in float32 (seen in a 3-step run). The threshold must still come out between the two values."""
     from skimage.filters import threshold_otsu
 
-    from labelwise.vesselness import otsu_threshold
+    from labelwise.filters.vesselness import otsu_threshold
 
     values = np.full(1000, 0.25, dtype=np.float32)
     values[:300] = np.nextafter(np.float32(0.25), np.float32(1))

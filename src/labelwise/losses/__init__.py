@@ -1,0 +1,6 @@
+"""Training losses: Focal Tversky and multi-scale supervision (:mod:`labelwise.losses.segmentation`); MONAI supplies
+Dice + cross-entropy."""
+
+from labelwise.losses.segmentation import MSS_WEIGHTS, focal_tversky_loss, mss_loss
+
+__all__ = ["MSS_WEIGHTS", "focal_tversky_loss", "mss_loss"]
