@@ -23,6 +23,22 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
     )
 
 
+def invoke_cli(*args: str) -> tuple[int, str]:
+    """``labelwise ARGS`` through the real CLI parser in this process (a fresh process costs seconds of imports),
+    library errors mapped to exit code 2 as :func:`labelwise.cli.main` maps them: (exit code, output or message)."""
+    from typer.testing import CliRunner
+
+    from labelwise.cli import app
+    from labelwise.errors import LabelwiseError
+
+    result = CliRunner().invoke(app, list(args))
+    if isinstance(result.exception, LabelwiseError):
+        return 2, str(result.exception)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
 @pytest.fixture
 def tiny_config() -> dict:
     """A config dict that trains in about a second."""

@@ -266,7 +266,7 @@ def evaluate_classification(
 
     from labelwise.evaluation.classification import evaluate_classification as run, write_outputs
     from labelwise.report.evaluation import table_columns
-    from labelwise.report.html import fmt
+    from labelwise.report.common import fmt
 
     try:
         ks = [int(k) for k in topk.split(",") if k.strip()]
@@ -300,7 +300,7 @@ def _evaluate_fairness(predictions: Path, attributes: Optional[Path], labels: Op
     from rich.table import Table
 
     from labelwise.evaluation.fairness import evaluate_fairness, write_fairness_json
-    from labelwise.report.html import fmt
+    from labelwise.report.common import fmt
 
     result = evaluate_fairness(predictions, attributes, labels, label_columns, attribute_columns, ids, resamples,
                                logits=logits)

@@ -7,7 +7,9 @@ message names the key (and suggests the closest valid key for a typo).
 
 from __future__ import annotations
 
+import copy
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from labelwise.errors import ConfigError
+from labelwise.io import atomic_write
+from labelwise.methods import METHODS
+from labelwise.models import MODELS
 
 
 class Section(BaseModel):
@@ -100,8 +105,6 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str | None) -> str | None:
-        from labelwise.models import MODELS
-
         return None if name is None else _check_choice(name, MODELS, "model")
 
     @field_validator("channels", "layers", "heads", "image_size")
@@ -152,8 +155,6 @@ class MethodConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        from labelwise.methods import METHODS
-
         return _check_choice(name, METHODS, "method")
 
     def options(self) -> dict[str, Any]:
@@ -182,8 +183,6 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _method_options(self) -> Config:
-        from labelwise.methods import METHODS
-
         if self.model.name is None:  # the saved config names the network that ran
             self.model.name = DEFAULT_MODELS[self.data.task]
 
@@ -196,8 +195,6 @@ class Config(Section):
 
     def method_options(self) -> BaseModel:
         """The validated options object of the configured method."""
-        from labelwise.methods import METHODS
-
         return METHODS[self.method.name].Options(**self.method.options())
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,8 +240,6 @@ def save_config(config: Config, path: Path) -> None:
     """Write the resolved config as YAML. Data files are written relative to the folder of ``path`` (a run's
     ``config.yaml``: its run directory), so a project folder copied elsewhere with its runs and data still resolves
     them; a file on another drive stays absolute."""
-    import os
-
     raw = config.to_dict()
     for key in ("path", "manifest"):
         value = getattr(config.data, key)
@@ -253,15 +248,11 @@ def save_config(config: Config, path: Path) -> None:
                 raw["data"][key] = os.path.relpath(Path(value), Path(path).parent.resolve())
             except ValueError:  # another drive (Windows)
                 pass
-    from labelwise.io import atomic_write
-
     atomic_write(path, yaml.safe_dump(raw, sort_keys=False))  # a resumed run rewrites it while other processes read it
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``trainer.max_steps=10`` sets raw['trainer']['max_steps'] = 10 (value parsed as YAML)."""
-    import copy
-
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import invoke_cli as cli
 from conftest import run_cli
 
 from labelwise.config import load_config
@@ -18,25 +19,9 @@ from labelwise.data.npz import load_npz, save_npz
 from labelwise.data.synth import make_patchml, make_shapes
 from labelwise.data.volumes import read_image, read_volume
 from labelwise.training import train
-from labelwise.errors import LabelwiseError
 
 TRAINER = {"max_steps": 2, "checkpoint_every": 2, "log_every": 1}
 SMALL_RESNET = {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"}
-
-
-def cli(*args: str) -> tuple[int, str]:
-    """``labelwise ARGS`` through the real CLI parser in this process (fresh processes cost seconds of imports
-    each; the exit-code-2 mapping of :func:`labelwise.cli.main` is applied to library errors): (exit code, output)."""
-    from typer.testing import CliRunner
-
-    from labelwise.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    if isinstance(result.exception, LabelwiseError):
-        return 2, str(result.exception)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def _moved(run_dir: Path, data: Path, tmp_path: Path) -> Path:
@@ -96,12 +81,14 @@ def _npz_classification(tmp_path: Path, name: str, model: dict, method: str | di
     return run, folder, keep
 
 
-@pytest.mark.parametrize("name, model", [
-    ("supervised", SMALL_RESNET),
-    ("vit", {"name": "vit", "channels": [16], "layers": [2], "heads": [2], "patch_size": 4}),
+@pytest.mark.parametrize("name, model, size", [
+    ("supervised", SMALL_RESNET, 16),
+    ("vit", {"name": "vit", "channels": [16], "layers": [2], "heads": [2], "patch_size": 4}, 16),
+    ("swin", {"name": "swin", "channels": [12], "layers": [1, 1, 1, 1], "heads": [1, 1, 1, 1]}, 32),
 ])
-def test_single_label_classifier(tmp_path, name, model):
-    run, data, kept = _npz_classification(tmp_path, name, model)
+def test_single_label_classifier(tmp_path, name, model, size):
+    arrays = make_shapes(n=60, size=size, dim=2, num_classes=3, seed=0)
+    run, data, kept = _npz_classification(tmp_path, name, model, arrays=arrays)
     run = _moved(run, data, tmp_path)
     got = _classification_predict(run, [str(kept)], tmp_path, "--split", "test")
     own = _own_test(run)
@@ -113,6 +100,8 @@ def test_single_label_classifier(tmp_path, name, model):
     assert entry["activation"] == "softmax"
     if name == "vit":
         assert entry["layer"] == "vit.blocks.1"  # the last block's tokens on the patch grid, not a dropout module
+    if name == "swin":  # a stage's channel-first output (2 x 2 at 32 pixels), not a channels-last patch merging
+        assert entry["layer"] == "swinViT.layers3.0"
 
 
 def _names(run: Path) -> list[str]:

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import invoke_cli as cli
 from conftest import run_cli
 
 from labelwise.config import load_config
 from labelwise.data.npz import save_npz
 from labelwise.data.synth import make_shapes
 from labelwise.training import train
-from labelwise.errors import LabelwiseError
 from labelwise.inference import load_run
 
 ort = pytest.importorskip("onnxruntime")
@@ -27,21 +27,6 @@ SMALL_RESNET = {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"}
 TINY_VIT = {"name": "vit", "channels": [16], "layers": [2], "heads": [2], "patch_size": 4}
 MSS = {"name": "unet_mss", "channels": [4, 8, 8, 16, 16]}
 UNET = {"name": "unet", "channels": [4, 8, 16]}
-
-
-def cli(*args: str) -> tuple[int, str]:
-    """``labelwise ARGS`` through the real CLI parser in this process, library errors mapped to exit code 2 as
-    :func:`labelwise.cli.main` does: (exit code, output)."""
-    from typer.testing import CliRunner
-
-    from labelwise.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    if isinstance(result.exception, LabelwiseError):
-        return 2, str(result.exception)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def _train(tmp: Path, name: str, data: dict, model: dict, method: str | dict = "supervised") -> Path:

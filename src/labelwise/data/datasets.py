@@ -136,7 +136,6 @@ def _kept(split: np.ndarray, name: str, labelled: np.ndarray | None, keep_unlabe
 def _load_table(cfg: DataConfig, keep_unlabelled: bool) -> DataBundle:
     """A classification table (:mod:`labelwise.data.table`) read into memory, images resized to
     ``data.image_size`` and normalised (``data.intensity``; ``channel``: the training split's mean and std)."""
-    from labelwise.data.patches import normalize_intensity
     from labelwise.data.table import load_images, read_table
 
     table = read_table(cfg.manifest, cfg.labels, cfg.attributes)

@@ -22,7 +22,7 @@ from lightning.fabric import Fabric
 from torch.utils.data import DataLoader
 
 import labelwise
-from labelwise.config import Config, save_config
+from labelwise.config import Config, load_config, save_config
 from labelwise.data import DataBundle, MixedBatchSampler, StepBatchSampler, load_data
 from labelwise.data.npz import save_npz
 from labelwise.data.patches import VolumeDataset
@@ -181,8 +181,6 @@ class Trainer:
         have followed another curve. With the constant schedule a run may be extended."""
         if not self.run.config.is_file():
             return
-        from labelwise.config import load_config
-
         saved, cfg = load_config(self.run.config, check_files=False), self.config
         old, new = saved.trainer.max_steps, cfg.trainer.max_steps
         if old != new and "cosine" in (saved.optimizer.scheduler, cfg.optimizer.scheduler):

@@ -83,12 +83,12 @@ def explain_files(
 
 
 def _target_layer(model: torch.nn.Module, layer: str | None) -> dict[str, Any]:
-    """The explained layer: ``layer``, or by default the last spatial one; a network that names a ``cam_layer`` (a
-    ViT: its last transformer block, whose tokens are not spatial) gives that layer and its ``cam_reshape`` (tokens
-    ``(B, N, C)`` -> ``(B, C, *grid)``), so token sequences become the patch grid."""
+    """The explained layer: ``layer``, or by default the last spatial one. A network that names a ``cam_layer`` gives
+    that layer and its ``cam_reshape``: a ViT its last transformer block, whose tokens ``(B, N, C)`` become the patch
+    grid ``(B, C, *grid)``; a Swin transformer the output of a stage."""
     named = getattr(model, "cam_layer", None)
     if named is not None and layer in (None, named):
-        return {"target_layer": named, "reshape": model.cam_reshape}
+        return {"target_layer": named, "reshape": getattr(model, "cam_reshape", None)}
     return {"target_layer": layer}
 
 

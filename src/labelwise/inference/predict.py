@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from labelwise.data.datasets import preprocess_image
+from labelwise.data.npz import save_npz
+from labelwise.data.table import read_rows, write_table
 from labelwise.data.volumes import (
     NIFTI_SUFFIXES,
     VOLUME_SUFFIXES,
@@ -42,11 +45,13 @@ from labelwise.data.volumes import (
     suffix_of,
     write_volume,
 )
-from labelwise.errors import DataError
+from labelwise.errors import ConfigError, DataError
+from labelwise.evaluation.segmentation import SCORE_NAMES, summarize_cases, to_json
 from labelwise.explain.outputs import png_bytes, upscale
-from labelwise.inference.run import RunModel, input_files
+from labelwise.inference.run import RunModel, fit_channels, input_files
 from labelwise.io import atomic_write
 from labelwise.metrics.segmentation import dice
+from labelwise.metrics.surface import segmentation_scores
 from labelwise.models.outputs import Threshold, parse_threshold, segment
 from labelwise.models.windows import sizes
 
@@ -360,9 +365,6 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
     for each reference (``label``: the mask the run was scored on; ``truth``: the manifest's clean mask, when it has
     one), and ``segmentation.json``: every score of :func:`labelwise.metrics.surface.segmentation_scores` per case
     and their mean and std, per reference. Returns the path of ``segmentation.json``."""
-    from labelwise.evaluation.segmentation import SCORE_NAMES, summarize_cases, to_json
-    from labelwise.metrics.surface import segmentation_scores
-
     folder = Path(folder)
     scores: dict[str, list[dict[str, Any]]] = {"label": [], "truth": []}
     figures = []
@@ -400,8 +402,6 @@ def classification_inputs(paths: Sequence[str | Path], split: str | None = None
     id is the file name without its suffix), a classification table ``.csv`` (its ``id`` and ``image`` columns,
     images relative to the table's folder) or a dataset ``.npz`` holding ``image`` ``(N, C, *spatial)`` (ids from its
     ``ids`` array, else the row number). ``split`` keeps the rows of one split of a table or dataset."""
-    from labelwise.data.table import read_rows
-
     samples: list[tuple[str, Path | None, np.ndarray | None]] = []
     for path in map(Path, paths):
         if path.is_file() and suffix_of(path) == ".csv":
@@ -446,9 +446,6 @@ def predict_classes(run: RunModel, inputs: Sequence[str | Path], out: str | Path
     output activation. Writes ``out/predictions.csv`` (``id`` + one probability column per class or label, named as
     the run names them) and ``out/predictions.npz`` (``probability`` ``(N, K)``, ``prediction``, ``id``; ids also in
     ``predictions_ids.txt``), both readable by ``labelwise evaluate classification --predictions``."""
-    from labelwise.data.npz import save_npz
-    from labelwise.data.table import write_table
-
     if run.task != "classification":
         raise DataError(f"{run.run_dir}: a segmentation run; use labelwise predict with image files or folders")
     run.require_head()
@@ -480,8 +477,5 @@ def predict_classes(run: RunModel, inputs: Sequence[str | Path], out: str | Path
 
 def _preprocessed(run: RunModel, array: np.ndarray, sid: str) -> np.ndarray:
     """A dataset ``.npz`` sample ``(C, *spatial)`` through the run's preprocessing (as a file would be)."""
-    from labelwise.data.datasets import preprocess_image
-    from labelwise.inference.run import fit_channels
-
     return preprocess_image(fit_channels(array, Path(sid), run.in_channels, run.spatial_dims),
                             run.spec["preprocessing"]).astype(np.float32)

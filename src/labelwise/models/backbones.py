@@ -207,6 +207,12 @@ class SwinBackbone(_TokenMasking, Backbone):
             spatial_dims=spatial_dims, downsample=MERGING_MODE["merging"], use_v2=False)
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.dim, self.stride, self.token_patch, self.token_dim = width * 16, patch * 16, patch, width
+        # what Grad-CAM explains by default: a stage's output (channel-first; the modules inside a stage work
+        # channels-last, so the generic "last spatial layer" would pick a wrong one), the deepest whose map has more
+        # than one position at the data's size
+        grids = [min(image_size) // (patch * 2 ** (k + 1)) for k in range(4)] if image_size else [2] * 4
+        self.cam_layer = f"swinViT.layers{max((k for k, g in enumerate(grids) if g > 1), default=0) + 1}.0"
+        self.cam_reshape = None
 
     def _stages(self, x0: Tensor) -> list[Tensor]:
         swin, maps = self.swinViT, []

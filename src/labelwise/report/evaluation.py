@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 import labelwise
 from labelwise.io import atomic_write
 from labelwise.report.figures import _png
-from labelwise.report.html import _environment
+from labelwise.report.common import environment
 
 SUBGROUP_COLUMNS = ("top1", "real_top1", "variable_topk_subset", "variable_topk_fraction")
 
@@ -98,7 +98,7 @@ def build_evaluation_report(result: dict, out: str | Path, title: str = "Multi-l
         "subgroups": _embed(subgroup_png(models), "Accuracy by number of labels"),
     }
     present = [c for c in SUBGROUP_COLUMNS if any(c in g for m in models for g in m["subgroup_accuracy"].values())]
-    html = _environment().get_template("evaluation.html.j2").render(
+    html = environment().get_template("evaluation.html.j2").render(
         title=title, label_set=result["label_set"], models=models, columns=table_columns(result),
         subgroup_columns=present, figures=figures, asma_definition=models[0].get("asma_definition", ""),
         version=labelwise.__version__, generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),

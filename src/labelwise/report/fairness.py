@@ -31,7 +31,7 @@ from labelwise.errors import DataError
 from labelwise.io import atomic_write
 from labelwise.metrics.fairness import binary_scores, roc_auc
 from labelwise.report.figures import _number, _png
-from labelwise.report.html import _environment, _figure
+from labelwise.report.common import environment, save_figure
 
 ES_AUC_DEFINITION = ("ES-AUC = AUC / (1 + Σ_groups |AUC − AUC_group|) (Luo et al., ICCV 2023): 1 when every group "
                      "has the overall AUC, lower the further the groups' AUCs lie from it; a group whose cases are "
@@ -327,7 +327,7 @@ def _embed(draw: Callable[[], bytes], run_dir: Path | None, notes: list[str]) ->
     """The figure as a data URI; saved to ``run_dir/figures/fairness_roc.png`` too when given. A figure that fails
     is noted, not raised."""
     if run_dir is not None:
-        return _figure("fairness_roc", lambda _: draw(), None, run_dir, notes)
+        return save_figure("fairness_roc", lambda _: draw(), None, run_dir, notes)
     try:
         png = draw()
     except Exception as exc:  # noqa: BLE001 - the tables are still worth writing
@@ -471,7 +471,7 @@ def build_fairness_report(evaluation: Mapping[str, Any], scores: Any, labels: An
     else:
         scores = labels = None
     section = _section(evaluation, scores, labels, attributes or {}, label, notes, None)
-    html = _environment().get_template("fairness.html.j2").render(
+    html = environment().get_template("fairness.html.j2").render(
         standalone=True, title=title, fairness=section, notes=notes, version=labelwise.__version__,
         generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"))
     return atomic_write(Path(out), html)

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
-import math
-import warnings
 import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import yaml
 
 import labelwise
 from labelwise.errors import DataError
 from labelwise.io import atomic_write
+from labelwise.report.common import environment, fmt, save_figure
+from labelwise.report.fairness import fairness_section
 from labelwise.report.figures import _RESERVED, _number, loss_curves_png, samples_png
 
 # Metrics whose name contains one of these are better when lower; every other metric when higher.
@@ -27,17 +26,6 @@ EXPLANATION_LOWER_IS_BETTER = ("deletion", "drop")
 MAX_GALLERY = 24  # explanation figures shown in the report
 MAX_OVERLAY_BYTES = 8 * 2**20
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def fmt(value: Any) -> str:
-    """A number for display: integers as is, floats with 4 significant digits, '—' when absent."""
-    if value is None or isinstance(value, bool):
-        return "—" if value is None else str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
 
 
 def _duration(seconds: Any) -> str | None:
@@ -121,21 +109,6 @@ def _load_samples(path: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         notes.append(f"predictions/samples.npz could not be read: {exc}")
         return None
-
-
-def _figure(name: str, draw, data, run_dir: Path, notes: list[str]) -> dict[str, str] | None:
-    """Draw one figure, save it to ``run_dir/figures/<name>.png`` and return it for embedding; a figure that
-    fails is noted rather than failing the whole report."""
-    try:
-        png = draw(data)
-    except Exception as exc:  # noqa: BLE001 - the report must still be written after a training run
-        warnings.warn(f"report figure {name} failed: {exc!r}", stacklevel=2)
-        notes.append(f"figure {name}.png could not be drawn: {type(exc).__name__}: {exc}")
-        return None
-    if png is None:
-        return None
-    atomic_write(run_dir / "figures" / f"{name}.png", png)
-    return {"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "file": f"figures/{name}.png"}
 
 
 EVALUATION_KEYS = ("top1", "real_top1", "top5", "real_top5", "variable_topk_subset", "variable_topk_fraction", "asma",
@@ -341,18 +314,6 @@ def _png_inside(path: Path, folder: Path) -> bytes | None:
     return png if png.startswith(PNG_MAGIC) else None
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("labelwise", "report/templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["fmt"] = fmt
-    return env
-
-
 def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
     """Write ``run_dir``'s report (figures to ``run_dir/figures/``, one self-contained HTML page to ``out`` or
     ``run_dir/report.html``) and return the page's path."""
@@ -390,8 +351,8 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
     samples_path = run_dir / "predictions" / "samples.npz"
     samples = _load_samples(samples_path, notes) if samples_path.is_file() else None
     figures = {
-        "loss_curves": _figure("loss_curves", loss_curves_png, all_records, run_dir, notes) if train else None,
-        "samples": _figure("samples", samples_png, samples, run_dir, notes) if samples else None,
+        "loss_curves": save_figure("loss_curves", loss_curves_png, all_records, run_dir, notes) if train else None,
+        "samples": save_figure("samples", samples_png, samples, run_dir, notes) if samples else None,
     }
 
     evaluation = None
@@ -403,9 +364,6 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
     explanations = _explanations(run_dir, notes)
     fairness = None
     if (run_dir / "predictions" / "test_evaluation.json").is_file():
-        # imported here, not at the top: report/fairness.py builds on this module's helpers (and loads scipy)
-        from labelwise.report.fairness import fairness_section
-
         fairness = fairness_section(run_dir, notes)
     s = summary or {}
     context = {
@@ -436,7 +394,7 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "segmentation": _segmentation(run_dir, notes),
         "model": _model_section(run_dir, notes),
     }
-    html = _environment().get_template("report.html.j2").render(**context)
+    html = environment().get_template("report.html.j2").render(**context)
     return atomic_write(out, html)
 
 
