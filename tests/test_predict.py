@@ -232,6 +232,9 @@ def test_predict_2d_pictures(tmp_path):
     diff = _downsampled(out / entry["diff"], mask.shape)
     assert (diff[(reference > 0) & (mask == 0)] == FN_RGB).all()
     assert (out / entry["mip"]).is_file()
+    # an override holds for its call only: the next call predicts with the run's own settings (argmax here)
+    (again,) = predict_files(trained, [tmp_path / "img.png"], tmp_path / "again", progress=False)
+    assert again["threshold"] == "argmax" and again["overlap"] == 0.5
 
 
 def test_predict_files_needs_a_segmentation_run(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from labelwise.data.table import read_id_table
 from labelwise.errors import DataError
 
 HERE = Path(__file__).resolve().parent / "labelsets"
@@ -150,8 +151,6 @@ def read_labels(path: str | Path, columns: list[str] | tuple[str, ...] = ("label
         if n_rows is not None and len(labels) != n_rows:
             raise DataError(f"{what} {path}: {len(labels)} labels for {n_rows} prediction rows")
         return labels, row_ids
-    from labelwise.data.table import read_id_table
-
     columns = list(columns)
     table = read_id_table(path, columns, what=what)
     keys = table["id"].tolist()

@@ -44,15 +44,14 @@ def explain_files(
         raw = run.read_raw(path)
         volume = run.preprocess(raw)
         x = torch.from_numpy(volume.array)[None]
-        with torch.no_grad():
-            logits = run.logits(x)
+        logits = run.logits(x)  # no gradients: the explainers run their own passes
         if run.task == "classification":
             probability = run.probabilities(logits)[0]
             predicted = int(probability.argmax())
             classes = classes_given or [predicted]
             scores = {k: float(probability[k]) for k in classes}
         else:
-            foreground, labels, _ = run.segment(logits)
+            _, labels, _ = run.segment(logits)
             predicted = None
             classes = classes_given or list(range(1, run.num_classes))
             probability = run.probabilities(logits)[0]

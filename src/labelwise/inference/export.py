@@ -78,7 +78,9 @@ def export_run(run: RunModel, format: str, out: str | Path) -> list[Path]:
     check_size = tuple(s + divisor * (1 + (i % 2)) for i, s in enumerate(size)) if dynamic else size
     check = torch.randn(2, channels, *check_size, generator=torch.Generator().manual_seed(1))
 
-    traced, difference = _trace(run, model, example, check)
+    with torch.no_grad():
+        reference = model(check)  # the network's output on the check input, computed once
+    traced, difference = _trace(run, model, example, check, reference)
     checked = {"traced_graph": difference}
     onnx_model = None
     buffer = io.BytesIO()
@@ -102,10 +104,10 @@ def export_run(run: RunModel, format: str, out: str | Path) -> list[Path]:
                                      f"({reason}); --format torchscript may work") from None
         onnx_model = onnx.load_from_string(buffer.getvalue())
         onnx.checker.check_model(onnx_model)
-        difference = _onnxruntime_difference(buffer.getvalue(), model, check)
+        difference = _onnxruntime_difference(buffer.getvalue(), check, reference)
         if difference is not None:
             checked["onnxruntime"] = difference
-            if difference > _tolerance(model, check):
+            if difference > _tolerance(reference):
                 raise LabelwiseError(f"{run.run_dir}: the ONNX graph of {_name(run)} differs from the network by "
                                      f"{difference:.3g} on a check input; export it as torchscript instead")
     sidecar = _sidecar(run, format, out, dynamic, divisor, size, check_size, checked, buffer.getvalue(), onnx_model)
@@ -139,9 +141,10 @@ def _example_size(run: RunModel, divisor: int) -> tuple[int, ...]:
     return tuple(round_up(int(s), divisor) for s in size)
 
 
-def _trace(run: RunModel, model: nn.Module, example: torch.Tensor,
-           check: torch.Tensor) -> tuple[torch.jit.ScriptModule, float]:
-    """``model`` traced on ``example`` and its largest difference from the network on ``check``; a LabelwiseError
+def _trace(run: RunModel, model: nn.Module, example: torch.Tensor, check: torch.Tensor,
+           reference: torch.Tensor) -> tuple[torch.jit.ScriptModule, float]:
+    """``model`` traced on ``example`` and its largest difference on ``check`` from the network's output there
+    (``reference``); a LabelwiseError
     saying why it cannot be exported (a forward that computes in NumPy, a trace that fails or does not generalise)."""
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
@@ -156,31 +159,27 @@ def _trace(run: RunModel, model: nn.Module, example: torch.Tensor,
                              f"torch{kind}, so a traced ONNX or TorchScript graph would only "
                              "replay its output for the example input; use labelwise predict with the run instead")
     try:
-        difference = _max_difference(traced, model, check)
+        with torch.no_grad():
+            difference = float((traced(check) - reference).abs().max())
     except Exception as err:  # noqa: BLE001
         reason = " ".join(str(err).split())[:200]
         raise LabelwiseError(f"{run.run_dir}: cannot export {_name(run)}: the traced graph fails on a check input of "
                              f"shape {list(check.shape)} ({reason})") from None
-    if difference > _tolerance(model, check):
+    if difference > _tolerance(reference):
         raise LabelwiseError(f"{run.run_dir}: cannot export {_name(run)}: the traced graph differs from the network "
                              f"by {difference:.3g} on a check input of shape {list(check.shape)} (control flow or "
                              "sizes that depend on the input, which tracing fixes to the example's)")
     return traced, difference
 
 
-@torch.no_grad()
-def _max_difference(traced: nn.Module, model: nn.Module, x: torch.Tensor) -> float:
-    return float((traced(x) - model(x)).abs().max())
+def _tolerance(reference: torch.Tensor) -> float:
+    """Largest difference accepted from the network's output ``reference``: 1e-4, relative for large logits."""
+    return 1e-4 * max(1.0, float(reference.abs().max()))
 
 
-@torch.no_grad()
-def _tolerance(model: nn.Module, x: torch.Tensor) -> float:
-    return 1e-4 * max(1.0, float(model(x).abs().max()))
-
-
-def _onnxruntime_difference(data: bytes, model: nn.Module, x: torch.Tensor) -> float | None:
-    """Largest difference between ONNX Runtime's output and the network's on ``x``; None without onnxruntime (it is
-    a test dependency, not a runtime one)."""
+def _onnxruntime_difference(data: bytes, x: torch.Tensor, reference: torch.Tensor) -> float | None:
+    """Largest difference between ONNX Runtime's output on ``x`` and the network's (``reference``); None without
+    onnxruntime (it is a test dependency, not a runtime one)."""
     try:
         import onnxruntime
     except ImportError:
@@ -189,8 +188,7 @@ def _onnxruntime_difference(data: bytes, model: nn.Module, x: torch.Tensor) -> f
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
-    with torch.no_grad():
-        return float((got - model(x)).abs().max())
+    return float((got - reference).abs().max())
 
 
 def _output_note(run: RunModel, channels: int) -> str:

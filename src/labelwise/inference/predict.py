@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from labelwise.data.datasets import preprocess_image
 from labelwise.data.npz import save_npz
 from labelwise.data.table import read_rows, write_table
 from labelwise.data.volumes import (
@@ -476,6 +475,6 @@ def predict_classes(run: RunModel, inputs: Sequence[str | Path], out: str | Path
 
 
 def _preprocessed(run: RunModel, array: np.ndarray, sid: str) -> np.ndarray:
-    """A dataset ``.npz`` sample ``(C, *spatial)`` through the run's preprocessing (as a file would be)."""
-    return preprocess_image(fit_channels(array, Path(sid), run.in_channels, run.spatial_dims),
-                            run.spec["preprocessing"]).astype(np.float32)
+    """A dataset ``.npz`` sample ``(C, *spatial)`` through the run's preprocessing, as a file would be."""
+    channels = fit_channels(array, Path(sid), run.in_channels, run.spatial_dims)
+    return run.preprocess(Volume(channels, (1.0,) * run.spatial_dims)).array

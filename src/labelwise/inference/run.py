@@ -151,20 +151,18 @@ class RunModel:
 
     def configure(self, threshold: Threshold | str = None, overlap: float | None = None,
                   window: Sequence[int] | None = None) -> RunModel:
-        """Override the run's inference settings (None keeps the run's; ``threshold="argmax"``: the argmax of several
-        output channels)."""
-        if threshold is not None:
-            self.threshold_override = (parse_threshold(threshold),)
-        if overlap is not None:
-            if not 0.0 <= float(overlap) < 1.0:
-                raise LabelwiseError(f"overlap: expected a value in [0, 1), got {overlap}")
-            self.method.overlap = float(overlap)
-            self.spec["inference"]["overlap"] = float(overlap)
-        if window is not None:
-            self.method.window = list(window)
-            self.spec["inference"]["window"] = list(window)
+        """Set the inference settings of the next predictions: each one given overrides the run's, each None is the
+        run's own (``inference.json``), whatever an earlier call set; ``threshold="argmax"``: the argmax of several
+        output channels."""
+        settings = self.spec["inference"]
+        self.threshold_override = None if threshold is None else (parse_threshold(threshold),)
+        overlap = settings["overlap"] if overlap is None else float(overlap)
+        if not 0.0 <= overlap < 1.0:
+            raise LabelwiseError(f"overlap: expected a value in [0, 1), got {overlap}")
+        self.method.threshold, self.method.overlap = settings["threshold"], overlap
+        window = settings.get("window") if window is None else window
+        self.method.window = list(window) if window else None
         return self
-
 
 def load_run(path: str | Path) -> RunModel:
     """A run directory (its latest checkpoint; with ``trainer.select_best``, the best validation weights it tested)
@@ -188,13 +186,10 @@ def load_run(path: str | Path) -> RunModel:
     spec = _read_spec(run, cfg)
     data = _bundle(spec)
     method = METHODS[cfg.method.name](cfg, data)
-    settings = spec["inference"]
-    method.threshold, method.overlap = settings["threshold"], settings["overlap"]
-    method.window = list(settings["window"]) if settings.get("window") else None
     load_weights(checkpoint, method.networks)
     for net in method.networks.values():
         net.eval()
-    return RunModel(method, spec, run_dir, checkpoint)
+    return RunModel(method, spec, run_dir, checkpoint).configure()  # the run's threshold, window and overlap
 
 
 def _read_spec(run: RunDir, cfg: Any) -> dict[str, Any]:

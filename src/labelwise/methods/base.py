@@ -109,8 +109,7 @@ class Method:
         so that :meth:`refreeze` freezes the same ones on resume)."""
         target = self._transfer_target()
         if tensors is None:
-            d = self.data
-            names = set(build_backbone(self.config.model, d.spatial_dims, d.in_channels, d.image_size).state_dict())
+            names = set(self._backbone_state())
             state = {k: v for k, v in target.state_dict().items() if k in names}
         else:
             state = encoder_state(tensors)
@@ -123,12 +122,15 @@ class Method:
         and shapes)."""
         target = self._transfer_target()
         if saved is None:
-            d = self.data
-            backbone = build_backbone(self.config.model, d.spatial_dims, d.in_channels, d.image_size).state_dict()
-            own = target.state_dict()
+            backbone, own = self._backbone_state(), target.state_dict()
             saved = {"model": [k for k, v in backbone.items() if k in own and own[k].shape == v.shape]}
         freeze_encoder(target, list(saved["model"]))
         return {"model": list(saved["model"])}
+
+    def _backbone_state(self) -> dict[str, torch.Tensor]:
+        """The state dict of ``model.name``'s backbone at the data's sizes: which of the network's entries it covers."""
+        d = self.data
+        return build_backbone(self.config.model, d.spatial_dims, d.in_channels, d.image_size).state_dict()
 
     def _transfer_target(self) -> nn.Module:
         target = self.networks.get("model")
