@@ -178,8 +178,8 @@ def test_documented_command_line_parses(example, capsys):
 
 
 @pytest.mark.parametrize("line, expected", [
-    ("labelwise predict runs/x --input a.nii.gz --out o --roi 64 64 32   # comment",
-     ["predict", "runs/x", "--input", "a.nii.gz", "--out", "o", "--roi", "64", "64", "32"]),
+    ("labelwise predict runs/x --input a.nii.gz --out o --window 64 64 32   # comment",
+     ["predict", "runs/x", "--input", "a.nii.gz", "--out", "o", "--window", "64", "64", "32"]),
     ("labelwise train c.yaml --set 'method.tasks={mim: 1.0}' > log.txt 2>&1", ["train", "c.yaml", "--set",
                                                                                "method.tasks={mim: 1.0}"]),
     ("labelwise export RUN --format onnx|torchscript --out FILE", ["export", "RUN", "--format", "onnx", "--out", "FILE"]),

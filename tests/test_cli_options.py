@@ -35,13 +35,13 @@ def _predict_params(args: list[str]) -> dict:
 
 def test_predict_roi_space_separated_is_parsed_like_the_repeated_form():
     base = ["--input", "a.nii.gz", "--out", "o"]
-    spaced = _predict_params(["runs/x", *base, "--roi", "64", "64", "32"])
-    assert spaced["roi"] == [64, 64, 32] and str(spaced["run_dir"]) == "runs/x"
-    assert _predict_params(["runs/x", *base, "--roi", "64", "--roi", "64", "--roi", "32"])["roi"] == [64, 64, 32]
+    spaced = _predict_params(["runs/x", *base, "--window", "64", "64", "32"])
+    assert spaced["window"] == [64, 64, 32] and str(spaced["run_dir"]) == "runs/x"
+    assert _predict_params(["runs/x", *base, "--window", "64", "--window", "64", "--window", "32"])["window"] == [64, 64, 32]
     # values stop at the first token that is not a number: the run directory may follow
-    before = _predict_params(["--roi", "48", "40", "runs/x", *base, "--overlap", "0.25"])
-    assert before["roi"] == [48, 40] and str(before["run_dir"]) == "runs/x" and before["overlap"] == 0.25
-    assert _predict_params(["runs/x", *base, "--roi", "96"])["roi"] == [96]
+    before = _predict_params(["--window", "48", "40", "runs/x", *base, "--overlap", "0.25"])
+    assert before["window"] == [48, 40] and str(before["run_dir"]) == "runs/x" and before["overlap"] == 0.25
+    assert _predict_params(["runs/x", *base, "--window", "96"])["window"] == [96]
 
 
 def test_expand_per_axis_options_touches_only_the_listed_options():
@@ -50,7 +50,7 @@ def test_expand_per_axis_options_touches_only_the_listed_options():
     assert expand_per_axis_options(["data", "synth", "shapes", "--size", "16", "16"]) == \
         ["data", "synth", "shapes", "--size", "16", "16"]  # not a per-axis option: click reports the extra value
     assert expand_per_axis_options(["train", "c.yaml", "--set", "a=1"]) == ["train", "c.yaml", "--set", "a=1"]
-    assert expand_per_axis_options(["predict", "r", "--", "--roi", "1", "2"]) == ["predict", "r", "--", "--roi", "1", "2"]
+    assert expand_per_axis_options(["predict", "r", "--", "--window", "1", "2"]) == ["predict", "r", "--", "--window", "1", "2"]
     assert expand_per_axis_options(["data", "synth", "vessels", "--spacing", ".5", "1e-1", "2."]) == \
         ["data", "synth", "vessels", "--spacing", ".5", "--spacing", "1e-1", "--spacing", "2."]
 
@@ -67,7 +67,7 @@ def test_every_listed_option_exists_and_its_help_shows_the_spaced_form():
     result = run_cli("data", "synth", "vessels", "--help", env={"COLUMNS": "300"})
     assert result.returncode == 0 and "space-separated: --shape 96 96 96" in result.stdout
     result = run_cli("predict", "--help", env={"COLUMNS": "300"})
-    assert result.returncode == 0 and "space-separated: --roi 64 64 64" in result.stdout
+    assert result.returncode == 0 and "space-separated: --window 64 64 64" in result.stdout
 
 
 def test_help_gives_the_demo_duration():

@@ -157,7 +157,7 @@ def test_predict_3d_end_to_end(run_3d, tmp_path):
         np.testing.assert_allclose(written.header.get_zooms(), spacing, rtol=1e-6)
     assert probability_file.get_data_dtype() == np.float32 and mask_file.get_data_dtype() == np.uint8
     probability, mask = probability_file.get_fdata(dtype=np.float32), np.asarray(mask_file.dataobj)
-    logits = sliding_window_predict(trained.model, torch.from_numpy(image)[None, None], entry["roi_size"])[0]
+    logits = sliding_window_predict(trained.model, torch.from_numpy(image)[None, None], entry["window"])[0]
     np.testing.assert_array_equal(mask, logits.softmax(0).argmax(0).numpy())
     np.testing.assert_allclose(probability, 1 - logits.softmax(0)[0].numpy(), atol=1e-6)
     assert (out / entry["mip"]).is_file() and entry["mip"] == "figures/case1_mip.png"

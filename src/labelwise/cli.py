@@ -23,8 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Datasets: generate the built-in synthetic sets, write classification tables.",
-                       no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate the built-in synthetic sets, write classification tables and "
+                       "segmentation manifests.", no_args_is_help=True)
 synth_app = typer.Typer(help="Generate a synthetic dataset.", no_args_is_help=True)
 table_app = typer.Typer(help="Write a classification table (split, use_label, labels, attributes per sample).",
                         no_args_is_help=True)
@@ -41,14 +41,14 @@ RUN_DIR_ENV = "LABELWISE_RUN_DIR"  # hands the chosen run directory to the proce
 #: --shape 96`` before parsing (the repeated form works as well). A new such option only needs an entry here.
 PER_AXIS_OPTIONS: dict[tuple[str, ...], dict[str, str]] = {
     ("data", "synth", "vessels"): {"--shape": "96 96 96", "--spacing": "0.8 0.8 1.5"},
-    ("predict",): {"--roi": "64 64 64"},
+    ("predict",): {"--window": "64 64 64"},
 }
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def expand_per_axis_options(args: list[str]) -> list[str]:
     """``args`` with each per-axis option of :data:`PER_AXIS_OPTIONS` followed by several numbers rewritten to that
-    option repeated once per number: ``predict RUN --roi 64 64 32`` -> ``predict RUN --roi 64 --roi 64 --roi 32``."""
+    option repeated once per number: ``predict RUN --window 64 64 32`` -> ``predict RUN --window 64 --window 64 --window 32``."""
     args = list(args)
     names = next((names for path, names in PER_AXIS_OPTIONS.items() if tuple(args[:len(path)]) == path), None)
     if not names:
@@ -197,7 +197,8 @@ def predict(
     reference: Annotated[Optional[Path], typer.Option(help="segmentation: folder of reference masks (matched by case id): Dice and difference maps")] = None,
     threshold: Annotated[Optional[str], typer.Option(help="segmentation: 0.5, another number, otsu or argmax (default: the run's method.threshold for one channel, argmax otherwise)")] = None,
     overlap: Annotated[Optional[float], typer.Option(min=0, max=0.95, help="segmentation: overlap of the sliding windows (default: the run's method.overlap)")] = None,
-    roi: Annotated[Optional[list[int]], typer.Option(help="segmentation: window size, one value or one per axis (default: the run's data.patch_size; whole images for runs trained on them)")] = None,
+    window: Annotated[Optional[list[int]], typer.Option(help="segmentation: sliding-window size, one value or one per axis (default: the run's data.patch_size; whole images for runs trained on them)")] = None,
+    roi: Annotated[Optional[Path], typer.Option(help="segmentation: folder of region-of-interest masks (matched by case id like --reference; or one mask for one input): the mask is background outside it and Dice is scored inside it")] = None,
     split: Annotated[Optional[str], typer.Option(help="classification: only the rows of this split of a table or dataset .npz")] = None,
 ) -> None:
     """Predict with a trained run, exactly as it was trained and tested: inputs are read and preprocessed as its
@@ -209,7 +210,7 @@ def predict(
     run = load_run(run_dir)
     if run.task == "classification":
         given = [name for name, value in (("--reference", reference), ("--threshold", threshold), ("--overlap", overlap),
-                                          ("--roi", roi)) if value]
+                                          ("--window", window), ("--roi", roi)) if value]
         if given:
             raise LabelwiseError(f"{', '.join(given)}: only for segmentation runs; {run_dir} is a classification run")
         files = predict_classes(run, input, out, split=split)
@@ -217,10 +218,11 @@ def predict(
         return
     if split is not None:
         raise LabelwiseError("--split: only for classification runs (a table or dataset .npz)")
-    cases = predict_files(run, input, out, threshold=threshold, reference=reference, roi_size=roi or None,
-                          overlap=overlap)
+    cases = predict_files(run, input, out, threshold=threshold, reference=reference, window=window or None,
+                          overlap=overlap, roi=roi)
     dice = [c["dice"] for c in cases if c.get("dice") is not None]
-    tail = f"; mean Dice {sum(dice) / len(dice):.4f} against {reference}" if dice else ""
+    tail = (f"; mean Dice {sum(dice) / len(dice):.4f} against {reference}{' inside --roi' if roi else ''}"
+            if dice else "")
     typer.echo(f"wrote {len(cases)} case(s) to {out}{tail}")
 
 
@@ -341,6 +343,7 @@ def evaluate_segmentation(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON here")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="write one row per case (+ mean, std) as CSV here")] = None,
     allow_missing: Annotated[bool, typer.Option(help="skip cases found on one side only instead of refusing")] = False,
+    roi: Annotated[Optional[Path], typer.Option(help="folder of region-of-interest masks, matched by case id: every score is computed inside them (e.g. a fundus field of view)")] = None,
 ) -> None:
     """Score segmentations: Dice, IoU, precision, sensitivity, volumetric similarity, HD95, ASSD (physical units)
     and clDice, per case and mean ± std."""
@@ -349,9 +352,9 @@ def evaluate_segmentation(
 
     from labelwise.evaluation.segmentation import evaluate_segmentation as run, format_table, to_csv, to_json
 
-    result = run(pred, truth, allow_missing=allow_missing)
+    result = run(pred, truth, allow_missing=allow_missing, roi=roi)
     rows = format_table(result)
-    table = Table(title=f"{result['n']} case(s): {pred} vs {truth}")
+    table = Table(title=f"{result['n']} case(s): {pred} vs {truth}{f' inside {roi}' if roi else ''}")
     for i, column in enumerate(rows[0]):
         table.add_column(column, justify="left" if i == 0 else "right")
     for row in rows[1:]:
@@ -542,6 +545,36 @@ def table_folder(
     from labelwise.data.table import write_folder_table
 
     typer.echo(f"wrote {write_folder_table(folder, out, val=val, test=test, labelled=labelled, seed=seed)}")
+
+
+@data_app.command("manifest")
+def data_manifest(
+    images: Annotated[Path, typer.Option(help="folder of images (NIfTI, PNG, TIFF, JPG, .npy)")],
+    labels: Annotated[Path, typer.Option(help="folder of their masks, paired with the images by name")],
+    out: Annotated[Path, typer.Option(help="manifest CSV to write; paths in it are relative to its folder")],
+    roi: Annotated[Optional[Path], typer.Option(help="folder of region-of-interest masks (e.g. fields of view)")] = None,
+    truth: Annotated[Optional[Path], typer.Option(help="folder of reference masks used only for evaluation")] = None,
+    val: Annotated[Optional[float], typer.Option(min=0, max=1, help="share of the labelled cases drawn for the validation split (default 0.1)")] = None,
+    test: Annotated[Optional[float], typer.Option(min=0, max=1, help="share of the labelled cases drawn for the test split (default 0.2)")] = None,
+    split_from: Annotated[Optional[Path], typer.Option(help="CSV with id and split columns (e.g. an earlier manifest): each case's split")] = None,
+    split: Annotated[Optional[str], typer.Option(help="put every case into this split: train, val or test")] = None,
+    seed: Annotated[int, typer.Option(help="random seed of the drawn split")] = 0,
+    prefix: Annotated[str, typer.Option(help="text prepended to every id")] = "",
+    unlabelled: Annotated[bool, typer.Option(help="keep images without a label, as unlabelled training cases")] = False,
+    append: Annotated[bool, typer.Option(help="add the cases to the existing --out manifest (ids must stay unique)")] = False,
+) -> None:
+    """A segmentation manifest (id, image, label, split[, truth][, roi]) of a folder of images and a folder of their
+    masks, paired by whole name or by the part of the names that differs from file to file (21_training.tif with
+    21_manual1.gif); splits drawn by --seed, given by --split, or taken from --split-from."""
+    from labelwise.data.pairing import assign_splits, pair_files, write_manifest
+
+    rows = pair_files(images, labels, roi=roi, truth=truth, allow_unlabelled=unlabelled, prefix=prefix,
+                      warn=lambda message: typer.echo(f"warning: {message}", err=True))
+    rows = assign_splits(rows, val=val, test=test, seed=seed, split=split, split_from=split_from)
+    cases = write_manifest(rows, out, append=append)
+    counts = ", ".join(f"{name} {sum(c.split == name for c in cases)}" for name in ("train", "val", "test"))
+    added = f" ({len(rows)} added)" if append else ""
+    typer.echo(f"wrote {len(cases)} cases ({counts}) to {out}{added}")
 
 
 def main(argv: list[str] | None = None) -> None:

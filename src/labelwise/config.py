@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from labelwise.augment.pipeline import AugmentOptions
 from labelwise.errors import ConfigError
 from labelwise.io import atomic_write
 from labelwise.methods import METHODS
@@ -60,8 +61,9 @@ class DataConfig(Section):
     patch_size: list[int] | None = Field(None, description="manifest data: train on random patches of this size")
     patches_per_volume: int = Field(100, gt=0, description="random patches per training case and epoch")
     foreground_ratio: float = Field(0.5, ge=0, le=1, description="share of patches centred on a labelled voxel")
-    intensity: Literal["max", "zscore", "channel", "none"] = Field(
-        "max", description="max/zscore: per image; channel: per channel with the training split's mean and std")
+    intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
+        "max", description="max/zscore: per image; channel: per channel with the training split's mean and std; "
+        "percentile: clipped to the training foreground's 0.5-99.5 percentiles, then its mean and std (CT)")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -71,8 +73,8 @@ class DataConfig(Section):
         if self.labelled_per_batch is not None and self.labelled_per_batch > self.batch_size:
             raise ValueError(f"data.labelled_per_batch: {self.labelled_per_batch} is larger than data.batch_size "
                              f"{self.batch_size}")
-        if self.intensity == "channel" and self.task == "segmentation":
-            raise ValueError("data.intensity: channel is for classification data; use max, zscore or none")
+        if self.intensity == "percentile" and self.task != "segmentation":
+            raise ValueError("data.intensity: percentile uses the training masks' foreground; it is for segmentation")
         if self.image_size is not None and (len(self.image_size) not in (2, 3) or min(self.image_size) < 1):
             raise ValueError(f"data.image_size: expected 2 or 3 positive sizes, got {self.image_size}")
         if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):
@@ -175,6 +177,8 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     trainer: TrainerConfig
+    augment: AugmentOptions | None = Field(None, description="augmentation of the labelled training images; omit: "
+                                           "none, {}: the defaults (labelwise.augment.pipeline)")
 
     @field_validator("method", mode="before")
     @classmethod
@@ -186,6 +190,9 @@ class Config(Section):
         if self.model.name is None:  # the saved config names the network that ran
             self.model.name = DEFAULT_MODELS[self.data.task]
 
+        if self.augment is not None and not METHODS[self.method.name].augments:
+            raise ConfigError(f"augment: method {self.method.name} does not take the augment section (it trains "
+                              "without labelled images, or draws its own views)")
         options_model = METHODS[self.method.name].Options
         try:
             options_model(**self.method.options())

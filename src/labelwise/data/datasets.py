@@ -168,10 +168,18 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
 
     cases = read_manifest(cfg.manifest)
     splits: dict[str, Dataset] = {}
+    per_image = cfg.intensity not in TRAINED_INTENSITY  # else: raw values first, the training statistics next
     for name in ("train", "val", "test"):
         chosen = [i for i, c in enumerate(cases) if c.split == name and (c.labelled or keep_unlabelled)]
-        splits[name] = load_cases([cases[i] for i in chosen], np.array(chosen, dtype=np.int64), cfg.intensity)
+        splits[name] = load_cases([cases[i] for i in chosen], np.array(chosen, dtype=np.int64),
+                                  cfg.intensity if per_image else "none")
     train = splits["train"]
+    preprocessing: dict = {"intensity": cfg.intensity}
+    if not per_image and len(train):
+        preprocessing.update(intensity_statistics(train.image, train.target, train.labelled.tolist(), cfg.intensity,
+                                                  seed))
+        for split in splits.values():
+            split.image = [torch.from_numpy(preprocess_image(i.numpy(), preprocessing)) for i in split.image]
     if len(train) == 0:
         raise DataError(f"{cfg.manifest}: no usable training cases (unlabelled ones are used only by "
                         "semi-supervised methods)")
@@ -193,13 +201,48 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     size = tuple(cfg.patch_size) if cfg.patch_size is not None else tuple(first.shape[1:])
     return DataBundle(splits=splits, task="segmentation", num_classes=max(2, top + 1), in_channels=in_channels,
                       spatial_dims=spatial_dims, image_size=size, class_names=[], ids=np.array([c.id for c in cases]),
-                      preprocessing={"intensity": cfg.intensity})
+                      preprocessing=preprocessing)
+
+
+TRAINED_INTENSITY = ("channel", "percentile")  # intensity schemes with statistics of the training split
+PERCENTILES = (0.5, 99.5)  # percentile: clip to these percentiles of the training foreground (nnU-Net's CT scheme)
+FOREGROUND_SAMPLE = 100_000  # percentile: foreground voxels drawn per training case for the statistics
+
+
+def intensity_statistics(images: list[torch.Tensor], targets: list[torch.Tensor], labelled: list[bool], mode: str,
+                         seed: int = 0) -> dict:
+    """The training split's statistics of an intensity scheme (what :func:`preprocess_image` needs), per channel:
+    ``channel``: ``channel_mean`` / ``channel_std`` over every voxel of every training image; ``percentile``:
+    ``clip`` (the 0.5 and 99.5 percentiles of the voxels under the labelled cases' foreground, up to 100,000 drawn
+    per case with ``seed``) and ``channel_mean`` / ``channel_std`` of those voxels clipped."""
+    channels = images[0].shape[0]
+    if mode == "channel":
+        count = sum(i[0].numel() for i in images)
+        total = sum(i.reshape(channels, -1).double().sum(1) for i in images)
+        mean = total / count
+        square = sum(((i.reshape(channels, -1).double() - mean[:, None]) ** 2).sum(1) for i in images)
+        return {"channel_mean": mean.tolist(), "channel_std": (square / count).sqrt().tolist()}
+    rng = np.random.default_rng(seed)
+    samples = []
+    for image, target, has_label in zip(images, targets, labelled):
+        inside = torch.nonzero(target.reshape(-1) > 0).squeeze(1).numpy() if has_label else np.empty(0, np.int64)
+        if len(inside) > FOREGROUND_SAMPLE:
+            inside = rng.choice(inside, FOREGROUND_SAMPLE, replace=False)
+        samples.append(image.reshape(channels, -1)[:, inside].double().numpy())
+    values = np.concatenate(samples, axis=1)
+    if values.shape[1] == 0:
+        raise DataError("data.intensity: percentile needs foreground voxels in the labelled training cases; there are none")
+    low, high = np.percentile(values, PERCENTILES, axis=1)
+    clipped = np.clip(values, low[:, None], high[:, None])
+    return {"clip": [low.tolist(), high.tolist()], "channel_mean": clipped.mean(1).tolist(),
+            "channel_std": clipped.std(1).tolist()}
 
 
 def preprocess_image(image: np.ndarray, preprocessing: dict) -> np.ndarray:
     """One image ``(C, *spatial)`` as training saw it: resized to ``image_size`` (bilinear/trilinear) when given, then
-    normalised by ``intensity``: ``channel`` with the training split's ``channel_mean`` / ``channel_std``, else per
-    image (:func:`labelwise.data.patches.normalize_intensity`). ``preprocessing`` is what a run records in
+    normalised by ``intensity``: ``channel`` with the training split's ``channel_mean`` / ``channel_std``,
+    ``percentile`` clipped to the training foreground's ``clip`` percentiles first (:func:`intensity_statistics`),
+    else per image (:func:`labelwise.data.patches.normalize_intensity`). ``preprocessing`` is what a run records in
     ``inference.json``, so training and inference share this one function."""
     from labelwise.data.patches import normalize_intensity
 
@@ -214,7 +257,13 @@ def preprocess_image(image: np.ndarray, preprocessing: dict) -> np.ndarray:
             image = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
                                                     size=tuple(size), mode=mode, align_corners=False)[0].numpy()
     mode = preprocessing.get("intensity", "none")
-    if mode == "channel":
+    if mode == "percentile":
+        low, high = (np.asarray(v, dtype=np.float64).reshape((-1,) + (1,) * (image.ndim - 1))
+                     for v in preprocessing["clip"])
+        if low.size != image.shape[0]:
+            raise DataError(f"the image has {image.shape[0]} channel(s); the training statistics {low.size}")
+        image = np.clip(image, low, high)
+    if mode in ("channel", "percentile"):
         mean = np.asarray(preprocessing["channel_mean"], dtype=np.float64)
         std = np.asarray(preprocessing["channel_std"], dtype=np.float64)
         if mean.size != image.shape[0]:

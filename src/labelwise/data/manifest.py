@@ -2,7 +2,8 @@
 
 Columns: ``id`` (unique), ``image`` (a NIfTI volume or a 2D picture), ``label`` (its mask; empty: the case is
 unlabelled), ``split`` (``train``, ``val`` or ``test``), and optionally ``truth`` (a reference mask used only for
-evaluation, e.g. the clean mask of a synthetic set whose ``label`` is noisy). Paths are relative to the manifest's
+evaluation, e.g. the clean mask of a synthetic set whose ``label`` is noisy) and ``roi`` (a region-of-interest mask:
+scores are computed inside it, e.g. a fundus photograph's field of view). Paths are relative to the manifest's
 folder or absolute. Which cases may use their label is said by the manifest, never inferred from file order::
 
     id,image,label,split,truth
@@ -33,6 +34,7 @@ class Case:
     label: Path | None
     split: str
     truth: Path | None = None
+    roi: Path | None = None
 
     @property
     def labelled(self) -> bool:
@@ -50,7 +52,7 @@ def read_manifest(path: str | Path) -> list[Case]:
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in REQUIRED if c not in columns]
         if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected id,image,label,split[,truth], "
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected id,image,label,split[,truth][,roi], "
                             f"got {','.join(columns) or 'nothing'}")
         rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
     if not rows:
@@ -70,7 +72,7 @@ def read_manifest(path: str | Path) -> list[Case]:
         if split not in SPLITS:
             problems.append(f"{where}: split {split!r} of {case_id}; use one of {', '.join(SPLITS)}")
         files = {}
-        for column in ("image", "label", "truth"):
+        for column in ("image", "label", "truth", "roi"):
             text = row.get(column, "")
             if not text:
                 files[column] = None
@@ -84,7 +86,7 @@ def read_manifest(path: str | Path) -> list[Case]:
         if split in ("val", "test") and files["label"] is None:
             problems.append(f"{where}: {case_id} is in the {split} split but has no label; val and test cases are "
                             "scored, so they need one")
-        cases.append(Case(case_id, files["image"], files["label"], split, files["truth"]))
+        cases.append(Case(case_id, files["image"], files["label"], split, files["truth"], files["roi"]))
     if problems:
         shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
         raise DataError("\n".join(shown))

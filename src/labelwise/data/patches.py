@@ -9,6 +9,7 @@ case, otherwise anywhere; volumes smaller than the patch are zero-padded."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -19,9 +20,9 @@ from labelwise.data.manifest import Case
 from labelwise.data.volumes import read_volume
 from labelwise.errors import DataError
 
-__all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity"]
+__all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity", "read_mask"]
 
-Intensity = Literal["max", "zscore", "none"]
+Intensity = Literal["max", "zscore", "none"]  # per image; "channel" and "percentile" need training statistics
 
 
 def normalize_intensity(image: np.ndarray, mode: Intensity) -> np.ndarray:
@@ -40,9 +41,11 @@ class VolumeDataset(Dataset):
     """Whole cases: ``{"image": (C, *spatial), "target": (*spatial), "labelled": (), "index": ()}``."""
 
     def __init__(self, cases: Sequence[Case], images: list[torch.Tensor], targets: list[torch.Tensor],
-                 spacings: list[tuple[float, ...]], affines: list[np.ndarray | None], indices: np.ndarray):
+                 spacings: list[tuple[float, ...]], affines: list[np.ndarray | None], indices: np.ndarray,
+                 rois: list[torch.Tensor | None] | None = None):
         self.cases = list(cases)
         self.image, self.target = images, targets
+        self.rois = rois if rois is not None else [None] * len(self.cases)  # region-of-interest masks (bool) or None
         self.spacings, self.affines = spacings, affines
         self.labelled = torch.tensor([c.labelled for c in self.cases], dtype=torch.bool)
         self.indices = torch.from_numpy(np.asarray(indices, dtype=np.int64))
@@ -57,9 +60,10 @@ class VolumeDataset(Dataset):
 
 
 def load_cases(cases: Sequence[Case], indices: np.ndarray, intensity: Intensity = "max") -> VolumeDataset:
-    """Read the cases' images and labels (unlabelled: an all-zero target), checking that each label matches its
-    image in shape and spacing and that every image has the same channels and number of spatial axes."""
-    images, targets, spacings, affines = [], [], [], []
+    """Read the cases' images, labels (unlabelled: an all-zero target) and regions of interest, checking that each
+    mask matches its image in shape and spacing and that every image has the same channels and number of spatial
+    axes; images normalised per image by ``intensity``."""
+    images, targets, spacings, affines, rois = [], [], [], [], []
     for case in cases:
         image = read_volume(case.image)
         if image.array.ndim not in (3, 4):
@@ -68,23 +72,26 @@ def load_cases(cases: Sequence[Case], indices: np.ndarray, intensity: Intensity 
             raise DataError(f"{case.image}: {image.array.shape[0]} channel(s), {image.array.ndim - 1}D; the first "
                             f"case has {images[0].shape[0]}, {images[0].ndim - 1}D")
         spatial = image.array.shape[1:]
-        if case.label is not None:
-            label = read_volume(case.label, mask=True)
-            if label.array.shape != spatial:
-                raise DataError(f"{case.label}: mask shape {label.array.shape} differs from its image "
-                                f"{case.image} {spatial}")
-            if not np.allclose(label.spacing, image.spacing, rtol=1e-3):
-                raise DataError(f"{case.label}: spacing {label.spacing} differs from its image {case.image} "
-                                f"{image.spacing}")
-            target = label.array
-        else:
-            target = np.zeros(spatial, dtype=np.int64)
+        target = (read_mask(case.label, image.spacing, spatial, case.image) if case.label is not None else
+                  np.zeros(spatial, dtype=np.int64))
+        rois.append(torch.from_numpy(read_mask(case.roi, image.spacing, spatial, case.image) > 0)
+                    if case.roi is not None else None)
         images.append(torch.from_numpy(np.ascontiguousarray(normalize_intensity(image.array, intensity),
                                                             dtype=np.float32)))
         targets.append(torch.from_numpy(target))
         spacings.append(image.spacing)
         affines.append(image.affine)
-    return VolumeDataset(cases, images, targets, spacings, affines, indices)
+    return VolumeDataset(cases, images, targets, spacings, affines, indices, rois)
+
+
+def read_mask(path: Path, spacing: tuple[float, ...], spatial: tuple[int, ...], image: Path) -> np.ndarray:
+    """The mask at ``path`` (labels or a region of interest), checked against its image's shape and spacing."""
+    mask = read_volume(path, mask=True)
+    if mask.array.shape != tuple(spatial):
+        raise DataError(f"{path}: mask shape {mask.array.shape} differs from its image {image} {tuple(spatial)}")
+    if not np.allclose(mask.spacing, spacing, rtol=1e-3):
+        raise DataError(f"{path}: spacing {mask.spacing} differs from its image {image} {spacing}")
+    return mask.array
 
 
 class PatchDataset(Dataset):

@@ -23,7 +23,7 @@ __all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFI
            "read_image", "read_volume", "write_volume"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + PICTURE_SUFFIXES + (".npy",)
 IMAGE_SUFFIXES = VOLUME_SUFFIXES + (".npz",)  # what read_image takes: + Harvard-GDP data_XXXX.npz
 

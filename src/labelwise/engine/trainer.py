@@ -448,7 +448,8 @@ class Trainer:
         if split not in self.data.splits or len(self.data.splits[split]) == 0:
             return {}
         outputs, target, images = self.predict_split(split)
-        metrics, predictions = self.method.evaluate(outputs, target)
+        rois = self.data.split(split).rois if isinstance(self.data.split(split), VolumeDataset) else None
+        metrics, predictions = self.method.evaluate(outputs, target, rois=rois)
         if not self.fabric.is_global_zero:
             return metrics
         dataset = self.data.split(split)

@@ -4,7 +4,8 @@ Files are matched by case id (the file name without its suffix: ``case01.nii.gz`
 ``.nii.gz .nii .png .tif .tiff .jpg .jpeg .npy`` is read with :func:`labelwise.data.volumes.read_volume`. When
 ``pred`` holds a ``masks/`` folder (where ``labelwise predict`` writes its masks) that folder is read. Each case
 gets the scores of :func:`labelwise.metrics.surface.segmentation_scores`; masks holding several labels are scored
-as one foreground, ``label > 0`` (a note says so).
+as one foreground, ``label > 0`` (a note says so). With ``roi`` (a folder of region-of-interest masks, matched by
+case id the same way), both masks are background outside each case's region: scores inside it.
 
 Refused with a :class:`~labelwise.errors.DataError` naming the files: cases present on one side only (unless
 ``allow_missing``, which skips them with a note), two files with the same case id in one folder, shapes that
@@ -113,8 +114,10 @@ def _labels_note(path: Path, array: np.ndarray, what: str) -> str | None:
     return f"{what} {path.name} holds labels {_listing([str(v) for v in labels])}; scored as one foreground (label > 0)"
 
 
-def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = False) -> dict[str, Any]:
-    """Score every predicted mask in ``pred`` (or ``pred/masks``) against the same case in ``truth``.
+def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = False,
+                          roi: Path | None = None) -> dict[str, Any]:
+    """Score every predicted mask in ``pred`` (or ``pred/masks``) against the same case in ``truth``; with ``roi``, a
+    folder of region-of-interest masks matched by case id (every scored case needs one), inside them only.
 
     Returns ``{"cases", "mean", "std", "count", "n", "spacing_unit", "notes", "skipped"}`` as described in the
     module docstring; cases are in case-id order."""
@@ -140,6 +143,10 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
     common = sorted(set(pred_files) & set(truth_files))
     if not common:
         raise DataError(f"no case id is found in both {pred} and {truth}")
+    roi_files = _cases(Path(roi), "region-of-interest") if roi is not None else {}
+    no_roi = [cid for cid in common if roi is not None and cid not in roi_files]
+    if no_roi:
+        raise DataError(f"{len(no_roi)} case(s) without a region-of-interest mask in {roi}: {_listing(no_roi)}")
 
     cases: list[dict[str, Any]] = []
     units: set[str] = set()
@@ -152,14 +159,19 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
             if note:
                 notes.append(note)
         units.add("mm" if _has_spacing(pp) or _has_spacing(tp) else "pixels")
-        scores = segmentation_scores(pv.array, tv.array, spacing)
+        region = None
+        if roi is not None:
+            rv = read_volume(roi_files[cid], mask=True)
+            _check_pair(pp, roi_files[cid], pv, rv)
+            region = rv.array > 0
+        scores = segmentation_scores(pv.array, tv.array, spacing, region)
         cases.append({"id": cid, "pred": str(pp), "truth": str(tp), "spacing": [float(s) for s in spacing],
-                      **scores})
+                      **({"roi": str(roi_files[cid])} if roi is not None else {}), **scores})
 
     unit = units.pop() if len(units) == 1 else "mm (NIfTI cases), pixels (other cases)"
     summary = summarize_cases(cases)
     note = empty_mask_note(summary, len(cases))
-    return {"cases": cases, **summary, "n": len(cases), "spacing_unit": unit,
+    return {"cases": cases, **summary, "n": len(cases), "spacing_unit": unit, "roi": str(roi) if roi else None,
             "notes": notes + ([note] if note else []), "skipped": {"pred_only": pred_only, "truth_only": truth_only}}
 
 

@@ -1,6 +1,6 @@
 """``labelwise predict``: a segmentation run's network over new images and volumes, by overlapping windows.
 
-Each input is cut into windows of ``roi_size`` that overlap by ``overlap`` (0.5: a stride of half a window, as DS6
+Each input is cut into windows of ``window`` that overlap by ``overlap`` (0.5: a stride of half a window, as DS6
 does with 64^3 patches at stride 32); the windows' logits are blended with a Gaussian weight (the centre of a window
 counts more than its edges) by MONAI's :func:`monai.inferers.sliding_window_inference`, which also pads inputs
 smaller than a window. Windows are rounded up to a size the network accepts (UNetMSS: multiples of 16; a MONAI
@@ -58,7 +58,7 @@ __all__ = ["INDEX_NAME", "diff_rgb", "mask_overlay_rgb", "predict_files", "predi
            "project", "save_run_predictions", "write_case"]
 
 INDEX_NAME = "predictions.json"
-REFERENCE_SUFFIXES = ("", "_mask", "_seg", "_label", "_gt")  # <id><suffix> in the reference folder matches <id>
+REFERENCE_SUFFIXES = ("", "_mask", "_seg", "_label", "_gt", "_roi")  # <id><suffix> in the reference folder matches <id>
 TP_RGB, FN_RGB, FP_RGB = (255, 255, 255), (255, 0, 0), (0, 64, 255)
 LABEL_RGB = ((255, 210, 0), (0, 220, 90), (255, 60, 200), (0, 200, 255), (255, 130, 0), (160, 90, 255))
 
@@ -156,9 +156,10 @@ def prediction_inputs(paths: Sequence[str | Path]) -> list[Path]:
     return input_files(paths, VOLUME_SUFFIXES)
 
 
-def _references(reference: str | Path | None, files: Sequence[Path]) -> dict[str, Path]:
-    """Reference mask per case id: a folder's files named ``<id>`` (or ``<id>_mask``, ``_seg``, ``_label``,
-    ``_gt``) with any supported suffix; a single file for a single input, else by its id."""
+def _references(reference: str | Path | None, files: Sequence[Path], what: str = "reference") -> dict[str, Path]:
+    """Reference (or region-of-interest) mask per case id: a folder's files named ``<id>`` (or ``<id>_mask``,
+    ``_seg``, ``_label``, ``_gt``, ``_roi``) with any supported suffix; a single file for a single input, else by its
+    id."""
     if reference is None:
         return {}
     reference = Path(reference)
@@ -168,7 +169,7 @@ def _references(reference: str | Path | None, files: Sequence[Path]) -> dict[str
             return {ids[0]: reference}
         return {case_id(reference): reference} if case_id(reference) in ids else {}
     if not reference.is_dir():
-        raise DataError(f"{reference}: reference masks: no such file or folder")
+        raise DataError(f"{reference}: {what} masks: no such file or folder")
     inputs = {f.resolve() for f in files}
     by_name: dict[str, list[Path]] = {}
     for path in sorted(reference.iterdir()):
@@ -179,13 +180,13 @@ def _references(reference: str | Path | None, files: Sequence[Path]) -> dict[str
         for suffix in REFERENCE_SUFFIXES:
             candidates = by_name.get(cid + suffix, [])
             if len(candidates) > 1:
-                raise DataError(f"{reference}: several reference masks for {cid}: "
+                raise DataError(f"{reference}: several {what} masks for {cid}: "
                                 f"{', '.join(p.name for p in candidates)}")
             if candidates:
                 found[cid] = candidates[0]
                 break
     if not found:
-        raise DataError(f"{reference}: no reference mask matches the inputs' ids ({', '.join(ids[:5])}"
+        raise DataError(f"{reference}: no {what} mask matches the inputs' ids ({', '.join(ids[:5])}"
                         f"{', ...' if len(ids) > 5 else ''}); name them <id>.nii.gz, <id>.png, ... or <id>_mask.*")
     return found
 
@@ -211,8 +212,9 @@ def predict_files(
     out: str | Path,
     threshold: Threshold | str = None,
     reference: str | Path | None = None,
-    roi_size: int | Sequence[int] | None = None,
+    window: int | Sequence[int] | None = None,
     overlap: float | None = None,
+    roi: str | Path | None = None,
     *,
     mip_axis: int | None = None,
     progress: bool | Callable[[str], None] = True,
@@ -224,8 +226,9 @@ def predict_files(
 
     ``threshold``: None keeps the run's (``method.threshold`` for one output channel, argmax otherwise); a number,
     "otsu" or "argmax" overrides it (see :func:`labelwise.models.outputs.segment`). ``reference``: a folder of
-    reference masks matched by case id (or one mask for one input) for the difference figures and Dice.
-    ``roi_size``/``overlap``: the sliding windows (None: the run's ``data.patch_size`` and ``method.overlap``; a run
+    reference masks matched by case id (or one mask for one input) for the difference figures and Dice. ``roi``: a
+    folder (or file) of region-of-interest masks matched the same way: the mask is background outside a case's
+    region and its Dice is scored inside it. ``window``/``overlap``: the sliding windows (None: the run's ``data.patch_size`` and ``method.overlap``; a run
     trained on whole images sees whole images). ``mip_axis``: the projection axis of 3D figures (see
     :func:`project`). ``progress``: True prints one line per case to stderr; a callable receives that line.
 
@@ -235,7 +238,7 @@ def predict_files(
                         "(labelwise.inference.predict.predict_classes)")
     dims = run.spatial_dims
     run.configure(threshold=threshold, overlap=overlap,
-                  window=sizes(roi_size, dims, "roi size") if roi_size is not None else None)
+                  window=sizes(window, dims, "window size") if window is not None else None)
     files = prediction_inputs(files)
     ids = [case_id(f) for f in files]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
@@ -243,6 +246,11 @@ def predict_files(
         raise DataError(f"several inputs have the id {repeated[0]}: "
                         f"{', '.join(str(f) for f in files if case_id(f) == repeated[0])}")
     references = _references(reference, files)
+    rois = _references(roi, files, what="region-of-interest")
+    missing = [cid for cid in ids if roi is not None and cid not in rois]
+    if missing:
+        raise DataError(f"{roi}: no region-of-interest mask for {', '.join(missing[:5])}"
+                        f"{', ...' if len(missing) > 5 else ''}")
     report = _reporter(progress)
     out = Path(out)
     entries: list[dict[str, Any]] = []
@@ -256,6 +264,9 @@ def predict_files(
         probability, mask, used = (t[0] for t in run.segment(logits))
         probability, mask = probability.numpy().astype(np.float32), mask.numpy()
         del logits
+        region = _read_reference(rois[cid], path, image).array > 0 if cid in rois else None
+        if region is not None:
+            mask = np.where(region, mask, 0)
 
         nifti = dims == 3 or suffix_of(path) in NIFTI_SUFFIXES
         files_written: dict[str, str | None] = {"diff": None}
@@ -267,15 +278,17 @@ def predict_files(
             "id": cid, "input": str(path), **files_written,
             "reference": str(references[cid]) if cid in references else None,
             "threshold": used, "shape": list(spatial), "spacing": [float(s) for s in image.spacing],
-            "roi_size": [int(w) for w in window], "overlap": float(run.method.overlap),
+            "window": [int(w) for w in window], "overlap": float(run.method.overlap),
+            "roi": str(rois[cid]) if cid in rois else None,
             "foreground_voxels": int((mask > 0).sum()), "seconds": round(seconds, 3),
         }
         if ref is not None:
-            entry["dice"] = _finite(dice(torch.from_numpy(mask > 0)[None], torch.from_numpy(ref.array > 0)[None],
+            truth = ref.array if region is None else np.where(region, ref.array, 0)  # scored inside the roi
+            entry["dice"] = _finite(dice(torch.from_numpy(mask > 0)[None], torch.from_numpy(truth > 0)[None],
                                          num_classes=2)[0, 0])
             if run.num_classes > 2:
                 entry["dice_per_class"] = [_finite(v) for v in dice(torch.from_numpy(mask)[None],
-                                                                     torch.from_numpy(ref.array)[None],
+                                                                     torch.from_numpy(truth)[None],
                                                                      num_classes=run.num_classes)[0]]
         elif reference is not None:
             entry["dice"] = None
@@ -363,14 +376,16 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
     2D), ``figures/<id>_mip.png`` (the prediction over the image's projection) and ``figures/<id>_diff_<ref>.png``
     for each reference (``label``: the mask the run was scored on; ``truth``: the manifest's clean mask, when it has
     one), and ``segmentation.json``: every score of :func:`labelwise.metrics.surface.segmentation_scores` per case
-    and their mean and std, per reference. Returns the path of ``segmentation.json``."""
+    and their mean and std, per reference; cases with a region of interest (the manifest's ``roi``) scored inside
+    it (``roi``: how many). Returns the path of ``segmentation.json``."""
     folder = Path(folder)
     scores: dict[str, list[dict[str, Any]]] = {"label": [], "truth": []}
     figures = []
     for i, case in enumerate(volumes.cases):
         spacing, affine = volumes.spacings[i], volumes.affines[i]
-        mask = predictions["prediction"][i].cpu().numpy()
+        mask = predictions["prediction"][i].cpu().numpy()  # background outside the case's roi (Method.evaluate)
         probability = predictions["probability"][i].cpu().numpy().astype(np.float32)
+        roi = volumes.rois[i].cpu().numpy() if volumes.rois[i] is not None else None
         references = {"label": volumes.target[i].cpu().numpy() if bool(volumes.labelled[i]) else None,
                       "truth": read_volume(case.truth, mask=True).array if case.truth is not None else None}
         references = {name: reference for name, reference in references.items() if reference is not None}
@@ -378,13 +393,14 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
             if reference.shape != mask.shape:
                 raise DataError(f"{case.id}: the {name} mask has shape {reference.shape}, the image {case.image} "
                                 f"{mask.shape}")
-            scores[name].append({"id": case.id, **segmentation_scores(mask > 0, reference > 0, spacing)})
+            scores[name].append({"id": case.id, **segmentation_scores(mask > 0, reference > 0, spacing, roi)})
         nifti = mask.ndim == 3 or suffix_of(case.image) in NIFTI_SUFFIXES
         files = write_case(folder, case.id, volumes.image[i].float().cpu().numpy(), probability, mask, spacing,
                            affine, nifti, references)
         entry = {"id": case.id, **{key: value for key, value in files.items() if key.startswith(("mip", "diff"))}}
         figures.append(entry)
     result = {"scores": list(SCORE_NAMES), "figures": figures,
+              "roi": sum(r is not None for r in volumes.rois),  # cases scored inside their region of interest
               "references": {name: {"cases": cases, **summarize_cases(cases)}
                              for name, cases in scores.items() if cases}}
     path = folder / "segmentation.json"

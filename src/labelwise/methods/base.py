@@ -8,6 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from labelwise.augment.pipeline import Augment
 from labelwise.errors import ConfigError
 from labelwise.metrics import classification as cls_metrics
 from labelwise.metrics import segmentation as seg_metrics
@@ -36,6 +37,7 @@ class Method:
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_unlabelled: ClassVar[bool] = False  # True: unlabelled training cases are loaded (flag "labelled" = False)
+    augments: ClassVar[bool] = False  # True: the method applies the config's augment section (see augment_batch)
     threshold: float | str = 0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, or "otsu"
     overlap: float = 0.5  # segmenters: overlap of the sliding windows of predict
     window: list[int] | None = None  # segmenters: sliding-window size of predict (None: the whole image)
@@ -53,6 +55,7 @@ class Method:
         # outputs of the predicting network: classes / labels (classification) or segmentation classes; one-channel
         # segmenters (sigmoid of the foreground) set 1
         self.out_channels = data.num_classes
+        self.augmenter = Augment(config.augment) if config.augment is not None and self.augments else None
 
     @property
     def activation(self) -> str | None:
@@ -139,6 +142,14 @@ class Method:
                               "into")
         return target
 
+    def augment_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with its images (and segmentation masks, the same geometry) augmented as the config's
+        ``augment:`` section says (:class:`labelwise.augment.pipeline.Augment`); unchanged without one."""
+        if self.augmenter is None:
+            return batch
+        image, target = self.augmenter(batch["image"], batch["target"] if self.data.task == "segmentation" else None)
+        return {**batch, "image": image, **({"target": target} if self.data.task == "segmentation" else {})}
+
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses of one batch: ``"loss"`` is minimised (manual optimisation: only logged and checked to be finite);
         other entries are logged as ``loss/<key>``."""
@@ -188,8 +199,11 @@ class Method:
         out = model(image)
         return out[0] if isinstance(out, (tuple, list)) else out
 
-    def evaluate(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """Metrics of a whole split and its per-sample predictions, from stacked logits and targets."""
+    def evaluate(self, outputs: torch.Tensor, target: torch.Tensor, rois: list[torch.Tensor | None] | None = None
+                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Metrics of a whole split and its per-sample predictions, from stacked logits and targets; segmentation cases
+        with a region of interest (``rois``, one bool mask or None per case) are predicted background and scored
+        inside it only."""
         k = self.data.num_classes
         if self.data.task == "classification" and self.data.multilabel:
             probability = torch.sigmoid(outputs.float())
@@ -217,6 +231,9 @@ class Method:
         elif isinstance(outputs, (list, tuple)):  # whole cases of their own sizes
             pairs = [self.segment(o[None]) for o in outputs]
             probability, prediction = [p[0] for p, _ in pairs], [m[0] for _, m in pairs]
+            if rois is not None:
+                prediction = [m if r is None else m * r for m, r in zip(prediction, rois)]
+                target = [t if r is None else t * r for t, r in zip(target, rois)]
             per_class = torch.cat([seg_metrics.dice(m[None], t[None], num_classes=k)
                                    for m, t in zip(prediction, target)])
             metrics = self._dice_metrics(per_class)

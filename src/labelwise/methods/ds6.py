@@ -52,6 +52,7 @@ class DS6(Supervised):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         o, model = self.options, self.networks["model"]
+        batch = self.augment_batch(batch)  # the config's augmentation first, then DS6's own deformation
         x, y = batch["image"], batch["target"]
         labelled = batch.get("labelled", torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
         outputs = model(x)

@@ -211,7 +211,7 @@ class Pretrain(Method):
         return self.networks["backbone"].embed(image)
 
     @torch.no_grad()
-    def evaluate(self, outputs: Tensor, target: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
+    def evaluate(self, outputs: Tensor, target: Tensor, rois: list | None = None) -> tuple[dict[str, float], dict[str, Tensor]]:
         """k-NN accuracy of the embeddings against the labelled training samples (tags: mean per-label accuracy)."""
         train = self.data.split("train")
         rows = torch.nonzero(train.labelled).flatten()

@@ -24,6 +24,7 @@ class PseudoLabel(SemiSupervised):
     only predictions at least ``threshold`` confident (no gradient through the targets)."""
 
     name = "pseudo_label"
+    augments = True
     Options = PseudoLabelOptions
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

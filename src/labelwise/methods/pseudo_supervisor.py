@@ -60,6 +60,7 @@ class PseudoSupervisor(SemiSupervised):
     """Predictor ``model`` and policy ``policy`` (the same architecture); see the module docstring."""
 
     name = "pseudo_supervisor"
+    augments = True
     Options = PseudoSupervisorOptions
     manual_optimization = True
 

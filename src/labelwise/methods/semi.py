@@ -71,7 +71,9 @@ class SemiSupervised(Method):
                            d.image_size)
 
     def split_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Labelled images and targets, and unlabelled images, of a batch."""
+        """Labelled images and targets, and unlabelled images, of a batch (augmented when the method takes the
+        config's augment section)."""
+        batch = self.augment_batch(batch)
         labelled = batch["labelled"]
         return batch["image"][labelled], batch["target"][labelled], batch["image"][~labelled]
 

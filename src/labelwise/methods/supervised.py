@@ -38,6 +38,7 @@ class Supervised(Method):
 
     name = "supervised"
     Options = SupervisedOptions
+    augments = True
 
     def __init__(self, config, data):
         super().__init__(config, data)
@@ -71,6 +72,7 @@ class Supervised(Method):
         return mss_loss(outputs, target, loss_fn, weights) if weights else loss_fn(outputs, target)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = self.augment_batch(batch)
         outputs = self.networks["model"](batch["image"])
         target = batch["target"]
         if self.data.task == "segmentation":

@@ -267,10 +267,16 @@ def cldice(pred, truth) -> float:
     return _cldice(*_pair(pred, truth))
 
 
-def segmentation_scores(pred, truth, spacing: float | Sequence[float] | None = None) -> dict[str, float]:
+def segmentation_scores(pred, truth, spacing: float | Sequence[float] | None = None, roi=None) -> dict[str, float]:
     """All scores of one case: ``dice, iou, precision, sensitivity, volumetric_similarity, hd95, assd, cldice``
-    (distances in the units of ``spacing``); see the module docstring for definitions and empty masks."""
+    (distances in the units of ``spacing``); see the module docstring for definitions and empty masks. With ``roi``
+    (a mask of the same shape), both masks count as background outside it: scores inside the region of interest."""
     p, t = _pair(pred, truth)
+    if roi is not None:
+        r = np.asarray(roi)
+        if r.shape != p.shape:
+            raise DataError(f"roi shape {r.shape} differs from the masks' {p.shape}")
+        p, t = p & (r > 0), t & (r > 0)
     s = _spacing(spacing, p.ndim)
     scores = _overlap_scores(confusion(p, t))
     d_pt, d_tp = surface_distances(p, t, s)

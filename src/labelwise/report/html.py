@@ -292,8 +292,11 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
                            "caption": f"{entry.get('id')}: {caption}"})
         if images:
             cases.append({"id": entry.get("id"), "images": images})
+    roi = data.get("roi") or 0
     return {"columns": [label for _, label in SEGMENTATION_SCORES], "rows": rows, "cases": cases,
-            "total": len(figures), "listed": len(cases), "empty_notes": empty_notes}
+            "total": len(figures), "listed": len(cases), "empty_notes": empty_notes,
+            "roi_note": (f"Scored inside the region of interest (the manifest's roi column) of {roi} of the "
+                         f"{len(figures)} cases; the masks are background outside it." if roi else "")}
 
 
 def _per_case_run(run_dir: Path, config: dict[str, Any]) -> bool:

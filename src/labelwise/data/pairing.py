@@ -1,0 +1,354 @@
+"""From folders of image files to a manifest (:mod:`labelwise.data.manifest`): ``labelwise data manifest``.
+
+Pairing. Every image of the images folder is paired with one file of the labels folder (and of the roi and truth
+folders, when given) by a common key, built from the file names:
+
+1. Whole names first: files with the same name without suffix (:func:`labelwise.data.volumes.case_id`) pair::
+
+       images/case01.nii.gz  labels/case01.nii.gz     -> id case01
+
+2. Otherwise by key. A name without suffix is cut into tokens at every character that is not a letter or a digit;
+   the tokens common to every file of the folder are dropped (a word with digits glued to it, like ``manual1``, is
+   one token: dropped when every file has it); what is left, joined by ``_``, is the key. Keys compare without case
+   and with numbers read as numbers (``01`` = ``1``). DRIVE::
+
+       training/images/21_training.tif         -> 21, training     -> key 21
+       training/1st_manual/21_manual1.gif      -> 21, manual1      -> key 21
+       training/mask/21_training_mask.gif      -> 21, training, mask -> key 21
+
+   A folder of one file has no common tokens; one image and one label (roi, truth) pair whatever their names.
+
+The id of a case is the image's whole name when every label pairs by whole name, else the image's key; ``prefix``
+is prepended to it. Refused, naming the files: labels, roi or truth files with no image, images with no label
+(unless ``allow_unlabelled``: they become unlabelled training cases), images with no roi (truth) file where a roi
+(truth) folder is given (unlabelled images may lack them), two files of a folder with the same name or key, a
+folder without image files. Hidden files are ignored; other files whose suffix is not an image's are skipped and
+listed through ``warn``.
+
+Splits (:func:`assign_splits`): one split for every case (``split``), or each case's split taken from a CSV with
+``id`` and ``split`` columns (``split_from``, e.g. an earlier manifest), or drawn: the labelled cases in natural
+order of their ids (``2`` before ``10``) are permuted by ``numpy.random.default_rng(seed).permutation``; the first
+``val * n`` (rounded half up) go to val, the next ``test * n`` to test, the rest to train; a non-zero share gets at
+least one case when there are 3 or more. The draw depends only on the seed and the set of ids. Unlabelled cases
+are always training cases (val and test cases are scored).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from labelwise.data.manifest import SPLITS, Case, read_manifest
+from labelwise.data.volumes import VOLUME_SUFFIXES, case_id, suffix_of
+from labelwise.errors import DataError
+
+__all__ = ["PAIR_SUFFIXES", "assign_splits", "file_keys", "natural_key", "pair_files", "write_manifest"]
+
+#: Suffixes of the files paired: what :func:`labelwise.data.volumes.read_volume` reads, and GIF (DRIVE's masks).
+PAIR_SUFFIXES = VOLUME_SUFFIXES + tuple(s for s in (".gif",) if s not in VOLUME_SUFFIXES)
+COLUMNS = ("id", "image", "label", "split", "truth", "roi")
+_SEPARATOR = re.compile(r"[\W_]+")
+_SHOWN = 10
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key with numbers compared as numbers: ``case2`` before ``case10``."""
+    parts = tuple((0, int(p), "") if p.isdecimal() else (1, 0, p.lower()) for p in re.split(r"(\d+)", text) if p)
+    return parts, text
+
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in _SEPARATOR.split(name) if t]
+
+
+def _norm(token: str) -> str:
+    return str(int(token)) if token.isdecimal() else token.lower()
+
+
+def file_keys(files: Sequence[Path]) -> dict[Path, tuple[str, ...]]:
+    """The key of each file of one folder: the tokens of its name without suffix, less those every file of the
+    folder has (none for a folder of one file). Tokens as written; compare them through their lower-case, numbers
+    as numbers, form."""
+    tokens = {f: _tokens(case_id(f)) for f in files}
+    common: set[str] = set()
+    if len(files) > 1:
+        common = set.intersection(*({_norm(t) for t in ts} for ts in tokens.values()))
+    return {f: tuple(t for t in ts if _norm(t) not in common) for f, ts in tokens.items()}
+
+
+def _match_key(key: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_norm(t) for t in key)
+
+
+def _names(files: Sequence[Path]) -> str:
+    names = sorted((f.name for f in files), key=natural_key)
+    return ", ".join(names[:_SHOWN]) + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _listing(folder: Path, option: str, warn: Callable[[str], None]) -> list[Path]:
+    """The image files of ``folder`` (not its subfolders), hidden files ignored, others reported through ``warn``."""
+    if not folder.is_dir():
+        raise DataError(f"{option} {folder}: not a folder")
+    files, skipped = [], []
+    for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and suffix_of(entry) in PAIR_SUFFIXES:
+            files.append(entry)
+        else:
+            skipped.append(entry)
+    if skipped:
+        warn(f"{option} {folder}: skipped {len(skipped)} file(s) that are not images: {_names(skipped)}")
+    if not files:
+        raise DataError(f"{option} {folder}: no image files (suffixes {', '.join(PAIR_SUFFIXES)})")
+    return files
+
+
+def _same_names(files: Sequence[Path], folder: Path, option: str, name_of: Callable[[Path], object],
+                what: str) -> list[str]:
+    groups: dict[object, list[Path]] = {}
+    for f in files:
+        groups.setdefault(name_of(f), []).append(f)
+    return [f"{option} {folder}: ambiguous, {_names(g)} have the same {what}" for g in groups.values() if len(g) > 1]
+
+
+def _pair(images: list[Path], image_keys: dict[Path, tuple[str, ...]], others: list[Path], folder: Path,
+          option: str, problems: list[str]) -> tuple[dict[Path, Path], bool]:
+    """``{image: file}`` for the files of one more folder (labels, roi, truth), and whether every file paired by
+    whole name. Files with no image and ambiguous names go to ``problems``."""
+    problems += _same_names(others, folder, option, case_id, "name")
+    image_by_name = {case_id(f): f for f in images}
+    pairs = {image_by_name[case_id(f)]: f for f in others if case_id(f) in image_by_name}
+    rest = [f for f in others if f not in pairs.values()]
+    if not rest:
+        return pairs, True
+    if len(images) == 1 and len(others) == 1:
+        return {images[0]: others[0]}, False
+    keys = file_keys(others)
+    problems += _same_names(rest, folder, option, lambda f: _match_key(keys[f]), "key")
+    image_by_key: dict[tuple[str, ...], list[Path]] = {}
+    for f in images:
+        if f not in pairs:
+            image_by_key.setdefault(_match_key(image_keys[f]), []).append(f)
+    unpaired = []
+    for f in rest:
+        candidates = image_by_key.get(_match_key(keys[f]), [])
+        if len(candidates) > 1:
+            problems.append(f"--images: ambiguous, {_names(candidates)} have the same key {_key_text(keys[f])} "
+                            f"(of {f.name} in {option} {folder})")
+        elif candidates:
+            pairs[candidates[0]] = f
+        else:
+            unpaired.append(f)
+    if unpaired:
+        problems.append(f"{option} {folder}: no image for {_names(unpaired)} (keys "
+                        f"{', '.join(_key_text(keys[f]) for f in unpaired[:_SHOWN])}; the images' keys: "
+                        f"{_key_list(image_keys.values())})")
+    return pairs, False
+
+
+def _key_text(key: tuple[str, ...]) -> str:
+    return "_".join(key) or "(empty)"
+
+
+def _key_list(keys) -> str:
+    texts = sorted({_key_text(k) for k in keys}, key=natural_key)
+    return ", ".join(texts[:_SHOWN]) + (" ..." if len(texts) > _SHOWN else "")
+
+
+def pair_files(images: str | Path, labels: str | Path, roi: str | Path | None = None,
+               truth: str | Path | None = None, allow_unlabelled: bool = False, prefix: str = "",
+               warn: Callable[[str], None] | None = None) -> list[dict]:
+    """One dict per image, sorted by id (natural order): ``id``, ``image``, ``label`` (None: unlabelled), and
+    ``roi`` / ``truth`` when those folders are given (None where an unlabelled image has none). Paths are
+    the files found in the folders. See the module's docstring for the rule; ``warn`` (default: print to stderr)
+    hears about skipped files."""
+    warn = warn or (lambda message: print(message, file=sys.stderr))
+    folders = {"--images": Path(images), "--labels": Path(labels)}
+    folders.update({k: Path(v) for k, v in (("--truth", truth), ("--roi", roi)) if v is not None})
+    by_place: dict[str, list[str]] = {}
+    for option, folder in folders.items():
+        by_place.setdefault(os.path.abspath(folder), []).append(option)
+    same = [" and ".join(options) for options in by_place.values() if len(options) > 1]
+    if same:
+        raise DataError(f"{'; '.join(same)} name the same folder; give one folder per kind of file")
+    files = {option: _listing(folder, option, warn) for option, folder in folders.items()}
+    image_files = files.pop("--images")
+    problems = _same_names(image_files, folders["--images"], "--images", case_id, "name")
+    image_keys = file_keys(image_files)
+    paired, whole = {}, {}
+    for option, others in files.items():
+        paired[option], whole[option] = _pair(image_files, image_keys, others, folders[option], option, problems)
+    labels_of = paired["--labels"]
+    for option, pairs in paired.items():
+        if option == "--labels":  # roi and truth files are needed by the labelled images only
+            unpaired = [] if allow_unlabelled else [f for f in image_files if f not in pairs]
+        else:
+            unpaired = [f for f in image_files if f not in pairs and f in labels_of]
+        if unpaired:
+            hint = "; give --unlabelled to keep them as unlabelled training cases" if option == "--labels" else ""
+            keys = ", ".join(_key_text(image_keys[f]) for f in unpaired[:_SHOWN])
+            problems.append(f"--images {folders['--images']}: no file in {option} {folders[option]} for "
+                            f"{_names(unpaired)} (keys {keys}; the keys there: "
+                            f"{_key_list(file_keys(files[option]).values())}){hint}")
+    if problems:
+        raise DataError("\n".join(dict.fromkeys(problems)))
+    by_name = whole["--labels"] or len(image_files) == 1
+    rows, images_of = [], {}
+    for f in image_files:
+        name = prefix + (case_id(f) if by_name else "_".join(image_keys[f]) or case_id(f))
+        images_of.setdefault(name, []).append(f)
+        row: dict = {"id": name, "image": f, "label": labels_of.get(f)}
+        for option in ("--truth", "--roi"):
+            if option in paired:
+                row[option[2:]] = paired[option].get(f)
+        rows.append(row)
+    clashes = [f"--images {folders['--images']}: ambiguous, {_names(fs)} give the same id {i!r}"
+               for i, fs in images_of.items() if len(fs) > 1]
+    if clashes:
+        raise DataError("\n".join(clashes))
+    return sorted(rows, key=lambda r: natural_key(r["id"]))
+
+
+def _share(name: str, value: float | None, default: float) -> float:
+    value = default if value is None else value
+    if not 0 <= value < 1:
+        raise DataError(f"--{name} {value}: a share of the cases, at least 0 and below 1")
+    return value
+
+
+def assign_splits(rows: Sequence[dict], val: float | None = None, test: float | None = None, seed: int = 0,
+                  split: str | None = None, split_from: str | Path | None = None) -> list[dict]:
+    """``rows`` (dicts with ``id`` and ``label``) with a ``split`` each: ``split`` for all, or from the CSV
+    ``split_from`` (every id must be in it), or drawn by ``seed`` with shares ``val`` (default 0.1) and ``test``
+    (default 0.2) of the labelled cases; unlabelled cases train. See the module's docstring."""
+    if split is not None and split_from is not None:
+        raise DataError("give one of --split and --split-from")
+    if (split is not None or split_from is not None) and (val is not None or test is not None):
+        raise DataError(f"--val/--test draw the splits; {'--split' if split is not None else '--split-from'} "
+                        "gives them: use one or the other")
+    rows = [dict(r) for r in rows]
+    if split is not None:
+        if split not in SPLITS:
+            raise DataError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
+        chosen = {r["id"]: split for r in rows}
+    elif split_from is not None:
+        chosen = _read_splits(Path(split_from), [r["id"] for r in rows])
+    else:
+        chosen = _draw([r["id"] for r in rows if r.get("label")], _share("val", val, 0.1), _share("test", test, 0.2),
+                       seed)
+    scored = [r["id"] for r in rows if not r.get("label") and chosen.get(r["id"], "train") != "train"]
+    if scored:
+        raise DataError(f"unlabelled cases cannot be in the val or test split (they are scored): "
+                        f"{', '.join(scored[:_SHOWN])}{' ...' if len(scored) > _SHOWN else ''}")
+    for r in rows:
+        r["split"] = chosen.get(r["id"], "train")
+    return rows
+
+
+def _draw(ids: Sequence[str], val: float, test: float, seed: int) -> dict[str, str]:
+    if val + test >= 1:
+        raise DataError(f"--val {val} + --test {test} leave no training cases")
+    ids = sorted(ids, key=natural_key)
+    n = len(ids)
+    counts = [math.floor(share * n + 0.5) for share in (val, test)]
+    if n >= 3:
+        counts = [max(1, c) if share > 0 else c for c, share in zip(counts, (val, test), strict=True)]
+    if n and sum(counts) >= n:
+        raise DataError(f"--val {val} and --test {test} of {n} labelled cases ({counts[0]} val, {counts[1]} test) "
+                        "leave no training cases")
+    order = np.random.default_rng(seed).permutation(n)
+    return {ids[i]: "val" if rank < counts[0] else "test" if rank < sum(counts) else "train"
+            for rank, i in enumerate(order)}
+
+
+def _read_splits(path: Path, ids: Sequence[str]) -> dict[str, str]:
+    if not path.is_file():
+        raise DataError(f"--split-from {path}: file not found")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [(c or "").strip() for c in reader.fieldnames or []]
+        if "id" not in columns or "split" not in columns:
+            raise DataError(f"--split-from {path}: needs the columns id and split, has {','.join(columns) or 'none'}")
+        table = {}
+        for row in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            table[row["id"]] = row["split"]
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise DataError(f"--split-from {path}: no split for {len(missing)} case(s): {', '.join(missing[:_SHOWN])}"
+                        f"{' ...' if len(missing) > _SHOWN else ''}")
+    unknown = sorted({table[i] for i in ids if table[i] not in SPLITS})
+    if unknown:
+        raise DataError(f"--split-from {path}: split(s) {', '.join(map(repr, unknown))}; use {', '.join(SPLITS)}")
+    return {i: table[i] for i in ids}
+
+
+def _path_text(path: Path | str | None, base: str) -> str:
+    if path is None or path == "":
+        return ""
+    path = os.path.abspath(path)
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:  # another drive (Windows)
+        return path
+
+
+def write_manifest(rows: Sequence[dict], out: str | Path, append: bool = False) -> list[Case]:
+    """Write ``rows`` (dicts with ``id``, ``image``, ``label``, ``split`` and optionally ``truth``, ``roi``; paths
+    written relative to ``out``'s folder where possible) as the manifest ``out``, sorted by id in natural order;
+    ``append``: added to the rows of the existing ``out`` (ids must stay unique). The file is checked with
+    :func:`read_manifest` before it replaces ``out``; returns its cases."""
+    from labelwise.io import atomic_write
+
+    out = Path(out)
+    base = os.path.abspath(out.parent)
+    new = [{"id": r["id"], "split": r["split"],
+            **{c: _path_text(r.get(c), base) for c in ("image", "label", "truth", "roi") if c in r}} for r in rows]
+    old: list[dict] = []
+    extra: list[str] = []
+    if append:
+        if not out.is_file():
+            raise DataError(f"--append: {out} does not exist; write it first without --append")
+        with out.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = [(c or "").strip() for c in reader.fieldnames or []]
+            old = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        extra = [c for c in fields if c not in COLUMNS]
+        known = {r.get("id", "") for r in old}
+        duplicates = [r["id"] for r in new if r["id"] in known]
+        if duplicates:
+            raise DataError(f"--append: {out} already has the id(s) {', '.join(duplicates[:_SHOWN])}"
+                            f"{' ...' if len(duplicates) > _SHOWN else ''}; give --prefix TEXT to make the new ids "
+                            "differ")
+    if not new and not old:
+        raise DataError(f"{out}: no cases to write")
+    everything = sorted(old + new, key=lambda r: natural_key(r.get("id", "")))
+    columns = [c for c in COLUMNS if c in COLUMNS[:4] or any(r.get(c) for r in everything)] + extra
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(everything)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    tmp = str(Path(name))  # as read_manifest names it
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text.getvalue())
+        try:
+            cases = read_manifest(tmp)
+        except DataError as err:
+            raise DataError(str(err).replace(tmp, str(out))) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    atomic_write(out, text.getvalue())
+    return cases
