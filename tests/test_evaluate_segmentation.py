@@ -194,3 +194,156 @@ def test_cli_says_how_many_predictions_are_empty(tmp_path, capsys, monkeypatch):
     saved = json.loads((tmp_path / "s.json").read_text())
     assert (saved["empty_prediction"], saved["empty_reference"], saved["both_empty"]) == (2, 0, 0)
     assert saved["count"]["hd95"] == 2 and saved["count"]["dice"] == 4 and saved["n"] == 4
+
+
+def label_map(shape=(16, 18, 12), shift=0, classes=(1, 2, 3)) -> np.ndarray:
+    """Boxes of labels ``classes`` (1: a slab, 2: a tube, 3: a cube), class 1 moved by ``shift`` voxels."""
+    m = np.zeros(shape, np.uint8)
+    if 1 in classes:
+        m[2 + shift:6 + shift, 2:14, 2:10] = 1
+    if 2 in classes:
+        m[9:11, 3:15, 4:6] = 2
+    if 3 in classes:
+        m[11:15, 12:16, 7:11] = 3
+    return m
+
+
+@pytest.fixture
+def class_folders(tmp_path):
+    """Three 3D NIfTI cases with labels 1-3; class 3 is absent from both masks of case c3."""
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    cases = {"c1": (label_map(shift=1), label_map()), "c2": (label_map(classes=(1, 2)), label_map()),
+             "c3": (label_map(classes=(1, 2)), label_map(classes=(1, 2)))}
+    for cid, (p, t) in cases.items():
+        write_volume(pred / f"{cid}.nii.gz", p, spacing=SPACING)
+        write_volume(truth / f"{cid}.nii.gz", t, spacing=SPACING)
+    return pred, truth, cases
+
+
+def test_per_class_json_csv_and_table_from_the_cli(class_folders, tmp_path, monkeypatch):
+    from labelwise.metrics.surface import class_scores
+    from tests.conftest import invoke_cli
+
+    monkeypatch.setenv("COLUMNS", "300")
+    pred, truth, cases = class_folders
+    names = ["artery", "vein", "nerve"]
+    code, out = invoke_cli("evaluate", "segmentation", "--pred", str(pred), "--truth", str(truth), "--class-names",
+                           "artery,vein,nerve", "--json", str(tmp_path / "s.json"), "--csv", str(tmp_path / "s.csv"))
+    assert code == 0, out
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["classes"] == names and result["n"] == 3
+    for case in result["cases"]:
+        p, t = cases[case["id"]]
+        expected = class_scores(p, t, SPACING, names=names)
+        assert {n: case[n] for n in SCORE_NAMES} == pytest.approx(segmentation_scores(p, t, SPACING))
+        assert list(case["per_class"]) == names
+        for name in names:
+            assert case["per_class"][name] == pytest.approx(
+                {k: None if math.isnan(v) else v for k, v in expected["per_class"][name].items()}, nan_ok=True)
+    # class 3 ("nerve"): missed in c2 (Dice 0), absent from both masks of c3 (nan, left out of the mean)
+    nerve = result["per_class"]["nerve"]
+    assert result["cases"][1]["per_class"]["nerve"]["dice"] == 0.0
+    assert all(v is None for v in result["cases"][2]["per_class"]["nerve"].values())
+    assert nerve["count"]["dice"] == 2 and nerve["mean"]["dice"] == pytest.approx(0.5)
+    assert (nerve["empty_prediction"], nerve["empty_reference"], nerve["both_empty"]) == (1, 0, 1)
+    vein = result["per_class"]["vein"]
+    assert vein["count"]["dice"] == 3 and vein["mean"]["dice"] == 1.0 and vein["std"]["dice"] == 0.0
+    artery = [c["per_class"]["artery"]["dice"] for c in result["cases"]]
+    assert result["per_class"]["artery"]["mean"]["dice"] == pytest.approx(np.mean(artery))
+    assert result["per_class"]["artery"]["std"]["dice"] == pytest.approx(np.std(artery, ddof=1))
+    assert any("labels above 1" in note and "artery, vein, nerve" in note for note in result["notes"])
+
+    rows = list(csv.reader(io.StringIO((tmp_path / "s.csv").read_text())))
+    assert rows[0] == ["id", "pred", "truth", *SCORE_NAMES, "class"]
+    # the whole foreground first (as without classes), then one block of cases + mean + std per class
+    assert [(r[0], r[-1]) for r in rows[1:6]] == [("c1", ""), ("c2", ""), ("c3", ""), ("mean", ""), ("std", "")]
+    for b, name in enumerate(names):
+        block = rows[6 + 5 * b:11 + 5 * b]
+        assert [(r[0], r[-1]) for r in block] == [("c1", name), ("c2", name), ("c3", name), ("mean", name),
+                                                  ("std", name)]
+        assert float(block[3][3]) == pytest.approx(result["per_class"][name]["mean"]["dice"])
+    assert len(rows) == 6 + 5 * 3 and rows[18][0] == "c3" and rows[18][3] == ""  # c3's nerve Dice: nan, an empty cell
+
+    text = " ".join(out.split())
+    assert "│ class artery │" in text and "│ class vein │ 1.000 ± 0.000 │" in text
+    assert "│ class nerve │ 0.500 ± 0.707 (n=2) │" in text
+    assert text.index("mean ± std (n=3)") < text.index("class artery") < text.index("class nerve")
+
+
+def test_per_class_default_names_and_refusals(class_folders, tmp_path):
+    pred, truth, _ = class_folders
+    result = evaluate_segmentation(pred, truth)  # labels above 1 found: per class, named by label
+    assert result["classes"] == ["1", "2", "3"] and list(result["per_class"]) == ["1", "2", "3"]
+    table = format_table(result)
+    assert [row[0] for row in table[-3:]] == ["class 1", "class 2", "class 3"]
+    with pytest.raises(DataError, match=r"case c1 .*holds label 3, but there are 3 classes .*2 class names given"):
+        evaluate_segmentation(pred, truth, class_names=["artery", "vein"])
+    binary = evaluate_segmentation(*write_cases(tmp_path / "binary", {"a": (square(), square(1))}))
+    assert binary["classes"] == [] and binary["per_class"] == {} and "per_class" not in binary["cases"][0]
+    assert to_csv(binary).splitlines()[0] == ",".join(["id", "pred", "truth", *SCORE_NAMES])
+    named = evaluate_segmentation(tmp_path / "binary" / "pred", tmp_path / "binary" / "truth", class_names=["lesion"])
+    assert named["classes"] == ["lesion"] and named["per_class"]["lesion"]["mean"]["dice"] == binary["mean"]["dice"]
+    from tests.conftest import invoke_cli
+
+    code, message = invoke_cli("evaluate", "segmentation", "--pred", str(pred), "--truth", str(truth),
+                               "--class-names", "a,,b")
+    assert code == 2 and "--class-names 'a,,b'" in message
+
+
+def blob_set(folder, n=6, size=(32, 32)):
+    """2D PNG cases: a bright disc (label 1) and a dimmer square (label 2) on a dark background; 4 train, 1 val,
+    1 test."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.indices(size)
+    rows = ["id,image,label,split"]
+    for i in range(n):
+        cy, cx = 8 + i % 3 * 3, 9 + i % 2 * 4
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+        box = (np.abs(yy - 22 + i % 2) <= 3) & (np.abs(xx - 21 - i % 3) <= 3)
+        labels = np.where(disc, 1, np.where(box, 2, 0)).astype(np.uint8)
+        image = 0.1 + 0.8 * disc + 0.45 * box + rng.normal(0, 0.03, size)
+        write_volume(folder / "images" / f"c{i}.png", np.clip(image, 0, 1).astype(np.float32))
+        write_volume(folder / "labels" / f"c{i}.png", labels)
+        split = "train" if i < 4 else "val" if i == 4 else "test"
+        rows.append(f"c{i},images/c{i}.png,labels/c{i}.png,{split}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+def test_a_three_class_run_scores_its_test_cases_per_class(tmp_path):
+    """A short dice_ce run on a 3-class manifest: segmentation.json and the report have per-class rows, each class
+    scored label k against label k on the saved masks."""
+    from labelwise.data.volumes import read_volume
+    from labelwise.metrics.surface import class_scores
+    from tests.conftest import invoke_cli
+
+    manifest = blob_set(tmp_path / "data")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+name: blobs
+seed: 0
+method: {{name: supervised, loss: dice_ce}}
+data: {{manifest: {manifest}, task: segmentation, batch_size: 2, eval_batch_size: 1}}
+model: {{name: unet, channels: [8, 16, 32]}}
+trainer: {{max_steps: 4, checkpoint_every: 4, val_every: 0}}
+""")
+    run = tmp_path / "run"
+    code, text = invoke_cli("train", str(config), "--run-dir", str(run))
+    assert code == 0, text
+    saved = json.loads((run / "predictions" / "test" / "segmentation.json").read_text())
+    assert saved["classes"] == ["1", "2"]
+    label = saved["references"]["label"]
+    assert list(label["per_class"]) == ["1", "2"] and set(label["per_class"]["1"]) >= {"mean", "std", "count"}
+    (case,) = label["cases"]
+    mask = read_volume(run / "predictions" / "test" / "masks" / "c5.png", mask=True).array
+    truth = read_volume(tmp_path / "data" / "labels" / "c5.png", mask=True).array
+    expected = class_scores(mask, truth, num_classes=3)
+    for name in ("1", "2"):
+        assert case["per_class"][name]["dice"] == pytest.approx(expected["per_class"][name]["dice"], nan_ok=True)
+        assert label["per_class"][name]["count"]["dice"] == 1
+    assert case["dice"] == pytest.approx(expected["foreground"]["dice"], nan_ok=True)
+
+    html = (run / "report.html").read_text()
+    assert 'id="segmentation-per-class"' in html
+    assert html.count('class="segmentation-class"') == 2
+    assert "label · class 1" in html and "label · class 2" in html

@@ -200,6 +200,10 @@ def predict(
     window: Annotated[Optional[list[int]], typer.Option(help="segmentation: sliding-window size, one value or one per axis (default: the run's data.patch_size; whole images for runs trained on them)")] = None,
     roi: Annotated[Optional[Path], typer.Option(help="segmentation: folder of region-of-interest masks (matched by case id like --reference; or one mask for one input): the mask is background outside it and Dice is scored inside it")] = None,
     split: Annotated[Optional[str], typer.Option(help="classification: only the rows of this split of a table or dataset .npz")] = None,
+    tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="segmentation: average over flips along every axis (default: the run's method.tta)")] = None,
+    min_size: Annotated[Optional[int], typer.Option(min=0, help="segmentation: remove connected components smaller than this many voxels (default: the run's method.min_size)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="where the network runs: cpu, cuda, cuda:1 (default: cpu)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="segmentation: sliding windows per forward pass (default 4); classification: images per forward pass (default 32)")] = None,
 ) -> None:
     """Predict with a trained run, exactly as it was trained and tested: inputs are read and preprocessed as its
     training data was. Segmentation runs: sliding windows, probability and mask (NIfTI or PNG), a maximum-intensity
@@ -207,19 +211,20 @@ def predict(
     and .npz, readable by labelwise evaluate classification."""
     from labelwise.inference import load_run, predict_classes, predict_files
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     if run.task == "classification":
         given = [name for name, value in (("--reference", reference), ("--threshold", threshold), ("--overlap", overlap),
-                                          ("--window", window), ("--roi", roi)) if value]
+                                          ("--window", window), ("--roi", roi), ("--tta", tta),
+                                          ("--min-size", min_size)) if value is not None and value != []]
         if given:
             raise LabelwiseError(f"{', '.join(given)}: only for segmentation runs; {run_dir} is a classification run")
-        files = predict_classes(run, input, out, split=split)
+        files = predict_classes(run, input, out, split=split, batch_size=batch_size or 32)
         typer.echo(f"wrote {files['csv']} and {files['npz']}")
         return
     if split is not None:
         raise LabelwiseError("--split: only for classification runs (a table or dataset .npz)")
     cases = predict_files(run, input, out, threshold=threshold, reference=reference, window=window or None,
-                          overlap=overlap, roi=roi)
+                          overlap=overlap, roi=roi, tta=tta, min_size=min_size, batch_size=batch_size)
     dice = [c["dice"] for c in cases if c.get("dice") is not None]
     tail = (f"; mean Dice {sum(dice) / len(dice):.4f} against {reference}{' inside --roi' if roi else ''}"
             if dice else "")
@@ -344,15 +349,22 @@ def evaluate_segmentation(
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="write one row per case (+ mean, std) as CSV here")] = None,
     allow_missing: Annotated[bool, typer.Option(help="skip cases found on one side only instead of refusing")] = False,
     roi: Annotated[Optional[Path], typer.Option(help="folder of region-of-interest masks, matched by case id: every score is computed inside them (e.g. a fundus field of view)")] = None,
+    class_names: Annotated[Optional[str], typer.Option(help="names of the labels 1, 2, ... separated by commas (e.g. artery,vein): scores per class under these names (default: per class, named 1, 2, ..., when a mask holds labels above 1)")] = None,
 ) -> None:
     """Score segmentations: Dice, IoU, precision, sensitivity, volumetric similarity, HD95, ASSD (physical units)
-    and clDice, per case and mean ± std."""
+    and clDice, per case and mean ± std; label maps with several classes also per class."""
     from rich.console import Console
     from rich.table import Table
 
     from labelwise.evaluation.segmentation import evaluate_segmentation as run, format_table, to_csv, to_json
 
-    result = run(pred, truth, allow_missing=allow_missing, roi=roi)
+    names = None
+    if class_names is not None:
+        names = [name.strip() for name in class_names.split(",")]
+        if not all(names):
+            raise LabelwiseError(f"--class-names {class_names!r}: expected names separated by commas such as "
+                                 "artery,vein")
+    result = run(pred, truth, allow_missing=allow_missing, roi=roi, class_names=names)
     rows = format_table(result)
     table = Table(title=f"{result['n']} case(s): {pred} vs {truth}{f' inside {roi}' if roi else ''}")
     for i, column in enumerate(rows[0]):

@@ -238,6 +238,7 @@ MSS = {"name": "unet_mss", "channels": [4, 8, 8, 16, 16]}
 
 @pytest.mark.parametrize("name, method", [
     ("unet-mss", {"name": "supervised", "threshold": "otsu", "overlap": 0.25}),  # predict keeps both
+    ("unet-mss-tta", {"name": "supervised", "tta": True, "min_size": 4}),  # and these
     ("ds6", {"name": "ds6", "baseline_steps": 1}),
     ("frangi", {"name": "frangi", "threshold": "otsu"}),
 ])

@@ -3,8 +3,8 @@
 Files are matched by case id (the file name without its suffix: ``case01.nii.gz`` <-> ``case01.png``); any of
 ``.nii.gz .nii .png .tif .tiff .jpg .jpeg .npy`` is read with :func:`labelwise.data.volumes.read_volume`. When
 ``pred`` holds a ``masks/`` folder (where ``labelwise predict`` writes its masks) that folder is read. Each case
-gets the scores of :func:`labelwise.metrics.surface.segmentation_scores`; masks holding several labels are scored
-as one foreground, ``label > 0`` (a note says so). With ``roi`` (a folder of region-of-interest masks, matched by
+gets the scores of :func:`labelwise.metrics.surface.segmentation_scores` of the whole foreground, ``label > 0``.
+With ``roi`` (a folder of region-of-interest masks, matched by
 case id the same way), both masks are background outside each case's region: scores inside it.
 
 Refused with a :class:`~labelwise.errors.DataError` naming the files: cases present on one side only (unless
@@ -24,6 +24,19 @@ table shows ``(n=k)`` beside every mean over fewer than all cases::
     #  "empty_prediction": k, "empty_reference": k, "both_empty": k,
     #  "n": N, "spacing_unit": "mm", "notes": [...], "skipped": {"pred_only": [...], "truth_only": [...]}}
     Path("scores.json").write_text(to_json(result))
+
+Several classes (label maps ``0..K``): when a mask of any case holds a label above 1, or ``class_names`` are given,
+every case is also scored per class by :func:`labelwise.metrics.surface.class_scores` (label ``k`` against label
+``k``), ``K`` being the number of names, else the highest label found in any mask; classes are named
+``class_names`` or ``"1", "2", ...``. The whole-foreground scores stay where they were; the result adds::
+
+    {"classes": ["liver", "tumour"],                       # [] when scored as one foreground only
+     "cases": [{..., "per_class": {"liver": {"dice": ..., ...}, "tumour": {...}}}],
+     "per_class": {"liver": {"mean", "std", "count", "empty_prediction", "empty_reference", "both_empty"}, ...}}
+
+A class absent from both masks of a case scores nan there (counted in ``both_empty``, left out of the class's
+``count`` and mean). :func:`to_csv` writes a ``class`` column and one block of rows per class after the whole-foreground
+rows; :func:`format_table` adds one mean row per class below the foreground's.
 """
 
 from __future__ import annotations
@@ -47,10 +60,10 @@ from labelwise.data.volumes import (
 from labelwise.errors import DataError
 from labelwise.io import json_ready
 from labelwise.metrics.aggregate import empty_mask_note, mean_std
-from labelwise.metrics.surface import SCORE_NAMES, segmentation_scores
+from labelwise.metrics.surface import SCORE_NAMES, class_scores
 
 __all__ = ["SCORE_LABELS", "SCORE_NAMES", "evaluate_segmentation", "format_table",
-           "summarize_cases", "to_csv", "to_json"]
+           "summarize_cases", "summarize_classes", "to_csv", "to_json"]
 
 SPACING_RTOL = 1e-3
 _LIST_AT_MOST = 10
@@ -111,16 +124,21 @@ def _labels_note(path: Path, array: np.ndarray, what: str) -> str | None:
     if top <= 1:
         return None
     labels = [int(v) for v in np.unique(array) if v > 0]
-    return f"{what} {path.name} holds labels {_listing([str(v) for v in labels])}; scored as one foreground (label > 0)"
+    return f"{what} {path.name} holds labels {_listing([str(v) for v in labels])}"
+
+
+_NAN_SCORES = dict.fromkeys(SCORE_NAMES, math.nan)  # a class absent from both masks (metrics.surface.class_scores)
 
 
 def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = False,
-                          roi: Path | None = None) -> dict[str, Any]:
+                          roi: Path | None = None, class_names: list[str] | None = None) -> dict[str, Any]:
     """Score every predicted mask in ``pred`` (or ``pred/masks``) against the same case in ``truth``; with ``roi``, a
-    folder of region-of-interest masks matched by case id (every scored case needs one), inside them only.
+    folder of region-of-interest masks matched by case id (every scored case needs one), inside them only. Per class
+    too when a mask holds labels above 1 or ``class_names`` (one per label ``1..K``) are given.
 
-    Returns ``{"cases", "mean", "std", "count", "n", "spacing_unit", "notes", "skipped"}`` as described in the
-    module docstring; cases are in case-id order."""
+    Returns ``{"cases", "mean", "std", "count", "n", "spacing_unit", "notes", "skipped", "classes", "per_class"}``
+    as described in the module docstring; cases are in case-id order."""
+    names = [str(n) for n in class_names] if class_names else None
     pred, truth = Path(pred), Path(truth)
     if (pred / "masks").is_dir():
         pred = pred / "masks"
@@ -149,6 +167,8 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
         raise DataError(f"{len(no_roi)} case(s) without a region-of-interest mask in {roi}: {_listing(no_roi)}")
 
     cases: list[dict[str, Any]] = []
+    per_case: list[list[dict[str, float]]] = []  # each case's class scores, labels 1.. its highest (or len(names))
+    multi: list[str] = []  # which masks hold labels above 1
     units: set[str] = set()
     for cid in common:
         pp, tp = pred_files[cid], truth_files[cid]
@@ -157,22 +177,38 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
         for path, vol, what in ((pp, pv, "prediction"), (tp, tv, "truth")):
             note = _labels_note(path, vol.array, what)
             if note:
-                notes.append(note)
+                multi.append(note)
         units.add("mm" if _has_spacing(pp) or _has_spacing(tp) else "pixels")
         region = None
         if roi is not None:
             rv = read_volume(roi_files[cid], mask=True)
             _check_pair(pp, roi_files[cid], pv, rv)
             region = rv.array > 0
-        scores = segmentation_scores(pv.array, tv.array, spacing, region)
+        try:
+            scored = class_scores(pv.array, tv.array, spacing, len(names) + 1 if names else None, region, names)
+        except DataError as err:
+            raise DataError(f"case {cid} ({pp} vs {tp}): {err}"
+                            + (f" ({len(names)} class names given)" if names else "")) from None
+        per_case.append(list(scored["per_class"].values()))
         cases.append({"id": cid, "pred": str(pp), "truth": str(tp), "spacing": [float(s) for s in spacing],
-                      **({"roi": str(roi_files[cid])} if roi is not None else {}), **scores})
+                      **({"roi": str(roi_files[cid])} if roi is not None else {}), **scored["foreground"]})
 
+    classes: list[str] = []
+    if names or multi:
+        top = len(names) if names else max(len(scores) for scores in per_case)
+        classes = names or [str(k) for k in range(1, top + 1)]
+        for case, scores in zip(cases, per_case):  # labels above a case's highest: absent from both masks, nan
+            case["per_class"] = {name: scores[k] if k < len(scores) else dict(_NAN_SCORES)
+                                 for k, name in enumerate(classes)}
+        if multi:
+            notes.append(f"{len(multi)} mask(s) hold labels above 1 (first: {multi[0]}): scored per class "
+                         f"({', '.join(classes)}) and as one foreground (label > 0)")
     unit = units.pop() if len(units) == 1 else "mm (NIfTI cases), pixels (other cases)"
     summary = summarize_cases(cases)
     note = empty_mask_note(summary, len(cases))
     return {"cases": cases, **summary, "n": len(cases), "spacing_unit": unit, "roi": str(roi) if roi else None,
-            "notes": notes + ([note] if note else []), "skipped": {"pred_only": pred_only, "truth_only": truth_only}}
+            "notes": notes + ([note] if note else []), "skipped": {"pred_only": pred_only, "truth_only": truth_only},
+            "classes": classes, "per_class": summarize_classes(cases, classes)}
 
 
 def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -194,6 +230,13 @@ def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, Any]:
             "both_empty": int(np.count_nonzero(no_pred & no_ref))}
 
 
+def summarize_classes(cases: list[dict[str, Any]], classes: list[str]) -> dict[str, dict[str, Any]]:
+    """``{name: summarize_cases(...)}`` of each class over the cases' ``per_class`` scores (a case lacking a class
+    counts as absent from both masks: nan); ``{}`` without classes."""
+    return {name: summarize_cases([case.get("per_class", {}).get(name, _NAN_SCORES) for case in cases])
+            for name in classes}
+
+
 def to_json(result: dict[str, Any], path: Path | None = None) -> str:
     """The result as JSON text, nan written as ``null`` (strict JSON); also written to ``path`` when given."""
     text = json.dumps(json_ready(result), indent=2, allow_nan=False) + "\n"
@@ -208,14 +251,25 @@ def _number(value: float) -> str:
 
 
 def to_csv(result: dict[str, Any], path: Path | None = None) -> str:
-    """CSV text: ``id, pred, truth, <scores>``, one row per case then rows ``mean`` and ``std``; nan is empty."""
+    """CSV text: ``id, pred, truth, <scores>``, one row per case then rows ``mean`` and ``std``; nan is empty. With
+    classes (``result["classes"]``) a last column ``class`` follows, empty on those whole-foreground rows, and then
+    one block of the same rows per class (``class`` its name)."""
+    classes = result.get("classes") or []
+    extra = [""] if classes else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["id", "pred", "truth", *SCORE_NAMES])
+    writer.writerow(["id", "pred", "truth", *SCORE_NAMES, *(["class"] if classes else [])])
     for case in result["cases"]:
-        writer.writerow([case["id"], case["pred"], case["truth"], *(_number(case[n]) for n in SCORE_NAMES)])
+        writer.writerow([case["id"], case["pred"], case["truth"], *(_number(case[n]) for n in SCORE_NAMES), *extra])
     for row in ("mean", "std"):
-        writer.writerow([row, "", "", *(_number(result[row][n]) for n in SCORE_NAMES)])
+        writer.writerow([row, "", "", *(_number(result[row][n]) for n in SCORE_NAMES), *extra])
+    for name in classes:
+        for case in result["cases"]:
+            scores = case.get("per_class", {}).get(name, _NAN_SCORES)
+            writer.writerow([case["id"], case["pred"], case["truth"], *(_number(scores[n]) for n in SCORE_NAMES),
+                             name])
+        for row in ("mean", "std"):
+            writer.writerow([row, "", "", *(_number(result["per_class"][name][row][n]) for n in SCORE_NAMES), name])
     text = out.getvalue()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -232,18 +286,25 @@ def _cell(name: str, value: float) -> str:
 def format_table(result: dict[str, Any]) -> list[list[str]]:
     """Rows of strings for printing: a header (distances labelled with ``spacing_unit``), one row per case, and a
     last row ``mean ± std``, with ``(n=k)`` where a mean is over fewer than all cases (nan values left out). Overlap
-    scores with 3 decimals, distances with 2, nan as ``-``."""
+    scores with 3 decimals, distances with 2, nan as ``-``. With classes, one more row per class below it,
+    ``class <name>``: the class's mean ± std, ``(n=k)`` where fewer cases than all hold it or score it."""
     unit = result["spacing_unit"]
     unit = unit if unit in ("mm", "pixels") else "mm/px"
     header = ["case", *(f"{SCORE_LABELS[n]} ({unit})" if n in _DISTANCES else SCORE_LABELS[n] for n in SCORE_NAMES)]
     rows = [header]
     for case in result["cases"]:
         rows.append([case["id"], *(_cell(n, case[n]) for n in SCORE_NAMES)])
-    summary = [f"mean ± std (n={result['n']})"]
-    for name in SCORE_NAMES:
-        m, s = result["mean"][name], result["std"][name]
-        cell = "-" if math.isnan(m) else _cell(name, m) + ("" if math.isnan(s) else f" ± {_cell(name, s)}")
-        count = result.get("count", {}).get(name, result["n"])
-        summary.append(cell if count == result["n"] else f"{cell} (n={count})")
-    rows.append(summary)
+    rows.append(_mean_row(f"mean ± std (n={result['n']})", result, result["n"]))
+    for cls in result.get("classes") or []:
+        rows.append(_mean_row(f"class {cls}", result["per_class"][cls], result["n"]))
     return rows
+
+
+def _mean_row(label: str, summary: dict[str, Any], n: int) -> list[str]:
+    row = [label]
+    for name in SCORE_NAMES:
+        m, s = summary["mean"][name], summary["std"][name]
+        cell = "-" if math.isnan(m) else _cell(name, m) + ("" if math.isnan(s) else f" ± {_cell(name, s)}")
+        count = summary.get("count", {}).get(name, n)
+        row.append(cell if count == n else f"{cell} (n={count})")
+    return row

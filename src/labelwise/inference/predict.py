@@ -216,6 +216,9 @@ def predict_files(
     overlap: float | None = None,
     roi: str | Path | None = None,
     *,
+    tta: bool | None = None,
+    min_size: int | None = None,
+    batch_size: int | None = None,
     mip_axis: int | None = None,
     progress: bool | Callable[[str], None] = True,
 ) -> list[dict[str, Any]]:
@@ -229,7 +232,9 @@ def predict_files(
     reference masks matched by case id (or one mask for one input) for the difference figures and Dice. ``roi``: a
     folder (or file) of region-of-interest masks matched the same way: the mask is background outside a case's
     region and its Dice is scored inside it. ``window``/``overlap``: the sliding windows (None: the run's ``data.patch_size`` and ``method.overlap``; a run
-    trained on whole images sees whole images). ``mip_axis``: the projection axis of 3D figures (see
+    trained on whole images sees whole images). ``tta`` (flip test-time augmentation), ``min_size`` (smallest
+    connected component kept, voxels): None keeps the run's (``method.tta``, ``method.min_size``); ``batch_size``:
+    windows per forward pass. ``mip_axis``: the projection axis of 3D figures (see
     :func:`project`). ``progress``: True prints one line per case to stderr; a callable receives that line.
 
     Returns the cases' index entries (also merged, by id, into ``out/predictions.json``)."""
@@ -238,7 +243,8 @@ def predict_files(
                         "(labelwise.inference.predict.predict_classes)")
     dims = run.spatial_dims
     run.configure(threshold=threshold, overlap=overlap,
-                  window=sizes(window, dims, "window size") if window is not None else None)
+                  window=sizes(window, dims, "window size") if window is not None else None,
+                  tta=tta, min_size=min_size, batch_size=batch_size)
     files = prediction_inputs(files)
     ids = [case_id(f) for f in files]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
@@ -279,6 +285,7 @@ def predict_files(
             "reference": str(references[cid]) if cid in references else None,
             "threshold": used, "shape": list(spatial), "spacing": [float(s) for s in image.spacing],
             "window": [int(w) for w in window], "overlap": float(run.method.overlap),
+            "tta": bool(run.method.tta), "min_size": int(run.method.min_size),
             "roi": str(rois[cid]) if cid in rois else None,
             "foreground_voxels": int((mask > 0).sum()), "seconds": round(seconds, 3),
         }
@@ -377,8 +384,25 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
     for each reference (``label``: the mask the run was scored on; ``truth``: the manifest's clean mask, when it has
     one), and ``segmentation.json``: every score of :func:`labelwise.metrics.surface.segmentation_scores` per case
     and their mean and std, per reference; cases with a region of interest (the manifest's ``roi``) scored inside
-    it (``roi``: how many). Returns the path of ``segmentation.json``."""
+    it (``roi``: how many). Runs with more than 2 classes are also scored per class
+    (:func:`labelwise.metrics.surface.class_scores`): ``classes`` (the foreground class names), per case
+    ``per_class`` and per reference ``per_class`` (each class's mean, std, count; see
+    :func:`labelwise.evaluation.segmentation.summarize_classes`). The classes and their names are the run's
+    ``inference.json`` ``output`` (written when training starts, two folders above ``folder``, the run directory: the
+    dataset holds no class names and the engine's hook passes none); without that file, the highest label of the
+    predictions and labels. Returns the path of ``segmentation.json``."""
+    from labelwise.evaluation.segmentation import summarize_classes
+    from labelwise.metrics.surface import class_scores
+
     folder = Path(folder)
+    try:
+        output = json.loads((folder.parent.parent / "inference.json").read_text(encoding="utf-8"))["output"]
+        num_classes, names = int(output["num_classes"]), [str(n) for n in output["class_names"][1:]]
+    except (OSError, ValueError, KeyError, TypeError):
+        masks = [*predictions["prediction"], *(t for t, known in zip(volumes.target, volumes.labelled) if known)]
+        num_classes, names = max([2, *(int(m.max()) + 1 for m in masks if m.numel())]), None
+    classes = (names if names is not None and len(names) == num_classes - 1 else
+               [str(k) for k in range(1, num_classes)]) if num_classes > 2 else []
     scores: dict[str, list[dict[str, Any]]] = {"label": [], "truth": []}
     figures = []
     for i, case in enumerate(volumes.cases):
@@ -393,7 +417,14 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
             if reference.shape != mask.shape:
                 raise DataError(f"{case.id}: the {name} mask has shape {reference.shape}, the image {case.image} "
                                 f"{mask.shape}")
-            scores[name].append({"id": case.id, **segmentation_scores(mask > 0, reference > 0, spacing, roi)})
+            if not classes:
+                scores[name].append({"id": case.id, **segmentation_scores(mask > 0, reference > 0, spacing, roi)})
+                continue
+            try:
+                scored = class_scores(mask, reference, spacing, num_classes, roi, classes)
+            except DataError as err:
+                raise DataError(f"{case.id}: scoring against the {name} mask: {err}") from None
+            scores[name].append({"id": case.id, **scored["foreground"], "per_class": scored["per_class"]})
         nifti = mask.ndim == 3 or suffix_of(case.image) in NIFTI_SUFFIXES
         files = write_case(folder, case.id, volumes.image[i].float().cpu().numpy(), probability, mask, spacing,
                            affine, nifti, references)
@@ -401,7 +432,9 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
         figures.append(entry)
     result = {"scores": list(SCORE_NAMES), "figures": figures,
               "roi": sum(r is not None for r in volumes.rois),  # cases scored inside their region of interest
-              "references": {name: {"cases": cases, **summarize_cases(cases)}
+              "classes": classes,  # [] for one foreground class
+              "references": {name: {"cases": cases, **summarize_cases(cases),
+                                    **({"per_class": summarize_classes(cases, classes)} if classes else {})}
                              for name, cases in scores.items() if cases}}
     path = folder / "segmentation.json"
     atomic_write(path, to_json(result))

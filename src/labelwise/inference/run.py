@@ -25,7 +25,7 @@ from labelwise.engine.checkpoint import WEIGHTS, latest_checkpoint, load_weights
 from labelwise.engine.rundir import RunDir
 from labelwise.errors import DataError, LabelwiseError
 from labelwise.methods import METHODS, Method
-from labelwise.models.outputs import Threshold, activate, parse_threshold, segment
+from labelwise.models.outputs import Threshold, activate, parse_threshold, remove_small_components, segment
 
 __all__ = ["RunModel", "fit_channels", "input_files", "load_run"]
 
@@ -40,6 +40,7 @@ class RunModel:
     run_dir: Path
     checkpoint: Path
     threshold_override: tuple[Threshold] | None = None  # set by configure(threshold=...)
+    device: torch.device = torch.device("cpu")  # where the networks run (load_run's device)
 
     # --- what the run is ------------------------------------------------------------------------------------------
 
@@ -135,26 +136,36 @@ class RunModel:
         """Logits of a batch ``(B, C, *spatial)``: the run's own ``predict`` (segmenters: sliding windows of the
         run's window and overlap, or those set by :meth:`configure`)."""
         self.require_head()
-        return self.method.predict(image).float()
+        return self.method.predict(image.to(self.device)).float().cpu()
 
     def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
         """Foreground probability, label map and the threshold used per case, from segmentation logits
         ``(B, K, *spatial)``: the run's threshold (one channel) or argmax (several), unless :meth:`configure` set
-        one (:func:`labelwise.models.outputs.segment`, the function training's evaluation uses)."""
+        one (:func:`labelwise.models.outputs.segment`, the function training's evaluation uses), components smaller than
+        the run's ``min_size`` removed."""
         if self.threshold_override is not None:
-            return segment(logits, self.threshold_override[0])
-        return segment(logits, self.method.threshold if logits.shape[1] == 1 else None)
+            probability, labels, used = segment(logits, self.threshold_override[0])
+        else:
+            probability, labels, used = segment(logits, self.method.threshold if logits.shape[1] == 1 else None)
+        return probability, remove_small_components(labels, self.method.min_size), used
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """The run's output activation of ``logits`` (softmax over classes, sigmoid per label or of one channel)."""
         return activate(logits, self.activation)
 
     def configure(self, threshold: Threshold | str = None, overlap: float | None = None,
-                  window: Sequence[int] | None = None) -> RunModel:
+                  window: Sequence[int] | None = None, tta: bool | None = None, min_size: int | None = None,
+                  batch_size: int | None = None) -> RunModel:
         """Set the inference settings of the next predictions: each one given overrides the run's, each None is the
         run's own (``inference.json``), whatever an earlier call set; ``threshold="argmax"``: the argmax of several
-        output channels."""
+        output channels; ``tta``: flip test-time augmentation; ``min_size``: smallest connected component kept;
+        ``batch_size``: sliding windows per forward pass (default 4)."""
         settings = self.spec["inference"]
+        self.method.tta = bool(settings.get("tta", False) if tta is None else tta)
+        self.method.min_size = int(settings.get("min_size", 0) if min_size is None else min_size)
+        self.method.window_batch = 4 if batch_size is None else int(batch_size)
+        if self.method.min_size < 0 or self.method.window_batch < 1:
+            raise LabelwiseError(f"min_size must be >= 0 and batch_size >= 1, got {min_size} and {batch_size}")
         self.threshold_override = None if threshold is None else (parse_threshold(threshold),)
         overlap = settings["overlap"] if overlap is None else float(overlap)
         if not 0.0 <= overlap < 1.0:
@@ -164,10 +175,11 @@ class RunModel:
         self.method.window = list(window) if window else None
         return self
 
-def load_run(path: str | Path) -> RunModel:
+def load_run(path: str | Path, device: str | torch.device | None = None) -> RunModel:
     """A run directory (its latest checkpoint; with ``trainer.select_best``, the best validation weights it tested)
     or one checkpoint folder ``RUN/checkpoints/step-XXXXXX`` (or ``RUN/checkpoints/best``), rebuilt from the folder
-    alone: the training data is not read, and its paths are not checked."""
+    alone: the training data is not read, and its paths are not checked. ``device``: where the networks run
+    (``cpu``, ``cuda``, ``cuda:1``; default the CPU); inputs go there and outputs come back to the CPU."""
     path = Path(path)
     if (path / WEIGHTS).is_file():
         checkpoint, run_dir = path, path.parent.parent
@@ -187,9 +199,17 @@ def load_run(path: str | Path) -> RunModel:
     data = _bundle(spec)
     method = METHODS[cfg.method.name](cfg, data)
     load_weights(checkpoint, method.networks)
+    target = torch.device("cpu")
+    if device is not None:
+        try:
+            target = torch.device(device)
+            torch.empty(0, device=target)  # refuses an unavailable device here, with its own message
+        except (RuntimeError, AssertionError) as err:
+            raise LabelwiseError(f"--device {device}: {err}") from None
     for net in method.networks.values():
-        net.eval()
-    return RunModel(method, spec, run_dir, checkpoint).configure()  # the run's threshold, window and overlap
+        net.to(target).eval()
+    # the run's threshold, window, overlap, tta and min_size
+    return RunModel(method, spec, run_dir, checkpoint, device=target).configure()
 
 
 def _read_spec(run: RunDir, cfg: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from labelwise.errors import ConfigError
 from labelwise.metrics import classification as cls_metrics
 from labelwise.metrics import segmentation as seg_metrics
 from labelwise.models.backbones import build_backbone, encoder_state, freeze_encoder, load_encoder
-from labelwise.models.outputs import segment
+from labelwise.models.outputs import remove_small_components, segment
 from labelwise.models.windows import sliding_window_predict
 
 if TYPE_CHECKING:
@@ -41,6 +41,9 @@ class Method:
     threshold: float | str = 0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, or "otsu"
     overlap: float = 0.5  # segmenters: overlap of the sliding windows of predict
     window: list[int] | None = None  # segmenters: sliding-window size of predict (None: the whole image)
+    tta: bool = False  # segmenters: average the logits over flips along every spatial axis
+    min_size: int = 0  # segmenters: connected components smaller than this (voxels) become background
+    window_batch: int = 4  # segmenters: windows per forward pass of predict
     predictor: str | None = "model"  # the network that predicts (what inference loads); None: no classifier head
     step: int = 0  # the engine sets the number of the step about to run before each training_step
     manual_optimization: ClassVar[bool] = False  # True: the method steps its own optimizers (configure_optimizers)
@@ -94,7 +97,8 @@ class Method:
             "output": {"activation": self.activation, "multilabel": d.multilabel, "num_classes": d.num_classes,
                        "class_names": self.output_names()},
             "preprocessing": {"reader": "labelwise.data.volumes.read_image", **d.preprocessing},
-            "inference": {"threshold": self.threshold, "overlap": self.overlap, "window": self.window},
+            "inference": {"threshold": self.threshold, "overlap": self.overlap, "window": self.window,
+                          "tta": self.tta, "min_size": self.min_size},
         }
 
     def parameters(self) -> list[nn.Parameter]:
@@ -190,14 +194,24 @@ class Method:
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)`` (classification) or ``(B, K, *spatial)`` (segmentation) for a batch of images, from the
         :attr:`predictor` network; segmenters see overlapping windows of :attr:`window` (None: the whole image,
-        padded to a size the network takes) blended as :func:`labelwise.models.windows.sliding_window_predict` does."""
+        padded to a size the network takes) blended as :func:`labelwise.models.windows.sliding_window_predict` does,
+        and with :attr:`tta` the mean of the logits over every combination of flips of the spatial axes."""
         model = self.networks[self.predictor]
         if self.data.task == "segmentation":
-            if self.window is None:  # whole images: one window each, the batch in one forward pass
-                return sliding_window_predict(model, image, tuple(image.shape[2:]), sw_batch_size=len(image))
-            return sliding_window_predict(model, image, self.window, overlap=self.overlap)
+            if not self.tta:
+                return self._windows(model, image)
+            dims = list(range(2, image.ndim))
+            flips = [[d for k, d in enumerate(dims) if mask >> k & 1] for mask in range(2 ** len(dims))]
+            total = sum(self._windows(model, image.flip(f) if f else image).flip(f) if f else
+                        self._windows(model, image) for f in flips)
+            return total / len(flips)
         out = model(image)
         return out[0] if isinstance(out, (tuple, list)) else out
+
+    def _windows(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        if self.window is None:  # whole images: one window each, the batch in one forward pass
+            return sliding_window_predict(model, image, tuple(image.shape[2:]), sw_batch_size=len(image))
+        return sliding_window_predict(model, image, self.window, overlap=self.overlap, sw_batch_size=self.window_batch)
 
     def evaluate(self, outputs: torch.Tensor, target: torch.Tensor, rois: list[torch.Tensor | None] | None = None
                  ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -247,9 +261,9 @@ class Method:
     def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, K, *spatial)`` logits -> foreground probability ``(B, *spatial)`` and label map ``(B, *spatial)``
         (:func:`labelwise.models.outputs.segment`: one channel: sigmoid and :attr:`threshold`; several: softmax,
-        1 - p(background) and argmax)."""
+        1 - p(background) and argmax), components smaller than :attr:`min_size` removed."""
         probability, labels, _ = segment(logits, self.threshold if logits.shape[1] == 1 else None)
-        return probability, labels
+        return probability, remove_small_components(labels, self.min_size)
 
     def _dice_metrics(self, per_class: torch.Tensor) -> dict[str, torch.Tensor]:
         metrics = {"dice": torch.nanmean(per_class)}

@@ -28,6 +28,10 @@ class SupervisedOptions(BaseModel):
     mss_weights: tuple[float, float, float] = Field(MSS_WEIGHTS, description="unet_mss: full, 1/2, 1/4 outputs")
     threshold: float | Literal["otsu"] = Field(0.5, description="one-channel segmenters: p > threshold, or otsu")
     overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window inference: overlap of the patches")
+    tta: bool = Field(False, description="segmentation inference (end-of-run scores, predict): average the logits "
+                      "over the flips along every spatial axis (4 passes in 2D, 8 in 3D)")
+    min_size: int = Field(0, ge=0, description="segmentation inference: remove connected components (per class) "
+                          "smaller than this many voxels")
 
 
 class Supervised(Method):
@@ -58,6 +62,7 @@ class Supervised(Method):
         if loss == "dice_ce":
             self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=self.options.label_smoothing)
         self.threshold, self.overlap = self.options.threshold, self.options.overlap
+        self.tta, self.min_size = self.options.tta, self.options.min_size
         self.window = list(config.data.patch_size) if config.data.patch_size else None  # predict: windows of a patch
 
     def segmentation_loss(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:

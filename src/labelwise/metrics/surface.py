@@ -49,7 +49,17 @@ prediction or reference, with a warning; it gives inf for the plain (100th-perce
 Speed: everything runs on the bounding box of the union of both masks (plus a one-voxel margin), which is exact;
 the nearest-surface distances use a KD-tree over surface voxels when the surfaces are sparse in that box (thin
 tubes) and ``scipy.ndimage.distance_transform_edt(..., sampling=spacing)`` otherwise; each mask is skeletonised
-once. A 128³ case with thin vessels takes well under a second."""
+once. A 128³ case with thin vessels takes well under a second.
+
+Several classes (label maps ``0..K``, 0 the background): :func:`class_scores` gives the scores above for each class
+``k >= 1`` on the pair of masks ``(pred == k, truth == k)``, besides those of the whole foreground (``label > 0``).
+A class absent from both masks of a case gets nan for every score, the both-empty convention above: a ``nanmean``
+over cases leaves that case out of the class's mean, and
+:func:`~labelwise.evaluation.segmentation.summarize_cases` counts it under ``both_empty`` (the cases behind each
+class's mean are its ``count``). A class present in one mask only follows the one-empty conventions (Dice 0, nan
+distances). MONAI's ``DiceMetric(include_background=False)`` on one-hot masks gives the same per-class Dice
+wherever the class is in the truth; where it is not, MONAI's default ``ignore_empty=True`` gives nan (here: 0 when
+predicted, nan when absent from both)."""
 
 from __future__ import annotations
 
@@ -66,6 +76,7 @@ __all__ = [
     "SCORE_NAMES",
     "Confusion",
     "assd",
+    "class_scores",
     "cldice",
     "confusion",
     "hd95",
@@ -284,3 +295,61 @@ def segmentation_scores(pred, truth, spacing: float | Sequence[float] | None = N
     scores["assd"] = _assd(d_pt, d_tp)
     scores["cldice"] = _cldice(p, t)
     return {name: float(scores[name]) for name in SCORE_NAMES}
+
+
+def _labels(mask, what: str) -> np.ndarray:
+    """An integer label map (bool: 0/1) from an array or tensor; refuses fractional and negative labels."""
+    if hasattr(mask, "detach"):  # torch tensor
+        mask = mask.detach().cpu().numpy()
+    array = np.asarray(mask)
+    if array.dtype == bool:
+        return array.astype(np.int64)
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{what}: expected an integer label map, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))):
+        raise DataError(f"{what}: a label map must hold integer labels, found fractional or non-finite values")
+    if array.size and array.min() < 0:
+        raise DataError(f"{what}: a label map must hold labels >= 0, found {array.min()}")
+    return array.astype(np.int64, copy=False)
+
+
+def class_scores(pred, truth, spacing: float | Sequence[float] | None = None, num_classes: int | None = None,
+                 roi=None, names: Sequence[str] | None = None) -> dict[str, dict]:
+    """The scores of :func:`segmentation_scores` of one case for the whole foreground and for each class.
+
+    ``pred`` and ``truth``: integer label maps ``(*spatial)`` (0 the background; bool masks are label 1).
+    ``num_classes``: the number of classes *with* the background (as :func:`labelwise.metrics.segmentation.dice` and a
+    run's ``num_classes``), so the classes scored are ``1 .. num_classes - 1``; None: up to the highest label in
+    either mask (at least 1). A label ``>= num_classes`` is refused. ``names``: one name per foreground class (``K``
+    names for classes ``1..K``); default ``"1", "2", ...``. ``roi``: as in :func:`segmentation_scores`.
+
+    Returns ``{"foreground": scores, "per_class": {name: scores}}`` (classes in label order), where
+    ``foreground`` scores ``label > 0`` (equal to ``segmentation_scores(pred, truth, spacing, roi)``) and each class
+    ``k`` the masks ``(pred == k, truth == k)``. A class absent from both masks scores nan everywhere (the both-empty
+    convention of the module docstring), so a mean over cases skips it."""
+    p, t = _labels(pred, "prediction"), _labels(truth, "truth")
+    if p.shape != t.shape:
+        raise DataError(f"prediction and truth shapes differ: {p.shape} vs {t.shape}")
+    top = max(int(p.max(initial=0)), int(t.max(initial=0)))
+    if num_classes is None:
+        num_classes = (len(names) if names is not None else max(top, 1)) + 1
+    if num_classes < 2:
+        raise DataError(f"num_classes counts the background too and must be at least 2, got {num_classes}")
+    if top >= num_classes:
+        which = "prediction" if int(p.max(initial=0)) == top else "truth"
+        raise DataError(f"the {which} holds label {top}, but there are {num_classes} classes (labels 0 to "
+                        f"{num_classes - 1})")
+    names = [str(k) for k in range(1, num_classes)] if names is None else [str(n) for n in names]
+    if len(names) != num_classes - 1:
+        raise DataError(f"{len(names)} class name(s) for {num_classes - 1} foreground classes (labels 1 to "
+                        f"{num_classes - 1}): {', '.join(names)}")
+    if len(set(names)) != len(names):
+        raise DataError(f"class names must differ from one another, got {', '.join(names)}")
+    foreground = segmentation_scores(p > 0, t > 0, spacing, roi)
+    per_class: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(names, start=1):
+        if k == 1 and top <= 1:  # a binary pair: class 1 is the whole foreground
+            per_class[name] = dict(foreground)
+        else:
+            per_class[name] = segmentation_scores(p == k, t == k, spacing, roi)
+    return {"foreground": foreground, "per_class": per_class}

@@ -11,7 +11,7 @@ import torch
 from labelwise.errors import ConfigError
 from labelwise.filters.vesselness import otsu_threshold
 
-__all__ = ["ACTIVATIONS", "Threshold", "activate", "parse_threshold", "segment"]
+__all__ = ["ACTIVATIONS", "Threshold", "activate", "parse_threshold", "remove_small_components", "segment"]
 
 ACTIVATIONS = ("softmax", "sigmoid")
 Threshold = float | Literal["otsu"] | None
@@ -69,3 +69,24 @@ def segment(logits: torch.Tensor, threshold: Threshold = None) -> tuple[torch.Te
         return probability, foreground.long(), used
     labels = soft[:, 1:].argmax(dim=1) + 1
     return probability, torch.where(foreground, labels, torch.zeros_like(labels)), used
+
+
+def remove_small_components(labels: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Label maps ``(B, *spatial)`` with every connected component (per class, face-connected) of fewer than
+    ``min_size`` voxels set to background; ``min_size`` <= 1 keeps them all."""
+    if min_size <= 1:
+        return labels
+    import numpy as np
+    from scipy import ndimage
+
+    out = labels.detach().cpu().numpy().copy()
+    for case in out:
+        for k in np.unique(case):
+            if k == 0:
+                continue
+            components, _ = ndimage.label(case == k)
+            sizes = np.bincount(components.ravel())
+            small = sizes < min_size
+            small[0] = False
+            case[small[components]] = 0
+    return torch.from_numpy(out).to(labels.device)

@@ -253,8 +253,8 @@ MAX_SEGMENTATION_CASES = 6
 
 def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     """The per-case segmentation section from ``predictions/test/segmentation.json`` (runs on a manifest): mean ± std
-    of every score per reference, and the projections and difference maps of up to
-    :data:`MAX_SEGMENTATION_CASES` cases; None without that file."""
+    of every score per reference (and below it per class, for runs with more than 2 classes), and the projections
+    and difference maps of up to :data:`MAX_SEGMENTATION_CASES` cases; None without that file."""
     folder = run_dir / "predictions" / "test"
     path = folder / "segmentation.json"
     if not path.is_file():
@@ -273,10 +273,16 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
         mean, std, count = result.get("mean", {}), result.get("std", {}), result.get("count", {})
         n = len(result.get("cases", []))
         # the cases behind each mean, shown where fewer than all (nan scores, e.g. distances to an empty mask)
-        rows.append({"reference": name, "n": n,
+        rows.append({"reference": name, "n": n, "class_name": None,
                      "values": [(mean.get(key), std.get(key), count.get(key, n)) for key, _ in SEGMENTATION_SCORES]})
         if isinstance(count, dict) and "hd95" in count and (note := empty_mask_note(result, n)):
             empty_notes.append(f"against {name}: {note}")
+        per_class = result.get("per_class") if isinstance(result.get("per_class"), dict) else {}
+        for cls, summary in per_class.items():  # runs with several classes: label k against label k
+            if isinstance(summary, dict):
+                values = [(summary.get("mean", {}).get(key), summary.get("std", {}).get(key),
+                           summary.get("count", {}).get(key, n)) for key, _ in SEGMENTATION_SCORES]
+                rows.append({"reference": name, "n": n, "class_name": str(cls), "values": values})
     cases = []
     for entry in figures[:MAX_SEGMENTATION_CASES]:
         images = []
@@ -295,6 +301,7 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     roi = data.get("roi") or 0
     return {"columns": [label for _, label in SEGMENTATION_SCORES], "rows": rows, "cases": cases,
             "total": len(figures), "listed": len(cases), "empty_notes": empty_notes,
+            "per_class": any(row["class_name"] is not None for row in rows),
             "roi_note": (f"Scored inside the region of interest (the manifest's roi column) of {roi} of the "
                          f"{len(figures)} cases; the masks are background outside it." if roi else "")}
 
