@@ -281,3 +281,12 @@ def test_a_manifest_that_fails_its_check_is_not_written(tmp_path):
                            "--append", "--out", out)
     assert code == 2 and f"{out}:4: image of gone not found" in text  # rows sorted: case1, case2, gone
     assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels", "m.csv"]
+
+
+def test_match_by_key_pairs_drive_like_names_and_skips_ambiguous_ones(tmp_path):
+    from labelwise.data.pairing import match_by_key
+
+    inputs = [tmp_path / "in" / f"{i:02d}_test.tif" for i in (1, 2, 3)]
+    others = [tmp_path / "ref" / f"{i:02d}_manual1.gif" for i in (1, 2)] + [tmp_path / "ref" / "3_manual1.gif",
+                                                                          tmp_path / "ref" / "03_manual1.gif"]
+    assert match_by_key(inputs, others) == {inputs[0]: others[0], inputs[1]: others[1]}  # 3: two candidates

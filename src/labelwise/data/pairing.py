@@ -51,7 +51,7 @@ from labelwise.data.manifest import SPLITS, Case, read_manifest
 from labelwise.data.volumes import VOLUME_SUFFIXES, case_id, suffix_of
 from labelwise.errors import DataError
 
-__all__ = ["PAIR_SUFFIXES", "assign_splits", "file_keys", "natural_key", "pair_files", "write_manifest"]
+__all__ = ["PAIR_SUFFIXES", "assign_splits", "file_keys", "match_by_key", "natural_key", "pair_files", "write_manifest"]
 
 #: Suffixes of the files paired: what :func:`labelwise.data.volumes.read_volume` reads, and GIF (DRIVE's masks).
 PAIR_SUFFIXES = VOLUME_SUFFIXES + tuple(s for s in (".gif",) if s not in VOLUME_SUFFIXES)
@@ -87,6 +87,21 @@ def file_keys(files: Sequence[Path]) -> dict[Path, tuple[str, ...]]:
 
 def _match_key(key: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(_norm(t) for t in key)
+
+
+def match_by_key(inputs: Sequence[Path], others: Sequence[Path]) -> dict[Path, Path]:
+    """``{input: other}`` for the inputs whose key (:func:`file_keys`, each side within its own folder) is the key
+    of exactly one of ``others`` (``01_test.tif`` with ``01_manual1.gif``); inputs without or with several matches
+    are left out."""
+    by_key: dict[tuple[str, ...], list[Path]] = {}
+    for other, key in file_keys(list(others)).items():
+        by_key.setdefault(_match_key(key), []).append(other)
+    matches = {}
+    for path, key in file_keys(list(inputs)).items():
+        found = by_key.get(_match_key(key), [])
+        if key and len(found) == 1:
+            matches[path] = found[0]
+    return matches
 
 
 def _names(files: Sequence[Path]) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from labelwise.data.npz import save_npz
+from labelwise.data.pairing import match_by_key
 from labelwise.data.table import read_rows, write_table
 from labelwise.data.volumes import (
     NIFTI_SUFFIXES,
@@ -158,8 +159,9 @@ def prediction_inputs(paths: Sequence[str | Path]) -> list[Path]:
 
 def _references(reference: str | Path | None, files: Sequence[Path], what: str = "reference") -> dict[str, Path]:
     """Reference (or region-of-interest) mask per case id: a folder's files named ``<id>`` (or ``<id>_mask``,
-    ``_seg``, ``_label``, ``_gt``, ``_roi``) with any supported suffix; a single file for a single input, else by its
-    id."""
+    ``_seg``, ``_label``, ``_gt``, ``_roi``) with any supported suffix, else the one whose key is the input's under
+    the pairing rule of ``labelwise data manifest`` (:func:`labelwise.data.pairing.match_by_key`: ``01_test.tif``
+    with ``01_manual1.gif``); a single file for a single input, else by its id."""
     if reference is None:
         return {}
     reference = Path(reference)
@@ -176,7 +178,11 @@ def _references(reference: str | Path | None, files: Sequence[Path], what: str =
         if path.is_file() and suffix_of(path) in VOLUME_SUFFIXES and path.resolve() not in inputs:
             by_name.setdefault(case_id(path), []).append(path)
     found: dict[str, Path] = {}
+    keyed = {case_id(i): o for i, o in match_by_key(list(files), [p for ps in by_name.values() for p in ps]).items()}
     for cid in ids:
+        if not any(by_name.get(cid + suffix) for suffix in REFERENCE_SUFFIXES) and cid in keyed:
+            found[cid] = keyed[cid]  # named by the pairing rule of labelwise data manifest (01_test ~ 01_manual1)
+            continue
         for suffix in REFERENCE_SUFFIXES:
             candidates = by_name.get(cid + suffix, [])
             if len(candidates) > 1:

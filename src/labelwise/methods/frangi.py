@@ -28,26 +28,30 @@ class FrangiOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sigmas: list[float] = Field([0.5, 1.0, 1.5, 2.0, 3.0], min_length=1, description="vessel scales, in voxels")
     threshold: Literal["tuned", "otsu"] | float = "tuned"
+    ridges: Literal["bright", "dark"] = Field("bright", description="bright vessels (angiography) or dark ones "
+                                              "(fundus photographs): dark inverts the image first")
     candidates: int = Field(64, ge=2, description="tuned: thresholds tried (as many quantiles of the positive "
                             "vesselness and as many evenly spaced values)")
 
 
 class Vesselness(nn.Module):
-    """Frangi vesselness (:func:`labelwise.filters.vesselness.vesselness`, bright vessels) as a segmenter:
+    """Frangi vesselness (:func:`labelwise.filters.vesselness.vesselness`; bright vessels, or dark ones inverted) as a
+    segmenter:
     ``(B, C, *spatial)`` -> logits ``(B, 1, *spatial)`` = logit(v) - logit(threshold), so that a probability above
     0.5 means a vesselness above the threshold (the channels are averaged first). ``threshold`` < 0 means Otsu's
     threshold of each image's vesselness. The vesselness map passes through the identity module ``response``, the
     layer Grad-CAM explains (the filter has no learnt layers: its map is where the filter responds)."""
 
-    def __init__(self, sigmas: list[float]):
+    def __init__(self, sigmas: list[float], dark: bool = False):
         super().__init__()
-        self.sigmas = [float(s) for s in sigmas]
+        self.sigmas, self.dark = [float(s) for s in sigmas], dark
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float64))
         self.response = nn.Identity()
 
     def vesselness(self, image: torch.Tensor) -> np.ndarray:
         """Vesselness in [0, 1] of one image ``(C, *spatial)``."""
-        return vesselness(image.detach().float().mean(0).cpu().numpy(), sigmas=self.sigmas)
+        grey = image.detach().float().mean(0).cpu().numpy()
+        return vesselness(-grey if self.dark else grey, sigmas=self.sigmas)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps, limits = [], []
@@ -71,7 +75,7 @@ class Frangi(Method):
         super().__init__(config, data)
         if data.task != "segmentation" or data.num_classes != 2:
             raise ConfigError("method: frangi segments vessels: it needs binary masks (data.task: segmentation)")
-        self.networks["model"] = Vesselness(self.options.sigmas)
+        self.networks["model"] = Vesselness(self.options.sigmas, dark=self.options.ridges == "dark")
         self.out_channels = 1
         threshold = self.options.threshold
         if isinstance(threshold, float) and not 0 < threshold < 1:
