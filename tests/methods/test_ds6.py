@@ -123,7 +123,7 @@ def test_frangi_tunes_the_threshold_that_maximises_training_dice(manifest):
     loss = method.training_step({})["loss"]
     t = float(model.threshold)
     train = bundle.split("train")
-    maps = [model.vesselness(image) for image in train.image]
+    maps = [model.vesselness(image, spacing) for image, spacing in zip(train.image, train.spacings)]
     masks = [target.numpy() > 0 for target in train.target]
     from sklearn.metrics import f1_score  # Dice of binary masks = F1 of their pixels
 
@@ -134,8 +134,14 @@ def test_frangi_tunes_the_threshold_that_maximises_training_dice(manifest):
     assert abs((1 - best) - float(loss)) < 1e-6
     for other in np.linspace(0.01, 0.99, 25):  # no other threshold does better on the training cases
         assert np.mean([_dice(m > other, y) for m, y in zip(maps, masks)]) <= best + 0.02
-    logits = method.predict(train.image[0][None])
+    logits = method.predict(train.image[0][None], spacing=train.spacings[0])
     assert torch.equal(logits[0, 0] > 0, torch.from_numpy(maps[0] > t))
+    # the scales are in voxels of the finest axis: the (0.5, 0.6, 0.8) spacing changes the map (issue 16)
+    from labelwise.filters.vesselness import vesselness
+
+    image = train.image[0].mean(0).numpy()
+    np.testing.assert_allclose(maps[0], vesselness(image, (0.5, 0.6, 0.8), cfg.method_options().sigmas), atol=1e-6)
+    assert not np.allclose(maps[0], vesselness(image, None, cfg.method_options().sigmas), atol=1e-3)
 
 
 @pytest.mark.parametrize("method", ["ds6", "frangi"])

@@ -434,8 +434,8 @@ class Trainer:
         for net in self.method.networks.values():
             net.eval()
         if isinstance(dataset, VolumeDataset):
-            logits = [self.method.predict(image[None].to(self.fabric.device))[0].float().cpu()
-                      for image in dataset.image]
+            logits = [self.method.predict(image[None].to(self.fabric.device), spacing=spacing)[0].float().cpu()
+                      for image, spacing in zip(dataset.image, dataset.spacings)]
             return logits, dataset.target, dataset.image[:N_SAMPLES]
         outputs = []
         bs = self.config.data.eval_batch_size

@@ -272,7 +272,7 @@ def predict_files(
         image = run.read(path)
         ref = _read_reference(references[cid], path, image) if cid in references else None
         spatial = image.spatial_shape
-        logits = run.logits(torch.from_numpy(image.array)[None])
+        logits = run.logits(torch.from_numpy(image.array)[None], spacing=image.spacing)
         probability, mask, used = (t[0] for t in run.segment(logits))
         probability, mask = probability.numpy().astype(np.float32), mask.numpy()
         del logits

@@ -132,11 +132,11 @@ class RunModel:
     # --- outputs ------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def logits(self, image: torch.Tensor) -> torch.Tensor:
+    def logits(self, image: torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
         """Logits of a batch ``(B, C, *spatial)``: the run's own ``predict`` (segmenters: sliding windows of the
         run's window and overlap, or those set by :meth:`configure`)."""
         self.require_head()
-        return self.method.predict(image.to(self.device)).float().cpu()
+        return self.method.predict(image.to(self.device), spacing=spacing).float().cpu()
 
     def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
         """Foreground probability, label map and the threshold used per case, from segmentation logits

@@ -191,11 +191,12 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
 
-    def predict(self, image: torch.Tensor) -> torch.Tensor:
+    def predict(self, image: torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
         """Logits ``(B, K)`` (classification) or ``(B, K, *spatial)`` (segmentation) for a batch of images, from the
         :attr:`predictor` network; segmenters see overlapping windows of :attr:`window` (None: the whole image,
         padded to a size the network takes) blended as :func:`labelwise.models.windows.sliding_window_predict` does,
-        and with :attr:`tta` the mean of the logits over every combination of flips of the spatial axes."""
+        and with :attr:`tta` the mean of the logits over every combination of flips of the spatial axes. ``spacing``:
+        the voxel spacing of the batch's images, for methods whose output depends on it (Frangi's scales)."""
         model = self.networks[self.predictor]
         if self.data.task == "segmentation":
             if not self.tta:

@@ -48,15 +48,16 @@ class Vesselness(nn.Module):
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float64))
         self.response = nn.Identity()
 
-    def vesselness(self, image: torch.Tensor) -> np.ndarray:
-        """Vesselness in [0, 1] of one image ``(C, *spatial)``."""
+    def vesselness(self, image: torch.Tensor, spacing: tuple[float, ...] | None = None) -> np.ndarray:
+        """Vesselness in [0, 1] of one image ``(C, *spatial)`` of voxel ``spacing`` (None: isotropic; the scales are
+        in voxels of its finest axis, see :func:`labelwise.filters.vesselness.vesselness`)."""
         grey = image.detach().float().mean(0).cpu().numpy()
-        return vesselness(-grey if self.dark else grey, sigmas=self.sigmas)
+        return vesselness(grey, spacing=spacing, sigmas=self.sigmas, bright=not self.dark)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
         maps, limits = [], []
         for image in x:
-            v = self.vesselness(image).astype(np.float64)
+            v = self.vesselness(image, spacing).astype(np.float64)
             t = float(self.threshold)
             maps.append(torch.from_numpy(v))
             limits.append(otsu_threshold(v) if t < 0 else t)
@@ -83,8 +84,8 @@ class Frangi(Method):
         if isinstance(threshold, float):
             self.networks["model"].threshold.fill_(threshold)
 
-    def predict(self, image: torch.Tensor) -> torch.Tensor:
-        return self.networks["model"](image)
+    def predict(self, image: torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
+        return self.networks["model"](image, spacing)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The first step tunes the threshold (``tuned``); the loss logged is 1 - the training Dice it reaches."""
@@ -94,9 +95,10 @@ class Frangi(Method):
             return {"loss": torch.zeros(())}
         volumes = getattr(self.data.split("train"), "volumes", self.data.split("train"))
         maps, masks = [], []
-        for image, target, labelled in zip(volumes.image, volumes.target, _labelled(volumes)):
+        spacings = getattr(volumes, "spacings", [None] * len(volumes))
+        for image, target, labelled, spacing in zip(volumes.image, volumes.target, _labelled(volumes), spacings):
             if labelled:
-                maps.append(model.vesselness(image))
+                maps.append(model.vesselness(image, spacing))
                 masks.append(target.numpy() > 0)
         every = np.concatenate([m.reshape(-1) for m in maps])
         positive = every[every > 0]

@@ -206,7 +206,7 @@ class Pretrain(Method):
         for name in ("backbone", "projector"):
             ema_update(self.networks[name], self.networks[f"momentum_{name}"], self.options.momentum)
 
-    def predict(self, image: Tensor) -> Tensor:
+    def predict(self, image: Tensor, spacing: tuple[float, ...] | None = None) -> Tensor:
         """Pooled embeddings ``(B, dim)`` of the backbone."""
         return self.networks["backbone"].embed(image)
 
