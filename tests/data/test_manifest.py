@@ -126,3 +126,18 @@ def test_patches_are_the_same_in_loader_workers(tmp_path):
     alone = [b["image"] for b in DataLoader(patches, batch_sampler=order, num_workers=0)]
     workers = [b["image"] for b in DataLoader(patches, batch_sampler=order, num_workers=2)]
     assert all(torch.equal(a, b) for a, b in zip(alone, workers))
+
+
+def test_palette_masks_give_their_indices_and_grey_gifs_their_binary_values(tmp_path):
+    """A DRIVE second-observer GIF is a palette image whose two colours are (4, 2, 4) and (252, 254, 252): its
+    labels are the palette indices 0/1, not the grey levels 3/253; a grey 0/255 GIF gives 0/1."""
+    from PIL import Image
+
+    labels = np.zeros((6, 7), np.uint8)
+    labels[2:4, 1:5] = 1
+    palette = Image.fromarray(labels, mode="P")
+    palette.putpalette([4, 2, 4, 252, 254, 252] + [0] * 762)
+    palette.save(tmp_path / "second.gif")
+    Image.fromarray(labels * 255).save(tmp_path / "grey.gif")
+    for name in ("second.gif", "grey.gif"):
+        np.testing.assert_array_equal(read_volume(tmp_path / name, mask=True).array, labels)

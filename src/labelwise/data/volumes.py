@@ -58,7 +58,7 @@ def read_volume(path: str | Path, mask: bool = False) -> Volume:
     """Read ``path``. Images: pictures scaled to [0, 1] (grey: 1 channel, colour: 3), NIfTI and ``.npy`` values as
     stored, NIfTI ``(X, Y, Z[, C])`` -> ``(C, X, Y, Z)``, ``.npy`` taken as ``(*spatial)`` or ``(C, *spatial)``
     (2D when it has 2 axes, else channel-first). Masks (``mask=True``): integer labels ``(*spatial)``; a picture
-    holding only 0 and 255 becomes 0/1."""
+    holding only 0 and 255 becomes 0/1; a palette picture (PNG, GIF mode ``P``) gives its palette indices."""
     path = Path(path)
     suffix = suffix_of(path)
     if not path.is_file():
@@ -87,8 +87,11 @@ def read_volume(path: str | Path, mask: bool = False) -> Volume:
         try:
             with Image.open(path) as im:
                 grey = im.mode in ("1", "L", "LA", "I", "I;16", "F", "P") or mask
-                raw = np.asarray(im.convert("L") if grey and im.mode not in ("I", "I;16", "F") else
-                                 (im if grey else im.convert("RGB")))
+                if mask and im.mode == "P":  # a palette mask: its indices are the labels (VOC-style PNG, GIF)
+                    raw = np.asarray(im)
+                else:
+                    raw = np.asarray(im.convert("L") if grey and im.mode not in ("I", "I;16", "F") else
+                                     (im if grey else im.convert("RGB")))
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: cannot read image: {err}") from None
         array = raw if mask else (raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0))
