@@ -64,6 +64,9 @@ class DataConfig(Section):
     intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
         "max", description="max/zscore: per image; channel: per channel with the training split's mean and std; "
         "percentile: clipped to the training foreground's 0.5-99.5 percentiles, then its mean and std (CT)")
+    cache: Path | None = Field(None, description="manifest data (segmentation): folder of the preprocessed case "
+                               "cache, read through memory maps (relative: to the manifest's folder; default: "
+                               ".labelwise-cache next to the manifest)")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

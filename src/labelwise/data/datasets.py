@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -162,43 +163,37 @@ def _load_table(cfg: DataConfig, keep_unlabelled: bool) -> DataBundle:
 
 def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBundle:
     """Cases of a manifest: whole volumes for val and test, random patches (``data.patch_size``) or whole images
-    for training."""
+    for training, read from the case cache (:mod:`labelwise.data.cache`: preprocessed once into memory-mapped
+    files in ``data.cache``, by default ``.labelwise-cache`` next to the manifest), so no split is held in memory."""
+    from labelwise.data.cache import CaseCache, cache_folder
     from labelwise.data.manifest import read_manifest
-    from labelwise.data.patches import PatchDataset, load_cases
+    from labelwise.data.patches import PatchDataset
 
     cases = read_manifest(cfg.manifest)
-    splits: dict[str, Dataset] = {}
-    per_image = cfg.intensity not in TRAINED_INTENSITY  # else: raw values first, the training statistics next
-    for name in ("train", "val", "test"):
-        chosen = [i for i, c in enumerate(cases) if c.split == name and (c.labelled or keep_unlabelled)]
-        splits[name] = load_cases([cases[i] for i in chosen], np.array(chosen, dtype=np.int64),
-                                  cfg.intensity if per_image else "none")
-    train = splits["train"]
-    preprocessing: dict = {"intensity": cfg.intensity}
-    if not per_image and len(train):
-        preprocessing.update(intensity_statistics(train.image, train.target, train.labelled.tolist(), cfg.intensity,
-                                                  seed))
-        for split in splits.values():
-            split.image = [torch.from_numpy(preprocess_image(i.numpy(), preprocessing)) for i in split.image]
-    if len(train) == 0:
+    chosen = {name: [i for i, c in enumerate(cases) if c.split == name and (c.labelled or keep_unlabelled)]
+              for name in ("train", "val", "test")}
+    if not chosen["train"]:
         raise DataError(f"{cfg.manifest}: no usable training cases (unlabelled ones are used only by "
                         "semi-supervised methods)")
-    if not bool(train.labelled.any()):
+    if not any(cases[i].labelled for i in chosen["train"]):
         raise DataError(f"{cfg.manifest}: the training cases have no labels")
-    first = train.image[0]
-    spatial_dims, in_channels = first.ndim - 1, first.shape[0]
-    for name, split in splits.items():
-        for image, case in zip(split.image, split.cases):
-            if image.ndim - 1 != spatial_dims or image.shape[0] != in_channels:
-                raise DataError(f"{case.image}: {image.shape[0]} channel(s), {image.ndim - 1}D; the training cases "
-                                f"have {in_channels}, {spatial_dims}D")
-    top = max(int(t.max()) for split in splits.values()
-              for t, labelled in zip(split.target, split.labelled.tolist()) if labelled)
+    cache = CaseCache(cache_folder(cfg.manifest, cfg.cache), cfg.modalities)
+    preprocessing: dict = {"intensity": cfg.intensity}
+    if cfg.intensity in TRAINED_INTENSITY:  # statistics of the training split, streamed one case at a time
+        preprocessing.update(cache.statistics([cases[i] for i in chosen["train"]], cfg.intensity, seed))
+    splits: dict[str, Dataset] = dict(cache.volumes(
+        {name: ([cases[i] for i in rows], np.array(rows, dtype=np.int64)) for name, rows in chosen.items()},
+        preprocessing))
+    train = splits["train"]
+    first = train.shapes[0]
+    spatial_dims, in_channels = len(first) - 1, first[0]
+    top = max(m for split in splits.values() for m, labelled in zip(split.label_max, split.labelled.tolist())
+              if labelled)
     if cfg.patch_size is not None:
         splits["train"] = PatchDataset(train, cfg.patch_size, cfg.patches_per_volume, cfg.foreground_ratio, seed)
-    elif len({tuple(i.shape) for i in train.image}) > 1:
+    elif len({s[1:] for s in train.shapes}) > 1:
         raise DataError(f"{cfg.manifest}: training images differ in size; set data.patch_size to train on patches")
-    size = tuple(cfg.patch_size) if cfg.patch_size is not None else tuple(first.shape[1:])
+    size = tuple(cfg.patch_size) if cfg.patch_size is not None else tuple(first[1:])
     return DataBundle(splits=splits, task="segmentation", num_classes=max(2, top + 1), in_channels=in_channels,
                       spatial_dims=spatial_dims, image_size=size, class_names=[], ids=np.array([c.id for c in cases]),
                       preprocessing=preprocessing)
@@ -209,26 +204,57 @@ PERCENTILES = (0.5, 99.5)  # percentile: clip to these percentiles of the traini
 FOREGROUND_SAMPLE = 100_000  # percentile: foreground voxels drawn per training case for the statistics
 
 
-def intensity_statistics(images: list[torch.Tensor], targets: list[torch.Tensor], labelled: list[bool], mode: str,
-                         seed: int = 0) -> dict:
+def intensity_statistics(images: Iterable[torch.Tensor | np.ndarray], targets: Iterable[torch.Tensor | np.ndarray],
+                         labelled: Iterable[bool], mode: str, seed: int = 0) -> dict:
     """The training split's statistics of an intensity scheme (what :func:`preprocess_image` needs), per channel:
     ``channel``: ``channel_mean`` / ``channel_std`` over every voxel of every training image; ``percentile``:
     ``clip`` (the 0.5 and 99.5 percentiles of the voxels under the labelled cases' foreground, up to 100,000 drawn
-    per case with ``seed``) and ``channel_mean`` / ``channel_std`` of those voxels clipped."""
-    channels = images[0].shape[0]
-    if mode == "channel":
-        count = sum(i[0].numel() for i in images)
-        total = sum(i.reshape(channels, -1).double().sum(1) for i in images)
-        mean = total / count
-        square = sum(((i.reshape(channels, -1).double() - mean[:, None]) ** 2).sum(1) for i in images)
-        return {"channel_mean": mean.tolist(), "channel_std": (square / count).sqrt().tolist()}
+    per case with ``seed``) and ``channel_mean`` / ``channel_std`` of those voxels clipped. One pass over the
+    cases (lazy sequences or generators are read one case at a time): :func:`intensity_statistics_of`."""
+    return intensity_statistics_of(((image, target if has_label else None)
+                                    for image, target, has_label in zip(images, targets, labelled)), mode, seed)
+
+
+def intensity_statistics_of(cases: Iterable[tuple[Any, Any]], mode: str, seed: int = 0) -> dict:
+    """:func:`intensity_statistics` of ``(image (C, *spatial), label (*spatial) or None when unlabelled)`` pairs,
+    streamed: one case in memory at a time. ``channel`` merges each case's count, mean and sum of squared deviations
+    (float64; Chan et al.'s pairwise update), so the result is the mean and population std of all voxels together;
+    ``percentile`` keeps only the (at most 100,000 per case) foreground voxels it draws."""
     rng = np.random.default_rng(seed)
-    samples = []
-    for image, target, has_label in zip(images, targets, labelled):
-        inside = torch.nonzero(target.reshape(-1) > 0).squeeze(1).numpy() if has_label else np.empty(0, np.int64)
+    channels, count, mean, square, samples = None, 0, None, None, []
+    for image, target in cases:
+        image = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        flat = image.reshape(image.shape[0], -1)
+        if channels is None:
+            channels = flat.shape[0]
+        elif flat.shape[0] != channels:
+            raise DataError(f"data.intensity: a training image has {flat.shape[0]} channel(s), the first {channels}")
+        if mode == "channel":
+            n = flat.shape[1]
+            if n == 0:
+                continue
+            case_mean = flat.mean(axis=1, dtype=np.float64)
+            case_square = ((flat - case_mean[:, None]) ** 2).sum(axis=1)
+            if mean is None:
+                count, mean, square = n, case_mean, case_square
+            else:
+                delta, total = case_mean - mean, count + n
+                mean = mean + delta * (n / total)
+                square = square + case_square + delta**2 * (count * n / total)
+                count = total
+            continue
+        if target is None:
+            inside = np.empty(0, np.int64)
+        else:
+            target = target.numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
+            inside = np.flatnonzero(target.reshape(-1) > 0)
         if len(inside) > FOREGROUND_SAMPLE:
             inside = rng.choice(inside, FOREGROUND_SAMPLE, replace=False)
-        samples.append(image.reshape(channels, -1)[:, inside].double().numpy())
+        samples.append(flat[:, inside].astype(np.float64))
+    if channels is None:
+        raise DataError(f"data.intensity: {mode} needs training images; there are none")
+    if mode == "channel":
+        return {"channel_mean": mean.tolist(), "channel_std": np.sqrt(square / count).tolist()}
     values = np.concatenate(samples, axis=1)
     if values.shape[1] == 0:
         raise DataError("data.intensity: percentile needs foreground voxels in the labelled training cases; there are none")

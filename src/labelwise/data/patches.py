@@ -1,26 +1,27 @@
-"""Whole volumes in memory, and random patches drawn from them for training (2D and 3D).
+"""Whole volumes, and random patches drawn from them for training (2D and 3D).
 
-:class:`VolumeDataset` holds the cases of one split: images ``(C, *spatial)`` float32 and masks ``(*spatial)``
-int64, each of its own size. :class:`PatchDataset` turns the training cases into ``patches_per_volume`` random
-patches each: sample ``i`` is a pure function of ``(seed, i)`` (so any number of loader workers and a resumed run
-see the same patches), centred with probability ``foreground_ratio`` on a random foreground voxel of a labelled
-case, otherwise anywhere; volumes smaller than the patch are zero-padded."""
+:class:`VolumeDataset` gives the cases of one split: images ``(C, *spatial)`` float32 and masks ``(*spatial)``
+int64, each of its own size; :func:`load_cases` holds them in memory, :mod:`labelwise.data.cache` reads them from
+memory-mapped files on access (what a run on a manifest uses). :class:`PatchDataset` turns the training cases into
+``patches_per_volume`` random patches each: sample ``i`` is a pure function of ``(seed, i)`` (so any number of
+loader workers and a resumed run see the same patches), centred with probability ``foreground_ratio`` on a random
+foreground voxel of a labelled case, otherwise anywhere; volumes smaller than the patch are zero-padded."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from labelwise.data.manifest import Case
-from labelwise.data.volumes import read_volume
+from labelwise.data.volumes import Volume, read_image, read_volume
 from labelwise.errors import DataError
 
-__all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity", "read_mask"]
+__all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity", "read_case", "read_mask"]
 
 Intensity = Literal["max", "zscore", "none"]  # per image; "channel" and "percentile" need training statistics
 
@@ -38,18 +39,29 @@ def normalize_intensity(image: np.ndarray, mode: Intensity) -> np.ndarray:
 
 
 class VolumeDataset(Dataset):
-    """Whole cases: ``{"image": (C, *spatial), "target": (*spatial), "labelled": (), "index": ()}``."""
+    """Whole cases: ``{"image": (C, *spatial), "target": (*spatial), "labelled": (), "index": ()}``.
 
-    def __init__(self, cases: Sequence[Case], images: list[torch.Tensor], targets: list[torch.Tensor],
+    ``image``, ``target`` and ``rois`` are sequences with one entry per case: lists of tensors in memory, or lazy
+    sequences that read each case from its memory-mapped files on access (:mod:`labelwise.data.cache`); either way
+    ``image[i]`` is a tensor. ``foreground`` (optional): per case, the flat indices of its foreground voxels."""
+
+    def __init__(self, cases: Sequence[Case], images: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
                  spacings: list[tuple[float, ...]], affines: list[np.ndarray | None], indices: np.ndarray,
-                 rois: list[torch.Tensor | None] | None = None):
+                 rois: Sequence[torch.Tensor | None] | None = None, foreground: Sequence[Any] | None = None):
         self.cases = list(cases)
         self.image, self.target = images, targets
         self.rois = rois if rois is not None else [None] * len(self.cases)  # region-of-interest masks (bool) or None
+        self.foreground = foreground
         self.spacings, self.affines = spacings, affines
         self.labelled = torch.tensor([c.labelled for c in self.cases], dtype=torch.bool)
         self.indices = torch.from_numpy(np.asarray(indices, dtype=np.int64))
         self.ids = [c.id for c in self.cases]
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """``(C, *spatial)`` of every image (a lazy sequence knows them without reading the images)."""
+        known = getattr(self.image, "shapes", None)
+        return list(known) if known is not None else [tuple(i.shape) for i in self.image]
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -65,23 +77,34 @@ def load_cases(cases: Sequence[Case], indices: np.ndarray, intensity: Intensity 
     axes; images normalised per image by ``intensity``."""
     images, targets, spacings, affines, rois = [], [], [], [], []
     for case in cases:
-        image = read_volume(case.image)
-        if image.array.ndim not in (3, 4):
-            raise DataError(f"{case.image}: image of shape {image.array.shape}; expected 2D or 3D")
+        image, target, roi = read_case(case)
         if images and (image.array.shape[0], image.array.ndim) != (images[0].shape[0], images[0].ndim):
             raise DataError(f"{case.image}: {image.array.shape[0]} channel(s), {image.array.ndim - 1}D; the first "
                             f"case has {images[0].shape[0]}, {images[0].ndim - 1}D")
-        spatial = image.array.shape[1:]
-        target = (read_mask(case.label, image.spacing, spatial, case.image) if case.label is not None else
-                  np.zeros(spatial, dtype=np.int64))
-        rois.append(torch.from_numpy(read_mask(case.roi, image.spacing, spatial, case.image) > 0)
-                    if case.roi is not None else None)
+        rois.append(torch.from_numpy(roi) if roi is not None else None)
         images.append(torch.from_numpy(np.ascontiguousarray(normalize_intensity(image.array, intensity),
                                                             dtype=np.float32)))
-        targets.append(torch.from_numpy(target))
+        targets.append(torch.from_numpy(target if target is not None else
+                                        np.zeros(image.array.shape[1:], dtype=np.int64)))
         spacings.append(image.spacing)
         affines.append(image.affine)
     return VolumeDataset(cases, images, targets, spacings, affines, indices, rois)
+
+
+def read_case(case: Case, modalities: Sequence[str] = ("rnflt",), masks: bool = True
+              ) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
+    """One case as stored: its image (the one reader, :func:`labelwise.data.volumes.read_image`; values as in the
+    file), its label ``(*spatial)`` int64 (None when unlabelled) and its region of interest ``(*spatial)`` bool (None
+    without one), each mask checked against the image's shape and spacing; ``masks=False``: the image alone."""
+    image = read_image(case.image, modalities)
+    if image.array.ndim not in (3, 4):
+        raise DataError(f"{case.image}: image of shape {image.array.shape}; expected 2D or 3D")
+    if not masks:
+        return image, None, None
+    spatial = image.array.shape[1:]
+    target = read_mask(case.label, image.spacing, spatial, case.image) if case.label is not None else None
+    roi = read_mask(case.roi, image.spacing, spatial, case.image) > 0 if case.roi is not None else None
+    return image, target, roi
 
 
 def read_mask(path: Path, spacing: tuple[float, ...], spatial: tuple[int, ...], image: Path) -> np.ndarray:
@@ -100,17 +123,19 @@ class PatchDataset(Dataset):
 
     def __init__(self, volumes: VolumeDataset, patch_size: Sequence[int], patches_per_volume: int = 100,
                  foreground_ratio: float = 0.5, seed: int = 0):
-        dims = volumes.image[0].ndim - 1 if len(volumes) else len(patch_size)
+        self.shapes = volumes.shapes
+        dims = len(self.shapes[0]) - 1 if len(volumes) else len(patch_size)
         if len(patch_size) != dims:
             raise DataError(f"data.patch_size: {list(patch_size)} has {len(patch_size)} axes but the images are "
                             f"{dims}D")
         self.volumes, self.patch = volumes, tuple(int(p) for p in patch_size)
         self.patches_per_volume, self.foreground_ratio, self.seed = patches_per_volume, foreground_ratio, seed
-        # flat indices of foreground voxels, per labelled case (int32 where they fit)
-        self.foreground = [torch.nonzero(t.reshape(-1) > 0).squeeze(1).to(torch.int64 if t.numel() > 2**31
-                                                                            else torch.int32)
-                           if labelled else torch.empty(0, dtype=torch.int32)
-                           for t, labelled in zip(volumes.target, volumes.labelled.tolist())]
+        # flat indices of foreground voxels, per labelled case (int32 where they fit): the volumes' own (a cache
+        # holds them on disk), else computed here
+        self.foreground = volumes.foreground if volumes.foreground is not None else [
+            torch.nonzero(t.reshape(-1) > 0).squeeze(1).to(torch.int64 if t.numel() > 2**31 else torch.int32)
+            if labelled else torch.empty(0, dtype=torch.int32)
+            for t, labelled in zip(volumes.target, volumes.labelled.tolist())]
         self.indices = torch.arange(len(self))
         self.image, self.target = None, None  # patches are drawn on access; there is no stacked array
 
@@ -120,8 +145,7 @@ class PatchDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(i)])
         v = int(i) % len(self.volumes)
-        image, target = self.volumes.image[v], self.volumes.target[v]
-        spatial = tuple(image.shape[1:])
+        spatial = tuple(self.shapes[v][1:])
         foreground = self.foreground[v]
         if len(foreground) and rng.random() < self.foreground_ratio:
             centre = np.unravel_index(int(foreground[rng.integers(len(foreground))]), spatial)
@@ -129,7 +153,8 @@ class PatchDataset(Dataset):
             centre = tuple(int(rng.integers(s)) for s in spatial)
         starts = [min(max(c - p // 2, 0), max(s - p, 0)) for c, p, s in zip(centre, self.patch, spatial)]
         window = tuple(slice(a, a + p) for a, p in zip(starts, self.patch))
-        image_patch, target_patch = image[(slice(None), *window)], target[window]
+        image_patch = _window(self.volumes.image, v, (slice(None), *window))
+        target_patch = _window(self.volumes.target, v, window)
         if tuple(target_patch.shape) != self.patch:  # the volume is smaller than the patch along some axis
             pad = [x for got, want in zip(reversed(target_patch.shape), reversed(self.patch)) for x in (0, want - got)]
             image_patch = torch.nn.functional.pad(image_patch, pad)
@@ -137,3 +162,8 @@ class PatchDataset(Dataset):
         return {"image": image_patch.contiguous(), "target": target_patch.contiguous(),
                 "labelled": self.volumes.labelled[v], "index": torch.tensor(int(i))}
 
+
+def _window(cases: Sequence[torch.Tensor], v: int, index: tuple[slice, ...]) -> torch.Tensor:
+    """``cases[v][index]``, reading only the window when ``cases`` is a lazy sequence of memory-mapped files."""
+    read = getattr(cases, "read", None)
+    return read(v, index) if read is not None else cases[v][index]
