@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench clean nnunet-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs test-artifacts
+
+# nnU-Net v2 as a benchmark peer (benchmarks/nnunet_drive.py), in its own venv: nnunetv2 is never a
+# labelwise dependency. torch first, from the repo's pin (the CPU wheel), then nnunetv2 with its own pins.
+NNUNET_VENV := .venv-nnunet
+NNUNET_STAMP := $(NNUNET_VENV)/.installed
+
+$(NNUNET_STAMP): constraints.txt benchmarks/nnunet-constraints.txt
+	test -x $(NNUNET_VENV)/bin/python || $(PYTHON) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt torch
+	$(NNUNET_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -c benchmarks/nnunet-constraints.txt nnunetv2
+	touch $(NNUNET_STAMP)
+
+nnunet-env: $(NNUNET_STAMP)
