@@ -121,7 +121,8 @@ def run_nnunet(drive: Path, work: Path, seed: int, minutes: float) -> dict:
         rows.append(segmentation_scores(pred, first, None, roi))
     timing = json.loads((predictions / "timing.json").read_text())
     return {**{k: float(np.mean([r[k] for r in rows])) for k in SCORES},
-            "train_minutes": timing.get("train_seconds", float("nan")) / 60, "epochs": timing.get("epochs")}
+            "train_minutes": timing.get("train_wall_s", float("nan")) / 60, "epochs": timing.get("epochs_done"),
+            "iterations": timing.get("iterations_done"), "s_per_iteration": timing.get("s_per_iteration")}
 
 
 def main() -> None:
