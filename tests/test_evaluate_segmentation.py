@@ -347,3 +347,28 @@ trainer: {{max_steps: 4, checkpoint_every: 4, val_every: 0}}
     assert 'id="segmentation-per-class"' in html
     assert html.count('class="segmentation-class"') == 2
     assert "label · class 1" in html and "label · class 2" in html
+
+
+def test_drive_like_names_pair_by_the_manifest_rule(tmp_path):
+    """Predictions named after the images (01_test.png) meet references (01_manual1.gif) and field-of-view masks
+    (01_test_mask.gif) of other names; scores inside the roi equal a hand computation."""
+    from PIL import Image
+
+    from labelwise.evaluation.segmentation import evaluate_segmentation
+
+    rng = np.random.default_rng(3)
+    expected = {}
+    for folder in ("pred", "truth", "roi"):
+        (tmp_path / folder).mkdir()
+    for i in (1, 2):
+        pred, truth = rng.random((20, 24)) > 0.6, rng.random((20, 24)) > 0.6
+        roi = np.zeros((20, 24), bool)
+        roi[3:17, 4:20] = True
+        Image.fromarray(pred.astype(np.uint8) * 255).save(tmp_path / "pred" / f"{i:02d}_test.png")
+        Image.fromarray(truth.astype(np.uint8) * 255).save(tmp_path / "truth" / f"{i:02d}_manual1.gif")
+        Image.fromarray(roi.astype(np.uint8) * 255).save(tmp_path / "roi" / f"{i:02d}_test_mask.gif")
+        p, t = pred & roi, truth & roi
+        expected[f"{i:02d}_test"] = 2 * (p & t).sum() / (p.sum() + t.sum())
+    result = evaluate_segmentation(tmp_path / "pred", tmp_path / "truth", roi=tmp_path / "roi")
+    assert {c["id"]: c["dice"] for c in result["cases"]} == pytest.approx(expected)
+    assert result["cases"][0]["truth"].endswith("01_manual1.gif") and result["cases"][0]["roi"].endswith("01_test_mask.gif")

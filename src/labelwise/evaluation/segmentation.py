@@ -1,6 +1,7 @@
 """Score a folder of predicted masks against a folder of reference masks (``labelwise evaluate segmentation``).
 
-Files are matched by case id (the file name without its suffix: ``case01.nii.gz`` <-> ``case01.png``); any of
+Files are matched by case id (the file name without its suffix: ``case01.nii.gz`` <-> ``case01.png``), and ids with
+no file of their name by the pairing rule of ``labelwise data manifest`` (``01_test.png`` <-> ``01_manual1.gif``); any of
 ``.nii.gz .nii .png .tif .tiff .jpg .jpeg .npy`` is read with :func:`labelwise.data.volumes.read_volume`. When
 ``pred`` holds a ``masks/`` folder (where ``labelwise predict`` writes its masks) that folder is read. Each case
 gets the scores of :func:`labelwise.metrics.surface.segmentation_scores` of the whole foreground, ``label > 0``.
@@ -57,6 +58,7 @@ from labelwise.data.volumes import (
     read_volume,
     suffix_of,
 )
+from labelwise.data.pairing import match_by_key
 from labelwise.errors import DataError
 from labelwise.io import json_ready
 from labelwise.metrics.aggregate import empty_mask_note, mean_std
@@ -96,6 +98,18 @@ def _cases(folder: Path, what: str) -> dict[str, Path]:
     if not found:
         raise DataError(f"{what} folder {folder} holds no mask files ({', '.join(VOLUME_SUFFIXES)})")
     return found
+
+
+def _keyed(pred_files: dict[str, Path], others: dict[str, Path]) -> dict[str, Path]:
+    """``others`` by case id, where the prediction ids with no file of their own name take the one file whose key
+    is theirs under ``labelwise data manifest``'s pairing rule (``01_test.png`` with ``01_manual1.gif``)."""
+    unmatched = [path for cid, path in pred_files.items() if cid not in others]
+    spare = [path for cid, path in others.items() if cid not in pred_files]
+    if not unmatched or not spare:
+        return others
+    paired = {case_id(p): o for p, o in match_by_key(unmatched, spare).items()}
+    used = set(paired.values())
+    return {**{cid: path for cid, path in others.items() if path not in used}, **paired}
 
 
 def _has_spacing(path: Path) -> bool:
@@ -142,7 +156,8 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
     pred, truth = Path(pred), Path(truth)
     if (pred / "masks").is_dir():
         pred = pred / "masks"
-    pred_files, truth_files = _cases(pred, "prediction"), _cases(truth, "truth")
+    pred_files = _cases(pred, "prediction")
+    truth_files = _keyed(pred_files, _cases(truth, "truth"))
     pred_only = sorted(set(pred_files) - set(truth_files))
     truth_only = sorted(set(truth_files) - set(pred_files))
     notes: list[str] = []
@@ -161,7 +176,7 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
     common = sorted(set(pred_files) & set(truth_files))
     if not common:
         raise DataError(f"no case id is found in both {pred} and {truth}")
-    roi_files = _cases(Path(roi), "region-of-interest") if roi is not None else {}
+    roi_files = _keyed(pred_files, _cases(Path(roi), "region-of-interest")) if roi is not None else {}
     no_roi = [cid for cid in common if roi is not None and cid not in roi_files]
     if no_roi:
         raise DataError(f"{len(no_roi)} case(s) without a region-of-interest mask in {roi}: {_listing(no_roi)}")
