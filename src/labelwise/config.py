@@ -67,6 +67,13 @@ class DataConfig(Section):
     cache: Path | None = Field(None, description="manifest data (segmentation): folder of the preprocessed case "
                                "cache, read through memory maps (relative: to the manifest's folder; default: "
                                ".labelwise-cache next to the manifest)")
+    reorient: bool = Field(True, description="manifest data (segmentation): NIfTI volumes and masks turned to the "
+                           "closest canonical orientation (RAS+: axes permuted and flipped, no interpolation); "
+                           "predict writes its outputs back in the input's own orientation")
+    spacing: list[float] | Literal["median"] | None = Field(
+        "median", description="manifest data (segmentation): resample every case to this voxel spacing (images "
+        "trilinear/bilinear, masks nearest); median: the per-axis median of the training cases; null: never. A case "
+        "already at the spacing (within 1e-3) is left as it is; predict resamples its outputs back")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -82,6 +89,8 @@ class DataConfig(Section):
             raise ValueError(f"data.image_size: expected 2 or 3 positive sizes, got {self.image_size}")
         if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):
             raise ValueError(f"data.patch_size: expected 2 or 3 positive sizes, got {self.patch_size}")
+        if isinstance(self.spacing, list) and (len(self.spacing) not in (2, 3) or min(self.spacing) <= 0):
+            raise ValueError(f"data.spacing: expected 2 or 3 positive values, 'median' or null, got {self.spacing}")
         return self
 
 

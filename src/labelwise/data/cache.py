@@ -14,14 +14,17 @@ Each case is read with the one reader (:func:`labelwise.data.patches.read_case`)
             foreground.npy  flat indices of the label's foreground voxels, int32 (int64 past 2**31 voxels): where
                             foreground-centred patches are drawn; absent for an unlabelled case
             roi.npy         bool (*spatial), the region of interest; absent without one
-            meta.json       id, shape, spacing, affine, largest label, and the files it was made from
+            meta.json       id, shape, spacing, affine (of the arrays: reoriented and resampled as data.reorient and
+                            data.spacing ask), ``original`` (the file's own shape, spacing, affine and what was done,
+                            :class:`labelwise.data.volumes.Grid`), largest label, and the files it was made from
     <cache>/statistics/<intensity>-<hash>.json  training statistics, keyed by the training files and the seed
 
 ``<cache>`` is ``data.cache`` (relative: to the manifest's folder), by default ``.labelwise-cache`` next to the
 manifest; it holds a ``.gitignore`` of ``*`` (git leaves it out) and a ``CACHEDIR.TAG`` (backup tools skip it).
 A case is rebuilt when one of its files changes (path, size or modification time) or the intensity scheme or its
 statistics change (a new folder: another config on the same manifest keeps its own); a rebuilt case's old entry is
-removed. The format version (:data:`FORMAT`) is in every key. Entries are written to a temporary folder and renamed
+removed. The scheme's key holds the whole ``preprocessing`` dict, so ``reorient`` and the target ``spacing`` too.
+The format version (:data:`FORMAT`) is in every key. Entries are written to a temporary folder and renamed
 into place, under a lock file, so processes sharing a cache (several devices, several runs) never read half a case.
 Deleting the cache folder is always safe: the next run rebuilds what it needs.
 
@@ -49,7 +52,7 @@ import torch
 
 from labelwise.data.manifest import Case
 from labelwise.data.patches import VolumeDataset, read_case
-from labelwise.data.volumes import suffix_of
+from labelwise.data.volumes import Grid, suffix_of
 from labelwise.errors import DataError
 
 __all__ = ["CACHE_NAME", "FORMAT", "OPEN_CASES", "CachedArrays", "CaseCache", "cache_folder", "label_dtype"]
@@ -157,15 +160,19 @@ class CaseCache:
 
     # --- training statistics -------------------------------------------------------------------
 
-    def statistics(self, cases: Sequence[Case], mode: str, seed: int = 0) -> dict[str, Any]:
+    def statistics(self, cases: Sequence[Case], mode: str, seed: int = 0, reorient: bool = False,
+                   spacing: Sequence[float] | None = None) -> dict[str, Any]:
         """The training statistics of intensity scheme ``mode`` over ``cases`` (the training split), computed by
         streaming over them one case at a time (:func:`labelwise.data.datasets.intensity_statistics_of`), kept
-        under ``statistics/`` keyed by the cases' files, the scheme and (``percentile``: it draws voxels) the seed."""
+        under ``statistics/`` keyed by the cases' files, the scheme, (``percentile``: it draws voxels) the seed and
+        the grid (``reorient``, target ``spacing``: the cases are measured on the training grid)."""
         from labelwise.data.datasets import intensity_statistics_of
 
         masks = mode == "percentile"  # channel: the images alone
         key = [FORMAT, mode, seed if masks else None,
                [[_stamp(c.image), _stamp(c.label) if masks else None, self._reader(c)] for c in cases]]
+        if reorient or spacing is not None:  # keys of runs without either stay as they were
+            key.append([bool(reorient), list(spacing) if spacing is not None else None])
         path = self.folder / "statistics" / f"{mode}-{_digest(key)}.json"
         with self._locked():
             if path.is_file():
@@ -175,7 +182,8 @@ class CaseCache:
 
             def stream() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
                 for case in cases:
-                    image, target, _ = read_case(case, self.modalities, masks=masks)
+                    image, target, _ = read_case(case, self.modalities, masks=masks, reorient=reorient,
+                                                 spacing=spacing)
                     yield image.array, target
 
             statistics = intensity_statistics_of(stream(), mode, seed)
@@ -223,7 +231,8 @@ class CaseCache:
             return Entry(folder, json.loads((folder / "meta.json").read_text()))
         from labelwise.data.datasets import preprocess_image
 
-        image, target, roi = read_case(case, self.modalities)
+        image, target, roi = read_case(case, self.modalities, reorient=bool(preprocessing.get("reorient", False)),
+                                       spacing=preprocessing.get("spacing"))
         for stale in scheme.glob(f".{name}.*.tmp"):  # left by a process that stopped while writing (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         tmp = scheme / f".{name}.{os.getpid()}.tmp"
@@ -245,6 +254,7 @@ class CaseCache:
             meta = {"format": FORMAT, "id": case.id, "shape": list(image.array.shape),
                     "spacing": list(image.spacing),
                     "affine": image.affine.tolist() if image.affine is not None else None,
+                    "original": image.grid.to_json() if image.grid is not None else None,
                     "label_max": top, "label_dtype": str(label_dtype(top)) if target is not None else None,
                     "files": files, "made_from": {k: _stamp(getattr(case, k)) for k in ("image", "label", "roi")}}
             _write_json(tmp / "meta.json", meta)
@@ -362,7 +372,9 @@ class CachedArrays(Sequence):
 class CachedVolumes(VolumeDataset):
     """A :class:`~labelwise.data.patches.VolumeDataset` whose cases live in the cache: ``image``, ``target``,
     ``rois`` and ``foreground`` are :class:`CachedArrays`; spacings, affines and shapes come from the entries'
-    ``meta.json``; ``label_max``: the largest label of every case."""
+    ``meta.json``; ``label_max``: the largest label of every case; ``grids``: per case, the file's own grid
+    (:class:`labelwise.data.volumes.Grid`; ``grid.changed`` when the arrays were reoriented or resampled), None
+    for entries without it."""
 
     def __init__(self, cases: Sequence[Case], entries: Sequence[Entry], indices: np.ndarray):
         maps = _Maps(entries)
@@ -374,3 +386,4 @@ class CachedVolumes(VolumeDataset):
                          affines, indices, CachedArrays(maps, "roi", shapes), CachedArrays(maps, "foreground", shapes))
         self.entries = list(entries)
         self.label_max = [int(e.meta["label_max"]) for e in entries]
+        self.grids = [Grid.from_json(e.meta["original"]) if e.meta.get("original") else None for e in entries]

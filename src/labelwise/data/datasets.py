@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -178,9 +178,11 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     if not any(cases[i].labelled for i in chosen["train"]):
         raise DataError(f"{cfg.manifest}: the training cases have no labels")
     cache = CaseCache(cache_folder(cfg.manifest, cfg.cache), cfg.modalities)
-    preprocessing: dict = {"intensity": cfg.intensity}
+    spacing = target_spacing([cases[i] for i in chosen["train"]], cfg.spacing, cfg.reorient, cfg.modalities)
+    preprocessing: dict = {"intensity": cfg.intensity, "reorient": bool(cfg.reorient), "spacing": spacing}
     if cfg.intensity in TRAINED_INTENSITY:  # statistics of the training split, streamed one case at a time
-        preprocessing.update(cache.statistics([cases[i] for i in chosen["train"]], cfg.intensity, seed))
+        preprocessing.update(cache.statistics([cases[i] for i in chosen["train"]], cfg.intensity, seed,
+                                              cfg.reorient, spacing))
     splits: dict[str, Dataset] = dict(cache.volumes(
         {name: ([cases[i] for i in rows], np.array(rows, dtype=np.int64)) for name, rows in chosen.items()},
         preprocessing))
@@ -197,6 +199,23 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     return DataBundle(splits=splits, task="segmentation", num_classes=max(2, top + 1), in_channels=in_channels,
                       spatial_dims=spatial_dims, image_size=size, class_names=[], ids=np.array([c.id for c in cases]),
                       preprocessing=preprocessing)
+
+
+def target_spacing(cases: Sequence[Any], spacing: Sequence[float] | str | None, reorient: bool = True,
+                   modalities: Sequence[str] = ("rnflt",)) -> list[float] | None:
+    """The spacing a manifest's cases are resampled to (``data.spacing``): the values given, None (no resampling),
+    or ``"median"``: the per-axis median of the training ``cases``' spacings (as reoriented, when ``reorient``;
+    NIfTI: read from the headers alone)."""
+    from labelwise.data.volumes import read_spacing
+
+    if spacing is None:
+        return None
+    if spacing != "median":
+        return [float(s) for s in spacing]
+    spacings = [read_spacing(c.image, reorient, modalities) for c in cases]
+    if len({len(s) for s in spacings}) > 1:
+        raise DataError("data.spacing: median: the training cases differ in their number of spatial axes")
+    return [round(float(s), 6) for s in np.median(np.asarray(spacings, dtype=np.float64), axis=0)]
 
 
 TRAINED_INTENSITY = ("channel", "percentile")  # intensity schemes with statistics of the training split

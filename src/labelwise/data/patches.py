@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from labelwise.data.manifest import Case
-from labelwise.data.volumes import Volume, read_image, read_volume
+from labelwise.data.volumes import Volume, read_image, read_volume, to_grid
 from labelwise.errors import DataError
 
 __all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity", "read_case", "read_mask"]
@@ -91,19 +91,22 @@ def load_cases(cases: Sequence[Case], indices: np.ndarray, intensity: Intensity 
     return VolumeDataset(cases, images, targets, spacings, affines, indices, rois)
 
 
-def read_case(case: Case, modalities: Sequence[str] = ("rnflt",), masks: bool = True
-              ) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
-    """One case as stored: its image (the one reader, :func:`labelwise.data.volumes.read_image`; values as in the
-    file), its label ``(*spatial)`` int64 (None when unlabelled) and its region of interest ``(*spatial)`` bool (None
-    without one), each mask checked against the image's shape and spacing; ``masks=False``: the image alone."""
+def read_case(case: Case, modalities: Sequence[str] = ("rnflt",), masks: bool = True, reorient: bool = False,
+              spacing: Sequence[float] | None = None) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
+    """One case: its image (the one reader, :func:`labelwise.data.volumes.read_image`; values as in the file), its
+    label ``(*spatial)`` int64 (None when unlabelled) and its region of interest ``(*spatial)`` bool (None without
+    one), each mask checked against the image's shape and spacing; ``masks=False``: the image alone. ``reorient``,
+    ``spacing``: all of them then put on the training grid (:func:`labelwise.data.volumes.to_grid`: reoriented to
+    RAS+, resampled to ``spacing``, masks by nearest neighbour); the image's ``grid`` says what was done (None
+    when neither is asked)."""
     image = read_image(case.image, modalities)
     if image.array.ndim not in (3, 4):
         raise DataError(f"{case.image}: image of shape {image.array.shape}; expected 2D or 3D")
-    if not masks:
-        return image, None, None
     spatial = image.array.shape[1:]
-    target = read_mask(case.label, image.spacing, spatial, case.image) if case.label is not None else None
-    roi = read_mask(case.roi, image.spacing, spatial, case.image) > 0 if case.roi is not None else None
+    target = read_mask(case.label, image.spacing, spatial, case.image) if masks and case.label is not None else None
+    roi = read_mask(case.roi, image.spacing, spatial, case.image) > 0 if masks and case.roi is not None else None
+    if reorient or spacing is not None:
+        image, (target, roi) = to_grid(image, reorient, spacing, (target, roi))
     return image, target, roi
 
 

@@ -19,8 +19,9 @@ import numpy as np
 from labelwise.data.harvard import read_harvard_image
 from labelwise.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "Volume", "case_id",
-           "read_image", "read_volume", "write_volume"]
+__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "Grid", "Volume", "case_id",
+           "from_grid", "orient", "read_image", "read_spacing", "read_volume", "resample", "same_spacing", "to_grid",
+           "write_volume"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp")
@@ -35,6 +36,7 @@ class Volume:
     array: np.ndarray
     spacing: tuple[float, ...]
     affine: np.ndarray | None = None
+    grid: Grid | None = None  # set by to_grid: the grid the volume was read on, what from_grid returns to
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -185,3 +187,189 @@ def write_volume(path: str | Path, array: np.ndarray, spacing: tuple[float, ...]
     else:
         raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(VOLUME_SUFFIXES)}")
     return path
+
+
+# --- the grid a case is trained on: reorientation and resampling, and back ---------------------------------------
+
+CANONICAL = np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64)  # nibabel's orientation of RAS+ axes
+
+
+@dataclass
+class Grid:
+    """Where a volume came from, so that outputs on the training grid go back to it (:func:`from_grid`): its own
+    spatial ``shape``, ``spacing`` and ``affine``; ``ornt``: the axis permutation and flips that made it RAS+
+    (nibabel's orientation array, None when not reoriented); ``canonical_shape``: its shape after reorientation;
+    ``resampled``: whether it was then resampled (to the shape of the arrays trained on)."""
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    affine: np.ndarray | None
+    ornt: np.ndarray | None
+    canonical_shape: tuple[int, ...]
+    resampled: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.ornt is not None or self.resampled
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "spacing": list(self.spacing),
+                "affine": self.affine.tolist() if self.affine is not None else None,
+                "ornt": self.ornt.tolist() if self.ornt is not None else None,
+                "canonical_shape": list(self.canonical_shape), "resampled": self.resampled}
+
+    @classmethod
+    def from_json(cls, value: dict) -> Grid:
+        return cls(tuple(int(n) for n in value["shape"]), tuple(float(s) for s in value["spacing"]),
+                   np.asarray(value["affine"], dtype=np.float64) if value["affine"] is not None else None,
+                   np.asarray(value["ornt"], dtype=np.float64) if value["ornt"] is not None else None,
+                   tuple(int(n) for n in value["canonical_shape"]), bool(value["resampled"]))
+
+
+def canonical_ornt(affine: np.ndarray | None, dims: int) -> np.ndarray | None:
+    """The orientation (nibabel's ``(3, 2)`` array: target axis and flip per axis) that turns a 3D volume with
+    ``affine`` into its closest canonical (RAS+) form, as :func:`nibabel.as_closest_canonical` does; None when it
+    is already canonical, has no affine or is not 3D."""
+    if affine is None or dims != 3:
+        return None
+    from nibabel.orientations import io_orientation
+
+    ornt = io_orientation(np.asarray(affine, dtype=np.float64))
+    return None if np.array_equal(ornt, CANONICAL) else ornt
+
+
+def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
+    inverse = np.zeros_like(ornt)
+    for axis, (target, flip) in enumerate(ornt):
+        inverse[int(target)] = [axis, flip]
+    return inverse
+
+
+def orient(array: np.ndarray, ornt: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """``array`` ``(..., X, Y, Z)`` (the last 3 axes spatial) permuted and flipped by ``ornt`` (nibabel's
+    ``apply_orientation``), or back (``inverse``); a copy, C-contiguous."""
+    from nibabel.orientations import apply_orientation
+
+    ornt = _inverse_ornt(ornt) if inverse else ornt
+    lead = array.ndim - 3
+    moved = np.moveaxis(array, list(range(lead)), list(range(3, array.ndim))) if lead else array
+    moved = apply_orientation(moved, ornt)
+    return np.ascontiguousarray(np.moveaxis(moved, list(range(3, array.ndim)), list(range(lead))) if lead else moved)
+
+
+def same_spacing(spacing: Sequence[float], target: Sequence[float]) -> bool:
+    """Whether ``spacing`` equals ``target`` within 1e-3 relative (no resampling then)."""
+    return len(spacing) == len(target) and bool(np.allclose(spacing, target, rtol=1e-3, atol=0))
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
+    """The spatial shape of a volume ``shape`` with ``spacing`` resampled to ``target`` spacing (rounded, >= 1)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def resample(array: np.ndarray, size: Sequence[int], mask: bool = False) -> np.ndarray:
+    """``array`` ``(..., *spatial)`` (the last ``len(size)`` axes spatial) resampled to ``size`` with
+    :func:`torch.nn.functional.interpolate` (``align_corners=False``: voxel centres, the volume's extent kept):
+    linear (bilinear/trilinear) for images and probabilities, nearest (``nearest-exact``) for masks
+    (``mask=True``: labels kept, the dtype too)."""
+    import torch
+
+    size = tuple(int(n) for n in size)
+    dims = len(size)
+    shape = array.shape
+    if tuple(shape[-dims:]) == size:
+        return array
+    lead = shape[:-dims]
+    flat = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64 if mask else np.float32)).reshape(
+        1, -1, *shape[-dims:])
+    if mask:
+        out = torch.nn.functional.interpolate(flat, size=size, mode="nearest-exact")
+    else:
+        out = torch.nn.functional.interpolate(flat, size=size, mode="bilinear" if dims == 2 else "trilinear",
+                                              align_corners=False)
+    out = out.reshape(*lead, *size).numpy()
+    return np.ascontiguousarray(out.astype(array.dtype if mask else np.float32))
+
+
+def _resampled_affine(affine: np.ndarray, old: Sequence[int], new: Sequence[int]) -> np.ndarray:
+    """The affine of a resampled grid (voxel centres as :func:`resample` places them)."""
+    scale = np.eye(4)
+    for axis, (n_old, n_new) in enumerate(zip(old, new)):
+        factor = n_old / n_new
+        scale[axis, axis], scale[axis, 3] = factor, 0.5 * factor - 0.5
+    return np.asarray(affine, dtype=np.float64) @ scale
+
+
+def to_grid(volume: Volume, reorient: bool = False, spacing: Sequence[float] | None = None,
+            masks: Sequence[np.ndarray | None] = ()) -> tuple[Volume, list[np.ndarray | None]]:
+    """``volume`` (an image ``(C, *spatial)``) on the grid training uses, with ``masks`` ``(*spatial)`` on the same:
+    reoriented to the closest canonical orientation (``reorient``, 3D with an affine: :func:`canonical_ornt`, axes
+    permuted and flipped, no interpolation), then resampled to ``spacing`` (images linearly, masks by nearest
+    neighbour: :func:`resample`) unless the spacing already equals it within 1e-3 relative. The returned volume's
+    ``grid`` records what was done (:func:`from_grid` undoes it)."""
+    array, affine, current = volume.array, volume.affine, tuple(volume.spacing)
+    dims = len(current)
+    shape = tuple(array.shape[-dims:])
+    ornt = canonical_ornt(affine, dims) if reorient else None
+    masks = list(masks)
+    if ornt is not None:
+        from nibabel.orientations import inv_ornt_aff
+
+        array = orient(array, ornt)
+        masks = [orient(m, ornt) if m is not None else None for m in masks]
+        affine = np.asarray(affine, dtype=np.float64) @ inv_ornt_aff(ornt, shape)
+        permuted = [0.0] * dims
+        for axis, (target, _) in enumerate(ornt):
+            permuted[int(target)] = current[axis]
+        current = tuple(permuted)
+    canonical_shape = tuple(array.shape[-dims:])
+    resampled = False
+    if spacing is not None:
+        if len(spacing) != dims:
+            raise DataError(f"data.spacing {list(spacing)} has {len(spacing)} values but the volume is {dims}D")
+        if not same_spacing(current, spacing):
+            size = resampled_shape(canonical_shape, current, spacing)
+            array = resample(array, size)
+            masks = [resample(m, size, mask=True) if m is not None else None for m in masks]
+            if affine is not None:
+                affine = _resampled_affine(affine, canonical_shape, size)
+            current, resampled = tuple(float(s) for s in spacing), True
+    grid = Grid(shape, tuple(volume.spacing), volume.affine, ornt, canonical_shape, resampled)
+    return Volume(array, current, affine, grid), masks
+
+
+def from_grid(array: np.ndarray, grid: Grid | None, mask: bool = False) -> np.ndarray:
+    """``array`` ``(..., *spatial)`` on the grid :func:`to_grid` made back on the volume's own grid: resampled to
+    its reoriented shape (linearly; ``mask``: nearest neighbour), then its axes put back in the file's order."""
+    if grid is None or not grid.changed:
+        return array
+    if grid.resampled:
+        array = resample(array, grid.canonical_shape, mask=mask)
+    if grid.ornt is not None:
+        array = orient(array, grid.ornt, inverse=True)
+    return array
+
+
+def read_spacing(path: str | Path, reorient: bool = False, modalities: Sequence[str] = ("rnflt",)
+                 ) -> tuple[float, ...]:
+    """The spacing of the image at ``path`` as :func:`to_grid` sees it before resampling (reoriented: permuted
+    like its axes), from the header alone for NIfTI."""
+    if suffix_of(path) in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        try:
+            image = nib.load(str(path))
+            zooms = tuple(round(float(z), 6) for z in image.header.get_zooms()[:3])
+            dims = min(len(image.shape), 3)
+            affine = np.asarray(image.affine, dtype=np.float64)
+        except Exception as err:  # noqa: BLE001 - nibabel raises many kinds
+            raise DataError(f"{path}: cannot read NIfTI: {err}") from None
+        spacing = zooms[:dims]
+        ornt = canonical_ornt(affine, dims) if reorient else None
+        if ornt is not None:
+            permuted = [0.0] * dims
+            for axis, (target, _) in enumerate(ornt):
+                permuted[int(target)] = spacing[axis]
+            spacing = tuple(permuted)
+        return spacing
+    return read_image(path, modalities).spacing

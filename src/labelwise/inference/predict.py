@@ -41,6 +41,7 @@ from labelwise.data.volumes import (
     VOLUME_SUFFIXES,
     Volume,
     case_id,
+    from_grid,
     read_volume,
     suffix_of,
     write_volume,
@@ -269,27 +270,32 @@ def predict_files(
     for number, path in enumerate(files, 1):
         start = time.perf_counter()
         cid = case_id(path)
-        image = run.read(path)
-        ref = _read_reference(references[cid], path, image) if cid in references else None
-        spatial = image.spatial_shape
+        raw = run.read_raw(path)  # the input's own grid: what outputs, references and rois are on
+        image = run.preprocess(raw)  # the training grid (reoriented, resampled) and intensity
+        ref = _read_reference(references[cid], path, raw) if cid in references else None
+        spatial = raw.spatial_shape
         logits = run.logits(torch.from_numpy(image.array)[None], spacing=image.spacing)
+        shown = image.array
+        if image.grid is not None and image.grid.changed:  # logits back on the input's grid (linear), then thresholded
+            logits = torch.from_numpy(from_grid(logits.numpy(), image.grid))
+            shown = from_grid(image.array, image.grid)
         probability, mask, used = (t[0] for t in run.segment(logits))
         probability, mask = probability.numpy().astype(np.float32), mask.numpy()
         del logits
-        region = _read_reference(rois[cid], path, image).array > 0 if cid in rois else None
+        region = _read_reference(rois[cid], path, raw).array > 0 if cid in rois else None
         if region is not None:
             mask = np.where(region, mask, 0)
 
         nifti = dims == 3 or suffix_of(path) in NIFTI_SUFFIXES
         files_written: dict[str, str | None] = {"diff": None}
-        files_written.update(write_case(out, cid, image.array, probability, mask, image.spacing, image.affine, nifti,
+        files_written.update(write_case(out, cid, shown, probability, mask, raw.spacing, raw.affine, nifti,
                                         {"": ref.array} if ref is not None else {}, mip_axis))
         seconds = time.perf_counter() - start
         window = run.method.window or list(spatial)
         entry: dict[str, Any] = {
             "id": cid, "input": str(path), **files_written,
             "reference": str(references[cid]) if cid in references else None,
-            "threshold": used, "shape": list(spatial), "spacing": [float(s) for s in image.spacing],
+            "threshold": used, "shape": list(spatial), "spacing": [float(s) for s in raw.spacing],
             "window": [int(w) for w in window], "overlap": float(run.method.overlap),
             "tta": bool(run.method.tta), "min_size": int(run.method.min_size),
             "roi": str(rois[cid]) if cid in rois else None,
@@ -396,7 +402,13 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
     :func:`labelwise.evaluation.segmentation.summarize_classes`). The classes and their names are the run's
     ``inference.json`` ``output`` (written when training starts, two folders above ``folder``, the run directory: the
     dataset holds no class names and the engine's hook passes none); without that file, the highest label of the
-    predictions and labels. Returns the path of ``segmentation.json``."""
+    predictions and labels.
+
+    Cases the dataset reoriented or resampled (its ``grids``, from the case cache: ``data.reorient``,
+    ``data.spacing``) are written and scored on their files' own grid: the probability resampled back linearly, the
+    mask by nearest neighbour (the evaluation's mask is not thresholded again), both with the axes put back in the
+    file's order (:func:`labelwise.data.volumes.from_grid`), with the file's spacing and affine; the label and
+    region of interest are read from their files again. Returns the path of ``segmentation.json``."""
     from labelwise.evaluation.segmentation import summarize_classes
     from labelwise.metrics.surface import class_scores
 
@@ -411,12 +423,24 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
                [str(k) for k in range(1, num_classes)]) if num_classes > 2 else []
     scores: dict[str, list[dict[str, Any]]] = {"label": [], "truth": []}
     figures = []
+    grids = getattr(volumes, "grids", None) or [None] * len(volumes.cases)
     for i, case in enumerate(volumes.cases):
         spacing, affine = volumes.spacings[i], volumes.affines[i]
         mask = predictions["prediction"][i].cpu().numpy()  # background outside the case's roi (Method.evaluate)
         probability = predictions["probability"][i].cpu().numpy().astype(np.float32)
-        roi = volumes.rois[i].cpu().numpy() if volumes.rois[i] is not None else None
-        references = {"label": volumes.target[i].cpu().numpy() if bool(volumes.labelled[i]) else None,
+        image = volumes.image[i].float().cpu().numpy()
+        grid = grids[i]
+        if grid is not None and grid.changed:  # back on the file's own grid
+            spacing, affine = grid.spacing, grid.affine
+            mask = from_grid(mask, grid, mask=True)
+            probability = from_grid(probability, grid).astype(np.float32)
+            image = from_grid(image, grid)
+            roi = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else None
+            label = read_volume(case.label, mask=True).array if bool(volumes.labelled[i]) else None
+        else:
+            roi = volumes.rois[i].cpu().numpy() if volumes.rois[i] is not None else None
+            label = volumes.target[i].cpu().numpy() if bool(volumes.labelled[i]) else None
+        references = {"label": label,
                       "truth": read_volume(case.truth, mask=True).array if case.truth is not None else None}
         references = {name: reference for name, reference in references.items() if reference is not None}
         for name, reference in references.items():
@@ -432,8 +456,7 @@ def save_run_predictions(folder: str | Path, volumes: Any, predictions: dict[str
                 raise DataError(f"{case.id}: scoring against the {name} mask: {err}") from None
             scores[name].append({"id": case.id, **scored["foreground"], "per_class": scored["per_class"]})
         nifti = mask.ndim == 3 or suffix_of(case.image) in NIFTI_SUFFIXES
-        files = write_case(folder, case.id, volumes.image[i].float().cpu().numpy(), probability, mask, spacing,
-                           affine, nifti, references)
+        files = write_case(folder, case.id, image, probability, mask, spacing, affine, nifti, references)
         entry = {"id": case.id, **{key: value for key, value in files.items() if key.startswith(("mip", "diff"))}}
         figures.append(entry)
     result = {"scores": list(SCORE_NAMES), "figures": figures,

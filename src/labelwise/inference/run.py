@@ -20,7 +20,7 @@ from torch import nn
 
 from labelwise.config import load_config
 from labelwise.data.datasets import DataBundle, preprocess_image
-from labelwise.data.volumes import IMAGE_SUFFIXES, Volume, read_image, suffix_of
+from labelwise.data.volumes import IMAGE_SUFFIXES, Volume, read_image, suffix_of, to_grid
 from labelwise.engine.checkpoint import WEIGHTS, latest_checkpoint, load_weights
 from labelwise.engine.rundir import RunDir
 from labelwise.errors import DataError, LabelwiseError
@@ -124,10 +124,18 @@ class RunModel:
         return Volume(fit_channels(array, path, self.in_channels, self.spatial_dims), tuple(spacing), volume.affine)
 
     def preprocess(self, volume: Volume) -> Volume:
-        """:func:`labelwise.data.datasets.preprocess_image` with the run's preprocessing (resize, intensity and the
-        training split's statistics), as training's data loading applied it."""
-        array = preprocess_image(volume.array, self.spec["preprocessing"])
-        return Volume(np.ascontiguousarray(array, dtype=np.float32), volume.spacing, volume.affine)
+        """The run's preprocessing, as training's data loading applied it: the training grid
+        (:func:`labelwise.data.volumes.to_grid`: ``reorient`` to RAS+ and resampling to the target ``spacing``, when
+        the run recorded them; runs from before them: neither), then
+        :func:`labelwise.data.datasets.preprocess_image` (resize, intensity and the training split's statistics).
+        The result's ``grid`` is set when reorientation or resampling was asked
+        (:func:`labelwise.data.volumes.from_grid` puts outputs back on the input's own grid)."""
+        preprocessing = self.spec["preprocessing"]
+        reorient, spacing = bool(preprocessing.get("reorient", False)), preprocessing.get("spacing")
+        if reorient or spacing is not None:
+            volume, _ = to_grid(volume, reorient, spacing)
+        array = preprocess_image(volume.array, preprocessing)
+        return Volume(np.ascontiguousarray(array, dtype=np.float32), volume.spacing, volume.affine, volume.grid)
 
     # --- outputs ------------------------------------------------------------------------------------------------
 
