@@ -203,9 +203,11 @@ class Method:
                 return self._windows(model, image)
             dims = list(range(2, image.ndim))
             flips = [[d for k, d in enumerate(dims) if mask >> k & 1] for mask in range(2 ** len(dims))]
-            total = sum(self._windows(model, image.flip(f) if f else image).flip(f) if f else
-                        self._windows(model, image) for f in flips)
-            return total / len(flips)
+
+            def flipped(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
+                return x.flip(axes) if axes else x
+
+            return sum(flipped(self._windows(model, flipped(image, f)), f) for f in flips) / len(flips)
         out = model(image)
         return out[0] if isinstance(out, (tuple, list)) else out
 
