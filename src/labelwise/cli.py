@@ -589,6 +589,29 @@ def data_manifest(
     typer.echo(f"wrote {len(cases)} cases ({counts}) to {out}{added}")
 
 
+@data_app.command("degrade")
+def data_degrade(
+    manifest: Annotated[Path, typer.Option(help="segmentation manifest whose training masks are degraded")],
+    kind: Annotated[str, typer.Option(help="thin, erode, dilate, drop or semi-automatic")],
+    out: Annotated[Path, typer.Option(help="folder for labels/ and manifest.csv")],
+    strength: Annotated[Optional[float], typer.Option(help="thin: narrowest width kept (default 3 voxels); erode, "
+                                                           "dilate: border shift (default 1 voxel); drop: share of "
+                                                           "components removed (default 0.3); semi-automatic: "
+                                                           "smallest component kept (default 30 voxels)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (drop)")] = 0,
+) -> None:
+    """Imperfect training masks from clean ones, to study label noise on real images: OUT/labels/ and
+    OUT/manifest.csv, whose training rows use the degraded masks and keep the clean ones as truth; validation and
+    test cases keep their references."""
+    from labelwise.data.degrade import degrade_manifest
+
+    def progress(done: int, total: int, case_id: str) -> None:
+        typer.echo(f"  {done}/{total} {case_id}", err=True)
+
+    path = degrade_manifest(manifest, kind, out, strength=strength, seed=seed, progress=progress)
+    typer.echo(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; bad input exits 2 with one message, no traceback. Per-axis options take their
     values space-separated (:func:`expand_per_axis_options`)."""
