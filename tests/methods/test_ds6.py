@@ -185,3 +185,109 @@ def test_runs_on_a_manifest_write_nifti_predictions(tmp_path, method):
     assert section.count("<tr><td class=\"name\">") == 2 and "truth" in section and "label" in section
     assert section.count('<img src="data:image/png;base64,') == 3
     assert ".gallery {" in html  # the grid layout is styled without an explanations section too
+
+
+def test_soft_dice_ce_with_a_one_hot_target_is_monais_dice_ce():
+    from monai.losses import DiceCELoss
+
+    from labelwise.losses import soft_dice_ce_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 9)
+    labels = torch.randint(0, 3, (2, 1, 8, 9))
+    one_hot = torch.nn.functional.one_hot(labels[:, 0], 3).permute(0, 3, 1, 2).float()
+    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels)
+    torch.testing.assert_close(soft_dice_ce_loss(logits, one_hot), expected)
+    # a weight of ones changes nothing; a 0/1 weight is the loss over the kept voxels, by hand
+    torch.testing.assert_close(soft_dice_ce_loss(logits, one_hot, torch.ones(2, 1, 8, 9)), expected)
+    keep = (torch.rand(2, 1, 8, 9) > 0.5).float()
+    p = torch.softmax(logits, 1)
+    dice = 1 - (2 * (keep * p * one_hot).sum((2, 3)) + 1e-5) / ((keep * p).sum((2, 3)) + (keep * one_hot).sum((2, 3)) + 1e-5)
+    ce = -(keep * one_hot * torch.log_softmax(logits, 1)).sum(1).mean()
+    torch.testing.assert_close(soft_dice_ce_loss(logits, one_hot, keep), dice.mean() + ce)
+
+
+def test_focal_tversky_weight_counts_only_the_weighted_voxels():
+    torch.manual_seed(0)
+    logits, target = torch.randn(1, 1, 6, 7), (torch.rand(1, 1, 6, 7) > 0.6).float()
+    keep = torch.zeros(1, 1, 6, 7)
+    keep[..., :3] = 1
+    torch.testing.assert_close(focal_tversky_loss(logits, target, weight=keep),
+                               focal_tversky_loss(logits[..., :3], target[..., :3]))
+
+
+def test_ds6_with_dice_ce_an_ema_teacher_a_ramp_and_a_confidence_mask(manifest):
+    """The consistency term against the EMA teacher's warped softmax, counted where the teacher is sure, weighted by
+    the sigmoid ramp; the teacher follows the student's moving average and takes no gradient."""
+    from labelwise.losses import soft_dice_ce_loss
+    from labelwise.methods.semi import ramp_up
+
+    options = {"name": "ds6", "loss": "dice_ce", "teacher": "ema", "consistency_rampup": 10, "confidence": 0.6,
+               "weights": [1.0, 1.0, 2.0]}
+    cfg = config(manifest, options)
+    bundle = load_data(cfg.data, keep_unlabelled=True)
+    method = METHODS["ds6"](cfg, bundle)
+    model, teacher = method.networks["model"], method.networks["teacher"]
+    assert model.out_channels == 2 and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():  # a teacher that differs from the student
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = batch_of(bundle, [True, True])
+    with torch.no_grad():  # a confidence level that keeps about half of the voxels
+        sure = torch.softmax(teacher(batch["image"])[0], 1).max(1).values
+    method.options.confidence = float(sure.median())
+    method.step = 4
+    torch.manual_seed(3)
+    terms = method.training_step(batch)
+    torch.manual_seed(3)
+    x, y = batch["image"], batch["target"]
+    out = model(x)
+    (x_t, y_t), field = RandomElastic((5, 7), (0.01, 0.03))(x, y.unsqueeze(1))
+    out_t = model(x_t)
+    target = torch.softmax(warp(teacher(x)[0], field), 1)
+    keep = (target.max(1, keepdim=True).values >= method.options.confidence).float()
+    assert 0.2 < keep.mean() < 0.8
+    consistency = soft_dice_ce_loss(out_t[0], target, keep)
+    torch.testing.assert_close(terms["consistency"], consistency.detach())
+    expected = terms["supervised"] + terms["deformed"] + 2.0 * ramp_up(4, 10) * consistency
+    torch.testing.assert_close(terms["loss"], expected)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    before = [p.detach().clone() for p in teacher.parameters()]
+    method.step = 2000
+    method.after_step()  # decay 0.99 once the warm-up is over
+    for b, p, q in zip(before, model.parameters(), teacher.parameters()):
+        torch.testing.assert_close(q, 0.99 * b + 0.01 * p.detach())
+
+
+def test_ds6_refuses_a_classification_loss(manifest):
+    from labelwise.errors import ConfigError
+
+    cfg = config(manifest, {"name": "ds6", "loss": "cross_entropy"})
+    with pytest.raises(ConfigError, match="ds6 trains with focal_tversky"):
+        METHODS["ds6"](cfg, load_data(cfg.data, keep_unlabelled=True))
+
+
+def test_a_ds6_run_with_an_ema_teacher_resumes_and_predicts_after_the_folder_moved(tmp_path):
+    """The teacher is saved with the student: the run resumes from its checkpoint, and `labelwise predict` on the
+    moved run folder loads it and predicts with the student."""
+    import shutil
+
+    from conftest import invoke_cli
+
+    manifest = make_set(tmp_path / "data", shape=(16, 20, 24))
+    cfg = config(manifest, {"name": "ds6", "loss": "dice_ce", "teacher": "ema", "consistency_rampup": 2})
+    cfg.trainer.max_steps, cfg.trainer.checkpoint_every = 2, 1
+    result = train(cfg, tmp_path / "run")
+    assert result.status == "completed"
+    cfg.trainer.max_steps = 3
+    resumed = train(cfg, tmp_path / "run", resume=True)
+    assert resumed.status == "completed"
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    code, text = invoke_cli("predict", str(tmp_path / "moved"), "--input", str(manifest.parent / "images" / "case4.nii.gz"),
+                            "--out", str(tmp_path / "pred"))
+    assert code == 0, text
+    mask = read_volume(tmp_path / "pred" / "masks" / "case4.nii.gz", mask=True).array
+    probability = read_volume(tmp_path / "pred" / "probabilities" / "case4.nii.gz").array
+    assert mask.shape == (16, 20, 24)
+    np.testing.assert_array_equal(mask, probability.argmax(0) if probability.shape[0] > 1 else probability[0] > 0.5)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from labelwise.errors import ConfigError, DataError
 
-__all__ = ["MSS_WEIGHTS", "focal_tversky_loss", "mss_loss"]
+__all__ = ["MSS_WEIGHTS", "focal_tversky_loss", "mss_loss", "soft_dice_ce_loss"]
 
 Reduction = Literal["batch", "mean", "none"]
 MSS_WEIGHTS = (1.0, 0.66, 0.34)
@@ -41,6 +41,7 @@ def focal_tversky_loss(
     gamma: float = 0.75,
     smooth: float = 1.0,
     reduction: Reduction = "batch",
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Focal Tversky loss ``(1 - TI) ** gamma`` with ``TI = (TP + smooth) / (TP + alpha FN + beta FP + smooth)``.
 
@@ -53,6 +54,8 @@ def focal_tversky_loss(
     channels: a scalar, as in DS6's code; "mean": one index per sample and channel, averaged; "none": those, ``(B, C)``.
     ``gamma < 1`` (0.75 here and in DS6) makes the loss exceed ``1 - TI`` for TI in (0, 1), most of all near TI = 1,
     so nearly-right predictions keep a sizeable gradient; it stays finite (zero at a perfect prediction).
+    ``weight`` (broadcastable to the logits, e.g. a 0/1 confidence mask ``(B, 1, *spatial)``) weighs every voxel's
+    soft counts.
     """
     alpha, beta, smooth = _nonnegative("alpha", alpha), _nonnegative("beta", beta), _nonnegative("smooth", smooth)
     gamma = _nonnegative("gamma", gamma, strict=True)
@@ -74,13 +77,35 @@ def focal_tversky_loss(
             )
     p = torch.sigmoid(logits.to(dtype))
     dims = [0, *range(2, p.ndim)] if reduction == "batch" else list(range(2, p.ndim))
-    tp = (p * y).sum(dims)
-    fn = ((1 - p) * y).sum(dims)
-    fp = (p * (1 - y)).sum(dims)
+    w = torch.ones((), dtype=dtype, device=p.device) if weight is None else weight.to(dtype)
+    tp = (w * p * y).sum(dims)
+    fn = (w * (1 - p) * y).sum(dims)
+    fp = (w * p * (1 - y)).sum(dims)
     tversky = (tp + smooth) / (tp + alpha * fn + beta * fp + smooth)
     # 1 - TI >= 0; clamping at the smallest normal number keeps d/dx x**gamma finite for gamma < 1 (zero at x = 0).
     loss = (1 - tversky).clamp_min(torch.finfo(dtype).tiny) ** gamma
     return loss if reduction == "none" else loss.mean()
+
+
+def soft_dice_ce_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, smooth: float = 1e-5) -> Tensor:
+    """Dice + cross-entropy of softmax ``logits`` ``(B, K, *spatial)`` against class probabilities ``target`` of the
+    same shape (a soft target, e.g. a teacher's softmax): the mean over samples and classes of
+    ``1 - (2 sum p t + smooth) / (sum p + sum t + smooth)`` plus the mean over voxels of ``-sum_k t log p``. With a
+    one-hot target it equals MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)``. ``weight`` (broadcastable to
+    ``(B, 1, *spatial)``, e.g. a 0/1 confidence mask) weighs every voxel in both terms."""
+    if not isinstance(target, Tensor) or not isinstance(logits, Tensor) or target.shape != logits.shape \
+            or logits.ndim < 3:
+        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise DataError(f"soft_dice_ce_loss: logits (B, K, *spatial) and a target of their shape, got "
+                        f"{tuple(getattr(logits, 'shape', ()))} and {got}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    log_p = torch.log_softmax(logits.to(dtype), dim=1)
+    p, t = log_p.exp(), target.to(dtype)
+    w = torch.ones((), dtype=dtype, device=p.device) if weight is None else weight.to(dtype)
+    dims = list(range(2, p.ndim))
+    dice = 1 - (2 * (w * p * t).sum(dims) + smooth) / ((w * p).sum(dims) + (w * t).sum(dims) + smooth)
+    cross_entropy = -(w * t * log_p).sum(1)
+    return dice.mean() + cross_entropy.mean()
 
 
 def mss_loss(

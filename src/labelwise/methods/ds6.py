@@ -10,16 +10,30 @@ MSS is the multi-scale Focal Tversky loss of the U-Net MSS outputs (weights 1, 0
 loss of the full-resolution output against a soft target. The first two terms use the labelled samples of the batch
 only; unlabelled cases (an empty ``label`` in the manifest) contribute the consistency term only: that is the
 semi-supervised part. ``baseline_steps`` first trains the plain U-Net MSS for that many steps, then switches the
-deformation terms on: the paper's two-stage recipe (train the baseline, fine-tune with deformation) in one config."""
+deformation terms on: the paper's two-stage recipe (train the baseline, fine-tune with deformation) in one config.
+
+Beyond the paper (each an option, the paper's choice the default until a benchmark says otherwise):
+
+- ``loss: dice_ce``: softmax outputs with Dice + cross-entropy for the two supervised terms and the soft Dice +
+  cross-entropy against the warped softmax for the consistency term (:func:`labelwise.losses.soft_dice_ce_loss`).
+- ``teacher: ema``: the consistency target comes from a teacher whose weights are the moving average of the
+  student's (``ema_decay``), not from the student itself: a steadier target that does not chase its own errors.
+- ``consistency_rampup``: the consistency weight rises over that many steps (sigmoid ramp, as in mean teacher)
+  after the deformation starts, so an untrained network is not asked to agree with itself.
+- ``confidence``: the consistency term counts only voxels whose target's largest class probability reaches it."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
 
 from labelwise.augment import RandomElastic, warp
 from labelwise.errors import ConfigError
-from labelwise.losses import focal_tversky_loss
+from labelwise.losses import focal_tversky_loss, soft_dice_ce_loss
+from labelwise.methods.base import ema_update, frozen_copy
+from labelwise.methods.semi import ramp_up
 from labelwise.methods.supervised import Supervised, SupervisedOptions
 
 
@@ -31,6 +45,14 @@ class DS6Options(SupervisedOptions):
     magnitude: tuple[float, float] = Field((0.01, 0.03), description="largest displacement range, [-1, 1] units")
     baseline_steps: int = Field(0, ge=0, description="steps of plain supervised training before deformation starts")
     detach_consistency_target: bool = Field(False, description="stop the gradient through sigmoid(T f(x))")
+    teacher: Literal["self", "ema"] = Field("self", description="consistency target from the student itself "
+                                            "(paper) or from its moving average")
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="teacher: ema: teacher = decay * teacher + (1 - decay) "
+                             "* student")
+    consistency_rampup: int = Field(0, ge=0, description="steps of the sigmoid ramp-up of the consistency weight, "
+                                    "counted from the start of the deformation")
+    confidence: float = Field(0.0, ge=0, lt=1, description="consistency only where the target's largest class "
+                              "probability is at least this (0: everywhere)")
 
 
 class DS6(Supervised):
@@ -42,13 +64,15 @@ class DS6(Supervised):
 
     def __init__(self, config, data):
         super().__init__(config, data)
-        if self.loss_name != "focal_tversky":
-            raise ConfigError("method.loss: ds6 trains one sigmoid channel with Focal Tversky (binary masks); "
-                              f"got {self.loss_name}")
+        if self.loss_name not in ("focal_tversky", "dice_ce"):
+            raise ConfigError("method.loss: ds6 trains with focal_tversky (one sigmoid channel, the paper) or "
+                              f"dice_ce (softmax); got {self.loss_name}")
         o = self.options
         if min(o.weights) < 0 or o.spacing[0] > o.spacing[1] or o.magnitude[0] > o.magnitude[1]:
             raise ConfigError("method: weights must be >= 0, spacing and magnitude (low, high) ranges")
         self.elastic = RandomElastic(spacing=o.spacing, magnitude=o.magnitude, generator=None)
+        if o.teacher == "ema":
+            self.networks["teacher"] = frozen_copy(self.networks["model"])
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         o, model = self.options, self.networks["model"]
@@ -68,14 +92,37 @@ class DS6(Supervised):
         outputs_t = model(x_t)
         full_t = outputs_t[0] if isinstance(outputs_t, (tuple, list)) else outputs_t
         deformed = self._labelled_loss(outputs_t, y_t, labelled, zero)
-        target = torch.sigmoid(warp(full, field))
+        if o.teacher == "ema":
+            with torch.no_grad():
+                source = self.networks["teacher"](x)
+                source = source[0] if isinstance(source, (tuple, list)) else source
+        else:
+            source = full
+        target = self._probabilities(warp(source, field))
         if o.detach_consistency_target:
             target = target.detach()
-        consistency = focal_tversky_loss(full_t, target, alpha=o.alpha, beta=o.beta, gamma=o.gamma)
+        weight = None
+        if o.confidence > 0:
+            sure = torch.maximum(target, 1 - target) if target.shape[1] == 1 else target.max(1, keepdim=True).values
+            weight = (sure >= o.confidence).to(target.dtype).detach()
+        if self.loss_name == "dice_ce":
+            consistency = soft_dice_ce_loss(full_t, target, weight)
+        else:
+            consistency = focal_tversky_loss(full_t, target, alpha=o.alpha, beta=o.beta, gamma=o.gamma, weight=weight)
         w = o.weights
-        loss = w[0] * supervised + w[1] * deformed + w[2] * consistency
+        ramp = ramp_up(self.step - o.baseline_steps, o.consistency_rampup)
+        loss = w[0] * supervised + w[1] * deformed + w[2] * ramp * consistency
         return {"loss": loss, "supervised": supervised.detach(), "deformed": deformed.detach(),
                 "consistency": consistency.detach()}
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.loss_name == "focal_tversky" else torch.softmax(logits, dim=1)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.options.teacher == "ema":
+            decay = min(self.options.ema_decay, (self.step + 1) / (self.step + 10))  # early steps: follow the student
+            ema_update(self.networks["model"], self.networks["teacher"], decay)
 
     def _labelled_loss(self, outputs, target: torch.Tensor, labelled: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         if bool(labelled.all()):
