@@ -30,7 +30,14 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("supervised", "pseudo_label", "mean_teacher", "fixmatch", "pseudo_supervisor")
+METHODS = ("supervised", "pseudo_label", "mean_teacher", "fixmatch", "pseudo_supervisor", "pseudo_supervisor_paper")
+
+
+def method_overrides(method: str) -> list[str]:
+    """``pseudo_supervisor_paper`` is the pseudo supervisor with ``variant: paper`` (the public code's recipe)."""
+    if method == "pseudo_supervisor_paper":
+        return ["method=pseudo_supervisor", "method.variant=paper"]
+    return [f"method={method}"]
 
 
 def step_time(run_dir: Path) -> float:
@@ -94,7 +101,7 @@ def make_digits(path: Path, seed: int, per_class: int = 5, size: int = 16) -> Pa
 
 def digits_config(path: Path, method: str, seed: int, steps: int) -> dict:
     return {
-        "name": f"digits-{method}", "seed": seed, "method": method,
+        "name": "digits", "seed": seed, "method": method,
         "data": {"path": str(path), "task": "classification", "batch_size": 32, "labelled_per_batch": 8,
                  "eval_batch_size": 256},
         "model": {"name": "resnet10"},
@@ -141,7 +148,7 @@ def main() -> None:
                 started = time.perf_counter()
                 if setting.startswith("maps"):
                     table = make_maps(args.out / f"maps-data-{seed}", args.patients, seed, float(setting[5:]))
-                    overrides = [f"method={method}", f"seed={seed}", f"data.manifest={table}",
+                    overrides = [*method_overrides(method), f"seed={seed}", f"data.manifest={table}",
                                  f"data.image_size=[{args.size},{args.size}]", "model.name=resnet10",
                                  f"trainer.max_steps={args.steps}", f"trainer.checkpoint_every={args.steps}",
                                  "trainer.val_every=0", "data.attributes=[race,male]", f"model.norm={args.norm}"]
@@ -150,7 +157,8 @@ def main() -> None:
                     out = run(REPO / "configs" / "pseudo-supervisor-detection.yaml", overrides, run_dir)
                 else:
                     path = make_digits(args.out / f"digits-{seed}.npz", seed)
-                    out = run(digits_config(path, method, seed, args.digits_steps), [f"model.norm={args.norm}"], run_dir)
+                    out = run(digits_config(path, "supervised", seed, args.digits_steps),
+                              [*method_overrides(method), f"model.norm={args.norm}"], run_dir)
                 e = out["evaluation"]
                 results[key] = {"auc": e["auc"], "accuracy": e["accuracy"], "es_auc_race": e["es_auc"].get("race"),
                                 "es_auc_male": e["es_auc"].get("male"), "step_time": out["step_time"],

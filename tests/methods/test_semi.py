@@ -79,27 +79,32 @@ def test_ramp_up():
     assert ramp_up(0, 100) == pytest.approx(math.exp(-5)) and ramp_up(100, 100) == 1.0 and ramp_up(5, 0) == 1.0
 
 
-def test_pseudo_supervisor_reward_memory_and_policy_update(npz, monkeypatch):
-    method = METHODS["pseudo_supervisor"](config(npz, "pseudo_supervisor", window=2), load_data(
-        config(npz, "pseudo_supervisor").data, keep_unlabelled=True))
+class FakeFabric:
+    device = torch.device("cpu")
 
-    class FakeFabric:
-        device = torch.device("cpu")
+    def backward(self, loss):
+        loss.backward()
 
-        def backward(self, loss):
-            loss.backward()
+    def setup_optimizers(self, optimizer):
+        return optimizer
 
-        def setup_optimizers(self, optimizer):
-            return optimizer
+    def clip_gradients(self, module, optimizer, max_norm, error_if_nonfinite):
+        torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm, error_if_nonfinite=error_if_nonfinite)
 
-        def clip_gradients(self, module, optimizer, max_norm, error_if_nonfinite):
-            torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm, error_if_nonfinite=error_if_nonfinite)
 
-    method.fabric, method.lr = FakeFabric(), 1e-3
+def pseudo_supervisor(npz, **options):
+    """A pseudo supervisor outside the engine (a fake Fabric), and a batch of 4 labelled and 4 unlabelled images."""
+    cfg = config(npz, "pseudo_supervisor", **options)
+    method = METHODS["pseudo_supervisor"](cfg, load_data(cfg.data, keep_unlabelled=True))
+    method.fabric, method.lr, method.step = FakeFabric(), 1e-3, 0
     method.configure_optimizers()
     train = method.data.split("train")
     rows = [0, 1, 2, 3, 40, 41, 42, 43]  # 4 labelled, 4 unlabelled (target -1)
-    batch = {"image": train.image[rows], "target": train.target[rows], "labelled": train.labelled[rows]}
+    return method, {"image": train.image[rows], "target": train.target[rows], "labelled": train.labelled[rows]}
+
+
+def test_pseudo_supervisor_reward_memory_and_policy_update(npz, monkeypatch):
+    method, batch = pseudo_supervisor(npz, window=2, variant="paper")
     assert (batch["target"][4:] == -1).all()
     losses = iter([1.0, 0.5, 0.7, 0.9])  # held-out loss before / after each pseudo step
     monkeypatch.setattr(method, "heldout_loss", lambda image, target: next(losses))
@@ -113,6 +118,55 @@ def test_pseudo_supervisor_reward_memory_and_policy_update(npz, monkeypatch):
     assert method.memory == []  # window of 2: the policy was updated and the memory emptied
     changed = [not torch.equal(a, b) for a, b in zip(policy_before, method.networks["policy"].parameters(), strict=True)]
     assert any(changed)
+
+
+def test_pseudo_supervisor_default_warms_up_then_starts_the_policy_from_the_predictor(npz, monkeypatch):
+    """Default variant, 20 steps: 6 warm-up steps (0.3) on labelled data only; at step 6 the policy takes the
+    predictor's weights; the pseudo step's loss is weighted by the sigmoid ramp over 4 steps (0.2)."""
+    method, batch = pseudo_supervisor(npz, steps=20, window=50)
+    assert (method.warmup_steps, method.rampup_steps, method.policy_init) == (6, 4, "predictor")
+    steps = []
+    real_step = method.optimizer_step
+    monkeypatch.setattr(method, "optimizer_step", lambda opt, loss, lr, module: (
+        steps.append((opt is method.optimizers["predictor"], float(loss.detach()))), real_step(opt, loss, lr, module)))
+    policy = [p.detach().clone() for p in method.networks["policy"].parameters()]
+    for step in range(6):
+        method.step = step
+        out = method.training_step(batch)
+        assert float(out["pseudo"]) == 0 and float(out["reward"]) == 0 and method.memory == []
+    assert len(steps) == 6  # the predictor's labelled steps only
+    assert all(torch.equal(a, b) for a, b in zip(policy, method.networks["policy"].parameters(), strict=True))
+    predictor = {k: v.clone() for k, v in method.networks["model"].state_dict().items()}
+    for step in (6, 7):
+        method.step = step
+        out = method.training_step(batch)
+        if step == 6:  # the policy now holds the predictor's weights as they were before this step
+            for k, v in method.networks["policy"].state_dict().items():
+                assert torch.equal(v, predictor[k]), k
+        pseudo_weighted = steps[-1][1]
+        assert steps[-1][0] and pseudo_weighted == pytest.approx(ramp_up(step - 6, 4) * float(out["pseudo"]), rel=1e-5)
+    assert len(method.memory) == 2
+
+
+def test_pseudo_supervisor_keeps_part_of_the_validation_split_for_rewards(npz):
+    """reward_share 0.5 of the 20 validation samples: 10 give rewards, the other 10 stay the split the engine
+    selects and scores on; disjoint, drawn by the seed; variant paper keeps all 20 for both."""
+    cfg = config(npz, "pseudo_supervisor")
+    data = load_data(cfg.data, keep_unlabelled=True)
+    everything = set(data.split("val").indices.tolist())
+    method = METHODS["pseudo_supervisor"](cfg, data)
+    reward, selection = set(method.heldout.indices.tolist()), set(data.split("val").indices.tolist())
+    assert len(reward) == len(selection) == 10 and not reward & selection and reward | selection == everything
+    again = METHODS["pseudo_supervisor"](cfg, load_data(cfg.data, keep_unlabelled=True))
+    assert set(again.heldout.indices.tolist()) == reward
+    val = load_data(cfg.data).split("val")
+    for i, index in enumerate(method.heldout.indices.tolist()):  # images and targets follow their rows
+        row = (val.indices == index).nonzero().item()
+        assert torch.equal(method.heldout.image[i], val.image[row])
+        assert torch.equal(method.heldout.target[i], val.target[row])
+    paper = METHODS["pseudo_supervisor"](config(npz, "pseudo_supervisor", variant="paper"),
+                                         load_data(cfg.data, keep_unlabelled=True))
+    assert len(paper.heldout) == 20
 
 
 @pytest.mark.parametrize("method", SEMI)
@@ -144,14 +198,26 @@ def test_mean_teacher_follows_the_student_by_moving_average(npz):
         assert torch.allclose(t, 0.9 * o + 0.1 * s, atol=1e-6)
 
 
-def test_pseudo_supervisor_resume_restores_the_policy_memory(tmp_path, npz):
-    """Steps 0-2, a checkpoint with 3 remembered steps (window 4), then steps 3-5: the same weights as 6 straight."""
+@pytest.mark.parametrize("variant", ["paper", "default"])
+def test_pseudo_supervisor_resume_restores_the_policy_memory(tmp_path, npz, variant, capfd):
+    """6 steps with checkpoints at 3 and 6; resumed from the step-3 checkpoint (3 remembered steps of a window of 4
+    for the paper; the default's warm-up ends at step 2, its policy copied then), the run ends with the same weights
+    as the uninterrupted one."""
+    import shutil
+
     straight = tmp_path / "straight"
-    train(config(npz, "pseudo_supervisor", steps=6, window=4), straight)
+    cfg = config(npz, "pseudo_supervisor", steps=6, window=4, variant=variant)
+    cfg.trainer.checkpoint_every = 3
+    train(cfg, straight)
     split = tmp_path / "split"
-    first = config(npz, "pseudo_supervisor", steps=3, window=4)
-    train(first, split)
-    build_trainer(config(npz, "pseudo_supervisor", steps=6, window=4), split).fit(resume=True)
+    shutil.copytree(straight, split)
+    shutil.rmtree(split / "checkpoints" / "step-000006")  # as if killed after the step-3 checkpoint
+    (split / "checkpoints" / "latest.json").write_text(json.dumps({"step": 3, "path": "step-000003"}))
+    (split / "summary.json").unlink()
+    capfd.readouterr()
+    build_trainer(cfg, split).fit(resume=True)
+    progress = capfd.readouterr().err
+    assert "step 4/6" in progress and "step 1/6" not in progress  # resumed after step 3, not retrained
     a = load_file(str(straight / "checkpoints" / "step-000006" / "model.safetensors"))
     b = load_file(str(split / "checkpoints" / "step-000006" / "model.safetensors"))
     assert a.keys() == b.keys() and any(k.startswith("policy.") for k in a)

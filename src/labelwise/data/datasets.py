@@ -35,6 +35,13 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"image": self.image[i], "target": self.target[i], "labelled": self.labelled[i], "index": self.indices[i]}
 
+    def subset(self, rows: torch.Tensor) -> ArrayDataset:
+        """The samples at ``rows`` (positions in this dataset), as a dataset of their own."""
+        out = ArrayDataset.__new__(ArrayDataset)
+        out.image, out.target = self.image[rows], self.target[rows]
+        out.indices, out.labelled = self.indices[rows], self.labelled[rows]
+        return out
+
 
 @dataclass
 class DataBundle:

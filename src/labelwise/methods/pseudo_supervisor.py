@@ -13,18 +13,35 @@ Each step:
    when their spread is zero), give one REINFORCE step of the policy: mean over images of -log pi(a | x) R.
 
 Unlike the paper's public code, the held-out batch comes from the validation split (never the test split), and
-which samples are unlabelled is said by the data (``use_label``), never by file order."""
+which samples are unlabelled is said by the data (``use_label``), never by file order.
+
+``variant: paper`` is the public code's recipe as above: from the first step the predictor takes full steps on
+labels sampled from an untrained policy. The default variant keeps the paper's idea (a policy proposes pseudo
+labels and is rewarded by the change of a held-out loss) and changes when and how much the predictor listens:
+
+- ``warmup`` (share of ``trainer.max_steps``, default 0.3): the predictor trains on the labelled data alone first;
+  no pseudo step, no reward, no policy update before that;
+- ``policy_init: predictor``: when the warm-up ends the policy starts from the predictor's weights, so its first
+  pseudo labels are informed instead of coin flips;
+- ``pseudo_rampup`` (share of ``trainer.max_steps``, default 0.2): the pseudo-label loss weight rises by the
+  sigmoid ramp of mean teacher over that many steps after the warm-up;
+- ``reward_share`` (default 0.5): that share of the validation split (drawn with the run's seed) gives the reward
+  batches only; model selection and the validation scores use the rest, so the selected model is not chosen on
+  the data that trained the policy.
+
+Each option may also be set alone; ``variant`` only chooses the values of those not set."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from labelwise.methods.semi import SemiSupervised, classification_loss
+from labelwise.errors import ConfigError
+from labelwise.methods.semi import SemiSupervised, classification_loss, ramp_up
 
 
 class PseudoSupervisorOptions(BaseModel):
@@ -37,6 +54,20 @@ class PseudoSupervisorOptions(BaseModel):
     window: int = Field(50, gt=0, description="steps between policy updates (TIMEWINDOW)")
     heldout_batch_size: int | None = Field(None, gt=0, description="validation images per reward (default: "
                                            "data.batch_size)")
+    variant: Literal["default", "paper"] = Field("default", description="paper: the public code's recipe (no "
+                                                 "warm-up, random policy, full pseudo weight, all of val for both)")
+    warmup: float | None = Field(None, ge=0, lt=1, description="share of max_steps on labelled data only before "
+                                 "pseudo steps (default 0.3; paper 0)")
+    policy_init: Literal["predictor", "random"] | None = Field(None, description="the policy's weights when the "
+                                                               "warm-up ends (default predictor; paper random)")
+    pseudo_rampup: float | None = Field(None, ge=0, le=1, description="share of max_steps of the sigmoid ramp of the "
+                                        "pseudo-label loss weight after the warm-up (default 0.2; paper 0)")
+    reward_share: float | None = Field(None, ge=0, lt=1, description="share of the validation split used only for "
+                                       "rewards, never for model selection (default 0.5; paper 0: all of it for both)")
+
+
+VARIANTS = {"default": {"warmup": 0.3, "policy_init": "predictor", "pseudo_rampup": 0.2, "reward_share": 0.5},
+            "paper": {"warmup": 0.0, "policy_init": "random", "pseudo_rampup": 0.0, "reward_share": 0.0}}
 
 
 def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
@@ -67,9 +98,29 @@ class PseudoSupervisor(SemiSupervised):
     def __init__(self, config, data):
         super().__init__(config, data)
         self.networks["policy"] = self.build_network()
+        o, steps = self.options, config.trainer.max_steps
+        chosen = {k: (getattr(o, k) if getattr(o, k) is not None else v) for k, v in VARIANTS[o.variant].items()}
+        self.warmup_steps = int(round(chosen["warmup"] * steps))
+        self.rampup_steps = int(round(chosen["pseudo_rampup"] * steps))
+        self.policy_init, self.reward_share = chosen["policy_init"], chosen["reward_share"]
         if data.splits:  # training (a clear error when there is no validation split); no splits: loaded for inference
             self.heldout = data.split("val")
+            if self.reward_share > 0:
+                self.heldout = self._reserve_rewards(data, config.seed)
         self.memory: list[tuple[Tensor, Tensor, float]] = []  # (unlabelled images, sampled labels, reward) per step
+
+    def _reserve_rewards(self, data, seed: int):
+        """Split the validation split: ``reward_share`` of it (drawn with ``seed``, at least one sample) becomes the
+        reward set, the rest stays the validation split the engine selects and scores on."""
+        val = data.split("val")
+        if len(val) < 2:
+            raise ConfigError(f"method.reward_share: the validation split has {len(val)} sample(s); it needs two "
+                              "to keep one for rewards and one for model selection (or set reward_share: 0)")
+        count = min(len(val) - 1, max(1, int(round(self.reward_share * len(val)))))
+        order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
+        reward, rest = order[:count].sort().values, order[count:].sort().values
+        data.splits["val"] = val.subset(rest)
+        return val.subset(reward)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         predictor = self.build_optimizer(list(self.networks["model"].parameters()))
@@ -99,13 +150,15 @@ class PseudoSupervisor(SemiSupervised):
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         xl, yl, xu = self.split_batch(batch)
         model, policy = self.networks["model"], self.networks["policy"]
+        if self.step == self.warmup_steps and self.warmup_steps > 0 and self.policy_init == "predictor":
+            policy.load_state_dict(model.state_dict())  # the warm-up is over: informed first pseudo labels
         predictor_lr = self.lr
         policy_lr = self.options.policy_lr * self.lr / self.config.optimizer.lr  # follows warm-up and decay
         supervised = self.supervised_loss(model(xl), yl)
         if len(xl):
             self.optimizer_step(self.optimizers["predictor"], supervised, predictor_lr, model)
         zero = supervised.new_tensor(0.0)
-        if len(xu) == 0:
+        if len(xu) == 0 or self.step < self.warmup_steps:
             return {"loss": supervised.detach(), "supervised": supervised.detach(), "pseudo": zero, "reward": zero}
 
         with torch.no_grad():
@@ -118,7 +171,8 @@ class PseudoSupervisor(SemiSupervised):
         xv, yv = self.heldout.image[rows].to(device), self.heldout.target[rows].to(device)
         before = self.heldout_loss(xv, yv)
         pseudo = classification_loss(model(xu), action, self.multilabel)
-        self.optimizer_step(self.optimizers["predictor"], pseudo, predictor_lr, model)
+        weight = ramp_up(self.step - self.warmup_steps, self.rampup_steps)
+        self.optimizer_step(self.optimizers["predictor"], weight * pseudo, predictor_lr, model)
         after = self.heldout_loss(xv, yv)
         reward = max(math.exp(self.options.alpha * (before - after)) - 1.0, 0.0)
         self.memory.append((xu.detach(), action, reward))
