@@ -115,7 +115,7 @@ def semi_npz(tmp_path_factory):
 
 def test_pseudo_supervisor_clips_the_predictor_and_the_policy_each_through_fabric(semi_npz, monkeypatch):
     cfg = load_config({
-        "name": "clip", "seed": 0, "method": {"name": "pseudo_supervisor", "window": 2},
+        "name": "clip", "seed": 0, "method": {"name": "pseudo_supervisor", "window": 2, "variant": "paper"},
         "data": {"path": str(semi_npz), "task": "classification", "batch_size": 8, "labelled_per_batch": 4},
         "model": {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "group"},
         "trainer": {"max_steps": 2, "checkpoint_every": 2, "gradient_clip": 1e-3},  # every step clipped

@@ -105,6 +105,7 @@ def pseudo_supervisor(npz, **options):
 
 def test_pseudo_supervisor_reward_memory_and_policy_update(npz, monkeypatch):
     method, batch = pseudo_supervisor(npz, window=2, variant="paper")
+    torch.manual_seed(0)  # centred returns cancel when both steps sample the same labels (p >= 1/16): fix the draw
     assert (batch["target"][4:] == -1).all()
     losses = iter([1.0, 0.5, 0.7, 0.9])  # held-out loss before / after each pseudo step
     monkeypatch.setattr(method, "heldout_loss", lambda image, target: next(losses))
@@ -247,3 +248,35 @@ def test_npz_labelled_flag_concerns_training_rows_only(tmp_path):
     assert data.num_classes == 2 and data.split("train").labelled.tolist() == [True, False, True]
     assert data.split("val").target.tolist() == [1] and bool(data.split("val").labelled.all())
     assert len(load_data(cfg.data).split("train")) == 2
+
+
+def test_pseudo_supervisor_counts_sure_labels_only_and_the_policy_follows_the_predictor(npz, monkeypatch):
+    """confidence: the predictor's pseudo loss and the REINFORCE credit count only images whose policy probability
+    reaches it (hand computation); policy_follow: after a step past the warm-up the policy is the moving average of
+    itself and the predictor, before it unchanged."""
+    method, batch = pseudo_supervisor(npz, steps=10, warmup=0.2, confidence=0.6, policy_follow=0.9, window=50)
+    assert (method.confidence, method.policy_follow) == (0.6, 0.9)
+    method.step = 2  # the warm-up's end: the policy starts as the predictor is now
+    xu = batch["image"][~batch["labelled"]]
+    with torch.no_grad():
+        sure = torch.softmax(method.networks["model"](xu), 1).max(1).values
+    method.confidence = float(sure.median())  # half of the images are sure enough
+    torch.manual_seed(0)
+    out = method.training_step(batch)
+    _, action, mask, _ = method.memory[-1]
+    torch.testing.assert_close(mask, (sure >= method.confidence).float())
+    assert 0 < float(out["kept"]) < 1
+    logits = torch.randn(4, 2)
+    by_hand = (torch.nn.functional.cross_entropy(logits, action, reduction="none") * mask).sum() / 4
+    torch.testing.assert_close(method.pseudo_loss(logits, action, mask), by_hand)
+    log_prob = method._log_prob(torch.zeros(4, 2), action, mask)  # REINFORCE credit: the counted images only
+    torch.testing.assert_close(log_prob, torch.full((4,), math.log(0.5)) * mask)
+    policy, model = method.networks["policy"], method.networks["model"]
+    before = [p.detach().clone() for p in policy.parameters()]
+    method.step = 1  # in the warm-up: the policy does not follow
+    method.after_step()
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+    method.step = 3
+    method.after_step()
+    for a, p, q in zip(before, model.parameters(), policy.parameters(), strict=True):
+        torch.testing.assert_close(q, 0.9 * a + 0.1 * p.detach())

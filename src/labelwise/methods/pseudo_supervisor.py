@@ -27,7 +27,11 @@ labels and is rewarded by the change of a held-out loss) and changes when and ho
   sigmoid ramp of mean teacher over that many steps after the warm-up;
 - ``reward_share`` (default 0.5): that share of the validation split (drawn with the run's seed) gives the reward
   batches only; model selection and the validation scores use the rest, so the selected model is not chosen on
-  the data that trained the policy.
+  the data that trained the policy;
+- ``policy_follow`` (default 0.99): after each step past the warm-up the policy moves toward the predictor by that
+  moving-average decay, so it keeps up with what the predictor has learnt since; REINFORCE still adjusts it;
+- ``confidence`` (default 0.95): a sampled pseudo label counts (in the predictor's step and in the policy's
+  REINFORCE credit) only where the policy's largest class probability (per label: max(p, 1 - p)) reaches it.
 
 Each option may also be set alone; ``variant`` only chooses the values of those not set."""
 
@@ -38,9 +42,10 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from labelwise.errors import ConfigError
+from labelwise.methods.base import ema_update
 from labelwise.methods.semi import SemiSupervised, classification_loss, ramp_up
 
 
@@ -64,10 +69,16 @@ class PseudoSupervisorOptions(BaseModel):
                                         "pseudo-label loss weight after the warm-up (default 0.2; paper 0)")
     reward_share: float | None = Field(None, ge=0, lt=1, description="share of the validation split used only for "
                                        "rewards, never for model selection (default 0.5; paper 0: all of it for both)")
+    policy_follow: float | None = Field(None, ge=0, lt=1, description="after the warm-up, policy = follow * policy + "
+                                        "(1 - follow) * predictor after every step (default 0.99; paper 0: off)")
+    confidence: float | None = Field(None, ge=0, lt=1, description="pseudo labels count only where the policy is at "
+                                     "least this sure (default 0.95; paper 0: all)")
 
 
-VARIANTS = {"default": {"warmup": 0.3, "policy_init": "predictor", "pseudo_rampup": 0.2, "reward_share": 0.5},
-            "paper": {"warmup": 0.0, "policy_init": "random", "pseudo_rampup": 0.0, "reward_share": 0.0}}
+VARIANTS = {"default": {"warmup": 0.3, "policy_init": "predictor", "pseudo_rampup": 0.2, "reward_share": 0.5,
+                        "policy_follow": 0.99, "confidence": 0.95},
+            "paper": {"warmup": 0.0, "policy_init": "random", "pseudo_rampup": 0.0, "reward_share": 0.0,
+                      "policy_follow": 0.0, "confidence": 0.0}}
 
 
 def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
@@ -103,11 +114,12 @@ class PseudoSupervisor(SemiSupervised):
         self.warmup_steps = int(round(chosen["warmup"] * steps))
         self.rampup_steps = int(round(chosen["pseudo_rampup"] * steps))
         self.policy_init, self.reward_share = chosen["policy_init"], chosen["reward_share"]
+        self.policy_follow, self.confidence = chosen["policy_follow"], chosen["confidence"]
         if data.splits:  # training (a clear error when there is no validation split); no splits: loaded for inference
             self.heldout = data.split("val")
             if self.reward_share > 0:
                 self.heldout = self._reserve_rewards(data, config.seed)
-        self.memory: list[tuple[Tensor, Tensor, float]] = []  # (unlabelled images, sampled labels, reward) per step
+        self.memory: list[tuple[Tensor, Tensor, Tensor, float]] = []  # (unlabelled images, sampled labels, mask, reward)
 
     def _reserve_rewards(self, data, seed: int):
         """Split the validation split: ``reward_share`` of it (drawn with ``seed``, at least one sample) becomes the
@@ -134,9 +146,25 @@ class PseudoSupervisor(SemiSupervised):
             return torch.distributions.Bernoulli(logits=logits.float())
         return torch.distributions.Categorical(logits=logits.float())
 
-    def _log_prob(self, logits: Tensor, action: Tensor) -> Tensor:
-        log_prob = self._distribution(logits).log_prob(action)
+    def _log_prob(self, logits: Tensor, action: Tensor, mask: Tensor) -> Tensor:
+        """log pi(action | x) per image, over the labels that counted (``mask``, 0/1 like ``action``)."""
+        log_prob = self._distribution(logits).log_prob(action) * mask
         return log_prob.sum(dim=1) if self.multilabel else log_prob
+
+    def _sure(self, logits: Tensor) -> Tensor:
+        """1 where the policy is at least :attr:`confidence` sure (per image, or per label), else 0."""
+        p = self.probabilities(logits.float())
+        sure = torch.maximum(p, 1 - p) if self.multilabel else p.max(dim=1).values
+        return (sure >= self.confidence).float()
+
+    def pseudo_loss(self, logits: Tensor, action: Tensor, mask: Tensor) -> Tensor:
+        """Cross-entropy (per label: binary) of the predictor against the sampled labels, those outside ``mask``
+        counting 0; the mean over all images (labels), as FixMatch counts unconfident ones."""
+        if self.multilabel:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, action.float(), reduction="none")
+        else:
+            loss = nn.functional.cross_entropy(logits, action, reduction="none")
+        return (loss * mask).mean()
 
     @torch.no_grad()
     def heldout_loss(self, image: Tensor, target: Tensor) -> float:
@@ -162,7 +190,9 @@ class PseudoSupervisor(SemiSupervised):
             return {"loss": supervised.detach(), "supervised": supervised.detach(), "pseudo": zero, "reward": zero}
 
         with torch.no_grad():
-            action = self._distribution(policy(xu)).sample()
+            proposal = policy(xu)
+            action = self._distribution(proposal).sample()
+            mask = self._sure(proposal)
         if not self.multilabel:
             action = action.long()
         size = self.options.heldout_batch_size or self.config.data.batch_size
@@ -170,40 +200,47 @@ class PseudoSupervisor(SemiSupervised):
         device = xu.device
         xv, yv = self.heldout.image[rows].to(device), self.heldout.target[rows].to(device)
         before = self.heldout_loss(xv, yv)
-        pseudo = classification_loss(model(xu), action, self.multilabel)
+        pseudo = self.pseudo_loss(model(xu), action, mask)
         weight = ramp_up(self.step - self.warmup_steps, self.rampup_steps)
         self.optimizer_step(self.optimizers["predictor"], weight * pseudo, predictor_lr, model)
         after = self.heldout_loss(xv, yv)
         reward = max(math.exp(self.options.alpha * (before - after)) - 1.0, 0.0)
-        self.memory.append((xu.detach(), action, reward))
+        self.memory.append((xu.detach(), action, mask, reward))
         if len(self.memory) >= self.options.window:
             self.update_policy(policy_lr)
         return {"loss": (supervised + pseudo).detach(), "supervised": supervised.detach(), "pseudo": pseudo.detach(),
-                "reward": zero + reward, "heldout": zero + after}
+                "reward": zero + reward, "heldout": zero + after, "kept": mask.mean()}
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.policy_follow > 0 and self.step >= self.warmup_steps:
+            ema_update(self.networks["model"], self.networks["policy"], self.policy_follow)
 
     def update_policy(self, lr: float) -> None:
         """One REINFORCE step over the remembered window, gradients accumulated one step's images at a time."""
-        rewards = torch.tensor([r for _, _, r in self.memory], dtype=torch.float32)
+        rewards = torch.tensor([r for *_, r in self.memory], dtype=torch.float32)
         returns = normalise_returns(discounted_returns(rewards, self.options.gamma))
         optimizer, policy = self.optimizers["policy"], self.networks["policy"]
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        total = sum(len(x) for x, _, _ in self.memory)
-        for (image, action, _), ret in zip(self.memory, returns.tolist(), strict=True):
-            loss = -(self._log_prob(policy(image), action) * ret).sum() / total
+        total = sum(len(x) for x, *_ in self.memory)
+        for (image, action, mask, _), ret in zip(self.memory, returns.tolist(), strict=True):
+            loss = -(self._log_prob(policy(image), action, mask) * ret).sum() / total
             self.fabric.backward(loss)
         self.clip_gradients(policy, optimizer)
         optimizer.step()
         self.memory = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"images": [x.cpu() for x, _, _ in self.memory], "actions": [a.cpu() for _, a, _ in self.memory],
-                "rewards": torch.tensor([r for _, _, r in self.memory], dtype=torch.float64)}
+        return {"images": [x.cpu() for x, *_ in self.memory], "actions": [a.cpu() for _, a, _, _ in self.memory],
+                "masks": [m.cpu() for _, _, m, _ in self.memory],
+                "rewards": torch.tensor([r for *_, r in self.memory], dtype=torch.float64)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
         device = self.fabric.device
-        self.memory = [(x.to(device), a.to(device), float(r))
-                       for x, a, r in zip(state["images"], state["actions"], state["rewards"].tolist(), strict=True)]
+        masks = state.get("masks") or [torch.ones(a.shape, dtype=torch.float32) for a in state["actions"]]  # older runs
+        self.memory = [(x.to(device), a.to(device), m.to(device), float(r)) for x, a, m, r in
+                       zip(state["images"], state["actions"], masks, state["rewards"].tolist(), strict=True)]
