@@ -199,15 +199,14 @@ def test_mean_teacher_follows_the_student_by_moving_average(npz):
         assert torch.allclose(t, 0.9 * o + 0.1 * s, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["paper", "default"])
-def test_pseudo_supervisor_resume_restores_the_policy_memory(tmp_path, npz, variant, capfd):
-    """6 steps with checkpoints at 3 and 6; resumed from the step-3 checkpoint (3 remembered steps of a window of 4
-    for the paper; the default's warm-up ends at step 2, its policy copied then), the run ends with the same weights
-    as the uninterrupted one."""
+def test_pseudo_supervisor_resume_restores_the_policy_memory(tmp_path, npz, capfd):
+    """6 steps with checkpoints at 3 and 6 (the default variant: warm-up to step 2, the policy copied then and
+    following the predictor, one remembered step of a window of 4 at the checkpoint); resumed from the step-3
+    checkpoint, the run ends with the same weights as the uninterrupted one."""
     import shutil
 
     straight = tmp_path / "straight"
-    cfg = config(npz, "pseudo_supervisor", steps=6, window=4, variant=variant)
+    cfg = config(npz, "pseudo_supervisor", steps=6, window=4)
     cfg.trainer.checkpoint_every = 3
     train(cfg, straight)
     split = tmp_path / "split"
