@@ -299,6 +299,12 @@ def frozen_copy(net: nn.Module) -> nn.Module:
     return frozen
 
 
+def warmed_decay(decay: float, step: int) -> float:
+    """A teacher's moving-average decay at ``step``: ``min(decay, (step + 1) / (step + 10))``, so that in the first
+    steps the teacher follows the student closely instead of averaging in its random start."""
+    return min(decay, (step + 1) / (step + 10))
+
+
 @torch.no_grad()
 def ema_update(online: nn.Module, target: nn.Module, decay: float) -> None:
     """target = decay * target + (1 - decay) * online, parameter by parameter; buffers (batch-norm statistics) copied."""

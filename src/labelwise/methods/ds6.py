@@ -32,7 +32,7 @@ from pydantic import Field
 from labelwise.augment import RandomElastic, warp
 from labelwise.errors import ConfigError
 from labelwise.losses import focal_tversky_loss, soft_dice_ce_loss
-from labelwise.methods.base import ema_update, frozen_copy
+from labelwise.methods.base import ema_update, frozen_copy, warmed_decay
 from labelwise.methods.semi import ramp_up
 from labelwise.methods.supervised import Supervised, SupervisedOptions
 
@@ -121,8 +121,7 @@ class DS6(Supervised):
     @torch.no_grad()
     def after_step(self) -> None:
         if self.options.teacher == "ema":
-            decay = min(self.options.ema_decay, (self.step + 1) / (self.step + 10))  # early steps: follow the student
-            ema_update(self.networks["model"], self.networks["teacher"], decay)
+            ema_update(self.networks["model"], self.networks["teacher"], warmed_decay(self.options.ema_decay, self.step))
 
     def _labelled_loss(self, outputs, target: torch.Tensor, labelled: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         if bool(labelled.all()):

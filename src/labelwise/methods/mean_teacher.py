@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelwise.augment.views import weak_view
-from labelwise.methods.base import ema_update, frozen_copy
+from labelwise.methods.base import ema_update, frozen_copy, warmed_decay
 from labelwise.methods.semi import SemiSupervised, ramp_up
 
 
@@ -52,5 +52,4 @@ class MeanTeacher(SemiSupervised):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        decay = min(self.options.ema_decay, (self.step + 1) / (self.step + 10))  # early steps: follow the student
-        ema_update(self.networks["model"], self.networks["teacher"], decay)
+        ema_update(self.networks["model"], self.networks["teacher"], warmed_decay(self.options.ema_decay, self.step))
