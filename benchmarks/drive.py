@@ -125,6 +125,17 @@ def run_nnunet(drive: Path, work: Path, seed: int, minutes: float) -> dict:
             "iterations": timing.get("iterations_done"), "s_per_iteration": timing.get("s_per_iteration")}
 
 
+def table_cells(rows: list[dict]) -> list[str]:
+    """Mean ± std over seeds of every score, and the mean training minutes, of one variant's result rows."""
+    cells = []
+    for k in (*SCORES, "train_minutes"):
+        values = [r[k] for r in rows]
+        spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+        cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}" if k != "train_minutes"
+                     else f"{statistics.mean(values):.1f}")
+    return cells
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -159,13 +170,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for variant in args.variants:
         rows = [results[f"{variant}/seed{s}"] for s in args.seeds if f"{variant}/seed{s}" in results]
-        cells = []
-        for k in (*SCORES, "train_minutes"):
-            values = [r[k] for r in rows]
-            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-            cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}" if k != "train_minutes"
-                         else f"{statistics.mean(values):.1f}")
-        print(f"| {variant} | " + " | ".join(cells) + " |")
+        print(f"| {variant} | " + " | ".join(table_cells(rows)) + " |")
     human = results["second_observer"]
     print("| second observer | " + " | ".join(f"{human[k]:.3f}" for k in SCORES) + " | - |")
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -116,13 +115,7 @@ def main() -> None:
         for method in args.methods:
             rows = [results[k] for s in args.seeds
                     if (k := f"{setting}/{names[method]}/steps{args.steps or 'config'}/seed{s}") in results]
-            cells = []
-            for k in (*drive.SCORES, "train_minutes"):
-                values = [r[k] for r in rows]
-                spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-                cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}" if k != "train_minutes"
-                             else f"{statistics.mean(values):.1f}")
-            print(f"| {setting} | {names[method]} | " + " | ".join(cells) + " |")
+            print(f"| {setting} | {names[method]} | " + " | ".join(drive.table_cells(rows)) + " |")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Masks must hold one foreground class (0/1, or 0/k read as foreground).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -195,16 +196,15 @@ def degrade_manifest(manifest: str | Path, kind: str, out: str | Path, strength:
     todo = [c for c in cases if c.split == "train" and c.labelled]
     if not todo:
         raise DataError(f"{manifest}: no labelled training case to degrade")
-    rows = []
+    rows, done = [], 0
     for case in cases:
         row = {"id": case.id, "image": case.image, "label": case.label or "", "split": case.split,
                "truth": case.truth or "", "roi": case.roi or ""}
         rows.append(row)
-    done = 0
-    for row, case in zip(rows, cases):
-        if case not in todo:
+        if case.split != "train" or not case.labelled:
             continue
-        rng = np.random.default_rng([seed, done])  # per case: the same case degrades alike in any manifest order
+        # keyed by the case id: the same case degrades alike whatever the manifest's order
+        rng = np.random.default_rng([seed, zlib.crc32(case.id.encode())])
         label = read_volume(case.label, mask=True)
         image = roi = None
         if kind == "semi-automatic":
@@ -217,8 +217,7 @@ def degrade_manifest(manifest: str | Path, kind: str, out: str | Path, strength:
         suffix = suffix_of(case.label)
         path = out / "labels" / f"{case.id}{'.png' if suffix in PICTURE_SUFFIXES else suffix}"
         write_volume(path, noisy.astype(np.uint8), spacing=label.spacing, affine=label.affine)
-        row["truth"] = case.truth or case.label
-        row["label"] = path
+        row["truth"], row["label"] = case.truth or case.label, path
         done += 1
         if progress is not None:
             progress(done, len(todo), case.id)
