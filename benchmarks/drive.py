@@ -126,13 +126,18 @@ def run_nnunet(drive: Path, work: Path, seed: int, minutes: float) -> dict:
 
 
 def table_cells(rows: list[dict]) -> list[str]:
-    """Mean ± std over seeds of every score, and the mean training minutes, of one variant's result rows."""
+    """Mean ± sample std over seeds of every score (the value alone for one seed, "-" for none), and the mean
+    training minutes, of one variant's result rows."""
     cells = []
     for k in (*SCORES, "train_minutes"):
         values = [r[k] for r in rows]
-        spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-        cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}" if k != "train_minutes"
-                     else f"{statistics.mean(values):.1f}")
+        if not values:
+            cells.append("-")
+        elif k == "train_minutes":
+            cells.append(f"{statistics.mean(values):.1f}")
+        else:
+            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.3f}{spread}")
     return cells
 
 

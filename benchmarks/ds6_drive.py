@@ -100,6 +100,8 @@ def main() -> None:
             manifest = setting_manifest(setting, clean, args.out)
             for method in args.methods:
                 key = f"{setting}/{names[method]}/steps{args.steps or 'config'}/seed{seed}"
+                if key in results:  # measured by an earlier call into the same --out
+                    continue
                 print(f"== {key}", flush=True)
                 run_dir = args.out / key.replace("/", "-")
                 results[key] = drive.run_labelwise("unet-mss", manifest, run_dir, seed,

@@ -16,6 +16,8 @@ imports, for every script run from this folder, so this one is named after what 
 
     python benchmarks/semi_supervised.py [--seeds 0 1 2] [--steps 300] [--patients 400] [--size 32] [--digits-steps 300]
                                          [--only maps|digits] [--methods ...] [--norm batch|group] [--out runs/bench-ssl]
+
+    python benchmarks/semi_supervised.py --only digits --methods pseudo_supervisor:warmup=0   # one option's effect
 """
 
 from __future__ import annotations
@@ -34,10 +36,22 @@ METHODS = ("supervised", "pseudo_label", "mean_teacher", "fixmatch", "pseudo_sup
 
 
 def method_overrides(method: str) -> list[str]:
-    """``pseudo_supervisor_paper`` is the pseudo supervisor with ``variant: paper`` (the public code's recipe)."""
-    if method == "pseudo_supervisor_paper":
-        return ["method=pseudo_supervisor", "method.variant=paper"]
-    return [f"method={method}"]
+    """``pseudo_supervisor_paper`` is the pseudo supervisor with ``variant: paper`` (the public code's recipe);
+    ``NAME:key=value,key=value`` is method NAME with those ``method.`` options (an ablation, e.g.
+    ``pseudo_supervisor:warmup=0``)."""
+    name, _, options = method.partition(":")
+    chosen = ["method=pseudo_supervisor", "method.variant=paper"] if name == "pseudo_supervisor_paper" \
+        else [f"method={name}"]
+    return [*chosen, *(f"method.{o}" for o in options.split(",") if o)]
+
+
+def method_name(text: str) -> str:
+    """argparse type of ``--methods``: a known method, optionally with ``:key=value,...`` options."""
+    name, _, options = text.partition(":")
+    if name not in METHODS or (options and not all("=" in o for o in options.split(","))):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(METHODS)}, optionally followed by "
+                                         ":key=value,... (method options)")
+    return text
 
 
 def step_time(run_dir: Path) -> float:
@@ -125,7 +139,9 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=400)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5, 0.03])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), type=method_name,
+                        help="methods to run; NAME:key=value,... adds method options (an ablation), "
+                             "e.g. pseudo_supervisor:warmup=0")
     parser.add_argument("--only", choices=("maps", "digits"))
     parser.add_argument("--norm", choices=("batch", "group"), default="batch",
                         help="model.norm of every run (group: no batch statistics over the small labelled and "
