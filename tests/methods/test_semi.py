@@ -17,7 +17,8 @@ from labelwise.data import load_data
 from labelwise.data.npz import save_npz
 from labelwise.training import build_trainer, train
 from labelwise.methods import METHODS
-from labelwise.methods.pseudo_supervisor import discounted_returns, normalise_returns
+from labelwise.methods.pseudo_supervisor import (alignment_offset, class_frequencies, discounted_returns,
+                                                 normalise_returns)
 from labelwise.methods.semi import classification_loss, confident_pseudo_loss, ramp_up
 
 SEMI = ("pseudo_supervisor", "pseudo_label", "mean_teacher", "fixmatch")
@@ -199,14 +200,16 @@ def test_mean_teacher_follows_the_student_by_moving_average(npz):
         assert torch.allclose(t, 0.9 * o + 0.1 * s, atol=1e-6)
 
 
-def test_pseudo_supervisor_resume_restores_the_policy_memory(tmp_path, npz, capfd):
+@pytest.mark.parametrize("options", [{}, {"align": True, "reward_gate": True, "window": 2, "confidence": 0.0}])
+def test_pseudo_supervisor_resume_restores_the_policy_memory(tmp_path, npz, capfd, options):
     """6 steps with checkpoints at 3 and 6 (the default variant: warm-up to step 2, the policy copied then and
-    following the predictor, one remembered step of a window of 4 at the checkpoint); resumed from the step-3
-    checkpoint, the run ends with the same weights as the uninterrupted one."""
+    following the predictor, one remembered step of a window of 4 at the checkpoint; or with alignment's running
+    mean and the reward gate's trust); resumed from the step-3 checkpoint, the run ends with the same weights as the
+    uninterrupted one."""
     import shutil
 
     straight = tmp_path / "straight"
-    cfg = config(npz, "pseudo_supervisor", steps=6, window=4)
+    cfg = config(npz, "pseudo_supervisor", steps=6, **{"window": 4, **options})
     cfg.trainer.checkpoint_every = 3
     train(cfg, straight)
     split = tmp_path / "split"
@@ -262,7 +265,7 @@ def test_pseudo_supervisor_counts_sure_labels_only_and_the_policy_follows_the_pr
     method.confidence = float(sure.median())  # half of the images are sure enough
     torch.manual_seed(0)
     out = method.training_step(batch)
-    _, action, mask, _ = method.memory[-1]
+    _, action, mask, *_ = method.memory[-1]
     torch.testing.assert_close(mask, (sure >= method.confidence).float())
     assert 0 < float(out["kept"]) < 1
     logits = torch.randn(4, 2)
@@ -279,3 +282,64 @@ def test_pseudo_supervisor_counts_sure_labels_only_and_the_policy_follows_the_pr
     method.after_step()
     for a, p, q in zip(before, model.parameters(), policy.parameters(), strict=True):
         torch.testing.assert_close(q, 0.9 * a + 0.1 * p.detach())
+
+
+def test_distribution_alignment_against_a_hand_computation():
+    """ReMixMatch's alignment p' = normalise(p * prior / running) as an offset of the logits; per label, the odds of
+    p times those of the prior over those of the running mean."""
+    assert torch.allclose(class_frequencies(torch.tensor([0, 0, 2]), 3, False), torch.tensor([3, 1, 2]) / 6)
+    assert torch.allclose(class_frequencies(torch.tensor([[1, 0], [1, 0]]), 2, True), torch.tensor([3 / 4, 1 / 4]))
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.3, 0.1]])
+    prior, running = torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.6, 0.3, 0.1])
+    p = logits.softmax(1)
+    by_hand = p * prior / running
+    by_hand = by_hand / by_hand.sum(1, keepdim=True)
+    torch.testing.assert_close((logits + alignment_offset(prior, running, False)).softmax(1), by_hand)
+    q, pi, m = torch.tensor([0.9, 0.2]), torch.tensor([0.4, 0.4]), torch.tensor([0.8, 0.1])
+    odds = q / (1 - q) * (pi / (1 - pi)) / (m / (1 - m))
+    torch.testing.assert_close(torch.sigmoid(torch.logit(q) + alignment_offset(pi, m, True)), odds / (1 + odds))
+
+
+def test_pseudo_supervisor_align_pulls_a_one_class_policy_to_the_labelled_frequencies(npz, monkeypatch):
+    """A policy that calls every unlabelled image class 0 with p = 0.99: aligned, its first batch's labels are drawn
+    from the labelled training samples' (smoothed) class frequencies, and REINFORCE credits the aligned draw."""
+    method, batch = pseudo_supervisor(npz, steps=10, warmup=0.0, align=True, confidence=0.0, window=50)
+    train = method.data.split("train")
+    labels = train.target[train.labelled]
+    expected = (torch.bincount(labels, minlength=2).float() + 1) / (len(labels) + 2)
+    torch.testing.assert_close(method.prior, expected)
+    one_class = torch.tensor([math.log(99.0), 0.0])  # softmax: 0.99, 0.01
+    monkeypatch.setattr(method.networks["policy"], "forward", lambda x: one_class.expand(len(x), 2).clone())
+    torch.manual_seed(0)
+    method.training_step(batch)
+    _, action, mask, offset, *_ = method.memory[-1]
+    torch.testing.assert_close((one_class + offset).softmax(0), expected)
+    torch.testing.assert_close(method.running, torch.tensor([0.99, 0.01]))
+    torch.testing.assert_close(method._log_prob(one_class + offset, action[:1], mask[:1]), expected[action[:1]].log())
+    method.training_step(batch)  # the running mean moves by (1 - decay) toward the batch mean: here it stays
+    torch.testing.assert_close(method.running, torch.tensor([0.99, 0.01]))
+
+
+def test_pseudo_supervisor_reward_gate_halves_and_restores_the_pseudo_weight(npz, monkeypatch):
+    """reward_gate, window 2: two pseudo steps that raise the held-out loss halve the trust, two more halve it
+    again, two that lower it double it; the pseudo loss enters the predictor's step times the trust."""
+    method, batch = pseudo_supervisor(npz, steps=20, warmup=0.0, pseudo_rampup=0.0, reward_gate=True, window=2)
+    losses = iter([1.0, 1.2] * 4 + [1.0, 0.8] * 2 + [1.0, 1.0])
+    monkeypatch.setattr(method, "heldout_loss", lambda image, target: next(losses))
+    weights = []
+    real_step = method.optimizer_step
+    monkeypatch.setattr(method, "optimizer_step",
+                        lambda opt, loss, lr, model: (weights.append(float(loss.detach())), real_step(opt, loss, lr, model)))
+    trust = []
+    for _ in range(7):
+        out = method.training_step(batch)
+        trust.append(float(out["trust"]))
+    assert trust == [1.0, 0.5, 0.5, 0.25, 0.25, 0.5, 0.5]
+    pseudo = float(out["pseudo"])
+    assert weights[-1] == pytest.approx(0.5 * pseudo, rel=1e-5)  # the seventh step's pseudo step, at trust 0.5
+    state = method.state_dict()  # a checkpoint keeps the trust and the window's held-out changes
+    again, _ = pseudo_supervisor(npz, steps=20, warmup=0.0, pseudo_rampup=0.0, reward_gate=True, window=2)
+    again.load_state_dict(state)
+    assert again.trust == 0.5 and [m[-1] for m in again.memory] == pytest.approx([0.0])
+    off, _ = pseudo_supervisor(npz, steps=20, warmup=0.0)
+    assert off.reward_gate is False and off.align is False

@@ -31,7 +31,15 @@ labels and is rewarded by the change of a held-out loss) and changes when and ho
 - ``policy_follow`` (default 0.99): after each step past the warm-up the policy moves toward the predictor by that
   moving-average decay, so it keeps up with what the predictor has learnt since; REINFORCE still adjusts it;
 - ``confidence`` (default 0.95): a sampled pseudo label counts (in the predictor's step and in the policy's
-  REINFORCE credit) only where the policy's largest class probability (per label: max(p, 1 - p)) reaches it.
+  REINFORCE credit) only where the policy's largest class probability (per label: max(p, 1 - p)) reaches it;
+- ``align`` (distribution alignment, Berthelot et al., ReMixMatch, 2020): before sampling, the policy's class
+  probabilities are multiplied by the labelled training samples' class frequencies over the running mean (decay
+  :data:`ALIGN_DECAY`) of its own probabilities on unlabelled images, and renormalised (per label: the same on the
+  odds). A policy whose labels drift towards one class is pulled back to the labelled prior;
+- ``reward_gate``: the pseudo-label loss weight is multiplied by a trust in [0, 1] (1 at the warm-up's end), halved
+  after every ``window`` in which the pseudo steps raised the held-out loss on average and doubled (at most to 1)
+  after one in which they lowered it, so the held-out change that rewards the policy also limits how far the
+  predictor follows it.
 
 Each option may also be set alone; ``variant`` only chooses the values of those not set."""
 
@@ -73,12 +81,36 @@ class PseudoSupervisorOptions(BaseModel):
                                         "(1 - follow) * predictor after every step (default 0.99; paper 0: off)")
     confidence: float | None = Field(None, ge=0, lt=1, description="pseudo labels count only where the policy is at "
                                      "least this sure (default 0.95; paper 0: all)")
+    align: bool | None = Field(None, description="distribution alignment of the policy's probabilities to the labelled "
+                               "class frequencies before sampling (default off; paper off)")
+    reward_gate: bool | None = Field(None, description="the pseudo-label weight halves after a window whose pseudo "
+                                     "steps raised the held-out loss on average, doubles (to 1) after one that "
+                                     "lowered it (default off; paper off)")
 
 
 VARIANTS = {"default": {"warmup": 0.3, "policy_init": "predictor", "pseudo_rampup": 0.2, "reward_share": 0.5,
-                        "policy_follow": 0.99, "confidence": 0.95},
+                        "policy_follow": 0.99, "confidence": 0.95, "align": False, "reward_gate": False},
             "paper": {"warmup": 0.0, "policy_init": "random", "pseudo_rampup": 0.0, "reward_share": 0.0,
-                      "policy_follow": 0.0, "confidence": 0.0}}
+                      "policy_follow": 0.0, "confidence": 0.0, "align": False, "reward_gate": False}}
+ALIGN_DECAY = 0.99  # running mean of the policy's probabilities over about the last 100 batches (ReMixMatch: 128)
+
+
+def class_frequencies(target: Tensor, num_classes: int, multilabel: bool) -> Tensor:
+    """Laplace-smoothed class frequencies of labelled targets: (count + 1) / (n + K) per class, or per label the
+    positive share (positives + 1) / (n + 2); never 0 or 1, so their logarithms are finite."""
+    n = len(target)
+    if multilabel:
+        return (target.float().sum(dim=0) + 1) / (n + 2)
+    return (torch.bincount(target.long(), minlength=num_classes).float() + 1) / (n + num_classes)
+
+
+def alignment_offset(prior: Tensor, running: Tensor, multilabel: bool, eps: float = 1e-6) -> Tensor:
+    """What distribution alignment adds to the logits: p' proportional to p prior / running is softmax(logits +
+    log prior - log running); per label, the odds are scaled, logit(p') = logit(p) + logit(prior) - logit(running)."""
+    running = running.clamp(eps, 1 - eps)
+    if multilabel:
+        return torch.logit(prior) - torch.logit(running)
+    return prior.log() - running.log()
 
 
 def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
@@ -115,11 +147,19 @@ class PseudoSupervisor(SemiSupervised):
         self.rampup_steps = int(round(chosen["pseudo_rampup"] * steps))
         self.policy_init, self.reward_share = chosen["policy_init"], chosen["reward_share"]
         self.policy_follow, self.confidence = chosen["policy_follow"], chosen["confidence"]
+        self.align, self.reward_gate = chosen["align"], chosen["reward_gate"]
+        self.prior: Tensor | None = None  # labelled class frequencies (align)
+        self.running: Tensor | None = None  # running mean of the policy's probabilities on unlabelled images (align)
+        self.trust = 1.0  # the reward gate's factor of the pseudo-label weight
+        if data.splits and self.align:
+            train = data.split("train")
+            self.prior = class_frequencies(train.target[train.labelled], data.num_classes, self.multilabel)
         if data.splits:  # training (a clear error when there is no validation split); no splits: loaded for inference
             self.heldout = data.split("val")
             if self.reward_share > 0:
                 self.heldout = self._reserve_rewards(data, config.seed)
-        self.memory: list[tuple[Tensor, Tensor, Tensor, float]] = []  # (unlabelled images, sampled labels, mask, reward)
+        # (unlabelled images, sampled labels, mask, alignment offset, reward, held-out loss change of the pseudo step)
+        self.memory: list[tuple[Tensor, Tensor, Tensor, Tensor, float, float]] = []
 
     def _reserve_rewards(self, data, seed: int):
         """Split the validation split: ``reward_share`` of it (drawn with ``seed``, at least one sample) becomes the
@@ -145,6 +185,15 @@ class PseudoSupervisor(SemiSupervised):
         if self.multilabel:
             return torch.distributions.Bernoulli(logits=logits.float())
         return torch.distributions.Categorical(logits=logits.float())
+
+    @torch.no_grad()
+    def _aligned(self, logits: Tensor) -> Tensor:
+        """The alignment offset for this batch of policy logits (zero without ``align``); updates the running mean."""
+        if not self.align:
+            return torch.zeros_like(logits[0], dtype=torch.float32)
+        mean = self.probabilities(logits.float()).mean(dim=0)
+        self.running = mean if self.running is None else ALIGN_DECAY * self.running.to(mean) + (1 - ALIGN_DECAY) * mean
+        return alignment_offset(self.prior.to(mean), self.running, self.multilabel)
 
     def _log_prob(self, logits: Tensor, action: Tensor, mask: Tensor) -> Tensor:
         """log pi(action | x) per image, over the labels that counted (``mask``, 0/1 like ``action``)."""
@@ -190,7 +239,9 @@ class PseudoSupervisor(SemiSupervised):
             return {"loss": supervised.detach(), "supervised": supervised.detach(), "pseudo": zero, "reward": zero}
 
         with torch.no_grad():
-            proposal = policy(xu)
+            proposal = policy(xu).float()
+            offset = self._aligned(proposal)
+            proposal = proposal + offset
             action = self._distribution(proposal).sample()
             mask = self._sure(proposal)
         if not self.multilabel:
@@ -201,15 +252,23 @@ class PseudoSupervisor(SemiSupervised):
         xv, yv = self.heldout.image[rows].to(device), self.heldout.target[rows].to(device)
         before = self.heldout_loss(xv, yv)
         pseudo = self.pseudo_loss(model(xu), action, mask)
-        weight = ramp_up(self.step - self.warmup_steps, self.rampup_steps)
+        weight = ramp_up(self.step - self.warmup_steps, self.rampup_steps) * self.trust
         self.optimizer_step(self.optimizers["predictor"], weight * pseudo, predictor_lr, model)
         after = self.heldout_loss(xv, yv)
         reward = max(math.exp(self.options.alpha * (before - after)) - 1.0, 0.0)
-        self.memory.append((xu.detach(), action, mask, reward))
+        self.memory.append((xu.detach(), action, mask, offset, reward, after - before))
         if len(self.memory) >= self.options.window:
+            self.update_trust()
             self.update_policy(policy_lr)
         return {"loss": (supervised + pseudo).detach(), "supervised": supervised.detach(), "pseudo": pseudo.detach(),
-                "reward": zero + reward, "heldout": zero + after, "kept": mask.mean()}
+                "reward": zero + reward, "heldout": zero + after, "kept": mask.mean(), "trust": zero + self.trust}
+
+    def update_trust(self) -> None:
+        """``reward_gate``: halve the trust after a window whose pseudo steps raised the held-out loss on average,
+        double it (at most 1) after one that lowered it."""
+        if self.reward_gate:
+            change = sum(c for *_, c in self.memory) / len(self.memory)
+            self.trust = self.trust / 2 if change > 0 else min(1.0, self.trust * 2) if change < 0 else self.trust
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -218,29 +277,40 @@ class PseudoSupervisor(SemiSupervised):
 
     def update_policy(self, lr: float) -> None:
         """One REINFORCE step over the remembered window, gradients accumulated one step's images at a time."""
-        rewards = torch.tensor([r for *_, r in self.memory], dtype=torch.float32)
+        rewards = torch.tensor([r for *_, r, _ in self.memory], dtype=torch.float32)
         returns = normalise_returns(discounted_returns(rewards, self.options.gamma))
         optimizer, policy = self.optimizers["policy"], self.networks["policy"]
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         total = sum(len(x) for x, *_ in self.memory)
-        for (image, action, mask, _), ret in zip(self.memory, returns.tolist(), strict=True):
-            loss = -(self._log_prob(policy(image), action, mask) * ret).sum() / total
+        for (image, action, mask, offset, *_), ret in zip(self.memory, returns.tolist(), strict=True):
+            loss = -(self._log_prob(policy(image).float() + offset, action, mask) * ret).sum() / total
             self.fabric.backward(loss)
         self.clip_gradients(policy, optimizer)
         optimizer.step()
         self.memory = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"images": [x.cpu() for x, *_ in self.memory], "actions": [a.cpu() for _, a, _, _ in self.memory],
-                "masks": [m.cpu() for _, _, m, _ in self.memory],
-                "rewards": torch.tensor([r for *_, r in self.memory], dtype=torch.float64)}
+        memory = list(zip(*self.memory)) or [[]] * 6
+        images, actions, masks, offsets, rewards, changes = memory
+        return {"images": [x.cpu() for x in images], "actions": [a.cpu() for a in actions],
+                "masks": [m.cpu() for m in masks], "offsets": [o.cpu() for o in offsets],
+                "rewards": torch.tensor(rewards, dtype=torch.float64),
+                "changes": torch.tensor(changes, dtype=torch.float64), "trust": self.trust,
+                "running": None if self.running is None else self.running.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
         device = self.fabric.device
-        masks = state.get("masks") or [torch.ones(a.shape, dtype=torch.float32) for a in state["actions"]]  # older runs
-        self.memory = [(x.to(device), a.to(device), m.to(device), float(r)) for x, a, m, r in
-                       zip(state["images"], state["actions"], masks, state["rewards"].tolist(), strict=True)]
+        n = len(state["actions"])
+        # runs from before a key existed: every label counted, no alignment, no held-out change, full trust
+        masks = state.get("masks") or [torch.ones(a.shape, dtype=torch.float32) for a in state["actions"]]
+        offsets = state.get("offsets") or [torch.zeros(1) for _ in range(n)]
+        changes = state["changes"].tolist() if "changes" in state else [0.0] * n
+        self.memory = [(x.to(device), a.to(device), m.to(device), o.to(device), float(r), float(c)) for x, a, m, o, r, c
+                       in zip(state["images"], state["actions"], masks, offsets, state["rewards"].tolist(), changes,
+                              strict=True)]
+        self.trust = float(state.get("trust", 1.0))
+        self.running = state.get("running")
