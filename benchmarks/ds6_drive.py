@@ -19,6 +19,9 @@ configs/drive-unet-mss.yaml with the same steps, augmentation and network:
   ds6             ``method: ds6`` with the config's loss (Dice + cross-entropy) and DS6's defaults, plus any
                   ``--ds6 key=value`` options (e.g. ``--ds6 method.teacher=ema --ds6 method.consistency_rampup=500``)
 
+``--unet key=value`` changes the unet-mss runs the same way (e.g. ``--unet method.loss=focal_tversky``: the
+paper's loss without DS6's deformation terms, to tell which of the two helps); ``--tag`` then names that variant.
+
 Printed and written to ``OUT/results.json`` (merged across calls): Dice, clDice, sensitivity and precision (mean ±
 std over seeds of the mean over the 20 test images) and training minutes, per setting and method::
 
@@ -68,9 +71,11 @@ def setting_manifest(setting: str, clean: Path, out: Path) -> Path:
     return path
 
 
-def overrides(method: str, steps: int | None, ds6: list[str]) -> list[str]:
+def overrides(method: str, steps: int | None, ds6: list[str], unet: list[str] = ()) -> list[str]:
     extra = [f"trainer.max_steps={steps}"] if steps else []
-    if method == "ds6-paper":
+    if method == "unet-mss":
+        extra += list(unet)
+    elif method == "ds6-paper":
         extra += ["method.name=ds6", "method.loss=focal_tversky"]
     elif method == "ds6":
         extra += ["method.name=ds6", *ds6]
@@ -84,7 +89,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's 3000)")
     parser.add_argument("--ds6", action="append", default=[], help="config override for the ds6 method")
-    parser.add_argument("--tag", default="", help="suffix of the ds6 method's key in results.json (a variant)")
+    parser.add_argument("--unet", action="append", default=[], help="config override for unet-mss (e.g. "
+                        "method.loss=focal_tversky: the paper's loss without DS6's terms)")
+    parser.add_argument("--tag", default="", help="suffix of the key in results.json of ds6, and of unet-mss when "
+                        "--unet is given (a variant)")
     parser.add_argument("--drive", type=Path, default=REPO.parent / "shared" / "data" / "drive")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-ds6-drive")
     args = parser.parse_args()
@@ -94,7 +102,7 @@ def main() -> None:
     clean = drive.build_manifest(args.drive, args.out)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    names = {m: f"{m}{args.tag}" if m == "ds6" else m for m in args.methods}
+    names = {m: f"{m}{args.tag}" if m == "ds6" or (m == "unet-mss" and args.unet) else m for m in args.methods}
     for seed in args.seeds:
         for setting in args.settings:
             manifest = setting_manifest(setting, clean, args.out)
@@ -104,9 +112,9 @@ def main() -> None:
                     continue
                 print(f"== {key}", flush=True)
                 run_dir = args.out / key.replace("/", "-")
-                results[key] = drive.run_labelwise("unet-mss", manifest, run_dir, seed,
-                                                   overrides(method, args.steps, args.ds6))
-                results[key]["options"] = overrides(method, args.steps, args.ds6)
+                options = overrides(method, args.steps, args.ds6, args.unet)
+                results[key] = drive.run_labelwise("unet-mss", manifest, run_dir, seed, options)
+                results[key]["options"] = options
                 print(json.dumps(results[key]), flush=True)
                 results_path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nDRIVE test (20 images, inside the field of view, first observer), seeds {args.seeds}, "

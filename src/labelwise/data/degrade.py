@@ -193,7 +193,7 @@ def degrade_manifest(manifest: str | Path, kind: str, out: str | Path, strength:
     target = out / "manifest.csv"
     if Path(manifest).resolve() == target.resolve():
         raise ConfigError(f"degrade: --out {out} would overwrite the input manifest {manifest}")
-    todo = [c for c in cases if c.split == "train" and c.labelled]
+    todo = {c.id for c in cases if c.split == "train" and c.labelled}  # the cases degraded; the rest kept as they are
     if not todo:
         raise DataError(f"{manifest}: no labelled training case to degrade")
     rows, done = [], 0
@@ -201,7 +201,7 @@ def degrade_manifest(manifest: str | Path, kind: str, out: str | Path, strength:
         row = {"id": case.id, "image": case.image, "label": case.label or "", "split": case.split,
                "truth": case.truth or "", "roi": case.roi or ""}
         rows.append(row)
-        if case.split != "train" or not case.labelled:
+        if case.id not in todo:
             continue
         # keyed by the case id: the same case degrades alike whatever the manifest's order
         rng = np.random.default_rng([seed, zlib.crc32(case.id.encode())])
