@@ -256,7 +256,8 @@ def test_pseudo_supervisor_counts_sure_labels_only_and_the_policy_follows_the_pr
     """confidence: the predictor's pseudo loss and the REINFORCE credit count only images whose policy probability
     reaches it (hand computation); policy_follow: after a step past the warm-up the policy is the moving average of
     itself and the predictor, before it unchanged."""
-    method, batch = pseudo_supervisor(npz, steps=10, warmup=0.2, confidence=0.6, policy_follow=0.9, window=50)
+    method, batch = pseudo_supervisor(npz, steps=10, warmup=0.2, confidence=0.6, policy_follow=0.9, window=50,
+                                      align=False)
     assert (method.confidence, method.policy_follow) == (0.6, 0.9)
     method.step = 2  # the warm-up's end: the policy starts as the predictor is now
     xu = batch["image"][~batch["labelled"]]
@@ -316,8 +317,10 @@ def test_pseudo_supervisor_align_pulls_a_one_class_policy_to_the_labelled_freque
     torch.testing.assert_close((one_class + offset).softmax(0), expected)
     torch.testing.assert_close(method.running, torch.tensor([0.99, 0.01]))
     torch.testing.assert_close(method._log_prob(one_class + offset, action[:1], mask[:1]), expected[action[:1]].log())
+    method.confidence = 0.95  # sure before alignment (0.99), not after: the aligned probabilities decide
     method.training_step(batch)  # the running mean moves by (1 - decay) toward the batch mean: here it stays
     torch.testing.assert_close(method.running, torch.tensor([0.99, 0.01]))
+    assert float(method.memory[-1][2].sum()) == 0
 
 
 def test_pseudo_supervisor_reward_gate_halves_and_restores_the_pseudo_weight(npz, monkeypatch):
@@ -328,8 +331,12 @@ def test_pseudo_supervisor_reward_gate_halves_and_restores_the_pseudo_weight(npz
     monkeypatch.setattr(method, "heldout_loss", lambda image, target: next(losses))
     weights = []
     real_step = method.optimizer_step
-    monkeypatch.setattr(method, "optimizer_step",
-                        lambda opt, loss, lr, model: (weights.append(float(loss.detach())), real_step(opt, loss, lr, model)))
+
+    def step(optimizer, loss, lr, model):
+        weights.append(float(loss.detach()))
+        real_step(optimizer, loss, lr, model)
+
+    monkeypatch.setattr(method, "optimizer_step", step)
     trust = []
     for _ in range(7):
         out = method.training_step(batch)
@@ -341,5 +348,6 @@ def test_pseudo_supervisor_reward_gate_halves_and_restores_the_pseudo_weight(npz
     again, _ = pseudo_supervisor(npz, steps=20, warmup=0.0, pseudo_rampup=0.0, reward_gate=True, window=2)
     again.load_state_dict(state)
     assert again.trust == 0.5 and [m[-1] for m in again.memory] == pytest.approx([0.0])
-    off, _ = pseudo_supervisor(npz, steps=20, warmup=0.0)
-    assert off.reward_gate is False and off.align is False
+    default, _ = pseudo_supervisor(npz, steps=20)
+    paper, _ = pseudo_supervisor(npz, steps=20, variant="paper")
+    assert (default.align, default.reward_gate, paper.align, paper.reward_gate) == (True, False, False, False)

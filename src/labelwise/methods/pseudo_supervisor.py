@@ -32,14 +32,14 @@ labels and is rewarded by the change of a held-out loss) and changes when and ho
   moving-average decay, so it keeps up with what the predictor has learnt since; REINFORCE still adjusts it;
 - ``confidence`` (default 0.95): a sampled pseudo label counts (in the predictor's step and in the policy's
   REINFORCE credit) only where the policy's largest class probability (per label: max(p, 1 - p)) reaches it;
-- ``align`` (distribution alignment, Berthelot et al., ReMixMatch, 2020): before sampling, the policy's class
-  probabilities are multiplied by the labelled training samples' class frequencies over the running mean (decay
-  :data:`ALIGN_DECAY`) of its own probabilities on unlabelled images, and renormalised (per label: the same on the
-  odds). A policy whose labels drift towards one class is pulled back to the labelled prior;
-- ``reward_gate``: the pseudo-label loss weight is multiplied by a trust in [0, 1] (1 at the warm-up's end), halved
-  after every ``window`` in which the pseudo steps raised the held-out loss on average and doubled (at most to 1)
-  after one in which they lowered it, so the held-out change that rewards the policy also limits how far the
-  predictor follows it.
+- ``align`` (default on; distribution alignment, Berthelot et al., ReMixMatch, 2020): before sampling, the
+  policy's class probabilities are multiplied by the labelled training samples' class frequencies over the running
+  mean (decay :data:`ALIGN_DECAY`) of its own probabilities on unlabelled images, and renormalised (per label: the
+  same on the odds). A policy whose labels drift towards one class is pulled back to the labelled prior;
+- ``reward_gate`` (default off: it did not help where measured): the pseudo-label loss weight is multiplied by a
+  trust in [0, 1] (1 at the warm-up's end), halved after every ``window`` in which the pseudo steps raised the
+  held-out loss on average and doubled (at most to 1) after one in which they lowered it, so the held-out change
+  that rewards the policy also limits how far the predictor follows it.
 
 Each option may also be set alone; ``variant`` only chooses the values of those not set."""
 
@@ -82,14 +82,14 @@ class PseudoSupervisorOptions(BaseModel):
     confidence: float | None = Field(None, ge=0, lt=1, description="pseudo labels count only where the policy is at "
                                      "least this sure (default 0.95; paper 0: all)")
     align: bool | None = Field(None, description="distribution alignment of the policy's probabilities to the labelled "
-                               "class frequencies before sampling (default off; paper off)")
+                               "class frequencies before sampling (default on; paper off)")
     reward_gate: bool | None = Field(None, description="the pseudo-label weight halves after a window whose pseudo "
                                      "steps raised the held-out loss on average, doubles (to 1) after one that "
                                      "lowered it (default off; paper off)")
 
 
 VARIANTS = {"default": {"warmup": 0.3, "policy_init": "predictor", "pseudo_rampup": 0.2, "reward_share": 0.5,
-                        "policy_follow": 0.99, "confidence": 0.95, "align": False, "reward_gate": False},
+                        "policy_follow": 0.99, "confidence": 0.95, "align": True, "reward_gate": False},
             "paper": {"warmup": 0.0, "policy_init": "random", "pseudo_rampup": 0.0, "reward_share": 0.0,
                       "policy_follow": 0.0, "confidence": 0.0, "align": False, "reward_gate": False}}
 ALIGN_DECAY = 0.99  # running mean of the policy's probabilities over about the last 100 batches (ReMixMatch: 128)
