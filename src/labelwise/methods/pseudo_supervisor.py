@@ -260,8 +260,11 @@ class PseudoSupervisor(SemiSupervised):
         if len(self.memory) >= self.options.window:
             self.update_trust()
             self.update_policy(policy_lr)
-        return {"loss": (supervised + pseudo).detach(), "supervised": supervised.detach(), "pseudo": pseudo.detach(),
-                "reward": zero + reward, "heldout": zero + after, "kept": mask.mean(), "trust": zero + self.trust}
+        logged = {"loss": (supervised + pseudo).detach(), "supervised": supervised.detach(), "pseudo": pseudo.detach(),
+                  "reward": zero + reward, "heldout": zero + after, "kept": mask.mean()}
+        if self.reward_gate:  # the trust is 1 throughout without the gate: not logged then
+            logged["trust"] = zero + self.trust
+        return logged
 
     def update_trust(self) -> None:
         """``reward_gate``: halve the trust after a window whose pseudo steps raised the held-out loss on average,
