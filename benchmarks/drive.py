@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def run_labelwise(variant: str, manifest: Path, run_dir: Path, seed: int, extra:
                               "method.sigmas=[1.0,1.5,2.0,3.0]", "data.intensity=max"])
     else:
         config = load_config(REPO / "configs" / "drive-unet-mss.yaml", overrides)
+    shutil.rmtree(run_dir, ignore_errors=True)  # not recorded: whatever is there is a stale or killed attempt
     started = time.perf_counter()
     result = train(config, run_dir)
     wall = time.perf_counter() - started

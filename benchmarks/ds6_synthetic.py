@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ def run_method(method: str, manifest: Path, run_dir: Path, seed: int, args) -> d
     if method == "ds6-detached":
         overrides.append("method.detach_consistency_target=true")
     config = load_config(REPO / "configs" / f"{METHODS[method]}.yaml", overrides)
+    shutil.rmtree(run_dir, ignore_errors=True)  # not recorded: whatever is there is a stale or killed attempt
     started = time.perf_counter()
     result = train(config, run_dir)
     wall = time.perf_counter() - started

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ def run_seed(seed: int, images: int, steps: int, layers: list[str], out: Path) -
     raw["data"]["path"] = str(data_dir / "patchml.npz")
     run_dir = out / f"run-{seed}"
     if not (run_dir / "summary.json").is_file() or json.loads((run_dir / "summary.json").read_text())["status"] != "completed":
+        shutil.rmtree(run_dir, ignore_errors=True)  # a killed attempt
         start = time.perf_counter()
         result = train(load_config(raw), run_dir)
         print(f"seed {seed}: trained in {time.perf_counter() - start:.0f} s, test {result.test}", flush=True)

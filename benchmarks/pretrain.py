@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ def run(raw: dict, run_dir: Path):
     from labelwise.config import load_config
     from labelwise.training import train
 
+    shutil.rmtree(run_dir, ignore_errors=True)  # not recorded: whatever is there is a stale or killed attempt
     result = train(load_config(raw), run_dir)
     if result.status != "completed":
         raise RuntimeError(f"{run_dir}: {result.status}: {result.message}")

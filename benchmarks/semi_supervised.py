@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ def run(config_path: Path | dict, overrides: list[str], run_dir: Path) -> dict:
     from labelwise.training import train
 
     config = load_config(config_path, overrides)
+    shutil.rmtree(run_dir, ignore_errors=True)  # not recorded: whatever is there is a stale or killed attempt
     result = train(config, run_dir)
     if result.status != "completed":
         raise RuntimeError(f"{run_dir}: {result.status}: {result.message}")

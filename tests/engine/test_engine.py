@@ -71,6 +71,35 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_con
     assert summary["status"] == "failed" and "non-finite" in summary["message"]
 
 
+class SometimesTerm(Supervised):
+    """Supervised, reporting an ``extra`` term (the step number) on steps 3, 6, 9, ... only."""
+
+    name = "sometimes_term"
+
+    def __init__(self, config, data):
+        super().__init__(config, data)
+        self.calls = 0
+
+    def training_step(self, batch):
+        self.calls += 1
+        losses = super().training_step(batch)
+        if self.calls % 3 == 0:
+            losses["extra"] = torch.tensor(float(self.calls))
+        return losses
+
+
+def test_a_term_reported_on_some_steps_is_averaged_over_those_steps(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setitem(METHODS, "sometimes_term", SometimesTerm)
+    tiny_config["method"] = "sometimes_term"
+    tiny_config["trainer"].update(max_steps=12, checkpoint_every=12, log_every=6)
+    train(load_config(tiny_config), tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    # Steps 1-6 report extra at 3 and 6 (mean 4.5), steps 7-12 at 9 and 12 (mean 10.5): not diluted by the steps
+    # without it (which would give 1.5 and 3.5).
+    assert [(r["step"], r["loss/extra"]) for r in train_records] == [(6, 4.5), (12, 10.5)]
+
+
 class NanThenInterrupt(NanAfterFour):
     """NaN from the 5th step on, and Ctrl-C at the 7th, before the loop has checked the loss again."""
 
@@ -168,3 +197,24 @@ def test_select_best_names_an_unknown_metric(tmp_path, tiny_config):
     tiny_config["trainer"].update(val_every=3, select_best="dice")
     with pytest.raises(Exception, match="select_best.*no 'dice'"):
         train(load_config(tiny_config), tmp_path / "run")
+
+
+def test_a_fresh_start_over_a_killed_run_keeps_only_its_own_log(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    run.mkdir()
+    # A run killed before its first checkpoint: a log reaching step 40, no checkpoint.
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "split": "train", "loss": 9.0}) + "\n"
+                                               for s in (20, 40)))
+    train(load_config(tiny_config), run)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_fresh_start_over_a_run_with_checkpoints_is_refused(tmp_path, tiny_config):
+    from labelwise.errors import LabelwiseError
+
+    train(load_config(tiny_config), tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(LabelwiseError, match="holds a run's checkpoints already; resume it"):
+        train(load_config(tiny_config), tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before

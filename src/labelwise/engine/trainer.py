@@ -127,6 +127,9 @@ class Trainer:
         cfg, fabric = self.config, self.fabric
         if resume:
             self._check_resume_config()
+        elif latest_checkpoint(self.run.checkpoints) is not None:  # before any process could write one of this run
+            raise LabelwiseError(f"{self.run.path}: holds a run's checkpoints already; resume it "
+                                 f"(labelwise train --resume {self.run.path}) or pick another folder")
         fabric.launch()
         fabric.seed_everything(cfg.seed, verbose=False)
         if cfg.trainer.deterministic:
@@ -162,6 +165,8 @@ class Trainer:
             self.run.create()
             if resume:
                 self.run.truncate_metrics(self.start_step)
+            else:  # a fresh start in the folder of a run killed before its first checkpoint: not its log
+                self.run.metrics.unlink(missing_ok=True)
             save_config(cfg, self.run.config)  # resumed: with its --set overrides, so that config.yaml says what ran
             atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
             self.run.update_summary(
@@ -258,7 +263,7 @@ class Trainer:
         t = cfg.trainer
         step = start
         window_losses: dict[str, torch.Tensor] = {}
-        window_count = 0
+        window_counts: dict[str, int] = {}  # per key: a method may report some terms only on some steps
         first_bad = torch.tensor(-1, device=fabric.device)
         started = time.perf_counter()
         previous_sigterm = _sigterm_as_interrupt()
@@ -281,14 +286,14 @@ class Trainer:
                     first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=fabric.device), first_bad)
                     for key, value in losses.items():
                         window_losses[key] = window_losses.get(key, 0.0) + value.detach().float()
-                    window_count += 1
+                        window_counts[key] = window_counts.get(key, 0) + 1
 
                     is_last = step == t.max_steps
                     if step % t.log_every == 0 or is_last:
                         self._check_finite(first_bad)
-                        record = self._log_train(step, window_losses, window_count, lr, started)
+                        record = self._log_train(step, window_losses, window_counts, lr, started)
                         progress.update(step, record["loss"])
-                        window_losses, window_count = {}, 0
+                        window_losses, window_counts = {}, {}
                     if t.val_every and step % t.val_every == 0 and not is_last:
                         self._track_best(self._evaluate("val", step, started), step)
                         self._train_mode()
@@ -352,9 +357,11 @@ class Trainer:
                 "trainer.gradient_clip, or check the data for NaN/inf values"
             )
 
-    def _log_train(self, step: int, sums: dict[str, Any], count: int, lr: float, started: float) -> dict[str, Any]:
+    def _log_train(self, step: int, sums: dict[str, Any], counts: dict[str, int], lr: float,
+                   started: float) -> dict[str, Any]:
+        """One train record: each term's mean over the steps of the window that reported it."""
         keys = sorted(sums)
-        stacked = torch.stack([torch.as_tensor(sums[k], device=self.fabric.device) for k in keys]) / count
+        stacked = torch.stack([torch.as_tensor(sums[k], device=self.fabric.device) / counts[k] for k in keys])
         mean = self.fabric.all_reduce(stacked, reduce_op="mean").tolist()
         record: dict[str, Any] = {"step": step, "split": "train", "time": round(time.perf_counter() - started, 3), "lr": lr}
         for key, value in zip(keys, mean, strict=True):
