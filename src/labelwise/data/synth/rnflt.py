@@ -111,8 +111,7 @@ def make_patient(seed: int) -> dict[str, np.ndarray]:
     thickness = np.where(radius < DISC_RADIUS_MM, 0.0, np.clip(thickness, 0, None)).astype(np.float32)
 
     # visual field: total deviation from the thinning where each point's axons enter the disc
-    entry = _entry_angle(VF_POINTS)
-    sector_loss = np.array([_sector_loss(loss, angle, radius, a) for a in entry])
+    sector_loss = np.array([float(loss.ravel()[pixels].mean()) if pixels.size else 0.0 for pixels in _sectors()])
     tds = (-28 * sector_loss ** 1.3 + rng.normal(0, 1.5, len(VF_POINTS))).astype(np.float32)
     md = float(tds.mean() + rng.normal(0, 0.5))
 
@@ -125,11 +124,14 @@ def make_patient(seed: int) -> dict[str, np.ndarray]:
             "hispanic": np.array(hispanic)}
 
 
-def _sector_loss(loss: np.ndarray, angle: np.ndarray, radius: np.ndarray, direction: float) -> float:
-    """Mean thinning in a 20-degree sector around ``direction`` near the disc margin."""
+@functools.lru_cache(maxsize=1)
+def _sectors() -> tuple[np.ndarray, ...]:
+    """Per visual-field point, the flat indices of the map pixels whose thinning it sees: a 20-degree sector
+    around the angle its axons enter the disc through (:func:`_entry_angle`), near the disc margin (cached)."""
+    radius, angle = _grid()
     near = (radius > DISC_RADIUS_MM) & (radius < DISC_RADIUS_MM + 0.6)
-    sector = near & (np.abs(np.angle(np.exp(1j * (angle - direction)))) < math.radians(10))
-    return float(loss[sector].mean()) if sector.any() else 0.0
+    return tuple(np.flatnonzero(near & (np.abs(np.angle(np.exp(1j * (angle - direction)))) < math.radians(10)))
+                 for direction in _entry_angle(VF_POINTS))
 
 
 def patient_seed(seed: int, index: int) -> int:
