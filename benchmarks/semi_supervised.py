@@ -130,7 +130,9 @@ def summary(values: list[float]) -> str:
     values = [v for v in values if v is not None and not np.isnan(v)]
     if not values:
         return "n/a"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {statistics.stdev(values):.3f}"  # the sample std, as benchmarks/drive.py
 
 
 def main() -> None:
@@ -184,17 +186,20 @@ def main() -> None:
                 print(key, {k: round(v, 4) if isinstance(v, float) else v for k, v in results[key].items()}, flush=True)
                 results_path.write_text(json.dumps(results, indent=2))
 
-    print("\nmean ± std over seeds (test split); time per step relative to supervised (median over seeds)")
+    print("\nmean ± sample std over seeds (test split); the paired columns: the method minus supervised on the same "
+          "seed; time per step relative to supervised (median over seeds)")
     for setting in settings:
         print(f"\n{setting}")
-        print("| method | AUC | accuracy | ES-AUC race | ES-AUC male | s/step | x supervised |")
-        print("|---|---|---|---|---|---|---|")
+        print("| method | AUC | accuracy | ES-AUC race | ES-AUC male | AUC, paired | accuracy, paired | s/step | "
+              "x supervised |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for method in args.methods:
-            rows = [results.get(f"{setting}/{method}/{s}") for s in args.seeds]
-            rows = [r for r in rows if r]
-            base = [results.get(f"{setting}/supervised/{s}") for s in args.seeds]
-            ratios = [r["step_time"] / b["step_time"] for r, b in zip(rows, base, strict=False) if b]
+            pairs = [(results.get(f"{setting}/{method}/{s}"), results.get(f"{setting}/supervised/{s}"))
+                     for s in args.seeds]
+            rows = [r for r, _ in pairs if r]
+            ratios = [r["step_time"] / b["step_time"] for r, b in pairs if r and b]
             cells = [summary([r[k] for r in rows]) for k in ("auc", "accuracy", "es_auc_race", "es_auc_male")]
+            cells += [summary([r[k] - b[k] for r, b in pairs if r and b]) for k in ("auc", "accuracy")]
             step = statistics.median([r["step_time"] for r in rows]) if rows else float("nan")
             ratio = f"{statistics.median(ratios):.2f}" if ratios else "n/a"
             print(f"| {method} | {' | '.join(cells)} | {step:.3f} | {ratio} |")
