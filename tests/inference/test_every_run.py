@@ -189,7 +189,7 @@ def test_pretrain_then_linear_probe(tmp_path):
 def vessels_2d(tmp_path_factory):
     from labelwise.data.synth.vessels import write_vessels
 
-    return write_vessels(tmp_path_factory.mktemp("vessels") / "v2d", 2, 5, [48, 48], seed=0).parent
+    return write_vessels(tmp_path_factory.mktemp("vessels") / "v2d", 2, 5, [50, 44], seed=0).parent  # not multiples of 16
 
 
 @pytest.fixture(scope="module")

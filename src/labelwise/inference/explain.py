@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from labelwise.explain import SegmentationTarget, build_explainer, postprocess
 from labelwise.explain.outputs import read_index, write_explanation, write_index
 from labelwise.inference.run import RunModel
+from labelwise.models.windows import model_divisor
 
 __all__ = ["explain_files"]
 
@@ -56,13 +58,18 @@ def explain_files(
             classes = classes_given or list(range(1, run.num_classes))
             probability = run.probabilities(logits)[0]
             scores = {k: _region_score(probability, labels[0], k) for k in classes}
+            # The explainers run the network on the whole image, which a U-Net takes only at a multiple of its
+            # divisor (prediction pads its windows so): padded with zeros as the windows are, maps cropped back.
+            spatial = tuple(x.shape[2:])
+            x, labels, inside = _pad_to(x, labels, model_divisor(model))
         stem = path.name.removesuffix(".gz").rsplit(".", 1)[0]
         for name, explainer in explainers.items():
             if run.task == "classification":
                 maps = explainer(x, [classes])[0]
-            else:  # the class's logits over where it is predicted (everywhere when it is predicted nowhere)
-                maps = torch.cat([explainer(x, SegmentationTarget(_channel(logits, k), _region(labels, k)))[0]
+            else:  # the class's logits over where it is predicted (everywhere in the image when predicted nowhere)
+                maps = torch.cat([explainer(x, SegmentationTarget(_channel(logits, k), _region(labels, k, inside)))[0]
                                   for k in classes])
+                maps = maps[(slice(None), *(slice(0, n) for n in spatial))]
             if tuple(maps.shape[1:]) != raw.spatial_shape:  # a run that resizes its inputs: maps at the file's size
                 maps = postprocess(maps[None], raw.spatial_shape, relu=False)[0]
             for i, k in enumerate(classes):
@@ -96,9 +103,23 @@ def _channel(logits: torch.Tensor, k: int) -> int:
     return 0 if logits.shape[1] == 1 else k
 
 
-def _region(labels: torch.Tensor, k: int) -> torch.Tensor | None:
+def _region(labels: torch.Tensor, k: int, inside: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Where class ``k`` is predicted; where it is predicted nowhere, the image (``inside``: without its padding;
+    None: all of it)."""
     region = labels == k
-    return region if bool(region.any()) else None
+    return region if bool(region.any()) else inside
+
+
+def _pad_to(x: torch.Tensor, labels: torch.Tensor, divisor: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``x`` and ``labels`` padded at the end of every spatial axis to a multiple of ``divisor`` (the image with zeros,
+    the labels with -1: no class), and the mask of the unpadded image (None when nothing was padded)."""
+    extra = [(-n) % divisor for n in x.shape[2:]]
+    if not any(extra):
+        return x, labels, None
+    widths = [w for e in reversed(extra) for w in (0, e)]
+    inside = F.pad(torch.ones_like(labels, dtype=torch.bool), widths, value=False)
+    return F.pad(x, widths), F.pad(labels, widths, value=-1), inside
 
 
 def _region_score(probability: torch.Tensor, labels: torch.Tensor, k: int) -> float:
