@@ -40,10 +40,8 @@ def test_run_directory_holds_everything(tmp_path, tiny_config):
     assert load_config(run / "config.yaml").to_dict() == load_config(tiny_config).to_dict()
 
 
-class NanAfterFour(Supervised):
-    """Supervised, but the loss turns NaN at the 5th step."""
-
-    name = "nan_after_four"
+class Counting(Supervised):
+    """Supervised, counting its training steps in ``calls``; ``change`` may alter each step's losses."""
 
     def __init__(self, config, data):
         super().__init__(config, data)
@@ -51,7 +49,18 @@ class NanAfterFour(Supervised):
 
     def training_step(self, batch):
         self.calls += 1
-        losses = super().training_step(batch)
+        return self.change(super().training_step(batch))
+
+    def change(self, losses):
+        return losses
+
+
+class NanAfterFour(Counting):
+    """Supervised, but the loss turns NaN at the 5th step."""
+
+    name = "nan_after_four"
+
+    def change(self, losses):
         if self.calls >= 5:
             losses["loss"] = losses["loss"] * float("nan")
         return losses
@@ -71,18 +80,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_con
     assert summary["status"] == "failed" and "non-finite" in summary["message"]
 
 
-class SometimesTerm(Supervised):
+class SometimesTerm(Counting):
     """Supervised, reporting an ``extra`` term (the step number) on steps 3, 6, 9, ... only."""
 
     name = "sometimes_term"
 
-    def __init__(self, config, data):
-        super().__init__(config, data)
-        self.calls = 0
-
-    def training_step(self, batch):
-        self.calls += 1
-        losses = super().training_step(batch)
+    def change(self, losses):
         if self.calls % 3 == 0:
             losses["extra"] = torch.tensor(float(self.calls))
         return losses
