@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,44 @@ def test_bad_loss_inputs():
         mss_loss((logits, logits[..., :2, :2]), target, weights=(1, 1))
     with pytest.raises(DataError, match=r"outputs: expected a tensor or a non-empty tuple of tensors, got tuple"):
         mss_loss((), target)
+
+
+def test_soft_cross_entropy_is_torchs_cross_entropy_with_probability_targets():
+    from labelwise.losses import soft_cross_entropy
+
+    torch.manual_seed(0)
+    # one channel: binary cross-entropy of the sigmoid against the soft target, by hand
+    logits, target = torch.randn(2, 1, 5, 6), torch.rand(2, 1, 5, 6)
+    p = torch.sigmoid(logits)
+    by_hand = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    torch.testing.assert_close(soft_cross_entropy(logits, target), by_hand)
+    # several channels: torch's cross-entropy with class-probability targets
+    logits, target = torch.randn(2, 3, 5, 6), torch.softmax(torch.randn(2, 3, 5, 6), 1)
+    torch.testing.assert_close(soft_cross_entropy(logits, target),
+                               torch.nn.functional.cross_entropy(logits, target))
+    # a 0/1 weight zeroes the dropped voxels, the mean still over all of them
+    keep = (torch.rand(2, 1, 5, 6) > 0.5).float()
+    each = torch.nn.functional.cross_entropy(logits, target, reduction="none").unsqueeze(1)
+    torch.testing.assert_close(soft_cross_entropy(logits, target, keep), (keep * each).mean())
+
+
+def test_agreeing_with_its_own_output_dilates_under_tversky_not_under_cross_entropy():
+    """Gradient descent on ``loss(z, sigmoid(z).detach())``, the consistency of a network with its own output: Focal
+    Tversky (even with alpha = beta) grows the foreground step after step; cross-entropy is stationary there."""
+    from labelwise.losses import soft_cross_entropy
+
+    torch.manual_seed(0)
+    start = torch.randn(1, 1, 32, 32) * 2 - 1.5
+    grown = {}
+    for name, loss_fn, lr in (("tversky", focal_tversky_loss, 50.0),
+                              ("dice-like", partial(focal_tversky_loss, alpha=0.5, beta=0.5), 50.0),
+                              ("ce", soft_cross_entropy, 5000.0)):
+        z = start.clone().requires_grad_(True)
+        for _ in range(100):
+            loss = loss_fn(z, torch.sigmoid(z).detach())
+            (grad,) = torch.autograd.grad(loss, z)
+            with torch.no_grad():
+                z -= lr * grad
+        grown[name] = float((torch.sigmoid(z) > 0.5).float().mean() - (torch.sigmoid(start) > 0.5).float().mean())
+    assert grown["tversky"] > grown["dice-like"] > 0.02
+    assert abs(grown["ce"]) < 1e-6

@@ -291,3 +291,27 @@ def test_a_ds6_run_with_an_ema_teacher_resumes_and_predicts_after_the_folder_mov
     probability = read_volume(tmp_path / "pred" / "probabilities" / "case4.nii.gz").array
     assert mask.shape == (16, 20, 24)
     np.testing.assert_array_equal(mask, probability.argmax(0) if probability.shape[0] > 1 else probability[0] > 0.5)
+
+
+def test_ds6_cross_entropy_consistency_against_its_own_detached_output(manifest):
+    from labelwise.losses import soft_cross_entropy
+
+    cfg = config(manifest, {"name": "ds6", "consistency": "ce", "weights": [1.0, 1.0, 3.0]})
+    bundle = load_data(cfg.data, keep_unlabelled=True)
+    method = METHODS["ds6"](cfg, bundle)
+    model = method.networks["model"]
+    batch = batch_of(bundle, [False, False])  # unlabelled: the consistency term alone
+    torch.manual_seed(2)
+    terms = method.training_step(batch)
+    torch.manual_seed(2)
+    x, y = batch["image"], batch["target"]
+    out = model(x)
+    (x_t, _), field = RandomElastic((5, 7), (0.01, 0.03))(x, y.unsqueeze(1))
+    out_t = model(x_t)
+    expected = soft_cross_entropy(out_t[0], torch.sigmoid(warp(out[0], field)).detach())
+    torch.testing.assert_close(terms["consistency"], expected.detach())
+    # the target takes no gradient: the loss's gradient is that of the term with the target held fixed
+    grads = torch.autograd.grad(terms["loss"], list(model.parameters()), allow_unused=True)
+    by_hand = torch.autograd.grad(3.0 * expected, list(model.parameters()), allow_unused=True)
+    for g, h in zip(grads, by_hand):
+        assert (g is None and h is None) or torch.allclose(g, h, atol=1e-6)

@@ -1,6 +1,12 @@
 """Training losses: Focal Tversky and multi-scale supervision (:mod:`labelwise.losses.segmentation`); MONAI supplies
 Dice + cross-entropy."""
 
-from labelwise.losses.segmentation import MSS_WEIGHTS, focal_tversky_loss, mss_loss, soft_dice_ce_loss
+from labelwise.losses.segmentation import (
+    MSS_WEIGHTS,
+    focal_tversky_loss,
+    mss_loss,
+    soft_cross_entropy,
+    soft_dice_ce_loss,
+)
 
-__all__ = ["MSS_WEIGHTS", "focal_tversky_loss", "mss_loss", "soft_dice_ce_loss"]
+__all__ = ["MSS_WEIGHTS", "focal_tversky_loss", "mss_loss", "soft_cross_entropy", "soft_dice_ce_loss"]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from labelwise.errors import ConfigError, DataError
 
-__all__ = ["MSS_WEIGHTS", "focal_tversky_loss", "mss_loss", "soft_dice_ce_loss"]
+__all__ = ["MSS_WEIGHTS", "focal_tversky_loss", "mss_loss", "soft_cross_entropy", "soft_dice_ce_loss"]
 
 Reduction = Literal["batch", "mean", "none"]
 MSS_WEIGHTS = (1.0, 0.66, 0.34)
@@ -106,6 +106,26 @@ def soft_dice_ce_loss(logits: Tensor, target: Tensor, weight: Tensor | None = No
     dice = 1 - (2 * (w * p * t).sum(dims) + smooth) / ((w * p).sum(dims) + (w * t).sum(dims) + smooth)
     cross_entropy = -(w * t * log_p).sum(1)
     return dice.mean() + cross_entropy.mean()
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Cross-entropy of ``logits`` ``(B, K, *spatial)`` against probabilities ``target`` of the same shape, averaged
+    over voxels: one channel is a sigmoid (binary cross-entropy against ``target``), several a softmax
+    (``-sum_k t log p``). Unlike Dice or Tversky losses against a soft target, its gradient ``p - t`` vanishes where
+    the prediction equals the target, so a network made to agree with its own (detached) output does not drift
+    towards foreground. ``weight`` (broadcastable to ``(B, 1, *spatial)``) weighs every voxel."""
+    if not isinstance(target, Tensor) or not isinstance(logits, Tensor) or target.shape != logits.shape \
+            or logits.ndim < 3:
+        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise DataError(f"soft_cross_entropy: logits (B, K, *spatial) and a target of their shape, got "
+                        f"{tuple(getattr(logits, 'shape', ()))} and {got}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    z, t = logits.to(dtype), target.to(dtype)
+    if z.shape[1] == 1:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, t, reduction="none")
+    else:
+        loss = -(t * torch.log_softmax(z, dim=1)).sum(1, keepdim=True)
+    return (loss if weight is None else weight.to(dtype) * loss).mean()
 
 
 def mss_loss(

@@ -20,7 +20,12 @@ Beyond the paper (each an option, the paper's choice the default until a benchma
   student's (``ema_decay``), not from the student itself: a steadier target that does not chase its own errors.
 - ``consistency_rampup``: the consistency weight rises over that many steps (sigmoid ramp, as in mean teacher)
   after the deformation starts, so an untrained network is not asked to agree with itself.
-- ``confidence``: the consistency term counts only voxels whose target's largest class probability reaches it."""
+- ``confidence``: the consistency term counts only voxels whose target's largest class probability reaches it.
+- ``consistency: ce``: the consistency term is the cross-entropy against the (detached) warped probabilities
+  (:func:`labelwise.losses.soft_cross_entropy`) instead of the training loss. Focal Tversky or Dice against a
+  network's own soft output pushes every voxel above about 0.3 towards foreground, step after step (a slow dilation
+  that unlabelled images, which have no supervised term to stop it, show most); cross-entropy's gradient is zero
+  where the prediction equals the target."""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from pydantic import Field
 
 from labelwise.augment import RandomElastic, warp
 from labelwise.errors import ConfigError
-from labelwise.losses import focal_tversky_loss, soft_dice_ce_loss
+from labelwise.losses import focal_tversky_loss, soft_cross_entropy, soft_dice_ce_loss
 from labelwise.methods.base import ema_update, frozen_copy, warmed_decay
 from labelwise.methods.semi import ramp_up
 from labelwise.methods.supervised import Supervised, SupervisedOptions
@@ -53,6 +58,8 @@ class DS6Options(SupervisedOptions):
                                     "counted from the start of the deformation")
     confidence: float = Field(0.0, ge=0, lt=1, description="consistency only where the target's largest class "
                               "probability is at least this (0: everywhere)")
+    consistency: Literal["loss", "ce"] = Field("loss", description="consistency term: the training loss against the "
+                                               "soft target (paper) or cross-entropy against the detached target")
 
 
 class DS6(Supervised):
@@ -99,13 +106,15 @@ class DS6(Supervised):
         else:
             source = full
         target = self._probabilities(warp(source, field))
-        if o.detach_consistency_target:
+        if o.detach_consistency_target or o.consistency == "ce":
             target = target.detach()
         weight = None
         if o.confidence > 0:
             sure = torch.maximum(target, 1 - target) if target.shape[1] == 1 else target.max(1, keepdim=True).values
             weight = (sure >= o.confidence).to(target.dtype).detach()
-        if self.loss_name == "dice_ce":
+        if o.consistency == "ce":
+            consistency = soft_cross_entropy(full_t, target, weight)
+        elif self.loss_name == "dice_ce":
             consistency = soft_dice_ce_loss(full_t, target, weight)
         else:
             consistency = focal_tversky_loss(full_t, target, alpha=o.alpha, beta=o.beta, gamma=o.gamma, weight=weight)
