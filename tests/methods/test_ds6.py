@@ -41,6 +41,16 @@ def batch_of(bundle, labelled):
             "labelled": torch.tensor(labelled)}
 
 
+def deformed_by_hand(model, batch, seed):
+    """The network's outputs on a batch and on its deformation, the field drawn as DS6 draws it (from the global RNG
+    after ``torch.manual_seed(seed)``): ``(out, out_t, y_t, field)``."""
+    torch.manual_seed(seed)
+    x, y = batch["image"], batch["target"]
+    out = model(x)
+    (x_t, y_t), field = RandomElastic((5, 7), (0.01, 0.03))(x, y.unsqueeze(1))
+    return out, model(x_t), y_t, field
+
+
 def test_supervised_unet_mss_uses_focal_tversky_on_three_outputs(manifest):
     cfg = config(manifest, "supervised")
     bundle = load_data(cfg.data)
@@ -64,12 +74,8 @@ def test_ds6_loss_is_the_sum_of_its_three_terms(manifest):
     torch.manual_seed(5)
     terms = method.training_step(batch)
     # the same by hand: the field comes from the global RNG, so reseed and draw it the same way
-    torch.manual_seed(5)
-    x, y = batch["image"], batch["target"]
-    out = model(x)
-    (x_t, y_t), field = RandomElastic((5, 7), (0.01, 0.03))(x, y.unsqueeze(1))
-    out_t = model(x_t)
-    sup = mss_loss(out, y.unsqueeze(1).float())
+    out, out_t, y_t, field = deformed_by_hand(model, batch, 5)
+    sup = mss_loss(out, batch["target"].unsqueeze(1).float())
     deformed = mss_loss(out_t, y_t.float())
     consistency = focal_tversky_loss(out_t[0], torch.sigmoid(warp(out[0], field)))
     torch.testing.assert_close(terms["supervised"], sup.detach())
@@ -239,12 +245,8 @@ def test_ds6_with_dice_ce_an_ema_teacher_a_ramp_and_a_confidence_mask(manifest):
     method.step = 4
     torch.manual_seed(3)
     terms = method.training_step(batch)
-    torch.manual_seed(3)
-    x, y = batch["image"], batch["target"]
-    out = model(x)
-    (x_t, y_t), field = RandomElastic((5, 7), (0.01, 0.03))(x, y.unsqueeze(1))
-    out_t = model(x_t)
-    target = torch.softmax(warp(teacher(x)[0], field), 1)
+    _, out_t, _, field = deformed_by_hand(model, batch, 3)
+    target = torch.softmax(warp(teacher(batch["image"])[0], field), 1)
     keep = (target.max(1, keepdim=True).values >= method.options.confidence).float()
     assert 0.2 < keep.mean() < 0.8
     consistency = soft_dice_ce_loss(out_t[0], target, keep)
@@ -303,11 +305,7 @@ def test_ds6_cross_entropy_consistency_against_its_own_detached_output(manifest)
     batch = batch_of(bundle, [False, False])  # unlabelled: the consistency term alone
     torch.manual_seed(2)
     terms = method.training_step(batch)
-    torch.manual_seed(2)
-    x, y = batch["image"], batch["target"]
-    out = model(x)
-    (x_t, _), field = RandomElastic((5, 7), (0.01, 0.03))(x, y.unsqueeze(1))
-    out_t = model(x_t)
+    out, out_t, _, field = deformed_by_hand(model, batch, 2)
     expected = soft_cross_entropy(out_t[0], torch.sigmoid(warp(out[0], field)).detach())
     torch.testing.assert_close(terms["consistency"], expected.detach())
     # the target takes no gradient: the loss's gradient is that of the term with the target held fixed

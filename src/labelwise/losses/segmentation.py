@@ -87,17 +87,21 @@ def focal_tversky_loss(
     return loss if reduction == "none" else loss.mean()
 
 
+def _check_soft_target(name: str, logits: Tensor, target: Tensor) -> None:
+    if not isinstance(target, Tensor) or not isinstance(logits, Tensor) or target.shape != logits.shape \
+            or logits.ndim < 3:
+        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise DataError(f"{name}: logits (B, K, *spatial) and a target of their shape, got "
+                        f"{tuple(getattr(logits, 'shape', ()))} and {got}")
+
+
 def soft_dice_ce_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, smooth: float = 1e-5) -> Tensor:
     """Dice + cross-entropy of softmax ``logits`` ``(B, K, *spatial)`` against class probabilities ``target`` of the
     same shape (a soft target, e.g. a teacher's softmax): the mean over samples and classes of
     ``1 - (2 sum p t + smooth) / (sum p + sum t + smooth)`` plus the mean over voxels of ``-sum_k t log p``. With a
     one-hot target it equals MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)``. ``weight`` (broadcastable to
     ``(B, 1, *spatial)``, e.g. a 0/1 confidence mask) weighs every voxel in both terms."""
-    if not isinstance(target, Tensor) or not isinstance(logits, Tensor) or target.shape != logits.shape \
-            or logits.ndim < 3:
-        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise DataError(f"soft_dice_ce_loss: logits (B, K, *spatial) and a target of their shape, got "
-                        f"{tuple(getattr(logits, 'shape', ()))} and {got}")
+    _check_soft_target("soft_dice_ce_loss", logits, target)
     dtype = torch.promote_types(logits.dtype, torch.float32)
     log_p = torch.log_softmax(logits.to(dtype), dim=1)
     p, t = log_p.exp(), target.to(dtype)
@@ -114,11 +118,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = N
     (``-sum_k t log p``). Unlike Dice or Tversky losses against a soft target, its gradient ``p - t`` vanishes where
     the prediction equals the target, so a network made to agree with its own (detached) output does not drift
     towards foreground. ``weight`` (broadcastable to ``(B, 1, *spatial)``) weighs every voxel."""
-    if not isinstance(target, Tensor) or not isinstance(logits, Tensor) or target.shape != logits.shape \
-            or logits.ndim < 3:
-        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise DataError(f"soft_cross_entropy: logits (B, K, *spatial) and a target of their shape, got "
-                        f"{tuple(getattr(logits, 'shape', ()))} and {got}")
+    _check_soft_target("soft_cross_entropy", logits, target)
     dtype = torch.promote_types(logits.dtype, torch.float32)
     z, t = logits.to(dtype), target.to(dtype)
     if z.shape[1] == 1:
