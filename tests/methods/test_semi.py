@@ -351,3 +351,25 @@ def test_pseudo_supervisor_reward_gate_halves_and_restores_the_pseudo_weight(npz
     default, _ = pseudo_supervisor(npz, steps=20)
     paper, _ = pseudo_supervisor(npz, steps=20, variant="paper")
     assert (default.align, default.reward_gate, paper.align, paper.reward_gate) == (True, False, False, False)
+
+
+def test_a_run_writes_the_values_its_variant_chose_into_config_yaml(tmp_path, npz, monkeypatch):
+    """Options left unset take the variant's values; config.yaml records them, so a resumed run keeps them even if
+    a later version changes the variant (simulated by changing VARIANTS), while a value the user set stays as set."""
+    import yaml
+
+    from labelwise.methods import pseudo_supervisor as ps
+
+    cfg = config(npz, "pseudo_supervisor", steps=4, warmup=0.5)
+    train(cfg, tmp_path / "run")
+    assert cfg.method.options().get("align") is None  # the caller's config is not changed
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"]
+    assert saved["warmup"] == 0.5  # set by the user
+    chosen = {k: v for k, v in ps.VARIANTS["default"].items() if k != "warmup"}
+    assert {k: saved[k] for k in chosen} == chosen
+    monkeypatch.setitem(ps.VARIANTS, "default", {**ps.VARIANTS["default"], "pseudo_rampup": 0.0, "align": False})
+    resumed = load_config(tmp_path / "run" / "config.yaml")
+    method = METHODS["pseudo_supervisor"](resumed, load_data(resumed.data, keep_unlabelled=True))
+    assert method.rampup_steps == round(0.2 * 4) and method.align is True
+    fresh = METHODS["pseudo_supervisor"](cfg, load_data(cfg.data, keep_unlabelled=True))
+    assert fresh.rampup_steps == 0 and fresh.align is False  # what the changed variant gives a new run

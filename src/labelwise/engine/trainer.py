@@ -167,7 +167,10 @@ class Trainer:
                 self.run.truncate_metrics(self.start_step)
             else:  # a fresh start in the folder of a run killed before its first checkpoint: not its log
                 self.run.metrics.unlink(missing_ok=True)
-            save_config(cfg, self.run.config)  # resumed: with its --set overrides, so that config.yaml says what ran
+            saved = cfg.model_copy(deep=True)  # the caller's config is left as it was given
+            for key, value in self.method.chosen_options().items():  # e.g. a variant's values: a resume keeps them
+                setattr(saved.method, key, value)
+            save_config(saved, self.run.config)  # resumed: with its --set overrides, so that config.yaml says what ran
             atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
             self.run.update_summary(
                 name=cfg.name, status="running", step=self.start_step, max_steps=cfg.trainer.max_steps,

@@ -184,6 +184,12 @@ class Method:
     def after_step(self) -> None:
         """Called after each step's optimizer update (e.g. a teacher's moving average)."""
 
+    def chosen_options(self) -> dict[str, Any]:
+        """Values this method chose for options the config left unset (``null``), e.g. those a ``variant`` fills in.
+        A fresh run writes them into its ``config.yaml``, so a resumed run goes on with them even after a later
+        version changes the variant's values."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Method state beyond network weights and optimizers that a resumed run needs (tensors, numbers)."""
         return {}

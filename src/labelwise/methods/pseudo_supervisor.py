@@ -148,6 +148,7 @@ class PseudoSupervisor(SemiSupervised):
         self.policy_init, self.reward_share = chosen["policy_init"], chosen["reward_share"]
         self.policy_follow, self.confidence = chosen["policy_follow"], chosen["confidence"]
         self.align, self.reward_gate = chosen["align"], chosen["reward_gate"]
+        self.chosen = {k: v for k, v in chosen.items() if getattr(o, k) is None}
         self.prior: Tensor | None = None  # labelled class frequencies (align)
         self.running: Tensor | None = None  # running mean of the policy's probabilities on unlabelled images (align)
         self.trust = 1.0  # the reward gate's factor of the pseudo-label weight
@@ -272,6 +273,9 @@ class PseudoSupervisor(SemiSupervised):
         if self.reward_gate:
             change = sum(c for *_, c in self.memory) / len(self.memory)
             self.trust = self.trust / 2 if change > 0 else min(1.0, self.trust * 2) if change < 0 else self.trust
+
+    def chosen_options(self) -> dict[str, Any]:
+        return dict(self.chosen)
 
     @torch.no_grad()
     def after_step(self) -> None:
