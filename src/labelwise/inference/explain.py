@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from labelwise.explain import SegmentationTarget, build_explainer, postprocess
 from labelwise.explain.outputs import read_index, write_explanation, write_index
 from labelwise.inference.run import RunModel
-from labelwise.models.windows import model_divisor
+from labelwise.models.windows import model_divisor, round_up
 
 __all__ = ["explain_files"]
 
@@ -114,7 +114,7 @@ def _pad_to(x: torch.Tensor, labels: torch.Tensor, divisor: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``x`` and ``labels`` padded at the end of every spatial axis to a multiple of ``divisor`` (the image with zeros,
     the labels with -1: no class), and the mask of the unpadded image (None when nothing was padded)."""
-    extra = [(-n) % divisor for n in x.shape[2:]]
+    extra = [round_up(n, divisor) - n for n in x.shape[2:]]
     if not any(extra):
         return x, labels, None
     widths = [w for e in reversed(extra) for w in (0, e)]
