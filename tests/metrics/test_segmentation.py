@@ -170,3 +170,60 @@ def test_bad_inputs():
         dice(a + 3, a, num_classes=2)
     with pytest.raises(ValueError, match="num_classes"):
         dice(torch.zeros(4, 4), torch.zeros(4, 4))
+
+
+# --- Dice over thresholds and the best threshold (threshold: calibrate) -----------------------------------------------
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_dice_over_thresholds_against_sklearn(dim):
+    from sklearn.metrics import f1_score
+
+    from labelwise.metrics.segmentation import dice_over_thresholds
+
+    g = torch.Generator().manual_seed(dim)
+    shape = (12, 14) if dim == 2 else (6, 7, 8)
+    probability = torch.rand(shape, generator=g)
+    target = torch.rand(shape, generator=g) > 0.7
+    roi = torch.rand(shape, generator=g) > 0.3
+    thresholds = [0.0, 0.1, 0.33, 0.5, float(probability.flatten()[3]), 0.9, 1.0]  # one equal to a voxel: p > t
+    got = dice_over_thresholds(probability, target, thresholds, roi)
+    inside = roi.flatten().numpy()
+    for value, t in zip(got.tolist(), thresholds):
+        predicted = (probability.flatten().numpy() > t)[inside]
+        truth = target.flatten().numpy()[inside]
+        if predicted.any() or truth.any():
+            assert value == pytest.approx(f1_score(truth, predicted, zero_division=0.0), abs=1e-12)
+        else:
+            assert math.isnan(value)
+
+
+def test_dice_over_thresholds_empty_and_shapes():
+    from labelwise.metrics.segmentation import dice_over_thresholds
+
+    empty = torch.zeros(5, 5)
+    assert math.isnan(float(dice_over_thresholds(empty, empty.bool(), [0.5])[0]))  # both empty
+    assert float(dice_over_thresholds(torch.ones(5, 5), empty.bool(), [0.5])[0]) == 0.0  # truth empty, predicted
+    with pytest.raises(ValueError, match="shapes differ"):
+        dice_over_thresholds(torch.zeros(4, 5), empty.bool(), [0.5])
+
+
+def test_best_threshold_by_hand():
+    from labelwise.metrics.segmentation import best_threshold
+
+    # foreground at 0.375 and 0.625, background at 0.125 and 0.5 (exact in float32): t in [0.125, 0.375) keeps both
+    # foreground voxels and one background voxel, Dice 2*2/(3+2) = 0.8; t in [0.5, 0.625): 2/3; t in [0.375, 0.5):
+    # 0.5; below 0.125: 4/6. Best: 0.8, at 0.13 ... 0.37, of which 0.37 is nearest 0.5.
+    p = torch.tensor([[0.375, 0.625, 0.125, 0.5]])
+    y = torch.tensor([[True, True, False, False]])
+    t, score = best_threshold([p], [y])
+    assert t == pytest.approx(0.37) and score == pytest.approx(0.8)
+    # a roi that hides the background voxel at 0.5: t = 0.25 then keeps the foreground alone (Dice 1; 0.8 without it)
+    roi = torch.tensor([[True, True, True, False]])
+    assert best_threshold([p], [y], [roi], thresholds=[0.1, 0.25, 0.45]) == (pytest.approx(0.25), pytest.approx(1.0))
+    assert best_threshold([p], [y], thresholds=[0.1, 0.25, 0.45]) == (pytest.approx(0.25), pytest.approx(0.8))
+    # the mean over cases, a case with both masks empty left out; none with a foreground: (0.5, nan)
+    t, score = best_threshold([p, torch.zeros(1, 4)], [y, torch.zeros(1, 4, dtype=torch.bool)], thresholds=[0.25])
+    assert score == pytest.approx(0.8)
+    t, score = best_threshold([torch.zeros(1, 4)], [torch.zeros(1, 4, dtype=torch.bool)])
+    assert t == 0.5 and math.isnan(score)

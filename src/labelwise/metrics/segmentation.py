@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["dice", "iou", "mean_dice", "mean_iou", "one_hot"]
+__all__ = ["best_threshold", "dice", "dice_over_thresholds", "iou", "mean_dice", "mean_iou", "one_hot"]
 
 
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -88,6 +88,44 @@ def mean_iou(
 ) -> Tensor:
     """Mean of :func:`iou` over samples and classes, ignoring nan; 0-d tensor (nan if nothing is left)."""
     return torch.nanmean(iou(pred, target, num_classes, include_background, spacing, empty))
+
+
+def dice_over_thresholds(probability: Tensor, target: Tensor, thresholds: Sequence[float] | Tensor,
+                         roi: Tensor | None = None) -> Tensor:
+    """Foreground Dice of ``probability > t`` against the binary ``target`` (both ``(*spatial)``, one case) for every
+    ``t`` of ``thresholds``, float64 ``(T,)``, inside ``roi`` (bool, same shape) when given; nan where both masks are
+    empty. Exact, from the sorted probabilities of the foreground and background voxels (no loop over thresholds)."""
+    if probability.shape != target.shape or (roi is not None and roi.shape != target.shape):
+        raise ValueError(f"dice_over_thresholds: shapes differ: probability {tuple(probability.shape)}, target "
+                         f"{tuple(target.shape)}" + (f", roi {tuple(roi.shape)}" if roi is not None else ""))
+    p, y = probability.detach().double().reshape(-1), target.detach().reshape(-1) > 0
+    if roi is not None:
+        inside = roi.detach().reshape(-1).bool()
+        p, y = p[inside], y[inside]
+    t = torch.as_tensor(thresholds, dtype=torch.float64, device=p.device).reshape(-1)
+    fg, bg = p[y].sort().values, p[~y].sort().values
+    tp = fg.numel() - torch.searchsorted(fg, t, right=True)  # foreground voxels with p > t
+    fp = bg.numel() - torch.searchsorted(bg, t, right=True)
+    total = (tp + fp + fg.numel()).double()
+    return torch.where(total > 0, 2 * tp.double() / total.clamp_min(1), torch.full_like(total, math.nan))
+
+
+def best_threshold(probabilities: Sequence[Tensor], targets: Sequence[Tensor], rois: Sequence[Tensor | None] | None = None,
+                   thresholds: Sequence[float] | Tensor | None = None) -> tuple[float, float]:
+    """The threshold of ``thresholds`` (default 0.05, 0.06, ..., 0.95) whose mean Dice over the cases (each case's
+    :func:`dice_over_thresholds`, nan cases left out) is highest, and that mean; among equal means the one nearest
+    0.5. ``(0.5, nan)`` when no case has a foreground voxel."""
+    grid = torch.arange(5, 96, dtype=torch.float64) / 100 if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float64)
+    rois = list(rois) if rois is not None else [None] * len(probabilities)
+    scores = torch.stack([dice_over_thresholds(p, y, grid, r) for p, y, r in zip(probabilities, targets, rois)])
+    mean = torch.nanmean(scores, dim=0)
+    if not bool(torch.isfinite(mean).any()):
+        return 0.5, math.nan
+    mean = torch.nan_to_num(mean, nan=-1.0)
+    best = mean.max()
+    candidates = torch.nonzero(mean >= best - 1e-12).reshape(-1)
+    pick = candidates[(grid[candidates] - 0.5).abs().argmin()]
+    return float(grid[pick]), float(mean[pick])
 
 
 def _overlaps(
