@@ -250,6 +250,45 @@ def test_2d_vessel_segmenters(tmp_path, vessels_2d, name, method):
     assert entry["target"] == 1 and entry["activation"] == "sigmoid"
 
 
+@pytest.mark.parametrize("loss", ["dice_ce", "focal_tversky"])  # two softmax channels, one sigmoid channel
+def test_calibrated_threshold_travels_with_the_run(tmp_path, vessels_2d, loss):
+    """``threshold: calibrate``: the threshold written to inference.json is the validation case's best (oracle: its
+    probabilities from ``labelwise predict`` and scikit-learn's F1 at every candidate), the run's own test masks are
+    its probabilities above it, and predict and export on the moved run use it."""
+    from sklearn.metrics import f1_score
+
+    method = {"name": "supervised", "loss": loss, "threshold": "calibrate"}
+    run, kept = _segmentation_run(tmp_path, vessels_2d, f"calibrated-{loss}", method, [32, 32], MSS)
+    spec = json.loads((run / "inference.json").read_text())["inference"]
+    calibrated = spec["calibrated_threshold"]
+    assert spec["threshold"] == "calibrate" and 0.05 <= calibrated <= 0.95
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["calibration"]["threshold"] == calibrated
+
+    out = tmp_path / "val-predicted"
+    code, output = cli("predict", str(run), "--input", str(kept / "images" / "vessel_003.png"), "--out", str(out))
+    assert code == 0, output
+    probability = np.load(out / "probabilities" / "vessel_003.npy").ravel()
+    label = read_volume(kept / "labels" / "vessel_003.png", mask=True).array.ravel() > 0
+    candidates = np.arange(5, 96) / 100
+    scores = np.array([f1_score(label, probability > t, zero_division=0.0) for t in candidates])
+    best = candidates[scores >= scores.max() - 1e-12]
+    assert calibrated == pytest.approx(best[np.argmin(np.abs(best - 0.5))])
+    assert summary["calibration"]["val_dice"] == pytest.approx(scores.max())
+    mask = read_volume(out / "masks" / "vessel_003.png", mask=True).array.ravel() > 0
+    np.testing.assert_array_equal(mask, probability > calibrated)  # predict applies it
+
+    _same_as_own_test(run, kept, tmp_path, ".png")
+    own = run / "predictions" / "test"
+    np.testing.assert_array_equal(read_volume(own / "masks" / "vessel_004.png", mask=True).array > 0,
+                                  np.load(own / "probabilities" / "vessel_004.npy") > calibrated)
+    code, output = cli("export", str(run), "--format", "onnx", "--out", str(tmp_path / "model.onnx"))
+    assert code == 0, output
+    sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert sidecar["inference"]["calibrated_threshold"] == calibrated
+    assert "calibrated_threshold" in sidecar["output"]["note"]
+
+
 def test_3d_unet_mss(tmp_path, vessels_3d):
     run, kept = _segmentation_run(tmp_path, vessels_3d, "unet-mss-3d", "supervised", [16, 16, 16], MSS)
     _same_as_own_test(run, kept, tmp_path, ".nii.gz")

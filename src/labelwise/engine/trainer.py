@@ -322,6 +322,7 @@ class Trainer:
         if status == "completed":
             self._track_best(self._evaluate("val", step, started), step)
             tested = self._load_best(step)
+            self._calibrate(tested, started)
             test = self._evaluate("test", tested, started, save_predictions=True)
         if fabric.is_global_zero:
             wall = time.perf_counter() - started
@@ -396,6 +397,26 @@ class Trainer:
             os.replace(tmp, folder / WEIGHTS)
             self.run.update_summary(best={"step": step, "metric": name, "value": value})
         self.fabric.barrier()
+
+    def _calibrate(self, step: int, started: float) -> None:
+        """A method that chooses its threshold on the validation cases (``method.threshold: calibrate``) does so with
+        the weights about to be tested; ``inference.json`` then holds it, so predict and export apply it too. Without
+        validation cases the method keeps its uncalibrated threshold, and the summary says so."""
+        if not self.method.calibrates:
+            return
+        if "val" not in self.data.splits or len(self.data.splits["val"]) == 0:
+            if self.fabric.is_global_zero:
+                self.run.update_summary(calibration="no validation cases: the threshold stays 0.5 (argmax)")
+            return
+        outputs, target, _ = self.predict_split("val")
+        dataset = self.data.split("val")
+        rois = dataset.rois if isinstance(dataset, VolumeDataset) else None
+        value, score = self.method.calibrate(outputs, target, rois)
+        if self.fabric.is_global_zero:
+            atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
+            self.run.update_summary(calibration={"threshold": value, "val_dice": score, "step": step})
+            self.run.append_metrics({"step": step, "split": "val", "time": round(time.perf_counter() - started, 3),
+                                     "calibrated_threshold": value, "dice_at_calibrated_threshold": score})
 
     def _load_best(self, step: int) -> int:
         """Load the best validation weights (when ``trainer.select_best`` chose others than the last); the step whose

@@ -193,10 +193,14 @@ def _onnxruntime_difference(data: bytes, x: torch.Tensor, reference: torch.Tenso
 
 def _output_note(run: RunModel, channels: int) -> str:
     if run.activation == "softmax":
-        return "logits; softmax over axis 1 gives one probability per class_names entry"
+        calibrated = run.spec["inference"].get("calibrated_threshold")
+        return "logits; softmax over axis 1 gives one probability per class_names entry" + (
+            f"; foreground where 1 - p(background) exceeds inference.calibrated_threshold ({calibrated})"
+            if calibrated is not None else "")
     if run.task == "segmentation" and channels == 1:
+        key = "calibrated_threshold" if run.spec["inference"].get("calibrated_threshold") is not None else "threshold"
         return (f"logits of {run.class_names[-1]}; its sigmoid is the probability, {run.class_names[-1]} where it "
-                "exceeds inference.threshold")
+                f"exceeds inference.{key}")
     return "logits; sigmoid gives each label's own probability (class_names)"
 
 
@@ -228,7 +232,8 @@ def _sidecar(run: RunModel, format: str, out: Path, dynamic: bool, divisor: int,
         "method": spec["method"],
         "network": {"name": spec["network"].get("name"), "arguments": spec["network"].get("arguments")},
         "preprocessing": spec["preprocessing"],
-        "inference": {key: spec["inference"].get(key) for key in ("threshold", "window", "overlap")},
+        "inference": {key: spec["inference"].get(key)
+                      for key in ("threshold", "calibrated_threshold", "window", "overlap")},
         "source": {"run": str(Path(run.run_dir).resolve()), "checkpoint": str(Path(run.checkpoint).resolve())},
         "checked": {"input_shape": [2, run.in_channels, *check_size], "max_abs_difference": checked},
         "labelwise_version": labelwise.__version__,

@@ -154,7 +154,7 @@ class RunModel:
         if self.threshold_override is not None:
             probability, labels, used = segment(logits, self.threshold_override[0])
         else:
-            probability, labels, used = segment(logits, self.method.threshold if logits.shape[1] == 1 else None)
+            probability, labels, used = segment(logits, self.method.segment_threshold(logits.shape[1]))
         return probability, remove_small_components(labels, self.method.min_size), used
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -179,6 +179,7 @@ class RunModel:
         if not 0.0 <= overlap < 1.0:
             raise LabelwiseError(f"overlap: expected a value in [0, 1), got {overlap}")
         self.method.threshold, self.method.overlap = settings["threshold"], overlap
+        self.method.calibrated = settings.get("calibrated_threshold")  # threshold: calibrate, chosen on validation
         window = settings.get("window") if window is None else window
         self.method.window = list(window) if window else None
         return self

@@ -38,7 +38,8 @@ class Method:
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_unlabelled: ClassVar[bool] = False  # True: unlabelled training cases are loaded (flag "labelled" = False)
     augments: ClassVar[bool] = False  # True: the method applies the config's augment section (see augment_batch)
-    threshold: float | str = 0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, or "otsu"
+    threshold: float | str = 0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, "otsu", "calibrate"
+    calibrated: float | None = None  # threshold: calibrate: the validation cases' best threshold (binary masks)
     overlap: float = 0.5  # segmenters: overlap of the sliding windows of predict
     window: list[int] | None = None  # segmenters: sliding-window size of predict (None: the whole image)
     tta: bool = False  # segmenters: average the logits over flips along every spatial axis
@@ -97,8 +98,8 @@ class Method:
             "output": {"activation": self.activation, "multilabel": d.multilabel, "num_classes": d.num_classes,
                        "class_names": self.output_names()},
             "preprocessing": {"reader": "labelwise.data.volumes.read_image", **d.preprocessing},
-            "inference": {"threshold": self.threshold, "overlap": self.overlap, "window": self.window,
-                          "tta": self.tta, "min_size": self.min_size},
+            "inference": {"threshold": self.threshold, "calibrated_threshold": self.calibrated,
+                          "overlap": self.overlap, "window": self.window, "tta": self.tta, "min_size": self.min_size},
         }
 
     def parameters(self) -> list[nn.Parameter]:
@@ -269,10 +270,37 @@ class Method:
 
     def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, K, *spatial)`` logits -> foreground probability ``(B, *spatial)`` and label map ``(B, *spatial)``
-        (:func:`labelwise.models.outputs.segment`: one channel: sigmoid and :attr:`threshold`; several: softmax,
-        1 - p(background) and argmax), components smaller than :attr:`min_size` removed."""
-        probability, labels, _ = segment(logits, self.threshold if logits.shape[1] == 1 else None)
+        (:func:`labelwise.models.outputs.segment` at :meth:`segment_threshold`), components smaller than
+        :attr:`min_size` removed."""
+        probability, labels, _ = segment(logits, self.segment_threshold(logits.shape[1]))
         return probability, remove_small_components(labels, self.min_size)
+
+    def segment_threshold(self, channels: int) -> float | str | None:
+        """The threshold of a segmenter with ``channels`` outputs: the calibrated one (:meth:`calibrate`) for binary
+        masks (one sigmoid channel, or two softmax channels: on 1 - p(background)) once it is set; else
+        :attr:`threshold` for one channel (0.5 while ``calibrate`` has not run) and the argmax (None) for several."""
+        if self.calibrated is not None and channels <= 2:
+            return self.calibrated
+        if channels != 1:
+            return None
+        return 0.5 if self.threshold == "calibrate" else self.threshold
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether :meth:`calibrate` chooses the threshold on the validation cases (``threshold: calibrate``)."""
+        return self.data.task == "segmentation" and self.threshold == "calibrate"
+
+    def calibrate(self, outputs: list[torch.Tensor] | torch.Tensor, target: list[torch.Tensor] | torch.Tensor,
+                  rois: list[torch.Tensor | None] | None = None) -> tuple[float, float]:
+        """``threshold: calibrate``: set :attr:`calibrated` to the threshold on the foreground probability that gives
+        the highest mean Dice over the validation cases (their logits ``outputs`` and masks ``target``, each inside
+        its region of interest; :func:`labelwise.metrics.segmentation.best_threshold`, 0.05 ... 0.95 by 0.01).
+        Returns the threshold and that mean Dice. Masks that differ from the training masks' kind of error (clean
+        validation masks beside noisy training masks) move the threshold to where the test masks' vessels are."""
+        probability = [segment(o[None].float(), None)[0][0] for o in outputs]  # each case (K, *spatial)
+        value, score = seg_metrics.best_threshold(probability, [t > 0 for t in target], rois)
+        self.calibrated = value
+        return value, score
 
     def _dice_metrics(self, per_class: torch.Tensor) -> dict[str, torch.Tensor]:
         metrics = {"dice": torch.nanmean(per_class)}

@@ -26,7 +26,9 @@ class SupervisedOptions(BaseModel):
     beta: float = Field(0.3, ge=0, description="focal_tversky: weight of false positives")
     gamma: float = Field(0.75, gt=0, description="focal_tversky: focal exponent")
     mss_weights: tuple[float, float, float] = Field(MSS_WEIGHTS, description="unet_mss: full, 1/2, 1/4 outputs")
-    threshold: float | Literal["otsu"] = Field(0.5, description="one-channel segmenters: p > threshold, or otsu")
+    threshold: float | Literal["otsu", "calibrate"] = Field(
+        0.5, description="one-channel segmenters: p > threshold, or otsu; calibrate (binary masks, one or two "
+        "channels): the threshold with the best mean Dice on the validation cases, chosen at the end of training")
     overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window inference: overlap of the patches")
     tta: bool = Field(False, description="segmentation inference (end-of-run scores, predict): average the logits "
                       "over the flips along every spatial axis (4 passes in 2D, 8 in 3D)")
@@ -61,6 +63,9 @@ class Supervised(Method):
                                               data.task, data.image_size)
         if loss == "dice_ce":
             self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=self.options.label_smoothing)
+        if self.options.threshold == "calibrate" and (data.task != "segmentation" or data.num_classes != 2):
+            raise ConfigError("method.threshold: calibrate chooses the threshold of binary masks (2 classes); the data "
+                              f"has {data.num_classes} classes ({data.task})")
         self.threshold, self.overlap = self.options.threshold, self.options.overlap
         self.tta, self.min_size = self.options.tta, self.options.min_size
         self.window = list(config.data.patch_size) if config.data.patch_size else None  # predict: windows of a patch
