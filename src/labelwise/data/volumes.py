@@ -20,8 +20,8 @@ from labelwise.data.harvard import read_harvard_image
 from labelwise.errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "Grid", "Volume", "case_id",
-           "from_grid", "orient", "read_image", "read_spacing", "read_volume", "resample", "same_spacing", "to_grid",
-           "write_volume"]
+           "from_grid", "orient", "read_image", "read_spacing", "read_volume", "resample", "same_spacing",
+           "stores_spacing", "to_grid", "write_volume"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp")
@@ -47,6 +47,12 @@ def suffix_of(path: str | Path) -> str:
     """``.nii.gz`` or the last suffix, lower case."""
     name = Path(path).name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def stores_spacing(path: str | Path) -> bool:
+    """Whether a file of this name stores its voxel spacing (NIfTI); pictures and ``.npy`` arrays carry none (their
+    spacing reads as 1). Outputs are written as NIfTI where their input stores one."""
+    return suffix_of(path) in NIFTI_SUFFIXES
 
 
 def case_id(path: str | Path) -> str:
@@ -257,9 +263,9 @@ def orient(array: np.ndarray, ornt: np.ndarray, inverse: bool = False) -> np.nda
     return np.ascontiguousarray(np.moveaxis(moved, list(range(3, array.ndim)), list(range(lead))) if lead else moved)
 
 
-def same_spacing(spacing: Sequence[float], target: Sequence[float]) -> bool:
-    """Whether ``spacing`` equals ``target`` within 1e-3 relative (no resampling then)."""
-    return len(spacing) == len(target) and bool(np.allclose(spacing, target, rtol=1e-3, atol=0))
+def same_spacing(spacing: Sequence[float], target: Sequence[float], rtol: float = 1e-3) -> bool:
+    """Whether ``spacing`` equals ``target`` within ``rtol`` relative (no resampling then)."""
+    return len(spacing) == len(target) and bool(np.allclose(spacing, target, rtol=rtol, atol=0))
 
 
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:

@@ -59,7 +59,12 @@ over cases leaves that case out of the class's mean, and
 class's mean are its ``count``). A class present in one mask only follows the one-empty conventions (Dice 0, nan
 distances). MONAI's ``DiceMetric(include_background=False)`` on one-hot masks gives the same per-class Dice
 wherever the class is in the truth; where it is not, MONAI's default ``ignore_empty=True`` gives nan (here: 0 when
-predicted, nan when absent from both)."""
+predicted, nan when absent from both).
+
+One scorer per case: :func:`score_case` is what every place that scores a segmentation case calls (the validation
+Dice of ``Method.evaluate``, the end-of-run ``segmentation.json``, ``labelwise predict --reference`` and
+``labelwise evaluate segmentation``), with the one roi masking (:func:`inside`) and the one class detection
+(:func:`scored_classes`); ``distances=False`` gives its overlap scores alone, for the validations that run often."""
 
 from __future__ import annotations
 
@@ -73,6 +78,7 @@ from scipy import ndimage
 from labelwise.errors import DataError
 
 __all__ = [
+    "OVERLAP_NAMES",
     "SCORE_NAMES",
     "Confusion",
     "assd",
@@ -80,7 +86,11 @@ __all__ = [
     "cldice",
     "confusion",
     "hd95",
+    "highest_label",
+    "inside",
     "precision",
+    "score_case",
+    "scored_classes",
     "segmentation_scores",
     "sensitivity",
     "surface_distances",
@@ -88,6 +98,7 @@ __all__ = [
 ]
 
 SCORE_NAMES = ("dice", "iou", "precision", "sensitivity", "volumetric_similarity", "hd95", "assd", "cldice")
+OVERLAP_NAMES = SCORE_NAMES[:5]  # from the voxel counts alone: what distances=False computes
 
 _KDTREE_FRACTION = 0.05  # KD-tree when the surface voxels are fewer than this fraction of the box
 
@@ -278,18 +289,31 @@ def cldice(pred, truth) -> float:
     return _cldice(*_pair(pred, truth))
 
 
-def segmentation_scores(pred, truth, spacing: float | Sequence[float] | None = None, roi=None) -> dict[str, float]:
+def inside(mask, roi):
+    """``mask`` (an array or a tensor) with background (0, False) outside the region of interest ``roi > 0`` (of
+    the same kind and shape); ``mask`` itself where ``roi`` is None. The one roi masking of the package: scores
+    inside a region and predicted masks written background outside it both go through it."""
+    if roi is None:
+        return mask
+    if tuple(roi.shape) != tuple(mask.shape):
+        raise DataError(f"roi shape {tuple(roi.shape)} differs from the masks' {tuple(mask.shape)}")
+    return mask * (roi > 0)
+
+
+def segmentation_scores(pred, truth, spacing: float | Sequence[float] | None = None, roi=None, *,
+                        distances: bool = True) -> dict[str, float]:
     """All scores of one case: ``dice, iou, precision, sensitivity, volumetric_similarity, hd95, assd, cldice``
     (distances in the units of ``spacing``); see the module docstring for definitions and empty masks. With ``roi``
-    (a mask of the same shape), both masks count as background outside it: scores inside the region of interest."""
+    (a mask of the same shape), both masks count as background outside it: scores inside the region of interest.
+    ``distances=False``: the overlap scores only (:data:`OVERLAP_NAMES`: no surface distances, no skeletons)."""
     p, t = _pair(pred, truth)
     if roi is not None:
-        r = np.asarray(roi)
-        if r.shape != p.shape:
-            raise DataError(f"roi shape {r.shape} differs from the masks' {p.shape}")
-        p, t = p & (r > 0), t & (r > 0)
-    s = _spacing(spacing, p.ndim)
+        r = _binary(roi, "roi")
+        p, t = inside(p, r), inside(t, r)
     scores = _overlap_scores(confusion(p, t))
+    if not distances:
+        return {name: float(scores[name]) for name in OVERLAP_NAMES}
+    s = _spacing(spacing, p.ndim)
     d_pt, d_tp = surface_distances(p, t, s)
     scores["hd95"] = _hd(d_pt, d_tp, 95.0)
     scores["assd"] = _assd(d_pt, d_tp)
@@ -313,9 +337,65 @@ def _labels(mask, what: str) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
+def highest_label(*masks) -> int:
+    """The highest label of integer label maps (arrays or tensors); 0 for empty ones."""
+    return max([0, *(int(_labels(m, "mask").max(initial=0)) for m in masks)])
+
+
+def scored_classes(num_classes: int | None = None, names: Sequence[str] | None = None, highest: int = 0) -> list[str]:
+    """The classes scored one by one, as the names of labels ``1..K``; ``[]``: one foreground (``label > 0``) only.
+    The one class detection of the package.
+
+    ``num_classes`` known (a run's, with the background): ``K = num_classes - 1`` classes when ``K > 1``, named
+    ``names`` when there are ``K`` of them, else ``"1", "2", ...``; a binary run scores one foreground. Unknown
+    (masks from anywhere): ``names`` when given (asked for, even for one class), else ``"1" .. str(highest)`` when
+    the ``highest`` label found is above 1."""
+    if num_classes is not None:
+        if num_classes <= 2:
+            return []
+        given = [str(n) for n in names] if names is not None else []
+        return given if len(given) == num_classes - 1 else [str(k) for k in range(1, num_classes)]
+    if names:
+        return [str(n) for n in names]
+    return [str(k) for k in range(1, highest + 1)] if highest > 1 else []
+
+
+def score_case(pred, truth, spacing: float | Sequence[float] | None = None, roi=None,
+               classes: Sequence[str] = (), *, distances: bool = True) -> dict[str, dict]:
+    """The one per-case segmentation scorer: :func:`segmentation_scores` of the whole foreground (``label > 0``)
+    and, for each of ``classes`` (the names of labels ``1..K``, from :func:`scored_classes`), of label ``k`` against
+    label ``k``; both masks background outside ``roi`` (:func:`inside`). ``distances=False``: the overlap scores
+    only (what a validation needs, fast).
+
+    ``pred``, ``truth``: ``(*spatial)`` arrays or tensors; with ``classes`` integer label maps, a label above ``K``
+    refused. Returns ``{"foreground": scores, "per_class": {name: scores}}`` (``per_class`` empty without
+    classes); a class absent from both masks scores nan everywhere."""
+    if not classes:
+        return {"foreground": segmentation_scores(pred, truth, spacing, roi, distances=distances), "per_class": {}}
+    p, t = _labels(pred, "prediction"), _labels(truth, "truth")
+    if p.shape != t.shape:
+        raise DataError(f"prediction and truth shapes differ: {p.shape} vs {t.shape}")
+    if len(set(map(str, classes))) != len(classes):
+        raise DataError(f"class names must differ from one another, got {', '.join(map(str, classes))}")
+    top = max(int(p.max(initial=0)), int(t.max(initial=0)))
+    if top > len(classes):
+        which = "prediction" if int(p.max(initial=0)) == top else "truth"
+        raise DataError(f"the {which} holds label {top}, but there are {len(classes) + 1} classes (labels 0 to "
+                        f"{len(classes)})")
+    foreground = segmentation_scores(p > 0, t > 0, spacing, roi, distances=distances)
+    per_class: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(classes, start=1):
+        if k == 1 and top <= 1:  # a binary pair: class 1 is the whole foreground
+            per_class[str(name)] = dict(foreground)
+        else:
+            per_class[str(name)] = segmentation_scores(p == k, t == k, spacing, roi, distances=distances)
+    return {"foreground": foreground, "per_class": per_class}
+
+
 def class_scores(pred, truth, spacing: float | Sequence[float] | None = None, num_classes: int | None = None,
                  roi=None, names: Sequence[str] | None = None) -> dict[str, dict]:
-    """The scores of :func:`segmentation_scores` of one case for the whole foreground and for each class.
+    """The scores of :func:`segmentation_scores` of one case for the whole foreground and for each class
+    (:func:`score_case` with every class ``1 .. num_classes - 1``, even for a binary pair).
 
     ``pred`` and ``truth``: integer label maps ``(*spatial)`` (0 the background; bool masks are label 1).
     ``num_classes``: the number of classes *with* the background (as :func:`labelwise.metrics.segmentation.dice` and a
@@ -327,29 +407,12 @@ def class_scores(pred, truth, spacing: float | Sequence[float] | None = None, nu
     ``foreground`` scores ``label > 0`` (equal to ``segmentation_scores(pred, truth, spacing, roi)``) and each class
     ``k`` the masks ``(pred == k, truth == k)``. A class absent from both masks scores nan everywhere (the both-empty
     convention of the module docstring), so a mean over cases skips it."""
-    p, t = _labels(pred, "prediction"), _labels(truth, "truth")
-    if p.shape != t.shape:
-        raise DataError(f"prediction and truth shapes differ: {p.shape} vs {t.shape}")
-    top = max(int(p.max(initial=0)), int(t.max(initial=0)))
     if num_classes is None:
-        num_classes = (len(names) if names is not None else max(top, 1)) + 1
+        num_classes = (len(names) if names is not None else max(highest_label(pred, truth), 1)) + 1
     if num_classes < 2:
         raise DataError(f"num_classes counts the background too and must be at least 2, got {num_classes}")
-    if top >= num_classes:
-        which = "prediction" if int(p.max(initial=0)) == top else "truth"
-        raise DataError(f"the {which} holds label {top}, but there are {num_classes} classes (labels 0 to "
-                        f"{num_classes - 1})")
     names = [str(k) for k in range(1, num_classes)] if names is None else [str(n) for n in names]
     if len(names) != num_classes - 1:
         raise DataError(f"{len(names)} class name(s) for {num_classes - 1} foreground classes (labels 1 to "
                         f"{num_classes - 1}): {', '.join(names)}")
-    if len(set(names)) != len(names):
-        raise DataError(f"class names must differ from one another, got {', '.join(names)}")
-    foreground = segmentation_scores(p > 0, t > 0, spacing, roi)
-    per_class: dict[str, dict[str, float]] = {}
-    for k, name in enumerate(names, start=1):
-        if k == 1 and top <= 1:  # a binary pair: class 1 is the whole foreground
-            per_class[name] = dict(foreground)
-        else:
-            per_class[name] = segmentation_scores(p == k, t == k, spacing, roi)
-    return {"foreground": foreground, "per_class": per_class}
+    return score_case(pred, truth, spacing, roi, names)
