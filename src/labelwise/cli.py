@@ -592,24 +592,29 @@ def data_manifest(
 @data_app.command("degrade")
 def data_degrade(
     manifest: Annotated[Path, typer.Option(help="segmentation manifest whose training masks are degraded")],
-    kind: Annotated[str, typer.Option(help="thin, erode, dilate, drop or semi-automatic")],
-    out: Annotated[Path, typer.Option(help="folder for labels/ and manifest.csv")],
-    strength: Annotated[Optional[float], typer.Option(help="thin: narrowest width kept (default 3 voxels); erode, "
-                                                           "dilate: border shift (default 1 voxel); drop: share of "
-                                                           "components removed (default 0.3); semi-automatic: "
-                                                           "smallest component kept (default 30 voxels)")] = None,
-    seed: Annotated[int, typer.Option(help="random seed (drop)")] = 0,
+    kind: Annotated[str, typer.Option(help="thin, erode, dilate, drop, semi-automatic or mixed (each case draws "
+                                           "its own kind and strength)")],
+    out: Annotated[Path, typer.Option(help="folder for labels/, noise.csv and manifest.csv")],
+    strength: Annotated[Optional[float], typer.Option(help="in pixels/voxels of the mask's own grid for thin "
+                                                           "(narrowest width kept, default 3), erode and dilate "
+                                                           "(border shift, default 1): scale it with the resolution "
+                                                           "for the same noise; drop: share of components removed "
+                                                           "(default 0.3); semi-automatic: smallest component kept, "
+                                                           "in squares (2D) / cubes (3D) of the mean vessel width "
+                                                           "(default 2); mixed: a scale on the drawn thin, erode and "
+                                                           "dilate strengths (default 1)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (drop, mixed), combined with each case's id")] = 0,
 ) -> None:
-    """Imperfect training masks from clean ones, to study label noise on real images: OUT/labels/ and
-    OUT/manifest.csv, whose training rows use the degraded masks and keep the clean ones as truth; validation and
-    test cases keep their references."""
+    """Imperfect training masks from clean ones, to study label noise on real images: OUT/labels/, OUT/noise.csv
+    (each case's kind, strength and Dice to its clean mask) and OUT/manifest.csv, whose training rows use the
+    degraded masks and keep the clean ones as truth; validation and test cases keep their references."""
     from labelwise.data.degrade import degrade_manifest
 
     def progress(done: int, total: int, case_id: str) -> None:
         typer.echo(f"  {done}/{total} {case_id}", err=True)
 
     path = degrade_manifest(manifest, kind, out, strength=strength, seed=seed, progress=progress)
-    typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {path} and {path.parent / 'noise.csv'}")
 
 
 def main(argv: list[str] | None = None) -> None:
