@@ -17,7 +17,8 @@ from labelwise.training import train
 from labelwise.errors import ConfigError, DataError
 from labelwise.models import UNetMSS
 from labelwise.inference import load_run
-from labelwise.inference.predict import FN_RGB, FP_RGB, TP_RGB, predict_files, probabilities, project
+from labelwise.inference.figures import FN_RGB, FP_RGB, TP_RGB, project
+from labelwise.inference.segmentation import predict_files, probabilities
 from labelwise.models.windows import default_roi, model_divisor, sliding_window_predict
 
 

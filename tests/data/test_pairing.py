@@ -283,10 +283,52 @@ def test_a_manifest_that_fails_its_check_is_not_written(tmp_path):
     assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels", "m.csv"]
 
 
-def test_match_by_key_pairs_drive_like_names_and_skips_ambiguous_ones(tmp_path):
-    from labelwise.data.pairing import match_by_key
+def test_match_references_by_name_name_ending_and_key(tmp_path):
+    """The one matcher of predict --reference and evaluate segmentation: whole name first, then a name ending
+    (_mask, _seg, _label, _gt, _roi), then the manifest's key; inputs without a match left out; the inputs
+    themselves are no candidates; a single file pairs with a single input whatever its name."""
+    from labelwise.data.pairing import match_references
 
-    inputs = [tmp_path / "in" / f"{i:02d}_test.tif" for i in (1, 2, 3)]
-    others = [tmp_path / "ref" / f"{i:02d}_manual1.gif" for i in (1, 2)] + [tmp_path / "ref" / "3_manual1.gif",
-                                                                          tmp_path / "ref" / "03_manual1.gif"]
-    assert match_by_key(inputs, others) == {inputs[0]: others[0], inputs[1]: others[1]}  # 3: two candidates
+    inputs = [_picture(tmp_path / "in" / name) for name in ("01_test.png", "02_test.png", "03_test.png", "x.png")]
+    refs = tmp_path / "ref"
+    for name in ("01_test.png", "01_test_mask.png", "02_test_seg.gif"):
+        _picture(refs / name)
+    assert match_references(inputs, refs) == {inputs[0]: refs / "01_test.png", inputs[1]: refs / "02_test_seg.gif"}
+    keyed = tmp_path / "manual"  # keys over each whole folder: 01, 02, 03 (test dropped) and 03, 04 (manual1 dropped)
+    for name in ("03_manual1.gif", "04_manual1.gif"):
+        _picture(keyed / name)
+    assert match_references(inputs[:3], keyed) == {inputs[2]: keyed / "03_manual1.gif"}
+    assert match_references(inputs, tmp_path / "in") == {}  # a folder of the inputs alone
+    assert match_references(inputs[:1], keyed / "04_manual1.gif") == {inputs[0]: keyed / "04_manual1.gif"}
+    assert match_references(inputs, refs / "01_test_mask.png") == {inputs[0]: refs / "01_test_mask.png"}
+
+
+@pytest.mark.parametrize("inputs, names, message", [
+    (("a.png", "b.png"), ("a.png", "a.nii.gz"), r"several reference masks for a\.png: a\.nii\.gz, a\.png"),
+    (("a.png", "b.png"), ("a_mask.png", "a_seg.png"), r"several reference masks for a\.png: a_mask\.png, a_seg\.png"),
+    (("03_test.png", "01_test.png"), ("3_manual1.gif", "03_manual1.gif", "1_manual1.gif"),
+     r"several reference masks for 03_test\.png, all of key 03: 03_manual1\.gif, 3_manual1\.gif"),
+])
+def test_match_references_refuses_ambiguous_matches_naming_the_files(tmp_path, inputs, names, message):
+    from labelwise.data.pairing import match_references
+
+    inputs = [_picture(tmp_path / "in" / name) for name in inputs]
+    for name in names:
+        if name.endswith(".nii.gz"):
+            write_volume(tmp_path / "ref" / name, np.zeros((8, 8), np.uint8))
+        else:
+            _picture(tmp_path / "ref" / name)
+    with pytest.raises(DataError, match=message):
+        match_references(inputs, tmp_path / "ref")
+
+
+def test_match_references_refuses_two_inputs_of_one_key(tmp_path):
+    from labelwise.data.pairing import match_references
+
+    inputs = [_picture(tmp_path / "in" / name) for name in ("1_test.png", "01_test.png", "2_test.png")]
+    _picture(tmp_path / "ref" / "01_manual1.gif")
+    _picture(tmp_path / "ref" / "02_manual1.gif")
+    with pytest.raises(DataError, match=r"ambiguous, 01_test\.png, 1_test\.png have the same key"):
+        match_references(inputs, tmp_path / "ref")
+    with pytest.raises(DataError, match="no such file or folder"):
+        match_references(inputs, tmp_path / "nowhere")

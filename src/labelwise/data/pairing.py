@@ -31,6 +31,21 @@ order of their ids (``2`` before ``10``) are permuted by ``numpy.random.default_
 ``val * n`` (rounded half up) go to val, the next ``test * n`` to test, the rest to train; a non-zero share gets at
 least one case when there are 3 or more. The draw depends only on the seed and the set of ids. Unlabelled cases
 are always training cases (val and test cases are scored).
+
+References (:func:`match_references`): ``labelwise predict --reference/--roi`` and ``labelwise evaluate segmentation
+--truth/--roi`` pair each input (an image, or a predicted mask) with a mask of a reference folder by one rule:
+
+1. Whole name: the file named as the input without suffix (``case1.png`` for ``case1.nii.gz``);
+2. else a name ending, the input's name plus one of ``_mask``, ``_seg``, ``_label``, ``_gt``, ``_roi``
+   (``case1_mask.nii.gz``). A whole name beats a name ending; two files of the same rank (``case1.nii.gz`` and
+   ``case1.png``, or ``case1_mask.nii.gz`` and ``case1_seg.nii.gz``) are refused, naming both;
+3. else the key of the folder pairing above, each side's keys taken over its whole folder (``01_test.tif`` with
+   ``01_manual1.gif``), among the files no input took by name; a key shared by two files, or by two inputs, is
+   refused, naming them.
+
+Inputs found in the reference folder are no candidates (a folder of images with their masks can be both); hidden
+files are ignored. A reference given as one file pairs with a single input whatever its name, and otherwise counts
+as a folder holding that file. Inputs without a match are left out: the caller says which are missing.
 """
 
 from __future__ import annotations
@@ -48,13 +63,18 @@ from pathlib import Path
 import numpy as np
 
 from labelwise.data.manifest import SPLITS, Case, read_manifest
-from labelwise.data.volumes import VOLUME_SUFFIXES, case_id, suffix_of
+from labelwise.data.volumes import VOLUME_SUFFIXES, Volume, case_id, same_spacing, stores_spacing, suffix_of
 from labelwise.errors import DataError
 
-__all__ = ["PAIR_SUFFIXES", "assign_splits", "file_keys", "match_by_key", "natural_key", "pair_files", "write_manifest"]
+__all__ = ["PAIR_SUFFIXES", "REFERENCE_SUFFIXES", "assign_splits", "check_reference", "file_keys", "mask_files",
+           "match_references", "natural_key", "pair_files", "write_manifest"]
 
 #: Suffixes of the files paired: what :func:`labelwise.data.volumes.read_volume` reads, and GIF (DRIVE's masks).
 PAIR_SUFFIXES = VOLUME_SUFFIXES + tuple(s for s in (".gif",) if s not in VOLUME_SUFFIXES)
+#: Name endings of a reference mask after its input's name (``case1_mask.nii.gz`` for ``case1.nii.gz``).
+REFERENCE_SUFFIXES = ("_mask", "_seg", "_label", "_gt", "_roi")
+#: Relative tolerance of the spacings of an input and its reference.
+SPACING_RTOL = 1e-3
 COLUMNS = ("id", "image", "label", "split", "truth", "roi")
 _SEPARATOR = re.compile(r"[\W_]+")
 _SHOWN = 10
@@ -89,19 +109,107 @@ def _match_key(key: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(_norm(t) for t in key)
 
 
-def match_by_key(inputs: Sequence[Path], others: Sequence[Path]) -> dict[Path, Path]:
-    """``{input: other}`` for the inputs whose key (:func:`file_keys`, each side within its own folder) is the key
-    of exactly one of ``others`` (``01_test.tif`` with ``01_manual1.gif``); inputs without or with several matches
-    are left out."""
+def mask_files(folder: str | Path, what: str) -> list[Path]:
+    """The mask files directly in ``folder`` (:data:`PAIR_SUFFIXES`; hidden files ignored), sorted by name; refused
+    when ``folder`` is missing, not a folder or holds none. ``what`` names the folder in messages."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} not found" if not folder.exists()
+                        else f"{what}: {folder} is not a folder")
+    files = [path for path in sorted(folder.iterdir()) if not path.name.startswith(".") and path.is_file()
+             and suffix_of(path) in PAIR_SUFFIXES]
+    if not files:
+        raise DataError(f"{what} folder {folder} holds no mask files ({', '.join(PAIR_SUFFIXES)})")
+    return files
+
+
+def match_references(inputs: Sequence[Path], reference: str | Path, what: str = "reference") -> dict[Path, Path]:
+    """``{input: reference mask}`` for the ``inputs`` that ``reference`` (a folder, or one file) holds a mask for,
+    by the rule of the module docstring (whole name, name ending, key); inputs without one are left out. Refused,
+    naming the files: ambiguous matches, a missing reference, a folder without mask files."""
+    inputs = list(inputs)
+    reference = Path(reference)
+    if reference.is_file():
+        if len(inputs) == 1:
+            return {inputs[0]: reference}
+        candidates = [reference]
+    elif reference.is_dir():
+        own = {path.resolve() for path in inputs}
+        candidates = [path for path in mask_files(reference, what) if path.resolve() not in own]
+    else:
+        raise DataError(f"{what} {reference}: no such file or folder")
+    by_name: dict[str, list[Path]] = {}
+    for path in candidates:
+        by_name.setdefault(case_id(path), []).append(path)
+    found: dict[Path, Path] = {}
+    for path in inputs:
+        cid = case_id(path)
+        for name in (cid, *(cid + ending for ending in REFERENCE_SUFFIXES)):
+            if by_name.get(name):
+                break
+        else:
+            continue
+        if name != cid:  # a name ending: every ending's files compete
+            same = [f for ending in REFERENCE_SUFFIXES for f in by_name.get(cid + ending, [])]
+        else:
+            same = by_name[cid]
+        if len(same) > 1:
+            raise DataError(f"{what} {reference}: several {what} masks for {path.name}: {_names(same)}")
+        found[path] = same[0]
+    rest = [path for path in inputs if path not in found]
+    spare = [path for path in candidates if path not in set(found.values())]
+    if rest and spare:
+        found.update(_match_keys(inputs, rest, candidates, spare, reference, what))
+    return found
+
+
+def _match_keys(inputs: list[Path], rest: list[Path], candidates: list[Path], spare: list[Path], reference: Path,
+                what: str) -> dict[Path, Path]:
+    """``{input: file}`` for the inputs of ``rest`` whose key is that of exactly one file of ``spare``, keys taken
+    over all ``inputs`` and all ``candidates`` (each side's folder); two files or two inputs of one key refused."""
+    spare_keys = {path: key for path, key in file_keys(candidates).items() if path in spare}
     by_key: dict[tuple[str, ...], list[Path]] = {}
-    for other, key in file_keys(list(others)).items():
-        by_key.setdefault(_match_key(key), []).append(other)
-    matches = {}
-    for path, key in file_keys(list(inputs)).items():
-        found = by_key.get(_match_key(key), [])
-        if key and len(found) == 1:
-            matches[path] = found[0]
+    for path, key in spare_keys.items():
+        by_key.setdefault(_match_key(key), []).append(path)
+    input_keys = file_keys(inputs)
+    matches: dict[Path, Path] = {}
+    takers: dict[Path, list[Path]] = {}
+    for path in rest:
+        key = input_keys[path]
+        files = by_key.get(_match_key(key), []) if key else []
+        if len(files) > 1:
+            raise DataError(f"{what} {reference}: several {what} masks for {path.name}, all of key "
+                            f"{_key_text(key)}: {_names(files)}")
+        if files:
+            matches[path] = files[0]
+            takers.setdefault(files[0], []).append(path)
+    for file, paths in takers.items():
+        if len(paths) > 1:
+            raise DataError(f"{what} {reference}: ambiguous, {_names(paths)} have the same key "
+                            f"{_key_text(input_keys[paths[0]])} as {file.name}")
     return matches
+
+
+def check_reference(input_path: Path, image: Volume, reference_path: Path, reference: Volume,
+                    what: str = "reference", input_what: str = "input") -> tuple[float, ...]:
+    """Refuse a ``reference`` mask whose shape differs from the spatial shape of ``image`` (an input image or a
+    predicted mask), or whose spacing differs by more than :data:`SPACING_RTOL` relative where both files store one
+    (:func:`labelwise.data.volumes.stores_spacing`). Returns the spacing to score with: a file's that stores one,
+    else 1s (pictures and ``.npy`` carry none)."""
+    if reference.array.ndim not in (2, 3):
+        raise DataError(f"{reference_path}: masks must be 2D or 3D, got shape {tuple(reference.array.shape)}")
+    if tuple(reference.array.shape) != tuple(image.spatial_shape):
+        raise DataError(f"shape mismatch: {what} {reference_path} does not match the input it is scored with: "
+                        f"{input_what} {input_path} has shape {tuple(image.spatial_shape)}, {what} {reference_path} "
+                        f"has shape {tuple(reference.array.shape)}")
+    if stores_spacing(input_path) and stores_spacing(reference_path):
+        if not same_spacing(image.spacing, reference.spacing, SPACING_RTOL):
+            raise DataError(f"spacing mismatch: {input_what} {input_path} has spacing {tuple(image.spacing)}, "
+                            f"{what} {reference_path} has spacing {tuple(reference.spacing)} "
+                            f"(tolerance {SPACING_RTOL:g} relative)")
+        return tuple(float(s) for s in reference.spacing)
+    spacing = image.spacing if stores_spacing(input_path) else reference.spacing
+    return tuple(float(s) for s in spacing)
 
 
 def _names(files: Sequence[Path]) -> str:

@@ -2,7 +2,9 @@
 
 Devices and data parallelism (``trainer.devices`` processes: gloo on CPU, NCCL on GPU), precision,
 deterministic seeding, gradient clipping, a non-finite-loss guard, atomic checkpoints and exact resume,
-progress, the metrics log and the end-of-run evaluation all live here, once, for every method.
+progress, the metrics log and the end-of-run evaluation all live here, once, for every method. The files a run
+writes at its end (predictions, figures, summaries) go through one output hook, ``write_outputs``, for every task:
+the engine knows no output format.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 import torch
 from lightning.fabric import Fabric
 from torch.utils.data import DataLoader
@@ -24,7 +25,6 @@ from torch.utils.data import DataLoader
 import labelwise
 from labelwise.config import Config, load_config, save_config
 from labelwise.data import DataBundle, MixedBatchSampler, StepBatchSampler, load_data
-from labelwise.data.npz import save_npz
 from labelwise.data.patches import VolumeDataset
 from labelwise.engine.checkpoint import latest_checkpoint, load_state, load_weights, rng_states, save_checkpoint, set_rng_states
 from labelwise.engine.progress import StepProgress
@@ -34,9 +34,6 @@ from labelwise.io import atomic_write
 
 if TYPE_CHECKING:
     from labelwise.methods import Method
-
-N_SAMPLES = 8  # samples kept for the report
-
 
 class NonFiniteLossError(LabelwiseError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
@@ -107,16 +104,19 @@ class Trainer:
     """Runs one Method from a Config into a run directory.
 
     ``method``: the Method class (``labelwise.methods.METHODS[config.method.name]``), built once the data is loaded.
-    ``write_cases``: the end-of-run hook of runs on image files (a manifest): called as
-    ``write_cases(folder, split_dataset, predictions)`` with the test split's cases and their predictions, it writes
-    the per-case files (``labelwise.inference.predict.save_run_predictions`` does: masks, probabilities, figures,
-    segmentation.json); None writes none. ``labelwise.training.train`` wires both."""
+    ``write_outputs``: the end-of-run output hook, one for every task: called as
+    ``write_outputs(predictions_folder, split, data, predictions, seed)`` with the test split's predictions from
+    :meth:`Method.evaluate`, it writes the run's output files and returns metrics to log beside the Method's
+    (``labelwise.inference.run_outputs.write_run_outputs`` does: per-case masks, figures and segmentation.json, or
+    the prediction arrays and the classification summary); None writes none. ``labelwise.training.train`` wires
+    both."""
 
     def __init__(self, config: Config, run_dir: str | Path, method: type[Method], fabric: Fabric | None = None,
-                 write_cases: Callable[[Path, VolumeDataset, dict[str, Any]], Any] | None = None):
+                 write_outputs: Callable[[Path, str, DataBundle, dict[str, Any], int], dict[str, float] | None]
+                 | None = None):
         self.config = config
         self.method_class = method
-        self.write_cases = write_cases
+        self.write_outputs = write_outputs
         self.run = RunDir(run_dir)
         self.fabric = fabric or make_fabric(config)
         self.frozen: dict[str, list[str]] = {}  # model.freeze_backbone: the frozen state-dict names per network
@@ -408,7 +408,7 @@ class Trainer:
             if self.fabric.is_global_zero:
                 self.run.update_summary(calibration="no validation cases: the threshold stays 0.5 (argmax)")
             return
-        outputs, target, _ = self.predict_split("val")
+        outputs, target = self.predict_split("val")
         dataset = self.data.split("val")
         rois = dataset.rois if isinstance(dataset, VolumeDataset) else None
         value, score = self.method.calibrate(outputs, target, rois)
@@ -446,74 +446,37 @@ class Trainer:
             self.run.update_summary(step=step)
         self.fabric.barrier()
 
-    def _classification_summary(self, split: str, arrays: dict[str, np.ndarray],
-                                groups: dict[str, np.ndarray]) -> dict[str, float]:
-        """Write ``predictions/<split>_evaluation.json`` (AUC with bootstrap CI, calibration, per-group AUC and
-        ES-AUC for every attribute; :func:`labelwise.metrics.fairness.summarize`) and return its headline numbers."""
-        from labelwise.metrics.fairness import summarize
-
-        summary = summarize(arrays["probability"], arrays["target"], self.data.multilabel, self.data.class_names,
-                            groups, resamples=1000, seed=self.config.seed)
-        atomic_write(self.run.predictions / f"{split}_evaluation.json", json.dumps(summary, indent=2))
-        return _classification_summary_metrics(summary)
-
     @torch.no_grad()
-    def predict_split(self, split: str) -> tuple[Any, Any, Any]:
-        """Logits, targets and images of a whole split, on the CPU (every process computes all of it); for cases of
-        their own sizes (:class:`VolumeDataset`) lists with one tensor per case."""
+    def predict_split(self, split: str) -> tuple[Any, Any]:
+        """Logits and targets of a whole split, on the CPU (every process computes all of it); for cases of their own
+        sizes (:class:`VolumeDataset`) lists with one tensor per case."""
         dataset = self.data.split(split)
         for net in self.method.networks.values():
             net.eval()
         if isinstance(dataset, VolumeDataset):
             logits = [self.method.predict(image[None].to(self.fabric.device), spacing=spacing)[0].float().cpu()
                       for image, spacing in zip(dataset.image, dataset.spacings)]
-            return logits, dataset.target, dataset.image[:N_SAMPLES]
+            return logits, dataset.target
         outputs = []
         bs = self.config.data.eval_batch_size
         for start in range(0, len(dataset), bs):
             image = dataset.image[start : start + bs].to(self.fabric.device)
             outputs.append(self.method.predict(image).float().cpu())
-        return torch.cat(outputs), dataset.target, dataset.image[:N_SAMPLES]
+        return torch.cat(outputs), dataset.target
 
     def _evaluate(self, split: str, step: int, started: float, save_predictions: bool = False) -> dict[str, float]:
         if split not in self.data.splits or len(self.data.splits[split]) == 0:
             return {}
-        outputs, target, images = self.predict_split(split)
+        outputs, target = self.predict_split(split)
         rois = self.data.split(split).rois if isinstance(self.data.split(split), VolumeDataset) else None
         metrics, predictions = self.method.evaluate(outputs, target, rois=rois)
         if not self.fabric.is_global_zero:
             return metrics
-        dataset = self.data.split(split)
-        if save_predictions and isinstance(dataset, VolumeDataset):
-            if self.write_cases is not None:
-                self.write_cases(self.run.predictions / split, dataset, predictions)
-        elif save_predictions:
-            arrays = {k: v.cpu().numpy() for k, v in predictions.items()}
-            rows = dataset.indices.numpy()
-            groups = {name: values[rows] for name, values in self.data.attributes.items()}
-            if self.data.task == "classification" and "probability" in arrays:
-                metrics.update(self._classification_summary(split, arrays, groups))
-            attributes = {f"attribute_{name}": values.astype(str) for name, values in groups.items()}
-            save_npz(self.run.predictions / f"{split}.npz", {**arrays, "index": rows, **attributes}, compress=True)
-            if self.data.ids is not None:
-                atomic_write(self.run.predictions / f"{split}_ids.txt", "".join(f"{i}\n" for i in self.data.ids[rows]))
-            samples = {
-                "image": images.numpy(),
-                "target": arrays["target"][:N_SAMPLES],
-                "prediction": arrays["prediction"][:N_SAMPLES],
-                "task": np.array(self.data.task),
-                "class_names": np.array(self.data.class_names, dtype=str),
-            }
-            save_npz(self.run.predictions / "samples.npz", samples, compress=True)
+        if save_predictions and self.write_outputs is not None:
+            metrics.update(self.write_outputs(self.run.predictions, split, self.data, predictions,
+                                              self.config.seed) or {})
         self.run.append_metrics({"step": step, "split": split, "time": round(time.perf_counter() - started, 3), **metrics})
         return metrics
-
-
-def _classification_summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers of an evaluation summary as flat metrics (``es_auc/<attribute>``)."""
-    metrics = {k: summary[k] for k in ("auc", "sensitivity_at_90_specificity", "ece") if summary.get(k) is not None}
-    metrics.update({f"es_auc/{name}": value for name, value in summary["es_auc"].items() if value is not None})
-    return {k: float(v) for k, v in metrics.items()}
 
 
 def _sigterm_as_interrupt() -> Any:

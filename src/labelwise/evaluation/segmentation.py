@@ -1,18 +1,22 @@
 """Score a folder of predicted masks against a folder of reference masks (``labelwise evaluate segmentation``).
 
-Files are matched by case id (the file name without its suffix: ``case01.nii.gz`` <-> ``case01.png``), and ids with
-no file of their name by the pairing rule of ``labelwise data manifest`` (``01_test.png`` <-> ``01_manual1.gif``); any of
-``.nii.gz .nii .png .tif .tiff .jpg .jpeg .npy`` is read with :func:`labelwise.data.volumes.read_volume`. When
-``pred`` holds a ``masks/`` folder (where ``labelwise predict`` writes its masks) that folder is read. Each case
-gets the scores of :func:`labelwise.metrics.surface.segmentation_scores` of the whole foreground, ``label > 0``.
-With ``roi`` (a folder of region-of-interest masks, matched by
-case id the same way), both masks are background outside each case's region: scores inside it.
+Each predicted mask (case id: the file name without its suffix) is paired with a reference mask by
+:func:`labelwise.data.pairing.match_references`, the rule ``labelwise predict --reference`` uses too: the file of the
+same name (``case01.nii.gz`` <-> ``case01.png``), else of that name plus ``_mask``, ``_seg``, ``_label``, ``_gt`` or
+``_roi`` (``case01_mask.nii.gz``), else of the same key under the pairing rule of ``labelwise data manifest``
+(``01_test.png`` <-> ``01_manual1.gif``); any of ``.nii.gz .nii .png .tif .tiff .jpg .jpeg .gif .bmp .npy`` is read
+with :func:`labelwise.data.volumes.read_volume`. When ``pred`` holds a ``masks/`` folder (where ``labelwise predict``
+writes its masks) that folder is read. Each case gets the scores of the one per-case scorer,
+:func:`labelwise.metrics.surface.score_case`, of the whole foreground, ``label > 0``. With ``roi`` (a folder of
+region-of-interest masks, matched the same way), both masks are background outside each case's region: scores
+inside it.
 
 Refused with a :class:`~labelwise.errors.DataError` naming the files: cases present on one side only (unless
-``allow_missing``, which skips them with a note), two files with the same case id in one folder, shapes that
-differ, and voxel spacings that differ by more than ``1e-3`` relative on any axis. Spacing is only compared
-between files that store one (NIfTI); ``.npy`` and pictures carry none and take the other file's. Distances are in
-the spacing's units: mm for NIfTI, pixels otherwise (``spacing_unit``).
+``allow_missing``, which skips them with a note), two predicted files with the same case id, ambiguous references
+(two files of one rank for a case), shapes that differ, and voxel spacings that differ by more than ``1e-3``
+relative on any axis (:func:`labelwise.data.pairing.check_reference`). Spacing is only compared between files that
+store one (NIfTI); ``.npy`` and pictures carry none and take the other file's. Distances are in the spacing's units:
+mm for NIfTI, pixels otherwise (``spacing_unit``).
 
 The summary is the mean and the sample standard deviation (``ddof=1``) over cases, each ignoring nan values (see
 the empty-mask conventions in :mod:`labelwise.metrics.surface`); the std of a single value is nan. ``count`` says
@@ -27,9 +31,9 @@ table shows ``(n=k)`` beside every mean over fewer than all cases::
     Path("scores.json").write_text(to_json(result))
 
 Several classes (label maps ``0..K``): when a mask of any case holds a label above 1, or ``class_names`` are given,
-every case is also scored per class by :func:`labelwise.metrics.surface.class_scores` (label ``k`` against label
-``k``), ``K`` being the number of names, else the highest label found in any mask; classes are named
-``class_names`` or ``"1", "2", ...``. The whole-foreground scores stay where they were; the result adds::
+every case is also scored per class (label ``k`` against label ``k``; :func:`labelwise.metrics.surface.scored_classes`),
+``K`` being the number of names, else the highest label found in any mask; classes are named ``class_names`` or
+``"1", "2", ...``. The whole-foreground scores stay where they were; the result adds::
 
     {"classes": ["liver", "tumour"],                       # [] when scored as one foreground only
      "cases": [{..., "per_class": {"liver": {"dice": ..., ...}, "tumour": {...}}}],
@@ -51,23 +55,16 @@ from typing import Any
 
 import numpy as np
 
-from labelwise.data.volumes import (
-    NIFTI_SUFFIXES,
-    VOLUME_SUFFIXES,
-    case_id,
-    read_volume,
-    suffix_of,
-)
-from labelwise.data.pairing import match_by_key
+from labelwise.data.pairing import check_reference, mask_files, match_references
+from labelwise.data.volumes import case_id, read_volume, stores_spacing
 from labelwise.errors import DataError
 from labelwise.io import json_ready
 from labelwise.metrics.aggregate import empty_mask_note, mean_std
-from labelwise.metrics.surface import SCORE_NAMES, class_scores
+from labelwise.metrics.surface import SCORE_NAMES, highest_label, score_case, scored_classes
 
 __all__ = ["SCORE_LABELS", "SCORE_NAMES", "evaluate_segmentation", "format_table",
            "summarize_cases", "summarize_classes", "to_csv", "to_json"]
 
-SPACING_RTOL = 1e-3
 _LIST_AT_MOST = 10
 
 SCORE_LABELS = {
@@ -83,60 +80,28 @@ def _listing(ids: list[str]) -> str:
 
 
 def _cases(folder: Path, what: str) -> dict[str, Path]:
-    """Case id -> file of the mask files directly in ``folder``."""
-    if not folder.is_dir():
-        raise DataError(f"{what} folder {folder} not found" if not folder.exists()
-                        else f"{what}: {folder} is not a folder")
+    """Case id -> file of the mask files directly in ``folder``; two files of one id refused."""
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or suffix_of(path) not in VOLUME_SUFFIXES:
-            continue
+    for path in mask_files(folder, what):
         cid = case_id(path)
         if cid in found:
             raise DataError(f"{what}: two files for case {cid!r}: {found[cid]} and {path}")
         found[cid] = path
-    if not found:
-        raise DataError(f"{what} folder {folder} holds no mask files ({', '.join(VOLUME_SUFFIXES)})")
     return found
 
 
-def _keyed(pred_files: dict[str, Path], others: dict[str, Path]) -> dict[str, Path]:
-    """``others`` by case id, where the prediction ids with no file of their own name take the one file whose key
-    is theirs under ``labelwise data manifest``'s pairing rule (``01_test.png`` with ``01_manual1.gif``)."""
-    unmatched = [path for cid, path in pred_files.items() if cid not in others]
-    spare = [path for cid, path in others.items() if cid not in pred_files]
-    if not unmatched or not spare:
-        return others
-    paired = {case_id(p): o for p, o in match_by_key(unmatched, spare).items()}
-    used = set(paired.values())
-    return {**{cid: path for cid, path in others.items() if path not in used}, **paired}
+def _references(pred_files: dict[str, Path], folder: Path, what: str) -> tuple[dict[str, Path], list[str]]:
+    """The reference of each case id of ``pred_files`` that ``folder`` holds one for
+    (:func:`labelwise.data.pairing.match_references`), and the case ids of the folder's files left unpaired."""
+    files = mask_files(folder, what)
+    matched = match_references(list(pred_files.values()), folder, what)
+    used = set(matched.values())
+    return ({case_id(p): r for p, r in matched.items()},
+            sorted({case_id(f) for f in files if f not in used and f.resolve() not in
+                    {p.resolve() for p in pred_files.values()}}))
 
 
-def _has_spacing(path: Path) -> bool:
-    return suffix_of(path) in NIFTI_SUFFIXES
-
-
-def _check_pair(pred_path: Path, truth_path: Path, pred_vol, truth_vol) -> tuple[float, ...]:
-    """Refuse differing shapes or spacings; the spacing to score with."""
-    if pred_vol.array.shape != truth_vol.array.shape:
-        raise DataError(f"shape mismatch: prediction {pred_path} has shape {tuple(pred_vol.array.shape)}, "
-                        f"truth {truth_path} has shape {tuple(truth_vol.array.shape)}")
-    if pred_vol.array.ndim not in (2, 3):
-        raise DataError(f"{truth_path}: masks must be 2D or 3D, got shape {tuple(truth_vol.array.shape)}")
-    ps, ts = pred_vol.spacing, truth_vol.spacing
-    if _has_spacing(pred_path) and _has_spacing(truth_path):
-        a, b = np.asarray(ps, dtype=np.float64), np.asarray(ts, dtype=np.float64)
-        if a.shape != b.shape or np.any(np.abs(a - b) > SPACING_RTOL * np.maximum(np.abs(a), np.abs(b))):
-            raise DataError(f"spacing mismatch: prediction {pred_path} has spacing {tuple(ps)}, "
-                            f"truth {truth_path} has spacing {tuple(ts)} (tolerance {SPACING_RTOL:g} relative)")
-        return tuple(ts)
-    return tuple(ps) if _has_spacing(pred_path) else tuple(ts)
-
-
-def _labels_note(path: Path, array: np.ndarray, what: str) -> str | None:
-    top = int(array.max(initial=0))
-    if top <= 1:
-        return None
+def _labels_note(path: Path, array: np.ndarray, what: str) -> str:
     labels = [int(v) for v in np.unique(array) if v > 0]
     return f"{what} {path.name} holds labels {_listing([str(v) for v in labels])}"
 
@@ -157,9 +122,8 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
     if (pred / "masks").is_dir():
         pred = pred / "masks"
     pred_files = _cases(pred, "prediction")
-    truth_files = _keyed(pred_files, _cases(truth, "truth"))
+    truth_files, truth_only = _references(pred_files, truth, "truth")
     pred_only = sorted(set(pred_files) - set(truth_files))
-    truth_only = sorted(set(truth_files) - set(pred_files))
     notes: list[str] = []
     if (pred_only or truth_only) and not allow_missing:
         parts = []
@@ -167,8 +131,9 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
             parts.append(f"{len(pred_only)} predicted case(s) without truth in {truth}: {_listing(pred_only)}")
         if truth_only:
             parts.append(f"{len(truth_only)} truth case(s) without prediction in {pred}: {_listing(truth_only)}")
-        raise DataError("; ".join(parts) + " (cases are matched by file name without suffix; "
-                        "allow missing cases to skip them)")
+        raise DataError("; ".join(parts) + " (a reference is the file of the prediction's name without suffix, "
+                        "else of that name plus _mask, _seg, _label, _gt or _roi, else of its key as labelwise data "
+                        "manifest pairs files; allow missing cases to skip them)")
     if pred_only:
         notes.append(f"skipped {len(pred_only)} predicted case(s) without truth: {_listing(pred_only)}")
     if truth_only:
@@ -176,7 +141,7 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
     common = sorted(set(pred_files) & set(truth_files))
     if not common:
         raise DataError(f"no case id is found in both {pred} and {truth}")
-    roi_files = _keyed(pred_files, _cases(Path(roi), "region-of-interest")) if roi is not None else {}
+    roi_files = _references(pred_files, Path(roi), "region-of-interest")[0] if roi is not None else {}
     no_roi = [cid for cid in common if roi is not None and cid not in roi_files]
     if no_roi:
         raise DataError(f"{len(no_roi)} case(s) without a region-of-interest mask in {roi}: {_listing(no_roi)}")
@@ -185,33 +150,34 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
     per_case: list[list[dict[str, float]]] = []  # each case's class scores, labels 1.. its highest (or len(names))
     multi: list[str] = []  # which masks hold labels above 1
     units: set[str] = set()
+    tops: list[int] = []  # each case's highest label
     for cid in common:
         pp, tp = pred_files[cid], truth_files[cid]
         pv, tv = read_volume(pp, mask=True), read_volume(tp, mask=True)
-        spacing = _check_pair(pp, tp, pv, tv)
+        spacing = check_reference(pp, pv, tp, tv, "truth", "prediction")
         for path, vol, what in ((pp, pv, "prediction"), (tp, tv, "truth")):
-            note = _labels_note(path, vol.array, what)
-            if note:
-                multi.append(note)
-        units.add("mm" if _has_spacing(pp) or _has_spacing(tp) else "pixels")
+            if highest_label(vol.array) > 1:
+                multi.append(_labels_note(path, vol.array, what))
+        units.add("mm" if stores_spacing(pp) or stores_spacing(tp) else "pixels")
         region = None
         if roi is not None:
             rv = read_volume(roi_files[cid], mask=True)
-            _check_pair(pp, roi_files[cid], pv, rv)
+            check_reference(pp, pv, roi_files[cid], rv, "region-of-interest", "prediction")
             region = rv.array > 0
+        top = highest_label(pv.array, tv.array)
         try:
-            scored = class_scores(pv.array, tv.array, spacing, len(names) + 1 if names else None, region, names)
+            scored = score_case(pv.array, tv.array, spacing, region, scored_classes(names=names, highest=top))
         except DataError as err:
             raise DataError(f"case {cid} ({pp} vs {tp}): {err}"
                             + (f" ({len(names)} class names given)" if names else "")) from None
-        per_case.append(list(scored["per_class"].values()))
+        tops.append(top)
+        # labels 1 .. the case's highest (or the names); a case of one foreground: label 1 is its foreground
+        per_case.append(list(scored["per_class"].values()) or [scored["foreground"]])
         cases.append({"id": cid, "pred": str(pp), "truth": str(tp), "spacing": [float(s) for s in spacing],
                       **({"roi": str(roi_files[cid])} if roi is not None else {}), **scored["foreground"]})
 
-    classes: list[str] = []
-    if names or multi:
-        top = len(names) if names else max(len(scores) for scores in per_case)
-        classes = names or [str(k) for k in range(1, top + 1)]
+    classes = scored_classes(names=names, highest=max(tops))
+    if classes:
         for case, scores in zip(cases, per_case):  # labels above a case's highest: absent from both masks, nan
             case["per_class"] = {name: scores[k] if k < len(scores) else dict(_NAN_SCORES)
                                  for k, name in enumerate(classes)}

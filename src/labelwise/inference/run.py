@@ -9,7 +9,7 @@ inference settings (threshold, window, overlap). The training data is never read
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from labelwise.errors import DataError, LabelwiseError
 from labelwise.methods import METHODS, Method
 from labelwise.models.outputs import Threshold, activate, parse_threshold, remove_small_components, segment
 
-__all__ = ["RunModel", "fit_channels", "input_files", "load_run"]
+__all__ = ["RunModel", "fit_channels", "input_files", "load_run", "reporter"]
 
 
 @dataclass
@@ -288,3 +288,15 @@ def fit_channels(array: np.ndarray, path: Path, in_channels: int, spatial_dims: 
         else:
             raise DataError(f"{path}: {channels} channels; the model takes {in_channels}")
     return array
+
+
+def reporter(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
+    """Where a predict command's progress lines go: ``progress`` itself when callable, stderr when True, nowhere
+    when False."""
+    if callable(progress):
+        return progress
+    if progress:
+        import typer
+
+        return lambda line: typer.echo(line, err=True)
+    return lambda line: None

@@ -12,6 +12,7 @@ from labelwise.augment.pipeline import Augment
 from labelwise.errors import ConfigError
 from labelwise.metrics import classification as cls_metrics
 from labelwise.metrics import segmentation as seg_metrics
+from labelwise.metrics.surface import inside, score_case, scored_classes
 from labelwise.models.backbones import build_backbone, encoder_state, freeze_encoder, load_encoder
 from labelwise.models.outputs import remove_small_components, segment
 from labelwise.models.windows import sliding_window_predict
@@ -255,18 +256,24 @@ class Method:
         elif isinstance(outputs, (list, tuple)):  # whole cases of their own sizes
             pairs = [self.segment(o[None]) for o in outputs]
             probability, prediction = [p[0] for p, _ in pairs], [m[0] for _, m in pairs]
-            if rois is not None:
-                prediction = [m if r is None else m * r for m, r in zip(prediction, rois)]
-                target = [t if r is None else t * r for t, r in zip(target, rois)]
-            per_class = torch.cat([seg_metrics.dice(m[None], t[None], num_classes=k)
-                                   for m, t in zip(prediction, target)])
-            metrics = self._dice_metrics(per_class)
-            predictions = {"prediction": prediction, "probability": probability, "target": list(target)}
+            regions = list(rois) if rois is not None else [None] * len(prediction)
+            prediction = [inside(m, r) for m, r in zip(prediction, regions)]  # background outside the roi
+            target = [inside(t, r) for t, r in zip(target, regions)]
+            metrics = self._dice_metrics(self._case_dice(prediction, target))
+            predictions = {"prediction": prediction, "probability": probability, "target": target}
         else:
             prediction = self.segment(outputs)[1]
-            metrics = self._dice_metrics(seg_metrics.dice(prediction, target, num_classes=k))
+            metrics = self._dice_metrics(self._case_dice(prediction, target))
             predictions = {"prediction": prediction, "target": target}
         return {key: float(value) for key, value in metrics.items()}, predictions
+
+    def _case_dice(self, prediction: Any, target: Any) -> torch.Tensor:
+        """Per-case, per-class Dice ``(N, K - 1)`` float64 of label maps (one per case) by the package's one per-case
+        scorer, :func:`labelwise.metrics.surface.score_case`, its overlap scores only (a validation stays fast)."""
+        classes = scored_classes(self.data.num_classes)
+        scores = [score_case(m, t, classes=classes, distances=False) for m, t in zip(prediction, target)]
+        return torch.tensor([[c["dice"] for c in s["per_class"].values()] or [s["foreground"]["dice"]]
+                             for s in scores], dtype=torch.float64).reshape(len(scores), -1)
 
     def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, K, *spatial)`` logits -> foreground probability ``(B, *spatial)`` and label map ``(B, *spatial)``

@@ -1,0 +1,250 @@
+"""``labelwise predict``: a segmentation run's network over new images and volumes, by overlapping windows.
+
+Each input is cut into windows of ``window`` that overlap by ``overlap`` (0.5: a stride of half a window, as DS6
+does with 64^3 patches at stride 32); the windows' logits are blended with a Gaussian weight (the centre of a window
+counts more than its edges) by MONAI's :func:`monai.inferers.sliding_window_inference`, which also pads inputs
+smaller than a window. Windows are rounded up to a size the network accepts (UNetMSS: multiples of 16; a MONAI
+UNet with n levels: of 2^(n-1)).
+
+Written under ``out`` for an input ``<id>.<suffix>`` (``<id>`` as :func:`labelwise.data.volumes.case_id` gives it)::
+
+    probabilities/<id>.nii.gz   foreground probability, float32 (3D and NIfTI inputs; input's spacing and affine)
+    probabilities/<id>.png      ... 2D pictures and arrays: 8-bit picture, plus <id>.npy (float32)
+    masks/<id>.nii.gz           predicted labels, uint8 (2D pictures and arrays: masks/<id>.png, 0/255 if binary)
+    figures/<id>_mip.png        3D: maximum-intensity projection of the image with the mask's projection in colour;
+                                2D: the image with the mask filled and outlined
+    figures/<id>_diff.png       with a reference mask: true positives white, false negatives red, false positives
+                                blue, compared pixel by pixel on the two masks' projections
+                                (:func:`labelwise.inference.figures.diff_rgb`)
+    predictions.json            {"run", "checkpoint", "cases": [one entry per input], "mean_dice"}; with a
+                                reference, an entry's "dice" is the foreground Dice (None where both are empty)
+
+References and regions of interest are paired with the inputs by :func:`labelwise.data.pairing.match_references`
+(the rule of ``labelwise evaluate segmentation`` too) and scored by :func:`labelwise.metrics.surface.score_case`
+(its overlap scores), the one per-case scorer. The masks folder is what ``labelwise evaluate segmentation --pred OUT``
+reads.
+"""
+
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelwise.data.pairing import check_reference, match_references
+from labelwise.data.volumes import VOLUME_SUFFIXES, case_id, from_grid, read_volume, stores_spacing, write_volume
+from labelwise.errors import DataError
+from labelwise.inference.figures import diff_rgb, mask_overlay_rgb, project, write_png
+from labelwise.inference.run import RunModel, input_files, reporter
+from labelwise.io import atomic_write
+from labelwise.metrics.surface import inside, score_case, scored_classes
+from labelwise.models.outputs import Threshold, parse_threshold, segment
+from labelwise.models.windows import sizes
+
+__all__ = ["INDEX_NAME", "predict_files", "prediction_inputs", "probabilities", "write_case"]
+
+INDEX_NAME = "predictions.json"
+
+
+def probabilities(logits: Any, threshold: Threshold = None) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground probability ``(*spatial)`` float32 and mask ``(*spatial)`` int64 of one case's logits
+    ``(K, *spatial)``, by :func:`labelwise.models.outputs.segment` (the one threshold path)."""
+    logits = torch.as_tensor(logits).detach().float().cpu()
+    if logits.ndim not in (3, 4):
+        raise DataError(f"logits must be (K, H, W) or (K, D, H, W) (one case), got shape {tuple(logits.shape)}")
+    probability, mask, _ = segment(logits[None], parse_threshold(threshold))
+    return probability[0].numpy().astype(np.float32), mask[0].numpy()
+
+
+def prediction_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """Files given, and the readable files inside folders given (sorted): NIfTI, pictures, ``.npy``."""
+    return input_files(paths, VOLUME_SUFFIXES)
+
+
+def _references(reference: str | Path | None, files: Sequence[Path], what: str = "reference") -> dict[str, Path]:
+    """The ``reference`` mask (or region-of-interest mask) of each input by case id
+    (:func:`labelwise.data.pairing.match_references`); refused when it matches none."""
+    if reference is None:
+        return {}
+    found = {case_id(f): r for f, r in match_references(files, reference, what).items()}
+    if not found:
+        ids = [case_id(f) for f in files]
+        raise DataError(f"{reference}: no {what} mask matches the inputs' ids ({', '.join(ids[:5])}"
+                        f"{', ...' if len(ids) > 5 else ''}); name them <id>.nii.gz, <id>.png, ... or <id>_mask.*")
+    return found
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+def predict_files(
+    run: RunModel,
+    files: Sequence[str | Path],
+    out: str | Path,
+    threshold: Threshold | str = None,
+    reference: str | Path | None = None,
+    window: int | Sequence[int] | None = None,
+    overlap: float | None = None,
+    roi: str | Path | None = None,
+    *,
+    tta: bool | None = None,
+    min_size: int | None = None,
+    batch_size: int | None = None,
+    mip_axis: int | None = None,
+    progress: bool | Callable[[str], None] = True,
+) -> list[dict[str, Any]]:
+    """Predict every input (files, or folders of them) with ``run`` (a segmentation :class:`RunModel`) and write the
+    outputs listed in the module docstring under ``out``. Inputs are read and preprocessed as the run's training
+    data was (:meth:`RunModel.read`) and go through the run's own ``predict`` and threshold, so the test images give
+    the run's own test predictions.
+
+    ``threshold``: None keeps the run's (``method.threshold`` for one output channel, argmax otherwise); a number,
+    "otsu" or "argmax" overrides it (see :func:`labelwise.models.outputs.segment`). ``reference``: a folder of
+    reference masks paired with the inputs by :func:`labelwise.data.pairing.match_references` (or one mask for one
+    input) for the difference figures and Dice. ``roi``: a folder (or file) of region-of-interest masks matched the
+    same way: the mask is background outside a case's region and its Dice is scored inside it.
+    ``window``/``overlap``: the sliding windows (None: the run's ``data.patch_size`` and ``method.overlap``; a run
+    trained on whole images sees whole images). ``tta`` (flip test-time augmentation), ``min_size`` (smallest
+    connected component kept, voxels): None keeps the run's (``method.tta``, ``method.min_size``); ``batch_size``:
+    windows per forward pass. ``mip_axis``: the projection axis of 3D figures (see
+    :func:`labelwise.inference.figures.project`). ``progress``: True prints one line per case to stderr; a callable
+    receives that line.
+
+    Returns the cases' index entries (also merged, by id, into ``out/predictions.json``)."""
+    if run.task != "segmentation":
+        raise DataError(f"{run.run_dir}: a classification run; its predict writes class probabilities "
+                        "(labelwise.inference.predict_classes)")
+    dims = run.spatial_dims
+    run.configure(threshold=threshold, overlap=overlap,
+                  window=sizes(window, dims, "window size") if window is not None else None,
+                  tta=tta, min_size=min_size, batch_size=batch_size)
+    files = prediction_inputs(files)
+    ids = [case_id(f) for f in files]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DataError(f"several inputs have the id {repeated[0]}: "
+                        f"{', '.join(str(f) for f in files if case_id(f) == repeated[0])}")
+    references = _references(reference, files)
+    rois = _references(roi, files, what="region-of-interest")
+    missing = [cid for cid in ids if roi is not None and cid not in rois]
+    if missing:
+        raise DataError(f"{roi}: no region-of-interest mask for {', '.join(missing[:5])}"
+                        f"{', ...' if len(missing) > 5 else ''}")
+    report = reporter(progress)
+    out = Path(out)
+    entries: list[dict[str, Any]] = []
+    for number, path in enumerate(files, 1):
+        start = time.perf_counter()
+        cid = case_id(path)
+        raw = run.read_raw(path)  # the input's own grid: what outputs, references and rois are on
+        image = run.preprocess(raw)  # the training grid (reoriented, resampled) and intensity
+        ref = read_volume(references[cid], mask=True) if cid in references else None
+        if ref is not None:
+            check_reference(path, raw, references[cid], ref)
+        spatial = raw.spatial_shape
+        logits = run.logits(torch.from_numpy(image.array)[None], spacing=image.spacing)
+        shown = image.array
+        if image.grid is not None and image.grid.changed:  # logits back on the input's grid (linear), then thresholded
+            logits = torch.from_numpy(from_grid(logits.numpy(), image.grid))
+            shown = from_grid(image.array, image.grid)
+        probability, mask, used = (t[0] for t in run.segment(logits))
+        probability, mask = probability.numpy().astype(np.float32), mask.numpy()
+        del logits
+        region = None
+        if cid in rois:
+            roi_volume = read_volume(rois[cid], mask=True)
+            check_reference(path, raw, rois[cid], roi_volume, "region-of-interest")
+            region = roi_volume.array > 0
+        mask = inside(mask, region)  # background outside the region of interest
+
+        nifti = dims == 3 or stores_spacing(path)
+        files_written: dict[str, str | None] = {"diff": None}
+        files_written.update(write_case(out, cid, shown, probability, mask, raw.spacing, raw.affine, nifti,
+                                        {"": ref.array} if ref is not None else {}, mip_axis))
+        seconds = time.perf_counter() - start
+        window = run.method.window or list(spatial)
+        entry: dict[str, Any] = {
+            "id": cid, "input": str(path), **files_written,
+            "reference": str(references[cid]) if cid in references else None,
+            "threshold": used, "shape": list(spatial), "spacing": [float(s) for s in raw.spacing],
+            "window": [int(w) for w in window], "overlap": float(run.method.overlap),
+            "tta": bool(run.method.tta), "min_size": int(run.method.min_size),
+            "roi": str(rois[cid]) if cid in rois else None,
+            "foreground_voxels": int((mask > 0).sum()), "seconds": round(seconds, 3),
+        }
+        if ref is not None:  # the overlap scores of the one per-case scorer, inside the roi
+            scored = score_case(mask, ref.array, raw.spacing, region, scored_classes(run.num_classes),
+                                distances=False)
+            entry["dice"] = _finite(scored["foreground"]["dice"])
+            if scored["per_class"]:
+                entry["dice_per_class"] = [_finite(s["dice"]) for s in scored["per_class"].values()]
+        elif reference is not None:
+            entry["dice"] = None
+        entries.append(entry)
+        _write_index(out, run, entries)  # after every case, so an error later keeps what is done
+        score = (f", Dice {entry['dice']:.4f}" if entry.get("dice") is not None
+                 else (", no reference" if reference is not None else ""))
+        report(f"[{number}/{len(files)}] {cid} {'x'.join(map(str, spatial))}: {seconds:.1f} s, "
+               f"{entry['foreground_voxels']} foreground {'voxels' if dims == 3 else 'pixels'}{score}")
+    return entries
+
+
+def _finite(value: Any) -> float | None:
+    """A score for JSON: None where it is undefined (nan: both masks empty, the convention of
+    :func:`labelwise.metrics.segmentation.dice`)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _write_index(out: Path, run: RunModel, entries: list[dict[str, Any]]) -> Path:
+    path = out / INDEX_NAME
+    old: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            old = [e for e in json.loads(path.read_text()).get("cases", []) if isinstance(e, dict)]
+        except (OSError, ValueError, AttributeError):
+            old = []
+    new_ids = {e["id"] for e in entries}
+    cases = [e for e in old if e.get("id") not in new_ids] + entries
+    scores = [e["dice"] for e in cases if e.get("dice") is not None]
+    document = {
+        "run": str(run.run_dir), "checkpoint": str(run.checkpoint),
+        "cases": cases, "mean_dice": float(np.mean(scores)) if scores else None,
+    }
+    return atomic_write(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
+
+
+def write_case(out: Path, cid: str, image: np.ndarray, probability: np.ndarray, mask: np.ndarray,
+               spacing: Sequence[float], affine: np.ndarray | None, nifti: bool,
+               references: dict[str, np.ndarray] | None = None, mip_axis: int | None = None) -> dict[str, str]:
+    """Write one predicted case under ``out`` and return the paths written, relative to ``out``, by key:
+    ``probability`` and ``mask`` (NIfTI with ``spacing`` and ``affine`` when ``nifti``; else PNG, plus the
+    probability as ``probability_npy``), ``mip`` (the mask over the projection of ``image`` ``(C, *spatial)``:
+    colour shown as grey, otherwise its first channel) and, per reference mask ``{name: mask}``, ``diff_<name>``
+    (``diff`` for the name ""): white where both are set, red where only the reference is, blue where only the
+    prediction is."""
+    files = {"probability": f"probabilities/{cid}.nii.gz" if nifti else f"probabilities/{cid}.png",
+             "mask": f"masks/{cid}.nii.gz" if nifti else f"masks/{cid}.png"}
+    write_volume(out / files["probability"], probability, spacing if nifti else None, affine if nifti else None)
+    if not nifti:
+        files["probability_npy"] = f"probabilities/{cid}.npy"
+        write_volume(out / files["probability_npy"], probability)
+    write_volume(out / files["mask"], mask.astype(np.uint8), spacing, affine)
+    shown = image.mean(0) if image.shape[0] == 3 else image[0]
+    view, predicted = project(shown, affine, mip_axis), project(mask, affine, mip_axis)
+    files["mip"] = f"figures/{cid}_mip.png"
+    write_png(out / files["mip"], mask_overlay_rgb(view, predicted),
+               f"{cid}: prediction {'MIP' if mask.ndim == 3 else 'overlay'}")
+    for name, reference in (references or {}).items():
+        key = f"diff_{name}" if name else "diff"
+        files[key] = f"figures/{cid}_{key}.png"
+        write_png(out / files[key], diff_rgb(view, predicted > 0, project(reference > 0, affine, mip_axis)),
+                   f"{cid}: {f'vs {name}: ' if name else ''}white true positive, red false negative, blue false positive")
+    return files
