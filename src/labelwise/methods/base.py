@@ -301,7 +301,7 @@ class Method:
                   rois: list[torch.Tensor | None] | None = None) -> tuple[float, float]:
         """``threshold: calibrate``: set :attr:`calibrated` to the threshold on the foreground probability that gives
         the highest mean Dice over the validation cases (their logits ``outputs`` and masks ``target``, each inside
-        its region of interest; :func:`labelwise.metrics.segmentation.best_threshold`, 0.05 ... 0.95 by 0.01).
+        its region of interest; :func:`labelwise.metrics.segmentation.best_threshold`, 0.01 ... 0.99 by 0.01).
         Returns the threshold and that mean Dice. Masks that differ from the training masks' kind of error (clean
         validation masks beside noisy training masks) move the threshold to where the test masks' vessels are."""
         probability = [segment(o[None].float(), None)[0][0] for o in outputs]  # each case (K, *spatial)

@@ -112,10 +112,11 @@ def dice_over_thresholds(probability: Tensor, target: Tensor, thresholds: Sequen
 
 def best_threshold(probabilities: Sequence[Tensor], targets: Sequence[Tensor], rois: Sequence[Tensor | None] | None = None,
                    thresholds: Sequence[float] | Tensor | None = None) -> tuple[float, float]:
-    """The threshold of ``thresholds`` (default 0.05, 0.06, ..., 0.95) whose mean Dice over the cases (each case's
+    """The threshold of ``thresholds`` (default 0.01, 0.02, ..., 0.99) whose mean Dice over the cases (each case's
     :func:`dice_over_thresholds`, nan cases left out) is highest, and that mean; among equal means the one nearest
     0.5. ``(0.5, nan)`` when no case has a foreground voxel."""
-    grid = torch.arange(5, 96, dtype=torch.float64) / 100 if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float64)
+    grid = (torch.arange(1, 100, dtype=torch.float64) / 100 if thresholds is None
+            else torch.as_tensor(thresholds, dtype=torch.float64))
     rois = list(rois) if rois is not None else [None] * len(probabilities)
     scores = torch.stack([dice_over_thresholds(p, y, grid, r) for p, y, r in zip(probabilities, targets, rois)])
     mean = torch.nanmean(scores, dim=0)
