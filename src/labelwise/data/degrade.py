@@ -2,8 +2,9 @@
 
 Each kind models one way real vessel (or organ) masks go wrong. ``strength`` (:data:`STRENGTH_MEANING`) is in
 voxels of the mask's own grid (pixels in 2D) for ``thin``, ``erode`` and ``dilate``, so on a finer grid the same
-noise takes a strength scaled by the resolution; ``drop`` (a share), ``semi-automatic`` (a component size in
-squares / cubes of the vessels' mean width) and ``mixed`` (a scale on its pixel kinds' draws) need no scaling::
+noise takes a strength scaled by the resolution and rounded (the balls are digital); ``drop`` (a share),
+``semi-automatic`` (a component size in squares / cubes of the vessels' mean width) and ``mixed`` (a scale on its
+pixel kinds' draws) need no scaling::
 
     noisy = degrade_mask("thin", mask, strength=3)                     # vessels narrower than 3 px gone
     manifest = degrade_manifest("drive.csv", "semi-automatic", out="drive-semi")  # labelwise data degrade
