@@ -17,9 +17,11 @@ the test cases against those clean masks (threshold 0.5):
 
 Noise kinds (``--kinds``): ``clean`` and ``labelwise data degrade --kind K`` (thin, erode, dilate, drop,
 semi-automatic, mixed) on the training masks, through the CLI as a user runs it, default strengths. On drive175 the
-strengths counted in pixels (thin, erode, dilate) are the defaults times 1.75, so each kind removes or adds the
-same anatomy as on DRIVE; ``--no-scale-strength`` keeps the pixel defaults there. The others are not scaled (drop
-is a share; semi-automatic's smallest component and mixed's draws are left to ``degrade``). ``--strength K=V``
+strengths counted in pixels (thin, erode, dilate) are the defaults times 1.75 rounded to whole pixels (thin 5,
+erode 2, dilate 2: the balls and widths are digital), so each kind removes or adds about the same anatomy as on
+DRIVE, and mixed gets ``--strength 1.75`` (it scales the pixel strengths it draws); ``--no-scale-strength`` keeps
+the defaults there. Drop (a share) and semi-automatic (its component size is counted in vessel widths) are not
+scaled. ``--strength K=V``
 sets a kind's strength on every data set (no scaling; the kind is then keyed ``K@V``).
 
 Methods (``--methods``): rows of :data:`METHODS`, one config per dimension plus overrides; a new candidate is one
@@ -180,10 +182,14 @@ def strength_of(kind: str, name: str, args) -> float | None:
     if kind in args.strengths:
         return args.strengths[kind]
     factor = DATASETS[name].factor
-    if kind in PIXEL_KINDS and factor != 1 and args.scale_strength:
+    if factor == 1 or not args.scale_strength:
+        return None
+    if kind in PIXEL_KINDS:  # whole pixels: the balls and widths are digital (thin 5.25 keeps only 7 px and wider)
         from labelwise.data.degrade import DEFAULT_STRENGTH
 
-        return DEFAULT_STRENGTH[kind] * factor
+        return float(round(DEFAULT_STRENGTH[kind] * factor))
+    if kind == "mixed":  # mixed's strength scales the pixel strengths it draws
+        return factor
     return None
 
 

@@ -131,3 +131,29 @@ def test_the_shipped_drive_ds6_config_is_what_benchmarks_ds6_drive_measured():
     measured = load_config(REPO / "configs" / "drive-unet-mss.yaml", ["trainer.max_steps=1000", "method.name=ds6",
                            "method.loss=focal_tversky", "name=drive-ds6"], check_files=False).to_dict()
     assert shipped == measured
+
+
+def test_the_noisy_mask_default_is_the_clean_recipe_with_a_calibrated_threshold_and_trains(tmp_path):
+    """configs/drive-noisy.yaml is configs/drive-unet-mss.yaml with ``threshold: calibrate`` (what
+    benchmarks/noise_matrix.py measured as ``noisy``); it reloads and trains a few steps on vessel pictures, and the
+    run's inference.json holds the threshold chosen on the validation case."""
+    import json
+
+    from labelwise.data.synth.vessels import write_vessels
+    from labelwise.training import train
+
+    shipped = load_config(REPO / "configs" / "drive-noisy.yaml", check_files=False).to_dict()
+    clean = load_config(REPO / "configs" / "drive-unet-mss.yaml", ["method.threshold=calibrate", "name=drive-noisy"],
+                        check_files=False).to_dict()
+    assert shipped == clean
+    manifest = write_vessels(tmp_path / "v2d", 2, 5, [48, 48], seed=1)
+    cfg = load_config(REPO / "configs" / "drive-noisy.yaml",
+                      [f"data.manifest={manifest}", "data.patch_size=[32,32]", "data.patches_per_volume=4",
+                       "data.batch_size=2", "model.channels=[4,8,8,16,16]", "trainer.max_steps=2",
+                       "trainer.val_every=0", "trainer.checkpoint_every=2", "method.tta=false"])
+    result = train(cfg, tmp_path / "run")
+    assert result.status == "completed"
+    spec = json.loads((tmp_path / "run" / "inference.json").read_text())["inference"]
+    assert spec["threshold"] == "calibrate" and 0 < spec["calibrated_threshold"] < 1
+    scores = json.loads((tmp_path / "run" / "predictions" / "test" / "segmentation.json").read_text())
+    assert scores["references"]["label"]["cases"]

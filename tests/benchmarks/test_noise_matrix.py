@@ -92,7 +92,8 @@ def test_options_tag_variants_and_scale_pixel_strengths():
     with pytest.raises(SystemExit):
         nm.parse_args(["--set", "noisy:method.loss=dice_ce"])  # a variant needs a tag
     args = nm.parse_args([])
-    assert nm.strength_of("thin", "drive175", args) == pytest.approx(3.0 * 1.75)
+    assert nm.strength_of("thin", "drive175", args) == 5.0  # round(3 x 1.75): whole pixels
+    assert nm.strength_of("erode", "drive175", args) == 2.0 and nm.strength_of("mixed", "drive175", args) == 1.75
     assert nm.strength_of("thin", "drive", args) is None and nm.strength_of("drop", "drive175", args) is None
     assert nm.strength_of("thin", "drive175", nm.parse_args(["--no-scale-strength"])) is None
     args = nm.parse_args(["--strength", "erode=2"])

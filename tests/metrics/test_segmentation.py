@@ -222,6 +222,10 @@ def test_best_threshold_by_hand():
     roi = torch.tensor([[True, True, True, False]])
     assert best_threshold([p], [y], [roi], thresholds=[0.1, 0.25, 0.45]) == (pytest.approx(0.25), pytest.approx(1.0))
     assert best_threshold([p], [y], thresholds=[0.1, 0.25, 0.45]) == (pytest.approx(0.25), pytest.approx(0.8))
+    # tolerance: the means within it of the best are 0.13 ... 0.37 (0.8) and 0.50 ... 0.62 (2/3 = 0.8 - 0.133):
+    # with 0.1 only the first, with 0.15 both, and 0.5 is nearest 0.5
+    assert best_threshold([p], [y], tolerance=0.1) == (pytest.approx(0.37), pytest.approx(0.8))
+    assert best_threshold([p], [y], tolerance=0.15) == (pytest.approx(0.5), pytest.approx(2 / 3))
     # the mean over cases, a case with both masks empty left out; none with a foreground: (0.5, nan)
     t, score = best_threshold([p, torch.zeros(1, 4)], [y, torch.zeros(1, 4, dtype=torch.bool)], thresholds=[0.25])
     assert score == pytest.approx(0.8)

@@ -41,6 +41,7 @@ class Method:
     augments: ClassVar[bool] = False  # True: the method applies the config's augment section (see augment_batch)
     threshold: float | str = 0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, "otsu", "calibrate"
     calibrated: float | None = None  # threshold: calibrate: the validation cases' best threshold (binary masks)
+    calibration_tolerance: float = 0.005  # threshold: calibrate: mean validation Dice given up to stay nearer 0.5
     overlap: float = 0.5  # segmenters: overlap of the sliding windows of predict
     window: list[int] | None = None  # segmenters: sliding-window size of predict (None: the whole image)
     tta: bool = False  # segmenters: average the logits over flips along every spatial axis
@@ -299,13 +300,15 @@ class Method:
 
     def calibrate(self, outputs: list[torch.Tensor] | torch.Tensor, target: list[torch.Tensor] | torch.Tensor,
                   rois: list[torch.Tensor | None] | None = None) -> tuple[float, float]:
-        """``threshold: calibrate``: set :attr:`calibrated` to the threshold on the foreground probability that gives
-        the highest mean Dice over the validation cases (their logits ``outputs`` and masks ``target``, each inside
-        its region of interest; :func:`labelwise.metrics.segmentation.best_threshold`, 0.01 ... 0.99 by 0.01).
-        Returns the threshold and that mean Dice. Masks that differ from the training masks' kind of error (clean
-        validation masks beside noisy training masks) move the threshold to where the test masks' vessels are."""
+        """``threshold: calibrate``: set :attr:`calibrated` to the threshold on the foreground probability with the
+        highest mean Dice over the validation cases (their logits ``outputs`` and masks ``target``, each inside its
+        region of interest), 0.01 ... 0.99 by 0.01; among those within :attr:`calibration_tolerance` of the highest,
+        the one nearest 0.5 (:func:`labelwise.metrics.segmentation.best_threshold`). Returns the threshold and its
+        mean Dice. Validation masks of the quality wanted beside training masks with a systematic error (too thin,
+        too wide) move the threshold to where the wanted borders are."""
         probability = [segment(o[None].float(), None)[0][0] for o in outputs]  # each case (K, *spatial)
-        value, score = seg_metrics.best_threshold(probability, [t > 0 for t in target], rois)
+        value, score = seg_metrics.best_threshold(probability, [t > 0 for t in target], rois,
+                                                  tolerance=self.calibration_tolerance)
         self.calibrated = value
         return value, score
 

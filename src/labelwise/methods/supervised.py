@@ -29,6 +29,8 @@ class SupervisedOptions(BaseModel):
     threshold: float | Literal["otsu", "calibrate"] = Field(
         0.5, description="one-channel segmenters: p > threshold, or otsu; calibrate (binary masks, one or two "
         "channels): the threshold with the best mean Dice on the validation cases, chosen at the end of training")
+    calibration_tolerance: float = Field(0.005, ge=0, lt=1, description="threshold: calibrate: among the thresholds "
+                                         "within this much of the best mean validation Dice, the one nearest 0.5")
     overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window inference: overlap of the patches")
     tta: bool = Field(False, description="segmentation inference (end-of-run scores, predict): average the logits "
                       "over the flips along every spatial axis (4 passes in 2D, 8 in 3D)")
@@ -67,6 +69,7 @@ class Supervised(Method):
             raise ConfigError("method.threshold: calibrate chooses the threshold of binary masks (2 classes); the data "
                               f"has {data.num_classes} classes ({data.task})")
         self.threshold, self.overlap = self.options.threshold, self.options.overlap
+        self.calibration_tolerance = self.options.calibration_tolerance
         self.tta, self.min_size = self.options.tta, self.options.min_size
         self.window = list(config.data.patch_size) if config.data.patch_size else None  # predict: windows of a patch
 

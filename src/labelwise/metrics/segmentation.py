@@ -111,10 +111,11 @@ def dice_over_thresholds(probability: Tensor, target: Tensor, thresholds: Sequen
 
 
 def best_threshold(probabilities: Sequence[Tensor], targets: Sequence[Tensor], rois: Sequence[Tensor | None] | None = None,
-                   thresholds: Sequence[float] | Tensor | None = None) -> tuple[float, float]:
+                   thresholds: Sequence[float] | Tensor | None = None, tolerance: float = 0.0) -> tuple[float, float]:
     """The threshold of ``thresholds`` (default 0.01, 0.02, ..., 0.99) whose mean Dice over the cases (each case's
-    :func:`dice_over_thresholds`, nan cases left out) is highest, and that mean; among equal means the one nearest
-    0.5. ``(0.5, nan)`` when no case has a foreground voxel."""
+    :func:`dice_over_thresholds`, nan cases left out) is highest, and that mean; among the thresholds within
+    ``tolerance`` of the highest mean the one nearest 0.5 (so that a few cases move the threshold only for a gain
+    larger than their noise). ``(0.5, nan)`` when no case has a foreground voxel."""
     grid = (torch.arange(1, 100, dtype=torch.float64) / 100 if thresholds is None
             else torch.as_tensor(thresholds, dtype=torch.float64))
     rois = list(rois) if rois is not None else [None] * len(probabilities)
@@ -123,8 +124,7 @@ def best_threshold(probabilities: Sequence[Tensor], targets: Sequence[Tensor], r
     if not bool(torch.isfinite(mean).any()):
         return 0.5, math.nan
     mean = torch.nan_to_num(mean, nan=-1.0)
-    best = mean.max()
-    candidates = torch.nonzero(mean >= best - 1e-12).reshape(-1)
+    candidates = torch.nonzero(mean >= mean.max() - max(tolerance, 1e-12)).reshape(-1)
     pick = candidates[(grid[candidates] - 0.5).abs().argmin()]
     return float(grid[pick]), float(mean[pick])
 
