@@ -25,8 +25,11 @@ scaled. ``--strength K=V``
 sets a kind's strength on every data set (no scaling; the kind is then keyed ``K@V``).
 
 Methods (``--methods``): rows of :data:`METHODS`, one config per dimension plus overrides; a new candidate is one
-line. ``unet-mss`` (the shipped clean recipe), ``ds6`` (DS6 as shipped), ``noisy`` (the noisy-mask default: skipped
-with a message while its configs do not exist). ``--set METHOD:key=value`` changes a method's config (needs
+line. ``unet-mss`` (the shipped clean recipe), ``ds6`` (DS6 as shipped), ``noisy`` (the noisy-mask default,
+configs/drive-noisy.yaml and noisy-synthetic-3d.yaml: the clean recipes with ``threshold: calibrate``). Where noisy's
+config differs from unet-mss's only in the threshold, one training serves both (same seed, same weights): unet-mss's
+cell is noisy's run rescored from its saved test probabilities at 0.5 (``shared_training`` in its row;
+``--no-share-training`` trains it itself). ``--set METHOD:key=value`` changes a method's config (needs
 ``--tag``: the method is then keyed ``METHOD-TAG``, so a variant never overwrites the shipped figures). Steps:
 ``--steps`` or the data set's (vessels3d: 600) or each config's own; when the steps change, a config's
 ``method.baseline_steps`` (DS6 in 3D) keeps its share of them.
@@ -315,6 +318,46 @@ def train_one(path: Path, options: list[str], run_dir: Path) -> dict:
             "wall_minutes": wall / 60}
 
 
+def shares_training(name: str, a: str, b: str, args) -> bool:
+    """Whether methods ``a`` and ``b`` train the same network on data set ``name``: their configs, with this call's
+    overrides, differ only in ``method.threshold`` (the calibrated default and its plain baseline). Same seed, same
+    device, same result (the engine's seeding), so one training gives both cells."""
+    from labelwise.config import load_config
+
+    dim = DATASETS[name].dim
+    if not (config_path(a, dim).is_file() and config_path(b, dim).is_file()):
+        return False
+    configs = []
+    for method in (a, b):
+        options = run_overrides(name, method, Path("m.csv"), 0, run_steps(name, method, args), args)
+        raw = load_config(config_path(method, dim), options, check_files=False).to_dict()
+        raw.pop("name", None)
+        raw["method"].pop("threshold", None)
+        raw["method"].pop("calibration_tolerance", None)
+        configs.append(raw)
+    return configs[0] == configs[1]
+
+
+def rescore_at_half(run_dir: Path, manifest: Path) -> dict:
+    """The scores of a calibrated run's test cases at the uncalibrated threshold (foreground where p > 0.5, the
+    argmax of two softmax channels), from its saved test probabilities, inside each case's roi, against the test
+    labels (clean): what the same training gives without ``threshold: calibrate``."""
+    from labelwise.data.manifest import read_manifest
+    from labelwise.data.volumes import read_volume
+    from labelwise.metrics.surface import score_case
+
+    rows = []
+    folder = run_dir / "predictions" / "test" / "probabilities"
+    for case in (c for c in read_manifest(manifest) if c.split == "test"):
+        saved = folder / f"{case.id}.npy"
+        probability = np.load(saved) if saved.is_file() else read_volume(folder / f"{case.id}.nii.gz").array
+        label = read_volume(case.label, mask=True)
+        probability = probability.reshape(label.array.shape)  # a NIfTI reads as one channel (1, *spatial)
+        roi = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else None
+        rows.append(score_case(probability > 0.5, label.array > 0, label.spacing, roi)["foreground"])
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in SCORES} | {"test_cases": len(rows)}
+
+
 def run_matrix(args, results: dict, results_path: Path) -> list[str]:
     """Train every missing cell; returns the keys that failed."""
     failed, skipped, broken = [], set(), set()
@@ -365,9 +408,21 @@ def run_matrix(args, results: dict, results_path: Path) -> list[str]:
                           flush=True)
                     failed += [k for k in keys.values() if k not in results]
                     continue
-                for method in methods:
+                shared = (args.share_training and "unet-mss" in methods and "noisy" in methods
+                          and shares_training(name, "noisy", "unet-mss", args))
+                for method in sorted(methods, key=lambda m: shared and m == "unet-mss"):  # shared: noisy first
                     key = keys[method]
                     if key in results:  # measured by an earlier call into the same --out
+                        continue
+                    if shared and method == "unet-mss" and keys["noisy"] in results:
+                        source = results[keys["noisy"]]
+                        results[key] = {**source, **rescore_at_half(args.out / keys["noisy"].replace("/", "-"),
+                                                                    manifest),
+                                        "method": method, "shared_training": keys["noisy"],
+                                        "config": str(config_path(method, spec.dim).relative_to(REPO))}
+                        print(f"== {key}: the training of {keys['noisy']}, scored at 0.5", flush=True)
+                        print(json.dumps(results[key]), flush=True)
+                        results_path.write_text(json.dumps(results, indent=1) + "\n")
                         continue
                     print(f"== {key}", flush=True)
                     steps = run_steps(name, method, args)
@@ -638,6 +693,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="drive175: keep the pixel defaults of thin, erode, dilate (default: times 1.75)")
     parser.add_argument("--compare", nargs=2, default=["noisy", "unet-mss"], metavar=("A", "B"),
                         help="the paired difference A - B reported per kind")
+    parser.add_argument("--no-share-training", dest="share_training", action="store_false",
+                        help="train unet-mss itself even where noisy's config differs from it only in the threshold "
+                        "(by default its cells are noisy's training scored at 0.5: same seed, same weights)")
     parser.add_argument("--drive", type=Path, default=REPO.parent / "shared" / "data" / "drive")
     parser.add_argument("--vessels-n", type=int, default=11, help="vessels3d: cases (6/2/3 for 11)")
     parser.add_argument("--vessels-shape", type=int, default=96, help="vessels3d: size per axis")
