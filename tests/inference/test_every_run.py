@@ -288,6 +288,9 @@ def test_calibrated_threshold_travels_with_the_run(tmp_path, vessels_2d, loss):
     sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
     assert sidecar["inference"]["calibrated_threshold"] == calibrated
     assert "calibrated_threshold" in sidecar["output"]["note"]
+    code, output = cli("report", str(run))
+    assert code == 0, output
+    assert f"threshold {calibrated:g} (calibrated on the validation cases)" in (run / "report.html").read_text()
 
 
 def test_3d_unet_mss(tmp_path, vessels_3d):

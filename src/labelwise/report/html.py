@@ -237,7 +237,10 @@ def _model_section(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     if spec.get("task") == "segmentation":
         window, overlap = settings.get("window"), settings.get("overlap")
         seen = f"windows {window}, overlap {overlap}" if window else "whole images"
-        rows.append(("inference", f"threshold {settings.get('threshold')}; {seen}"))
+        threshold = settings.get("threshold")
+        if settings.get("calibrated_threshold") is not None:
+            threshold = f"{settings['calibrated_threshold']:g} (calibrated on the validation cases)"
+        rows.append(("inference", f"threshold {threshold}; {seen}"))
     name = run_dir.name
     commands = "\n".join([f"labelwise predict runs/{name} --input IMAGES --out runs/{name}-pred",
                           f"labelwise explain --run runs/{name} --input IMAGE",
