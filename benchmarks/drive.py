@@ -75,7 +75,6 @@ def second_observer(drive: Path) -> dict[str, float]:
 
 def run_labelwise(variant: str, manifest: Path, run_dir: Path, seed: int, extra: list[str]) -> dict:
     from labelwise.config import load_config
-    from labelwise.training import train
 
     overrides = [f"data.manifest={manifest}", f"seed={seed}", *extra]
     if variant == "plain":
@@ -87,17 +86,27 @@ def run_labelwise(variant: str, manifest: Path, run_dir: Path, seed: int, extra:
                               "method.sigmas=[1.0,1.5,2.0,3.0]", "data.intensity=max"])
     else:
         config = load_config(REPO / "configs" / "drive-unet-mss.yaml", overrides)
-    shutil.rmtree(run_dir, ignore_errors=True)  # not recorded: whatever is there is a stale or killed attempt
+    return train_and_score(config, run_dir)
+
+
+def train_and_score(config, run_dir: Path) -> dict:
+    """Train ``config`` into ``run_dir`` (cleared first: whatever is there is a stale or killed attempt) and return
+    the mean test scores against each test case's label (the clean mask), the test and roi case counts, and the
+    training and wall minutes."""
+    from labelwise.training import train
+
+    shutil.rmtree(run_dir, ignore_errors=True)
     started = time.perf_counter()
     result = train(config, run_dir)
     wall = time.perf_counter() - started
     if result.status != "completed":
-        raise RuntimeError(f"{variant} seed {seed}: {result.status}: {result.message}")
+        raise RuntimeError(f"{run_dir.name}: {result.status}: {result.message}")
     summary = json.loads((run_dir / "summary.json").read_text())
     scores = json.loads((run_dir / "predictions" / "test" / "segmentation.json").read_text())
-    mean = scores["references"]["label"]["mean"]
-    return {**{k: mean[k] for k in SCORES}, "train_minutes": summary.get("wall_time_s", wall) / 60,
-            "wall_minutes": wall / 60, "roi_cases": scores.get("roi")}
+    label = scores["references"]["label"]
+    # a score is None where it is undefined (precision of an empty prediction)
+    return {**{k: label["mean"][k] for k in SCORES}, "test_cases": len(label["cases"]), "roi_cases": scores.get("roi"),
+            "train_minutes": summary.get("wall_time_s", wall) / 60, "wall_minutes": wall / 60}
 
 
 def run_nnunet(drive: Path, work: Path, seed: int, minutes: float) -> dict:

@@ -62,7 +62,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,25 +296,9 @@ def run_overrides(name: str, method: str, manifest: Path, seed: int, steps: int,
 
 def train_one(path: Path, options: list[str], run_dir: Path) -> dict:
     """One run of the config at ``path`` with ``options``; its scores against the test cases' clean masks."""
-    import shutil
-
     from labelwise.config import load_config
-    from labelwise.training import train
 
-    config = load_config(path, options)
-    shutil.rmtree(run_dir, ignore_errors=True)  # not recorded: whatever is there is a stale or killed attempt
-    started = time.perf_counter()
-    result = train(config, run_dir)
-    wall = time.perf_counter() - started
-    if result.status != "completed":
-        raise RuntimeError(f"{run_dir.name}: {result.status}: {result.message}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    scores = json.loads((run_dir / "predictions" / "test" / "segmentation.json").read_text())
-    label = scores["references"]["label"]  # the test cases' label: their clean mask
-    # a score is None where it is undefined (precision of an empty prediction)
-    return {**{k: label["mean"][k] for k in SCORES}, "test_cases": len(label["cases"]),
-            "roi_cases": scores.get("roi"), "train_minutes": summary.get("wall_time_s", wall) / 60,
-            "wall_minutes": wall / 60}
+    return drive.train_and_score(load_config(path, options), run_dir)
 
 
 def shares_training(name: str, a: str, b: str, args) -> bool:
