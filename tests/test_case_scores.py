@@ -12,13 +12,14 @@ from functools import cache
 import numpy as np
 import torch
 from conftest import invoke_cli
+from test_evaluate_segmentation import train_blobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from labelwise.config import load_config
 from labelwise.data.datasets import DataBundle
-from labelwise.data.volumes import read_volume, write_volume
+from labelwise.data.volumes import read_volume
 from labelwise.methods import METHODS
 from labelwise.metrics.surface import OVERLAP_NAMES, inside, score_case, scored_classes, segmentation_scores
 
@@ -74,43 +75,11 @@ def test_the_validation_dice_is_the_case_scorer_and_the_oracle(case):
             assert same(fast["foreground"]["dice"], expected)
 
 
-def blob_set(folder, n=6, size=(32, 32)):
-    """2D PNG cases with labels 1 (a disc) and 2 (a square) and a region of interest that cuts both; 4 train, 1 val,
-    1 test (c5)."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.indices(size)
-    rows = ["id,image,label,split,roi"]
-    for i in range(n):
-        disc = (yy - 8 - i % 3 * 3) ** 2 + (xx - 9 - i % 2 * 4) ** 2 <= 16
-        box = (np.abs(yy - 22 + i % 2) <= 3) & (np.abs(xx - 21 - i % 3) <= 3)
-        labels = np.where(disc, 1, np.where(box, 2, 0)).astype(np.uint8)
-        image = 0.1 + 0.8 * disc + 0.45 * box + rng.normal(0, 0.03, size)
-        write_volume(folder / "images" / f"c{i}.png", np.clip(image, 0, 1).astype(np.float32))
-        write_volume(folder / "labels" / f"c{i}.png", labels)
-        write_volume(folder / "roi" / f"c{i}_roi.png", (xx < 24).astype(np.uint8))
-        split = "train" if i < 4 else "val" if i == 4 else "test"
-        rows.append(f"c{i},images/c{i}.png,labels/c{i}.png,{split},roi/c{i}_roi.png")
-    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return folder / "manifest.csv"
-
-
 def test_the_four_places_score_a_case_alike(tmp_path):
     """One test case of a 3-class run with a region of interest: the run's test metrics (Method.evaluate), its
     segmentation.json, predict --reference --roi and evaluate segmentation --roi give the same Dice per class and
     for the foreground, each the oracle's on the saved mask inside the roi."""
-    manifest = blob_set(tmp_path / "data")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"""
-name: blobs
-seed: 0
-method: {{name: supervised, loss: dice_ce}}
-data: {{manifest: {manifest}, task: segmentation, batch_size: 2, eval_batch_size: 1}}
-model: {{name: unet, channels: [8, 16, 32]}}
-trainer: {{max_steps: 6, checkpoint_every: 6, val_every: 0}}
-""")
-    run = tmp_path / "run"
-    code, text = invoke_cli("train", str(config), "--run-dir", str(run))
-    assert code == 0, text
+    run = train_blobs(tmp_path, 6, roi=True)
     data = tmp_path / "data"
     mask = read_volume(run / "predictions" / "test" / "masks" / "c5.png", mask=True).array
     truth = read_volume(data / "labels" / "c5.png", mask=True).array

@@ -290,12 +290,12 @@ def test_per_class_default_names_and_refusals(class_folders, tmp_path):
     assert code == 2 and "--class-names 'a,,b'" in message
 
 
-def blob_set(folder, n=6, size=(32, 32)):
+def blob_set(folder, n=6, size=(32, 32), roi=False):
     """2D PNG cases: a bright disc (label 1) and a dimmer square (label 2) on a dark background; 4 train, 1 val,
-    1 test."""
+    1 test (c5); with ``roi``, a region of interest (``x < 24``) that cuts both."""
     rng = np.random.default_rng(0)
     yy, xx = np.indices(size)
-    rows = ["id,image,label,split"]
+    rows = ["id,image,label,split" + (",roi" if roi else "")]
     for i in range(n):
         cy, cx = 8 + i % 3 * 3, 9 + i % 2 * 4
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
@@ -305,9 +305,33 @@ def blob_set(folder, n=6, size=(32, 32)):
         write_volume(folder / "images" / f"c{i}.png", np.clip(image, 0, 1).astype(np.float32))
         write_volume(folder / "labels" / f"c{i}.png", labels)
         split = "train" if i < 4 else "val" if i == 4 else "test"
-        rows.append(f"c{i},images/c{i}.png,labels/c{i}.png,{split}")
+        row = f"c{i},images/c{i}.png,labels/c{i}.png,{split}"
+        if roi:
+            write_volume(folder / "roi" / f"c{i}_roi.png", (xx < 24).astype(np.uint8))
+            row += f",roi/c{i}_roi.png"
+        rows.append(row)
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
     return folder / "manifest.csv"
+
+
+def train_blobs(tmp_path, steps, roi=False):
+    """A 3-class U-Net run of ``steps`` steps on :func:`blob_set` through the CLI; its run folder."""
+    from tests.conftest import invoke_cli
+
+    manifest = blob_set(tmp_path / "data", roi=roi)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+name: blobs
+seed: 0
+method: {{name: supervised, loss: dice_ce}}
+data: {{manifest: {manifest}, task: segmentation, batch_size: 2, eval_batch_size: 1}}
+model: {{name: unet, channels: [8, 16, 32]}}
+trainer: {{max_steps: {steps}, checkpoint_every: {steps}, val_every: 0}}
+""")
+    run = tmp_path / "run"
+    code, text = invoke_cli("train", str(config), "--run-dir", str(run))
+    assert code == 0, text
+    return run
 
 
 def test_a_three_class_run_scores_its_test_cases_per_class(tmp_path):
@@ -317,19 +341,7 @@ def test_a_three_class_run_scores_its_test_cases_per_class(tmp_path):
     from labelwise.metrics.surface import class_scores
     from tests.conftest import invoke_cli
 
-    manifest = blob_set(tmp_path / "data")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"""
-name: blobs
-seed: 0
-method: {{name: supervised, loss: dice_ce}}
-data: {{manifest: {manifest}, task: segmentation, batch_size: 2, eval_batch_size: 1}}
-model: {{name: unet, channels: [8, 16, 32]}}
-trainer: {{max_steps: 4, checkpoint_every: 4, val_every: 0}}
-""")
-    run = tmp_path / "run"
-    code, text = invoke_cli("train", str(config), "--run-dir", str(run))
-    assert code == 0, text
+    run = train_blobs(tmp_path, 4)
     saved = json.loads((run / "predictions" / "test" / "segmentation.json").read_text())
     assert saved["classes"] == ["1", "2"]
     label = saved["references"]["label"]
