@@ -157,3 +157,21 @@ def test_the_noisy_mask_default_is_the_clean_recipe_with_a_calibrated_threshold_
     assert spec["threshold"] == "calibrate" and 0 < spec["calibrated_threshold"] < 1
     scores = json.loads((tmp_path / "run" / "predictions" / "test" / "segmentation.json").read_text())
     assert scores["references"]["label"]["cases"]
+
+
+def test_calibrate_without_validation_cases_keeps_the_plain_threshold_and_says_so(tmp_path):
+    import json
+
+    from labelwise.data.synth.vessels import write_vessels
+    from labelwise.training import train
+
+    manifest = write_vessels(tmp_path / "v2d", 2, 4, [48, 48], seed=1)
+    manifest.write_text(manifest.read_text().replace(",val,", ",train,"))
+    cfg = load_config(REPO / "configs" / "drive-noisy.yaml",
+                      [f"data.manifest={manifest}", "data.patch_size=[32,32]", "data.patches_per_volume=4",
+                       "data.batch_size=2", "model.channels=[4,8,8,16,16]", "trainer.max_steps=2",
+                       "trainer.val_every=0", "trainer.checkpoint_every=2", "method.tta=false"])
+    assert train(cfg, tmp_path / "run").status == "completed"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["calibration"].startswith("no validation cases")
+    assert json.loads((tmp_path / "run" / "inference.json").read_text())["inference"]["calibrated_threshold"] is None
