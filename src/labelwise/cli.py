@@ -194,11 +194,11 @@ def predict(
                                               "runs also a table .csv or a dataset .npz; repeat for more")],
     out: Annotated[Path, typer.Option(help="output folder (segmentation: probabilities/, masks/, figures/, "
                                       "predictions.json; classification: predictions.csv and .npz)")],
-    reference: Annotated[Optional[Path], typer.Option(help="segmentation: folder of reference masks (matched by case id): Dice and difference maps")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="segmentation: folder of reference masks (matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, _roi) or the data manifest's key rule): Dice and difference maps")] = None,
     threshold: Annotated[Optional[str], typer.Option(help="segmentation: 0.5, another number, otsu or argmax (default: the run's method.threshold for one channel, argmax otherwise)")] = None,
     overlap: Annotated[Optional[float], typer.Option(min=0, max=0.95, help="segmentation: overlap of the sliding windows (default: the run's method.overlap)")] = None,
     window: Annotated[Optional[list[int]], typer.Option(help="segmentation: sliding-window size, one value or one per axis (default: the run's data.patch_size; whole images for runs trained on them)")] = None,
-    roi: Annotated[Optional[Path], typer.Option(help="segmentation: folder of region-of-interest masks (matched by case id like --reference; or one mask for one input): the mask is background outside it and Dice is scored inside it")] = None,
+    roi: Annotated[Optional[Path], typer.Option(help="segmentation: folder of region-of-interest masks (matched like --reference; or one mask for one input): the mask is background outside it and Dice is scored inside it")] = None,
     split: Annotated[Optional[str], typer.Option(help="classification: only the rows of this split of a table or dataset .npz")] = None,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="segmentation: average over flips along every axis (default: the run's method.tta)")] = None,
     min_size: Annotated[Optional[int], typer.Option(min=0, help="segmentation: remove connected components smaller than this many voxels (default: the run's method.min_size)")] = None,
@@ -344,11 +344,11 @@ def _evaluate_fairness(predictions: Path, attributes: Optional[Path], labels: Op
 @evaluate_app.command("segmentation")
 def evaluate_segmentation(
     pred: Annotated[Path, typer.Option(help="folder of predicted masks (a labelwise predict folder: its masks/)")],
-    truth: Annotated[Path, typer.Option(help="folder of reference masks, matched by case id (file name)")],
+    truth: Annotated[Path, typer.Option(help="folder of reference masks, matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, _roi) or the data manifest's key rule")],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON here")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="write one row per case (+ mean, std) as CSV here")] = None,
     allow_missing: Annotated[bool, typer.Option(help="skip cases found on one side only instead of refusing")] = False,
-    roi: Annotated[Optional[Path], typer.Option(help="folder of region-of-interest masks, matched by case id: every score is computed inside them (e.g. a fundus field of view)")] = None,
+    roi: Annotated[Optional[Path], typer.Option(help="folder of region-of-interest masks, matched like --truth: every score is computed inside them (e.g. a fundus field of view)")] = None,
     class_names: Annotated[Optional[str], typer.Option(help="names of the labels 1, 2, ... separated by commas (e.g. artery,vein): scores per class under these names (default: per class, named 1, 2, ..., when a mask holds labels above 1)")] = None,
 ) -> None:
     """Score segmentations: Dice, IoU, precision, sensitivity, volumetric similarity, HD95, ASSD (physical units)
