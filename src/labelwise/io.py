@@ -12,30 +12,52 @@ from typing import Any, BinaryIO
 
 
 @contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """``with atomic_open(p) as f: f.write(...)``: writes go to a temporary file in the same folder that
-    replaces ``path`` only when the block ends without an error. Readers see the old file or the new one,
-    never half of one. Parent folders are created; the file gets the usual permissions (umask)."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """The one atomic write: ``with atomic_path(p) as tmp: writer(tmp)`` yields a temporary file in the same folder
+    (``.<name>.<random>.tmp``, created empty); when the block ends without an error that file is flushed to disk
+    (fsync) and replaces ``path`` (``os.replace``), else it is removed and ``path`` is left as it was. Readers see
+    the old file or the new one, never half of one. Parent folders are created; the file gets the usual
+    permissions (umask). For writers that take a file name (``safetensors.torch.save_file``, a check that reads the
+    file back before it replaces ``path``); :func:`atomic_open` and :func:`atomic_write` are built on it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        finally:
+            os.close(fd)
+        yield tmp
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """``with atomic_open(p) as f: f.write(...)``: a binary file whose contents replace ``path`` only when the block
+    ends without an error (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` (str as UTF-8) to ``path`` atomically (see :func:`atomic_open`); returns the path."""
+    """Write ``data`` (str as UTF-8) to ``path`` atomically (see :func:`atomic_path`); returns the path."""
     with atomic_open(path) as f:
         f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush the file ``path`` from the operating system's cache to the disk (before a rename makes it visible)."""
+    fd = os.open(path, os.O_RDWR)  # Windows cannot fsync a read-only descriptor
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
