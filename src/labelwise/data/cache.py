@@ -54,6 +54,7 @@ from labelwise.data.manifest import Case
 from labelwise.data.patches import VolumeDataset, read_case
 from labelwise.data.volumes import Grid, suffix_of
 from labelwise.errors import DataError
+from labelwise.io import atomic_write
 
 __all__ = ["CACHE_NAME", "FORMAT", "OPEN_CASES", "CachedArrays", "CaseCache", "cache_folder", "label_dtype"]
 
@@ -258,6 +259,8 @@ class CaseCache:
                     "label_max": top, "label_dtype": str(label_dtype(top)) if target is not None else None,
                     "files": files, "made_from": {k: _stamp(getattr(case, k)) for k in ("image", "label", "roi")}}
             _write_json(tmp / "meta.json", meta)
+            # An entry is several files that must appear together, so its folder is renamed into place (not
+            # labelwise.io.atomic_path, which renames one file); the rename fails if the entry is already there.
             try:
                 os.rename(tmp, folder)
             except OSError:  # another process put it in place first
@@ -276,10 +279,7 @@ class CaseCache:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(value, indent=1))
 
 
 class _Maps:

@@ -56,7 +56,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -431,7 +430,7 @@ def write_manifest(rows: Sequence[dict], out: str | Path, append: bool = False) 
     written relative to ``out``'s folder where possible) as the manifest ``out``, sorted by id in natural order;
     ``append``: added to the rows of the existing ``out`` (ids must stay unique). The file is checked with
     :func:`read_manifest` before it replaces ``out``; returns its cases."""
-    from labelwise.io import atomic_write
+    from labelwise.io import atomic_path
 
     out = Path(out)
     base = os.path.abspath(out.parent)
@@ -461,17 +460,10 @@ def write_manifest(rows: Sequence[dict], out: str | Path, append: bool = False) 
     writer = csv.DictWriter(text, fieldnames=columns, restval="", extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(everything)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    tmp = str(Path(name))  # as read_manifest names it
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text.getvalue())
+    with atomic_path(out) as tmp:  # checked before it replaces out
+        tmp.write_bytes(text.getvalue().encode())
         try:
             cases = read_manifest(tmp)
         except DataError as err:
-            raise DataError(str(err).replace(tmp, str(out))) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    atomic_write(out, text.getvalue())
+            raise DataError(str(err).replace(str(tmp), str(out))) from None
     return cases

@@ -10,6 +10,8 @@ spatial axis (NIfTI: the header's zooms, in mm; pictures: 1.0)::
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 
 from labelwise.data.harvard import read_harvard_image
 from labelwise.errors import DataError
+from labelwise.io import atomic_open
 
 __all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "Grid", "Volume", "case_id",
            "from_grid", "orient", "read_image", "read_spacing", "read_volume", "resample", "same_spacing",
@@ -149,7 +152,8 @@ def _as_labels(array: np.ndarray, path: Path, picture: bool) -> np.ndarray:
 
 def write_volume(path: str | Path, array: np.ndarray, spacing: tuple[float, ...] | None = None,
                  affine: np.ndarray | None = None) -> Path:
-    """Write ``array`` (``(*spatial)`` or ``(C, *spatial)`` for NIfTI images) to ``path`` (parents created).
+    """Write ``array`` (``(*spatial)`` or ``(C, *spatial)`` for NIfTI images) to ``path`` (parents created;
+    atomically: :func:`labelwise.io.atomic_open`).
 
     NIfTI: the given ``affine``, else a diagonal one with ``spacing`` (default 1); integer arrays are stored as
     uint8/int16/int32 as they fit, floats as float32. Pictures (2D only): integer masks 0/1 are written 0/255,
@@ -175,7 +179,10 @@ def write_volume(path: str | Path, array: np.ndarray, spacing: tuple[float, ...]
         image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
         if spacing is not None:
             image.header.set_zooms(tuple(float(s) for s in spacing[: min(array.ndim, 3)]) + image.header.get_zooms()[3:])
-        nib.save(image, str(path))
+        with atomic_open(path) as f:  # what nib.save writes: gzip level 1, no name, mtime 0
+            stream = gzip.GzipFile("", "wb", 1, f, 0) if suffix == ".nii.gz" else contextlib.nullcontext(f)
+            with stream as out:
+                image.to_file_map(image.make_file_map({"image": out, "header": out}))
     elif suffix in PICTURE_SUFFIXES:
         from PIL import Image
 
@@ -187,9 +194,12 @@ def write_volume(path: str | Path, array: np.ndarray, spacing: tuple[float, ...]
             array = array.astype(np.uint8) * (255 if array.max(initial=0) <= 1 else 1)
         else:
             array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
-        Image.fromarray(array).save(path)
+        picture = Image.fromarray(array)
+        with atomic_open(path) as f:
+            picture.save(f, format=Image.registered_extensions()[suffix])
     elif suffix == ".npy":
-        np.save(path, array)
+        with atomic_open(path) as f:
+            np.save(f, array)
     else:
         raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(VOLUME_SUFFIXES)}")
     return path

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from labelwise.errors import LabelwiseError
-from labelwise.io import atomic_write
+from labelwise.io import atomic_write, fsync_file
 
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
@@ -70,8 +70,9 @@ def save_checkpoint(folder: Path, step: int, networks: dict[str, nn.Module], sta
     save_file(network_tensors(networks), str(tmp / WEIGHTS), metadata={"step": str(step)})
     torch.save({**state, "step": step}, tmp / STATE)
     for file in tmp.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(file)
+    # The step's two files must appear together, so the folder is what is renamed into place (atomic_path renames
+    # one file); latest.json, one file, goes through atomic_write.
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

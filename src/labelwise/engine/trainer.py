@@ -30,7 +30,7 @@ from labelwise.engine.checkpoint import latest_checkpoint, load_state, load_weig
 from labelwise.engine.progress import StepProgress
 from labelwise.engine.rundir import RunDir
 from labelwise.errors import ConfigError, LabelwiseError
-from labelwise.io import atomic_write
+from labelwise.io import atomic_path, atomic_write
 
 if TYPE_CHECKING:
     from labelwise.methods import Method
@@ -392,9 +392,8 @@ class Trainer:
 
             from labelwise.engine.checkpoint import WEIGHTS, network_tensors
 
-            tmp = folder / f".{WEIGHTS}.tmp"
-            save_file(network_tensors(self.raw_networks), str(tmp), metadata={"step": str(step)})
-            os.replace(tmp, folder / WEIGHTS)
+            with atomic_path(folder / WEIGHTS) as tmp:
+                save_file(network_tensors(self.raw_networks), str(tmp), metadata={"step": str(step)})
             self.run.update_summary(best={"step": step, "metric": name, "value": value})
         self.fabric.barrier()
 

@@ -28,7 +28,7 @@ table shows ``(n=k)`` beside every mean over fewer than all cases::
     # {"cases": [{"id", "pred", "truth", "spacing", "dice", ...}], "mean": {...}, "std": {...}, "count": {...},
     #  "empty_prediction": k, "empty_reference": k, "both_empty": k,
     #  "n": N, "spacing_unit": "mm", "notes": [...], "skipped": {"pred_only": [...], "truth_only": [...]}}
-    Path("scores.json").write_text(to_json(result))
+    to_json(result, Path("scores.json"))  # written atomically
 
 Several classes (label maps ``0..K``): when a mask of any case holds a label above 1, or ``class_names`` are given,
 every case is also scored per class (label ``k`` against label ``k``; :func:`labelwise.metrics.surface.scored_classes`),
@@ -58,7 +58,7 @@ import numpy as np
 from labelwise.data.pairing import check_reference, mask_files, match_references
 from labelwise.data.volumes import case_id, read_volume, stores_spacing
 from labelwise.errors import DataError
-from labelwise.io import json_ready
+from labelwise.io import atomic_write, json_ready
 from labelwise.metrics.aggregate import empty_mask_note, mean_std
 from labelwise.metrics.surface import SCORE_NAMES, highest_label, score_case, scored_classes
 
@@ -219,11 +219,11 @@ def summarize_classes(cases: list[dict[str, Any]], classes: list[str]) -> dict[s
 
 
 def to_json(result: dict[str, Any], path: Path | None = None) -> str:
-    """The result as JSON text, nan written as ``null`` (strict JSON); also written to ``path`` when given."""
+    """The result as JSON text, nan written as ``null`` (strict JSON); also written to ``path`` when given
+    (atomically: :func:`labelwise.io.atomic_write`)."""
     text = json.dumps(json_ready(result), indent=2, allow_nan=False) + "\n"
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+        atomic_write(path, text)
     return text
 
 
@@ -253,8 +253,7 @@ def to_csv(result: dict[str, Any], path: Path | None = None) -> str:
             writer.writerow([row, "", "", *(_number(result["per_class"][name][row][n]) for n in SCORE_NAMES), name])
     text = out.getvalue()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+        atomic_write(path, text)
     return text
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from labelwise.errors import ConfigError
+from labelwise.io import atomic_open
 
 __all__ = ["VF_POINTS", "make_patient", "patient_seed", "save_patient", "write_rnflt"]
 
@@ -140,10 +141,10 @@ def patient_seed(seed: int, index: int) -> int:
 
 
 def save_patient(out: str | Path, index: int, patient: dict[str, np.ndarray]) -> Path:
-    """``out/data_{index + 1:04d}.npz`` (folders created)."""
+    """``out/data_{index + 1:04d}.npz`` (folders created; written atomically)."""
     path = Path(out) / f"data_{index + 1:04d}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **patient)
+    with atomic_open(path) as f:
+        np.savez_compressed(f, **patient)
     return path
 
 
