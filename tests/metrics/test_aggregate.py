@@ -79,3 +79,27 @@ def test_bootstrap_chunks_large_inputs(monkeypatch):
     monkeypatch.setattr(agg, "_CHUNK_ELEMENTS", 1000 * 7)  # 7 resamples per chunk
     low, high = bootstrap_ci(values, n_resamples=300)
     assert (low, high) == pytest.approx(whole, abs=0.02)
+
+
+def test_bootstrap_interval_is_the_percentile_of_a_per_resample_loop():
+    """Hand oracle: every resample drawn one row at a time from the same generator, its statistic taken alone, and
+    numpy's percentiles; resamples where the statistic is nan are left out; the chunk size changes nothing."""
+    from labelwise.metrics.aggregate import bootstrap_interval
+
+    values = np.random.default_rng(5).exponential(size=37)
+
+    def odd_mean(index):  # nan for a resample whose first case is an even index: left out
+        means = values[index].mean(axis=1)
+        return np.where(index[:, 0] % 2 == 1, means, np.nan)
+
+    rng = np.random.default_rng(11)
+    rows = [rng.integers(0, values.size, size=(1, values.size))[0] for _ in range(400)]
+    kept = [values[r].mean() for r in rows if r[0] % 2 == 1]
+    expected = np.percentile(kept, [5, 95])
+    for chunk in (None, 1, 7, 400):
+        low, high = bootstrap_interval(odd_mean, values.size, n_resamples=400, level=0.9, seed=11, chunk=chunk)
+        assert (low, high) == pytest.approx(tuple(expected), abs=1e-12)
+    assert all(math.isnan(v) for v in bootstrap_interval(lambda i: np.full(len(i), np.nan), 5))
+    assert all(math.isnan(v) for v in bootstrap_interval(odd_mean, 0))
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_interval(odd_mean, 5, n_resamples=0)

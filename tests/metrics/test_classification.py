@@ -90,3 +90,23 @@ def test_device_follows_input():
     pred, target = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0])
     assert accuracy(pred, target).device == pred.device
     assert confusion_matrix(pred, target, 2).device == pred.device
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_f1_from_counts_is_scikit_learns_per_class_f1(seed):
+    """The one F1 (used by macro_f1, the multi-label f1_score and the fairness summary) per class, against
+    scikit-learn's ``f1_score(average=None)``; a class neither predicted nor present is nan, or ``zero_division``."""
+    from labelwise.metrics.classification import f1_from_counts
+
+    rng = np.random.default_rng(seed)
+    k = 6
+    target, pred = rng.integers(0, k - 1, 60), rng.integers(0, k - 1, 60)  # class k - 1 never occurs
+    pred[:5] = 0  # some agreement
+    cm = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), k).double()
+    f1 = f1_from_counts(cm.diagonal(), cm.sum(dim=0), cm.sum(dim=1))
+    expected = skm.f1_score(target, pred, labels=range(k), average=None, zero_division=0)
+    assert f1.dtype == torch.float64
+    np.testing.assert_allclose(f1[: k - 1].numpy(), expected[: k - 1], rtol=0, atol=1e-15)
+    assert torch.isnan(f1[k - 1])
+    zero = f1_from_counts(cm.diagonal(), cm.sum(dim=0), cm.sum(dim=1), zero_division=0.0)
+    np.testing.assert_allclose(zero.numpy(), expected, rtol=0, atol=1e-15)

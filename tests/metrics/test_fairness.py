@@ -49,6 +49,25 @@ def test_bootstrap_interval_brackets_the_auc_and_narrows_with_data():
     assert np.isnan(auc_confidence_interval([0.2, 0.3], [0, 0])[0])
 
 
+def test_auc_intervals_are_percentiles_of_scikit_learns_auc_over_resamples():
+    """Oracle: the resamples ``bootstrap_interval`` draws (numpy's default_rng(seed), one (resamples, N) draw),
+    each scored by scikit-learn (macro: the mean over the labels with both classes), and numpy's percentiles."""
+    from labelwise.metrics.fairness import macro_auc_confidence_interval
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, (40, 3))
+    labels[:, 2] = rng.random(40) < 0.1  # a rare label: some resamples hold one class of it
+    scores = labels + rng.normal(0, 1, (40, 3))
+    index = np.random.default_rng(6).integers(0, 40, size=(300, 40))
+    binary = [roc_auc_score(labels[i, 0], scores[i, 0]) for i in index]
+    assert auc_confidence_interval(scores[:, 0], labels[:, 0], resamples=300, seed=6) == \
+        pytest.approx(tuple(np.percentile(binary, [2.5, 97.5])), abs=1e-12)
+    macro = [np.mean([roc_auc_score(labels[i, k], scores[i, k]) for k in range(3) if 0 < labels[i, k].sum() < 40])
+             for i in index]
+    assert macro_auc_confidence_interval(scores, labels, resamples=300, seed=6) == \
+        pytest.approx(tuple(np.percentile(macro, [2.5, 97.5])), abs=1e-12)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_sensitivity_at_specificity_matches_the_roc_curve(seed):
     rng = np.random.default_rng(seed)

@@ -154,3 +154,20 @@ def test_builtin_label_sets_match_their_published_counts():
     assert len(v2) == 10_000 and (counts == 0).sum() == 129
     assert (counts >= 2).mean() == pytest.approx(0.479, abs=5e-4)  # the published 47.9% counts empty sets too
     assert v2.class_names[0] == "tench" and len(v2.class_names) == 1000
+
+
+def test_asma_interval_is_the_percentile_of_asma_over_resamples():
+    """Oracle: each bootstrap resample of the images (the generator ``bootstrap_interval`` draws from) scored with
+    :func:`asma` itself, one resample at a time, and numpy's 2.5 and 97.5 percentiles."""
+    rng = np.random.default_rng(4)
+    scores = rng.standard_normal((120, 8)).astype(np.float32)
+    sets = [sorted(rng.choice(8, size=rng.integers(0, 4), replace=False).tolist()) for _ in range(120)]
+    label_sets = ml.label_set_matrix(sets, 8)
+    r = ml.summarize(scores, label_sets, bootstrap=200, seed=9)
+    count = label_sets.sum(dim=1)
+    correct = ml.variable_topk_correct(ml.top_predictions(scores, 3), label_sets, "subset")
+    keep = (count > 0).numpy()
+    correct, count = correct[keep], count[keep]
+    draw = np.random.default_rng(9)
+    values = [ml.asma(correct[i], count[i]) for i in draw.integers(0, len(correct), size=(200, len(correct)))]
+    assert r["ci"]["asma"] == pytest.approx(list(np.percentile(values, [2.5, 97.5])), abs=1e-12)

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["bootstrap_ci", "empty_mask_note", "mean_std"]
+__all__ = ["bootstrap_ci", "bootstrap_interval", "empty_mask_note", "mean_std"]
 
-_CHUNK_ELEMENTS = 1 << 24  # resampled values held at once by bootstrap_ci (bounded memory)
+_CHUNK_ELEMENTS = 1 << 24  # resample indices held at once by bootstrap_interval (bounded memory)
 
 
 def _as_numpy(values: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
@@ -38,30 +38,51 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval ``(low, high)`` of ``statistic`` over ``values`` (N,).
+    """Percentile bootstrap confidence interval ``(low, high)`` of ``statistic`` over ``values`` (N,)
+    (:func:`bootstrap_interval`).
 
     Nan values are dropped first. ``statistic`` is called as ``statistic(samples, axis=-1)`` on a
-    (resamples, N) array (numpy's convention, like ``np.mean``/``np.median``). All resample indices of a
-    chunk are drawn at once (no loop over resamples); deterministic for ``seed``. ``(nan, nan)`` for no
+    (resamples, N) array (numpy's convention, like ``np.mean``/``np.median``). ``(nan, nan)`` for no
     values; a single value gives ``(value, value)``."""
+    x = _as_numpy(values)
+    x = x[~np.isnan(x)]
+    return bootstrap_interval(lambda index: statistic(x[index], axis=-1), x.size, n_resamples, level, seed)
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], Any],
+    n: int,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    chunk: int | None = None,
+) -> tuple[float, float]:
+    """The one percentile bootstrap: the ``level`` interval ``(low, high)`` of a statistic over ``n_resamples``
+    resamples of ``n`` cases drawn with replacement.
+
+    ``statistic(index)`` gets the case indices of several resamples, int64 ``(resamples, n)``, and returns the
+    statistic of each ``(resamples,)``; resamples where it is nan (undefined there) are left out. Indices are drawn
+    ``chunk`` resamples at a time (default: about 2**24 indices), all of a chunk at once; deterministic for
+    ``seed`` (numpy's ``default_rng``), whatever the chunk. ``(nan, nan)`` for ``n = 0`` or when every resample is
+    nan."""
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be positive, got {n_resamples}")
-    x = _as_numpy(values)
-    x = x[~np.isnan(x)]
-    n = x.size
     if n == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK_ELEMENTS // n)
+    rows = chunk or max(1, _CHUNK_ELEMENTS // n)
     stats = np.concatenate([
-        np.asarray(statistic(x[rng.integers(0, n, size=(min(rows, n_resamples - start), n))], axis=-1),
+        np.asarray(statistic(rng.integers(0, n, size=(min(rows, n_resamples - start), n))),
                    dtype=np.float64).reshape(-1)
         for start in range(0, n_resamples, rows)
     ])
+    stats = stats[~np.isnan(stats)]
+    if stats.size == 0:
+        return math.nan, math.nan
     alpha = (1 - level) / 2
-    low, high = np.nanquantile(stats, [alpha, 1 - alpha])
+    low, high = np.quantile(stats, [alpha, 1 - alpha])
     return float(low), float(high)
 
 

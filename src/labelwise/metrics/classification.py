@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy", "balanced_accuracy", "confusion_matrix", "correct", "macro_f1", "to_prediction"]
+__all__ = ["accuracy", "balanced_accuracy", "confusion_matrix", "correct", "f1_from_counts", "macro_f1", "to_prediction"]
 
 
 def to_prediction(pred_or_logits: Tensor) -> Tensor:
@@ -59,13 +59,19 @@ def balanced_accuracy(pred_or_logits: Tensor, target: Tensor, num_classes: int) 
     return recall[support > 0].mean()
 
 
+def f1_from_counts(tp: Tensor, predicted: Tensor, actual: Tensor, zero_division: float = float("nan")) -> Tensor:
+    """The one F1: ``2TP / (predicted + actual)`` = ``2TP / (2TP + FP + FN)`` of each entry, from the true positives
+    ``tp`` (a float tensor: the result has its dtype), the predicted positives and the actual positives (same
+    shape); ``zero_division`` where nothing is predicted nor actual (nan: left out of a mean that skips nan)."""
+    denominator = predicted + actual
+    return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1), torch.full_like(tp, zero_division))
+
+
 def macro_f1(pred_or_logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """Unweighted mean of per-class F1 ``2TP / (2TP + FP + FN)``, 0-d float tensor.
+    """Unweighted mean of per-class F1 (:func:`f1_from_counts`), 0-d float tensor.
 
     Classes absent from both predictions and targets are skipped (as scikit-learn's default labels do);
     a class only predicted, or only in the target, counts with F1 = 0."""
     cm = confusion_matrix(pred_or_logits, target, num_classes).float()
-    tp = cm.diagonal()
-    denominator = cm.sum(dim=0) + cm.sum(dim=1)  # = 2TP + FP + FN
-    seen = denominator > 0
-    return (2 * tp[seen] / denominator[seen]).mean()
+    predicted, actual = cm.sum(dim=0), cm.sum(dim=1)
+    return f1_from_counts(cm.diagonal(), predicted, actual)[predicted + actual > 0].mean()

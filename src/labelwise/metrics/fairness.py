@@ -16,14 +16,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import rankdata
 
 from labelwise.errors import DataError
+from labelwise.metrics import classification as cls
+from labelwise.metrics.aggregate import bootstrap_interval
+from labelwise.metrics.classification import f1_from_counts
 from labelwise.io import json_ready
 
 __all__ = ["auc_confidence_interval", "equity_scaled_auc", "expected_calibration_error", "group_auc",
            "binary_scores", "macro_auc_confidence_interval", "roc_auc", "sensitivity_at_specificity", "summarize",
            "summarize_binary"]
+
+
+_CHUNK = 256  # bootstrap resamples of the AUC at a time (each ranks a (256, N) array: bounded memory)
 
 
 def binary_scores(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -63,22 +70,15 @@ def _auc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def auc_confidence_interval(scores: Any, labels: Any, resamples: int = 1000, level: float = 0.95,
                             seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the AUC (cases resampled with replacement; resamples with one class are
-    dropped); (nan, nan) when the AUC itself is undefined."""
+    """Percentile bootstrap interval of the AUC (:func:`labelwise.metrics.aggregate.bootstrap_interval`: cases
+    resampled with replacement; resamples with one class are dropped); (nan, nan) when the AUC itself is undefined."""
     scores, labels = binary_scores(scores, labels)
     if not 0 < level < 1 or resamples < 1:
         raise DataError(f"level must lie in (0, 1) and resamples be >= 1, got {level}, {resamples}")
     if np.isnan(roc_auc(scores, labels)):
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    values = []
-    for start in range(0, resamples, 256):  # bounded memory: 256 resamples at a time
-        index = rng.integers(0, scores.size, size=(min(256, resamples - start), scores.size))
-        values.append(_auc_rows(scores[index], labels[index]))
-    values = np.concatenate(values)
-    values = values[~np.isnan(values)]
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+    return bootstrap_interval(lambda index: _auc_rows(scores[index], labels[index]), scores.size, resamples, level,
+                              seed, chunk=_CHUNK)
 
 
 def sensitivity_at_specificity(scores: Any, labels: Any, specificity: float = 0.9) -> float:
@@ -152,14 +152,15 @@ def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[An
 
     tp, tn = float((predicted & labels).sum()), float((~predicted & ~labels).sum())
     fp, fn = float((predicted & ~labels).sum()), float((~predicted & labels).sum())
-    f1_pos, f1_neg = ratio(2 * tp, 2 * tp + fp + fn), ratio(2 * tn, 2 * tn + fp + fn)
+    counts = torch.tensor([[tp, tn], [tp + fp, tn + fn], [tp + fn, tn + fp]], dtype=torch.float64)
+    f1 = f1_from_counts(*counts).numpy()  # of the positive class and of the negative class: true, predicted, actual
     auc = roc_auc(scores, labels)
     result: dict[str, Any] = {
         "n": int(labels.size), "positives": int(labels.sum()), "auc": auc,
         "auc_ci": list(auc_confidence_interval(scores, labels, resamples, seed=seed)) if resamples else None,
         "accuracy": ratio(tp + tn, labels.size),
         "balanced_accuracy": float(np.nanmean([ratio(tp, tp + fn), ratio(tn, tn + fp)])),
-        "macro_f1": float(np.nanmean([f1_pos, f1_neg])),
+        "macro_f1": float(np.nanmean(f1)),
         "sensitivity_at_90_specificity": sensitivity_at_specificity(scores, labels, 0.9),
         "ece": expected_calibration_error(scores, labels) if scores.min() >= 0 and scores.max() <= 1 else None,
         "group_auc": {}, "group_n": {}, "group_notes": {}, "es_auc": {},
@@ -175,23 +176,18 @@ def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[An
 
 def macro_auc_confidence_interval(scores: Any, labels: Any, resamples: int = 1000, level: float = 0.95,
                                   seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the macro AUC (the mean over columns of ``(N, K)`` scores against 0/1
-    labels, columns with one class left out of each resample's mean)."""
+    """Percentile bootstrap interval (:func:`labelwise.metrics.aggregate.bootstrap_interval`) of the macro AUC (the
+    mean over columns of ``(N, K)`` scores against 0/1 labels, columns with one class left out of each resample's
+    mean)."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
-    rng = np.random.default_rng(seed)
-    values = []
-    for start in range(0, resamples, 256):
-        index = rng.integers(0, scores.shape[0], size=(min(256, resamples - start), scores.shape[0]))
+
+    def macro_auc(index: np.ndarray) -> np.ndarray:
         per_label = np.stack([_auc_rows(scores[index, k], labels[index, k]) for k in range(scores.shape[1])], axis=1)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-nan rows: dropped below
-            values.append(np.nanmean(per_label, axis=1))
-    values = np.concatenate(values)
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-nan rows: nan, left out by bootstrap_interval
+            return np.nanmean(per_label, axis=1)
+
+    return bootstrap_interval(macro_auc, scores.shape[0], resamples, level, seed, chunk=_CHUNK)
 
 
 def summarize(probability: Any, target: Any, multilabel: bool = False, class_names: Sequence[str] = (),
@@ -231,10 +227,6 @@ def summarize(probability: Any, target: Any, multilabel: bool = False, class_nam
     if multilabel:
         result.update(accuracy=mean("accuracy"), balanced_accuracy=mean("balanced_accuracy"), macro_f1=mean("macro_f1"))
     else:
-        import torch
-
-        from labelwise.metrics import classification as cls
-
         pred, true = torch.from_numpy(probability.argmax(axis=1)), torch.from_numpy(target.astype(np.int64))
         result.update(accuracy=float(cls.accuracy(pred, true)), balanced_accuracy=float(cls.balanced_accuracy(pred, true, k)),
                       macro_f1=float(cls.macro_f1(pred, true, k)))

@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from labelwise.metrics.aggregate import bootstrap_ci, bootstrap_interval
+from labelwise.metrics.classification import f1_from_counts
+
 __all__ = [
     "asma",
     "f1_score",
@@ -225,9 +228,8 @@ def f1_score(predictions: Tensor | np.ndarray, targets: Tensor | np.ndarray, ave
     if dim == "bad":
         raise ValueError(f"average must be 'micro', 'macro' or 'samples', got {average!r}")
     tp = (p & t).sum(dim=dim) if dim is not None else (p & t).sum()
-    denominator = (p.sum(dim=dim) + t.sum(dim=dim)) if dim is not None else (p.sum() + t.sum())
-    f1 = torch.where(denominator > 0, 2 * tp.double() / denominator.clamp_min(1), torch.zeros_like(tp, dtype=torch.float64))
-    return f1.mean().float()
+    predicted, actual = (p.sum(dim=dim), t.sum(dim=dim)) if dim is not None else (p.sum(), t.sum())
+    return f1_from_counts(tp.double(), predicted, actual, zero_division=0.0).mean().float()
 
 
 def subset_accuracy(predictions: Tensor | np.ndarray, targets: Tensor | np.ndarray, threshold: float | None = 0.5) -> Tensor:
@@ -340,34 +342,28 @@ def summarize(
             "lrap": float(label_ranking_average_precision(s, t)),
         })
     if bootstrap:
-        from labelwise.metrics.aggregate import bootstrap_ci
-
         result["ci"] = {key: list(bootstrap_ci(values, n_resamples=bootstrap, seed=seed)) for key, values in per_image.items()}
         if result["asma"] is not None:
-            result["ci"]["asma"] = list(_asma_bootstrap(per_image[asma_metric], label_count, bootstrap, seed, asma_aggregation))
+            result["ci"]["asma"] = list(_asma_interval(per_image[asma_metric], label_count, bootstrap, seed, asma_aggregation))
     result["unavailable"] = unavailable
     return result
 
 
-def _asma_bootstrap(correct: Tensor, label_count: Tensor, n_resamples: int, seed: int,
-                    aggregation: Callable[[np.ndarray], float]) -> tuple[float, float]:
-    """95% percentile interval of ASMA over resampled images (subgroup means per resample by bincount)."""
+def _asma_interval(correct: Tensor, label_count: Tensor, n_resamples: int, seed: int,
+                   aggregation: Callable[[np.ndarray], float]) -> tuple[float, float]:
+    """95% percentile interval of ASMA over resampled images (:func:`labelwise.metrics.aggregate.bootstrap_interval`;
+    the subgroup means of each resample by bincount)."""
     keep = ~torch.isnan(correct) & (label_count > 0)
     value, count = correct[keep].double().cpu().numpy(), label_count[keep].cpu().numpy()
-    if value.size == 0:
-        return float("nan"), float("nan")
     groups, group = np.unique(count, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    stats = []
-    rows = max(1, _CHUNK_ELEMENTS // value.size)
-    for start in range(0, n_resamples, rows):
-        r = min(rows, n_resamples - start)
-        idx = rng.integers(0, value.size, size=(r, value.size))
+
+    def statistic(idx: np.ndarray) -> list[float]:
+        r = idx.shape[0]
         flat = (np.arange(r)[:, None] * len(groups) + group[idx]).ravel()
         sums = np.bincount(flat, weights=value[idx].ravel(), minlength=r * len(groups)).reshape(r, -1)
         sizes = np.bincount(flat, minlength=r * len(groups)).reshape(r, -1)
         with np.errstate(invalid="ignore", divide="ignore"):
             means = sums / sizes  # a subgroup missing from a resample is nan and left out of that resample
-        stats.extend(aggregation(m[~np.isnan(m)]) for m in means)
-    low, high = np.nanquantile(np.array(stats, dtype=np.float64), [0.025, 0.975])
-    return float(low), float(high)
+        return [aggregation(m[~np.isnan(m)]) for m in means]
+
+    return bootstrap_interval(statistic, value.size, n_resamples, seed=seed)
