@@ -12,7 +12,7 @@ from torch import nn
 from labelwise.errors import LabelwiseError
 from labelwise.explain.cam import (
     CAM,
-    METHODS,
+    CAMS,
     CounterfactualGradCAM,
     EigenCAM,
     GradCAM,
@@ -29,10 +29,10 @@ from labelwise.explain.cam import (
 )
 from labelwise.explain.guided import GuidedBackprop, GuidedGradCAM
 
-METHOD_NAMES = (*METHODS, "guided-backprop", "guided-gradcam")
+METHOD_NAMES = (*CAMS, "guided-backprop", "guided-gradcam")
 
 __all__ = [
-    "CAM", "METHOD_NAMES", "CounterfactualGradCAM", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
+    "CAM", "CAMS", "METHOD_NAMES", "CounterfactualGradCAM", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
     "GuidedGradCAM", "HiResCAM", "LayerCAM", "ScoreCAM", "SegmentationTarget", "SmoothGradCAMPlusPlus", "XGradCAM",
     "build_explainer", "default_target_layer", "postprocess", "tokens_to_grid",
 ]
@@ -45,6 +45,6 @@ def build_explainer(name: str, model: nn.Module, target_layer: nn.Module | str |
         return GuidedBackprop(model)
     if name == "guided-gradcam":
         return GuidedGradCAM(model, target_layer, **options)
-    if name not in METHODS:
+    if name not in CAMS:
         raise LabelwiseError(f"unknown explanation method {name!r}; choose one of {', '.join(METHOD_NAMES)}")
-    return METHODS[name](model, target_layer, **options)
+    return CAMS[name](model, target_layer, **options)

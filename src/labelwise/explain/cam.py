@@ -366,7 +366,8 @@ class ScoreCAM(CAM):
             return _weighted(alpha.transpose(1, 2), a)
 
 
-METHODS: dict[str, type[CAM]] = {
+#: The CAM methods by name (the training recipes' registry is :data:`labelwise.methods.METHODS`).
+CAMS: dict[str, type[CAM]] = {
     "gradcam": GradCAM,
     "counterfactual-gradcam": CounterfactualGradCAM,
     "gradcam++": GradCAMPlusPlus,
