@@ -4,6 +4,7 @@ import os
 import stat
 
 import pytest
+import torch
 
 from labelwise import io
 from labelwise.io import atomic_open, atomic_path, atomic_write
@@ -67,3 +68,16 @@ def test_permissions_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640  # not mkstemp's 0600
+
+
+def test_a_writer_that_recreates_the_file_still_gets_the_umask(tmp_path):
+    """safetensors' save_file writes a new 0600 file whatever was there; the weights must stay readable."""
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "model.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o644

@@ -24,11 +24,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        finally:
-            os.close(fd)
+        os.close(fd)
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # after the writer: mkstemp and safetensors' save_file make 0600 files
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
