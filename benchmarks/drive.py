@@ -90,14 +90,23 @@ def run_labelwise(variant: str, manifest: Path, run_dir: Path, seed: int, extra:
 
 
 def train_and_score(config, run_dir: Path) -> dict:
-    """Train ``config`` into ``run_dir`` (cleared first: whatever is there is a stale or killed attempt) and return
-    the mean test scores against each test case's label (the clean mask), the test and roi case counts, and the
-    training and wall minutes."""
+    """Train ``config`` into ``run_dir`` and return the mean test scores against each test case's label (the clean
+    mask), the test and roi case counts, and the training and wall minutes. A run killed with the same config
+    resumes from its last checkpoint; anything else there is a stale attempt and is cleared first."""
+    from labelwise.config import load_config
     from labelwise.training import train
 
-    shutil.rmtree(run_dir, ignore_errors=True)
+    summary_path, saved = run_dir / "summary.json", run_dir / "config.yaml"
+    resume = False
+    if summary_path.is_file() and saved.is_file() and json.loads(summary_path.read_text()).get("status") == "interrupted":
+        before, now = load_config(saved, check_files=False).to_dict(), config.to_dict()
+        for raw, base in ((before, run_dir), (now, Path.cwd())):  # the run saves its manifest relative to itself
+            raw["data"]["manifest"] = str((base / raw["data"]["manifest"]).resolve())
+        resume = before == now
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
     started = time.perf_counter()
-    result = train(config, run_dir)
+    result = train(config, run_dir, resume=resume)
     wall = time.perf_counter() - started
     if result.status != "completed":
         raise RuntimeError(f"{run_dir.name}: {result.status}: {result.message}")

@@ -1,0 +1,152 @@
+"""Confident learning for class labels and masks, against hand computations and cases whose answer is known."""
+
+import numpy as np
+import pytest
+
+from labelwise.metrics.label_quality import (
+    EXTRA,
+    MISSED,
+    class_issues,
+    class_thresholds,
+    confident_class,
+    confident_joint,
+    mask_suspects,
+    mask_thresholds,
+    multilabel_issues,
+)
+
+PROBS = np.array([
+    [0.9, 0.1],  # labelled 0, agrees
+    [0.8, 0.2],  # labelled 0, agrees
+    [0.3, 0.7],  # labelled 0, confidently 1: a flip
+    [0.2, 0.8],  # labelled 1, agrees
+    [0.4, 0.6],  # labelled 1, agrees
+    [0.55, 0.45],  # labelled 1: below both thresholds? t1 = (0.8 + 0.6 + 0.45) / 3 = 0.6167; p0 0.55 < t0
+])
+LABELS = np.array([0, 0, 0, 1, 1, 1])
+
+
+def test_thresholds_and_joint_by_hand():
+    t = class_thresholds(PROBS, LABELS)
+    np.testing.assert_allclose(t, [(0.9 + 0.8 + 0.3) / 3, (0.8 + 0.6 + 0.45) / 3])
+    # t0 = 0.6667, t1 = 0.6167: row 2 is confident 1; row 5 reaches neither threshold
+    np.testing.assert_array_equal(confident_class(PROBS, t), [0, 0, 1, 1, -1, -1])
+    np.testing.assert_array_equal(confident_joint(PROBS, LABELS), [[2, 1], [0, 1]])
+
+
+def test_class_issues_flag_the_flip_and_name_its_class():
+    audit = class_issues(PROBS, LABELS)
+    # calibrated row 0: [2, 1] / 3 * 3 = [2, 1]: one sample labelled 0 goes, the largest margin p1 - p0 (row 2)
+    np.testing.assert_array_equal(audit.issue, [False, False, True, False, False, False])
+    np.testing.assert_array_equal(audit.likely, [0, 0, 1, 1, 1, 1])
+    np.testing.assert_allclose(audit.quality, PROBS[np.arange(6), LABELS])
+
+
+def test_class_issues_find_known_flips():
+    """A model that knows the truth (confident but not certain) finds exactly the labels that were flipped."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, size=400)
+    probs = np.full((400, 4), 0.1)
+    probs[np.arange(400), truth] = 0.7
+    labels = truth.copy()
+    flipped = rng.choice(400, size=60, replace=False)
+    labels[flipped] = (truth[flipped] + rng.integers(1, 4, size=60)) % 4
+    audit = class_issues(probs, labels)
+    np.testing.assert_array_equal(np.flatnonzero(audit.issue), np.sort(flipped))
+    np.testing.assert_array_equal(audit.likely, truth)
+
+
+def test_class_issues_refuse_bad_input():
+    with pytest.raises(ValueError, match="labels must lie"):
+        class_issues(PROBS, LABELS + 1)
+    with pytest.raises(ValueError, match="expected probabilities"):
+        class_issues(PROBS[:, 0], LABELS)
+
+
+def test_multilabel_flags_the_class_that_was_dropped():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 2, size=(300, 3))
+    probs = np.where(truth > 0, 0.8, 0.15)
+    labels = truth.copy()
+    dropped = rng.choice(np.flatnonzero(truth[:, 1]), size=20, replace=False)
+    labels[dropped, 1] = 0
+    audit = multilabel_issues(probs, labels)
+    np.testing.assert_array_equal(np.flatnonzero(audit.issue), np.sort(dropped))
+    np.testing.assert_array_equal(audit.likely, truth)
+
+
+def vessel_case(shape=(40, 40)):
+    """A bar of foreground; the model's probabilities are 0.9 on it and 0.05 elsewhere."""
+    truth = np.zeros(shape, dtype=np.uint8)
+    truth[10:30, 18:22] = 1
+    probs = np.where(truth > 0, 0.9, 0.05)
+    return truth, probs
+
+
+def test_mask_suspects_find_missed_and_extra_pixels():
+    truth, probs = vessel_case()
+    label = truth.copy()
+    label[10:20, 18:22] = 0  # half the bar missed
+    label[0:2, 0:5] = 1  # a blob that is not there
+    t = mask_thresholds([(probs, label, None)])
+    # foreground threshold: mean p over labelled foreground = (40 * 0.9 + 10 * 0.05) / 50
+    np.testing.assert_allclose(t, [((1600 - 50 - 40) * 0.95 + 40 * 0.1) / (1600 - 50), (40 * 0.9 + 10 * 0.05) / 50])
+    audit = mask_suspects(probs, label, t)
+    np.testing.assert_array_equal(audit.suspects == MISSED, (truth > 0) & (label == 0))
+    np.testing.assert_array_equal(audit.suspects == EXTRA, (label > 0) & (truth == 0))
+    assert (audit.missed, audit.extra) == (40, 10)
+    # soft Dice of the label with the model: 2 * sum(p * y) / (sum p + sum y)
+    p = probs
+    expected = 2 * (p * label).sum() / (p.sum() + label.sum())
+    assert audit.quality == pytest.approx(expected)
+
+
+def test_mask_suspects_stay_inside_the_roi_and_order_cases_by_quality():
+    truth, probs = vessel_case()
+    roi = np.zeros_like(truth, dtype=bool)
+    roi[5:35, 5:35] = True
+    good = truth.copy()
+    bad = truth.copy()
+    bad[10:25, 18:22] = 0
+    outside = truth.copy()
+    outside[0:2, 0:5] = 1  # an error outside the roi
+    t = mask_thresholds([(probs, m, roi) for m in (good, bad, outside)])
+    audits = [mask_suspects(probs, m, t, roi) for m in (good, bad, outside)]
+    assert audits[0].missed == audits[0].extra == 0
+    assert audits[2].extra == 0 and audits[2].quality == pytest.approx(audits[0].quality)
+    assert audits[1].quality < audits[0].quality
+    assert (audits[1].score[~roi] == 1).all()
+
+
+def test_mask_suspects_take_class_maps():
+    truth, probs = vessel_case()
+    stacked = np.stack([1 - probs, probs])
+    t = mask_thresholds([(probs, truth, None)])
+    a, b = mask_suspects(probs, truth, t), mask_suspects(stacked, truth, t)
+    np.testing.assert_array_equal(a.suspects, b.suspects)
+    with pytest.raises(ValueError, match="do not match"):
+        mask_suspects(probs[:-1], truth, t)
+
+
+def test_class_issues_agree_with_cleanlab():
+    """cleanlab's pruning by noise rate on random softmax outputs: the same confident joint up to the samples on a
+    threshold or with one confident class that is not the argmax (cleanlab then counts the argmax), and the same
+    flags up to a sample or two per data set."""
+    cleanlab_filter = pytest.importorskip("cleanlab.filter")
+    cleanlab_count = pytest.importorskip("cleanlab.count")
+    rng = np.random.default_rng(0)
+    differ = total = 0
+    for _ in range(12):
+        n, k = int(rng.integers(60, 500)), int(rng.integers(2, 7))
+        probs = np.exp(rng.normal(size=(n, k)) * rng.uniform(0.5, 3))
+        probs /= probs.sum(axis=1, keepdims=True)
+        labels = np.array([rng.choice(k, p=row) for row in probs])
+        labels[:k] = np.arange(k)  # every class given at least once
+        audit = class_issues(probs, labels)
+        theirs = cleanlab_filter.find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+        joint = cleanlab_count.compute_confident_joint(labels, probs, calibrate=False)
+        assert np.abs(audit.joint - joint).sum() <= 2
+        assert (audit.issue != theirs).sum() <= max(3, n // 50)  # rounding the calibrated joint, cleanlab's way
+        assert audit.issue.sum() > 0
+        differ, total = differ + (audit.issue != theirs).sum(), total + n
+    assert differ / total < 0.01
