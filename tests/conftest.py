@@ -52,8 +52,14 @@ def tiny_config() -> dict:
     }
 
 
-def make_set(folder, splits=("train", "train", "train", "val", "test"), unlabelled=(2,), shape=(20, 24, 28),
-             spacing=(0.5, 0.6, 0.8), truth=False):
+def make_set(
+    folder,
+    splits=("train", "train", "train", "val", "test"),
+    unlabelled=(2,),
+    shape=(20, 24, 28),
+    spacing=(0.5, 0.6, 0.8),
+    truth=False,
+):
     """A small manifest of NIfTI volumes with a bright tube (label 1); case ``i`` in ``unlabelled`` has no label.
     With ``truth``, a ``truth`` column names a reference mask: the label with its first slice cleared."""
     rng = np.random.default_rng(0)

@@ -33,11 +33,18 @@ def same(a: float | None, b: float) -> bool:
 
 @cache
 def segmenter(num_classes: int):
-    cfg = load_config({"seed": 0, "method": {"name": "supervised", "loss": "dice_ce"},
-                       "data": {"synth": {"n": 8}, "task": "segmentation"},
-                       "model": {"name": "unet", "channels": [4, 8]}, "trainer": {"max_steps": 1, "checkpoint_every": 1}})
-    data = DataBundle(splits={}, task="segmentation", num_classes=num_classes, in_channels=1, spatial_dims=2,
-                      image_size=(16, 16))
+    cfg = load_config(
+        {
+            "seed": 0,
+            "method": {"name": "supervised", "loss": "dice_ce"},
+            "data": {"synth": {"n": 8}, "task": "segmentation"},
+            "model": {"name": "unet", "channels": [4, 8]},
+            "trainer": {"max_steps": 1, "checkpoint_every": 1},
+        }
+    )
+    data = DataBundle(
+        splits={}, task="segmentation", num_classes=num_classes, in_channels=1, spatial_dims=2, image_size=(16, 16)
+    )
     return METHODS["supervised"](cfg, data)
 
 
@@ -56,8 +63,9 @@ def test_the_validation_dice_is_the_case_scorer_and_the_oracle(case):
     k, pred, truth, roi = case
     method = segmenter(k)
     logits = torch.from_numpy(np.moveaxis(np.eye(k)[pred], -1, 0) * 10.0).float()  # argmax: pred
-    metrics, predictions = method.evaluate([logits], [torch.from_numpy(truth)],
-                                           rois=[torch.from_numpy(roi) if roi is not None else None])
+    metrics, predictions = method.evaluate(
+        [logits], [torch.from_numpy(truth)], rois=[torch.from_numpy(roi) if roi is not None else None]
+    )
     np.testing.assert_array_equal(predictions["prediction"][0].numpy(), inside(pred, roi))
     classes = scored_classes(k)
     scored = score_case(pred, truth, (0.5,) * pred.ndim, roi, classes)
@@ -85,28 +93,57 @@ def test_the_four_places_score_a_case_alike(tmp_path):
     truth = read_volume(data / "labels" / "c5.png", mask=True).array
     roi = read_volume(data / "roi" / "c5_roi.png", mask=True).array > 0
     assert not mask[~roi].any() and mask.max() > 0
-    oracle = {"foreground": segmentation_scores(mask > 0, truth > 0, roi=roi),
-              **{str(c): segmentation_scores(mask == c, truth == c, roi=roi) for c in (1, 2)}}
+    oracle = {
+        "foreground": segmentation_scores(mask > 0, truth > 0, roi=roi),
+        **{str(c): segmentation_scores(mask == c, truth == c, roi=roi) for c in (1, 2)},
+    }
 
     test = json.loads((run / "summary.json").read_text())["test"]  # Method.evaluate, one test case
-    (saved,) = json.loads((run / "predictions" / "test" / "segmentation.json").read_text())["references"]["label"]["cases"]
+    (saved,) = json.loads((run / "predictions" / "test" / "segmentation.json").read_text())["references"]["label"][
+        "cases"
+    ]
     out = tmp_path / "predicted"
-    code, text = invoke_cli("predict", str(run), "--input", str(data / "images" / "c5.png"), "--out", str(out),
-                            "--reference", str(data / "labels"), "--roi", str(data / "roi"))
+    code, text = invoke_cli(
+        "predict",
+        str(run),
+        "--input",
+        str(data / "images" / "c5.png"),
+        "--out",
+        str(out),
+        "--reference",
+        str(data / "labels"),
+        "--roi",
+        str(data / "roi"),
+    )
     assert code == 0, text
     (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
     np.testing.assert_array_equal(read_volume(out / entry["mask"], mask=True).array, mask)
-    code, text = invoke_cli("evaluate", "segmentation", "--pred", str(out), "--truth", str(data / "labels"), "--roi",
-                            str(data / "roi"), "--allow-missing", "--json", str(tmp_path / "scores.json"))
+    code, text = invoke_cli(
+        "evaluate",
+        "segmentation",
+        "--pred",
+        str(out),
+        "--truth",
+        str(data / "labels"),
+        "--roi",
+        str(data / "roi"),
+        "--allow-missing",
+        "--json",
+        str(tmp_path / "scores.json"),
+    )
     assert code == 0, text
     (evaluated,) = json.loads((tmp_path / "scores.json").read_text())["cases"]
     assert evaluated["roi"].endswith("c5_roi.png") and entry["roi"].endswith("c5_roi.png")
 
     assert same(saved["dice"], oracle["foreground"]["dice"]) and same(entry["dice"], oracle["foreground"]["dice"])
-    assert all(same(saved[n], oracle["foreground"][n]) and same(evaluated[n], oracle["foreground"][n])
-               for n in oracle["foreground"])
+    assert all(
+        same(saved[n], oracle["foreground"][n]) and same(evaluated[n], oracle["foreground"][n])
+        for n in oracle["foreground"]
+    )
     for k, c in enumerate(("1", "2")):
         assert same(test[f"dice/{c}"], oracle[c]["dice"])
         assert same(entry["dice_per_class"][k], oracle[c]["dice"])
-        assert all(same(saved["per_class"][c][n], oracle[c][n]) and same(evaluated["per_class"][c][n], oracle[c][n])
-                   for n in oracle[c])
+        assert all(
+            same(saved["per_class"][c][n], oracle[c][n]) and same(evaluated["per_class"][c][n], oracle[c][n])
+            for n in oracle[c]
+        )

@@ -73,8 +73,9 @@ def _train_then_resume(tmp_path, tiny_config, scheduler, *resume_args):
 
 
 def test_resume_with_set_writes_what_ran_into_config_yaml(tmp_path, tiny_config, capsys):
-    run, before, code = _train_then_resume(tmp_path, tiny_config, "constant", "--set", "trainer.max_steps=6",
-                                           "--set", "trainer.log_every=2")
+    run, before, code = _train_then_resume(
+        tmp_path, tiny_config, "constant", "--set", "trainer.max_steps=6", "--set", "trainer.log_every=2"
+    )
     assert code in (0, None)  # the constant schedule: extending the run is fine
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["trainer"]["max_steps"] == 6 and saved["trainer"]["log_every"] == 2
@@ -83,8 +84,11 @@ def test_resume_with_set_writes_what_ran_into_config_yaml(tmp_path, tiny_config,
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["step"] == 6 and summary["max_steps"] == 6
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 6
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["split"] == "train"]
+    steps = [
+        json.loads(line)["step"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["split"] == "train"
+    ]
     assert steps == [1, 2, 3, 4, 6]  # log_every 1 up to step 4, then 2
 
 
@@ -120,8 +124,15 @@ def test_quick_demo(tmp_path):
     from labelwise.demo import run_demo
 
     reports = run_demo(tmp_path, quick=True)
-    assert [p.parent.name for p in reports] == ["demo", "demo-segmentation", "demo-multilabel", "demo-vessels",
-                                                "demo-semi", "demo-pretrain", "demo-pretrain-probe"]
+    assert [p.parent.name for p in reports] == [
+        "demo",
+        "demo-segmentation",
+        "demo-multilabel",
+        "demo-vessels",
+        "demo-semi",
+        "demo-pretrain",
+        "demo-pretrain-probe",
+    ]
     pretrain = json.loads((tmp_path / "demo-pretrain" / "summary.json").read_text())
     assert {"knn_accuracy"} <= set(pretrain["test"])
     semi = json.loads((tmp_path / "demo-semi" / "predictions" / "test_evaluation.json").read_text())

@@ -172,28 +172,45 @@ def test_documented_command_line_parses(example, capsys):
     except Exit:  # --help
         pass
     except UsageError as err:
-        pytest.fail(f"{example.file}:{example.line}: `{example.text}` is rejected: {err.format_message()}",
-                    pytrace=False)
+        pytest.fail(
+            f"{example.file}:{example.line}: `{example.text}` is rejected: {err.format_message()}", pytrace=False
+        )
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("labelwise predict runs/x --input a.nii.gz --out o --window 64 64 32   # comment",
-     ["predict", "runs/x", "--input", "a.nii.gz", "--out", "o", "--window", "64", "64", "32"]),
-    ("labelwise train c.yaml --set 'method.tasks={mim: 1.0}' > log.txt 2>&1", ["train", "c.yaml", "--set",
-                                                                               "method.tasks={mim: 1.0}"]),
-    ("labelwise export RUN --format onnx|torchscript --out FILE", ["export", "RUN", "--format", "onnx", "--out", "FILE"]),
-    ("labelwise evaluate segmentation --pred D --truth D [--json F] [--allow-missing]",
-     ["evaluate", "segmentation", "--pred", "D", "--truth", "D", "--json", "F", "--allow-missing"]),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (
+            "labelwise predict runs/x --input a.nii.gz --out o --window 64 64 32   # comment",
+            ["predict", "runs/x", "--input", "a.nii.gz", "--out", "o", "--window", "64", "64", "32"],
+        ),
+        (
+            "labelwise train c.yaml --set 'method.tasks={mim: 1.0}' > log.txt 2>&1",
+            ["train", "c.yaml", "--set", "method.tasks={mim: 1.0}"],
+        ),
+        (
+            "labelwise export RUN --format onnx|torchscript --out FILE",
+            ["export", "RUN", "--format", "onnx", "--out", "FILE"],
+        ),
+        (
+            "labelwise evaluate segmentation --pred D --truth D [--json F] [--allow-missing]",
+            ["evaluate", "segmentation", "--pred", "D", "--truth", "D", "--json", "F", "--allow-missing"],
+        ),
+    ],
+)
 def test_argv_of(line, expected):
     assert argv_of(line) == expected
 
 
 def test_the_parser_rejects_what_main_rejects():
     """The check is real: a wrong option, an extra argument and a bad value are caught without running anything."""
-    for args in (["train", "c.yaml", "--no-such-option"], ["report", "a", "b"],
-                 ["data", "synth", "vessels", "--out", "x", "--dim", "7"], ["evaluate", "nothing"]):
+    for args in (
+        ["train", "c.yaml", "--no-such-option"],
+        ["report", "a", "b"],
+        ["data", "synth", "vessels", "--out", "x", "--dim", "7"],
+        ["evaluate", "nothing"],
+    ):
         with pytest.raises(UsageError):
             parse_only(args)
     with pytest.raises(UsageError) as info:

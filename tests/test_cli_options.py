@@ -19,8 +19,23 @@ def _synth(out, *axis_args: str) -> None:
 
 def test_vessels_shape_and_spacing_space_separated(tmp_path):
     _synth(tmp_path / "spaced", "--shape", "24", "20", "16", "--spacing", "0.8", "0.7", "1.5", "--seed", "3")
-    _synth(tmp_path / "repeated", "--shape", "24", "--shape", "20", "--shape", "16",
-           "--spacing", "0.8", "--spacing", "0.7", "--spacing", "1.5", "--seed", "3")
+    _synth(
+        tmp_path / "repeated",
+        "--shape",
+        "24",
+        "--shape",
+        "20",
+        "--shape",
+        "16",
+        "--spacing",
+        "0.8",
+        "--spacing",
+        "0.7",
+        "--spacing",
+        "1.5",
+        "--seed",
+        "3",
+    )
     spaced = read_volume(tmp_path / "spaced" / "images" / "vessel_000.nii.gz")
     repeated = read_volume(tmp_path / "repeated" / "images" / "vessel_000.nii.gz")
     assert spaced.array.shape[-3:] == (24, 20, 16)
@@ -37,7 +52,11 @@ def test_predict_roi_space_separated_is_parsed_like_the_repeated_form():
     base = ["--input", "a.nii.gz", "--out", "o"]
     spaced = _predict_params(["runs/x", *base, "--window", "64", "64", "32"])
     assert spaced["window"] == [64, 64, 32] and str(spaced["run_dir"]) == "runs/x"
-    assert _predict_params(["runs/x", *base, "--window", "64", "--window", "64", "--window", "32"])["window"] == [64, 64, 32]
+    assert _predict_params(["runs/x", *base, "--window", "64", "--window", "64", "--window", "32"])["window"] == [
+        64,
+        64,
+        32,
+    ]
     # values stop at the first token that is not a number: the run directory may follow
     before = _predict_params(["--window", "48", "40", "runs/x", *base, "--overlap", "0.25"])
     assert before["window"] == [48, 40] and str(before["run_dir"]) == "runs/x" and before["overlap"] == 0.25
@@ -45,14 +64,45 @@ def test_predict_roi_space_separated_is_parsed_like_the_repeated_form():
 
 
 def test_expand_per_axis_options_touches_only_the_listed_options():
-    assert expand_per_axis_options(["data", "synth", "vessels", "--shape", "96", "96", "--n", "3"]) == \
-        ["data", "synth", "vessels", "--shape", "96", "--shape", "96", "--n", "3"]
-    assert expand_per_axis_options(["data", "synth", "shapes", "--size", "16", "16"]) == \
-        ["data", "synth", "shapes", "--size", "16", "16"]  # not a per-axis option: click reports the extra value
+    assert expand_per_axis_options(["data", "synth", "vessels", "--shape", "96", "96", "--n", "3"]) == [
+        "data",
+        "synth",
+        "vessels",
+        "--shape",
+        "96",
+        "--shape",
+        "96",
+        "--n",
+        "3",
+    ]
+    assert expand_per_axis_options(["data", "synth", "shapes", "--size", "16", "16"]) == [
+        "data",
+        "synth",
+        "shapes",
+        "--size",
+        "16",
+        "16",
+    ]  # not a per-axis option: click reports the extra value
     assert expand_per_axis_options(["train", "c.yaml", "--set", "a=1"]) == ["train", "c.yaml", "--set", "a=1"]
-    assert expand_per_axis_options(["predict", "r", "--", "--window", "1", "2"]) == ["predict", "r", "--", "--window", "1", "2"]
-    assert expand_per_axis_options(["data", "synth", "vessels", "--spacing", ".5", "1e-1", "2."]) == \
-        ["data", "synth", "vessels", "--spacing", ".5", "--spacing", "1e-1", "--spacing", "2."]
+    assert expand_per_axis_options(["predict", "r", "--", "--window", "1", "2"]) == [
+        "predict",
+        "r",
+        "--",
+        "--window",
+        "1",
+        "2",
+    ]
+    assert expand_per_axis_options(["data", "synth", "vessels", "--spacing", ".5", "1e-1", "2."]) == [
+        "data",
+        "synth",
+        "vessels",
+        "--spacing",
+        ".5",
+        "--spacing",
+        "1e-1",
+        "--spacing",
+        "2.",
+    ]
 
 
 def test_every_listed_option_exists_and_its_help_shows_the_spaced_form():

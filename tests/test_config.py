@@ -128,8 +128,11 @@ def test_the_shipped_drive_ds6_config_is_what_benchmarks_ds6_drive_measured():
     """configs/drive-ds6.yaml quotes the figures of `ds6-paper` in benchmarks/ds6_drive.py at 1,000 steps: that is
     configs/drive-unet-mss.yaml with the benchmark's overrides; anything else in the shipped file was not measured."""
     shipped = load_config(REPO / "configs" / "drive-ds6.yaml", check_files=False).to_dict()
-    measured = load_config(REPO / "configs" / "drive-unet-mss.yaml", ["trainer.max_steps=1000", "method.name=ds6",
-                           "method.loss=focal_tversky", "name=drive-ds6"], check_files=False).to_dict()
+    measured = load_config(
+        REPO / "configs" / "drive-unet-mss.yaml",
+        ["trainer.max_steps=1000", "method.name=ds6", "method.loss=focal_tversky", "name=drive-ds6"],
+        check_files=False,
+    ).to_dict()
     assert shipped == measured
 
 
@@ -143,14 +146,25 @@ def test_the_noisy_mask_default_is_the_clean_recipe_with_a_calibrated_threshold_
     from labelwise.training import train
 
     shipped = load_config(REPO / "configs" / "drive-noisy.yaml", check_files=False).to_dict()
-    clean = load_config(REPO / "configs" / "drive-unet-mss.yaml", ["method.threshold=calibrate", "name=drive-noisy"],
-                        check_files=False).to_dict()
+    clean = load_config(
+        REPO / "configs" / "drive-unet-mss.yaml", ["method.threshold=calibrate", "name=drive-noisy"], check_files=False
+    ).to_dict()
     assert shipped == clean
     manifest = write_vessels(tmp_path / "v2d", 2, 5, [48, 48], seed=1)
-    cfg = load_config(REPO / "configs" / "drive-noisy.yaml",
-                      [f"data.manifest={manifest}", "data.patch_size=[32,32]", "data.patches_per_volume=4",
-                       "data.batch_size=2", "model.channels=[4,8,8,16,16]", "trainer.max_steps=2",
-                       "trainer.val_every=0", "trainer.checkpoint_every=2", "method.tta=false"])
+    cfg = load_config(
+        REPO / "configs" / "drive-noisy.yaml",
+        [
+            f"data.manifest={manifest}",
+            "data.patch_size=[32,32]",
+            "data.patches_per_volume=4",
+            "data.batch_size=2",
+            "model.channels=[4,8,8,16,16]",
+            "trainer.max_steps=2",
+            "trainer.val_every=0",
+            "trainer.checkpoint_every=2",
+            "method.tta=false",
+        ],
+    )
     result = train(cfg, tmp_path / "run")
     assert result.status == "completed"
     spec = json.loads((tmp_path / "run" / "inference.json").read_text())["inference"]
@@ -167,10 +181,20 @@ def test_calibrate_without_validation_cases_keeps_the_plain_threshold_and_says_s
 
     manifest = write_vessels(tmp_path / "v2d", 2, 4, [48, 48], seed=1)
     manifest.write_text(manifest.read_text().replace(",val,", ",train,"))
-    cfg = load_config(REPO / "configs" / "drive-noisy.yaml",
-                      [f"data.manifest={manifest}", "data.patch_size=[32,32]", "data.patches_per_volume=4",
-                       "data.batch_size=2", "model.channels=[4,8,8,16,16]", "trainer.max_steps=2",
-                       "trainer.val_every=0", "trainer.checkpoint_every=2", "method.tta=false"])
+    cfg = load_config(
+        REPO / "configs" / "drive-noisy.yaml",
+        [
+            f"data.manifest={manifest}",
+            "data.patch_size=[32,32]",
+            "data.patches_per_volume=4",
+            "data.batch_size=2",
+            "model.channels=[4,8,8,16,16]",
+            "trainer.max_steps=2",
+            "trainer.val_every=0",
+            "trainer.checkpoint_every=2",
+            "method.tta=false",
+        ],
+    )
     assert train(cfg, tmp_path / "run").status == "completed"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["calibration"].startswith("no validation cases")

@@ -11,8 +11,19 @@ from labelwise.cli import main
 from labelwise.data.labelsets import load_label_sets
 from labelwise.metrics import multilabel as ml
 
-KEYS = {"n_images", "top1", "top5", "real_top1", "real_top5", "n_real_scored", "variable_topk_subset",
-        "variable_topk_fraction", "subgroup_accuracy", "asma", "multi_label_fraction"}
+KEYS = {
+    "n_images",
+    "top1",
+    "top5",
+    "real_top1",
+    "real_top5",
+    "n_real_scored",
+    "variable_topk_subset",
+    "variable_topk_fraction",
+    "subgroup_accuracy",
+    "asma",
+    "multi_label_fraction",
+}
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
@@ -38,8 +49,19 @@ def _v2_files(tmp_path, rows: int = 300):
 def test_json_for_imagenetv2_with_class_folders(tmp_path, capsys):
     v2, keys, folder, scores = _v2_files(tmp_path)
     out = tmp_path / "scores.json"
-    code, stdout, _ = _run(capsys, "--predictions", str(tmp_path / "model.npy"), "--label-sets", "imagenetv2-multilabel",
-                           "--ids", str(tmp_path / "ids.txt"), "--json", str(out), "--report", str(tmp_path / "r.html"))
+    code, stdout, _ = _run(
+        capsys,
+        "--predictions",
+        str(tmp_path / "model.npy"),
+        "--label-sets",
+        "imagenetv2-multilabel",
+        "--ids",
+        str(tmp_path / "ids.txt"),
+        "--json",
+        str(out),
+        "--report",
+        str(tmp_path / "r.html"),
+    )
     assert code in (0, None)
     result = json.loads(out.read_text())
     assert KEYS <= set(result) and result["n_images"] == 300
@@ -57,9 +79,19 @@ def test_several_models_csv_and_integer_predictions(tmp_path, capsys):
     (tmp_path / "sets.json").write_text(json.dumps(sets))
     np.save(tmp_path / "a.npy", rng.standard_normal((4, 5)).astype(np.float32))
     np.save(tmp_path / "b.npy", np.array([0, 2, 4, 3]))
-    code, _, _ = _run(capsys, "--predictions", str(tmp_path / "a.npy"), "--predictions", str(tmp_path / "b.npy"),
-                      "--label-sets", str(tmp_path / "sets.json"), "--csv", str(tmp_path / "t.csv"),
-                      "--json", str(tmp_path / "t.json"))
+    code, _, _ = _run(
+        capsys,
+        "--predictions",
+        str(tmp_path / "a.npy"),
+        "--predictions",
+        str(tmp_path / "b.npy"),
+        "--label-sets",
+        str(tmp_path / "sets.json"),
+        "--csv",
+        str(tmp_path / "t.csv"),
+        "--json",
+        str(tmp_path / "t.json"),
+    )
     assert code in (0, None)
     result = json.loads((tmp_path / "t.json").read_text())
     b = result["models"][1]
@@ -68,13 +100,16 @@ def test_several_models_csv_and_integer_predictions(tmp_path, capsys):
     assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("model,n_images,")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("bad_id", "--ids entry 2 ('nothere.jpeg') is not in label set imagenetv2-multilabel"),
-    ("rows", "the predictions have 300 rows but label set imagenet-real has 50000 images"),
-    ("class", "row 3 predicts class 1000, outside [0, 1000)"),
-    ("no_ids", "label set imagenetv2-multilabel has no row order: give --ids"),
-    ("topk", "--topk '1,x'"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("bad_id", "--ids entry 2 ('nothere.jpeg') is not in label set imagenetv2-multilabel"),
+        ("rows", "the predictions have 300 rows but label set imagenet-real has 50000 images"),
+        ("class", "row 3 predicts class 1000, outside [0, 1000)"),
+        ("no_ids", "label set imagenetv2-multilabel has no row order: give --ids"),
+        ("topk", "--topk '1,x'"),
+    ],
+)
 def test_bad_input_is_refused_with_the_entry_named(tmp_path, capsys, case, message):
     _v2_files(tmp_path)
     model, ids = str(tmp_path / "model.npy"), tmp_path / "ids.txt"
@@ -105,8 +140,17 @@ def test_pt_and_npz_inputs_read_the_same_scores(tmp_path, capsys):
     np.savez(tmp_path / "m.npz", probability=scores, target=np.arange(4))
     results = []
     for name in ("m.pt", "m.npz"):
-        _run(capsys, "--predictions", str(tmp_path / name), "--label-sets", str(tmp_path / "sets.json"),
-             "--single-labels", str(tmp_path / "m.npz"), "--json", str(tmp_path / f"{name}.json"))
+        _run(
+            capsys,
+            "--predictions",
+            str(tmp_path / name),
+            "--label-sets",
+            str(tmp_path / "sets.json"),
+            "--single-labels",
+            str(tmp_path / "m.npz"),
+            "--json",
+            str(tmp_path / f"{name}.json"),
+        )
         results.append(json.loads((tmp_path / f"{name}.json").read_text()))
     keys = ("top1", "real_top1", "variable_topk_subset", "asma")
     assert [results[0][k] for k in keys] == [results[1][k] for k in keys]
@@ -143,14 +187,25 @@ def test_integer_predictions_of_any_dtype_score_as_int64(tmp_path, capsys, dtype
     for name, kind in (("int64", np.int64), ("other", dtype)):
         np.save(tmp_path / f"{name}.npy", classes.astype(kind))
         np.save(tmp_path / f"{name}_labels.npy", single.astype(kind))
-        code, _, err = _run(capsys, "--predictions", str(tmp_path / f"{name}.npy"), "--label-sets",
-                            str(tmp_path / "sets.json"), "--labels", str(tmp_path / f"{name}_labels.npy"),
-                            "--bootstrap", "20", "--json", str(tmp_path / f"{name}.json"))
+        code, _, err = _run(
+            capsys,
+            "--predictions",
+            str(tmp_path / f"{name}.npy"),
+            "--label-sets",
+            str(tmp_path / "sets.json"),
+            "--labels",
+            str(tmp_path / f"{name}_labels.npy"),
+            "--bootstrap",
+            "20",
+            "--json",
+            str(tmp_path / f"{name}.json"),
+        )
         assert code in (0, None), err
         results[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert results["other"]["top1"] is not None and results["other"]["real_top1"] is not None
-    assert {k: v for k, v in results["other"].items() if k not in ("model", "file")} == \
-        {k: v for k, v in results["int64"].items() if k not in ("model", "file")}
+    assert {k: v for k, v in results["other"].items() if k not in ("model", "file")} == {
+        k: v for k, v in results["int64"].items() if k not in ("model", "file")
+    }
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int8])
@@ -191,21 +246,36 @@ def test_labels_csv_or_single_label_file_feed_the_label_set_scores(tmp_path, cap
     runs = {
         "npy": ["--label-sets", str(tmp_path / "sets.json"), "--labels", str(tmp_path / "single.npy")],
         "alias": ["--label-sets", str(tmp_path / "sets.json"), "--single-labels", str(tmp_path / "single.npy")],
-        "csv_by_id": ["--label-sets", str(tmp_path / "sets_by_id.json"), "--ids", str(tmp_path / "ids.txt"),
-                      "--labels", str(tmp_path / "labels.csv")],
+        "csv_by_id": [
+            "--label-sets",
+            str(tmp_path / "sets_by_id.json"),
+            "--ids",
+            str(tmp_path / "ids.txt"),
+            "--labels",
+            str(tmp_path / "labels.csv"),
+        ],
         "csv_in_order": ["--label-sets", str(tmp_path / "sets.json"), "--labels", str(tmp_path / "in_order.csv")],
     }
     expected = ml.summarize(scores, ml.label_set_matrix(sets, 100), single)
     for name, args in runs.items():
-        code, _, err = _run(capsys, "--predictions", str(tmp_path / "model.npy"), *args,
-                            "--json", str(tmp_path / f"{name}.json"))
+        code, _, err = _run(
+            capsys, "--predictions", str(tmp_path / "model.npy"), *args, "--json", str(tmp_path / f"{name}.json")
+        )
         assert code in (0, None), (name, err)
         got = json.loads((tmp_path / f"{name}.json").read_text())
         for key in ("top1", "top5", "real_top1", "variable_topk_subset", "asma"):
             assert got[key] == pytest.approx(expected[key]), (name, key)
     # a CSV label column with text, ids not in the CSV, several columns: refused by name
-    code, _, err = _run(capsys, "--predictions", str(tmp_path / "model.npy"), *runs["csv_by_id"][:4],
-                        "--labels", str(tmp_path / "labels.csv"), "--label-column", "other")
+    code, _, err = _run(
+        capsys,
+        "--predictions",
+        str(tmp_path / "model.npy"),
+        *runs["csv_by_id"][:4],
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--label-column",
+        "other",
+    )
     assert code == 2 and "labels.csv: column(s) other must hold integer labels" in err
     (tmp_path / "ids.txt").write_text("\n".join([*ids[:-1], "val/missing.jpeg"]))
     code, _, err = _run(capsys, "--predictions", str(tmp_path / "model.npy"), *runs["csv_by_id"])
@@ -231,8 +301,14 @@ def test_fairness_refuses_scores_outside_0_1_and_takes_logits(tmp_path, capsys):
     from labelwise.metrics.fairness import summarize, summarize_binary
 
     logit, labels, group = _fairness_files(tmp_path)
-    base = ["--predictions", str(tmp_path / "logits.csv"), "--labels", str(tmp_path / "labels.csv"),
-            "--attributes", str(tmp_path / "groups.csv")]
+    base = [
+        "--predictions",
+        str(tmp_path / "logits.csv"),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--attributes",
+        str(tmp_path / "groups.csv"),
+    ]
     code, _, err = _run(capsys, *base)
     assert code == 2 and "Traceback" not in err
     line = err.strip()
@@ -251,11 +327,22 @@ def test_fairness_refuses_scores_outside_0_1_and_takes_logits(tmp_path, capsys):
     three = rng.standard_normal((len(labels), 3)) * 2
     three[np.arange(len(labels)), target] += 1.5
     three = np.round(three, 6)
-    (tmp_path / "three.csv").write_text("id,a,b,c\n" + "".join(f"p{i},{r[0]:.6f},{r[1]:.6f},{r[2]:.6f}\n"
-                                                               for i, r in enumerate(three)))
+    (tmp_path / "three.csv").write_text(
+        "id,a,b,c\n" + "".join(f"p{i},{r[0]:.6f},{r[1]:.6f},{r[2]:.6f}\n" for i, r in enumerate(three))
+    )
     (tmp_path / "target.txt").write_text("\n".join(map(str, target)))
-    code, _, err = _run(capsys, "--predictions", str(tmp_path / "three.csv"), "--labels", str(tmp_path / "target.txt"),
-                        "--logits", "--bootstrap", "0", "--json", str(tmp_path / "m.json"))
+    code, _, err = _run(
+        capsys,
+        "--predictions",
+        str(tmp_path / "three.csv"),
+        "--labels",
+        str(tmp_path / "target.txt"),
+        "--logits",
+        "--bootstrap",
+        "0",
+        "--json",
+        str(tmp_path / "m.json"),
+    )
     assert code in (0, None), err
     got = json.loads((tmp_path / "m.json").read_text())
     expected = summarize(softmax(three, axis=1), target, class_names=["a", "b", "c"], resamples=0)
@@ -265,14 +352,42 @@ def test_fairness_refuses_scores_outside_0_1_and_takes_logits(tmp_path, capsys):
     # several labels (multi-label): a sigmoid per column
     tags = rng.integers(0, 2, (len(labels), 2))
     (tmp_path / "tags.csv").write_text("id,x,y\n" + "".join(f"p{i},{a},{b}\n" for i, (a, b) in enumerate(tags)))
-    code, _, err = _run(capsys, "--predictions", str(tmp_path / "three.csv"), "--labels", str(tmp_path / "tags.csv"),
-                        "--label-column", "x", "--label-column", "y", "--logits", "--bootstrap", "0",
-                        "--json", str(tmp_path / "ml.json"))
+    code, _, err = _run(
+        capsys,
+        "--predictions",
+        str(tmp_path / "three.csv"),
+        "--labels",
+        str(tmp_path / "tags.csv"),
+        "--label-column",
+        "x",
+        "--label-column",
+        "y",
+        "--logits",
+        "--bootstrap",
+        "0",
+        "--json",
+        str(tmp_path / "ml.json"),
+    )
     assert code == 2 and "three.csv: 3 score columns for 2 labels" in err and "Traceback" not in err
-    (tmp_path / "two.csv").write_text("id,x,y\n" + "".join(f"p{i},{r[0]:.6f},{r[1]:.6f}\n" for i, r in enumerate(three)))
-    code, _, err = _run(capsys, "--predictions", str(tmp_path / "two.csv"), "--labels", str(tmp_path / "tags.csv"),
-                        "--label-column", "x", "--label-column", "y", "--logits", "--bootstrap", "0",
-                        "--json", str(tmp_path / "ml.json"))
+    (tmp_path / "two.csv").write_text(
+        "id,x,y\n" + "".join(f"p{i},{r[0]:.6f},{r[1]:.6f}\n" for i, r in enumerate(three))
+    )
+    code, _, err = _run(
+        capsys,
+        "--predictions",
+        str(tmp_path / "two.csv"),
+        "--labels",
+        str(tmp_path / "tags.csv"),
+        "--label-column",
+        "x",
+        "--label-column",
+        "y",
+        "--logits",
+        "--bootstrap",
+        "0",
+        "--json",
+        str(tmp_path / "ml.json"),
+    )
     assert code in (0, None), err
     got = json.loads((tmp_path / "ml.json").read_text())
     expected = summarize(expit(three[:, :2]), tags, multilabel=True, class_names=["x", "y"], resamples=0)
@@ -281,9 +396,17 @@ def test_fairness_refuses_scores_outside_0_1_and_takes_logits(tmp_path, capsys):
 
 def test_fairness_bootstrap_zero_means_no_interval(tmp_path, capsys):
     logit, labels, group = _fairness_files(tmp_path)
-    (tmp_path / "p.csv").write_text("id,p\n" + "".join(f"p{i},{v:.6f}\n" for i, v in enumerate(1 / (1 + np.exp(-logit)))))
-    base = ["--predictions", str(tmp_path / "p.csv"), "--labels", str(tmp_path / "labels.csv"),
-            "--attributes", str(tmp_path / "groups.csv")]
+    (tmp_path / "p.csv").write_text(
+        "id,p\n" + "".join(f"p{i},{v:.6f}\n" for i, v in enumerate(1 / (1 + np.exp(-logit))))
+    )
+    base = [
+        "--predictions",
+        str(tmp_path / "p.csv"),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--attributes",
+        str(tmp_path / "groups.csv"),
+    ]
     code, out, _ = _run(capsys, *base, "--bootstrap", "0", "--json", str(tmp_path / "none.json"))
     assert code in (0, None)
     assert json.loads((tmp_path / "none.json").read_text())["auc_ci"] is None and "95% CI" not in out
@@ -299,9 +422,20 @@ def test_fairness_labels_from_a_single_label_file_equal_the_csv(tmp_path, capsys
     np.save(tmp_path / "labels.npy", labels.astype(np.uint16))
     results = []
     for source in ("labels.csv", "labels.npy"):
-        code, _, err = _run(capsys, "--predictions", str(tmp_path / "logits.csv"), "--labels", str(tmp_path / source),
-                            "--ids", str(tmp_path / "ids.txt"), "--attributes", str(tmp_path / "groups.csv"),
-                            "--logits", "--json", str(tmp_path / f"{source}.json"))
+        code, _, err = _run(
+            capsys,
+            "--predictions",
+            str(tmp_path / "logits.csv"),
+            "--labels",
+            str(tmp_path / source),
+            "--ids",
+            str(tmp_path / "ids.txt"),
+            "--attributes",
+            str(tmp_path / "groups.csv"),
+            "--logits",
+            "--json",
+            str(tmp_path / f"{source}.json"),
+        )
         assert code in (0, None), err
         results.append(json.loads((tmp_path / f"{source}.json").read_text()))
     assert results[0] == results[1]
@@ -309,6 +443,13 @@ def test_fairness_labels_from_a_single_label_file_equal_the_csv(tmp_path, capsys
 
 def test_label_sets_and_attributes_together_are_refused(tmp_path, capsys):
     _fairness_files(tmp_path)
-    code, _, err = _run(capsys, "--predictions", str(tmp_path / "logits.csv"), "--label-sets", "imagenet-real",
-                        "--attributes", str(tmp_path / "groups.csv"))
+    code, _, err = _run(
+        capsys,
+        "--predictions",
+        str(tmp_path / "logits.csv"),
+        "--label-sets",
+        "imagenet-real",
+        "--attributes",
+        str(tmp_path / "groups.csv"),
+    )
     assert code == 2 and "not both" in err

@@ -25,7 +25,7 @@ SPACING = (0.5, 0.5, 0.8)
 
 def tube(shape=(20, 22, 18), shift=0, width=2) -> np.ndarray:
     m = np.zeros(shape, np.uint8)
-    m[8 + shift:8 + shift + width, 9:9 + width, 2:16] = 1
+    m[8 + shift : 8 + shift + width, 9 : 9 + width, 2:16] = 1
     return m
 
 
@@ -138,7 +138,7 @@ def test_bad_folders(folders, tmp_path):
 def square(shift: int = 0) -> np.ndarray:
     """A 4 x 4 square in a 12 x 12 picture, moved down by ``shift`` rows."""
     m = np.zeros((12, 12), np.uint8)
-    m[3 + shift:7 + shift, 3:7] = 1
+    m[3 + shift : 7 + shift, 3:7] = 1
     return m
 
 
@@ -152,23 +152,37 @@ def write_cases(tmp_path, cases: dict[str, tuple[np.ndarray, np.ndarray]]):
 
 def test_empty_masks_are_counted_and_their_distances_left_out_of_the_means(tmp_path):
     empty = np.zeros((12, 12), np.uint8)
-    pred, truth = write_cases(tmp_path, {
-        "a": (square(), square()),  # HD95 0, ASSD 0
-        "b": (square(1), square()),  # one row down: of the 12 surface pixels of each side 6 are 1 away, 6 touch
-        "c": (empty, square()), "d": (empty, square(2)),  # empty predictions
-        "e": (square(), empty),  # empty reference
-        "f": (empty, empty)})  # both empty
+    pred, truth = write_cases(
+        tmp_path,
+        {
+            "a": (square(), square()),  # HD95 0, ASSD 0
+            "b": (square(1), square()),  # one row down: of the 12 surface pixels of each side 6 are 1 away, 6 touch
+            "c": (empty, square()),
+            "d": (empty, square(2)),  # empty predictions
+            "e": (square(), empty),  # empty reference
+            "f": (empty, empty),
+        },
+    )  # both empty
     result = evaluate_segmentation(pred, truth)
     assert result["cases"][1]["hd95"] == 1.0 and result["cases"][1]["assd"] == 0.5  # (6 x 1 + 6 x 1) / 24
     assert (result["empty_prediction"], result["empty_reference"], result["both_empty"]) == (2, 1, 1)
-    assert result["count"] == {"dice": 5, "iou": 5, "precision": 3, "sensitivity": 4, "volumetric_similarity": 5,
-                               "hd95": 2, "assd": 2, "cldice": 5}
+    assert result["count"] == {
+        "dice": 5,
+        "iou": 5,
+        "precision": 3,
+        "sensitivity": 4,
+        "volumetric_similarity": 5,
+        "hd95": 2,
+        "assd": 2,
+        "cldice": 5,
+    }
     assert result["mean"]["hd95"] == 0.5 and result["mean"]["assd"] == 0.25  # over a and b only
     assert result["mean"]["dice"] == pytest.approx((1 + 0.75 + 0 + 0 + 0) / 5)  # an empty prediction counts as 0
     assert result["notes"] == [
         "HD95/ASSD: 4 of 6 cases have an empty mask (2 an empty prediction, 1 an empty reference, 1 both masks "
         "empty); the distances are undefined there (nan, as MONAI's HD95 gives; its ASSD gives inf with one mask "
-        "empty) and their mean is over 2 cases"]
+        "empty) and their mean is over 2 cases"
+    ]
     parsed = json.loads(to_json(result))
     assert parsed["empty_prediction"] == 2 and parsed["count"]["hd95"] == 2 and parsed["cases"][2]["hd95"] is None
     mean_row = dict(zip(format_table(result)[0], format_table(result)[-1], strict=True))
@@ -182,14 +196,20 @@ def test_cli_says_how_many_predictions_are_empty(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "300")  # the whole table on one line per row
 
     empty = np.zeros((12, 12), np.uint8)
-    pred, truth = write_cases(tmp_path, {"a": (square(), square()), "b": (square(1), square()),
-                                         "c": (empty, square()), "d": (empty, square(1))})
+    pred, truth = write_cases(
+        tmp_path,
+        {"a": (square(), square()), "b": (square(1), square()), "c": (empty, square()), "d": (empty, square(1))},
+    )
     with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", "segmentation", "--pred", str(pred), "--truth", str(truth), "--json", str(tmp_path / "s.json")])
+        main(
+            ["evaluate", "segmentation", "--pred", str(pred), "--truth", str(truth), "--json", str(tmp_path / "s.json")]
+        )
     assert exit_info.value.code in (0, None)
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
-    assert ("note: HD95/ASSD: 2 of 4 cases have an empty prediction; the distances are undefined there (nan, as "
-            "MONAI's HD95 gives; its ASSD gives inf with one mask empty) and their mean is over 2 cases") in out
+    assert (
+        "note: HD95/ASSD: 2 of 4 cases have an empty prediction; the distances are undefined there (nan, as "
+        "MONAI's HD95 gives; its ASSD gives inf with one mask empty) and their mean is over 2 cases"
+    ) in out
     assert "│ 0.50 ± 0.71 (n=2) │" in out
     saved = json.loads((tmp_path / "s.json").read_text())
     assert (saved["empty_prediction"], saved["empty_reference"], saved["both_empty"]) == (2, 0, 0)
@@ -200,7 +220,7 @@ def label_map(shape=(16, 18, 12), shift=0, classes=(1, 2, 3)) -> np.ndarray:
     """Boxes of labels ``classes`` (1: a slab, 2: a tube, 3: a cube), class 1 moved by ``shift`` voxels."""
     m = np.zeros(shape, np.uint8)
     if 1 in classes:
-        m[2 + shift:6 + shift, 2:14, 2:10] = 1
+        m[2 + shift : 6 + shift, 2:14, 2:10] = 1
     if 2 in classes:
         m[9:11, 3:15, 4:6] = 2
     if 3 in classes:
@@ -212,8 +232,11 @@ def label_map(shape=(16, 18, 12), shift=0, classes=(1, 2, 3)) -> np.ndarray:
 def class_folders(tmp_path):
     """Three 3D NIfTI cases with labels 1-3; class 3 is absent from both masks of case c3."""
     pred, truth = tmp_path / "pred", tmp_path / "truth"
-    cases = {"c1": (label_map(shift=1), label_map()), "c2": (label_map(classes=(1, 2)), label_map()),
-             "c3": (label_map(classes=(1, 2)), label_map(classes=(1, 2)))}
+    cases = {
+        "c1": (label_map(shift=1), label_map()),
+        "c2": (label_map(classes=(1, 2)), label_map()),
+        "c3": (label_map(classes=(1, 2)), label_map(classes=(1, 2))),
+    }
     for cid, (p, t) in cases.items():
         write_volume(pred / f"{cid}.nii.gz", p, spacing=SPACING)
         write_volume(truth / f"{cid}.nii.gz", t, spacing=SPACING)
@@ -227,8 +250,20 @@ def test_per_class_json_csv_and_table_from_the_cli(class_folders, tmp_path, monk
     monkeypatch.setenv("COLUMNS", "300")
     pred, truth, cases = class_folders
     names = ["artery", "vein", "nerve"]
-    code, out = invoke_cli("evaluate", "segmentation", "--pred", str(pred), "--truth", str(truth), "--class-names",
-                           "artery,vein,nerve", "--json", str(tmp_path / "s.json"), "--csv", str(tmp_path / "s.csv"))
+    code, out = invoke_cli(
+        "evaluate",
+        "segmentation",
+        "--pred",
+        str(pred),
+        "--truth",
+        str(truth),
+        "--class-names",
+        "artery,vein,nerve",
+        "--json",
+        str(tmp_path / "s.json"),
+        "--csv",
+        str(tmp_path / "s.csv"),
+    )
     assert code == 0, out
     result = json.loads((tmp_path / "s.json").read_text())
     assert result["classes"] == names and result["n"] == 3
@@ -239,7 +274,8 @@ def test_per_class_json_csv_and_table_from_the_cli(class_folders, tmp_path, monk
         assert list(case["per_class"]) == names
         for name in names:
             assert case["per_class"][name] == pytest.approx(
-                {k: None if math.isnan(v) else v for k, v in expected["per_class"][name].items()}, nan_ok=True)
+                {k: None if math.isnan(v) else v for k, v in expected["per_class"][name].items()}, nan_ok=True
+            )
     # class 3 ("nerve"): missed in c2 (Dice 0), absent from both masks of c3 (nan, left out of the mean)
     nerve = result["per_class"]["nerve"]
     assert result["cases"][1]["per_class"]["nerve"]["dice"] == 0.0
@@ -258,9 +294,14 @@ def test_per_class_json_csv_and_table_from_the_cli(class_folders, tmp_path, monk
     # the whole foreground first (as without classes), then one block of cases + mean + std per class
     assert [(r[0], r[-1]) for r in rows[1:6]] == [("c1", ""), ("c2", ""), ("c3", ""), ("mean", ""), ("std", "")]
     for b, name in enumerate(names):
-        block = rows[6 + 5 * b:11 + 5 * b]
-        assert [(r[0], r[-1]) for r in block] == [("c1", name), ("c2", name), ("c3", name), ("mean", name),
-                                                  ("std", name)]
+        block = rows[6 + 5 * b : 11 + 5 * b]
+        assert [(r[0], r[-1]) for r in block] == [
+            ("c1", name),
+            ("c2", name),
+            ("c3", name),
+            ("mean", name),
+            ("std", name),
+        ]
         assert float(block[3][3]) == pytest.approx(result["per_class"][name]["mean"]["dice"])
     assert len(rows) == 6 + 5 * 3 and rows[18][0] == "c3" and rows[18][3] == ""  # c3's nerve Dice: nan, an empty cell
 
@@ -285,8 +326,9 @@ def test_per_class_default_names_and_refusals(class_folders, tmp_path):
     assert named["classes"] == ["lesion"] and named["per_class"]["lesion"]["mean"]["dice"] == binary["mean"]["dice"]
     from tests.conftest import invoke_cli
 
-    code, message = invoke_cli("evaluate", "segmentation", "--pred", str(pred), "--truth", str(truth),
-                               "--class-names", "a,,b")
+    code, message = invoke_cli(
+        "evaluate", "segmentation", "--pred", str(pred), "--truth", str(truth), "--class-names", "a,,b"
+    )
     assert code == 2 and "--class-names 'a,,b'" in message
 
 
@@ -383,4 +425,6 @@ def test_drive_like_names_pair_by_the_manifest_rule(tmp_path):
         expected[f"{i:02d}_test"] = 2 * (p & t).sum() / (p.sum() + t.sum())
     result = evaluate_segmentation(tmp_path / "pred", tmp_path / "truth", roi=tmp_path / "roi")
     assert {c["id"]: c["dice"] for c in result["cases"]} == pytest.approx(expected)
-    assert result["cases"][0]["truth"].endswith("01_manual1.gif") and result["cases"][0]["roi"].endswith("01_test_mask.gif")
+    assert result["cases"][0]["truth"].endswith("01_manual1.gif") and result["cases"][0]["roi"].endswith(
+        "01_test_mask.gif"
+    )

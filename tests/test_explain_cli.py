@@ -20,7 +20,9 @@ from labelwise.inference import load_run
 @pytest.fixture(scope="module")
 def run_2d(tmp_path_factory):
     cfg = {
-        "name": "explain-2d", "seed": 0, "method": "supervised",
+        "name": "explain-2d",
+        "seed": 0,
+        "method": "supervised",
         "data": {"synth": {"n": 120, "size": 16, "num_classes": 3}, "task": "classification", "batch_size": 8},
         "model": {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "batch"},
         "trainer": {"max_steps": 4, "checkpoint_every": 4, "log_every": 2},
@@ -36,15 +38,31 @@ def test_explain_2d_writes_overlays_index_and_gallery(run_2d, tmp_path):
     folder.mkdir()
     for i in range(2):
         Image.fromarray((rng.random((20, 24)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
-    result = run_cli("explain", "--run", str(run_2d), "--input", str(folder), "--method", "gradcam",
-                     "--method", "gradcam++", "--target", "1", "--target", "2")
+    result = run_cli(
+        "explain",
+        "--run",
+        str(run_2d),
+        "--input",
+        str(folder),
+        "--method",
+        "gradcam",
+        "--method",
+        "gradcam++",
+        "--target",
+        "1",
+        "--target",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     out = run_2d / "explanations"
     index = json.loads((out / "explanations.json").read_text())
     assert len(index["entries"]) == 2 * 2 * 2  # inputs x methods x targets
     assert {e["method"] for e in index["entries"]} == {"gradcam", "gradcam++"}
-    entry = next(e for e in index["entries"] if e["method"] == "gradcam++" and e["target"] == 2
-                 and e["input"].endswith("img1.png"))
+    entry = next(
+        e
+        for e in index["entries"]
+        if e["method"] == "gradcam++" and e["target"] == 2 and e["input"].endswith("img1.png")
+    )
     assert (out / entry["files"]["overlay"]).is_file()
     # The saved map is what the library gives for the same network and input.
     trained = load_run(run_2d)
@@ -66,13 +84,16 @@ def test_explain_checkpoint_default_target_and_own_out(run_2d, tmp_path):
     trained = load_run(checkpoint)
     x = torch.from_numpy(np.load(image))[None]
     assert entry["target"] == int(trained.model(x).argmax()) == entry["predicted"]
-    np.testing.assert_allclose(np.load(out / entry["files"]["map"]), GradCAM(trained.model)(x)[0, 0].numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(out / entry["files"]["map"]), GradCAM(trained.model)(x)[0, 0].numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_explain_3d_nifti(tmp_path):
     cfg = {
-        "name": "explain-3d", "seed": 0, "method": "supervised",
+        "name": "explain-3d",
+        "seed": 0,
+        "method": "supervised",
         "data": {"synth": {"n": 60, "size": 12, "dim": 3, "num_classes": 2}, "task": "classification", "batch_size": 4},
         "model": {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"},
         "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
@@ -92,15 +113,18 @@ def test_explain_3d_nifti(tmp_path):
     assert (out / entry["files"]["montage"]).is_file() and (out / entry["files"]["overlay"]).is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--input", "x.png"], "give one of --run"),
-    (["--run", "RUN", "--input", "missing.png"], "no such file"),
-    (["--run", "RUN", "--input", "IMG", "--method", "gradcam+++"], "unknown"),
-    (["--run", "RUN", "--input", "IMG", "--target", "9"], r"\[0, 3\)"),
-    (["--run", "RUN", "--input", "IMG", "--target", "circle"], "no such class; this run's classes are 0 "),
-    (["--run", "RUN", "--input", "IMG", "--layer", "layer9"], "no such submodule"),
-    (["--run", "NOTARUN", "--input", "IMG"], "neither a run directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input", "x.png"], "give one of --run"),
+        (["--run", "RUN", "--input", "missing.png"], "no such file"),
+        (["--run", "RUN", "--input", "IMG", "--method", "gradcam+++"], "unknown"),
+        (["--run", "RUN", "--input", "IMG", "--target", "9"], r"\[0, 3\)"),
+        (["--run", "RUN", "--input", "IMG", "--target", "circle"], "no such class; this run's classes are 0 "),
+        (["--run", "RUN", "--input", "IMG", "--layer", "layer9"], "no such submodule"),
+        (["--run", "NOTARUN", "--input", "IMG"], "neither a run directory"),
+    ],
+)
 def test_explain_bad_input_exits_2_with_one_message(run_2d, tmp_path, args, message):
     image = tmp_path / "img.png"
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(image)

@@ -15,14 +15,16 @@ from labelwise.metrics.label_quality import (
     multilabel_issues,
 )
 
-PROBS = np.array([
-    [0.9, 0.1],  # labelled 0, agrees
-    [0.8, 0.2],  # labelled 0, agrees
-    [0.3, 0.7],  # labelled 0, confidently 1: a flip
-    [0.2, 0.8],  # labelled 1, agrees
-    [0.4, 0.6],  # labelled 1, agrees
-    [0.55, 0.45],  # labelled 1: below both thresholds? t1 = (0.8 + 0.6 + 0.45) / 3 = 0.6167; p0 0.55 < t0
-])
+PROBS = np.array(
+    [
+        [0.9, 0.1],  # labelled 0, agrees
+        [0.8, 0.2],  # labelled 0, agrees
+        [0.3, 0.7],  # labelled 0, confidently 1: a flip
+        [0.2, 0.8],  # labelled 1, agrees
+        [0.4, 0.6],  # labelled 1, agrees
+        [0.55, 0.45],  # labelled 1: below both thresholds? t1 = (0.8 + 0.6 + 0.45) / 3 = 0.6167; p0 0.55 < t0
+    ]
+)
 LABELS = np.array([0, 0, 0, 1, 1, 1])
 
 

@@ -40,12 +40,15 @@ class Pointwise(nn.Module):
         return self.conv(x)
 
 
-@pytest.mark.parametrize("spatial, roi", [
-    ((50, 37), 32),            # several windows, sizes not divisible by 16
-    ((9, 7), 32),              # smaller than the window
-    ((20, 9, 33), 16),         # 3D, several windows
-    ((5, 7, 6), (16, 16, 16)),  # 3D, smaller than the window
-])
+@pytest.mark.parametrize(
+    "spatial, roi",
+    [
+        ((50, 37), 32),  # several windows, sizes not divisible by 16
+        ((9, 7), 32),  # smaller than the window
+        ((20, 9, 33), 16),  # 3D, several windows
+        ((5, 7, 6), (16, 16, 16)),  # 3D, smaller than the window
+    ],
+)
 @pytest.mark.parametrize("divisor", [None, 16])
 def test_windows_blend_back_to_the_plain_forward(spatial, roi, divisor):
     model = Pointwise(len(spatial), divisor=divisor).train()
@@ -111,9 +114,10 @@ def test_project_follows_the_affine():
 
 def _segmentation_run(path, dim):
     cfg = {
-        "name": f"predict-{dim}d", "seed": 0, "method": "supervised",
-        "data": {"synth": {"n": 40, "size": 16, "dim": dim, "num_classes": 2}, "task": "segmentation",
-                 "batch_size": 4},
+        "name": f"predict-{dim}d",
+        "seed": 0,
+        "method": "supervised",
+        "data": {"synth": {"n": 40, "size": 16, "dim": dim, "num_classes": 2}, "task": "segmentation", "batch_size": 4},
         "model": {"name": "unet", "channels": [4, 8], "norm": "instance"},
         "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
     }
@@ -175,8 +179,9 @@ def test_predict_3d_end_to_end(run_3d, tmp_path):
     for x, y in hit[::2]:
         reference[x, y] = predicted[x, y]  # true positives; the other half of the hit rays are false positives
     write_volume(tmp_path / "refs" / "case1_mask.nii.gz", reference, spacing, affine)
-    (entry,) = predict_files(trained, [inputs / "case1.nii.gz"], out, threshold=threshold,
-                             reference=tmp_path / "refs", progress=False)
+    (entry,) = predict_files(
+        trained, [inputs / "case1.nii.gz"], out, threshold=threshold, reference=tmp_path / "refs", progress=False
+    )
     mask = np.asarray(nib.load(out / entry["mask"]).dataobj)
     np.testing.assert_array_equal(mask > 0, predicted)
     assert entry["threshold"] == pytest.approx(threshold)
@@ -221,8 +226,9 @@ def test_predict_2d_pictures(tmp_path):
     reference = np.zeros((21, 30), np.uint8)
     reference[5:15, 8:20] = 1
     write_volume(tmp_path / "refs" / "img.png", reference)
-    (entry,) = predict_files(trained, [tmp_path / "img.png"], tmp_path / "out", threshold="otsu",
-                             reference=tmp_path / "refs", progress=False)
+    (entry,) = predict_files(
+        trained, [tmp_path / "img.png"], tmp_path / "out", threshold="otsu", reference=tmp_path / "refs", progress=False
+    )
     out = tmp_path / "out"
     probability = np.load(out / entry["probability_npy"])
     mask = read_volume(out / entry["mask"], mask=True).array
@@ -239,9 +245,14 @@ def test_predict_2d_pictures(tmp_path):
 
 
 def test_predict_files_needs_a_segmentation_run(tmp_path):
-    cfg = {"name": "cls", "seed": 0, "method": "supervised", "data": {"synth": {"n": 30, "size": 16}, "batch_size": 4},
-           "model": {"name": "resnet10", "channels": [4, 4, 4, 4]},
-           "trainer": {"max_steps": 1, "checkpoint_every": 1}}
+    cfg = {
+        "name": "cls",
+        "seed": 0,
+        "method": "supervised",
+        "data": {"synth": {"n": 30, "size": 16}, "batch_size": 4},
+        "model": {"name": "resnet10", "channels": [4, 4, 4, 4]},
+        "trainer": {"max_steps": 1, "checkpoint_every": 1},
+    }
     train(load_config(cfg), tmp_path / "run")
     with pytest.raises(DataError, match="a classification run; .*predict_classes"):
         predict_files(load_run(tmp_path / "run"), [tmp_path], tmp_path / "out")

@@ -20,9 +20,10 @@ SPACING = (0.5, 0.6, 0.8)
 @pytest.fixture(scope="module")
 def run_3d(tmp_path_factory):
     cfg = {
-        "name": "matching-3d", "seed": 0, "method": "supervised",
-        "data": {"synth": {"n": 40, "size": 16, "dim": 3, "num_classes": 2}, "task": "segmentation",
-                 "batch_size": 4},
+        "name": "matching-3d",
+        "seed": 0,
+        "method": "supervised",
+        "data": {"synth": {"n": 40, "size": 16, "dim": 3, "num_classes": 2}, "task": "segmentation", "batch_size": 4},
         "model": {"name": "unet", "channels": [4, 8], "norm": "instance"},
         "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
     }
@@ -47,14 +48,25 @@ def test_a_lone_suffixed_reference_pairs_the_same_way_in_predict_and_evaluate(ru
     refused the pair before the two shared a matcher), with the same Dice."""
     inputs, refs = _image_and_reference(tmp_path)
     out = tmp_path / "out"
-    code, text = invoke_cli("predict", str(run_3d), "--input", str(inputs), "--out", str(out), "--reference",
-                            str(refs), "--threshold", "0.3")
+    code, text = invoke_cli(
+        "predict",
+        str(run_3d),
+        "--input",
+        str(inputs),
+        "--out",
+        str(out),
+        "--reference",
+        str(refs),
+        "--threshold",
+        "0.3",
+    )
     assert code == 0, text
     (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
     assert entry["reference"] == str(refs / "case1_mask.nii.gz")
 
-    code, text = invoke_cli("evaluate", "segmentation", "--pred", str(out), "--truth", str(refs), "--json",
-                            str(tmp_path / "scores.json"))
+    code, text = invoke_cli(
+        "evaluate", "segmentation", "--pred", str(out), "--truth", str(refs), "--json", str(tmp_path / "scores.json")
+    )
     assert code == 0, text
     (case,) = json.loads((tmp_path / "scores.json").read_text())["cases"]
     assert case["id"] == "case1" and case["truth"] == str(refs / "case1_mask.nii.gz")

@@ -13,8 +13,20 @@ from conftest import REPO, run_cli
 from labelwise.config import load_config
 from labelwise.data.volumes import read_volume
 
-SHORT = ["--set", "trainer.max_steps=3", "--set", "trainer.checkpoint_every=3", "--set", "trainer.val_every=0",
-         "--set", "model.channels=[2,4,4,4,4]", "--set", "data.patches_per_volume=2", "--set", "data.batch_size=2"]
+SHORT = [
+    "--set",
+    "trainer.max_steps=3",
+    "--set",
+    "trainer.checkpoint_every=3",
+    "--set",
+    "trainer.val_every=0",
+    "--set",
+    "model.channels=[2,4,4,4,4]",
+    "--set",
+    "data.patches_per_volume=2",
+    "--set",
+    "data.batch_size=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +38,10 @@ def vessels_2d(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", ["unet-mss-synthetic-3d", "ds6-synthetic-3d", "frangi-synthetic-3d",
-                                  "unet-mss-synthetic-2d", "ds6-synthetic-2d"])
+@pytest.mark.parametrize(
+    "name",
+    ["unet-mss-synthetic-3d", "ds6-synthetic-3d", "frangi-synthetic-3d", "unet-mss-synthetic-2d", "ds6-synthetic-2d"],
+)
 def test_shipped_configs_load(tmp_path, name):
     (tmp_path / "manifest.csv").write_text("id,image,label,split\n")
     cfg = load_config(REPO / "configs" / f"{name}.yaml", [f"data.manifest={tmp_path / 'manifest.csv'}"])
@@ -38,22 +52,51 @@ def test_shipped_configs_load(tmp_path, name):
 
 def test_train_predict_evaluate_2d(vessels_2d, tmp_path):
     run = tmp_path / "ds6"
-    result = run_cli("train", str(REPO / "configs" / "ds6-synthetic-2d.yaml"), "--run-dir", str(run),
-                     "--set", f"data.manifest={vessels_2d / 'manifest.csv'}", "--set", "data.patch_size=[64,64]",
-                     "--set", "method.baseline_steps=1", *SHORT)
+    result = run_cli(
+        "train",
+        str(REPO / "configs" / "ds6-synthetic-2d.yaml"),
+        "--run-dir",
+        str(run),
+        "--set",
+        f"data.manifest={vessels_2d / 'manifest.csv'}",
+        "--set",
+        "data.patch_size=[64,64]",
+        "--set",
+        "method.baseline_steps=1",
+        *SHORT,
+    )
     assert result.returncode == 0, result.stderr
     assert (run / "predictions" / "test" / "masks" / "vessel_004.png").is_file()
     out = tmp_path / "pred"
-    result = run_cli("predict", str(run), "--input", str(vessels_2d / "images" / "vessel_004.png"), "--out", str(out),
-                     "--reference", str(vessels_2d / "truth"), "--threshold", "otsu")
+    result = run_cli(
+        "predict",
+        str(run),
+        "--input",
+        str(vessels_2d / "images" / "vessel_004.png"),
+        "--out",
+        str(out),
+        "--reference",
+        str(vessels_2d / "truth"),
+        "--threshold",
+        "otsu",
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote 1 case(s)" in result.stdout and "mean Dice" in result.stdout
     assert (out / "figures" / "vessel_004_diff.png").is_file()
     mask = read_volume(out / "masks" / "vessel_004.png", mask=True).array
     assert mask.shape == (96, 96) and set(np.unique(mask)) <= {0, 1}
     scores = tmp_path / "scores.json"
-    result = run_cli("evaluate", "segmentation", "--pred", str(out), "--truth", str(vessels_2d / "truth"),
-                     "--allow-missing", "--json", str(scores))
+    result = run_cli(
+        "evaluate",
+        "segmentation",
+        "--pred",
+        str(out),
+        "--truth",
+        str(vessels_2d / "truth"),
+        "--allow-missing",
+        "--json",
+        str(scores),
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(scores.read_text())
     assert data["n"] == 1 and data["cases"][0]["id"] == "vessel_004"
@@ -66,7 +109,8 @@ def test_evaluate_refuses_mismatched_shapes(vessels_2d, tmp_path):
     from labelwise.data.volumes import write_volume
 
     write_volume(tmp_path / "vessel_000.png", np.zeros((10, 10), np.int64))
-    result = run_cli("evaluate", "segmentation", "--pred", str(tmp_path), "--truth", str(vessels_2d / "truth"),
-                     "--allow-missing")
+    result = run_cli(
+        "evaluate", "segmentation", "--pred", str(tmp_path), "--truth", str(vessels_2d / "truth"), "--allow-missing"
+    )
     assert result.returncode == 2
     assert "vessel_000.png" in result.stderr and "shape" in result.stderr

@@ -23,11 +23,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Datasets: generate the built-in synthetic sets, write classification tables and "
-                       "segmentation manifests.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Datasets: generate the built-in synthetic sets, write classification tables and segmentation manifests.",
+    no_args_is_help=True,
+)
 synth_app = typer.Typer(help="Generate a synthetic dataset.", no_args_is_help=True)
-table_app = typer.Typer(help="Write a classification table (split, use_label, labels, attributes per sample).",
-                        no_args_is_help=True)
+table_app = typer.Typer(
+    help="Write a classification table (split, use_label, labels, attributes per sample).", no_args_is_help=True
+)
 evaluate_app = typer.Typer(help="Score saved model outputs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(evaluate_app, name="evaluate")
@@ -50,7 +53,7 @@ def expand_per_axis_options(args: list[str]) -> list[str]:
     """``args`` with each per-axis option of :data:`PER_AXIS_OPTIONS` followed by several numbers rewritten to that
     option repeated once per number: ``predict RUN --window 64 64 32`` -> ``predict RUN --window 64 --window 64 --window 32``."""
     args = list(args)
-    names = next((names for path, names in PER_AXIS_OPTIONS.items() if tuple(args[:len(path)]) == path), None)
+    names = next((names for path, names in PER_AXIS_OPTIONS.items() if tuple(args[: len(path)]) == path), None)
     if not names:
         return args
     out: list[str] = []
@@ -84,7 +87,9 @@ def cli_command() -> typer.core.TyperGroup:
             if example is None:
                 continue
             if "space-separated" not in (param.help or ""):
-                param.help = f"{(param.help or '').rstrip('.')}; several values space-separated: {param.opts[0]} {example}"
+                param.help = (
+                    f"{(param.help or '').rstrip('.')}; several values space-separated: {param.opts[0]} {example}"
+                )
             param.metavar = f"<{'float' if '.' in example else 'int'}> ..."
     return command
 
@@ -96,10 +101,16 @@ def _test_line(test: dict[str, float]) -> str:
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config (omit with --resume)")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set trainer.max_steps=100")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override a key: --set trainer.max_steps=100")
+    ] = None,
     devices: Annotated[Optional[int], typer.Option(help="number of processes (GPUs, or CPU processes)")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="where to write the run (default runs/<name>)")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="continue the run in this directory from its last checkpoint")] = None,
+    run_dir: Annotated[
+        Optional[Path], typer.Option("--run-dir", help="where to write the run (default runs/<name>)")
+    ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="continue the run in this directory from its last checkpoint")
+    ] = None,
     report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
 ) -> None:
     """Train a model from a config; writes a run directory with checkpoints, metrics and a report."""
@@ -170,40 +181,108 @@ def demo(
         if evaluation.is_file():
             scores = json.loads(evaluation.read_text())
             keys = ("top1", "real_top1", "variable_topk_subset", "asma")
-            typer.echo("  multi-label-aware: " + ", ".join(f"{k} {scores[k]:.4f}" for k in keys if scores.get(k) is not None)
-                       + f"; {path.parent / 'evaluation.html'}")
+            typer.echo(
+                "  multi-label-aware: "
+                + ", ".join(f"{k} {scores[k]:.4f}" for k in keys if scores.get(k) is not None)
+                + f"; {path.parent / 'evaluation.html'}"
+            )
         segmentation = path.parent / "predictions" / "test" / "segmentation.json"
         if segmentation.is_file():
             references = json.loads(segmentation.read_text())["references"]
-            typer.echo("  test cases: " + "; ".join(
-                f"against {name}: Dice {r['mean']['dice']:.4f}, clDice {r['mean']['cldice']:.4f}"
-                for name, r in references.items() if r["mean"].get("dice") is not None))
+            typer.echo(
+                "  test cases: "
+                + "; ".join(
+                    f"against {name}: Dice {r['mean']['dice']:.4f}, clDice {r['mean']['cldice']:.4f}"
+                    for name, r in references.items()
+                    if r["mean"].get("dice") is not None
+                )
+            )
         index = path.parent / "explanations" / "explanations.json"
         if index.is_file():
             explained = json.loads(index.read_text())
-            hits = ", ".join(f"{row['method']} {row['pointing_game']:.2f}" for row in explained.get("metrics", [])
-                             if row.get("pointing_game") is not None)
-            typer.echo(f"  explanations: {len(explained.get('entries', []))} maps; pointing game {hits}; "
-                       f"{index.parent}")
+            hits = ", ".join(
+                f"{row['method']} {row['pointing_game']:.2f}"
+                for row in explained.get("metrics", [])
+                if row.get("pointing_game") is not None
+            )
+            typer.echo(
+                f"  explanations: {len(explained.get('entries', []))} maps; pointing game {hits}; {index.parent}"
+            )
 
 
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (or one of its checkpoint folders)")],
-    input: Annotated[list[Path], typer.Option(help="images, volumes (NIfTI, .npy) or folders of them; classification "
-                                              "runs also a table .csv or a dataset .npz; repeat for more")],
-    out: Annotated[Path, typer.Option(help="output folder (segmentation: probabilities/, masks/, figures/, "
-                                      "predictions.json; classification: predictions.csv and .npz)")],
-    reference: Annotated[Optional[Path], typer.Option(help="segmentation: folder of reference masks (matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, _roi) or the data manifest's key rule): Dice and difference maps")] = None,
-    threshold: Annotated[Optional[str], typer.Option(help="segmentation: 0.5, another number, otsu or argmax (default: the run's method.threshold for one channel, argmax otherwise)")] = None,
-    overlap: Annotated[Optional[float], typer.Option(min=0, max=0.95, help="segmentation: overlap of the sliding windows (default: the run's method.overlap)")] = None,
-    window: Annotated[Optional[list[int]], typer.Option(help="segmentation: sliding-window size, one value or one per axis (default: the run's data.patch_size; whole images for runs trained on them)")] = None,
-    roi: Annotated[Optional[Path], typer.Option(help="segmentation: folder of region-of-interest masks (matched like --reference; or one mask for one input): the mask is background outside it and Dice is scored inside it")] = None,
-    split: Annotated[Optional[str], typer.Option(help="classification: only the rows of this split of a table or dataset .npz")] = None,
-    tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="segmentation: average over flips along every axis (default: the run's method.tta)")] = None,
-    min_size: Annotated[Optional[int], typer.Option(min=0, help="segmentation: remove connected components smaller than this many voxels (default: the run's method.min_size)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="where the network runs: cpu, cuda, cuda:1 (default: cpu)")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="segmentation: sliding windows per forward pass (default 4); classification: images per forward pass (default 32)")] = None,
+    input: Annotated[
+        list[Path],
+        typer.Option(
+            help="images, volumes (NIfTI, .npy) or folders of them; classification "
+            "runs also a table .csv or a dataset .npz; repeat for more"
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="output folder (segmentation: probabilities/, masks/, figures/, "
+            "predictions.json; classification: predictions.csv and .npz)"
+        ),
+    ],
+    reference: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="segmentation: folder of reference masks (matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, _roi) or the data manifest's key rule): Dice and difference maps"
+        ),
+    ] = None,
+    threshold: Annotated[
+        Optional[str],
+        typer.Option(
+            help="segmentation: 0.5, another number, otsu or argmax (default: the run's method.threshold for one channel, argmax otherwise)"
+        ),
+    ] = None,
+    overlap: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0, max=0.95, help="segmentation: overlap of the sliding windows (default: the run's method.overlap)"
+        ),
+    ] = None,
+    window: Annotated[
+        Optional[list[int]],
+        typer.Option(
+            help="segmentation: sliding-window size, one value or one per axis (default: the run's data.patch_size; whole images for runs trained on them)"
+        ),
+    ] = None,
+    roi: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="segmentation: folder of region-of-interest masks (matched like --reference; or one mask for one input): the mask is background outside it and Dice is scored inside it"
+        ),
+    ] = None,
+    split: Annotated[
+        Optional[str], typer.Option(help="classification: only the rows of this split of a table or dataset .npz")
+    ] = None,
+    tta: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--tta/--no-tta", help="segmentation: average over flips along every axis (default: the run's method.tta)"
+        ),
+    ] = None,
+    min_size: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="segmentation: remove connected components smaller than this many voxels (default: the run's method.min_size)",
+        ),
+    ] = None,
+    device: Annotated[
+        Optional[str], typer.Option(help="where the network runs: cpu, cuda, cuda:1 (default: cpu)")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="segmentation: sliding windows per forward pass (default 4); classification: images per forward pass (default 32)",
+        ),
+    ] = None,
 ) -> None:
     """Predict with a trained run, exactly as it was trained and tested: inputs are read and preprocessed as its
     training data was. Segmentation runs: sliding windows, probability and mask (NIfTI or PNG), a maximum-intensity
@@ -213,9 +292,19 @@ def predict(
 
     run = load_run(run_dir, device=device)
     if run.task == "classification":
-        given = [name for name, value in (("--reference", reference), ("--threshold", threshold), ("--overlap", overlap),
-                                          ("--window", window), ("--roi", roi), ("--tta", tta),
-                                          ("--min-size", min_size)) if value is not None and value != []]
+        given = [
+            name
+            for name, value in (
+                ("--reference", reference),
+                ("--threshold", threshold),
+                ("--overlap", overlap),
+                ("--window", window),
+                ("--roi", roi),
+                ("--tta", tta),
+                ("--min-size", min_size),
+            )
+            if value is not None and value != []
+        ]
         if given:
             raise LabelwiseError(f"{', '.join(given)}: only for segmentation runs; {run_dir} is a classification run")
         files = predict_classes(run, input, out, split=split, batch_size=batch_size or 32)
@@ -223,27 +312,76 @@ def predict(
         return
     if split is not None:
         raise LabelwiseError("--split: only for classification runs (a table or dataset .npz)")
-    cases = predict_files(run, input, out, threshold=threshold, reference=reference, window=window or None,
-                          overlap=overlap, roi=roi, tta=tta, min_size=min_size, batch_size=batch_size)
+    cases = predict_files(
+        run,
+        input,
+        out,
+        threshold=threshold,
+        reference=reference,
+        window=window or None,
+        overlap=overlap,
+        roi=roi,
+        tta=tta,
+        min_size=min_size,
+        batch_size=batch_size,
+    )
     dice = [c["dice"] for c in cases if c.get("dice") is not None]
-    tail = (f"; mean Dice {sum(dice) / len(dice):.4f} against {reference}{' inside --roi' if roi else ''}"
-            if dice else "")
+    tail = (
+        f"; mean Dice {sum(dice) / len(dice):.4f} against {reference}{' inside --roi' if roi else ''}" if dice else ""
+    )
     typer.echo(f"wrote {len(cases)} case(s) to {out}{tail}")
 
 
 @evaluate_app.command("classification")
 def evaluate_classification(
-    predictions: Annotated[list[Path], typer.Option(help="model outputs: .npy/.npz/.pt, scores (N, C) or classes (N,); repeat for several models")],
-    label_sets: Annotated[Optional[str], typer.Option(help="imagenet-real, imagenetv2-multilabel, or a JSON label-set file")] = None,
-    attributes: Annotated[Optional[Path], typer.Option(help="CSV of groups (id + one column per attribute): AUC per group and ES-AUC")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", "--single-labels", help="the labels, for whichever figures are asked: a CSV (id + label column(s); rows matched by --ids, or in file order) or one single label per row (.npy, .npz with target/label, JSON or text). --label-sets: the original single label (top-k); --attributes or alone: the targets of AUC and fairness. --single-labels is an alias")] = None,
-    label_column: Annotated[Optional[list[str]], typer.Option(help="label column(s) of a --labels CSV; several: multi-label, --attributes path only (default: label)")] = None,
-    attribute: Annotated[Optional[list[str]], typer.Option(help="attribute column(s) of --attributes to use (default: all)")] = None,
-    ids: Annotated[Optional[Path], typer.Option(help="one image id per prediction row (text lines or a JSON list)")] = None,
+    predictions: Annotated[
+        list[Path],
+        typer.Option(help="model outputs: .npy/.npz/.pt, scores (N, C) or classes (N,); repeat for several models"),
+    ],
+    label_sets: Annotated[
+        Optional[str], typer.Option(help="imagenet-real, imagenetv2-multilabel, or a JSON label-set file")
+    ] = None,
+    attributes: Annotated[
+        Optional[Path], typer.Option(help="CSV of groups (id + one column per attribute): AUC per group and ES-AUC")
+    ] = None,
+    labels: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--labels",
+            "--single-labels",
+            help="the labels, for whichever figures are asked: a CSV (id + label column(s); rows matched by --ids, or in file order) or one single label per row (.npy, .npz with target/label, JSON or text). --label-sets: the original single label (top-k); --attributes or alone: the targets of AUC and fairness. --single-labels is an alias",
+        ),
+    ] = None,
+    label_column: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="label column(s) of a --labels CSV; several: multi-label, --attributes path only (default: label)"
+        ),
+    ] = None,
+    attribute: Annotated[
+        Optional[list[str]], typer.Option(help="attribute column(s) of --attributes to use (default: all)")
+    ] = None,
+    ids: Annotated[
+        Optional[Path], typer.Option(help="one image id per prediction row (text lines or a JSON list)")
+    ] = None,
     topk: Annotated[str, typer.Option(help="k values for top-k and ReaL top-k, comma-separated")] = "1,5",
-    threshold: Annotated[Optional[float], typer.Option(help="also multi-label model metrics (mAP, F1, ...) at this score threshold")] = None,
-    bootstrap: Annotated[Optional[int], typer.Option(min=0, help="bootstrap resamples for 95% intervals, 0: none (default: 0 with --label-sets, 1000 for the AUC with --attributes/--labels)")] = None,
-    logits: Annotated[bool, typer.Option("--logits", help="--attributes/--labels: the scores are logits; applies a sigmoid per column (one column: binary; several --label-column: multi-label) or a softmax over the columns (exclusive classes). Without it, scores outside [0, 1] are refused")] = False,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="also multi-label model metrics (mAP, F1, ...) at this score threshold")
+    ] = None,
+    bootstrap: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="bootstrap resamples for 95% intervals, 0: none (default: 0 with --label-sets, 1000 for the AUC with --attributes/--labels)",
+        ),
+    ] = None,
+    logits: Annotated[
+        bool,
+        typer.Option(
+            "--logits",
+            help="--attributes/--labels: the scores are logits; applies a sigmoid per column (one column: binary; several --label-column: multi-label) or a softmax over the columns (exclusive classes). Without it, scores outside [0, 1] are refused",
+        ),
+    ] = False,
     asma_metric: Annotated[str, typer.Option(help="per-subgroup metric that ASMA averages")] = "variable_topk_subset",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON here")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="write one row per model as CSV here")] = None,
@@ -257,16 +395,29 @@ def evaluate_classification(
     from rich.table import Table
 
     if label_sets is not None and attributes is not None:
-        raise LabelwiseError("give --label-sets (multi-label-aware scores) or --attributes (AUC and fairness across "
-                             "groups), not both: each writes its own --json and --report")
+        raise LabelwiseError(
+            "give --label-sets (multi-label-aware scores) or --attributes (AUC and fairness across "
+            "groups), not both: each writes its own --json and --report"
+        )
     if label_sets is None:
         if attributes is None and labels is None:
-            raise LabelwiseError("give --label-sets (multi-label-aware scores) or --attributes/--labels (AUC and "
-                                 "fairness across groups)")
+            raise LabelwiseError(
+                "give --label-sets (multi-label-aware scores) or --attributes/--labels (AUC and fairness across groups)"
+            )
         if len(predictions) != 1:
             raise LabelwiseError("--attributes/--labels score one --predictions file at a time")
-        _evaluate_fairness(predictions[0], attributes, labels, label_column or ["label"], attribute, ids,
-                           1000 if bootstrap is None else bootstrap, logits, json_out, report_out)
+        _evaluate_fairness(
+            predictions[0],
+            attributes,
+            labels,
+            label_column or ["label"],
+            attribute,
+            ids,
+            1000 if bootstrap is None else bootstrap,
+            logits,
+            json_out,
+            report_out,
+        )
         return
     if logits:
         raise LabelwiseError("--logits is for --attributes/--labels; --label-sets ranks the scores as they are")
@@ -281,8 +432,17 @@ def evaluate_classification(
         raise LabelwiseError(f"--topk {topk!r}: expected comma-separated integers such as 1,5") from None
     if not ks or min(ks) < 1:
         raise LabelwiseError(f"--topk {topk!r}: each k must be a positive integer")
-    result = run(predictions, label_sets, ids=ids, single_labels=labels, topk=ks, threshold=threshold,
-                 bootstrap=bootstrap or 0, asma_metric=asma_metric, label_columns=label_column or ["label"])
+    result = run(
+        predictions,
+        label_sets,
+        ids=ids,
+        single_labels=labels,
+        topk=ks,
+        threshold=threshold,
+        bootstrap=bootstrap or 0,
+        asma_metric=asma_metric,
+        label_columns=label_column or ["label"],
+    )
     columns = table_columns(result)
     table = Table(title=f"label sets: {result['label_set']}")  # one column per model: fits a terminal
     table.add_column("metric")
@@ -300,17 +460,27 @@ def evaluate_classification(
         typer.echo(f"wrote {path}")
 
 
-def _evaluate_fairness(predictions: Path, attributes: Optional[Path], labels: Optional[Path], label_columns: list[str],
-                       attribute_columns: Optional[list[str]], ids: Optional[Path], resamples: int, logits: bool,
-                       json_out: Optional[Path], report_out: Optional[Path]) -> None:
+def _evaluate_fairness(
+    predictions: Path,
+    attributes: Optional[Path],
+    labels: Optional[Path],
+    label_columns: list[str],
+    attribute_columns: Optional[list[str]],
+    ids: Optional[Path],
+    resamples: int,
+    logits: bool,
+    json_out: Optional[Path],
+    report_out: Optional[Path],
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from labelwise.evaluation.fairness import evaluate_fairness, write_fairness_json
     from labelwise.report.common import fmt
 
-    result = evaluate_fairness(predictions, attributes, labels, label_columns, attribute_columns, ids, resamples,
-                               logits=logits)
+    result = evaluate_fairness(
+        predictions, attributes, labels, label_columns, attribute_columns, ids, resamples, logits=logits
+    )
     summary = result["summary"]
     console = Console()
     table = Table(title=f"{predictions}: {summary['kind']}, {summary['n']} cases")
@@ -336,20 +506,38 @@ def _evaluate_fairness(predictions: Path, attributes: Optional[Path], labels: Op
 
         scores, target = result["scores"], result["target"]
         positive = scores[:, 1] if summary["kind"] == "binary" else scores
-        path = build_fairness_report(summary, positive, target, result["groups"], report_out,
-                                     title=f"Fairness evaluation: {predictions.name}")
+        path = build_fairness_report(
+            summary, positive, target, result["groups"], report_out, title=f"Fairness evaluation: {predictions.name}"
+        )
         typer.echo(f"wrote {path}")
 
 
 @evaluate_app.command("segmentation")
 def evaluate_segmentation(
     pred: Annotated[Path, typer.Option(help="folder of predicted masks (a labelwise predict folder: its masks/)")],
-    truth: Annotated[Path, typer.Option(help="folder of reference masks, matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, _roi) or the data manifest's key rule")],
+    truth: Annotated[
+        Path,
+        typer.Option(
+            help="folder of reference masks, matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, _roi) or the data manifest's key rule"
+        ),
+    ],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON here")] = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="write one row per case (+ mean, std) as CSV here")] = None,
+    csv_out: Annotated[
+        Optional[Path], typer.Option("--csv", help="write one row per case (+ mean, std) as CSV here")
+    ] = None,
     allow_missing: Annotated[bool, typer.Option(help="skip cases found on one side only instead of refusing")] = False,
-    roi: Annotated[Optional[Path], typer.Option(help="folder of region-of-interest masks, matched like --truth: every score is computed inside them (e.g. a fundus field of view)")] = None,
-    class_names: Annotated[Optional[str], typer.Option(help="names of the labels 1, 2, ... separated by commas (e.g. artery,vein): scores per class under these names (default: per class, named 1, 2, ..., when a mask holds labels above 1)")] = None,
+    roi: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="folder of region-of-interest masks, matched like --truth: every score is computed inside them (e.g. a fundus field of view)"
+        ),
+    ] = None,
+    class_names: Annotated[
+        Optional[str],
+        typer.Option(
+            help="names of the labels 1, 2, ... separated by commas (e.g. artery,vein): scores per class under these names (default: per class, named 1, 2, ..., when a mask holds labels above 1)"
+        ),
+    ] = None,
 ) -> None:
     """Score segmentations: Dice, IoU, precision, sensitivity, volumetric similarity, HD95, ASSD (physical units)
     and clDice, per case and mean ± std; label maps with several classes also per class."""
@@ -362,8 +550,9 @@ def evaluate_segmentation(
     if class_names is not None:
         names = [name.strip() for name in class_names.split(",")]
         if not all(names):
-            raise LabelwiseError(f"--class-names {class_names!r}: expected names separated by commas such as "
-                                 "artery,vein")
+            raise LabelwiseError(
+                f"--class-names {class_names!r}: expected names separated by commas such as artery,vein"
+            )
     result = run(pred, truth, allow_missing=allow_missing, roi=roi, class_names=names)
     rows = format_table(result)
     table = Table(title=f"{result['n']} case(s): {pred} vs {truth}{f' inside {roi}' if roi else ''}")
@@ -385,14 +574,36 @@ def evaluate_segmentation(
 
 @app.command()
 def explain(
-    input_: Annotated[list[Path], typer.Option("--input", help="image (png/jpg/tif), .npy, NIfTI or Harvard-GDP .npz file, or a folder of them; repeat for more")],
+    input_: Annotated[
+        list[Path],
+        typer.Option(
+            "--input",
+            help="image (png/jpg/tif), .npy, NIfTI or Harvard-GDP .npz file, or a folder of them; repeat for more",
+        ),
+    ],
     run: Annotated[Optional[Path], typer.Option(help="a run directory (the weights it tested)")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="one checkpoint folder, RUN/checkpoints/step-XXXXXX")] = None,
-    method: Annotated[Optional[list[str]], typer.Option(help="gradcam (default), gradcam++, scorecam, ...; repeat for more")] = None,
-    target: Annotated[Optional[list[str]], typer.Option(help="class or label to explain, by index or name (default: the predicted one; segmentation: each foreground class); repeat for more")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="target layer, e.g. layer4 (default: the last spatial layer; ViT: the last block's tokens as a grid)")] = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option(help="one checkpoint folder, RUN/checkpoints/step-XXXXXX")
+    ] = None,
+    method: Annotated[
+        Optional[list[str]], typer.Option(help="gradcam (default), gradcam++, scorecam, ...; repeat for more")
+    ] = None,
+    target: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="class or label to explain, by index or name (default: the predicted one; segmentation: each foreground class); repeat for more"
+        ),
+    ] = None,
+    layer: Annotated[
+        Optional[str],
+        typer.Option(
+            help="target layer, e.g. layer4 (default: the last spatial layer; ViT: the last block's tokens as a grid)"
+        ),
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="output folder (default RUN_DIR/explanations)")] = None,
-    report: Annotated[bool, typer.Option(help="rebuild the run's report, with the gallery, when --out is in the run")] = True,
+    report: Annotated[
+        bool, typer.Option(help="rebuild the run's report, with the gallery, when --out is in the run")
+    ] = True,
 ) -> None:
     """Explain a trained model's predictions: Grad-CAM family maps as overlays (2D) or NIfTI, montage and MIP (3D)."""
     from rich.progress import Progress
@@ -411,8 +622,15 @@ def explain(
     files = input_files(input_)
     with Progress(transient=True) as bar:
         task = bar.add_task("explaining", total=len(files))
-        entries = explain_files(model, files, out, methods, target, layer,
-                                progress=lambda path: bar.update(task, advance=1, description=path.name))
+        entries = explain_files(
+            model,
+            files,
+            out,
+            methods,
+            target,
+            layer,
+            progress=lambda path: bar.update(task, advance=1, description=path.name),
+        )
     typer.echo(f"wrote {len(entries)} map(s) for {len(files)} input(s) to {out}")
     if report and out.resolve().is_relative_to(model.run_dir.resolve()):
         from labelwise.report import build_report
@@ -423,8 +641,13 @@ def explain(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (or one of its checkpoint folders)")],
-    out: Annotated[Path, typer.Option(help="output file (model.onnx, model.pt); its sidecar FILE.json is written "
-                                      "beside it: input shape, preprocessing, activation, class names, settings")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="output file (model.onnx, model.pt); its sidecar FILE.json is written "
+            "beside it: input shape, preprocessing, activation, class names, settings"
+        ),
+    ],
     format: Annotated[str, typer.Option("--format", help="onnx (opset 17) or torchscript (a traced module)")] = "onnx",
 ) -> None:
     """Export a trained run's predicting network as ONNX or TorchScript, with a JSON sidecar of what using it
@@ -460,7 +683,9 @@ def synth_shapes(
 @synth_app.command("patchml")
 def synth_patchml(
     out: Annotated[Path, typer.Option(help="output folder")],
-    source: Annotated[str, typer.Option(help="'digits' (scikit-learn's bundled digits) or a folder of class subfolders")] = "digits",
+    source: Annotated[
+        str, typer.Option(help="'digits' (scikit-learn's bundled digits) or a folder of class subfolders")
+    ] = "digits",
     grid: Annotated[int, typer.Option(min=1, help="cells per side")] = 2,
     objects: Annotated[str, typer.Option(help="objects per image, MIN-MAX")] = "1-4",
     n: Annotated[int, typer.Option(min=1, help="number of images")] = 1000,
@@ -479,17 +704,25 @@ def synth_patchml(
     arrays = make_patchml(source=source, n=n, grid=grid, objects=counts, cell=cell, seed=seed)
     write_patchml(out, arrays, images=images)
     multi = float((arrays["labels"].sum(1) >= 2).mean())
-    typer.echo(f"wrote {out}: {n} images {arrays['image'].shape[-1]}x{arrays['image'].shape[-1]}, "
-               f"{len(arrays['class_names'])} classes, {multi:.0%} with 2 or more labels")
+    typer.echo(
+        f"wrote {out}: {n} images {arrays['image'].shape[-1]}x{arrays['image'].shape[-1]}, "
+        f"{len(arrays['class_names'])} classes, {multi:.0%} with 2 or more labels"
+    )
 
 
 @synth_app.command("vessels")
 def synth_vessels(
     out: Annotated[Path, typer.Option(help="output folder (images/, labels/, truth/, radius/, manifest.csv)")],
-    dim: Annotated[int, typer.Option(min=2, max=3, help="2 (fundus-like pictures) or 3 (angiography-like volumes)")] = 3,
+    dim: Annotated[
+        int, typer.Option(min=2, max=3, help="2 (fundus-like pictures) or 3 (angiography-like volumes)")
+    ] = 3,
     n: Annotated[int, typer.Option(min=1, help="number of cases (11: 6 train / 2 val / 3 test, as in DS6)")] = 11,
-    shape: Annotated[Optional[list[int]], typer.Option(help="size per axis, one value or one per axis (default 96 in 3D, 256 in 2D)")] = None,
-    spacing: Annotated[Optional[list[float]], typer.Option(help="voxel size per axis in mm (NIfTI header; default 1)")] = None,
+    shape: Annotated[
+        Optional[list[int]], typer.Option(help="size per axis, one value or one per axis (default 96 in 3D, 256 in 2D)")
+    ] = None,
+    spacing: Annotated[
+        Optional[list[float]], typer.Option(help="voxel size per axis in mm (NIfTI header; default 1)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed; case i depends on (seed, i) only")] = 0,
 ) -> None:
     """Synthetic vessel trees with a clean mask and a noisy semi-automatic one (Frangi vesselness + threshold)."""
@@ -498,8 +731,10 @@ def synth_vessels(
     size = shape or [96 if dim == 3 else 256]
     size = size * dim if len(size) == 1 else size
     manifest = write_vessels(out, dim, n, size, seed=seed, spacing=spacing, progress=typer.echo)
-    typer.echo(f"wrote {manifest}: {n} cases {'x'.join(map(str, size))}; labels/ holds the noisy masks training "
-               "sees, truth/ the clean ones for evaluation")
+    typer.echo(
+        f"wrote {manifest}: {n} cases {'x'.join(map(str, size))}; labels/ holds the noisy masks training "
+        "sees, truth/ the clean ones for evaluation"
+    )
 
 
 @synth_app.command("rnflt")
@@ -507,8 +742,12 @@ def synth_rnflt(
     out: Annotated[Path, typer.Option(help="output folder for data_0001.npz, ... (the Harvard-GDP layout)")],
     n: Annotated[int, typer.Option(min=1, help="number of patients")] = 1000,
     seed: Annotated[int, typer.Option(help="random seed; patient i depends on (seed, i) only")] = 0,
-    labelled: Annotated[float, typer.Option(min=0, max=1, help="table.csv: share of training patients whose label may be used")] = 1.0,
-    val: Annotated[float, typer.Option(min=0, max=1, help="table.csv: share of patients in the validation split")] = 0.15,
+    labelled: Annotated[
+        float, typer.Option(min=0, max=1, help="table.csv: share of training patients whose label may be used")
+    ] = 1.0,
+    val: Annotated[
+        float, typer.Option(min=0, max=1, help="table.csv: share of patients in the validation split")
+    ] = 0.15,
     test: Annotated[float, typer.Option(min=0, max=1, help="table.csv: share of patients in the test split")] = 0.25,
 ) -> None:
     """Synthetic retinal nerve fibre layer thickness maps with glaucoma, visual fields, progression and
@@ -532,7 +771,9 @@ def synth_rnflt(
 def table_harvard(
     folder: Annotated[Path, typer.Argument(help="folder of data_XXXX.npz files (the Harvard-GDP layout)")],
     out: Annotated[Optional[Path], typer.Option(help="CSV to write (default FOLDER/table.csv)")] = None,
-    labelled: Annotated[float, typer.Option(min=0, max=1, help="share of training patients whose label may be used")] = 1.0,
+    labelled: Annotated[
+        float, typer.Option(min=0, max=1, help="share of training patients whose label may be used")
+    ] = 1.0,
     val: Annotated[float, typer.Option(min=0, max=1, help="share of patients in the validation split")] = 0.15,
     test: Annotated[float, typer.Option(min=0, max=1, help="share of patients in the test split")] = 0.25,
     seed: Annotated[int, typer.Option(help="random seed of the split")] = 0,
@@ -548,7 +789,9 @@ def table_harvard(
 def table_folder(
     folder: Annotated[Path, typer.Argument(help="folder with one subfolder of images per class")],
     out: Annotated[Optional[Path], typer.Option(help="CSV to write (default FOLDER/table.csv)")] = None,
-    labelled: Annotated[float, typer.Option(min=0, max=1, help="share of training images whose label may be used")] = 1.0,
+    labelled: Annotated[
+        float, typer.Option(min=0, max=1, help="share of training images whose label may be used")
+    ] = 1.0,
     val: Annotated[float, typer.Option(min=0, max=1, help="share of images in the validation split")] = 0.15,
     test: Annotated[float, typer.Option(min=0, max=1, help="share of images in the test split")] = 0.25,
     seed: Annotated[int, typer.Option(help="random seed of the split")] = 0,
@@ -564,24 +807,43 @@ def data_manifest(
     images: Annotated[Path, typer.Option(help="folder of images (NIfTI, PNG, TIFF, JPG, .npy)")],
     labels: Annotated[Path, typer.Option(help="folder of their masks, paired with the images by name")],
     out: Annotated[Path, typer.Option(help="manifest CSV to write; paths in it are relative to its folder")],
-    roi: Annotated[Optional[Path], typer.Option(help="folder of region-of-interest masks (e.g. fields of view)")] = None,
+    roi: Annotated[
+        Optional[Path], typer.Option(help="folder of region-of-interest masks (e.g. fields of view)")
+    ] = None,
     truth: Annotated[Optional[Path], typer.Option(help="folder of reference masks used only for evaluation")] = None,
-    val: Annotated[Optional[float], typer.Option(min=0, max=1, help="share of the labelled cases drawn for the validation split (default 0.1)")] = None,
-    test: Annotated[Optional[float], typer.Option(min=0, max=1, help="share of the labelled cases drawn for the test split (default 0.2)")] = None,
-    split_from: Annotated[Optional[Path], typer.Option(help="CSV with id and split columns (e.g. an earlier manifest): each case's split")] = None,
+    val: Annotated[
+        Optional[float],
+        typer.Option(min=0, max=1, help="share of the labelled cases drawn for the validation split (default 0.1)"),
+    ] = None,
+    test: Annotated[
+        Optional[float],
+        typer.Option(min=0, max=1, help="share of the labelled cases drawn for the test split (default 0.2)"),
+    ] = None,
+    split_from: Annotated[
+        Optional[Path], typer.Option(help="CSV with id and split columns (e.g. an earlier manifest): each case's split")
+    ] = None,
     split: Annotated[Optional[str], typer.Option(help="put every case into this split: train, val or test")] = None,
     seed: Annotated[int, typer.Option(help="random seed of the drawn split")] = 0,
     prefix: Annotated[str, typer.Option(help="text prepended to every id")] = "",
     unlabelled: Annotated[bool, typer.Option(help="keep images without a label, as unlabelled training cases")] = False,
-    append: Annotated[bool, typer.Option(help="add the cases to the existing --out manifest (ids must stay unique)")] = False,
+    append: Annotated[
+        bool, typer.Option(help="add the cases to the existing --out manifest (ids must stay unique)")
+    ] = False,
 ) -> None:
     """A segmentation manifest (id, image, label, split[, truth][, roi]) of a folder of images and a folder of their
     masks, paired by whole name or by the part of the names that differs from file to file (21_training.tif with
     21_manual1.gif); splits drawn by --seed, given by --split, or taken from --split-from."""
     from labelwise.data.pairing import assign_splits, pair_files, write_manifest
 
-    rows = pair_files(images, labels, roi=roi, truth=truth, allow_unlabelled=unlabelled, prefix=prefix,
-                      warn=lambda message: typer.echo(f"warning: {message}", err=True))
+    rows = pair_files(
+        images,
+        labels,
+        roi=roi,
+        truth=truth,
+        allow_unlabelled=unlabelled,
+        prefix=prefix,
+        warn=lambda message: typer.echo(f"warning: {message}", err=True),
+    )
     rows = assign_splits(rows, val=val, test=test, seed=seed, split=split, split_from=split_from)
     cases = write_manifest(rows, out, append=append)
     counts = ", ".join(f"{name} {sum(c.split == name for c in cases)}" for name in ("train", "val", "test"))
@@ -592,17 +854,26 @@ def data_manifest(
 @data_app.command("degrade")
 def data_degrade(
     manifest: Annotated[Path, typer.Option(help="segmentation manifest whose training masks are degraded")],
-    kind: Annotated[str, typer.Option(help="thin, erode, dilate, drop, semi-automatic or mixed (each case draws "
-                                           "its own kind and strength)")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="thin, erode, dilate, drop, semi-automatic or mixed (each case draws its own kind and strength)"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="folder for labels/, noise.csv and manifest.csv")],
-    strength: Annotated[Optional[float], typer.Option(help="in pixels/voxels of the mask's own grid for thin "
-                                                           "(narrowest width kept, default 3), erode and dilate "
-                                                           "(border shift, default 1): scale it with the resolution "
-                                                           "for the same noise; drop: share of components removed "
-                                                           "(default 0.3); semi-automatic: smallest component kept, "
-                                                           "in squares (2D) / cubes (3D) of the mean vessel width "
-                                                           "(default 2); mixed: a scale on the drawn thin, erode and "
-                                                           "dilate strengths (default 1)")] = None,
+    strength: Annotated[
+        Optional[float],
+        typer.Option(
+            help="in pixels/voxels of the mask's own grid for thin "
+            "(narrowest width kept, default 3), erode and dilate "
+            "(border shift, default 1): scale it with the resolution "
+            "for the same noise; drop: share of components removed "
+            "(default 0.3); semi-automatic: smallest component kept, "
+            "in squares (2D) / cubes (3D) of the mean vessel width "
+            "(default 2); mixed: a scale on the drawn thin, erode and "
+            "dilate strengths (default 1)"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed (drop, mixed), combined with each case's id")] = 0,
 ) -> None:
     """Imperfect training masks from clean ones, to study label noise on real images: OUT/labels/, OUT/noise.csv

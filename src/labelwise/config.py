@@ -46,43 +46,67 @@ class DataConfig(Section):
 
     path: Path | None = None
     synth: SynthData | None = None
-    manifest: Path | None = Field(None, description="CSV of image files: segmentation id,image,label,split[,truth]; "
-                                  "classification id,image,split[,use_label,patient] + label and attribute columns")
+    manifest: Path | None = Field(
+        None,
+        description="CSV of image files: segmentation id,image,label,split[,truth]; "
+        "classification id,image,split[,use_label,patient] + label and attribute columns",
+    )
     task: Literal["classification", "segmentation"] = "classification"
-    labels: list[str] = Field(["label"], min_length=1, description="classification table: label column(s), "
-                              "several: multi-label (0/1 each); .npz: the key of the labels, (N,) or (N, K) 0/1 tags")
+    labels: list[str] = Field(
+        ["label"],
+        min_length=1,
+        description="classification table: label column(s), "
+        "several: multi-label (0/1 each); .npz: the key of the labels, (N,) or (N, K) 0/1 tags",
+    )
     attributes: list[str] = Field([], description="classification table: columns of groups for fairness figures")
     modalities: list[str] = Field(["rnflt"], min_length=1, description="Harvard-GDP .npz: channels rnflt and/or tds")
     image_size: list[int] | None = Field(None, description="classification table: resize every image to this size")
     batch_size: int = Field(32, gt=0, description="global batch size, split over devices")
-    labelled_per_batch: int | None = Field(None, gt=0, description="semi-supervised methods: labelled samples per "
-                                           "batch, the rest unlabelled (default: half the batch)")
+    labelled_per_batch: int | None = Field(
+        None,
+        gt=0,
+        description="semi-supervised methods: labelled samples per "
+        "batch, the rest unlabelled (default: half the batch)",
+    )
     eval_batch_size: int = Field(64, gt=0)
     patch_size: list[int] | None = Field(None, description="manifest data: train on random patches of this size")
     patches_per_volume: int = Field(100, gt=0, description="random patches per training case and epoch")
     foreground_ratio: float = Field(0.5, ge=0, le=1, description="share of patches centred on a labelled voxel")
     intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
-        "max", description="max/zscore: per image; channel: per channel with the training split's mean and std; "
-        "percentile: clipped to the training foreground's 0.5-99.5 percentiles, then its mean and std (CT)")
-    cache: Path | None = Field(None, description="manifest data (segmentation): folder of the preprocessed case "
-                               "cache, read through memory maps (relative: to the manifest's folder; default: "
-                               ".labelwise-cache next to the manifest)")
-    reorient: bool = Field(True, description="manifest data (segmentation): NIfTI volumes and masks turned to the "
-                           "closest canonical orientation (RAS+: axes permuted and flipped, no interpolation); "
-                           "predict writes its outputs back in the input's own orientation")
+        "max",
+        description="max/zscore: per image; channel: per channel with the training split's mean and std; "
+        "percentile: clipped to the training foreground's 0.5-99.5 percentiles, then its mean and std (CT)",
+    )
+    cache: Path | None = Field(
+        None,
+        description="manifest data (segmentation): folder of the preprocessed case "
+        "cache, read through memory maps (relative: to the manifest's folder; default: "
+        ".labelwise-cache next to the manifest)",
+    )
+    reorient: bool = Field(
+        True,
+        description="manifest data (segmentation): NIfTI volumes and masks turned to the "
+        "closest canonical orientation (RAS+: axes permuted and flipped, no interpolation); "
+        "predict writes its outputs back in the input's own orientation",
+    )
     spacing: list[float] | Literal["median"] | None = Field(
-        "median", description="manifest data (segmentation): resample every case to this voxel spacing (images "
+        "median",
+        description="manifest data (segmentation): resample every case to this voxel spacing (images "
         "trilinear/bilinear, masks nearest); median: the per-axis median of the training cases; null: never. A case "
-        "already at the spacing (within 1e-3) is left as it is; predict resamples its outputs back")
+        "already at the spacing (within 1e-3) is left as it is; predict resamples its outputs back",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if sum(x is not None for x in (self.path, self.synth, self.manifest)) != 1:
-            raise ValueError("give exactly one of data.path (an .npz file), data.synth (a built-in dataset) or "
-                             "data.manifest (a CSV of image files)")
+            raise ValueError(
+                "give exactly one of data.path (an .npz file), data.synth (a built-in dataset) or "
+                "data.manifest (a CSV of image files)"
+            )
         if self.labelled_per_batch is not None and self.labelled_per_batch > self.batch_size:
-            raise ValueError(f"data.labelled_per_batch: {self.labelled_per_batch} is larger than data.batch_size "
-                             f"{self.batch_size}")
+            raise ValueError(
+                f"data.labelled_per_batch: {self.labelled_per_batch} is larger than data.batch_size {self.batch_size}"
+            )
         if self.intensity == "percentile" and self.task != "segmentation":
             raise ValueError("data.intensity: percentile uses the training masks' foreground; it is for segmentation")
         if self.image_size is not None and (len(self.image_size) not in (2, 3) or min(self.image_size) < 1):
@@ -97,8 +121,10 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """A network from the model registry; sizes left out are taken from the data."""
 
-    name: str | None = Field(None, description="a network of the model registry (default: resnet18 for "
-                             "classification, unet for segmentation)")
+    name: str | None = Field(
+        None,
+        description="a network of the model registry (default: resnet18 for classification, unet for segmentation)",
+    )
     spatial_dims: Literal[2, 3] | None = None
     in_channels: int | None = Field(None, gt=0)
     out_channels: int | None = Field(None, gt=0)
@@ -108,13 +134,23 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     deep_supervision: bool = Field(True, description="unet_mss: extra outputs at 1/2 and 1/4 resolution")
     heads: list[int] | None = Field(None, description="vit/unetr: [attention heads]; swin/swin_unetr: heads per stage")
-    patch_size: int | None = Field(None, gt=0, description="vit: side of a token's patch (default 16); swin/swin_unetr: "
-                                   "of the patch embedding (default 2); unetr: always 16")
-    image_size: list[int] | None = Field(None, description="vit/unetr: the input size their position embeddings are "
-                                         "built for (default: the data's image or data.patch_size)")
+    patch_size: int | None = Field(
+        None,
+        gt=0,
+        description="vit: side of a token's patch (default 16); swin/swin_unetr: "
+        "of the patch embedding (default 2); unetr: always 16",
+    )
+    image_size: list[int] | None = Field(
+        None,
+        description="vit/unetr: the input size their position embeddings are "
+        "built for (default: the data's image or data.patch_size)",
+    )
     init_from: Path | None = Field(None, description="a pretrain run directory: start from its backbone's weights")
-    freeze_backbone: bool = Field(False, description="train only the head: a linear probe of the init_from backbone "
-                                  "(without init_from: of the random one)")
+    freeze_backbone: bool = Field(
+        False,
+        description="train only the head: a linear probe of the init_from backbone "
+        "(without init_from: of the random one)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -147,8 +183,11 @@ class TrainerConfig(Section):
     checkpoint_every: int = Field(gt=0)
     log_every: int = Field(10, gt=0)
     val_every: int = Field(0, ge=0, description="0: validate only at the end")
-    select_best: str | None = Field(None, description="validation metric (e.g. auc, dice; loss: lowest) whose best "
-                                    "value picks the weights scored on the test split; checked at every val_every")
+    select_best: str | None = Field(
+        None,
+        description="validation metric (e.g. auc, dice; loss: lowest) whose best "
+        "value picks the weights scored on the test split; checked at every val_every",
+    )
     devices: int = Field(1, gt=0)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
@@ -189,8 +228,11 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     trainer: TrainerConfig
-    augment: AugmentOptions | None = Field(None, description="augmentation of the labelled training images; omit: "
-                                           "none, {}: the defaults (labelwise.augment.pipeline)")
+    augment: AugmentOptions | None = Field(
+        None,
+        description="augmentation of the labelled training images; omit: "
+        "none, {}: the defaults (labelwise.augment.pipeline)",
+    )
 
     @field_validator("method", mode="before")
     @classmethod
@@ -203,8 +245,10 @@ class Config(Section):
             self.model.name = DEFAULT_MODELS[self.data.task]
 
         if self.augment is not None and not METHODS[self.method.name].augments:
-            raise ConfigError(f"augment: method {self.method.name} does not take the augment section (it trains "
-                              "without labelled images, or draws its own views)")
+            raise ConfigError(
+                f"augment: method {self.method.name} does not take the augment section (it trains "
+                "without labelled images, or draws its own views)"
+            )
         options_model = METHODS[self.method.name].Options
         try:
             options_model(**self.method.options())
@@ -224,8 +268,9 @@ class Config(Section):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None,
-                check_files: bool = True) -> Config:
+def load_config(
+    source: str | Path | dict[str, Any], overrides: list[str] | None = None, check_files: bool = True
+) -> Config:
     """Read a YAML file (or a dict), apply ``key.sub=value`` overrides, validate, check files.
 
     Relative data paths are resolved against the config file's folder first, then the working directory.

@@ -106,7 +106,9 @@ def explain_demo(run_dir: Path, patchml_file: Path, quick: bool = False) -> None
         Image.fromarray(np.round(arrays["image"][i, 0] * 255).astype(np.uint8)).save(files[-1])
     trained = load_run(run_dir)
     out = run_dir / "explanations"
-    explain_files(trained, files, out, methods=("gradcam",) if quick else ("gradcam", "gradcam++", "scorecam", "eigencam"))
+    explain_files(
+        trained, files, out, methods=("gradcam",) if quick else ("gradcam", "gradcam++", "scorecam", "eigencam")
+    )
 
     chosen = test[: 16 if quick else 200]
     label = torch.from_numpy(arrays["label"][chosen])
@@ -114,12 +116,19 @@ def explain_demo(run_dir: Path, patchml_file: Path, quick: bool = False) -> None
     own = boxes[..., 1:].clone()
     own[boxes[..., 0] != label[:, None]] = -1  # the boxes of the explained digit only
     x = torch.from_numpy(arrays["image"][chosen])
-    rows = evaluate_explanations(trained.model, x, label, box_masks(own, tuple(x.shape[2:])),
-                                 methods=("gradcam", "center") if quick else
-                                 ("gradcam", "gradcam++", "layercam", "scorecam", "eigencam", "center", "random"),
-                                 steps=8 if quick else 16, activation=trained.activation,
-                                 tolerance=0.0,  # 16-pixel images: the paper's 15 pixels would reach every corner
-                                 options={"scorecam": {"batch_size": 256}})
+    rows = evaluate_explanations(
+        trained.model,
+        x,
+        label,
+        box_masks(own, tuple(x.shape[2:])),
+        methods=("gradcam", "center")
+        if quick
+        else ("gradcam", "gradcam++", "layercam", "scorecam", "eigencam", "center", "random"),
+        steps=8 if quick else 16,
+        activation=trained.activation,
+        tolerance=0.0,  # 16-pixel images: the paper's 15 pixels would reach every corner
+        options={"scorecam": {"batch_size": 256}},
+    )
     write_index(out, (read_index(out) or {}).get("entries", []), rows)
 
 
@@ -128,7 +137,9 @@ def run_demo(out: str | Path = "runs", quick: bool = False) -> list[Path]:
     out = Path(out)
     data_file = out / "demo-data" / "shapes-2d.npz"
     save_npz(data_file, make_shapes(n=300 if quick else 6000, size=32, dim=2, num_classes=3, seed=0))
-    patchml_dir = write_patchml(out / "demo-data" / "patchml", make_patchml(n=300 if quick else 6000, seed=0), images=False)
+    patchml_dir = write_patchml(
+        out / "demo-data" / "patchml", make_patchml(n=300 if quick else 6000, seed=0), images=False
+    )
     reports = []
     for name, raw in demo_configs(data_file, quick, patchml_dir / "patchml.npz").items():
         config = load_config(raw)
@@ -136,8 +147,11 @@ def run_demo(out: str | Path = "runs", quick: bool = False) -> list[Path]:
         if name == "demo-multilabel":
             predictions = result.run_dir / "predictions"
             scores = evaluate_classification(
-                [predictions / "test.npz"], str(patchml_dir / "label_sets.json"), ids=predictions / "test_ids.txt",
-                single_labels=predictions / "test.npz", bootstrap=1000,
+                [predictions / "test.npz"],
+                str(patchml_dir / "label_sets.json"),
+                ids=predictions / "test_ids.txt",
+                single_labels=predictions / "test.npz",
+                bootstrap=1000,
             )
             write_outputs(scores, result.run_dir / "evaluation.json", None, result.run_dir / "evaluation.html")
             explain_demo(result.run_dir, patchml_dir / "patchml.npz", quick)
@@ -152,14 +166,26 @@ def vessels_config(manifest: Path, quick: bool = False) -> dict[str, Any]:
     """DS6 on the 2D synthetic vessels: configs/ds6-synthetic-2d.yaml, narrower and shorter for a CPU."""
     steps = 4 if quick else 400
     return {
-        "name": "demo-vessels", "seed": 0,
+        "name": "demo-vessels",
+        "seed": 0,
         "method": {"name": "ds6", "baseline_steps": steps // 2},
-        "data": {"manifest": str(manifest), "task": "segmentation", "patch_size": [64, 64], "batch_size": 8,
-                 "eval_batch_size": 1, "patches_per_volume": 200, "foreground_ratio": 0.5},
+        "data": {
+            "manifest": str(manifest),
+            "task": "segmentation",
+            "patch_size": [64, 64],
+            "batch_size": 8,
+            "eval_batch_size": 1,
+            "patches_per_volume": 200,
+            "foreground_ratio": 0.5,
+        },
         "model": {"name": "unet_mss", "channels": [8, 16, 32, 64, 128]},
         "optimizer": {"name": "adam", "lr": 0.002},
-        "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 10 if not quick else 2,
-                    "val_every": steps // 2},
+        "trainer": {
+            "max_steps": steps,
+            "checkpoint_every": steps,
+            "log_every": 10 if not quick else 2,
+            "val_every": steps // 2,
+        },
     }
 
 
@@ -168,8 +194,9 @@ def vessels_demo(out: Path, quick: bool = False) -> Path:
     from labelwise.data.synth.vessels import write_vessels
     from labelwise.data.volumes import case_id
 
-    manifest = write_vessels(out / "demo-data" / "vessels-2d", 2, 5 if quick else 11, [64, 64] if quick else [128, 128],
-                             seed=0)
+    manifest = write_vessels(
+        out / "demo-data" / "vessels-2d", 2, 5 if quick else 11, [64, 64] if quick else [128, 128], seed=0
+    )
     run_dir = train(load_config(vessels_config(manifest, quick)), _fresh(out / "demo-vessels")).run_dir
     tested = sorted(case_id(p) for p in (run_dir / "predictions" / "test" / "masks").iterdir())[:2]
     explain_cases(run_dir, [next((manifest.parent / "images").glob(f"{i}.*")) for i in tested])
@@ -188,15 +215,27 @@ def semi_config(table: Path, quick: bool = False) -> dict[str, Any]:
     """The pseudo supervisor on the synthetic maps: configs/pseudo-supervisor-detection.yaml, smaller for a CPU."""
     steps = 4 if quick else 300
     return {
-        "name": "demo-semi", "seed": 0,
+        "name": "demo-semi",
+        "seed": 0,
         "method": {"name": "pseudo_supervisor", "window": 2 if quick else 50},
-        "data": {"manifest": str(table), "task": "classification", "labels": ["glaucoma"],
-                 "attributes": ["race", "male", "hispanic", "age_band"], "image_size": [32, 32],
-                 "intensity": "channel", "batch_size": 12, "labelled_per_batch": 6},
+        "data": {
+            "manifest": str(table),
+            "task": "classification",
+            "labels": ["glaucoma"],
+            "attributes": ["race", "male", "hispanic", "age_band"],
+            "image_size": [32, 32],
+            "intensity": "channel",
+            "batch_size": 12,
+            "labelled_per_batch": 6,
+        },
         "model": {"name": "resnet10", "norm": "group"},
         "optimizer": {"name": "adamw", "lr": 4e-5, "weight_decay": 0.01},
-        "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 2 if quick else 10,
-                    "val_every": steps // 2},
+        "trainer": {
+            "max_steps": steps,
+            "checkpoint_every": steps,
+            "log_every": 2 if quick else 10,
+            "val_every": steps // 2,
+        },
     }
 
 
@@ -223,21 +262,33 @@ def pretrain_demo(out: Path, patchml_file: Path, quick: bool = False) -> list[Pa
     steps = 4 if quick else 300
     model = {"name": "resnet10", "channels": [16, 32, 64, 128], "norm": "batch"}
     trainer = {"max_steps": steps, "checkpoint_every": steps, "log_every": 2 if quick else 10, "val_every": steps // 2}
-    pre = load_config({
-        "name": "demo-pretrain", "seed": 0,
-        "method": {"name": "pretrain", "tasks": {"multilabel": 1.0, "mim": 1.0, "contrastive": 1.0}},
-        "data": {"path": str(patchml_file), "task": "classification", "labels": ["labels"], "batch_size": 64,
-                 "eval_batch_size": 256},
-        "model": model,
-        "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "scheduler": "cosine", "warmup_steps": 10},
-        "trainer": trainer,
-    })
+    pre = load_config(
+        {
+            "name": "demo-pretrain",
+            "seed": 0,
+            "method": {"name": "pretrain", "tasks": {"multilabel": 1.0, "mim": 1.0, "contrastive": 1.0}},
+            "data": {
+                "path": str(patchml_file),
+                "task": "classification",
+                "labels": ["labels"],
+                "batch_size": 64,
+                "eval_batch_size": 256,
+            },
+            "model": model,
+            "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "scheduler": "cosine", "warmup_steps": 10},
+            "trainer": trainer,
+        }
+    )
     pretrained = train(pre, _fresh(out / "demo-pretrain")).run_dir
-    probe = load_config({
-        "name": "demo-pretrain-probe", "seed": 0, "method": "supervised",
-        "data": {"path": str(patchml_file), "task": "classification", "batch_size": 64},
-        "model": {**model, "init_from": str(pretrained), "freeze_backbone": True},
-        "optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 1e-4},
-        "trainer": trainer,
-    })
+    probe = load_config(
+        {
+            "name": "demo-pretrain-probe",
+            "seed": 0,
+            "method": "supervised",
+            "data": {"path": str(patchml_file), "task": "classification", "batch_size": 64},
+            "model": {**model, "init_from": str(pretrained), "freeze_backbone": True},
+            "optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 1e-4},
+            "trainer": trainer,
+        }
+    )
     return [pretrained, train(probe, _fresh(out / "demo-pretrain-probe")).run_dir]

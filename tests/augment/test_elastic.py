@@ -54,8 +54,12 @@ def test_field_shape_border_bound_and_smoothness(d):
 
 
 @settings(max_examples=30, deadline=None)
-@given(sizes=st.lists(st.integers(1, 20), min_size=2, max_size=3), spacing=st.floats(1, 9),
-       magnitude=st.floats(0, 0.2), seed=st.integers(0, 2**16))
+@given(
+    sizes=st.lists(st.integers(1, 20), min_size=2, max_size=3),
+    spacing=st.floats(1, 9),
+    magnitude=st.floats(0, 0.2),
+    seed=st.integers(0, 2**16),
+)
 def test_field_properties_any_shape(sizes, spacing, magnitude, seed):
     d = len(sizes)
     field = random_displacement((2, *sizes), spacing, magnitude, generator=gen(seed), dtype=torch.float64)
@@ -106,8 +110,13 @@ def test_bilinear_matches_scipy_map_coordinates(d):
     out = warp(x, field).numpy()
     spatial = shape[1:]
     for b in range(shape[0]):
-        coords = np.stack([np.arange(s, dtype=np.float64).reshape([-1 if i == a else 1 for i in range(d)])
-                           + field[b, ..., d - 1 - a].numpy() * (s - 1) / 2 for a, s in enumerate(spatial)])
+        coords = np.stack(
+            [
+                np.arange(s, dtype=np.float64).reshape([-1 if i == a else 1 for i in range(d)])
+                + field[b, ..., d - 1 - a].numpy() * (s - 1) / 2
+                for a, s in enumerate(spatial)
+            ]
+        )
         for c in range(2):
             expected = ndimage.map_coordinates(x[b, c].numpy(), coords, order=1, mode="nearest")
             np.testing.assert_allclose(out[b, c], expected, atol=1e-10)
@@ -190,8 +199,9 @@ def test_gradcheck_through_warp(shape):
     """Bilinear/trilinear warps are differentiable w.r.t. the warped tensor (T(f(x)) in DS6's loss) and the field."""
     d = len(shape) - 2
     x = torch.randn(shape, dtype=torch.float64, generator=gen(10), requires_grad=True)
-    smooth = random_displacement((shape[0], *shape[2:]), spacing=2, magnitude=0.3, generator=gen(11),
-                                 dtype=torch.float64)
+    smooth = random_displacement(
+        (shape[0], *shape[2:]), spacing=2, magnitude=0.3, generator=gen(11), dtype=torch.float64
+    )
     # for the field: generic sample points (a smooth field is 0 on the border, i.e. exactly on voxel centres, where
     # linear interpolation has a kink and only one-sided derivatives)
     generic = (torch.rand(shape[0], *shape[2:], d, dtype=torch.float64, generator=gen(12)) - 0.5).requires_grad_(True)
@@ -265,34 +275,63 @@ def test_elastic_deform_modes():
     assert torch.isin(nearest_image, x).all()
 
 
-@pytest.mark.parametrize("call, error, words", [
-    (lambda: random_displacement((2, 16)), ConfigError, ["shape", "(2, 16)", "(B, H, W)"]),
-    (lambda: random_displacement((2, 8, 8, 8, 8)), ConfigError, ["shape", "(B, D, H, W)"]),
-    (lambda: random_displacement((2, 0, 8)), ConfigError, ["shape", "positive"]),
-    (lambda: random_displacement((2, 8, 8), spacing=0), ConfigError, ["spacing", "> 0", "0"]),
-    (lambda: random_displacement((2, 8, 8), magnitude=-0.1), ConfigError, ["magnitude", ">= 0", "-0.1"]),
-    (lambda: random_displacement((2, 8, 8), dtype=torch.int64), ConfigError, ["dtype", "floating"]),
-    (lambda: warp(torch.zeros(2, 8, 8), torch.zeros(2, 8, 2)), DataError, ["x", "(2, 8, 8)", "(B, C, H, W)"]),
-    (lambda: warp(torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 9, 2)), DataError,
-     ["field", "(2, 8, 9, 2)", "(B or 1, 8, 8, 2)"]),
-    (lambda: warp(torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 8, 3)), DataError, ["field", "(2, 8, 8, 3)"]),
-    (lambda: warp(torch.zeros(2, 1, 8, 8), torch.zeros(3, 8, 8, 2)), DataError, ["field", "(3, 8, 8, 2)", "B or 1"]),
-    (lambda: warp(torch.zeros(2, 1, 4, 8, 8), torch.zeros(2, 8, 8, 2)), DataError,
-     ["field", "(2, 8, 8, 2)", "(B or 1, 4, 8, 8, 3)"]),
-    (lambda: warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, 2, dtype=torch.long)), DataError, ["field", "int64"]),
-    (lambda: warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, 2), "bicubic"), ConfigError, ["mode", "'bicubic'"]),
-    (lambda: warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, 2), padding_mode="wrap"), ConfigError,
-     ["padding_mode", "'wrap'"]),
-    (lambda: warp(torch.zeros(1, 1, 8, 8, dtype=torch.long), torch.zeros(1, 8, 8, 2)), ConfigError,
-     ["mode='bilinear'", "int64", "nearest"]),
-    (lambda: elastic_deform([torch.zeros(1, 1, 8, 8)], torch.zeros(1, 8, 8, 2), ["bilinear", "nearest"]),
-     ConfigError, ["modes", "1", "2"]),
-    (lambda: RandomElastic(spacing=(7, 5)), ConfigError, ["spacing", "(7, 5)", "low <= high"]),
-    (lambda: RandomElastic(magnitude=(-1, 0.1)), ConfigError, ["magnitude", "(-1, 0.1)"]),
-    (lambda: RandomElastic()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9)), DataError,
-     ["tensor 1", "(1, 1, 8, 9)", "(8, 8)"]),
-    (lambda: RandomElastic()(), ConfigError, ["at least one tensor"]),
-])
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: random_displacement((2, 16)), ConfigError, ["shape", "(2, 16)", "(B, H, W)"]),
+        (lambda: random_displacement((2, 8, 8, 8, 8)), ConfigError, ["shape", "(B, D, H, W)"]),
+        (lambda: random_displacement((2, 0, 8)), ConfigError, ["shape", "positive"]),
+        (lambda: random_displacement((2, 8, 8), spacing=0), ConfigError, ["spacing", "> 0", "0"]),
+        (lambda: random_displacement((2, 8, 8), magnitude=-0.1), ConfigError, ["magnitude", ">= 0", "-0.1"]),
+        (lambda: random_displacement((2, 8, 8), dtype=torch.int64), ConfigError, ["dtype", "floating"]),
+        (lambda: warp(torch.zeros(2, 8, 8), torch.zeros(2, 8, 2)), DataError, ["x", "(2, 8, 8)", "(B, C, H, W)"]),
+        (
+            lambda: warp(torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 9, 2)),
+            DataError,
+            ["field", "(2, 8, 9, 2)", "(B or 1, 8, 8, 2)"],
+        ),
+        (lambda: warp(torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 8, 3)), DataError, ["field", "(2, 8, 8, 3)"]),
+        (
+            lambda: warp(torch.zeros(2, 1, 8, 8), torch.zeros(3, 8, 8, 2)),
+            DataError,
+            ["field", "(3, 8, 8, 2)", "B or 1"],
+        ),
+        (
+            lambda: warp(torch.zeros(2, 1, 4, 8, 8), torch.zeros(2, 8, 8, 2)),
+            DataError,
+            ["field", "(2, 8, 8, 2)", "(B or 1, 4, 8, 8, 3)"],
+        ),
+        (
+            lambda: warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, 2, dtype=torch.long)),
+            DataError,
+            ["field", "int64"],
+        ),
+        (lambda: warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, 2), "bicubic"), ConfigError, ["mode", "'bicubic'"]),
+        (
+            lambda: warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, 2), padding_mode="wrap"),
+            ConfigError,
+            ["padding_mode", "'wrap'"],
+        ),
+        (
+            lambda: warp(torch.zeros(1, 1, 8, 8, dtype=torch.long), torch.zeros(1, 8, 8, 2)),
+            ConfigError,
+            ["mode='bilinear'", "int64", "nearest"],
+        ),
+        (
+            lambda: elastic_deform([torch.zeros(1, 1, 8, 8)], torch.zeros(1, 8, 8, 2), ["bilinear", "nearest"]),
+            ConfigError,
+            ["modes", "1", "2"],
+        ),
+        (lambda: RandomElastic(spacing=(7, 5)), ConfigError, ["spacing", "(7, 5)", "low <= high"]),
+        (lambda: RandomElastic(magnitude=(-1, 0.1)), ConfigError, ["magnitude", "(-1, 0.1)"]),
+        (
+            lambda: RandomElastic()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9)),
+            DataError,
+            ["tensor 1", "(1, 1, 8, 9)", "(8, 8)"],
+        ),
+        (lambda: RandomElastic()(), ConfigError, ["at least one tensor"]),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(call, error, words):
     with pytest.raises(error) as info:
         call()

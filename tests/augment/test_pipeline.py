@@ -14,8 +14,10 @@ from labelwise.augment.pipeline import Augment, AugmentOptions
 from labelwise.config import load_config
 from labelwise.errors import ConfigError
 
-OFF = {name: {"p": 0.0} for name in ("flip", "rotate90", "rotate", "scale", "elastic", "brightness", "contrast",
-                                     "gamma", "noise", "blur")}
+OFF = {
+    name: {"p": 0.0}
+    for name in ("flip", "rotate90", "rotate", "scale", "elastic", "brightness", "contrast", "gamma", "noise", "blur")
+}
 
 
 def only(**transforms) -> Augment:
@@ -60,7 +62,7 @@ def test_rotation_is_rigid_on_a_non_square_patch():
     b, h, w = 32, 40, 80
     mask = torch.zeros(b, h, w, dtype=torch.long)
     centre = ((h - 1) / 2, (w - 1) / 2)
-    mask[:, 20 - 1 : 20 + 1, 51 : 53] = 1  # a 2 x 2 block centred 12.5 voxels right of the centre
+    mask[:, 20 - 1 : 20 + 1, 51:53] = 1  # a 2 x 2 block centred 12.5 voxels right of the centre
     _, moved = only(rotate={"p": 1.0, "degrees": 180})(mask[:, None].float(), mask)
     for out in moved:
         ys, xs = torch.nonzero(out, as_tuple=True)
@@ -121,8 +123,13 @@ def test_3d_batches_keep_their_shape_and_labels():
 
 
 def _config(method: str, augment) -> dict:
-    return {"seed": 0, "method": method, "data": {"synth": {"n": 40}}, "trainer": {"max_steps": 2, "checkpoint_every": 2},
-            "augment": augment}
+    return {
+        "seed": 0,
+        "method": method,
+        "data": {"synth": {"n": 40}},
+        "trainer": {"max_steps": 2, "checkpoint_every": 2},
+        "augment": augment,
+    }
 
 
 def test_the_config_section_defaults_and_refusals():

@@ -41,8 +41,18 @@ FUNCTIONS = {
     "strong_view": strong_view,
     "contrastive_views": lambda x, generator=None: torch.cat(contrastive_views(x, generator=generator), 1),
 }
-DIFFERENTIABLE = ["random_flip", "random_translate", "random_resized_crop", "intensity_jitter", "gaussian_blur",
-                  "gaussian_noise", "random_gamma", "weak_view", "strong_view", "contrastive_views"]
+DIFFERENTIABLE = [
+    "random_flip",
+    "random_translate",
+    "random_resized_crop",
+    "intensity_jitter",
+    "gaussian_blur",
+    "gaussian_noise",
+    "random_gamma",
+    "weak_view",
+    "strong_view",
+    "contrastive_views",
+]
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -171,8 +181,7 @@ def test_resized_crop_scale_and_ratio_on_a_ramp():
 
 def test_intensity_jitter_zero_is_identity_and_bounds():
     x = image((64, 2, 8, 8)) * torch.logspace(-2, 2, 64).view(64, 1, 1, 1)  # scales 0.01 .. 100
-    torch.testing.assert_close(intensity_jitter(x, brightness=0, contrast=0, generator=gen()), x,
-                               atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(intensity_jitter(x, brightness=0, contrast=0, generator=gen()), x, atol=1e-5, rtol=1e-6)
     std, mean = torch.std_mean(x.flatten(1).double(), 1, correction=0)
     shifted = intensity_jitter(x, brightness=0.3, contrast=0, generator=gen()).double()
     offset = (shifted - x.double()).flatten(1)
@@ -309,8 +318,9 @@ def test_translate_gradient_is_the_adjoint():
 def test_same_views_on_gpu():
     x = image(VIEW_SHAPES[3])
     for name, fn in FUNCTIONS.items():
-        torch.testing.assert_close(fn(x.cuda(), generator=gen()).cpu(), fn(x, generator=gen()), atol=1e-3,
-                                   rtol=1e-3, msg=name)
+        torch.testing.assert_close(
+            fn(x.cuda(), generator=gen()).cpu(), fn(x, generator=gen()), atol=1e-3, rtol=1e-3, msg=name
+        )
 
 
 def test_errors():
@@ -319,13 +329,23 @@ def test_errors():
     with pytest.raises(DataError, match="floating"):
         gaussian_blur(torch.zeros(1, 1, 4, 4, dtype=torch.long))
     x = torch.zeros(1, 1, 4, 4)
-    for call in (lambda: random_flip(x, p=1.5), lambda: random_flip(x, axes=(2,)), lambda: random_flip(x, axes=(0, -2)),
-                 lambda: random_translate(x, max_shift=-0.1), lambda: random_resized_crop(x, scale=(0, 1)),
-                 lambda: random_resized_crop(x, ratio=(2, 1)), lambda: random_resized_crop(x, size=(4, 4, 4)),
-                 lambda: intensity_jitter(x, contrast=1.5), lambda: random_gamma(x, gamma=(0, 1)),
-                 lambda: gaussian_noise(x, std=math.nan), lambda: gaussian_blur(x, sigma=0),
-                 lambda: cutout(x, count=-1), lambda: cutout(x, size=2), lambda: strong_view(x, magnitude=2),
-                 lambda: strong_view(x, n_ops=1.5)):
+    for call in (
+        lambda: random_flip(x, p=1.5),
+        lambda: random_flip(x, axes=(2,)),
+        lambda: random_flip(x, axes=(0, -2)),
+        lambda: random_translate(x, max_shift=-0.1),
+        lambda: random_resized_crop(x, scale=(0, 1)),
+        lambda: random_resized_crop(x, ratio=(2, 1)),
+        lambda: random_resized_crop(x, size=(4, 4, 4)),
+        lambda: intensity_jitter(x, contrast=1.5),
+        lambda: random_gamma(x, gamma=(0, 1)),
+        lambda: gaussian_noise(x, std=math.nan),
+        lambda: gaussian_blur(x, sigma=0),
+        lambda: cutout(x, count=-1),
+        lambda: cutout(x, size=2),
+        lambda: strong_view(x, magnitude=2),
+        lambda: strong_view(x, n_ops=1.5),
+    ):
         with pytest.raises(ConfigError):
             call()
 

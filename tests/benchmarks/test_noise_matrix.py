@@ -11,9 +11,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import noise_matrix as nm  # noqa: E402
 
-DICE = {("clean", "unet-mss"): [0.80, 0.82, 0.81], ("clean", "noisy"): [0.805, 0.815, 0.812],
-        ("thin", "unet-mss"): [0.70, 0.72, 0.71], ("thin", "noisy"): [0.76, 0.77, 0.78],
-        ("drop", "unet-mss"): [0.75], ("drop", "noisy"): [0.74, 0.79]}
+DICE = {
+    ("clean", "unet-mss"): [0.80, 0.82, 0.81],
+    ("clean", "noisy"): [0.805, 0.815, 0.812],
+    ("thin", "unet-mss"): [0.70, 0.72, 0.71],
+    ("thin", "noisy"): [0.76, 0.77, 0.78],
+    ("drop", "unet-mss"): [0.75],
+    ("drop", "noisy"): [0.74, 0.79],
+}
 
 
 def results() -> dict:
@@ -21,16 +26,28 @@ def results() -> dict:
     for (kind, method), values in DICE.items():
         for seed, dice in enumerate(values):
             out[f"drive/{kind}/{method}/steps100/seed{seed}"] = {
-                "dice": dice, "cldice": dice - 0.1, "precision": 0.8, "sensitivity": None if seed == 1 else 0.7,
-                "wall_minutes": 2.0 + seed, "default_steps": True}
-    out["drive/thin/unet-mss/steps50/seed0"] = {"dice": 0.1, "cldice": 0.1, "precision": 0.1, "sensitivity": 0.1,
-                                                "wall_minutes": 1.0, "default_steps": False}  # other steps: not read
+                "dice": dice,
+                "cldice": dice - 0.1,
+                "precision": 0.8,
+                "sensitivity": None if seed == 1 else 0.7,
+                "wall_minutes": 2.0 + seed,
+                "default_steps": True,
+            }
+    out["drive/thin/unet-mss/steps50/seed0"] = {
+        "dice": 0.1,
+        "cldice": 0.1,
+        "precision": 0.1,
+        "sensitivity": 0.1,
+        "wall_minutes": 1.0,
+        "default_steps": False,
+    }  # other steps: not read
     return out
 
 
 def cells() -> dict:
-    return nm.summarise(results(), ["drive"], ["clean", "thin", "drop", "erode"], ["unet-mss", "noisy"], [0, 1, 2],
-                        steps=100)
+    return nm.summarise(
+        results(), ["drive"], ["clean", "thin", "drop", "erode"], ["unet-mss", "noisy"], [0, 1, 2], steps=100
+    )
 
 
 def test_cells_hold_each_seed_and_list_the_missing_ones():
@@ -38,8 +55,12 @@ def test_cells_hold_each_seed_and_list_the_missing_ones():
     assert table["drive", "thin", "noisy"]["dice"] == DICE["thin", "noisy"]
     assert table["drive", "thin", "unet-mss"]["dice"] == DICE["thin", "unet-mss"]  # the 50-step run is not mixed in
     assert table["drive", "clean", "noisy"]["sensitivity"] == [0.7, 0.7]  # an undefined score is left out
-    assert nm.missing_cells(table) == ["drive / drop / unet-mss: seed 1, 2", "drive / drop / noisy: seed 2",
-                                       "drive / erode / unet-mss: all seeds", "drive / erode / noisy: all seeds"]
+    assert nm.missing_cells(table) == [
+        "drive / drop / unet-mss: seed 1, 2",
+        "drive / drop / noisy: seed 2",
+        "drive / erode / unet-mss: all seeds",
+        "drive / erode / noisy: all seeds",
+    ]
 
 
 def test_mean_and_sample_std_over_seeds():
@@ -61,15 +82,23 @@ def test_paired_difference_and_verdict():
 
 
 def test_markdown_table_rows_and_noise_level():
-    text = nm.markdown_table(cells(), results()["noise"], ["drive"], ["clean", "thin"], ["unet-mss", "noisy"],
-                             ("noisy", "unet-mss"))
+    text = nm.markdown_table(
+        cells(), results()["noise"], ["drive"], ["clean", "thin"], ["unet-mss", "noisy"], ("noisy", "unet-mss")
+    )
     assert "| drive | thin (0.840) | noisy | 0.770 ± 0.010 |" in text
     assert "| drive | thin | 0.060 ± 0.010 | 3 | **wins** |" in text
 
 
 def test_heat_map_writes_a_png_with_missing_cells(tmp_path):
-    path = nm.heat_map(cells(), results()["noise"], ["drive"], ["clean", "thin", "drop", "erode"],
-                       ["unet-mss", "noisy"], tmp_path / "matrix.png", ("noisy", "unet-mss"))
+    path = nm.heat_map(
+        cells(),
+        results()["noise"],
+        ["drive"],
+        ["clean", "thin", "drop", "erode"],
+        ["unet-mss", "noisy"],
+        tmp_path / "matrix.png",
+        ("noisy", "unet-mss"),
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -97,8 +97,13 @@ def test_cached_arrays_are_the_reader_and_preprocessing_output(tmp_path, intensi
                 assert np.array_equal(split.foreground[i], np.flatnonzero(label > 0))
             else:
                 assert name == "train" and split.target[i].sum() == 0 and len(split.foreground[i]) == 0
-    assert [label_dtype(t) for t in (1, 255, 256, 70_000, 2**33)] == [np.uint8, np.uint8, np.uint16, np.uint32,
-                                                                      np.int64]
+    assert [label_dtype(t) for t in (1, 255, 256, 70_000, 2**33)] == [
+        np.uint8,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.int64,
+    ]
 
 
 def reference_patch(images, targets, labelled, patch, ratio, seed, i):
@@ -125,13 +130,20 @@ def reference_patch(images, targets, labelled, patch, ratio, seed, i):
 def test_patches_from_the_cache_are_the_in_memory_reference(tmp_path):
     manifest = make_set(tmp_path)
     patch = (12, 8, 32)  # longer than the volumes' last axis (28): padded there
-    bundle = load_data(segmentation(manifest, patch_size=list(patch), patches_per_volume=10, foreground_ratio=0.7,
-                                    intensity="channel"), keep_unlabelled=True, seed=5)
+    bundle = load_data(
+        segmentation(
+            manifest, patch_size=list(patch), patches_per_volume=10, foreground_ratio=0.7, intensity="channel"
+        ),
+        keep_unlabelled=True,
+        seed=5,
+    )
     patches = bundle.split("train")
     cases = patches.volumes.cases
     images = [preprocess_image(read_image(c.image).array, bundle.preprocessing) for c in cases]
-    targets = [read_volume(c.label, mask=True).array if c.labelled else np.zeros(images[k].shape[1:], np.int64)
-               for k, c in enumerate(cases)]
+    targets = [
+        read_volume(c.label, mask=True).array if c.labelled else np.zeros(images[k].shape[1:], np.int64)
+        for k, c in enumerate(cases)
+    ]
     assert len(patches) == 30
     for i in range(len(patches)):
         image, target = reference_patch(images, targets, [c.labelled for c in cases], patch, 0.7, 5, i)
@@ -181,8 +193,7 @@ def test_a_2d_picture_manifest_with_a_roi_is_cached(tmp_path):
         Image.fromarray(roi.astype(np.uint8) * 255).save(tmp_path / f"c{i}_roi.png")
         rows.append(f"c{i},c{i}.png,c{i}_mask.png,{split},c{i}_roi.png")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    bundle = load_data(segmentation(tmp_path / "m.csv", patch_size=[16, 32], patches_per_volume=3,
-                                    intensity="channel"))
+    bundle = load_data(segmentation(tmp_path / "m.csv", patch_size=[16, 32], patches_per_volume=3, intensity="channel"))
     assert (bundle.spatial_dims, bundle.in_channels, bundle.num_classes) == (2, 3, 2)
     val = bundle.split("val")
     case = read_manifest(tmp_path / "m.csv")[2]
@@ -211,8 +222,9 @@ def test_streamed_channel_statistics_are_numpys_over_the_stacked_images(tmp_path
 
 
 def test_slices_of_a_cached_split_stay_lazy(tmp_path):
-    test = load_data(segmentation(make_set(tmp_path, splits=("train", "test", "test", "test", "test"),
-                                           unlabelled=()))).split("test")
+    test = load_data(
+        segmentation(make_set(tmp_path, splits=("train", "test", "test", "test", "test"), unlabelled=()))
+    ).split("test")
     part = test.image[1:3]
     assert not test.image.maps._open and len(part) == 2 and part.shapes == test.shapes[1:3]  # nothing read yet
     assert torch.equal(part[1], test.image[2]) and torch.equal(list(test.target[::2])[1], test.target[2])

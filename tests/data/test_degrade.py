@@ -44,7 +44,7 @@ def bars(widths=(1, 2, 3, 5), length=40, gap=6):
     mask = np.zeros((height, length + 2 * gap), np.int64)
     rows, top = [], gap
     for w in widths:
-        mask[top:top + w, gap:gap + length] = 1
+        mask[top : top + w, gap : gap + length] = 1
         rows.append(slice(top, top + w))
         top += w + gap
     return mask, rows
@@ -72,7 +72,7 @@ def test_thin_keeps_a_trunk_and_drops_its_thin_branch():
 
 def test_thin_in_3d_measures_tube_diameters():
     zz, yy, xx = np.indices((20, 24, 30))
-    thick = ((yy - 6) ** 2 + (zz - 10) ** 2) <= 2.5 ** 2  # diameter 5
+    thick = ((yy - 6) ** 2 + (zz - 10) ** 2) <= 2.5**2  # diameter 5
     fine = (np.abs(yy - 17) == 0) & (np.abs(zz - 10) == 0)  # a one-voxel line
     kept = thin((thick | fine).astype(np.int64), 3)
     assert kept[:, :, 8:22][thick[:, :, 8:22]].all()
@@ -116,9 +116,13 @@ def test_semi_automatic_follows_the_image_channel_and_polarity_and_ignores_the_r
     rng = np.random.default_rng(0)
     yy, xx = np.indices((64, 64))
     vessels = ((np.abs(yy - 20) <= 1) | (np.abs(xx - 40) <= 1)) & (yy > 8) & (yy < 56) & (xx > 8) & (xx < 56)
-    roi = ((yy - 32) ** 2 + (xx - 32) ** 2) <= 30 ** 2
-    image = np.stack([rng.normal(0.5, 0.05, (64, 64)),  # channel 0: noise only
-                      np.where(vessels, 0.3, 0.7) + rng.normal(0, 0.02, (64, 64))])  # channel 1: dark vessels
+    roi = ((yy - 32) ** 2 + (xx - 32) ** 2) <= 30**2
+    image = np.stack(
+        [
+            rng.normal(0.5, 0.05, (64, 64)),  # channel 0: noise only
+            np.where(vessels, 0.3, 0.7) + rng.normal(0, 0.02, (64, 64)),
+        ]
+    )  # channel 1: dark vessels
     image = np.where(roi, image, 0.0).astype(np.float32)  # a dark outside: a strong edge on the roi border
     out = semi_automatic(image, vessels.astype(np.int64), 1.0, roi=roi)
     assert dice(out, vessels) > 0.7
@@ -291,13 +295,19 @@ def test_the_command_writes_a_manifest_the_loader_reads(tmp_path):
     """Training masks are the degraded ones, truth keeps the clean masks, val and test keep their references; the
     degraded PNGs read back as 0/1 through the data loader."""
     manifest = fundus_set(tmp_path / "set")
-    code, text = invoke_cli("data", "degrade", "--manifest", str(manifest), "--kind", "dilate", "--out",
-                            str(tmp_path / "noisy"))
+    code, text = invoke_cli(
+        "data", "degrade", "--manifest", str(manifest), "--kind", "dilate", "--out", str(tmp_path / "noisy")
+    )
     assert code == 0, text
     out = tmp_path / "noisy" / "manifest.csv"
+
     def cases(path):
-        return {c.id: dataclasses.replace(c, **{k: getattr(c, k) and getattr(c, k).resolve()
-                                    for k in ("image", "label", "truth", "roi")}) for c in read_manifest(path)}
+        return {
+            c.id: dataclasses.replace(
+                c, **{k: getattr(c, k) and getattr(c, k).resolve() for k in ("image", "label", "truth", "roi")}
+            )
+            for c in read_manifest(path)
+        }
 
     before, after = cases(manifest), cases(out)
     assert before.keys() == after.keys()
@@ -306,16 +316,20 @@ def test_the_command_writes_a_manifest_the_loader_reads(tmp_path):
         assert case.split == old.split and case.image == old.image and case.roi == old.roi
         if case.split == "train":
             assert case.label.parent == (tmp_path / "noisy" / "labels").resolve() and case.truth == old.label
-            np.testing.assert_array_equal(read_volume(case.label, mask=True).array,
-                                          dilate(read_volume(old.label, mask=True).array, 1))
+            np.testing.assert_array_equal(
+                read_volume(case.label, mask=True).array, dilate(read_volume(old.label, mask=True).array, 1)
+            )
         else:
             assert case.label == old.label and case.truth is None
     recorded = noise_table(tmp_path / "noisy")
     assert {row["kind"] for row in recorded.values()} == {"dilate"} and recorded.keys() == {
-        cid for cid, case in after.items() if case.split == "train"}
+        cid for cid, case in after.items() if case.split == "train"
+    }
     for cid, row in recorded.items():
-        assert float(row["dice"]) == pytest.approx(dice(read_volume(after[cid].label, mask=True).array,
-                                                        read_volume(before[cid].label, mask=True).array), abs=1e-4)
+        assert float(row["dice"]) == pytest.approx(
+            dice(read_volume(after[cid].label, mask=True).array, read_volume(before[cid].label, mask=True).array),
+            abs=1e-4,
+        )
     data = load_data(DataConfig(manifest=out, task="segmentation"))
     train = data.split("train")
     for i, case in enumerate(c for c in after.values() if c.split == "train"):
@@ -323,7 +337,17 @@ def test_the_command_writes_a_manifest_the_loader_reads(tmp_path):
     with out.open(newline="") as handle:
         assert list(csv.DictReader(handle))[0]["label"].startswith("labels/")  # relative: the folder can move
 
-    code, text = invoke_cli("data", "degrade", "--manifest", str(manifest), "--kind", "thin", "--strength", "-1",
-                            "--out", str(tmp_path / "bad"))
+    code, text = invoke_cli(
+        "data",
+        "degrade",
+        "--manifest",
+        str(manifest),
+        "--kind",
+        "thin",
+        "--strength",
+        "-1",
+        "--out",
+        str(tmp_path / "bad"),
+    )
     assert code == 2 and "thin" in text and ">= 0" in text
     assert not (tmp_path / "bad" / "manifest.csv").exists()

@@ -11,10 +11,17 @@ from labelwise.errors import DataError
 
 def patient(i: int, **change) -> dict:
     rng = np.random.default_rng(i)
-    record = {"rnflt": rng.uniform(40, 120, (225, 225)), "glaucoma": np.array(i % 2),
-              "progression": np.array([i % 2, 0, 1, 0, 0, 1]), "md": np.array(-1.5 * i),
-              "tds": rng.normal(0, 2, 52), "age": np.array(60.0 + i), "male": np.array(i % 2),
-              "race": np.array(i % 3), "hispanic": np.array(0)}
+    record = {
+        "rnflt": rng.uniform(40, 120, (225, 225)),
+        "glaucoma": np.array(i % 2),
+        "progression": np.array([i % 2, 0, 1, 0, 0, 1]),
+        "md": np.array(-1.5 * i),
+        "tds": rng.normal(0, 2, 52),
+        "age": np.array(60.0 + i),
+        "male": np.array(i % 2),
+        "race": np.array(i % 3),
+        "hispanic": np.array(0),
+    }
     record.update(change)
     return record
 
@@ -31,13 +38,16 @@ def test_reads_a_folder_in_name_order(tmp_path):
     assert patients.attributes["race"].tolist() == [0, 1, 2] and patients.attributes["age"].tolist() == [60, 61, 62]
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"rnflt": np.zeros((200, 225))}, ["rnflt must be 225 x 225", "(200, 225)"]),
-    ({"progression": np.array([0, 1, 2, 0, 0, 0])}, ["progression must be 6 values of 0 or 1"]),
-    ({"tds": np.zeros(50)}, ["tds must hold 52", "got 50"]),
-    ({"glaucoma": np.array(3)}, ["glaucoma must be 0 or 1"]),
-    ({"age": np.array([60, 61])}, ["age must be one value"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"rnflt": np.zeros((200, 225))}, ["rnflt must be 225 x 225", "(200, 225)"]),
+        ({"progression": np.array([0, 1, 2, 0, 0, 0])}, ["progression must be 6 values of 0 or 1"]),
+        ({"tds": np.zeros(50)}, ["tds must hold 52", "got 50"]),
+        ({"glaucoma": np.array(3)}, ["glaucoma must be 0 or 1"]),
+        ({"age": np.array([60, 61])}, ["age must be one value"]),
+    ],
+)
 def test_bad_files_are_refused_with_their_name(tmp_path, change, words):
     np.savez(tmp_path / "data_0007.npz", **patient(7, **change))
     with pytest.raises(DataError) as err:

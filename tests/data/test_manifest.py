@@ -23,14 +23,17 @@ def test_read_manifest_resolves_paths_and_flags_unlabelled(tmp_path):
     assert [c.split for c in cases] == ["train", "train", "train", "val", "test"]
 
 
-@pytest.mark.parametrize("text, words", [
-    ("id,image\nc,x.nii.gz\n", ["missing column", "split"]),
-    ("id,image,label,split\nc,images/case0.nii.gz,,train\nc,images/case1.nii.gz,,train\n", ["duplicate id 'c'"]),
-    ("id,image,label,split\nc,images/case0.nii.gz,,training\n", ["split 'training'", "train, val, test"]),
-    ("id,image,label,split\nc,images/nope.nii.gz,,train\n", ["image of c not found", "nope.nii.gz"]),
-    ("id,image,label,split\nc,images/case0.nii.gz,,test\n", ["test split but has no label"]),
-    ("id,image,label,split\n", ["no cases"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("id,image\nc,x.nii.gz\n", ["missing column", "split"]),
+        ("id,image,label,split\nc,images/case0.nii.gz,,train\nc,images/case1.nii.gz,,train\n", ["duplicate id 'c'"]),
+        ("id,image,label,split\nc,images/case0.nii.gz,,training\n", ["split 'training'", "train, val, test"]),
+        ("id,image,label,split\nc,images/nope.nii.gz,,train\n", ["image of c not found", "nope.nii.gz"]),
+        ("id,image,label,split\nc,images/case0.nii.gz,,test\n", ["test split but has no label"]),
+        ("id,image,label,split\n", ["no cases"]),
+    ],
+)
 def test_bad_manifests_are_refused_with_the_line(tmp_path, text, words):
     make_set(tmp_path)
     bad = tmp_path / "bad.csv"

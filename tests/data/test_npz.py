@@ -56,8 +56,9 @@ def test_directory(tmp_path):
         load_npz(tmp_path)
 
 
-@pytest.mark.parametrize("content, why", [(b"not a zip at all", "not a zip"), (b"", "not a zip"),
-                                          (b"PK\x03\x04garbage", "cannot read")])
+@pytest.mark.parametrize(
+    "content, why", [(b"not a zip at all", "not a zip"), (b"", "not a zip"), (b"PK\x03\x04garbage", "cannot read")]
+)
 def test_unreadable(tmp_path, content, why):
     path = tmp_path / "broken.npz"
     path.write_bytes(content)
@@ -115,11 +116,22 @@ def test_required_keys(tmp_path):
     assert set(load_npz(path, required=("image", "split"))) == {"image", "split"}
 
 
-@pytest.mark.parametrize("key, bad", [("label", np.zeros(4, np.int64)), ("mask", np.zeros((2, 4, 4), np.uint8)),
-                                      ("split", np.array(["train"] * 5)), ("label", np.int64(3))])
+@pytest.mark.parametrize(
+    "key, bad",
+    [
+        ("label", np.zeros(4, np.int64)),
+        ("mask", np.zeros((2, 4, 4), np.uint8)),
+        ("split", np.array(["train"] * 5)),
+        ("label", np.int64(3)),
+    ],
+)
 def test_sample_counts_must_agree(tmp_path, key, bad):
-    arrays = {"image": np.zeros((3, 1, 4, 4), np.float32), "label": np.zeros(3, np.int64),
-              "mask": np.zeros((3, 4, 4), np.uint8), "split": np.array(["train"] * 3)}
+    arrays = {
+        "image": np.zeros((3, 1, 4, 4), np.float32),
+        "label": np.zeros(3, np.int64),
+        "mask": np.zeros((3, 4, 4), np.uint8),
+        "split": np.array(["train"] * 3),
+    }
     arrays[key] = bad
     path = save_npz(tmp_path / "d.npz", arrays)
     with pytest.raises(DataError, match=key) as info:
@@ -128,8 +140,14 @@ def test_sample_counts_must_agree(tmp_path, key, bad):
 
 
 def test_other_keys_need_not_agree(tmp_path):
-    path = save_npz(tmp_path / "d.npz", {"image": np.zeros((3, 1, 4, 4), np.float32), "class_names": np.array(["a", "b"]),
-                                         "task": np.array("segmentation")})
+    path = save_npz(
+        tmp_path / "d.npz",
+        {
+            "image": np.zeros((3, 1, 4, 4), np.float32),
+            "class_names": np.array(["a", "b"]),
+            "task": np.array("segmentation"),
+        },
+    )
     assert load_npz(path)["task"].item() == "segmentation"
 
 

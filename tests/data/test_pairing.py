@@ -64,12 +64,35 @@ def test_drive_layout_pairs_by_key_and_two_folder_sets_combine(tmp_path):
     training = _drive_like(tmp_path, range(21, 41), "training")
     test = _drive_like(tmp_path, range(1, 21), "test")
     out = tmp_path / "m.csv"
-    code, text = _manifest("--images", training / "images", "--labels", training / "1st_manual", "--roi",
-                           training / "mask", "--val", "0.1", "--test", "0", "--out", out)
+    code, text = _manifest(
+        "--images",
+        training / "images",
+        "--labels",
+        training / "1st_manual",
+        "--roi",
+        training / "mask",
+        "--val",
+        "0.1",
+        "--test",
+        "0",
+        "--out",
+        out,
+    )
     assert code == 0, text
     assert f"wrote 20 cases (train 18, val 2, test 0) to {out}" in text
-    code, text = _manifest("--images", test / "images", "--labels", test / "1st_manual", "--roi", test / "mask",
-                           "--split", "test", "--append", "--out", out)
+    code, text = _manifest(
+        "--images",
+        test / "images",
+        "--labels",
+        test / "1st_manual",
+        "--roi",
+        test / "mask",
+        "--split",
+        "test",
+        "--append",
+        "--out",
+        out,
+    )
     assert code == 0, text
     assert f"wrote 40 cases (train 18, val 2, test 20) to {out}" in text
     cases = read_manifest(out)
@@ -77,19 +100,28 @@ def test_drive_layout_pairs_by_key_and_two_folder_sets_combine(tmp_path):
     assert Counter(c.split for c in cases) == {"train": 18, "val": 2, "test": 20}
     assert all(c.split == "test" for c in cases[:20])
     case = {c.id: c for c in cases}["21"]
-    assert (case.image.name, case.label.name, case.roi.name) == ("21_training.png", "21_manual1.gif",
-                                                                 "21_training_mask.gif")
+    assert (case.image.name, case.label.name, case.roi.name) == (
+        "21_training.png",
+        "21_manual1.gif",
+        "21_training_mask.gif",
+    )
     row = _rows(out)[0]
     assert list(row) == ["id", "image", "label", "split", "roi"]
-    assert row == {"id": "01", "image": "test/images/01_test.png", "label": "test/1st_manual/01_manual1.gif",
-                   "split": "test", "roi": "test/mask/01_test_mask.gif"}
+    assert row == {
+        "id": "01",
+        "image": "test/images/01_test.png",
+        "label": "test/1st_manual/01_manual1.gif",
+        "split": "test",
+        "roi": "test/mask/01_test_mask.gif",
+    }
 
 
 def test_whole_names_pair_first_and_ids_sort_naturally(tmp_path):
     _nifti_set(tmp_path / "data", ["case10", "case2", "case1", "case3", "case20"])
     out = tmp_path / "manifests" / "m.csv"
-    code, text = _manifest("--images", tmp_path / "data" / "images", "--labels", tmp_path / "data" / "labels",
-                           "--out", out)
+    code, text = _manifest(
+        "--images", tmp_path / "data" / "images", "--labels", tmp_path / "data" / "labels", "--out", out
+    )
     assert code == 0, text
     assert "wrote 5 cases (train 3, val 1, test 1)" in text
     rows = _rows(out)
@@ -114,7 +146,10 @@ def test_leading_zeros_and_case_do_not_matter(tmp_path):
         _picture(tmp_path / "seg" / f"seg_{n:03d}.png")
     rows = pair_files(tmp_path / "img", tmp_path / "seg")
     assert [(r["id"], r["image"].name, r["label"].name) for r in rows] == [
-        ("1", "Img_1.png", "seg_001.png"), ("2", "Img_2.png", "seg_002.png"), ("3", "Img_3.png", "seg_003.png")]
+        ("1", "Img_1.png", "seg_001.png"),
+        ("2", "Img_2.png", "seg_002.png"),
+        ("3", "Img_3.png", "seg_003.png"),
+    ]
 
 
 def test_one_image_pairs_with_one_label(tmp_path):
@@ -133,8 +168,9 @@ def test_unpaired_files_are_refused_with_their_names(tmp_path):
     (training / "1st_manual" / "41_manual1.gif").unlink()
     (training / "1st_manual" / "23_manual1.gif").unlink()
     (training / "mask" / "24_training_mask.gif").unlink()
-    code, text = _manifest("--images", training / "images", "--labels", training / "1st_manual", "--roi",
-                           training / "mask", "--out", out)
+    code, text = _manifest(
+        "--images", training / "images", "--labels", training / "1st_manual", "--roi", training / "mask", "--out", out
+    )
     assert code == 2 and "no file in --labels" in text and "23_training.png" in text and "--unlabelled" in text
     assert "no file in --roi" in text and "24_training.png" in text
     assert not out.exists()
@@ -143,29 +179,51 @@ def test_unpaired_files_are_refused_with_their_names(tmp_path):
 def test_unlabelled_images_become_unlabelled_training_cases(tmp_path):
     _nifti_set(tmp_path, [f"case{i}" for i in range(6)], labelled={"case0", "case1", "case2", "case3"})
     out = tmp_path / "m.csv"
-    code, text = _manifest("--images", tmp_path / "images", "--labels", tmp_path / "labels", "--unlabelled",
-                           "--val", "0.25", "--test", "0.25", "--out", out)
+    code, text = _manifest(
+        "--images",
+        tmp_path / "images",
+        "--labels",
+        tmp_path / "labels",
+        "--unlabelled",
+        "--val",
+        "0.25",
+        "--test",
+        "0.25",
+        "--out",
+        out,
+    )
     assert code == 0, text
     cases = {c.id: c for c in read_manifest(out)}
     assert cases["case4"].label is None and cases["case5"].label is None
     assert cases["case4"].split == cases["case5"].split == "train"
     labelled = Counter(c.split for c in cases.values() if c.labelled)
     assert labelled == {"train": 2, "val": 1, "test": 1}  # shares of the 4 labelled cases
-    code, text = _manifest("--images", tmp_path / "images", "--labels", tmp_path / "labels", "--unlabelled",
-                           "--split", "test", "--out", tmp_path / "t.csv")
+    code, text = _manifest(
+        "--images",
+        tmp_path / "images",
+        "--labels",
+        tmp_path / "labels",
+        "--unlabelled",
+        "--split",
+        "test",
+        "--out",
+        tmp_path / "t.csv",
+    )
     assert code == 2 and "unlabelled cases cannot be in the val or test split" in text and "case4" in text
 
 
 def test_ambiguous_names_are_refused_with_both_files(tmp_path):
     training = _drive_like(tmp_path, range(21, 24))
     _picture(training / "images" / "21-training.tif")
-    code, text = _manifest("--images", training / "images", "--labels", training / "1st_manual", "--out",
-                           tmp_path / "m.csv")
+    code, text = _manifest(
+        "--images", training / "images", "--labels", training / "1st_manual", "--out", tmp_path / "m.csv"
+    )
     assert code == 2 and "ambiguous" in text and "21-training.tif" in text and "21_training.png" in text
     (training / "images" / "21-training.tif").unlink()
     _picture(training / "1st_manual" / "22_manual1.png")
-    code, text = _manifest("--images", training / "images", "--labels", training / "1st_manual", "--out",
-                           tmp_path / "m.csv")
+    code, text = _manifest(
+        "--images", training / "images", "--labels", training / "1st_manual", "--out", tmp_path / "m.csv"
+    )
     assert code == 2 and "ambiguous" in text and "22_manual1.gif" in text and "22_manual1.png" in text
 
 
@@ -173,11 +231,11 @@ def test_empty_folders_same_folders_and_skipped_files(tmp_path):
     training = _drive_like(tmp_path, range(21, 24))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".DS_Store").write_text("x")
-    code, text = _manifest("--images", training / "images", "--labels", tmp_path / "empty", "--out",
-                           tmp_path / "m.csv")
+    code, text = _manifest("--images", training / "images", "--labels", tmp_path / "empty", "--out", tmp_path / "m.csv")
     assert code == 2 and "no image files" in text and "empty" in text
-    code, text = _manifest("--images", training / "images", "--labels", training / "images", "--out",
-                           tmp_path / "m.csv")
+    code, text = _manifest(
+        "--images", training / "images", "--labels", training / "images", "--out", tmp_path / "m.csv"
+    )
     assert code == 2 and "--images and --labels name the same folder" in text
     (training / "images" / "notes.txt").write_text("x")
     (training / "images" / ".hidden.png").write_text("x")
@@ -191,8 +249,9 @@ def test_seeded_splits_are_stable(tmp_path):
     outs = []
     for name, seed in (("a.csv", "0"), ("b.csv", "0"), ("c.csv", "3")):
         outs.append(tmp_path / name)
-        code, text = _manifest("--images", tmp_path / "images", "--labels", tmp_path / "labels", "--seed", seed,
-                               "--out", outs[-1])
+        code, text = _manifest(
+            "--images", tmp_path / "images", "--labels", tmp_path / "labels", "--seed", seed, "--out", outs[-1]
+        )
         assert code == 0 and "(train 7, val 1, test 2)" in text, text
     assert outs[0].read_text() == outs[1].read_text()
     assert _splits(outs[0]) != _splits(outs[2])
@@ -220,16 +279,20 @@ def test_at_least_one_case_per_split_and_shares_checked(tmp_path):
 def test_split_from_an_earlier_manifest(tmp_path):
     _nifti_set(tmp_path, [f"case{i}" for i in range(1, 11)])
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
-    assert _manifest("--images", tmp_path / "images", "--labels", tmp_path / "labels", "--seed", "5", "--out",
-                     first)[0] == 0
-    code, text = _manifest("--images", tmp_path / "images", "--labels", tmp_path / "labels", "--split-from", first,
-                           "--out", second)
+    assert (
+        _manifest("--images", tmp_path / "images", "--labels", tmp_path / "labels", "--seed", "5", "--out", first)[0]
+        == 0
+    )
+    code, text = _manifest(
+        "--images", tmp_path / "images", "--labels", tmp_path / "labels", "--split-from", first, "--out", second
+    )
     assert code == 0, text
     assert _splits(second) == _splits(first)
     lines = first.read_text().splitlines()
     first.write_text("\n".join(line for line in lines if not line.startswith("case7,")) + "\n")
-    code, text = _manifest("--images", tmp_path / "images", "--labels", tmp_path / "labels", "--split-from", first,
-                           "--out", second)
+    code, text = _manifest(
+        "--images", tmp_path / "images", "--labels", tmp_path / "labels", "--split-from", first, "--out", second
+    )
     assert code == 2 and "no split for 1 case(s): case7" in text
 
 
@@ -237,17 +300,46 @@ def test_append_refuses_duplicate_ids_and_prefix_separates_them(tmp_path):
     _nifti_set(tmp_path / "a", ["case1", "case2", "case3"])
     _nifti_set(tmp_path / "b", ["case1", "case2"])
     out = tmp_path / "m.csv"
-    code, text = _manifest("--images", tmp_path / "b" / "images", "--labels", tmp_path / "b" / "labels", "--split",
-                           "test", "--append", "--out", out)
+    code, text = _manifest(
+        "--images",
+        tmp_path / "b" / "images",
+        "--labels",
+        tmp_path / "b" / "labels",
+        "--split",
+        "test",
+        "--append",
+        "--out",
+        out,
+    )
     assert code == 2 and "does not exist" in text
     assert _manifest("--images", tmp_path / "a" / "images", "--labels", tmp_path / "a" / "labels", "--out", out)[0] == 0
     before = out.read_text()
-    code, text = _manifest("--images", tmp_path / "b" / "images", "--labels", tmp_path / "b" / "labels", "--split",
-                           "test", "--append", "--out", out)
+    code, text = _manifest(
+        "--images",
+        tmp_path / "b" / "images",
+        "--labels",
+        tmp_path / "b" / "labels",
+        "--split",
+        "test",
+        "--append",
+        "--out",
+        out,
+    )
     assert code == 2 and "already has the id(s) case1, case2" in text and "--prefix" in text
     assert out.read_text() == before
-    code, text = _manifest("--images", tmp_path / "b" / "images", "--labels", tmp_path / "b" / "labels", "--split",
-                           "test", "--prefix", "b_", "--append", "--out", out)
+    code, text = _manifest(
+        "--images",
+        tmp_path / "b" / "images",
+        "--labels",
+        tmp_path / "b" / "labels",
+        "--split",
+        "test",
+        "--prefix",
+        "b_",
+        "--append",
+        "--out",
+        out,
+    )
     assert code == 0, text
     assert "wrote 5 cases" in text and "(2 added)" in text
     cases = read_manifest(out)
@@ -258,17 +350,43 @@ def test_append_refuses_duplicate_ids_and_prefix_separates_them(tmp_path):
 @pytest.mark.skipif(not DRIVE.is_dir(), reason="the DRIVE data set is not on this machine")
 def test_real_drive_manifest(tmp_path):
     out = tmp_path / "drive.csv"
-    code, text = _manifest("--images", DRIVE / "training" / "images", "--labels", DRIVE / "training" / "1st_manual",
-                           "--roi", DRIVE / "training" / "mask", "--val", "0.1", "--test", "0", "--out", out)
+    code, text = _manifest(
+        "--images",
+        DRIVE / "training" / "images",
+        "--labels",
+        DRIVE / "training" / "1st_manual",
+        "--roi",
+        DRIVE / "training" / "mask",
+        "--val",
+        "0.1",
+        "--test",
+        "0",
+        "--out",
+        out,
+    )
     assert code == 0, text
-    code, text = _manifest("--images", DRIVE / "test" / "images", "--labels", DRIVE / "test" / "1st_manual",
-                           "--roi", DRIVE / "test" / "mask", "--split", "test", "--append", "--out", out)
+    code, text = _manifest(
+        "--images",
+        DRIVE / "test" / "images",
+        "--labels",
+        DRIVE / "test" / "1st_manual",
+        "--roi",
+        DRIVE / "test" / "mask",
+        "--split",
+        "test",
+        "--append",
+        "--out",
+        out,
+    )
     assert code == 0, text
     assert "wrote 40 cases (train 18, val 2, test 20)" in text
     cases = {c.id: c for c in read_manifest(out)}
     assert Counter(c.split for c in cases.values()) == {"train": 18, "val": 2, "test": 20}
     assert (cases["21"].image.name, cases["21"].label.name, cases["21"].roi.name) == (
-        "21_training.tif", "21_manual1.gif", "21_training_mask.gif")
+        "21_training.tif",
+        "21_manual1.gif",
+        "21_training_mask.gif",
+    )
     assert cases["01"].label.name == "01_manual1.gif" and cases["01"].split == "test"
 
 
@@ -277,8 +395,9 @@ def test_a_manifest_that_fails_its_check_is_not_written(tmp_path):
     out = tmp_path / "m.csv"
     out.write_text("id,image,label,split\ngone,images/gone.nii.gz,,train\n")
     before = out.read_text()
-    code, text = _manifest("--images", tmp_path / "images", "--labels", tmp_path / "labels", "--split", "train",
-                           "--append", "--out", out)
+    code, text = _manifest(
+        "--images", tmp_path / "images", "--labels", tmp_path / "labels", "--split", "train", "--append", "--out", out
+    )
     assert code == 2 and f"{out}:4: image of gone not found" in text  # rows sorted: case1, case2, gone
     assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels", "m.csv"]
 
@@ -303,12 +422,22 @@ def test_match_references_by_name_name_ending_and_key(tmp_path):
     assert match_references(inputs, refs / "01_test_mask.png") == {inputs[0]: refs / "01_test_mask.png"}
 
 
-@pytest.mark.parametrize("inputs, names, message", [
-    (("a.png", "b.png"), ("a.png", "a.nii.gz"), r"several reference masks for a\.png: a\.nii\.gz, a\.png"),
-    (("a.png", "b.png"), ("a_mask.png", "a_seg.png"), r"several reference masks for a\.png: a_mask\.png, a_seg\.png"),
-    (("03_test.png", "01_test.png"), ("3_manual1.gif", "03_manual1.gif", "1_manual1.gif"),
-     r"several reference masks for 03_test\.png, all of key 03: 03_manual1\.gif, 3_manual1\.gif"),
-])
+@pytest.mark.parametrize(
+    "inputs, names, message",
+    [
+        (("a.png", "b.png"), ("a.png", "a.nii.gz"), r"several reference masks for a\.png: a\.nii\.gz, a\.png"),
+        (
+            ("a.png", "b.png"),
+            ("a_mask.png", "a_seg.png"),
+            r"several reference masks for a\.png: a_mask\.png, a_seg\.png",
+        ),
+        (
+            ("03_test.png", "01_test.png"),
+            ("3_manual1.gif", "03_manual1.gif", "1_manual1.gif"),
+            r"several reference masks for 03_test\.png, all of key 03: 03_manual1\.gif, 3_manual1\.gif",
+        ),
+    ],
+)
 def test_match_references_refuses_ambiguous_matches_naming_the_files(tmp_path, inputs, names, message):
     from labelwise.data.pairing import match_references
 

@@ -24,10 +24,7 @@ from labelwise.inference import predict_files
 from labelwise.training import train
 
 # x runs right to left, y posterior... : axes permuted (array axis 0 is world z) and flipped, spacing (1, 1, 2)
-ODD = np.array([[0.0, -1.0, 0.0, 20.0],
-                [0.0, 0.0, -1.0, 30.0],
-                [2.0, 0.0, 0.0, -5.0],
-                [0.0, 0.0, 0.0, 1.0]])
+ODD = np.array([[0.0, -1.0, 0.0, 20.0], [0.0, 0.0, -1.0, 30.0], [2.0, 0.0, 0.0, -5.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 def _odd_volume(tmp_path, shape=(6, 8, 10), seed=0):
@@ -70,8 +67,9 @@ def test_resampling_shapes_and_labels():
     rng = np.random.default_rng(1)
     image = rng.random((2, 12, 10, 5)).astype(np.float32)
     labels = rng.integers(0, 4, (12, 10, 5))
-    volume, (mask,) = to_grid(Volume(image, (0.5, 0.5, 2.0), np.diag([0.5, 0.5, 2.0, 1.0])), spacing=[1, 1, 1],
-                              masks=[labels])
+    volume, (mask,) = to_grid(
+        Volume(image, (0.5, 0.5, 2.0), np.diag([0.5, 0.5, 2.0, 1.0])), spacing=[1, 1, 1], masks=[labels]
+    )
     assert volume.array.shape == (2, 6, 5, 10) and mask.shape == (6, 5, 10) and volume.spacing == (1.0, 1.0, 1.0)
     assert volume.array.dtype == np.float32 and mask.dtype == labels.dtype
     assert set(np.unique(mask)) <= set(np.unique(labels))  # nearest: no new labels
@@ -169,11 +167,14 @@ class Pointwise(nn.Module):
 @pytest.fixture(scope="module")
 def synth_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("resample") / "run"
-    cfg = {"name": "resample", "seed": 0, "method": "supervised",
-           "data": {"synth": {"n": 12, "size": 16, "dim": 3, "num_classes": 2}, "task": "segmentation",
-                    "batch_size": 4},
-           "model": {"name": "unet", "channels": [4, 8], "norm": "instance"},
-           "trainer": {"max_steps": 1, "checkpoint_every": 1, "log_every": 1}}
+    cfg = {
+        "name": "resample",
+        "seed": 0,
+        "method": "supervised",
+        "data": {"synth": {"n": 12, "size": 16, "dim": 3, "num_classes": 2}, "task": "segmentation", "batch_size": 4},
+        "model": {"name": "unet", "channels": [4, 8], "norm": "instance"},
+        "trainer": {"max_steps": 1, "checkpoint_every": 1, "log_every": 1},
+    }
     train(load_config(cfg), path)
     return path
 
@@ -191,8 +192,9 @@ def test_predict_writes_back_on_the_input_grid(synth_run, tmp_path, spacing):
     nib.save(nib.Nifti1Image((data > 0.5).astype(np.uint8), ODD), str(tmp_path / "x_mask.nii.gz"))
     image = run.preprocess(run.read_raw(tmp_path / "x.nii.gz"))
     assert image.array.shape == ((1, 10, 12, 12) if spacing else (1, 10, 12, 6))
-    (entry,) = predict_files(run, [tmp_path / "x.nii.gz"], tmp_path / "out", reference=tmp_path / "x_mask.nii.gz",
-                             progress=False)
+    (entry,) = predict_files(
+        run, [tmp_path / "x.nii.gz"], tmp_path / "out", reference=tmp_path / "x_mask.nii.gz", progress=False
+    )
     mask, probability = nib.load(tmp_path / "out" / entry["mask"]), nib.load(tmp_path / "out" / entry["probability"])
     for written in (mask, probability):
         assert written.shape == data.shape
@@ -205,12 +207,30 @@ def test_predict_writes_back_on_the_input_grid(synth_run, tmp_path, spacing):
 def test_train_and_predict_cli(tmp_path):
     manifest = _manifest(tmp_path)
     run = tmp_path / "run"
-    result = run_cli("train", str(REPO / "configs" / "unet-mss-synthetic-3d.yaml"), "--run-dir", str(run),
-                     "--set", f"data.manifest={manifest}", "--set", "data.spacing=[1,1,1]",
-                     "--set", "data.patch_size=[16,16,16]", "--set", "trainer.max_steps=2",
-                     "--set", "trainer.checkpoint_every=2", "--set", "trainer.val_every=0",
-                     "--set", "model.channels=[2,4,4,4,4]", "--set", "data.patches_per_volume=2",
-                     "--set", "data.batch_size=2")
+    result = run_cli(
+        "train",
+        str(REPO / "configs" / "unet-mss-synthetic-3d.yaml"),
+        "--run-dir",
+        str(run),
+        "--set",
+        f"data.manifest={manifest}",
+        "--set",
+        "data.spacing=[1,1,1]",
+        "--set",
+        "data.patch_size=[16,16,16]",
+        "--set",
+        "trainer.max_steps=2",
+        "--set",
+        "trainer.checkpoint_every=2",
+        "--set",
+        "trainer.val_every=0",
+        "--set",
+        "model.channels=[2,4,4,4,4]",
+        "--set",
+        "data.patches_per_volume=2",
+        "--set",
+        "data.batch_size=2",
+    )
     assert result.returncode == 0, result.stderr
     spec = json.loads((run / "inference.json").read_text())
     assert spec["preprocessing"]["spacing"] == [1.0, 1.0, 1.0] and spec["preprocessing"]["reorient"] is True
@@ -218,8 +238,16 @@ def test_train_and_predict_cli(tmp_path):
     assert saved.shape == (8, 12, 12)
     np.testing.assert_allclose(saved.affine, ODD)
     out = tmp_path / "pred"
-    result = run_cli("predict", str(run), "--input", str(tmp_path / "case3.nii.gz"), "--out", str(out),
-                     "--reference", str(tmp_path / "case3_label.nii.gz"))
+    result = run_cli(
+        "predict",
+        str(run),
+        "--input",
+        str(tmp_path / "case3.nii.gz"),
+        "--out",
+        str(out),
+        "--reference",
+        str(tmp_path / "case3_label.nii.gz"),
+    )
     assert result.returncode == 0, result.stderr
     written = nib.load(out / "masks" / "case3.nii.gz")
     assert written.shape == (8, 12, 12)

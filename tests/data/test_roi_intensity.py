@@ -51,8 +51,9 @@ def test_channel_intensity_uses_the_training_split_statistics(tmp_path):
     np.testing.assert_allclose(data.preprocessing["channel_mean"], mean, rtol=1e-5)
     np.testing.assert_allclose(data.preprocessing["channel_std"], std, rtol=1e-5)
     val = raw_images(tmp_path, (3,))[0]  # normalised with the training statistics, not its own
-    np.testing.assert_allclose(data.split("val").image[0].numpy(), (val - mean[:, None, None]) / std[:, None, None],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        data.split("val").image[0].numpy(), (val - mean[:, None, None]) / std[:, None, None], rtol=1e-4, atol=1e-5
+    )
     assert data.split("val").rois[0].dtype.is_floating_point is False and data.split("val").rois[0].any()
 
 
@@ -67,8 +68,9 @@ def test_percentile_intensity_clips_to_the_training_foreground(tmp_path):
     np.testing.assert_allclose(data.preprocessing["clip"], [low, high], rtol=1e-6)
     np.testing.assert_allclose(data.preprocessing["channel_mean"], clipped.mean(1), rtol=1e-6)
     test = raw_images(tmp_path, (4,))[0]
-    expected = (np.clip(test, low[:, None, None], high[:, None, None]) - clipped.mean(1)[:, None, None]) \
-        / clipped.std(1)[:, None, None]
+    expected = (np.clip(test, low[:, None, None], high[:, None, None]) - clipped.mean(1)[:, None, None]) / clipped.std(
+        1
+    )[:, None, None]
     np.testing.assert_allclose(data.split("test").image[0].numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -116,23 +118,54 @@ augment: {{}}
     assert "Scored inside the region of interest" in (run / "report.html").read_text()
 
     out = tmp_path / "predicted"
-    code, text = invoke_cli("predict", str(run), "--input", str(tmp_path / "images" / "c4.png"), "--input",
-                            str(tmp_path / "images" / "c5.png"), "--out", str(out), "--reference",
-                            str(tmp_path / "labels"), "--roi", str(tmp_path / "roi"))
+    code, text = invoke_cli(
+        "predict",
+        str(run),
+        "--input",
+        str(tmp_path / "images" / "c4.png"),
+        "--input",
+        str(tmp_path / "images" / "c5.png"),
+        "--out",
+        str(out),
+        "--reference",
+        str(tmp_path / "labels"),
+        "--roi",
+        str(tmp_path / "roi"),
+    )
     assert code == 0, text
     entries = {e["id"]: e for e in json.loads((out / "predictions.json").read_text())["cases"]}
     for cid, value in by_id.items():
         assert entries[cid]["dice"] == pytest.approx(value, abs=1e-6)
         assert entries[cid]["roi"].endswith(f"{cid}.png")
 
-    code, text = invoke_cli("evaluate", "segmentation", "--pred", str(out), "--truth", str(tmp_path / "labels"),
-                            "--roi", str(tmp_path / "roi"), "--json", str(tmp_path / "scores.json"), "--allow-missing")
+    code, text = invoke_cli(
+        "evaluate",
+        "segmentation",
+        "--pred",
+        str(out),
+        "--truth",
+        str(tmp_path / "labels"),
+        "--roi",
+        str(tmp_path / "roi"),
+        "--json",
+        str(tmp_path / "scores.json"),
+        "--allow-missing",
+    )
     assert code == 0, text
     evaluated = json.loads((tmp_path / "scores.json").read_text())
     assert {c["id"]: c["dice"] for c in evaluated["cases"]} == pytest.approx(by_id, abs=1e-6)
     # without --roi, the "vessel" outside the field of view counts as missed
-    code, text = invoke_cli("evaluate", "segmentation", "--pred", str(out), "--truth", str(tmp_path / "labels"),
-                            "--json", str(tmp_path / "whole.json"), "--allow-missing")
+    code, text = invoke_cli(
+        "evaluate",
+        "segmentation",
+        "--pred",
+        str(out),
+        "--truth",
+        str(tmp_path / "labels"),
+        "--json",
+        str(tmp_path / "whole.json"),
+        "--allow-missing",
+    )
     assert code == 0, text
     whole = json.loads((tmp_path / "whole.json").read_text())
     assert all(c["sensitivity"] < evaluated["cases"][k]["sensitivity"] for k, c in enumerate(whole["cases"]))

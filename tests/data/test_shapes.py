@@ -103,8 +103,9 @@ def test_smallest_sizes_have_objects_inside(size, dim):
     assert not (mask[:, border] > 0).any()
 
 
-@pytest.mark.parametrize("kwargs", [dict(n=0), dict(num_classes=5), dict(num_classes=1), dict(dim=4),
-                                    dict(size=4), dict(noise=-1.0)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(n=0), dict(num_classes=5), dict(num_classes=1), dict(dim=4), dict(size=4), dict(noise=-1.0)]
+)
 def test_bad_arguments(kwargs):
     with pytest.raises(ConfigError) as info:
         make_shapes(**{"n": 4, **kwargs})

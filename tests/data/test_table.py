@@ -41,9 +41,12 @@ def _write(path, text):
 
 def test_read_table_labels_flags_and_attributes(tmp_path):
     _pictures(tmp_path)
-    table = _write(tmp_path / "t.csv", "id,image,split,use_label,label,sex\n"
-                   "a,cat/im00.png,train,1,dog,f\nb,dog/im01.png,train,0,cat,m\nc,cat/im02.png,train,,,m\n"
-                   "d,dog/im03.png,val,0,cat,f\ne,cat/im04.png,test,1,dog,m\n")
+    table = _write(
+        tmp_path / "t.csv",
+        "id,image,split,use_label,label,sex\n"
+        "a,cat/im00.png,train,1,dog,f\nb,dog/im01.png,train,0,cat,m\nc,cat/im02.png,train,,,m\n"
+        "d,dog/im03.png,val,0,cat,f\ne,cat/im04.png,test,1,dog,m\n",
+    )
     t = read_table(table, attributes=["sex"])
     assert t.class_names == ["cat", "dog"]  # names in sorted order
     assert t.labelled.tolist() == [True, False, False, True, True]  # val/test are always scored
@@ -62,13 +65,16 @@ def test_read_table_multilabel_and_integer_classes(tmp_path):
     assert read_table(ints).class_names == ["0", "1", "2", "3"]
 
 
-@pytest.mark.parametrize(("rows", "message"), [
-    ("a,cat/im00.png,train,,p1\nb,dog/im01.png,test,1,p1\n", r"patient p1 is in test \(b\) and in train \(a\)"),
-    ("a,cat/im00.png,train,1,p1\na,dog/im01.png,test,1,p2\n", "duplicate id 'a'"),
-    ("a,cat/im00.png,train,1,p1\nb,dog/im01.png,test,,p2\n", "test split but has no label"),
-    ("a,cat/im00.png,training,1,p1\n", "split 'training'"),
-    ("a,missing.png,train,1,p1\n", "image of a not found"),
-])
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("a,cat/im00.png,train,,p1\nb,dog/im01.png,test,1,p1\n", r"patient p1 is in test \(b\) and in train \(a\)"),
+        ("a,cat/im00.png,train,1,p1\na,dog/im01.png,test,1,p2\n", "duplicate id 'a'"),
+        ("a,cat/im00.png,train,1,p1\nb,dog/im01.png,test,,p2\n", "test split but has no label"),
+        ("a,cat/im00.png,training,1,p1\n", "split 'training'"),
+        ("a,missing.png,train,1,p1\n", "image of a not found"),
+    ],
+)
 def test_read_table_refuses_bad_rows(tmp_path, rows, message):
     _pictures(tmp_path)
     table = _write(tmp_path / "t.csv", "id,image,split,label,patient\n" + rows)
@@ -121,8 +127,15 @@ def test_harvard_table_loads_as_one_or_two_modalities(tmp_path):
     table = _harvard(tmp_path)
     t = read_table(table, labels=["glaucoma"], attributes=["race", "male", "age_band"])
     assert len(t.ids) == 16 and set(t.splits) == {"train", "val", "test"}
-    cfg = {"manifest": table, "task": "classification", "labels": ["glaucoma"], "attributes": ["race"],
-           "image_size": [32, 32], "intensity": "channel", "batch_size": 2}
+    cfg = {
+        "manifest": table,
+        "task": "classification",
+        "labels": ["glaucoma"],
+        "attributes": ["race"],
+        "image_size": [32, 32],
+        "intensity": "channel",
+        "batch_size": 2,
+    }
     one = load_data(DataConfig(**cfg), keep_unlabelled=True)
     two = load_data(DataConfig(**cfg, modalities=["rnflt", "tds"]), keep_unlabelled=True)
     assert one.in_channels == 1 and two.in_channels == 2 and one.num_classes == 2
@@ -146,7 +159,9 @@ def test_folder_table_and_different_sizes(tmp_path):
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "images" / "cat" / "im00.png")
     with pytest.raises(DataError, match="set data.image_size"):
         load_data(DataConfig(manifest=table, task="classification", batch_size=2))
-    assert load_data(DataConfig(manifest=table, task="classification", batch_size=2, image_size=[8, 8])).in_channels == 1
+    assert (
+        load_data(DataConfig(manifest=table, task="classification", batch_size=2, image_size=[8, 8])).in_channels == 1
+    )
 
 
 def test_mixed_batches_hold_a_fixed_labelled_part_and_split_over_ranks():

@@ -152,15 +152,18 @@ def test_write_3d_nifti_with_spacing(tmp_path):
     assert radius.array[0][truth.array == 1].min() > 0 and not radius.array[0][truth.array == 0].any()
 
 
-@pytest.mark.parametrize(("kwargs", "name"), [
-    ({"dim": 4}, "dim"),
-    ({"shape": (32, 32, 32)}, "shape"),
-    ({"shape": (32, 8)}, "shape"),
-    ({"n": 0}, "n must"),
-    ({"spacing": (1.0, -1.0)}, "spacing"),
-    ({"seed": -1}, "seed"),
-    ({"splits": (1, 1, 1)}, "splits"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"dim": 4}, "dim"),
+        ({"shape": (32, 32, 32)}, "shape"),
+        ({"shape": (32, 8)}, "shape"),
+        ({"n": 0}, "n must"),
+        ({"spacing": (1.0, -1.0)}, "spacing"),
+        ({"seed": -1}, "seed"),
+        ({"splits": (1, 1, 1)}, "splits"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, name):
     args = {"out": tmp_path, "dim": 2, "n": 2, "shape": (32, 32), **kwargs}
     with pytest.raises(ConfigError, match=name):

@@ -206,8 +206,9 @@ def test_a_fresh_start_over_a_killed_run_keeps_only_its_own_log(tmp_path, tiny_c
     run = tmp_path / "run"
     run.mkdir()
     # A run killed before its first checkpoint: a log reaching step 40, no checkpoint.
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "split": "train", "loss": 9.0}) + "\n"
-                                               for s in (20, 40)))
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "split": "train", "loss": 9.0}) + "\n" for s in (20, 40))
+    )
     train(load_config(tiny_config), run)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]

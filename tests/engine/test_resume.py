@@ -14,8 +14,15 @@ from safetensors.torch import load_file
 
 from conftest import REPO, SMOKE, run_cli
 
-SETTINGS = ["--set", "trainer.max_steps=60", "--set", "trainer.checkpoint_every=5", "--set", "trainer.val_every=0",
-            "--no-report"]
+SETTINGS = [
+    "--set",
+    "trainer.max_steps=60",
+    "--set",
+    "trainer.checkpoint_every=5",
+    "--set",
+    "trainer.val_every=0",
+    "--no-report",
+]
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -32,7 +39,9 @@ def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "labelwise", "train", str(SMOKE), "--run-dir", str(killed), *SETTINGS],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     pointer = killed / "checkpoints" / "latest.json"
     deadline = time.time() + 240

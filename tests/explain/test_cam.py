@@ -37,8 +37,16 @@ from labelwise.explain import (
 
 def small_resnet(dims: int, classes: int = 5) -> nn.Module:
     torch.manual_seed(0)
-    net = nets.ResNet("basic", [1, 1, 1, 1], [8, 16, 16, 32], spatial_dims=dims, n_input_channels=2,
-                      num_classes=classes, conv1_t_stride=1, no_max_pool=True)
+    net = nets.ResNet(
+        "basic",
+        [1, 1, 1, 1],
+        [8, 16, 16, 32],
+        spatial_dims=dims,
+        n_input_channels=2,
+        num_classes=classes,
+        conv1_t_stride=1,
+        no_max_pool=True,
+    )
     return net.eval()
 
 
@@ -100,7 +108,7 @@ def test_multilabel_targets_give_one_map_per_class_each_as_a_single_call():
     assert both.shape == (3, 2, 16, 16)
     torch.testing.assert_close(both[:, 0:1], GradCAM(model)(x, [1, 0, 3]))
     torch.testing.assert_close(both[:, 1:2], GradCAM(model)(x, torch.tensor([4, 2, 3])))
-    alone = torch.cat([GradCAM(model)(x[i:i + 1], [[[1, 4], [0, 2], [3, 3]][i]]) for i in range(3)])
+    alone = torch.cat([GradCAM(model)(x[i : i + 1], [[[1, 4], [0, 2], [3, 3]][i]]) for i in range(3)])
     torch.testing.assert_close(both, alone, rtol=1e-5, atol=1e-6)
 
 
@@ -154,11 +162,14 @@ def test_hooks_are_removed_when_the_forward_raises():
     assert torch.is_grad_enabled()
 
 
-@pytest.mark.parametrize("targets, message", [
-    ([0, 1], "expected 3 entries"),
-    (7, r"classes must lie in \[0, 5\)"),
-    ([[0, 1], [2], [3, 4]], "same number of classes"),
-])
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        ([0, 1], "expected 3 entries"),
+        (7, r"classes must lie in \[0, 5\)"),
+        ([[0, 1], [2], [3, 4]], "same number of classes"),
+    ],
+)
 def test_bad_targets_are_refused(targets, message):
     with pytest.raises(LabelwiseError, match=message):
         GradCAM(small_resnet(2))(torch.randn(3, 2, 8, 8), targets)
@@ -180,8 +191,18 @@ def test_bad_layers_and_modes_are_refused():
 
 def test_vit_with_tokens_to_grid():
     torch.manual_seed(0)
-    model = nets.ViT(in_channels=1, img_size=(32, 32), patch_size=(8, 8), hidden_size=32, mlp_dim=64, num_layers=2,
-                     num_heads=4, classification=True, num_classes=3, spatial_dims=2).eval()
+    model = nets.ViT(
+        in_channels=1,
+        img_size=(32, 32),
+        patch_size=(8, 8),
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=2,
+        num_heads=4,
+        classification=True,
+        num_classes=3,
+        spatial_dims=2,
+    ).eval()
     x = torch.randn(2, 1, 32, 32)
     cam = GradCAM(model, "blocks.1", reshape=tokens_to_grid((4, 4), prefix_tokens=1))
     maps = cam(x, [0, 2], upsample=None, normalize=False, relu=False)
@@ -308,8 +329,9 @@ def test_smooth_gradcam_plus_plus_averages_gradient_powers_over_noisy_copies():
     np.testing.assert_allclose(ours, plus_plus(a, *powers), rtol=1e-9)
     # With a linear head gradients do not depend on the input: smoothing changes nothing.
     lin, xl = hand_network(1), inputs()
-    torch.testing.assert_close(SmoothGradCAMPlusPlus(lin, "features", samples=2)(xl, 1),
-                               GradCAMPlusPlus(lin, "features")(xl, 1))
+    torch.testing.assert_close(
+        SmoothGradCAMPlusPlus(lin, "features", samples=2)(xl, 1), GradCAMPlusPlus(lin, "features")(xl, 1)
+    )
 
 
 def test_scorecam_formula():
@@ -324,7 +346,9 @@ def test_scorecam_formula():
     alpha /= alpha.sum(1, keepdims=True)
     expected = (alpha[:, :, None, None] * a).sum(1)
     for batch_size in (1, 4):
-        np.testing.assert_allclose(raw(ScoreCAM(net, "features", batch_size=batch_size), x, [1, 0]), expected, rtol=1e-9)
+        np.testing.assert_allclose(
+            raw(ScoreCAM(net, "features", batch_size=batch_size), x, [1, 0]), expected, rtol=1e-9
+        )
 
 
 def test_eigencam_is_the_first_principal_component_projection():

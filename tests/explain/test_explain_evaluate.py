@@ -13,8 +13,16 @@ from labelwise.explain.evaluate import COLUMNS, baseline_maps, evaluate_explanat
 
 def test_rows_equal_the_metrics_called_directly():
     torch.manual_seed(0)
-    model = nets.ResNet("basic", [1, 1, 1, 1], [4, 8, 8, 8], spatial_dims=2, n_input_channels=1, num_classes=3,
-                        conv1_t_stride=1, no_max_pool=True).eval()
+    model = nets.ResNet(
+        "basic",
+        [1, 1, 1, 1],
+        [4, 8, 8, 8],
+        spatial_dims=2,
+        n_input_channels=1,
+        num_classes=3,
+        conv1_t_stride=1,
+        no_max_pool=True,
+    ).eval()
     x = torch.randn(5, 1, 16, 16)
     targets = torch.tensor([0, 1, 2, 1, 0])
     masks = torch.zeros(5, 16, 16, dtype=torch.bool)
@@ -31,14 +39,23 @@ def test_rows_equal_the_metrics_called_directly():
 
 def test_multilabel_models_are_scored_with_their_sigmoid():
     torch.manual_seed(0)
-    model = nets.ResNet("basic", [1, 1, 1, 1], [4, 8, 8, 8], spatial_dims=2, n_input_channels=1, num_classes=3,
-                        conv1_t_stride=1, no_max_pool=True).eval()
+    model = nets.ResNet(
+        "basic",
+        [1, 1, 1, 1],
+        [4, 8, 8, 8],
+        spatial_dims=2,
+        n_input_channels=1,
+        num_classes=3,
+        conv1_t_stride=1,
+        no_max_pool=True,
+    ).eval()
     x = torch.randn(4, 1, 16, 16)
     targets = torch.tensor([0, 1, 2, 1])
     masks = torch.zeros(4, 16, 16, dtype=torch.bool)
     masks[:, 1, 1] = True  # far from most maxima: only a tolerance reaches it
-    rows = evaluate_explanations(model, x, targets, masks, methods=["gradcam"], steps=4, activation="sigmoid",
-                                 tolerance=0.0)
+    rows = evaluate_explanations(
+        model, x, targets, masks, methods=["gradcam"], steps=4, activation="sigmoid", tolerance=0.0
+    )
     maps = GradCAM(model)(x, targets)[:, 0]
     sigmoid = float(m.deletion_auc(model, x, maps, targets, steps=4, activation="sigmoid").mean())
     softmax = float(m.deletion_auc(model, x, maps, targets, steps=4).mean())

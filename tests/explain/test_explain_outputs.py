@@ -124,10 +124,24 @@ def test_shape_checks(tmp_path):
 
 def test_index_round_trip(tmp_path):
     assert read_index(tmp_path) is None
-    entries = [{"input": "inputs/a.png", "method": "gradcam", "target": np.int64(2), "class_name": "cat",
-                "score": np.float32(0.75), "files": {"overlay": "a.png", "map": "a.npy"}},
-               {"input": "b.nii.gz", "method": "gradcam++", "target": 0, "class_name": "liver", "score": None,
-                "files": {"overlay": "b_mip.png", "map": "b.nii.gz", "montage": "b_montage.png"}}]
+    entries = [
+        {
+            "input": "inputs/a.png",
+            "method": "gradcam",
+            "target": np.int64(2),
+            "class_name": "cat",
+            "score": np.float32(0.75),
+            "files": {"overlay": "a.png", "map": "a.npy"},
+        },
+        {
+            "input": "b.nii.gz",
+            "method": "gradcam++",
+            "target": 0,
+            "class_name": "liver",
+            "score": None,
+            "files": {"overlay": "b_mip.png", "map": "b.nii.gz", "montage": "b_montage.png"},
+        },
+    ]
     metrics = [{"method": "gradcam", "pointing_game": 0.8, "deletion_auc": float("nan"), "n": 200}]
     path = write_index(tmp_path / "out", entries, metrics)
     assert path == tmp_path / "out" / "explanations.json"

@@ -76,15 +76,18 @@ def test_segment_thresholds_and_min_size():
     assert not kept[1, 1] and kept[5:9, 5:9].all()
 
 
-@pytest.mark.parametrize(("kwargs", "error"), [
-    ({"threshold": "mean"}, ConfigError),
-    ({"threshold": 1.5}, ConfigError),
-    ({"sigmas": ()}, ConfigError),
-    ({"sigmas": (1.0, -1.0)}, ConfigError),
-    ({"spacing": (1.0, 0.0)}, ConfigError),
-    ({"spacing": (1.0, 1.0, 1.0)}, ConfigError),
-    ({"min_size": -1}, ConfigError),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"threshold": "mean"}, ConfigError),
+        ({"threshold": 1.5}, ConfigError),
+        ({"sigmas": ()}, ConfigError),
+        ({"sigmas": (1.0, -1.0)}, ConfigError),
+        ({"spacing": (1.0, 0.0)}, ConfigError),
+        ({"spacing": (1.0, 1.0, 1.0)}, ConfigError),
+        ({"min_size": -1}, ConfigError),
+    ],
+)
 def test_bad_arguments(kwargs, error):
     with pytest.raises(error):
         frangi_segment(np.zeros((16, 16)), **kwargs)

@@ -66,26 +66,40 @@ def _own_test(run_dir: Path) -> dict[str, np.ndarray]:
 # --- classification ------------------------------------------------------------------------------------------------
 
 
-def _npz_classification(tmp_path: Path, name: str, model: dict, method: str | dict = "supervised",
-                        arrays: dict | None = None, **data: object) -> tuple[Path, Path, Path]:
+def _npz_classification(
+    tmp_path: Path,
+    name: str,
+    model: dict,
+    method: str | dict = "supervised",
+    arrays: dict | None = None,
+    **data: object,
+) -> tuple[Path, Path, Path]:
     """A run on a dataset .npz; returns (run, data folder, a copy of the data kept outside it)."""
     folder = tmp_path / "data"
     arrays = arrays if arrays is not None else make_shapes(n=60, size=16, dim=2, num_classes=3, seed=0)
     save_npz(folder / "set.npz", arrays)
     keep = tmp_path / "kept.npz"
     shutil.copy(folder / "set.npz", keep)
-    cfg = {"name": name, "seed": 0, "method": method,
-           "data": {"path": str(folder / "set.npz"), "task": "classification", "batch_size": 6, **data},
-           "model": model, "trainer": TRAINER}
+    cfg = {
+        "name": name,
+        "seed": 0,
+        "method": method,
+        "data": {"path": str(folder / "set.npz"), "task": "classification", "batch_size": 6, **data},
+        "model": model,
+        "trainer": TRAINER,
+    }
     run = train(load_config(cfg), tmp_path / "runs" / name).run_dir
     return run, folder, keep
 
 
-@pytest.mark.parametrize("name, model, size", [
-    ("supervised", SMALL_RESNET, 16),
-    ("vit", {"name": "vit", "channels": [16], "layers": [2], "heads": [2], "patch_size": 4}, 16),
-    ("swin", {"name": "swin", "channels": [12], "layers": [1, 1, 1, 1], "heads": [1, 1, 1, 1]}, 32),
-])
+@pytest.mark.parametrize(
+    "name, model, size",
+    [
+        ("supervised", SMALL_RESNET, 16),
+        ("vit", {"name": "vit", "channels": [16], "layers": [2], "heads": [2], "patch_size": 4}, 16),
+        ("swin", {"name": "swin", "channels": [12], "layers": [1, 1, 1, 1], "heads": [1, 1, 1, 1]}, 32),
+    ],
+)
 def test_single_label_classifier(tmp_path, name, model, size):
     arrays = make_shapes(n=60, size=size, dim=2, num_classes=3, seed=0)
     run, data, kept = _npz_classification(tmp_path, name, model, arrays=arrays)
@@ -142,10 +156,22 @@ def test_semi_supervised_on_harvard_files(tmp_path, rnflt_table, method):
     kept = tmp_path / "kept"
     shutil.copytree(rnflt_table, kept)
     name = method if isinstance(method, str) else method["name"]
-    cfg = {"name": name, "seed": 0, "method": method,
-           "data": {"manifest": str(data / "table.csv"), "task": "classification", "labels": ["glaucoma"],
-                    "image_size": [32, 32], "intensity": "channel", "batch_size": 6, "labelled_per_batch": 3},
-           "model": SMALL_RESNET, "trainer": TRAINER}
+    cfg = {
+        "name": name,
+        "seed": 0,
+        "method": method,
+        "data": {
+            "manifest": str(data / "table.csv"),
+            "task": "classification",
+            "labels": ["glaucoma"],
+            "image_size": [32, 32],
+            "intensity": "channel",
+            "batch_size": 6,
+            "labelled_per_batch": 3,
+        },
+        "model": SMALL_RESNET,
+        "trainer": TRAINER,
+    }
     run = train(load_config(cfg), tmp_path / "runs" / name).run_dir
     spec = json.loads((run / "inference.json").read_text())
     assert len(spec["preprocessing"]["channel_mean"]) == 1 and spec["preprocessing"]["channel_std"][0] > 0
@@ -156,20 +182,39 @@ def test_semi_supervised_on_harvard_files(tmp_path, rnflt_table, method):
     assert [str(i) for i in got["id"]] == ids
     np.testing.assert_allclose(got["probability"], own["probability"], atol=1e-6)
     # the CSV is what evaluate classification reads as it is
-    code, output = cli("evaluate", "classification", "--predictions", str(tmp_path / "predicted" / "predictions.csv"),
-                       "--attributes", str(kept / "table.csv"), "--labels", str(kept / "table.csv"),
-                       "--label-column", "glaucoma", "--attribute", "race")
+    code, output = cli(
+        "evaluate",
+        "classification",
+        "--predictions",
+        str(tmp_path / "predicted" / "predictions.csv"),
+        "--attributes",
+        str(kept / "table.csv"),
+        "--labels",
+        str(kept / "table.csv"),
+        "--label-column",
+        "glaucoma",
+        "--attribute",
+        "race",
+    )
     assert code == 0, output
     _explain(run, kept / "data_0001.npz", "1", tmp_path)
 
 
 def test_pretrain_then_linear_probe(tmp_path):
-    run, data, kept = _npz_classification(tmp_path, "pretrain", SMALL_RESNET,
-                                          method={"name": "pretrain", "tasks": {"mim": 1.0, "contrastive": 1.0},
-                                                  "mask_patch": 4})
-    probe_cfg = {"name": "probe", "seed": 0, "method": "supervised",
-                 "data": {"path": str(data / "set.npz"), "task": "classification", "batch_size": 6},
-                 "model": {**SMALL_RESNET, "init_from": str(run), "freeze_backbone": True}, "trainer": TRAINER}
+    run, data, kept = _npz_classification(
+        tmp_path,
+        "pretrain",
+        SMALL_RESNET,
+        method={"name": "pretrain", "tasks": {"mim": 1.0, "contrastive": 1.0}, "mask_patch": 4},
+    )
+    probe_cfg = {
+        "name": "probe",
+        "seed": 0,
+        "method": "supervised",
+        "data": {"path": str(data / "set.npz"), "task": "classification", "batch_size": 6},
+        "model": {**SMALL_RESNET, "init_from": str(run), "freeze_backbone": True},
+        "trainer": TRAINER,
+    }
     probe = train(load_config(probe_cfg), tmp_path / "runs" / "probe").run_dir
     image = tmp_path / "sample.npy"
     np.save(image, load_npz(kept)["image"][0])
@@ -189,7 +234,9 @@ def test_pretrain_then_linear_probe(tmp_path):
 def vessels_2d(tmp_path_factory):
     from labelwise.data.synth.vessels import write_vessels
 
-    return write_vessels(tmp_path_factory.mktemp("vessels") / "v2d", 2, 5, [50, 44], seed=0).parent  # not multiples of 16
+    return write_vessels(
+        tmp_path_factory.mktemp("vessels") / "v2d", 2, 5, [50, 44], seed=0
+    ).parent  # not multiples of 16
 
 
 @pytest.fixture(scope="module")
@@ -199,16 +246,27 @@ def vessels_3d(tmp_path_factory):
     return write_vessels(tmp_path_factory.mktemp("vessels") / "v3d", 3, 5, [32, 32, 32], seed=0).parent
 
 
-def _segmentation_run(tmp_path: Path, source: Path, name: str, method: str | dict, patch: list[int] | None,
-                      model: dict) -> tuple[Path, Path, Path]:
+def _segmentation_run(
+    tmp_path: Path, source: Path, name: str, method: str | dict, patch: list[int] | None, model: dict
+) -> tuple[Path, Path, Path]:
     data = tmp_path / "data"
     shutil.copytree(source, data)
     kept = tmp_path / "kept"
     shutil.copytree(source, kept)
-    cfg = {"name": name, "seed": 0, "method": method,
-           "data": {"manifest": str(data / "manifest.csv"), "task": "segmentation", "batch_size": 2,
-                    "patches_per_volume": 4, **({"patch_size": patch} if patch else {})},
-           "model": model, "trainer": TRAINER}
+    cfg = {
+        "name": name,
+        "seed": 0,
+        "method": method,
+        "data": {
+            "manifest": str(data / "manifest.csv"),
+            "task": "segmentation",
+            "batch_size": 2,
+            "patches_per_volume": 4,
+            **({"patch_size": patch} if patch else {}),
+        },
+        "model": model,
+        "trainer": TRAINER,
+    }
     run = train(load_config(cfg), tmp_path / "runs" / name).run_dir
     return _moved(run, data, tmp_path), kept
 
@@ -229,19 +287,24 @@ def _same_as_own_test(run: Path, kept: Path, tmp_path: Path, extension: str) -> 
             mine = nib.load(str(out / "probabilities" / f"{i}.nii.gz")).get_fdata()
             theirs = nib.load(str(own / "probabilities" / f"{i}.nii.gz")).get_fdata()
         np.testing.assert_allclose(mine, theirs, atol=1e-6)
-        np.testing.assert_array_equal(read_volume(out / "masks" / f"{i}{extension}", mask=True).array,
-                                      read_volume(own / "masks" / f"{i}{extension}", mask=True).array)
+        np.testing.assert_array_equal(
+            read_volume(out / "masks" / f"{i}{extension}", mask=True).array,
+            read_volume(own / "masks" / f"{i}{extension}", mask=True).array,
+        )
 
 
 MSS = {"name": "unet_mss", "channels": [4, 8, 8, 16, 16]}
 
 
-@pytest.mark.parametrize("name, method", [
-    ("unet-mss", {"name": "supervised", "threshold": "otsu", "overlap": 0.25}),  # predict keeps both
-    ("unet-mss-tta", {"name": "supervised", "tta": True, "min_size": 4}),  # and these
-    ("ds6", {"name": "ds6", "baseline_steps": 1}),
-    ("frangi", {"name": "frangi", "threshold": "otsu"}),
-])
+@pytest.mark.parametrize(
+    "name, method",
+    [
+        ("unet-mss", {"name": "supervised", "threshold": "otsu", "overlap": 0.25}),  # predict keeps both
+        ("unet-mss-tta", {"name": "supervised", "tta": True, "min_size": 4}),  # and these
+        ("ds6", {"name": "ds6", "baseline_steps": 1}),
+        ("frangi", {"name": "frangi", "threshold": "otsu"}),
+    ],
+)
 def test_2d_vessel_segmenters(tmp_path, vessels_2d, name, method):
     run, kept = _segmentation_run(tmp_path, vessels_2d, name, method, [32, 32], MSS)
     _same_as_own_test(run, kept, tmp_path, ".png")
@@ -281,8 +344,10 @@ def test_calibrated_threshold_travels_with_the_run(tmp_path, vessels_2d, loss):
 
     _same_as_own_test(run, kept, tmp_path, ".png")
     own = run / "predictions" / "test"
-    np.testing.assert_array_equal(read_volume(own / "masks" / "vessel_004.png", mask=True).array > 0,
-                                  np.load(own / "probabilities" / "vessel_004.npy") > calibrated)
+    np.testing.assert_array_equal(
+        read_volume(own / "masks" / "vessel_004.png", mask=True).array > 0,
+        np.load(own / "probabilities" / "vessel_004.npy") > calibrated,
+    )
     code, output = cli("export", str(run), "--format", "onnx", "--out", str(tmp_path / "model.onnx"))
     assert code == 0, output
     sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
@@ -303,11 +368,20 @@ def test_swin_unetr_multiclass(tmp_path):
     arrays = make_shapes(n=12, size=32, dim=3, num_classes=3, seed=0)
     folder = tmp_path / "data"
     save_npz(folder / "set.npz", arrays)
-    cfg = {"name": "swin", "seed": 0, "method": "supervised",
-           "data": {"path": str(folder / "set.npz"), "task": "segmentation", "batch_size": 2, "eval_batch_size": 2},
-           "model": {"name": "swin_unetr", "channels": [12], "layers": [1, 1, 1, 1], "heads": [1, 1, 1, 1],
-                     "norm": "group"},
-           "trainer": TRAINER}
+    cfg = {
+        "name": "swin",
+        "seed": 0,
+        "method": "supervised",
+        "data": {"path": str(folder / "set.npz"), "task": "segmentation", "batch_size": 2, "eval_batch_size": 2},
+        "model": {
+            "name": "swin_unetr",
+            "channels": [12],
+            "layers": [1, 1, 1, 1],
+            "heads": [1, 1, 1, 1],
+            "norm": "group",
+        },
+        "trainer": TRAINER,
+    }
     run = train(load_config(cfg), tmp_path / "runs" / "swin").run_dir
     test_rows = np.flatnonzero(arrays["split"] == "test")
     images = tmp_path / "inputs"

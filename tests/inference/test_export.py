@@ -46,13 +46,25 @@ def _classifier(tmp: Path, shapes: Path, name: str, model: dict, method: str | d
     return _train(tmp, name, data, model, method)
 
 
-def _segmenter(tmp: Path, dim: int, shape: list[int], patch: list[int] | None, model: dict, name: str,
-               method: str | dict = "supervised") -> Path:
+def _segmenter(
+    tmp: Path,
+    dim: int,
+    shape: list[int],
+    patch: list[int] | None,
+    model: dict,
+    name: str,
+    method: str | dict = "supervised",
+) -> Path:
     from labelwise.data.synth.vessels import write_vessels
 
     manifest = write_vessels(tmp / f"v{dim}d", dim, 5, shape, seed=0)
-    data = {"manifest": str(manifest), "task": "segmentation", "batch_size": 2, "patches_per_volume": 2,
-            **({"patch_size": patch} if patch else {})}
+    data = {
+        "manifest": str(manifest),
+        "task": "segmentation",
+        "batch_size": 2,
+        "patches_per_volume": 2,
+        **({"patch_size": patch} if patch else {}),
+    }
     return _train(tmp, name, data, model, method)
 
 
@@ -92,7 +104,9 @@ def _same_as_torch(run_dir: Path, fmt: str, tmp_path: Path, spatial_sizes: list[
     assert sidecar["output"]["activation"] == spec["output"]["activation"] == run.activation
     assert sidecar["output"]["class_names"] == spec["output"]["class_names"]
     assert sidecar["preprocessing"] == spec["preprocessing"]
-    assert sidecar["inference"] == {k: spec["inference"][k] for k in ("threshold", "calibrated_threshold", "window", "overlap")}
+    assert sidecar["inference"] == {
+        k: spec["inference"][k] for k in ("threshold", "calibrated_threshold", "window", "overlap")
+    }
     assert sidecar["source"]["run"] == str(run_dir.resolve())
     assert Path(sidecar["source"]["checkpoint"]) == run.checkpoint.resolve()
     assert sidecar["input"]["channels"] == run.in_channels and sidecar["input"]["shape"][0] == "batch"
@@ -122,7 +136,12 @@ def test_2d_unet_mss(runs, tmp_path, fmt):
     sidecar = _same_as_torch(runs["mss2d"], fmt, tmp_path, [(32, 32), (48, 80)])
     assert sidecar["input"]["shape"] == ["batch", 1, "height", "width"]
     assert sidecar["input"]["divisible_by"] == 16 and sidecar["input"]["dynamic_spatial"]
-    assert sidecar["output"]["activation"] == "sigmoid" and sidecar["output"]["shape"] == ["batch", 1, "height", "width"]
+    assert sidecar["output"]["activation"] == "sigmoid" and sidecar["output"]["shape"] == [
+        "batch",
+        1,
+        "height",
+        "width",
+    ]
     assert sidecar["inference"]["window"] == [32, 32]
 
 
@@ -154,8 +173,13 @@ def test_refusals(tmp_path, shapes_npz, runs):
     code, message = cli("export", str(runs["resnet"]), "--format", "tflite", "--out", str(tmp_path / "m.tflite"))
     assert code == 2 and "\n" not in message
     assert "--format 'tflite'" in message and "onnx, torchscript" in message
-    pretrain = _classifier(tmp_path, shapes_npz, "pretrain", SMALL_RESNET,
-                           {"name": "pretrain", "tasks": {"mim": 1.0, "contrastive": 1.0}, "mask_patch": 4})
+    pretrain = _classifier(
+        tmp_path,
+        shapes_npz,
+        "pretrain",
+        SMALL_RESNET,
+        {"name": "pretrain", "tasks": {"mim": 1.0, "contrastive": 1.0}, "mask_patch": 4},
+    )
     line = _refused("export", str(pretrain), "--out", str(tmp_path / "pretrain.onnx"))
     assert "no classifier head" in line
     assert not (tmp_path / "pretrain.onnx").exists()
@@ -178,4 +202,3 @@ def test_checkpoint_folder_and_out_folder(runs, tmp_path):
     assert Path(sidecar["source"]["checkpoint"]) == checkpoint.resolve()
     code, message = cli("export", str(runs["resnet"]), "--out", str(tmp_path))
     assert code == 2 and "a folder" in message
-

@@ -29,11 +29,18 @@ def test_small_components_are_removed_per_class_like_skimage():
 
 
 def _segmenter(options: dict, dims: int = 2) -> object:
-    cfg = load_config({"seed": 0, "method": {"name": "supervised", "loss": "dice_ce", **options},
-                       "data": {"synth": {"n": 8}, "task": "segmentation"},
-                       "model": {"name": "unet", "channels": [4, 8]}, "trainer": {"max_steps": 1, "checkpoint_every": 1}})
-    data = DataBundle(splits={}, task="segmentation", num_classes=3, in_channels=1, spatial_dims=dims,
-                      image_size=(16,) * dims)
+    cfg = load_config(
+        {
+            "seed": 0,
+            "method": {"name": "supervised", "loss": "dice_ce", **options},
+            "data": {"synth": {"n": 8}, "task": "segmentation"},
+            "model": {"name": "unet", "channels": [4, 8]},
+            "trainer": {"max_steps": 1, "checkpoint_every": 1},
+        }
+    )
+    data = DataBundle(
+        splits={}, task="segmentation", num_classes=3, in_channels=1, spatial_dims=dims, image_size=(16,) * dims
+    )
     torch.manual_seed(0)
     method = METHODS["supervised"](cfg, data)
     method.networks["model"].eval()
@@ -73,9 +80,15 @@ def _trained(tmp_path):
     from labelwise.training import train
 
     manifest = write_vessels(tmp_path / "v", 2, 5, [32, 32], seed=0)
-    cfg = load_config({"seed": 0, "method": "supervised", "data": {"manifest": str(manifest), "task": "segmentation",
-                                                                    "batch_size": 2, "patches_per_volume": 2},
-                       "model": {"name": "unet", "channels": [4, 8]}, "trainer": {"max_steps": 1, "checkpoint_every": 1}})
+    cfg = load_config(
+        {
+            "seed": 0,
+            "method": "supervised",
+            "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 2, "patches_per_volume": 2},
+            "model": {"name": "unet", "channels": [4, 8]},
+            "trainer": {"max_steps": 1, "checkpoint_every": 1},
+        }
+    )
     return train(cfg, tmp_path / "run").run_dir
 
 
@@ -87,8 +100,21 @@ def test_predict_options_override_the_run_and_are_recorded(tmp_path):
     run = _trained(tmp_path)
     image = sorted((tmp_path / "v" / "images").iterdir())[0]
     out = tmp_path / "out"
-    code, text = invoke_cli("predict", str(run), "--input", str(image), "--out", str(out), "--tta", "--min-size", "3",
-                            "--batch-size", "2", "--device", "cpu")
+    code, text = invoke_cli(
+        "predict",
+        str(run),
+        "--input",
+        str(image),
+        "--out",
+        str(out),
+        "--tta",
+        "--min-size",
+        "3",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    )
     assert code == 0, text
     entry = json.loads((out / "predictions.json").read_text())["cases"][0]
     assert entry["tta"] is True and entry["min_size"] == 3

@@ -25,8 +25,13 @@ TRAINER = {"max_steps": 2, "checkpoint_every": 2, "log_every": 1}
 
 def test_a_config_without_a_model_section_names_a_real_network(tmp_path):
     save_npz(tmp_path / "set.npz", make_shapes(n=30, size=16, num_classes=2, seed=0))
-    cfg = {"name": "nomodel", "seed": 0, "method": "supervised",
-           "data": {"path": str(tmp_path / "set.npz"), "batch_size": 4}, "trainer": TRAINER}
+    cfg = {
+        "name": "nomodel",
+        "seed": 0,
+        "method": "supervised",
+        "data": {"path": str(tmp_path / "set.npz"), "batch_size": 4},
+        "trainer": TRAINER,
+    }
     run = train(load_config(cfg), tmp_path / "run").run_dir
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["name"] == "resnet18"
@@ -36,7 +41,7 @@ def test_a_config_without_a_model_section_names_a_real_network(tmp_path):
     from labelwise.report import build_report
 
     html = build_report(run).read_text()
-    section = html[html.index('<section id="model">'):]
+    section = html[html.index('<section id="model">') :]
     section = section[: section.index("</section>")]
     assert "resnet18 (2D, 1 input channel(s), 2 output(s)" in section and "softmax (over classes)" in section
     assert "0 disc, 1 square" in section and f"labelwise predict runs/{run.name}" in section
@@ -66,9 +71,14 @@ def test_sixteen_bit_pictures_and_channel_statistics_as_training_saw_them(tmp_pa
             picture = (rng.random((12, 12)) * 3000 + (20000 if label == "b" else 0)).astype(np.uint16)
             Image.fromarray(picture).save(root / label / f"{label}{i}.png")
     table = write_folder_table(root, val=0.2, test=0.3, seed=0)
-    cfg = {"name": "png16", "seed": 0, "method": "supervised",
-           "data": {"manifest": str(table), "task": "classification", "intensity": "channel", "batch_size": 4},
-           "model": {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"}, "trainer": TRAINER}
+    cfg = {
+        "name": "png16",
+        "seed": 0,
+        "method": "supervised",
+        "data": {"manifest": str(table), "task": "classification", "intensity": "channel", "batch_size": 4},
+        "model": {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"},
+        "trainer": TRAINER,
+    }
     run_dir = train(load_config(cfg), tmp_path / "run").run_dir
     run = load_run(run_dir)
     pre = run.spec["preprocessing"]
@@ -82,17 +92,27 @@ def test_sixteen_bit_pictures_and_channel_statistics_as_training_saw_them(tmp_pa
     np.testing.assert_allclose(run.read(one).array, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(preprocess_image(read_volume(one).array, pre), expected, rtol=1e-4, atol=1e-4)
     files = predict_classes(run, [table], tmp_path / "out", split="test", progress=False)
-    np.testing.assert_allclose(load_npz(files["npz"])["probability"],
-                               load_npz(run_dir / "predictions" / "test.npz")["probability"], atol=1e-6)
+    np.testing.assert_allclose(
+        load_npz(files["npz"])["probability"], load_npz(run_dir / "predictions" / "test.npz")["probability"], atol=1e-6
+    )
 
 
 def test_a_project_copied_elsewhere_resumes_from_relative_data_paths(tmp_path):
     project = tmp_path / "project"
     save_npz(project / "data" / "set.npz", make_shapes(n=30, size=16, num_classes=2, seed=0))
     (project / "configs").mkdir()
-    (project / "configs" / "c.yaml").write_text(yaml.safe_dump({
-        "name": "rel", "seed": 0, "method": "supervised", "data": {"path": "../data/set.npz", "batch_size": 4},
-        "model": {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"}, "trainer": TRAINER}))
+    (project / "configs" / "c.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "rel",
+                "seed": 0,
+                "method": "supervised",
+                "data": {"path": "../data/set.npz", "batch_size": 4},
+                "model": {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"},
+                "trainer": TRAINER,
+            }
+        )
+    )
     run = train(load_config(project / "configs" / "c.yaml"), project / "runs" / "rel").run_dir
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"] == "../../data/set.npz"
     copy = tmp_path / "copy"
@@ -117,12 +137,21 @@ def test_inference_json_is_written_when_training_starts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer.Trainer, "_train_loader", spy)
     save_npz(tmp_path / "set.npz", make_shapes(n=30, size=16, num_classes=3, seed=0))
-    cfg = {"name": "spec", "seed": 0, "method": "supervised",
-           "data": {"path": str(tmp_path / "set.npz"), "batch_size": 4},
-           "model": {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"}, "trainer": TRAINER}
+    cfg = {
+        "name": "spec",
+        "seed": 0,
+        "method": "supervised",
+        "data": {"path": str(tmp_path / "set.npz"), "batch_size": 4},
+        "model": {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"},
+        "trainer": TRAINER,
+    }
     train(load_config(cfg), tmp_path / "run")
     spec = seen["spec"]
     assert spec["network"]["name"] == "resnet10" and spec["network"]["arguments"]["channels"] == [4, 4, 8, 8]
-    assert spec["output"] == {"activation": "softmax", "multilabel": False, "num_classes": 3,
-                              "class_names": ["disc", "square", "cross"]}
+    assert spec["output"] == {
+        "activation": "softmax",
+        "multilabel": False,
+        "num_classes": 3,
+        "class_names": ["disc", "square", "cross"],
+    }
     assert spec["network"]["in_channels"] == 1 and spec["network"]["spatial_dims"] == 2

@@ -51,8 +51,10 @@ def test_equals_monai_soft_dice_when_alpha_beta_half_and_gamma_one(shape):
     """MONAI: 1 - (2 TP + nr) / (sum p + sum y + dr); Tversky at alpha = beta = 1/2 is 1 - (2 TP + 2 s) / (sum p +
     sum y + 2 s), so smooth_nr = smooth_dr = 1 matches smooth = 0.5."""
     logits, target = sample(shape, 1)
-    ours = {r: focal_tversky_loss(logits, target, alpha=0.5, beta=0.5, gamma=1.0, smooth=0.5, reduction=r)
-            for r in ("batch", "mean", "none")}
+    ours = {
+        r: focal_tversky_loss(logits, target, alpha=0.5, beta=0.5, gamma=1.0, smooth=0.5, reduction=r)
+        for r in ("batch", "mean", "none")
+    }
     batch = DiceLoss(sigmoid=True, smooth_nr=1, smooth_dr=1, batch=True)(logits, target)
     mean = DiceLoss(sigmoid=True, smooth_nr=1, smooth_dr=1)(logits, target)
     none = DiceLoss(sigmoid=True, smooth_nr=1, smooth_dr=1, reduction="none")(logits, target)
@@ -159,8 +161,7 @@ def test_soft_cross_entropy_is_torchs_cross_entropy_with_probability_targets():
     torch.testing.assert_close(soft_cross_entropy(logits, target), by_hand)
     # several channels: torch's cross-entropy with class-probability targets
     logits, target = torch.randn(2, 3, 5, 6), torch.softmax(torch.randn(2, 3, 5, 6), 1)
-    torch.testing.assert_close(soft_cross_entropy(logits, target),
-                               torch.nn.functional.cross_entropy(logits, target))
+    torch.testing.assert_close(soft_cross_entropy(logits, target), torch.nn.functional.cross_entropy(logits, target))
     # a 0/1 weight zeroes the dropped voxels, the mean still over all of them
     keep = (torch.rand(2, 1, 5, 6) > 0.5).float()
     each = torch.nn.functional.cross_entropy(logits, target, reduction="none").unsqueeze(1)
@@ -175,9 +176,11 @@ def test_agreeing_with_its_own_output_dilates_under_tversky_not_under_cross_entr
     torch.manual_seed(0)
     start = torch.randn(1, 1, 32, 32) * 2 - 1.5
     grown = {}
-    for name, loss_fn, lr in (("tversky", focal_tversky_loss, 50.0),
-                              ("dice-like", partial(focal_tversky_loss, alpha=0.5, beta=0.5), 50.0),
-                              ("ce", soft_cross_entropy, 5000.0)):
+    for name, loss_fn, lr in (
+        ("tversky", focal_tversky_loss, 50.0),
+        ("dice-like", partial(focal_tversky_loss, alpha=0.5, beta=0.5), 50.0),
+        ("ce", soft_cross_entropy, 5000.0),
+    ):
         z = start.clone().requires_grad_(True)
         for _ in range(100):
             loss = loss_fn(z, torch.sigmoid(z).detach())

@@ -20,13 +20,23 @@ from labelwise.methods import METHODS
 
 
 def config(manifest, method, **data):
-    return load_config({
-        "name": "t", "seed": 0, "method": method,
-        "data": {"manifest": str(manifest), "task": "segmentation", "patch_size": [16, 16, 16], "batch_size": 2,
-                 "patches_per_volume": 4, **data},
-        "model": {"name": "unet_mss", "channels": [2, 4, 4, 4, 4]},
-        "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
-    })
+    return load_config(
+        {
+            "name": "t",
+            "seed": 0,
+            "method": method,
+            "data": {
+                "manifest": str(manifest),
+                "task": "segmentation",
+                "patch_size": [16, 16, 16],
+                "batch_size": 2,
+                "patches_per_volume": 4,
+                **data,
+            },
+            "model": {"name": "unet_mss", "channels": [2, 4, 4, 4, 4]},
+            "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +47,11 @@ def manifest(tmp_path_factory):
 def batch_of(bundle, labelled):
     train = bundle.split("train")
     items = [train[i] for i in range(2)]
-    return {"image": torch.stack([b["image"] for b in items]), "target": torch.stack([b["target"] for b in items]),
-            "labelled": torch.tensor(labelled)}
+    return {
+        "image": torch.stack([b["image"] for b in items]),
+        "target": torch.stack([b["target"] for b in items]),
+        "labelled": torch.tensor(labelled),
+    }
 
 
 def deformed_by_hand(model, batch, seed):
@@ -60,8 +73,9 @@ def test_supervised_unet_mss_uses_focal_tversky_on_three_outputs(manifest):
     torch.manual_seed(0)
     loss = method.training_step(batch)["loss"]
     outputs = method.networks["model"](batch["image"])
-    expected = sum(w * focal_tversky_loss(o, batch["target"].unsqueeze(1).float())
-                   for w, o in zip((1.0, 0.66, 0.34), outputs))
+    expected = sum(
+        w * focal_tversky_loss(o, batch["target"].unsqueeze(1).float()) for w, o in zip((1.0, 0.66, 0.34), outputs)
+    )
     torch.testing.assert_close(loss, expected)
 
 
@@ -120,9 +134,15 @@ def test_two_stage_recipe_switches_deformation_on(manifest):
 
 
 def test_frangi_tunes_the_threshold_that_maximises_training_dice(manifest):
-    cfg = load_config({"name": "f", "seed": 0, "method": {"name": "frangi", "candidates": 16},
-                       "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
-                       "trainer": {"max_steps": 1, "checkpoint_every": 1}})
+    cfg = load_config(
+        {
+            "name": "f",
+            "seed": 0,
+            "method": {"name": "frangi", "candidates": 16},
+            "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
+            "trainer": {"max_steps": 1, "checkpoint_every": 1},
+        }
+    )
     bundle = load_data(cfg.data)
     method = METHODS["frangi"](cfg, bundle)
     model = method.networks["model"]
@@ -154,9 +174,15 @@ def test_frangi_tunes_the_threshold_that_maximises_training_dice(manifest):
 def test_runs_on_a_manifest_write_nifti_predictions(tmp_path, method):
     manifest = make_set(tmp_path / "data", shape=(16, 20, 24), truth=True)
     if method == "frangi":
-        cfg = load_config({"name": "f", "seed": 0, "method": "frangi",
-                           "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
-                           "trainer": {"max_steps": 1, "checkpoint_every": 1}})
+        cfg = load_config(
+            {
+                "name": "f",
+                "seed": 0,
+                "method": "frangi",
+                "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
+                "trainer": {"max_steps": 1, "checkpoint_every": 1},
+            }
+        )
     else:
         cfg = config(manifest, {"name": "ds6", "baseline_steps": 1})
     result = train(cfg, tmp_path / "run")
@@ -186,9 +212,9 @@ def test_runs_on_a_manifest_write_nifti_predictions(tmp_path, method):
     from labelwise.report import build_report
 
     html = build_report(tmp_path / "run").read_text()
-    section = html[html.index('<section id="segmentation">'):]
+    section = html[html.index('<section id="segmentation">') :]
     section = section[: section.index("</section>")]
-    assert section.count("<tr><td class=\"name\">") == 2 and "truth" in section and "label" in section
+    assert section.count('<tr><td class="name">') == 2 and "truth" in section and "label" in section
     assert section.count('<img src="data:image/png;base64,') == 3
     assert ".gallery {" in html  # the grid layout is styled without an explanations section too
 
@@ -208,7 +234,9 @@ def test_soft_dice_ce_with_a_one_hot_target_is_monais_dice_ce():
     torch.testing.assert_close(soft_dice_ce_loss(logits, one_hot, torch.ones(2, 1, 8, 9)), expected)
     keep = (torch.rand(2, 1, 8, 9) > 0.5).float()
     p = torch.softmax(logits, 1)
-    dice = 1 - (2 * (keep * p * one_hot).sum((2, 3)) + 1e-5) / ((keep * p).sum((2, 3)) + (keep * one_hot).sum((2, 3)) + 1e-5)
+    dice = 1 - (2 * (keep * p * one_hot).sum((2, 3)) + 1e-5) / (
+        (keep * p).sum((2, 3)) + (keep * one_hot).sum((2, 3)) + 1e-5
+    )
     ce = -(keep * one_hot * torch.log_softmax(logits, 1)).sum(1).mean()
     torch.testing.assert_close(soft_dice_ce_loss(logits, one_hot, keep), dice.mean() + ce)
 
@@ -218,8 +246,9 @@ def test_focal_tversky_weight_counts_only_the_weighted_voxels():
     logits, target = torch.randn(1, 1, 6, 7), (torch.rand(1, 1, 6, 7) > 0.6).float()
     keep = torch.zeros(1, 1, 6, 7)
     keep[..., :3] = 1
-    torch.testing.assert_close(focal_tversky_loss(logits, target, weight=keep),
-                               focal_tversky_loss(logits[..., :3], target[..., :3]))
+    torch.testing.assert_close(
+        focal_tversky_loss(logits, target, weight=keep), focal_tversky_loss(logits[..., :3], target[..., :3])
+    )
 
 
 def test_ds6_with_dice_ce_an_ema_teacher_a_ramp_and_a_confidence_mask(manifest):
@@ -228,8 +257,14 @@ def test_ds6_with_dice_ce_an_ema_teacher_a_ramp_and_a_confidence_mask(manifest):
     from labelwise.losses import soft_dice_ce_loss
     from labelwise.methods.semi import ramp_up
 
-    options = {"name": "ds6", "loss": "dice_ce", "teacher": "ema", "consistency_rampup": 10, "confidence": 0.6,
-               "weights": [1.0, 1.0, 2.0]}
+    options = {
+        "name": "ds6",
+        "loss": "dice_ce",
+        "teacher": "ema",
+        "consistency_rampup": 10,
+        "confidence": 0.6,
+        "weights": [1.0, 1.0, 2.0],
+    }
     cfg = config(manifest, options)
     bundle = load_data(cfg.data, keep_unlabelled=True)
     method = METHODS["ds6"](cfg, bundle)
@@ -286,8 +321,14 @@ def test_a_ds6_run_with_an_ema_teacher_resumes_and_predicts_after_the_folder_mov
     resumed = train(cfg, tmp_path / "run", resume=True)
     assert resumed.status == "completed"
     shutil.move(tmp_path / "run", tmp_path / "moved")
-    code, text = invoke_cli("predict", str(tmp_path / "moved"), "--input", str(manifest.parent / "images" / "case4.nii.gz"),
-                            "--out", str(tmp_path / "pred"))
+    code, text = invoke_cli(
+        "predict",
+        str(tmp_path / "moved"),
+        "--input",
+        str(manifest.parent / "images" / "case4.nii.gz"),
+        "--out",
+        str(tmp_path / "pred"),
+    )
     assert code == 0, text
     mask = read_volume(tmp_path / "pred" / "masks" / "case4.nii.gz", mask=True).array
     probability = read_volume(tmp_path / "pred" / "probabilities" / "case4.nii.gz").array

@@ -108,18 +108,29 @@ def semi_npz(tmp_path_factory):
     image[:, 0, 3:9, 3:9] += np.where(label == 1, 1.0, -1.0)[:, None, None]
     labelled = np.arange(40) < 8
     path = tmp_path_factory.mktemp("clip") / "data.npz"
-    save_npz(path, {"image": image, "label": label, "split": np.array(["train"] * 24 + ["val"] * 8 + ["test"] * 8),
-                    "labelled": labelled | (np.arange(40) >= 24)})
+    save_npz(
+        path,
+        {
+            "image": image,
+            "label": label,
+            "split": np.array(["train"] * 24 + ["val"] * 8 + ["test"] * 8),
+            "labelled": labelled | (np.arange(40) >= 24),
+        },
+    )
     return path
 
 
 def test_pseudo_supervisor_clips_the_predictor_and_the_policy_each_through_fabric(semi_npz, monkeypatch):
-    cfg = load_config({
-        "name": "clip", "seed": 0, "method": {"name": "pseudo_supervisor", "window": 2, "variant": "paper"},
-        "data": {"path": str(semi_npz), "task": "classification", "batch_size": 8, "labelled_per_batch": 4},
-        "model": {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "group"},
-        "trainer": {"max_steps": 2, "checkpoint_every": 2, "gradient_clip": 1e-3},  # every step clipped
-    })
+    cfg = load_config(
+        {
+            "name": "clip",
+            "seed": 0,
+            "method": {"name": "pseudo_supervisor", "window": 2, "variant": "paper"},
+            "data": {"path": str(semi_npz), "task": "classification", "batch_size": 8, "labelled_per_batch": 4},
+            "model": {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "group"},
+            "trainer": {"max_steps": 2, "checkpoint_every": 2, "gradient_clip": 1e-3},  # every step clipped
+        }
+    )
     method = METHODS["pseudo_supervisor"](cfg, load_data(cfg.data, keep_unlabelled=True))
     fabric = cpu_fabric("32-true")
     for name in ("model", "policy"):
@@ -131,8 +142,9 @@ def test_pseudo_supervisor_clips_the_predictor_and_the_policy_each_through_fabri
 
     def clip_gradients(module, optimizer, **kwargs):
         out = real(module, optimizer, **kwargs)
-        norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()
-                                                           if p.grad is not None])))
+        norm = float(
+            torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None]))
+        )
         network = next(k for k, v in method.networks.items() if v is module)
         which = next(k for k, v in optimizers.items() if v is optimizer)
         clipped.append((network, which, norm))

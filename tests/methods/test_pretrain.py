@@ -50,12 +50,16 @@ def tagged(tmp_path_factory):
 
 
 def config(path, method, steps=3, options=None, model=None):
-    return load_config({
-        "name": "p", "seed": 0, "method": {"name": method, **(options or {})},
-        "data": {"path": str(path), "task": "classification", "batch_size": 8},
-        "model": {**MODEL, **(model or {})},
-        "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 1},
-    })
+    return load_config(
+        {
+            "name": "p",
+            "seed": 0,
+            "method": {"name": method, **(options or {})},
+            "data": {"path": str(path), "task": "classification", "batch_size": 8},
+            "model": {**MODEL, **(model or {})},
+            "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 1},
+        }
+    )
 
 
 def test_random_patch_mask_masks_whole_patches_at_the_ratio():
@@ -128,8 +132,10 @@ def test_backbone_weights_are_the_classifier_without_its_head():
         assert backbone.features(x)[-1].shape[2:] == (2,) * dims and backbone.stride == 8
 
 
-@pytest.mark.parametrize("tasks", [{"mim": 1.0}, {"contrastive": 1.0}, {"multilabel": 1.0},
-                                   {"multilabel": 1.0, "mim": 0.5, "contrastive": 1.0}])
+@pytest.mark.parametrize(
+    "tasks",
+    [{"mim": 1.0}, {"contrastive": 1.0}, {"multilabel": 1.0}, {"multilabel": 1.0, "mim": 0.5, "contrastive": 1.0}],
+)
 def test_pretrain_runs_any_subset_of_tasks(tmp_path, tagged, tasks):
     result = train(config(tagged / "tags.npz", "pretrain", options={"tasks": tasks}), tmp_path / "run")
     assert result.status == "completed" and 0 <= result.test["knn_accuracy"] <= 1
@@ -142,8 +148,11 @@ def test_pretrain_runs_any_subset_of_tasks(tmp_path, tagged, tasks):
 
 
 def test_moco_keeps_a_momentum_encoder(tmp_path, tagged):
-    cfg = config(tagged / "classes.npz", "pretrain", options={"tasks": {"contrastive": 1.0}, "contrastive": "moco",
-                                                              "momentum": 0.5})
+    cfg = config(
+        tagged / "classes.npz",
+        "pretrain",
+        options={"tasks": {"contrastive": 1.0}, "contrastive": "moco", "momentum": 0.5},
+    )
     result = train(cfg, tmp_path / "moco")
     assert result.status == "completed"
     weights = load_file(str(latest_checkpoint(tmp_path / "moco" / "checkpoints") / "model.safetensors"))
@@ -165,15 +174,18 @@ def test_init_from_fine_tune_and_linear_probe(tmp_path, tagged):
     backbone = load_file(str(latest_checkpoint(pre / "checkpoints") / "model.safetensors"))
 
     probe = tmp_path / "probe"
-    train(config(tagged / "classes.npz", "supervised", steps=3, model={"init_from": str(pre),
-                                                                        "freeze_backbone": True}), probe)
+    train(
+        config(tagged / "classes.npz", "supervised", steps=3, model={"init_from": str(pre), "freeze_backbone": True}),
+        probe,
+    )
     after = load_file(str(latest_checkpoint(probe / "checkpoints") / "model.safetensors"))
     for key, value in backbone.items():
         if key.startswith("backbone."):
-            name = "model." + key[len("backbone."):]
+            name = "model." + key[len("backbone.") :]
             assert torch.equal(after[name], value), name  # frozen: weights and batch-norm statistics unchanged
-    start = build_model(load_config(config(tagged / "classes.npz", "supervised").to_dict()).model, 2, 1, 2,
-                        "classification").state_dict()
+    start = build_model(
+        load_config(config(tagged / "classes.npz", "supervised").to_dict()).model, 2, 1, 2, "classification"
+    ).state_dict()
     assert not torch.equal(after["model.fc.weight"], start["fc.weight"])  # the head trained
 
     tuned = tmp_path / "tuned"
@@ -228,34 +240,45 @@ def test_linear_probe_resumes_with_the_same_parameters_frozen(tmp_path, tagged, 
     for key in set(after) - head:
         assert torch.equal(after[key], before[key]), key  # frozen, batch-norm statistics included
         if source == "pretrained":
-            assert torch.equal(after[key], backbone["backbone." + key[len("model."):]]), key
+            assert torch.equal(after[key], backbone["backbone." + key[len("model.") :]]), key
     assert all(not torch.equal(after[key], before[key]) for key in head)
     frozen = torch.load(run / "checkpoints" / "step-000004" / "trainer_state.pt", weights_only=True)["frozen"]
-    assert set(frozen["model"]) == {key[len("model."):] for key in set(after) - head}  # saved for the next resume
+    assert set(frozen["model"]) == {key[len("model.") :] for key in set(after) - head}  # saved for the next resume
 
 
 def test_unet_mss_encoder_pretrains_and_starts_a_segmenter(tmp_path, tagged):
     unet = {"name": "unet_mss", "channels": [2, 4, 4, 4, 4], "norm": "batch"}
     pre = tmp_path / "pre-unet"
-    result = train(config(tagged / "tags.npz", "pretrain", steps=2, options={"tasks": {"mim": 1.0, "contrastive": 1.0}},
-                          model=unet), pre)
+    result = train(
+        config(
+            tagged / "tags.npz", "pretrain", steps=2, options={"tasks": {"mim": 1.0, "contrastive": 1.0}}, model=unet
+        ),
+        pre,
+    )
     assert result.status == "completed"
     weights = load_file(str(latest_checkpoint(pre / "checkpoints") / "model.safetensors"))
     seg = tmp_path / "seg"
-    raw = {"name": "seg", "seed": 0, "method": {"name": "supervised", "loss": "dice_ce"},
-           "data": {"synth": {"n": 40, "size": 16, "num_classes": 2}, "task": "segmentation", "batch_size": 4},
-           "model": {**unet, "init_from": str(pre), "freeze_backbone": True},
-           "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1}}
+    raw = {
+        "name": "seg",
+        "seed": 0,
+        "method": {"name": "supervised", "loss": "dice_ce"},
+        "data": {"synth": {"n": 40, "size": 16, "num_classes": 2}, "task": "segmentation", "batch_size": 4},
+        "model": {**unet, "init_from": str(pre), "freeze_backbone": True},
+        "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
+    }
     train(load_config(raw), seg)
     after = load_file(str(latest_checkpoint(seg / "checkpoints") / "model.safetensors"))
     encoder = [k for k in weights if k.startswith("backbone.encoder.")]
-    assert encoder and all(torch.equal(after["model." + k[len("backbone."):]], weights[k]) for k in encoder)
+    assert encoder and all(torch.equal(after["model." + k[len("backbone.") :]], weights[k]) for k in encoder)
 
 
-@pytest.mark.parametrize("model", [
-    {"name": "vit", "channels": [16], "layers": [1], "heads": [2], "patch_size": 4},
-    {"name": "swin", "channels": [6], "layers": [1, 1, 1, 1], "heads": [1, 1, 1, 1], "patch_size": 1},
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"name": "vit", "channels": [16], "layers": [1], "heads": [2], "patch_size": 4},
+        {"name": "swin", "channels": [6], "layers": [1, 1, 1, 1], "heads": [1, 1, 1, 1], "patch_size": 1},
+    ],
+)
 def test_transformers_pretrain_with_a_mask_token_and_start_a_probe(tmp_path, tagged, model):
     pre = tmp_path / "pre"
     result = train(config(tagged / "tags.npz", "pretrain", steps=2, model={**model, "norm": "batch"}), pre)
@@ -264,19 +287,30 @@ def test_transformers_pretrain_with_a_mask_token_and_start_a_probe(tmp_path, tag
     token_width = model["channels"][0]  # SimMIM: the mask token replaces patch-embedding tokens, not input pixels
     assert weights["mim_decoder.mask_token"].shape == (token_width,)
     probe = tmp_path / "probe"
-    train(config(tagged / "classes.npz", "supervised", steps=2, model={**model, "init_from": str(pre),
-                                                                        "freeze_backbone": True}), probe)
+    train(
+        config(
+            tagged / "classes.npz",
+            "supervised",
+            steps=2,
+            model={**model, "init_from": str(pre), "freeze_backbone": True},
+        ),
+        probe,
+    )
     after = load_file(str(latest_checkpoint(probe / "checkpoints") / "model.safetensors"))
     encoder = [k for k in weights if k.startswith("backbone.")]
-    assert encoder and all(torch.equal(after["model." + k[len("backbone."):]], weights[k]) for k in encoder)
+    assert encoder and all(torch.equal(after["model." + k[len("backbone.") :]], weights[k]) for k in encoder)
     assert not torch.equal(after["model.head.weight"], torch.zeros_like(after["model.head.weight"]))
 
 
 def test_mask_patch_must_cover_whole_tokens(tagged):
     from labelwise.methods import METHODS
 
-    cfg = config(tagged / "tags.npz", "pretrain", options={"mask_patch": 2},
-                 model={"name": "vit", "channels": [16], "layers": [1], "heads": [2], "patch_size": 4})
+    cfg = config(
+        tagged / "tags.npz",
+        "pretrain",
+        options={"mask_patch": 2},
+        model={"name": "vit", "channels": [16], "layers": [1], "heads": [2], "patch_size": 4},
+    )
     with pytest.raises(Exception, match="multiple of vit's token patch 4"):
         METHODS["pretrain"](cfg, load_data(cfg.data, keep_unlabelled=True))
 
@@ -284,16 +318,21 @@ def test_mask_patch_must_cover_whole_tokens(tagged):
 def test_swin_encoder_pretrains_and_starts_a_swin_unetr(tmp_path, tagged):
     swin = {"name": "swin_unetr", "channels": [12], "layers": [1, 1, 1, 1], "heads": [3, 3, 3, 3]}
     pre = tmp_path / "pre-swin"  # 16 x 16 images: too small for mim at Swin's stride 32; the encoder is size-free
-    result = train(config(tagged / "tags.npz", "pretrain", steps=1, options={"tasks": {"contrastive": 1.0}},
-                          model=swin), pre)
+    result = train(
+        config(tagged / "tags.npz", "pretrain", steps=1, options={"tasks": {"contrastive": 1.0}}, model=swin), pre
+    )
     assert result.status == "completed"
     weights = load_file(str(latest_checkpoint(pre / "checkpoints") / "model.safetensors"))
-    raw = {"name": "seg", "seed": 0, "method": {"name": "supervised", "loss": "dice_ce"},
-           "data": {"synth": {"n": 20, "size": 32, "num_classes": 2}, "task": "segmentation", "batch_size": 2},
-           "model": {**swin, "norm": "group", "init_from": str(pre), "freeze_backbone": True},
-           "trainer": {"max_steps": 1, "checkpoint_every": 1, "log_every": 1}}
+    raw = {
+        "name": "seg",
+        "seed": 0,
+        "method": {"name": "supervised", "loss": "dice_ce"},
+        "data": {"synth": {"n": 20, "size": 32, "num_classes": 2}, "task": "segmentation", "batch_size": 2},
+        "model": {**swin, "norm": "group", "init_from": str(pre), "freeze_backbone": True},
+        "trainer": {"max_steps": 1, "checkpoint_every": 1, "log_every": 1},
+    }
     train(load_config(raw), tmp_path / "seg")
     after = load_file(str(latest_checkpoint(tmp_path / "seg" / "checkpoints") / "model.safetensors"))
     encoder = [k for k in weights if k.startswith("backbone.swinViT.")]
-    assert encoder and all(torch.equal(after["model." + k[len("backbone."):]], weights[k]) for k in encoder)
+    assert encoder and all(torch.equal(after["model." + k[len("backbone.") :]], weights[k]) for k in encoder)
     assert any(k.startswith("model.decoder") for k in after)  # the segmenter's own decoder, trained from scratch

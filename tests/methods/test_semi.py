@@ -17,8 +17,12 @@ from labelwise.data import load_data
 from labelwise.data.npz import save_npz
 from labelwise.training import build_trainer, train
 from labelwise.methods import METHODS
-from labelwise.methods.pseudo_supervisor import (alignment_offset, class_frequencies, discounted_returns,
-                                                 normalise_returns)
+from labelwise.methods.pseudo_supervisor import (
+    alignment_offset,
+    class_frequencies,
+    discounted_returns,
+    normalise_returns,
+)
 from labelwise.methods.semi import classification_loss, confident_pseudo_loss, ramp_up
 
 SEMI = ("pseudo_supervisor", "pseudo_label", "mean_teacher", "fixmatch")
@@ -36,19 +40,31 @@ def npz(tmp_path_factory):
     labelled = np.ones(n, dtype=bool)
     labelled[16:80] = False
     path = tmp_path_factory.mktemp("semi") / "data.npz"
-    save_npz(path, {"image": image, "label": label, "split": split, "labelled": labelled,
-                    "attribute_sex": np.array(["f", "m"] * 60)})
+    save_npz(
+        path,
+        {
+            "image": image,
+            "label": label,
+            "split": split,
+            "labelled": labelled,
+            "attribute_sex": np.array(["f", "m"] * 60),
+        },
+    )
     return path
 
 
 def config(path, method, steps=4, **method_options):
-    return load_config({
-        "name": "semi", "seed": 0, "method": {"name": method, **method_options},
-        "data": {"path": str(path), "task": "classification", "batch_size": 8, "labelled_per_batch": 4},
-        "model": {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "group"},
-        "optimizer": {"name": "adamw", "lr": 1e-3},
-        "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 1},
-    })
+    return load_config(
+        {
+            "name": "semi",
+            "seed": 0,
+            "method": {"name": method, **method_options},
+            "data": {"path": str(path), "task": "classification", "batch_size": 8, "labelled_per_batch": 4},
+            "model": {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "group"},
+            "optimizer": {"name": "adamw", "lr": 1e-3},
+            "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 1},
+        }
+    )
 
 
 def test_discounted_returns_restart_at_zero_rewards():
@@ -118,7 +134,9 @@ def test_pseudo_supervisor_reward_memory_and_policy_update(npz, monkeypatch):
     out = method.training_step(batch)
     assert float(out["reward"]) == 0.0  # the loss went up: no reward
     assert method.memory == []  # window of 2: the policy was updated and the memory emptied
-    changed = [not torch.equal(a, b) for a, b in zip(policy_before, method.networks["policy"].parameters(), strict=True)]
+    changed = [
+        not torch.equal(a, b) for a, b in zip(policy_before, method.networks["policy"].parameters(), strict=True)
+    ]
     assert any(changed)
 
 
@@ -129,8 +147,14 @@ def test_pseudo_supervisor_default_warms_up_then_starts_the_policy_from_the_pred
     assert (method.warmup_steps, method.rampup_steps, method.policy_init) == (6, 4, "predictor")
     steps = []
     real_step = method.optimizer_step
-    monkeypatch.setattr(method, "optimizer_step", lambda opt, loss, lr, module: (
-        steps.append((opt is method.optimizers["predictor"], float(loss.detach()))), real_step(opt, loss, lr, module)))
+    monkeypatch.setattr(
+        method,
+        "optimizer_step",
+        lambda opt, loss, lr, module: (
+            steps.append((opt is method.optimizers["predictor"], float(loss.detach()))),
+            real_step(opt, loss, lr, module),
+        ),
+    )
     policy = [p.detach().clone() for p in method.networks["policy"].parameters()]
     for step in range(6):
         method.step = step
@@ -166,8 +190,9 @@ def test_pseudo_supervisor_keeps_part_of_the_validation_split_for_rewards(npz):
         row = (val.indices == index).nonzero().item()
         assert torch.equal(method.heldout.image[i], val.image[row])
         assert torch.equal(method.heldout.target[i], val.target[row])
-    paper = METHODS["pseudo_supervisor"](config(npz, "pseudo_supervisor", variant="paper"),
-                                         load_data(cfg.data, keep_unlabelled=True))
+    paper = METHODS["pseudo_supervisor"](
+        config(npz, "pseudo_supervisor", variant="paper"), load_data(cfg.data, keep_unlabelled=True)
+    )
     assert len(paper.heldout) == 20
 
 
@@ -232,9 +257,16 @@ def test_semi_supervised_methods_refuse_segmentation(tmp_path):
     from conftest import make_set
 
     manifest = make_set(tmp_path, shape=(8, 8, 8))
-    cfg = load_config({"name": "x", "seed": 0, "method": "fixmatch",
-                       "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
-                       "model": {"name": "unet"}, "trainer": {"max_steps": 1, "checkpoint_every": 1}})
+    cfg = load_config(
+        {
+            "name": "x",
+            "seed": 0,
+            "method": "fixmatch",
+            "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
+            "model": {"name": "unet"},
+            "trainer": {"max_steps": 1, "checkpoint_every": 1},
+        }
+    )
     with pytest.raises(Exception, match="fixmatch is for classification"):
         METHODS["fixmatch"](cfg, load_data(cfg.data, keep_unlabelled=True))
 
@@ -256,8 +288,9 @@ def test_pseudo_supervisor_counts_sure_labels_only_and_the_policy_follows_the_pr
     """confidence: the predictor's pseudo loss and the REINFORCE credit count only images whose policy probability
     reaches it (hand computation); policy_follow: after a step past the warm-up the policy is the moving average of
     itself and the predictor, before it unchanged."""
-    method, batch = pseudo_supervisor(npz, steps=10, warmup=0.2, confidence=0.6, policy_follow=0.9, window=50,
-                                      align=False)
+    method, batch = pseudo_supervisor(
+        npz, steps=10, warmup=0.2, confidence=0.6, policy_follow=0.9, window=50, align=False
+    )
     assert (method.confidence, method.policy_follow) == (0.6, 0.9)
     method.step = 2  # the warm-up's end: the policy starts as the predictor is now
     xu = batch["image"][~batch["labelled"]]

@@ -27,8 +27,9 @@ def test_bootstrap_close_to_scipy(statistic):
     rng = np.random.default_rng(0)
     values = rng.gamma(2.0, 1.0, 200)
     low, high = bootstrap_ci(values, statistic=statistic, n_resamples=4000, seed=1)
-    ref = stats.bootstrap((values,), statistic, n_resamples=4000, confidence_level=0.95, method="percentile",
-                          random_state=2).confidence_interval
+    ref = stats.bootstrap(
+        (values,), statistic, n_resamples=4000, confidence_level=0.95, method="percentile", random_state=2
+    ).confidence_interval
     scale = values.std() / np.sqrt(len(values))
     assert low == pytest.approx(ref.low, abs=0.25 * scale)
     assert high == pytest.approx(ref.high, abs=0.25 * scale)

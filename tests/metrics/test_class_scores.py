@@ -82,8 +82,9 @@ def test_per_class_hd95_matches_monai(shape, spacing):
         result = class_scores(pred, truth, spacing, num_classes=3)
         with warnings.catch_warnings():  # MONAI 1.6: a deprecated argument of its own get_mask_edges
             warnings.simplefilter("ignore", FutureWarning)
-            expected = compute_hausdorff_distance(one_hot(pred, 3), one_hot(truth, 3), include_background=False,
-                                                  percentile=95, spacing=list(spacing))[0].numpy()
+            expected = compute_hausdorff_distance(
+                one_hot(pred, 3), one_hot(truth, 3), include_background=False, percentile=95, spacing=list(spacing)
+            )[0].numpy()
         for k in (1, 2):
             if (pred == k).any() and (truth == k).any():  # both non-empty: a defined distance
                 assert result["per_class"][str(k)]["hd95"] == pytest.approx(float(expected[k - 1]), abs=1e-4)

@@ -30,8 +30,9 @@ def test_against_sklearn(case):
     pred, target, k = case
     p, t = pred.numpy(), target.numpy()
     assert float(accuracy(pred, target)) == pytest.approx(skm.accuracy_score(t, p), abs=1e-6)
-    np.testing.assert_array_equal(confusion_matrix(pred, target, k).numpy(),
-                                  skm.confusion_matrix(t, p, labels=list(range(k))))
+    np.testing.assert_array_equal(
+        confusion_matrix(pred, target, k).numpy(), skm.confusion_matrix(t, p, labels=list(range(k)))
+    )
     with warnings.catch_warnings():  # scikit-learn warns about classes absent from one side
         warnings.simplefilter("ignore")
         expected_bal = skm.balanced_accuracy_score(t, p)

@@ -60,12 +60,16 @@ def test_auc_intervals_are_percentiles_of_scikit_learns_auc_over_resamples():
     scores = labels + rng.normal(0, 1, (40, 3))
     index = np.random.default_rng(6).integers(0, 40, size=(300, 40))
     binary = [roc_auc_score(labels[i, 0], scores[i, 0]) for i in index]
-    assert auc_confidence_interval(scores[:, 0], labels[:, 0], resamples=300, seed=6) == \
-        pytest.approx(tuple(np.percentile(binary, [2.5, 97.5])), abs=1e-12)
-    macro = [np.mean([roc_auc_score(labels[i, k], scores[i, k]) for k in range(3) if 0 < labels[i, k].sum() < 40])
-             for i in index]
-    assert macro_auc_confidence_interval(scores, labels, resamples=300, seed=6) == \
-        pytest.approx(tuple(np.percentile(macro, [2.5, 97.5])), abs=1e-12)
+    assert auc_confidence_interval(scores[:, 0], labels[:, 0], resamples=300, seed=6) == pytest.approx(
+        tuple(np.percentile(binary, [2.5, 97.5])), abs=1e-12
+    )
+    macro = [
+        np.mean([roc_auc_score(labels[i, k], scores[i, k]) for k in range(3) if 0 < labels[i, k].sum() < 40])
+        for i in index
+    ]
+    assert macro_auc_confidence_interval(scores, labels, resamples=300, seed=6) == pytest.approx(
+        tuple(np.percentile(macro, [2.5, 97.5])), abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))

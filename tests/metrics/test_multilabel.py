@@ -17,12 +17,14 @@ from labelwise.metrics import multilabel as ml
 NAN = float("nan")
 
 # 4 images, 5 classes. Scores give the order of predictions per row.
-SCORES = torch.tensor([
-    [0.9, 0.5, 0.1, 0.0, 0.2],   # order 0, 1, 4, 2, 3
-    [0.1, 0.2, 0.8, 0.7, 0.0],   # order 2, 3, 1, 0, 4
-    [0.3, 0.9, 0.2, 0.1, 0.8],   # order 1, 4, 0, 2, 3
-    [0.5, 0.4, 0.3, 0.2, 0.1],   # order 0, 1, 2, 3, 4
-])
+SCORES = torch.tensor(
+    [
+        [0.9, 0.5, 0.1, 0.0, 0.2],  # order 0, 1, 4, 2, 3
+        [0.1, 0.2, 0.8, 0.7, 0.0],  # order 2, 3, 1, 0, 4
+        [0.3, 0.9, 0.2, 0.1, 0.8],  # order 1, 4, 0, 2, 3
+        [0.5, 0.4, 0.3, 0.2, 0.1],  # order 0, 1, 2, 3, 4
+    ]
+)
 SETS = [[0], [3, 2], [4, 0, 2], []]
 SINGLE = torch.tensor([0, 3, 4, 1])
 
@@ -54,8 +56,15 @@ def test_summarize_keys_and_values():
     assert r["variable_topk_subset"] == pytest.approx(2 / 3)
     assert r["variable_topk_fraction"] == pytest.approx((1 + 1 + 2 / 3) / 3)
     assert r["multi_label_fraction"] == pytest.approx(2 / 3)  # of the images with a non-empty set
-    assert r["subgroup_accuracy"]["3"] == {"n": 1, "top1": 0.0, "top2": 1.0, "real_top1": 0.0, "real_top2": 1.0,
-                                           "variable_topk_subset": 0.0, "variable_topk_fraction": pytest.approx(2 / 3)}
+    assert r["subgroup_accuracy"]["3"] == {
+        "n": 1,
+        "top1": 0.0,
+        "top2": 1.0,
+        "real_top1": 0.0,
+        "real_top2": 1.0,
+        "variable_topk_subset": 0.0,
+        "variable_topk_fraction": pytest.approx(2 / 3),
+    }
     assert r["asma"] == pytest.approx(2 / 3) and "variable_topk_subset" in r["asma_definition"]
     assert r["unavailable"] == {}
 
@@ -95,7 +104,8 @@ def test_against_a_per_image_loop():
     sets = [sorted(rng.choice(c, size=rng.integers(0, 6), replace=False).tolist()) for _ in range(n)]
     r = ml.summarize(scores, ml.label_set_matrix(sets, c), topk=(3,))
     assert (r["real_top3"], r["variable_topk_subset"], r["variable_topk_fraction"]) == pytest.approx(
-        _loop_oracle(scores, sets, 3))
+        _loop_oracle(scores, sets, 3)
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -108,14 +118,18 @@ def test_multilabel_model_metrics_equal_sklearn(n, c, seed, ties):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert ml.mean_average_precision(scores, y, average=None).numpy() == pytest.approx(
-            skm.average_precision_score(y, scores, average=None), abs=1e-6)
+            skm.average_precision_score(y, scores, average=None), abs=1e-6
+        )
         assert float(ml.mean_average_precision(scores, y)) == pytest.approx(
-            skm.average_precision_score(y, scores, average="macro"), abs=1e-6)
+            skm.average_precision_score(y, scores, average="macro"), abs=1e-6
+        )
         for average in ("micro", "macro", "samples"):
             assert float(ml.f1_score(scores, y, average)) == pytest.approx(
-                skm.f1_score(y, predicted, average=average, zero_division=0), abs=1e-6)
+                skm.f1_score(y, predicted, average=average, zero_division=0), abs=1e-6
+            )
     assert float(ml.label_ranking_average_precision(scores, y)) == pytest.approx(
-        skm.label_ranking_average_precision_score(y, scores), abs=1e-6)
+        skm.label_ranking_average_precision_score(y, scores), abs=1e-6
+    )
     assert float(ml.subset_accuracy(scores, y)) == pytest.approx(skm.accuracy_score(y, predicted))
     assert float(ml.hamming_loss(scores, y)) == pytest.approx(skm.hamming_loss(y, predicted))
 
@@ -129,8 +143,9 @@ def test_float16_memmap_and_chunking(tmp_path, monkeypatch):
     whole = ml.summarize(mapped, ml.label_set_matrix(sets, 40), threshold=0.5)
     monkeypatch.setattr(ml, "_CHUNK_ELEMENTS", 97)  # many small chunks: the same numbers
     chunked = ml.summarize(mapped, ml.label_set_matrix(sets, 40), threshold=0.5)
-    assert {k: v for k, v in whole.items() if k != "subgroup_accuracy"} == \
-        {k: v for k, v in chunked.items() if k != "subgroup_accuracy"}
+    assert {k: v for k, v in whole.items() if k != "subgroup_accuracy"} == {
+        k: v for k, v in chunked.items() if k != "subgroup_accuracy"
+    }
 
 
 def test_bootstrap_intervals_hold_the_estimate():

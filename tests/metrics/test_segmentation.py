@@ -47,13 +47,15 @@ def test_dice_against_monai(dim, include_background, seed):
     assert ours.shape == theirs.shape == (b, k if include_background else k - 1)
     torch.testing.assert_close(ours, theirs.float(), atol=1e-6, rtol=0)
     # MONAI's own label-map input path agrees too.
-    theirs_idx = compute_dice(pred[:, None], target[:, None], include_background=include_background,
-                              ignore_empty=False, num_classes=k)
+    theirs_idx = compute_dice(
+        pred[:, None], target[:, None], include_background=include_background, ignore_empty=False, num_classes=k
+    )
     torch.testing.assert_close(ours, theirs_idx.float(), atol=1e-6, rtol=0)
     # One-hot input gives the same as label maps.
     torch.testing.assert_close(dice(p1, t1, include_background=include_background, empty=1.0), ours)
-    torch.testing.assert_close(dice(p1.bool(), t1.to(torch.uint8), include_background=include_background,
-                                    empty=1.0), ours)
+    torch.testing.assert_close(
+        dice(p1.bool(), t1.to(torch.uint8), include_background=include_background, empty=1.0), ours
+    )
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -77,7 +79,9 @@ def test_empty_masks_nan_against_monai(dim):
     # DiceMetric's mean over non-nan entries equals our nanmean where the nan patterns agree.
     metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
     metric(one_hot(pred, k), one_hot(target, k))
-    assert float(mean_dice(pred, target, num_classes=k, empty=1.0)) == pytest.approx(float(metric.aggregate()), abs=1e-6)
+    assert float(mean_dice(pred, target, num_classes=k, empty=1.0)) == pytest.approx(
+        float(metric.aggregate()), abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("include_background", [False, True])
@@ -87,7 +91,9 @@ def test_iou_against_monai(dim, include_background):
     target = random_labels(b, k, SPATIAL[dim], 11)
     pred = noisy_copy(target, k, 0.4, 12)
     ours = iou(pred, target, num_classes=k, include_background=include_background, empty=1.0)
-    theirs = compute_iou(one_hot(pred, k), one_hot(target, k), include_background=include_background, ignore_empty=False)
+    theirs = compute_iou(
+        one_hot(pred, k), one_hot(target, k), include_background=include_background, ignore_empty=False
+    )
     torch.testing.assert_close(ours, theirs.float(), atol=1e-6, rtol=0)
     d = dice(pred, target, num_classes=k, include_background=include_background, empty=1.0)
     torch.testing.assert_close(ours, d / (2 - d), atol=1e-6, rtol=0)

@@ -49,10 +49,12 @@ def test_distances_match_monai(shape, spacing):
         pt, tt = torch.as_tensor(p)[None, None].float(), torch.as_tensor(t)[None, None].float()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ref_hd = float(compute_hausdorff_distance(pt, tt, include_background=True, percentile=95,
-                                                      spacing=list(spacing)))
-            ref_asd = float(compute_average_surface_distance(pt, tt, include_background=True, symmetric=True,
-                                                             spacing=list(spacing)))
+            ref_hd = float(
+                compute_hausdorff_distance(pt, tt, include_background=True, percentile=95, spacing=list(spacing))
+            )
+            ref_asd = float(
+                compute_average_surface_distance(pt, tt, include_background=True, symmetric=True, spacing=list(spacing))
+            )
         assert hd95(p, t, spacing) == pytest.approx(ref_hd, rel=1e-4)
         assert assd(p, t, spacing) == pytest.approx(ref_asd, rel=1e-4)
         # the two exact nearest-surface methods agree
@@ -134,8 +136,17 @@ def test_cldice_self_is_one(shape):
         m = blob(rng, shape, threshold=0.55)
         assert cldice(m, m) == 1.0
         assert segmentation_scores(m, m, 0.5) == pytest.approx(
-            {"dice": 1, "iou": 1, "precision": 1, "sensitivity": 1, "volumetric_similarity": 1, "hd95": 0,
-             "assd": 0, "cldice": 1})
+            {
+                "dice": 1,
+                "iou": 1,
+                "precision": 1,
+                "sensitivity": 1,
+                "volumetric_similarity": 1,
+                "hd95": 0,
+                "assd": 0,
+                "cldice": 1,
+            }
+        )
 
 
 def test_empty_conventions():
@@ -146,10 +157,20 @@ def test_empty_conventions():
     assert list(both) == list(SCORE_NAMES) and all(math.isnan(v) for v in both.values())
     no_pred = segmentation_scores(z, m)
     assert {k: v for k, v in no_pred.items() if not math.isnan(v)} == {
-        "dice": 0, "iou": 0, "sensitivity": 0, "volumetric_similarity": 0, "cldice": 0}
+        "dice": 0,
+        "iou": 0,
+        "sensitivity": 0,
+        "volumetric_similarity": 0,
+        "cldice": 0,
+    }
     no_truth = segmentation_scores(m, z)
     assert {k: v for k, v in no_truth.items() if not math.isnan(v)} == {
-        "dice": 0, "iou": 0, "precision": 0, "volumetric_similarity": 0, "cldice": 0}
+        "dice": 0,
+        "iou": 0,
+        "precision": 0,
+        "volumetric_similarity": 0,
+        "cldice": 0,
+    }
     assert math.isnan(hd95(m, z)) and math.isnan(assd(z, m))
 
 
@@ -188,6 +209,5 @@ def test_one_empty_mask_distances_vs_monai():
             warnings.simplefilter("ignore")
             assert math.isnan(float(compute_hausdorff_distance(pt, tt, include_background=True, percentile=95)))
             assert math.isinf(float(compute_hausdorff_distance(pt, tt, include_background=True)))
-            assert math.isinf(float(compute_average_surface_distance(pt, tt, include_background=True,
-                                                                     symmetric=True)))
+            assert math.isinf(float(compute_average_surface_distance(pt, tt, include_background=True, symmetric=True)))
         assert math.isnan(hd95(p, t)) and math.isnan(assd(p, t))

@@ -18,7 +18,7 @@ SWIN = {"name": "swin", "channels": [12], "layers": [1, 1, 1, 1], "heads": [3, 3
 
 
 def _names(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    return {k[len(prefix):]: tuple(v.shape) for k, v in module.state_dict().items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: tuple(v.shape) for k, v in module.state_dict().items() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -73,8 +73,9 @@ def test_masked_tokens_ignore_what_the_masked_patches_hold(model):
     x = torch.randn(2, 1, 16, 16)
     mask = torch.zeros(2, 1, 16, 16)
     mask[:, :, :8, 4:12] = 1  # whole 4 x 4 patches (ViT tokens; Swin's 1 x 1 patches)
-    assert torch.allclose(backbone.masked_features(x, torch.zeros_like(mask), token)[-1], backbone.features(x)[-1],
-                          atol=1e-6)  # nothing masked: the plain features
+    assert torch.allclose(
+        backbone.masked_features(x, torch.zeros_like(mask), token)[-1], backbone.features(x)[-1], atol=1e-6
+    )  # nothing masked: the plain features
     changed = x + 5 * mask * torch.randn_like(x)
     a, b = backbone.masked_features(x, mask, token)[-1], backbone.masked_features(changed, mask, token)[-1]
     assert torch.allclose(a, b, atol=1e-5)

@@ -37,27 +37,53 @@ def make_classification_run(root: Path, name: str = "cls-run", config_note: str 
     """A finished 2D classification run: 3 classes, val at steps 20/40/60, best val accuracy 0.8125 at 40."""
     run = root / name
     run.mkdir(parents=True)
-    config = {"name": name, "method": "supervised", "note": config_note,
-              "data": {"task": "classification", "batch_size": 8}, "trainer": {"max_steps": 60}}
+    config = {
+        "name": name,
+        "method": "supervised",
+        "note": config_note,
+        "data": {"task": "classification", "batch_size": 8},
+        "trainer": {"max_steps": 60},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     records = []
     for step in range(10, 70, 10):
-        records.append({"step": step, "split": "train", "time": step / 10, "loss": 2.0 / step * 10,
-                        "loss/ce": 1.5 / step * 10, "loss/reg": 0.5 / step * 10, "lr": 0.001})
+        records.append(
+            {
+                "step": step,
+                "split": "train",
+                "time": step / 10,
+                "loss": 2.0 / step * 10,
+                "loss/ce": 1.5 / step * 10,
+                "loss/reg": 0.5 / step * 10,
+                "lr": 0.001,
+            }
+        )
     for step, acc, loss in [(20, 0.5, 1.2), (40, 0.8125, 0.7), (60, 0.75, 0.55)]:
-        records.append({"step": step, "split": "val", "time": step / 10, "accuracy": acc, "loss": loss,
-                        "macro_f1": acc - 0.1})
+        records.append(
+            {"step": step, "split": "val", "time": step / 10, "accuracy": acc, "loss": loss, "macro_f1": acc - 0.1}
+        )
     records.append({"step": 60, "split": "test", "time": 7.0, "accuracy": 0.7917, "loss": 0.61, "macro_f1": 0.69})
     _write_jsonl(run / "metrics.jsonl", records)
-    summary = {"name": name, "status": "completed", "step": 60, "max_steps": 60, "message": "",
-               "test": {"accuracy": 0.7917, "loss": 0.61, "macro_f1": 0.69}, "wall_time_s": 83.2,
-               "labelwise_version": labelwise.__version__}
+    summary = {
+        "name": name,
+        "status": "completed",
+        "step": 60,
+        "max_steps": 60,
+        "message": "",
+        "test": {"accuracy": 0.7917, "loss": 0.61, "macro_f1": 0.69},
+        "wall_time_s": 83.2,
+        "labelwise_version": labelwise.__version__,
+    }
     (run / "summary.json").write_text(json.dumps(summary))
     rng = np.random.default_rng(0)
-    _write_npz(run / "predictions" / "samples.npz",
-               image=rng.normal(size=(6, 1, 16, 16)).astype(np.float32),
-               target=np.array([0, 1, 2, 0, 1, 2]), prediction=np.array([0, 1, 1, 0, 2, 2]),
-               task=np.array("classification"), class_names=np.array(["circle", "square", "triangle"]))
+    _write_npz(
+        run / "predictions" / "samples.npz",
+        image=rng.normal(size=(6, 1, 16, 16)).astype(np.float32),
+        target=np.array([0, 1, 2, 0, 1, 2]),
+        prediction=np.array([0, 1, 1, 0, 2, 2]),
+        task=np.array("classification"),
+        class_names=np.array(["circle", "square", "triangle"]),
+    )
     return run
 
 
@@ -66,12 +92,23 @@ def make_segmentation_3d_run(root: Path, name: str = "seg3d-run") -> Path:
     run = root / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"name": name, "data": {"task": "segmentation"}}))
-    records = [{"step": s, "split": "train", "time": s, "loss": 1.0 / s, "loss/dice": 0.6 / s, "lr": 0.01} for s in (1, 2, 3, 4)]
-    records += [{"step": 2, "split": "val", "time": 2, "dice": 0.41, "dice/liver": 0.5, "dice/tumour": 0.32},
-                {"step": 4, "split": "val", "time": 4, "dice": 0.38, "dice/liver": 0.55, "dice/tumour": None}]
+    records = [
+        {"step": s, "split": "train", "time": s, "loss": 1.0 / s, "loss/dice": 0.6 / s, "lr": 0.01}
+        for s in (1, 2, 3, 4)
+    ]
+    records += [
+        {"step": 2, "split": "val", "time": 2, "dice": 0.41, "dice/liver": 0.5, "dice/tumour": 0.32},
+        {"step": 4, "split": "val", "time": 4, "dice": 0.38, "dice/liver": 0.55, "dice/tumour": None},
+    ]
     _write_jsonl(run / "metrics.jsonl", records, extra_lines=("this is not json", '{"step": 5, "split": "tra'))
-    summary = {"name": name, "status": "interrupted", "step": 4, "max_steps": 10,
-               "message": "interrupted at step 4; resume with --resume", "test": {}}
+    summary = {
+        "name": name,
+        "status": "interrupted",
+        "step": 4,
+        "max_steps": 10,
+        "message": "interrupted at step 4; resume with --resume",
+        "test": {},
+    }
     (run / "summary.json").write_text(json.dumps(summary))
     image = np.zeros((3, 1, 8, 16, 16), np.float32)
     target = np.zeros((3, 8, 16, 16), np.int64)
@@ -79,8 +116,14 @@ def make_segmentation_3d_run(root: Path, name: str = "seg3d-run") -> Path:
     target[:, 3:5, 6:9, 6:9] = 2
     image += target[:, None] * 0.5 + np.random.default_rng(1).normal(0, 0.1, image.shape).astype(np.float32)
     prediction = np.roll(target, 1, axis=-1)
-    _write_npz(run / "predictions" / "samples.npz", image=image, target=target, prediction=prediction,
-               task=np.array("segmentation"), class_names=np.array(["liver", "tumour"]))
+    _write_npz(
+        run / "predictions" / "samples.npz",
+        image=image,
+        target=target,
+        prediction=prediction,
+        task=np.array("segmentation"),
+        class_names=np.array(["liver", "tumour"]),
+    )
     return run
 
 
@@ -182,8 +225,12 @@ def test_missing_files(tmp_path):
     run = tmp_path / "empty"
     run.mkdir()
     html = build_report(run).read_text()
-    for missing in ("summary.json is missing", "metrics.jsonl is missing", "config.yaml is missing",
-                    "predictions/samples.npz is missing"):
+    for missing in (
+        "summary.json is missing",
+        "metrics.jsonl is missing",
+        "config.yaml is missing",
+        "predictions/samples.npz is missing",
+    ):
         assert missing in html
     assert "data:image/png" not in html
     assert "empty" in html and "unknown" in html  # name falls back to the folder
@@ -226,9 +273,15 @@ def test_figures_directly():
     mask = np.random.default_rng(0).integers(0, 5, size=(10, 12, 12))
     png = samples_png({"image": np.ones((10, 3, 12, 12), np.float32), "target": mask, "prediction": mask})
     assert Image.open(io.BytesIO(png)).width > 100
-    png = samples_png({"image": np.zeros((2, 1, 4, 8, 8), np.float32), "target": np.array([0, 1]),
-                       "prediction": np.array([1, 1]), "task": np.array("classification"),
-                       "class_names": np.array([], dtype=str)})  # what the trainer writes without names
+    png = samples_png(
+        {
+            "image": np.zeros((2, 1, 4, 8, 8), np.float32),
+            "target": np.array([0, 1]),
+            "prediction": np.array([1, 1]),
+            "task": np.array("classification"),
+            "class_names": np.array([], dtype=str),
+        }
+    )  # what the trainer writes without names
     assert png.startswith(PNG_MAGIC)
 
 
@@ -241,9 +294,15 @@ def test_samples_line_only_where_samples_npz_is_expected(tmp_path):
     from labelwise.training import train
 
     manifest = make_set(tmp_path / "data", shape=(8, 12, 12))
-    cfg = load_config({"name": "seg", "seed": 0, "method": "frangi",
-                       "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
-                       "trainer": {"max_steps": 1, "checkpoint_every": 1}})
+    cfg = load_config(
+        {
+            "name": "seg",
+            "seed": 0,
+            "method": "frangi",
+            "data": {"manifest": str(manifest), "task": "segmentation", "batch_size": 1},
+            "trainer": {"max_steps": 1, "checkpoint_every": 1},
+        }
+    )
     assert train(cfg, tmp_path / "seg").status == "completed"
     assert (tmp_path / "seg" / "predictions" / "test").is_dir()
     assert not (tmp_path / "seg" / "predictions" / "samples.npz").exists()
@@ -284,7 +343,9 @@ def test_segmentation_section_counts_the_cases_behind_each_mean(tmp_path):
     hd95, dice = columns.index("HD95"), columns.index("Dice")
     assert rows["label"][0] == "4" and rows["label"][hd95] == "0.5 ± 0.5774"  # all 4 cases: no count shown
     assert rows["truth"][hd95] == "0.5 ± 0.7071 (n=2)" and rows["truth"][dice] == "0.4375 ± 0.5154"
-    assert ("against truth: HD95/ASSD: 2 of 4 cases have an empty prediction; the distances are undefined there "
-            "(nan, as MONAI&#39;s HD95 gives; its ASSD gives inf with one mask empty) and their mean is over 2 "
-            "cases") in " ".join(html.split())
+    assert (
+        "against truth: HD95/ASSD: 2 of 4 cases have an empty prediction; the distances are undefined there "
+        "(nan, as MONAI&#39;s HD95 gives; its ASSD gives inf with one mask empty) and their mean is over 2 "
+        "cases"
+    ) in " ".join(html.split())
     assert "against label:" not in html

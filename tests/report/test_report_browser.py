@@ -13,8 +13,16 @@ import yaml
 from labelwise.report import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -22,19 +30,42 @@ def _fake_run(root: Path) -> Path:
     """A small finished classification run directory, written by hand."""
     run = root / "browser-run"
     (run / "predictions").mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"name": "browser-run", "method": "supervised",
-                                                     "data": {"task": "classification", "batch_size": 8}}))
-    lines = [{"step": s, "split": "train", "time": s, "loss": 3.0 / s, "loss/ce": 2.0 / s, "lr": 1e-3} for s in range(1, 31)]
-    lines += [{"step": s, "split": "val", "time": s, "accuracy": a, "loss": 1.5 - a} for s, a in [(10, 0.55), (20, 0.875), (30, 0.8)]]
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(
+            {"name": "browser-run", "method": "supervised", "data": {"task": "classification", "batch_size": 8}}
+        )
+    )
+    lines = [
+        {"step": s, "split": "train", "time": s, "loss": 3.0 / s, "loss/ce": 2.0 / s, "lr": 1e-3} for s in range(1, 31)
+    ]
+    lines += [
+        {"step": s, "split": "val", "time": s, "accuracy": a, "loss": 1.5 - a}
+        for s, a in [(10, 0.55), (20, 0.875), (30, 0.8)]
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    (run / "summary.json").write_text(json.dumps({"name": "browser-run", "status": "completed", "step": 30,
-                                                  "max_steps": 30, "message": "", "test": {"accuracy": 0.8333, "loss": 0.7},
-                                                  "wall_time_s": 12.5}))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "name": "browser-run",
+                "status": "completed",
+                "step": 30,
+                "max_steps": 30,
+                "message": "",
+                "test": {"accuracy": 0.8333, "loss": 0.7},
+                "wall_time_s": 12.5,
+            }
+        )
+    )
     yy, xx = np.mgrid[:32, :32]
     image = np.stack([np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / (20.0 + 15 * i)) for i in range(8)])[:, None]
-    np.savez_compressed(run / "predictions" / "samples.npz", image=image.astype(np.float32),
-                        target=np.arange(8) % 3, prediction=np.array([0, 1, 2, 0, 2, 2, 0, 1]),
-                        task=np.array("classification"), class_names=np.array(["small", "medium", "large"]))
+    np.savez_compressed(
+        run / "predictions" / "samples.npz",
+        image=image.astype(np.float32),
+        target=np.arange(8) % 3,
+        prediction=np.array([0, 1, 2, 0, 2, 2, 0, 1]),
+        task=np.array("classification"),
+        class_names=np.array(["small", "medium", "large"]),
+    )
     return run
 
 

@@ -39,8 +39,16 @@ from labelwise.report.fairness import (
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 REPO = Path(__file__).resolve().parents[2]
 RESAMPLES = 200  # bootstrap resamples of the AUC interval: enough for a test
 
@@ -65,28 +73,40 @@ def cases(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str
 
 def evaluation_binary(probability, target, attributes) -> dict:
     """test_evaluation.json of a binary run, read back as JSON."""
-    result = {"kind": "binary", "class_names": ["normal", "glaucoma"],
-              **summarize_binary(probability, target, attributes, resamples=RESAMPLES)}
+    result = {
+        "kind": "binary",
+        "class_names": ["normal", "glaucoma"],
+        **summarize_binary(probability, target, attributes, resamples=RESAMPLES),
+    }
     return json.loads(json.dumps(result, allow_nan=False))
 
 
 def evaluation_multilabel(probability, target, attributes, names) -> dict:
     """test_evaluation.json of a multi-label run: per label summarize_binary, top-level keys their macro means."""
-    per_label = {name: summarize_binary(probability[:, k], target[:, k], attributes, resamples=RESAMPLES)
-                 for k, name in enumerate(names)}
+    per_label = {
+        name: summarize_binary(probability[:, k], target[:, k], attributes, resamples=RESAMPLES)
+        for k, name in enumerate(names)
+    }
 
     def mean(values):
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if values else None
 
     keys = ("auc", "accuracy", "balanced_accuracy", "macro_f1", "sensitivity_at_90_specificity", "ece")
-    result = {"kind": "multilabel", "class_names": list(names), "n": int(target.shape[0]),
-              **{key: mean(e[key] for e in per_label.values()) for key in keys},
-              "auc_ci": [mean(e["auc_ci"][i] for e in per_label.values()) for i in (0, 1)],
-              "group_auc": {a: {g: mean(e["group_auc"][a][g] for e in per_label.values())
-                                for g in per_label[names[0]]["group_auc"][a]} for a in attributes},
-              "group_notes": {}, "es_auc": {a: mean(e["es_auc"][a] for e in per_label.values()) for a in attributes},
-              "per_label": per_label}
+    result = {
+        "kind": "multilabel",
+        "class_names": list(names),
+        "n": int(target.shape[0]),
+        **{key: mean(e[key] for e in per_label.values()) for key in keys},
+        "auc_ci": [mean(e["auc_ci"][i] for e in per_label.values()) for i in (0, 1)],
+        "group_auc": {
+            a: {g: mean(e["group_auc"][a][g] for e in per_label.values()) for g in per_label[names[0]]["group_auc"][a]}
+            for a in attributes
+        },
+        "group_notes": {},
+        "es_auc": {a: mean(e["es_auc"][a] for e in per_label.values()) for a in attributes},
+        "per_label": per_label,
+    }
     return json.loads(json.dumps(result, allow_nan=False))
 
 
@@ -103,9 +123,13 @@ def add_predictions(run: Path, probability, target, attributes, evaluation) -> N
     probability = np.asarray(probability, np.float32)
     if probability.ndim == 1:
         probability = np.stack([1 - probability, probability], axis=1)
-    arrays = {"probability": probability, "target": np.asarray(target, np.int64),
-              "prediction": (probability > 0.5).astype(np.int64) if target.ndim == 2 else probability.argmax(1),
-              "index": np.arange(len(target)), **{f"attribute_{k}": np.asarray(v, dtype=str) for k, v in attributes.items()}}
+    arrays = {
+        "probability": probability,
+        "target": np.asarray(target, np.int64),
+        "prediction": (probability > 0.5).astype(np.int64) if target.ndim == 2 else probability.argmax(1),
+        "index": np.arange(len(target)),
+        **{f"attribute_{k}": np.asarray(v, dtype=str) for k, v in attributes.items()},
+    }
     (run / "predictions").mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run / "predictions" / "test.npz", **arrays)
     (run / "predictions" / "test_evaluation.json").write_text(json.dumps(evaluation))
@@ -183,17 +207,26 @@ def test_fairness_rows_equal_the_json():
         assert (row["n"], row["positives"]) == (int(member.sum()), int(target[member].sum()))
         if row["auc"] is None:
             assert (attribute, group) == ("site", "s3") and row["gap"] is None
-            assert row["note"] == evaluation["group_notes"]["site"]["s3"] == f"no AUC: all {row['n']} cases are negative"
+            assert (
+                row["note"] == evaluation["group_notes"]["site"]["s3"] == f"no AUC: all {row['n']} cases are negative"
+            )
         else:
             assert row["gap"] == pytest.approx(abs(evaluation["auc"] - row["auc"]))
             assert row["note"] is None
 
 
 def test_fairness_rows_take_counts_from_the_evaluation():
-    evaluation = {"auc": 0.8, "n": 10, "positives": 4, "es_auc": {"sex": 0.7, "age": None},
-                  "group_auc": {"sex": {"F": {"auc": 0.9, "n": 6, "positives": 3}, "M": {"auc": None, "n": 4, "positives": 0}},
-                                "age": {"old": 0.75, "young": None}},
-                  "group_n": {"age": {"old": [7, 2], "young": [3, 3]}}}
+    evaluation = {
+        "auc": 0.8,
+        "n": 10,
+        "positives": 4,
+        "es_auc": {"sex": 0.7, "age": None},
+        "group_auc": {
+            "sex": {"F": {"auc": 0.9, "n": 6, "positives": 3}, "M": {"auc": None, "n": 4, "positives": 0}},
+            "age": {"old": 0.75, "young": None},
+        },
+        "group_n": {"age": {"old": [7, 2], "young": [3, 3]}},
+    }
     rows = {(r["attribute"], r["group"]): r for r in fairness_rows(evaluation)}
     assert (rows["sex", "F"]["n"], rows["sex", "F"]["positives"], rows["sex", "F"]["auc"]) == (6, 3, 0.9)
     assert rows["sex", "F"]["gap"] == pytest.approx(0.1)
@@ -212,8 +245,12 @@ def test_label_rows_equal_the_json():
     assert [r["label"] for r in rows] == [*names, "macro mean"]
     for row, name in zip(rows, names, strict=False):
         entry = evaluation["per_label"][name]
-        assert (row["n"], row["positives"], row["auc"], row["auc_ci"]) == (entry["n"], entry["positives"], entry["auc"],
-                                                                           entry["auc_ci"])
+        assert (row["n"], row["positives"], row["auc"], row["auc_ci"]) == (
+            entry["n"],
+            entry["positives"],
+            entry["auc"],
+            entry["auc_ci"],
+        )
         assert row["es_auc"] == entry["es_auc"] and not row["macro"]
     assert rows[-1]["macro"] and rows[-1]["auc"] == evaluation["auc"] and rows[-1]["es_auc"] == evaluation["es_auc"]
 
@@ -233,8 +270,15 @@ def test_run_report_has_the_fairness_section(tmp_path):
     assert headline["ES-AUC · race"][0] == f"{evaluation['es_auc']['race']:.4g}"
     table = rows_of(html, "fairness-table")
     assert len(table) == 11
-    assert ["site", "(all)", "240", str(evaluation["positives"]), f"{evaluation['auc']:.4g}", "",
-            f"{evaluation['es_auc']['site']:.4g}"] in table
+    assert [
+        "site",
+        "(all)",
+        "240",
+        str(evaluation["positives"]),
+        f"{evaluation['auc']:.4g}",
+        "",
+        f"{evaluation['es_auc']['site']:.4g}",
+    ] in table
     s3 = next(row for row in table if row[1] == "s3")
     assert s3[4].startswith("no AUC: all") and s3[5] == "—"
     assert ES_AUC_DEFINITION.startswith("ES-AUC = AUC / (1 + Σ_groups |AUC − AUC_group|) (Luo et al., ICCV 2023)")
@@ -296,8 +340,14 @@ def test_missing_predictions_and_unreadable_evaluation(tmp_path):
     assert notes == ["predictions/test.npz has no target array: no ROC curves"]
 
     probability2 = np.stack([1 - probability, probability], axis=1)
-    np.savez(run / "predictions" / "test.npz", probability=probability2, target=target, attribute_race=attributes["race"],
-             attribute_site=np.array(list(attributes["site"]), dtype=object), attribute_male=attributes["male"][:5])
+    np.savez(
+        run / "predictions" / "test.npz",
+        probability=probability2,
+        target=target,
+        attribute_race=attributes["race"],
+        attribute_site=np.array(list(attributes["site"]), dtype=object),
+        attribute_male=attributes["male"][:5],
+    )
     notes = []
     section = fairness_section(run, notes)
     assert section["figure"] is not None and len(notes) == 2
@@ -312,8 +362,9 @@ def test_standalone_report(tmp_path):
     probability, target, attributes = cases()
     attributes["race"] = np.where(attributes["race"] == "white", XSS, attributes["race"])
     evaluation = evaluation_binary(probability, target, attributes)
-    out = build_fairness_report(evaluation, probability, target, attributes, tmp_path / "out" / "fairness.html",
-                                title="Glaucoma <b>")
+    out = build_fairness_report(
+        evaluation, probability, target, attributes, tmp_path / "out" / "fairness.html", title="Glaucoma <b>"
+    )
     html = out.read_text()
     assert html.startswith("<!DOCTYPE html>") and "<title>Glaucoma &lt;b&gt; · labelwise evaluation</title>" in html
     assert XSS not in html and XSS_ESCAPED in html and "<script" not in html

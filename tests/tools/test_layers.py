@@ -24,21 +24,24 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_checker_finds_each_kind_of_violation(tmp_path):
-    package = _tree(tmp_path, {
-        "__init__.py": "",
-        "metrics/__init__.py": "",
-        "metrics/dice.py": "def f():\n    from labelwise.inference.run import load_run  # a lazy import still counts\n",
-        "engine/__init__.py": "",
-        "engine/trainer.py": "from labelwise.methods import METHODS\n",
-        "methods/__init__.py": "METHODS = {}\n",
-        "inference/__init__.py": "from labelwise.explain.outputs import _png\n",
-        "explain/__init__.py": "",
-        "explain/outputs.py": "from labelwise.data import reader\n",
-        "data/__init__.py": "",
-        "data/reader.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from labelwise.config import Config\n"
-                          "from labelwise.explain import outputs\n",
-        "config.py": "from labelwise.methods import METHODS\n",
-    })
+    package = _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "metrics/__init__.py": "",
+            "metrics/dice.py": "def f():\n    from labelwise.inference.run import load_run  # a lazy import still counts\n",
+            "engine/__init__.py": "",
+            "engine/trainer.py": "from labelwise.methods import METHODS\n",
+            "methods/__init__.py": "METHODS = {}\n",
+            "inference/__init__.py": "from labelwise.explain.outputs import _png\n",
+            "explain/__init__.py": "",
+            "explain/outputs.py": "from labelwise.data import reader\n",
+            "data/__init__.py": "",
+            "data/reader.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from labelwise.config import Config\n"
+            "from labelwise.explain import outputs\n",
+            "config.py": "from labelwise.methods import METHODS\n",
+        },
+    )
     found = [str(v) for v in check(package)]
     assert any(v.startswith("labelwise/metrics/dice.py:2:") and "a higher layer" in v for v in found)
     assert any(v.startswith("labelwise/engine/trainer.py:1:") and "through its interface" in v for v in found)

@@ -36,9 +36,14 @@ _SHARED: dict[tuple, tuple] = {}  # (id(field), padding, inference mode) -> (wea
 _STACKED_3D_DEVICES = ("cpu",)  # where 3D warps run as 2D sampling of the stacked volume (see _Warper)
 
 
-def random_displacement(shape: Sequence[int], spacing: float = 6, magnitude: float = 0.02,
-                        generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                        dtype: torch.dtype = torch.float32) -> Tensor:
+def random_displacement(
+    shape: Sequence[int],
+    spacing: float = 6,
+    magnitude: float = 0.02,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Smooth random field ``(B, *spatial, d)`` for ``shape`` ``(B, *spatial)``, d = 2 or 3: 0 on the border voxels,
     ``|field| <= magnitude`` (normalised units); on ``device`` (default: the generator's), drawn from ``generator``.
 
@@ -55,13 +60,15 @@ def random_displacement(shape: Sequence[int], spacing: float = 6, magnitude: flo
         raise ConfigError(f"magnitude must be a finite number >= 0 (normalised [-1, 1] units), got {magnitude!r}")
     if not dtype.is_floating_point:
         raise ConfigError(f"dtype must be a floating dtype, got {dtype}")
-    device = torch.device(device) if device is not None else (generator.device if generator is not None
-                                                                else torch.device("cpu"))
+    device = (
+        torch.device(device)
+        if device is not None
+        else (generator.device if generator is not None else torch.device("cpu"))
+    )
     d = len(spatial)
     points = [max(3, round((s - 1) / spacing) + 1) for s in spatial]
     draw_device = generator.device if generator is not None else device
-    coeffs = torch.rand((shape[0], d, *(n - 2 for n in points)), generator=generator, device=draw_device,
-                        dtype=dtype)
+    coeffs = torch.rand((shape[0], d, *(n - 2 for n in points)), generator=generator, device=draw_device, dtype=dtype)
     coeffs = coeffs.to(device).mul_(2 * magnitude).sub_(magnitude)
     mats = [_bspline_matrix(n, s, device, dtype) for n, s in zip(points, spatial)]
     # channels are i.i.d.: channel k is read as grid coordinate k (x, y[, z]); spatial axes keep (D, H, W) order
@@ -81,8 +88,12 @@ def warp(x: Tensor, field: Tensor, mode: Mode = "bilinear", padding_mode: Paddin
     return _warper(field.to(x.device), padding_mode)(x, mode)
 
 
-def elastic_deform(tensors: Sequence[Tensor], field: Tensor, modes: Mode | Sequence[Mode] | None = None,
-                   padding_mode: PaddingMode = "border") -> tuple[Tensor, ...]:
+def elastic_deform(
+    tensors: Sequence[Tensor],
+    field: Tensor,
+    modes: Mode | Sequence[Mode] | None = None,
+    padding_mode: PaddingMode = "border",
+) -> tuple[Tensor, ...]:
     """Each of ``tensors`` ``(B, C_i, *spatial)`` warped by the one ``field`` ``(B or 1, *spatial, d)``.
 
     ``modes``: one per tensor, one for all, or None: ``bilinear`` for floating tensors, ``nearest`` for the rest."""
@@ -92,8 +103,9 @@ def elastic_deform(tensors: Sequence[Tensor], field: Tensor, modes: Mode | Seque
     modes = list(modes)
     if len(modes) != len(tensors):
         raise ConfigError(f"modes: expected one mode per tensor ({len(tensors)}), got {len(modes)}: {modes!r}")
-    modes = [m if m is not None else ("bilinear" if t.dtype.is_floating_point else "nearest")
-             for m, t in zip(modes, tensors)]
+    modes = [
+        m if m is not None else ("bilinear" if t.dtype.is_floating_point else "nearest") for m, t in zip(modes, tensors)
+    ]
     for t, m in zip(tensors, modes):
         _check_pair(t, field)
         _check_modes(m, padding_mode)
@@ -105,43 +117,59 @@ class RandomElastic:
     """DS6's augmentation: per call, a spacing and a magnitude drawn uniformly from their ranges (a number: fixed),
     one field (:func:`random_displacement`) for every tensor; returns ``(warped tensors, field)``."""
 
-    def __init__(self, spacing: float | tuple[float, float] = (5, 7),
-                 magnitude: float | tuple[float, float] = (0.01, 0.03), padding_mode: PaddingMode = "border",
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        spacing: float | tuple[float, float] = (5, 7),
+        magnitude: float | tuple[float, float] = (0.01, 0.03),
+        padding_mode: PaddingMode = "border",
+        generator: torch.Generator | None = None,
+    ):
         self.spacing = _range("spacing", spacing, low=0, strict=True)
         self.magnitude = _range("magnitude", magnitude, low=0, strict=False)
         _check_modes("bilinear", padding_mode)
         self.padding_mode = padding_mode
         self.generator = generator
 
-    def sample(self, shape: Sequence[int], device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> Tensor:
+    def sample(
+        self, shape: Sequence[int], device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         """A field ``(B, *spatial, d)`` for ``shape`` ``(B, *spatial)``, with a freshly drawn spacing and magnitude."""
-        u = torch.rand(2, generator=self.generator, dtype=torch.float64,
-                       device=self.generator.device if self.generator is not None else "cpu").tolist()
+        u = torch.rand(
+            2,
+            generator=self.generator,
+            dtype=torch.float64,
+            device=self.generator.device if self.generator is not None else "cpu",
+        ).tolist()
         spacing = self.spacing[0] + u[0] * (self.spacing[1] - self.spacing[0])
         magnitude = self.magnitude[0] + u[1] * (self.magnitude[1] - self.magnitude[0])
         return random_displacement(shape, spacing, magnitude, self.generator, device, dtype)
 
-    def __call__(self, *tensors: Tensor,
-                 modes: Mode | Sequence[Mode] | None = None) -> tuple[tuple[Tensor, ...], Tensor]:
+    def __call__(
+        self, *tensors: Tensor, modes: Mode | Sequence[Mode] | None = None
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
         """``tensors`` ``(B, C_i, *spatial)`` sharing B and spatial -> (one warped tensor per input, field)."""
         if not tensors:
             raise ConfigError("RandomElastic: expected at least one tensor (B, C, *spatial), got none")
         first = tensors[0]
         for i, t in enumerate(tensors):
-            if not isinstance(t, Tensor) or t.ndim not in (4, 5) or tuple(t.shape[:1]) + tuple(t.shape[2:]) != (
-                    tuple(first.shape[:1]) + tuple(first.shape[2:])):
+            if (
+                not isinstance(t, Tensor)
+                or t.ndim not in (4, 5)
+                or tuple(t.shape[:1]) + tuple(t.shape[2:]) != (tuple(first.shape[:1]) + tuple(first.shape[2:]))
+            ):
                 got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                raise DataError(f"RandomElastic: tensor {i} has shape {got}, expected (B, C, *spatial) with B and "
-                                f"spatial like tensor 0 (B={first.shape[0]}, spatial {tuple(first.shape[2:])}), "
-                                "2 or 3 spatial axes")
+                raise DataError(
+                    f"RandomElastic: tensor {i} has shape {got}, expected (B, C, *spatial) with B and "
+                    f"spatial like tensor 0 (B={first.shape[0]}, spatial {tuple(first.shape[2:])}), "
+                    "2 or 3 spatial axes"
+                )
         dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
         field = self.sample((first.shape[0], *first.shape[2:]), first.device, dtype)
         return elastic_deform(tensors, field, modes, self.padding_mode), field
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
+
 
 def _cached(store: OrderedDict, limit: int, key: tuple, build: Callable[[], Tensor]) -> Tensor:
     """``store[key]``, built on a miss (outside inference mode, so usable anywhere); the oldest beyond ``limit`` go."""
@@ -237,8 +265,10 @@ class _Warper:
         if x.dtype.is_floating_point:
             dtype = torch.promote_types(x.dtype, self.field.dtype)
         elif mode != "nearest":
-            raise ConfigError(f"mode={mode!r} needs a floating tensor, got x of dtype {x.dtype}; use mode='nearest' "
-                              "for integer or boolean labels")
+            raise ConfigError(
+                f"mode={mode!r} needs a floating tensor, got x of dtype {x.dtype}; use mode='nearest' "
+                "for integer or boolean labels"
+            )
         else:
             dtype = _exact_float(x)
         b = x.shape[0]
@@ -248,8 +278,10 @@ class _Warper:
             return out.to(x.dtype)
         grid, rows = self._expand(self._plan(dtype, "stacked"), b), (x.shape[2] + 1) * (x.shape[3] + 2)
         padded = _padded(x, dtype, zeros=self.padding_mode == "zeros")
-        low, high = (F.grid_sample(part, grid, mode=mode, padding_mode=self.padding_mode, align_corners=True)
-                     .view(x.shape) for part in (padded[:, :, :rows], padded[:, :, -rows:]))
+        low, high = (
+            F.grid_sample(part, grid, mode=mode, padding_mode=self.padding_mode, align_corners=True).view(x.shape)
+            for part in (padded[:, :, :rows], padded[:, :, -rows:])
+        )
         grad = torch.is_grad_enabled() and (low.requires_grad or self.field.requires_grad)
         if mode == "nearest":
             upper = self._plan(dtype, "upper")
@@ -360,8 +392,12 @@ def _check_pair(x: Tensor, field: Tensor) -> tuple[int, ...]:
     expected = f"(B or 1, {', '.join(map(str, spatial))}, {d}) for x of shape {tuple(x.shape)}"
     if not isinstance(field, Tensor):
         raise DataError(f"field must be a tensor {expected}, got {type(field).__name__}")
-    if (field.ndim != d + 2 or tuple(field.shape[1:-1]) != spatial or field.shape[-1] != d
-            or field.shape[0] not in (1, x.shape[0])):
+    if (
+        field.ndim != d + 2
+        or tuple(field.shape[1:-1]) != spatial
+        or field.shape[-1] != d
+        or field.shape[0] not in (1, x.shape[0])
+    ):
         raise DataError(f"field must have shape {expected}, got {tuple(field.shape)}")
     if not field.dtype.is_floating_point:
         raise DataError(f"field must be floating (normalised displacements), got dtype {field.dtype}")
@@ -384,10 +420,14 @@ def _range(name: str, value: float | tuple[float, float], low: float, strict: bo
     """A number or a (low, high) pair -> (low, high), checked to lie above ``low``."""
     pair = (value, value) if isinstance(value, (int, float)) else tuple(value) if isinstance(value, Sequence) else ()
     unit = " voxels" if name == "spacing" else " (normalised [-1, 1] units)"
-    ok = len(pair) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) and (v > low if strict else v >= low)
-                                for v in pair) and pair[0] <= pair[1]
+    ok = (
+        len(pair) == 2
+        and all(isinstance(v, (int, float)) and math.isfinite(v) and (v > low if strict else v >= low) for v in pair)
+        and pair[0] <= pair[1]
+    )
     if not ok:
         bound = f"> {low}" if strict else f">= {low}"
-        raise ConfigError(f"{name} must be a number or a (low, high) pair with low <= high, both {bound}{unit}, "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"{name} must be a number or a (low, high) pair with low <= high, both {bound}{unit}, got {value!r}"
+        )
     return float(pair[0]), float(pair[1])

@@ -107,8 +107,11 @@ class AugmentOptions(BaseModel):
             low, high = getattr(self, name).range
             if not 0 < low <= high:
                 raise ValueError(f"augment.{name}.range: expected 0 < low <= high, got [{low}, {high}]")
-        for name, (low, high) in (("blur.sigma", self.blur.sigma), ("elastic.spacing", self.elastic.spacing),
-                                  ("elastic.magnitude", self.elastic.magnitude)):
+        for name, (low, high) in (
+            ("blur.sigma", self.blur.sigma),
+            ("elastic.spacing", self.elastic.spacing),
+            ("elastic.magnitude", self.elastic.magnitude),
+        ):
             if not 0 <= low <= high or (name == "elastic.spacing" and low <= 0):
                 raise ValueError(f"augment.{name}: expected 0 <= low <= high, got [{low}, {high}]")
         return self
@@ -154,7 +157,9 @@ class Augment:
         if p == 0 or image.shape[-1] != image.shape[-2]:
             return image, mask
         u = _rand(None, (image.shape[0], 2), image.device)
-        turns = torch.where(u[:, 0] < p, 1 + (u[:, 1] * 3).floor().clamp(max=2).long(), torch.zeros_like(u[:, 0]).long())
+        turns = torch.where(
+            u[:, 0] < p, 1 + (u[:, 1] * 3).floor().clamp(max=2).long(), torch.zeros_like(u[:, 0]).long()
+        )
         outs = [image.clone(), None if mask is None else mask.clone()]
         for k in (1, 2, 3):
             chosen = torch.nonzero(turns == k).flatten()
@@ -188,11 +193,19 @@ class Augment:
         grid = F.affine_grid(theta.to(torch.float32), list(image.shape), align_corners=False)
         chosen = torch.nonzero(rotate | scale).flatten()
         work = image.float()
-        out = work.index_copy(0, chosen, F.grid_sample(work[chosen], grid[chosen], mode="bilinear",
-                                                         padding_mode="zeros", align_corners=False)).to(image.dtype)
+        out = work.index_copy(
+            0,
+            chosen,
+            F.grid_sample(work[chosen], grid[chosen], mode="bilinear", padding_mode="zeros", align_corners=False),
+        ).to(image.dtype)
         if mask is not None:
-            moved = F.grid_sample(mask[chosen].float(), grid[chosen], mode="nearest", padding_mode="zeros",
-                                  align_corners=False).round().to(mask.dtype)
+            moved = (
+                F.grid_sample(
+                    mask[chosen].float(), grid[chosen], mode="nearest", padding_mode="zeros", align_corners=False
+                )
+                .round()
+                .to(mask.dtype)
+            )
             mask = mask.index_copy(0, chosen, moved)
         return out, mask
 

@@ -39,8 +39,9 @@ _TRUNCATE = 3.0  # gaussian_blur's kernel radius, in units of the largest sigma 
 _STRONG_OPS = 6  # strong_view's choices: jitter, gamma, noise, blur, translate, identity
 
 
-def random_flip(x: Tensor, p: float = 0.5, axes: Sequence[int] | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+def random_flip(
+    x: Tensor, p: float = 0.5, axes: Sequence[int] | None = None, generator: torch.Generator | None = None
+) -> Tensor:
     """``x`` ``(B, C, *spatial)`` (any dtype) with each sample flipped along each of ``axes`` (spatial-axis indices
     0..d-1, negative allowed; default: all) independently with probability ``p``: same shape and dtype."""
     _check_x(x, floating=False)
@@ -64,9 +65,13 @@ def random_translate(x: Tensor, max_shift: float = 0.125, generator: torch.Gener
     return _resample(y, torch.ones_like(shift), -2 * shift, tuple(x.shape[2:]), "zeros").to(x.dtype)
 
 
-def random_resized_crop(x: Tensor, size: int | Sequence[int] | None = None,
-                        scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                        generator: torch.Generator | None = None) -> Tensor:
+def random_resized_crop(
+    x: Tensor,
+    size: int | Sequence[int] | None = None,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """``x`` ``(B, C, *spatial)`` -> ``(B, C, *size)`` (default: spatial): per sample, a box holding a uniform
     fraction in ``scale`` of the image's area (volume) at a log-uniform aspect ``ratio``, placed uniformly inside,
     resized by bilinear (trilinear) interpolation for the whole batch at once, without antialiasing.
@@ -81,8 +86,9 @@ def random_resized_crop(x: Tensor, size: int | Sequence[int] | None = None,
     return _resample(y, fractions, centre, _out_size(size, tuple(x.shape[2:])), "border").to(x.dtype)
 
 
-def intensity_jitter(x: Tensor, brightness: float = 0.4, contrast: float = 0.4,
-                     generator: torch.Generator | None = None) -> Tensor:
+def intensity_jitter(
+    x: Tensor, brightness: float = 0.4, contrast: float = 0.4, generator: torch.Generator | None = None
+) -> Tensor:
     """``x`` ``(B, C, *spatial)`` -> ``(x - m) * c + m + b * s`` per sample (one c and b for all its channels),
     ``m``, ``s``: the sample's mean and std over channels and space, ``c ~ U(1 - contrast, 1 + contrast)``,
     ``b ~ U(-brightness, brightness)`` (brightness in units of the sample's std): same shape and dtype."""
@@ -97,8 +103,9 @@ def intensity_jitter(x: Tensor, brightness: float = 0.4, contrast: float = 0.4,
     return ((y - mean) * c + mean + b * std).to(x.dtype)
 
 
-def random_gamma(x: Tensor, gamma: float | tuple[float, float] = (0.7, 1.5),
-                 generator: torch.Generator | None = None) -> Tensor:
+def random_gamma(
+    x: Tensor, gamma: float | tuple[float, float] = (0.7, 1.5), generator: torch.Generator | None = None
+) -> Tensor:
     """``x`` ``(B, C, *spatial)`` -> ``lo + (hi - lo) * ((x - lo) / (hi - lo)) ** g`` per sample, ``lo``/``hi`` the
     sample's min/max over channels and space, ``g ~ U(gamma)``: same shape and dtype, values kept in [lo, hi],
     constant samples unchanged."""
@@ -127,8 +134,9 @@ def gaussian_noise(x: Tensor, std: float = 0.1, generator: torch.Generator | Non
     return (y + noise * level).to(x.dtype)
 
 
-def gaussian_blur(x: Tensor, sigma: float | tuple[float, float] = (0.1, 2.0),
-                  generator: torch.Generator | None = None) -> Tensor:
+def gaussian_blur(
+    x: Tensor, sigma: float | tuple[float, float] = (0.1, 2.0), generator: torch.Generator | None = None
+) -> Tensor:
     """``x`` ``(B, C, *spatial)`` blurred per sample by an isotropic Gaussian of std ``s ~ U(sigma)`` voxels (one per
     sample, all channels): separable, one grouped conv per spatial axis over the B·C planes, kernel radius
     ``int(3 * max(sigma) + 0.5)``, replicated borders (scipy's ``gaussian_filter(mode="nearest", truncate=3)``)."""
@@ -152,8 +160,9 @@ def gaussian_blur(x: Tensor, sigma: float | tuple[float, float] = (0.1, 2.0),
     return out.view(y.shape).to(x.dtype)
 
 
-def cutout(x: Tensor, size: float = 0.25, count: int = 1, value: float | Tensor = 0.0,
-           generator: torch.Generator | None = None) -> Tensor:
+def cutout(
+    x: Tensor, size: float = 0.25, count: int = 1, value: float | Tensor = 0.0, generator: torch.Generator | None = None
+) -> Tensor:
     """``x`` ``(B, C, *spatial)`` (any dtype) with, per sample, ``count`` boxes of ``round(size * side)`` voxels
     along each side, centred on uniformly drawn voxels and clipped at the border, set to ``value`` (a number or a
     tensor broadcastable to ``x``, e.g. ``(B, 1, 1, 1)``) in all channels: same shape and dtype."""
@@ -182,8 +191,7 @@ def weak_view(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return random_translate(random_flip(x, 0.5, (-1,), generator), 0.125, generator)
 
 
-def strong_view(x: Tensor, n_ops: int = 2, magnitude: float = 0.5,
-                generator: torch.Generator | None = None) -> Tensor:
+def strong_view(x: Tensor, n_ops: int = 2, magnitude: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
     """FixMatch's strong augmentation, RandAugment-like, of ``x`` ``(B, C, *spatial)``: same shape and dtype.
 
     :func:`weak_view`, then ``n_ops`` rounds in which each sample takes one operation drawn uniformly from
@@ -214,8 +222,9 @@ def strong_view(x: Tensor, n_ops: int = 2, magnitude: float = 0.5,
     return cutout(out, 0.5 * m, 1, fill.to(out.dtype), generator)
 
 
-def contrastive_views(x: Tensor, size: int | Sequence[int] | None = None,
-                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def contrastive_views(
+    x: Tensor, size: int | Sequence[int] | None = None, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Two SimCLR-like views of ``x`` ``(B, C, *spatial)``, each ``(B, C, *size)`` (default: spatial): independently,
     :func:`random_resized_crop`, :func:`random_flip` (all spatial axes; done by the crop's resampling, which reads
     a flipped axis backwards), :func:`intensity_jitter`, then per sample with probability 0.5 :func:`random_gamma`
@@ -226,8 +235,10 @@ def contrastive_views(x: Tensor, size: int | Sequence[int] | None = None,
 
 # ---------------------------------------------------------------------------------------------------------- helpers
 
-def _crop_box(y: Tensor, scale: tuple[float, float], ratio: tuple[float, float],
-              generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+
+def _crop_box(
+    y: Tensor, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """:func:`random_resized_crop`'s boxes: side fractions and centres ``(B, d)`` in [-1, 1] units."""
     low, high = _interval("scale", scale, 0, 1)
     r_low, r_high = _interval("ratio", ratio, 0, math.inf)
@@ -250,8 +261,9 @@ def _contrastive_view(x: Tensor, size: int | Sequence[int] | None, generator: to
     fractions, centre = _crop_box(y, (0.2, 1.0), (3 / 4, 4 / 3), generator)
     # random_flip of every axis with p 0.5, folded into the crop: a flipped axis reads its box backwards
     flips = _rand(generator, tuple(fractions.shape), y.device, y.dtype) < 0.5
-    view = _resample(y, torch.where(flips, -fractions, fractions), centre, _out_size(size, tuple(x.shape[2:])),
-                     "border").to(x.dtype)
+    view = _resample(
+        y, torch.where(flips, -fractions, fractions), centre, _out_size(size, tuple(x.shape[2:])), "border"
+    ).to(x.dtype)
     view = intensity_jitter(view, generator=generator)
     view = _sometimes(view, lambda v: random_gamma(v, generator=generator), 0.5, generator)
     return _sometimes(view, lambda v: gaussian_blur(v, generator=generator), 0.5, generator)
@@ -263,8 +275,9 @@ def _sometimes(x: Tensor, op: Callable[[Tensor], Tensor], p: float, generator: t
     return x.index_copy(0, chosen, op(x[chosen])) if len(chosen) else x
 
 
-def _rand(generator: torch.Generator | None, shape: tuple[int, ...], device: torch.device,
-          dtype: torch.dtype = torch.float32) -> Tensor:
+def _rand(
+    generator: torch.Generator | None, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """U[0, 1) ``shape``, drawn in float32 on the generator's device (without one: on ``device``), moved to
     ``device`` and ``dtype``: a CPU generator gives the same numbers for tensors on any device."""
     draw_device = generator.device if generator is not None else device
@@ -272,8 +285,9 @@ def _rand(generator: torch.Generator | None, shape: tuple[int, ...], device: tor
     return u.to(device=device, dtype=dtype)
 
 
-def _uniform(generator: torch.Generator | None, shape: tuple[int, ...], low: float, high: float,
-             like: Tensor) -> Tensor:
+def _uniform(
+    generator: torch.Generator | None, shape: tuple[int, ...], low: float, high: float, like: Tensor
+) -> Tensor:
     """U[low, high) ``shape`` on ``like``'s device and dtype."""
     return low + (high - low) * _rand(generator, shape, like.device, like.dtype)
 
@@ -341,12 +355,19 @@ def _check_number(name: str, value: float, low: float, high: float = math.inf) -
 def _interval(name: str, value: float | Sequence[float], low: float, high: float) -> tuple[float, float]:
     """A number or a (a, b) pair with ``low < a <= b <= high`` (a number: a = b) -> (a, b)."""
     pair = (value, value) if isinstance(value, (int, float)) else tuple(value) if isinstance(value, Sequence) else ()
-    ok = len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                and low < v <= high for v in pair) and pair[0] <= pair[1]
+    ok = (
+        len(pair) == 2
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low < v <= high
+            for v in pair
+        )
+        and pair[0] <= pair[1]
+    )
     if not ok:
         upper = f" <= {high}" if math.isfinite(high) else ""
-        raise ConfigError(f"{name} must be a number or a (low, high) pair with {low} < low <= high{upper}, "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"{name} must be a number or a (low, high) pair with {low} < low <= high{upper}, got {value!r}"
+        )
     return float(pair[0]), float(pair[1])
 
 

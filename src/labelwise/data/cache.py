@@ -146,8 +146,9 @@ class CaseCache:
                 (self.folder / "CACHEDIR.TAG").write_text(CACHEDIR_TAG)
             handle = (self.folder / ".lock").open("a")
         except OSError as err:
-            raise DataError(f"cannot write the case cache {self.folder}: {err}; set data.cache to a writable "
-                            "folder") from None
+            raise DataError(
+                f"cannot write the case cache {self.folder}: {err}; set data.cache to a writable folder"
+            ) from None
         try:
             try:
                 import fcntl
@@ -161,8 +162,14 @@ class CaseCache:
 
     # --- training statistics -------------------------------------------------------------------
 
-    def statistics(self, cases: Sequence[Case], mode: str, seed: int = 0, reorient: bool = False,
-                   spacing: Sequence[float] | None = None) -> dict[str, Any]:
+    def statistics(
+        self,
+        cases: Sequence[Case],
+        mode: str,
+        seed: int = 0,
+        reorient: bool = False,
+        spacing: Sequence[float] | None = None,
+    ) -> dict[str, Any]:
         """The training statistics of intensity scheme ``mode`` over ``cases`` (the training split), computed by
         streaming over them one case at a time (:func:`labelwise.data.datasets.intensity_statistics_of`), kept
         under ``statistics/`` keyed by the cases' files, the scheme, (``percentile``: it draws voxels) the seed and
@@ -170,21 +177,28 @@ class CaseCache:
         from labelwise.data.datasets import intensity_statistics_of
 
         masks = mode == "percentile"  # channel: the images alone
-        key = [FORMAT, mode, seed if masks else None,
-               [[_stamp(c.image), _stamp(c.label) if masks else None, self._reader(c)] for c in cases]]
+        key = [
+            FORMAT,
+            mode,
+            seed if masks else None,
+            [[_stamp(c.image), _stamp(c.label) if masks else None, self._reader(c)] for c in cases],
+        ]
         if reorient or spacing is not None:  # keys of runs without either stay as they were
             key.append([bool(reorient), list(spacing) if spacing is not None else None])
         path = self.folder / "statistics" / f"{mode}-{_digest(key)}.json"
         with self._locked():
             if path.is_file():
                 return json.loads(path.read_text())["statistics"]
-            print(f"labelwise: {mode} intensity statistics of {len(cases)} training case(s), read one at a time "
-                  f"(kept in {path.parent})", file=sys.stderr, flush=True)
+            print(
+                f"labelwise: {mode} intensity statistics of {len(cases)} training case(s), read one at a time "
+                f"(kept in {path.parent})",
+                file=sys.stderr,
+                flush=True,
+            )
 
             def stream() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
                 for case in cases:
-                    image, target, _ = read_case(case, self.modalities, masks=masks, reorient=reorient,
-                                                 spacing=spacing)
+                    image, target, _ = read_case(case, self.modalities, masks=masks, reorient=reorient, spacing=spacing)
                     yield image.array, target
 
             statistics = intensity_statistics_of(stream(), mode, seed)
@@ -193,8 +207,9 @@ class CaseCache:
 
     # --- entries -------------------------------------------------------------------------------
 
-    def volumes(self, splits: dict[str, tuple[Sequence[Case], np.ndarray]],
-                preprocessing: dict[str, Any]) -> dict[str, CachedVolumes]:
+    def volumes(
+        self, splits: dict[str, tuple[Sequence[Case], np.ndarray]], preprocessing: dict[str, Any]
+    ) -> dict[str, CachedVolumes]:
         """One :class:`CachedVolumes` per split (``{name: (cases, indices)}``), every case read from the cache,
         built first where it is missing or stale. Cases of every split must have the same channels and number of
         spatial axes as the first one."""
@@ -205,11 +220,18 @@ class CaseCache:
             scheme.mkdir(parents=True, exist_ok=True)
             if not (scheme / "preprocessing.json").is_file():
                 _write_json(scheme / "preprocessing.json", {"format": FORMAT, **preprocessing})
-            todo = sum(not (scheme / self._case_names(c)[1] / "meta.json").is_file()
-                       for cases, _ in splits.values() for c in cases)
+            todo = sum(
+                not (scheme / self._case_names(c)[1] / "meta.json").is_file()
+                for cases, _ in splits.values()
+                for c in cases
+            )
             if todo:
-                print(f"labelwise: caching {todo} case(s) in {scheme} (preprocessed once; later runs with the same "
-                      "files and intensity reuse them)", file=sys.stderr, flush=True)
+                print(
+                    f"labelwise: caching {todo} case(s) in {scheme} (preprocessed once; later runs with the same "
+                    "files and intensity reuse them)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             first: tuple[int, int, Path] | None = None
             for name, (cases, _) in splits.items():
                 entries[name] = []
@@ -219,8 +241,10 @@ class CaseCache:
                     if first is None:
                         first = (channels, dims, case.image)
                     elif (channels, dims) != first[:2]:
-                        raise DataError(f"{case.image}: {channels} channel(s), {dims}D; the first case ({first[2]}) "
-                                        f"has {first[0]}, {first[1]}D")
+                        raise DataError(
+                            f"{case.image}: {channels} channel(s), {dims}D; the first case ({first[2]}) "
+                            f"has {first[0]}, {first[1]}D"
+                        )
                     entries[name].append(entry)
         return {name: CachedVolumes(cases, entries[name], indices) for name, (cases, indices) in splits.items()}
 
@@ -232,8 +256,12 @@ class CaseCache:
             return Entry(folder, json.loads((folder / "meta.json").read_text()))
         from labelwise.data.datasets import preprocess_image
 
-        image, target, roi = read_case(case, self.modalities, reorient=bool(preprocessing.get("reorient", False)),
-                                       spacing=preprocessing.get("spacing"))
+        image, target, roi = read_case(
+            case,
+            self.modalities,
+            reorient=bool(preprocessing.get("reorient", False)),
+            spacing=preprocessing.get("spacing"),
+        )
         for stale in scheme.glob(f".{name}.*.tmp"):  # left by a process that stopped while writing (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         tmp = scheme / f".{name}.{os.getpid()}.tmp"
@@ -252,12 +280,18 @@ class CaseCache:
             if roi is not None:
                 np.save(tmp / "roi.npy", roi.astype(bool))
                 files.append("roi.npy")
-            meta = {"format": FORMAT, "id": case.id, "shape": list(image.array.shape),
-                    "spacing": list(image.spacing),
-                    "affine": image.affine.tolist() if image.affine is not None else None,
-                    "original": image.grid.to_json() if image.grid is not None else None,
-                    "label_max": top, "label_dtype": str(label_dtype(top)) if target is not None else None,
-                    "files": files, "made_from": {k: _stamp(getattr(case, k)) for k in ("image", "label", "roi")}}
+            meta = {
+                "format": FORMAT,
+                "id": case.id,
+                "shape": list(image.array.shape),
+                "spacing": list(image.spacing),
+                "affine": image.affine.tolist() if image.affine is not None else None,
+                "original": image.grid.to_json() if image.grid is not None else None,
+                "label_max": top,
+                "label_dtype": str(label_dtype(top)) if target is not None else None,
+                "files": files,
+                "made_from": {k: _stamp(getattr(case, k)) for k in ("image", "label", "roi")},
+            }
             _write_json(tmp / "meta.json", meta)
             # An entry is several files that must appear together, so its folder is renamed into place (not
             # labelwise.io.atomic_path, which renames one file); the rename fails if the entry is already there.
@@ -269,8 +303,9 @@ class CaseCache:
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"cannot write the case cache {scheme}: {err}; set data.cache to a folder with "
-                            "room") from None
+            raise DataError(
+                f"cannot write the case cache {scheme}: {err}; set data.cache to a folder with room"
+            ) from None
         for old in scheme.glob(f"{prefix}-*"):  # the entries of earlier versions of the case's files
             if old.name != name and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
@@ -320,8 +355,10 @@ class _Maps:
         try:
             maps[kind] = np.load(entry.folder / f"{kind}.npy", mmap_mode="r")
         except (OSError, ValueError) as err:
-            raise DataError(f"the case cache entry {entry.folder} cannot be read ({err}); was the cache deleted "
-                            "during the run? Run again to rebuild it") from None
+            raise DataError(
+                f"the case cache entry {entry.folder} cannot be read ({err}); was the cache deleted "
+                "during the run? Run again to rebuild it"
+            ) from None
         return maps[kind]
 
 
@@ -380,10 +417,19 @@ class CachedVolumes(VolumeDataset):
         maps = _Maps(entries)
         shapes = [tuple(e.meta["shape"]) for e in entries]
         spacings = [tuple(float(s) for s in e.meta["spacing"]) for e in entries]
-        affines = [np.asarray(e.meta["affine"], dtype=np.float64) if e.meta["affine"] is not None else None
-                   for e in entries]
-        super().__init__(cases, CachedArrays(maps, "image", shapes), CachedArrays(maps, "label", shapes), spacings,
-                         affines, indices, CachedArrays(maps, "roi", shapes), CachedArrays(maps, "foreground", shapes))
+        affines = [
+            np.asarray(e.meta["affine"], dtype=np.float64) if e.meta["affine"] is not None else None for e in entries
+        ]
+        super().__init__(
+            cases,
+            CachedArrays(maps, "image", shapes),
+            CachedArrays(maps, "label", shapes),
+            spacings,
+            affines,
+            indices,
+            CachedArrays(maps, "roi", shapes),
+            CachedArrays(maps, "foreground", shapes),
+        )
         self.entries = list(entries)
         self.label_max = [int(e.meta["label_max"]) for e in entries]
         self.grids = [Grid.from_json(e.meta["original"]) if e.meta.get("original") else None for e in entries]

@@ -33,7 +33,12 @@ class ArrayDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.image[i], "target": self.target[i], "labelled": self.labelled[i], "index": self.indices[i]}
+        return {
+            "image": self.image[i],
+            "target": self.target[i],
+            "labelled": self.labelled[i],
+            "index": self.indices[i],
+        }
 
     def subset(self, rows: torch.Tensor) -> ArrayDataset:
         """The samples at ``rows`` (positions in this dataset), as a dataset of their own."""
@@ -114,8 +119,10 @@ def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> 
         num_classes = max(num_classes, len(class_names))
     else:
         num_classes = max(num_classes, len(class_names) + 1)
-    splits = {name: ArrayDataset(image, target, _kept(split, name, labelled, keep_unlabelled), labelled)
-              for name in ("train", "val", "test")}
+    splits = {
+        name: ArrayDataset(image, target, _kept(split, name, labelled, keep_unlabelled), labelled)
+        for name in ("train", "val", "test")
+    }
     unknown = sorted(set(np.unique(split)) - set(splits))
     if unknown:
         raise DataError(f"{source}: unknown split names {unknown}; expected train, val, test")
@@ -129,7 +136,9 @@ def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> 
         class_names=class_names,
         ids=arrays["ids"].astype(str) if "ids" in arrays else None,
         multilabel=multilabel,
-        attributes={k.removeprefix("attribute_"): v.astype(str) for k, v in arrays.items() if k.startswith("attribute_")},
+        attributes={
+            k.removeprefix("attribute_"): v.astype(str) for k, v in arrays.items() if k.startswith("attribute_")
+        },
     )
 
 
@@ -149,8 +158,11 @@ def _load_table(cfg: DataConfig, keep_unlabelled: bool) -> DataBundle:
     table = read_table(cfg.manifest, cfg.labels, cfg.attributes)
     image = load_images(table.images, cfg.modalities, cfg.image_size)
     train_rows = table.splits == "train"
-    preprocessing = {"intensity": cfg.intensity, "modalities": list(cfg.modalities),
-                     "image_size": list(cfg.image_size) if cfg.image_size else None}
+    preprocessing = {
+        "intensity": cfg.intensity,
+        "modalities": list(cfg.modalities),
+        "image_size": list(cfg.image_size) if cfg.image_size else None,
+    }
     if cfg.intensity == "channel":
         axes = (0, *range(2, image.ndim))
         preprocessing["channel_mean"] = image[train_rows].mean(axis=axes, dtype=np.float64).tolist()
@@ -158,13 +170,24 @@ def _load_table(cfg: DataConfig, keep_unlabelled: bool) -> DataBundle:
     image = np.stack([preprocess_image(i, preprocessing) for i in image])
     if not (table.labelled & train_rows).any():
         raise DataError(f"{cfg.manifest}: no training row may use its label (use_label)")
-    splits = {name: ArrayDataset(image, table.target, _kept(table.splits, name, table.labelled, keep_unlabelled),
-                                 table.labelled) for name in ("train", "val", "test")}
+    splits = {
+        name: ArrayDataset(
+            image, table.target, _kept(table.splits, name, table.labelled, keep_unlabelled), table.labelled
+        )
+        for name in ("train", "val", "test")
+    }
     return DataBundle(
-        splits=splits, task="classification", num_classes=len(table.class_names), in_channels=image.shape[1],
-        spatial_dims=image.ndim - 2, image_size=tuple(image.shape[2:]), class_names=table.class_names,
+        splits=splits,
+        task="classification",
+        num_classes=len(table.class_names),
+        in_channels=image.shape[1],
+        spatial_dims=image.ndim - 2,
+        image_size=tuple(image.shape[2:]),
+        class_names=table.class_names,
         ids=np.array(table.ids),
-        multilabel=table.multilabel, attributes=table.attributes, preprocessing=preprocessing,
+        multilabel=table.multilabel,
+        attributes=table.attributes,
+        preprocessing=preprocessing,
     )
 
 
@@ -177,39 +200,59 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     from labelwise.data.patches import PatchDataset
 
     cases = read_manifest(cfg.manifest)
-    chosen = {name: [i for i, c in enumerate(cases) if c.split == name and (c.labelled or keep_unlabelled)]
-              for name in ("train", "val", "test")}
+    chosen = {
+        name: [i for i, c in enumerate(cases) if c.split == name and (c.labelled or keep_unlabelled)]
+        for name in ("train", "val", "test")
+    }
     if not chosen["train"]:
-        raise DataError(f"{cfg.manifest}: no usable training cases (unlabelled ones are used only by "
-                        "semi-supervised methods)")
+        raise DataError(
+            f"{cfg.manifest}: no usable training cases (unlabelled ones are used only by semi-supervised methods)"
+        )
     if not any(cases[i].labelled for i in chosen["train"]):
         raise DataError(f"{cfg.manifest}: the training cases have no labels")
     cache = CaseCache(cache_folder(cfg.manifest, cfg.cache), cfg.modalities)
     spacing = target_spacing([cases[i] for i in chosen["train"]], cfg.spacing, cfg.reorient, cfg.modalities)
     preprocessing: dict = {"intensity": cfg.intensity, "reorient": bool(cfg.reorient), "spacing": spacing}
     if cfg.intensity in TRAINED_INTENSITY:  # statistics of the training split, streamed one case at a time
-        preprocessing.update(cache.statistics([cases[i] for i in chosen["train"]], cfg.intensity, seed,
-                                              cfg.reorient, spacing))
-    splits: dict[str, Dataset] = dict(cache.volumes(
-        {name: ([cases[i] for i in rows], np.array(rows, dtype=np.int64)) for name, rows in chosen.items()},
-        preprocessing))
+        preprocessing.update(
+            cache.statistics([cases[i] for i in chosen["train"]], cfg.intensity, seed, cfg.reorient, spacing)
+        )
+    splits: dict[str, Dataset] = dict(
+        cache.volumes(
+            {name: ([cases[i] for i in rows], np.array(rows, dtype=np.int64)) for name, rows in chosen.items()},
+            preprocessing,
+        )
+    )
     train = splits["train"]
     first = train.shapes[0]
     spatial_dims, in_channels = len(first) - 1, first[0]
-    top = max(m for split in splits.values() for m, labelled in zip(split.label_max, split.labelled.tolist())
-              if labelled)
+    top = max(
+        m for split in splits.values() for m, labelled in zip(split.label_max, split.labelled.tolist()) if labelled
+    )
     if cfg.patch_size is not None:
         splits["train"] = PatchDataset(train, cfg.patch_size, cfg.patches_per_volume, cfg.foreground_ratio, seed)
     elif len({s[1:] for s in train.shapes}) > 1:
         raise DataError(f"{cfg.manifest}: training images differ in size; set data.patch_size to train on patches")
     size = tuple(cfg.patch_size) if cfg.patch_size is not None else tuple(first[1:])
-    return DataBundle(splits=splits, task="segmentation", num_classes=max(2, top + 1), in_channels=in_channels,
-                      spatial_dims=spatial_dims, image_size=size, class_names=[], ids=np.array([c.id for c in cases]),
-                      preprocessing=preprocessing)
+    return DataBundle(
+        splits=splits,
+        task="segmentation",
+        num_classes=max(2, top + 1),
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
+        image_size=size,
+        class_names=[],
+        ids=np.array([c.id for c in cases]),
+        preprocessing=preprocessing,
+    )
 
 
-def target_spacing(cases: Sequence[Any], spacing: Sequence[float] | str | None, reorient: bool = True,
-                   modalities: Sequence[str] = ("rnflt",)) -> list[float] | None:
+def target_spacing(
+    cases: Sequence[Any],
+    spacing: Sequence[float] | str | None,
+    reorient: bool = True,
+    modalities: Sequence[str] = ("rnflt",),
+) -> list[float] | None:
     """The spacing a manifest's cases are resampled to (``data.spacing``): the values given, None (no resampling),
     or ``"median"``: the per-axis median of the training ``cases``' spacings (as reoriented, when ``reorient``;
     NIfTI: read from the headers alone)."""
@@ -230,15 +273,23 @@ PERCENTILES = (0.5, 99.5)  # percentile: clip to these percentiles of the traini
 FOREGROUND_SAMPLE = 100_000  # percentile: foreground voxels drawn per training case for the statistics
 
 
-def intensity_statistics(images: Iterable[torch.Tensor | np.ndarray], targets: Iterable[torch.Tensor | np.ndarray],
-                         labelled: Iterable[bool], mode: str, seed: int = 0) -> dict:
+def intensity_statistics(
+    images: Iterable[torch.Tensor | np.ndarray],
+    targets: Iterable[torch.Tensor | np.ndarray],
+    labelled: Iterable[bool],
+    mode: str,
+    seed: int = 0,
+) -> dict:
     """The training split's statistics of an intensity scheme (what :func:`preprocess_image` needs), per channel:
     ``channel``: ``channel_mean`` / ``channel_std`` over every voxel of every training image; ``percentile``:
     ``clip`` (the 0.5 and 99.5 percentiles of the voxels under the labelled cases' foreground, up to 100,000 drawn
     per case with ``seed``) and ``channel_mean`` / ``channel_std`` of those voxels clipped. One pass over the
     cases (lazy sequences or generators are read one case at a time): :func:`intensity_statistics_of`."""
-    return intensity_statistics_of(((image, target if has_label else None)
-                                    for image, target, has_label in zip(images, targets, labelled)), mode, seed)
+    return intensity_statistics_of(
+        ((image, target if has_label else None) for image, target, has_label in zip(images, targets, labelled)),
+        mode,
+        seed,
+    )
 
 
 def intensity_statistics_of(cases: Iterable[tuple[Any, Any]], mode: str, seed: int = 0) -> dict:
@@ -283,11 +334,16 @@ def intensity_statistics_of(cases: Iterable[tuple[Any, Any]], mode: str, seed: i
         return {"channel_mean": mean.tolist(), "channel_std": np.sqrt(square / count).tolist()}
     values = np.concatenate(samples, axis=1)
     if values.shape[1] == 0:
-        raise DataError("data.intensity: percentile needs foreground voxels in the labelled training cases; there are none")
+        raise DataError(
+            "data.intensity: percentile needs foreground voxels in the labelled training cases; there are none"
+        )
     low, high = np.percentile(values, PERCENTILES, axis=1)
     clipped = np.clip(values, low[:, None], high[:, None])
-    return {"clip": [low.tolist(), high.tolist()], "channel_mean": clipped.mean(1).tolist(),
-            "channel_std": clipped.std(1).tolist()}
+    return {
+        "clip": [low.tolist(), high.tolist()],
+        "channel_mean": clipped.mean(1).tolist(),
+        "channel_std": clipped.std(1).tolist(),
+    }
 
 
 def preprocess_image(image: np.ndarray, preprocessing: dict) -> np.ndarray:
@@ -306,12 +362,17 @@ def preprocess_image(image: np.ndarray, preprocessing: dict) -> np.ndarray:
             raise DataError(f"image_size {list(size)} has {len(size)} sizes but the image is {image.ndim - 1}D")
         if tuple(image.shape[1:]) != tuple(size):
             mode = "bilinear" if len(size) == 2 else "trilinear"
-            image = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
-                                                    size=tuple(size), mode=mode, align_corners=False)[0].numpy()
+            image = torch.nn.functional.interpolate(
+                torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+                size=tuple(size),
+                mode=mode,
+                align_corners=False,
+            )[0].numpy()
     mode = preprocessing.get("intensity", "none")
     if mode == "percentile":
-        low, high = (np.asarray(v, dtype=np.float64).reshape((-1,) + (1,) * (image.ndim - 1))
-                     for v in preprocessing["clip"])
+        low, high = (
+            np.asarray(v, dtype=np.float64).reshape((-1,) + (1,) * (image.ndim - 1)) for v in preprocessing["clip"]
+        )
         if low.size != image.shape[0]:
             raise DataError(f"the image has {image.shape[0]} channel(s); the training statistics {low.size}")
         image = np.clip(image, low, high)

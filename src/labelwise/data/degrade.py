@@ -28,9 +28,24 @@ import numpy as np
 
 from labelwise.errors import ConfigError, DataError
 
-__all__ = ["DEFAULT_STRENGTH", "KINDS", "MIXED_KINDS", "MIXED_RANGE", "STRENGTH_MEANING", "degrade_manifest",
-           "degrade_mask", "dilate", "draw_mixed", "drop", "erode", "estimate_field_of_view", "local_thickness",
-           "semi_automatic", "thin", "vessel_scales"]
+__all__ = [
+    "DEFAULT_STRENGTH",
+    "KINDS",
+    "MIXED_KINDS",
+    "MIXED_RANGE",
+    "STRENGTH_MEANING",
+    "degrade_manifest",
+    "degrade_mask",
+    "dilate",
+    "draw_mixed",
+    "drop",
+    "erode",
+    "estimate_field_of_view",
+    "local_thickness",
+    "semi_automatic",
+    "thin",
+    "vessel_scales",
+]
 
 KINDS = ("thin", "erode", "dilate", "drop", "semi-automatic", "mixed")
 DEFAULT_STRENGTH = {"thin": 3.0, "erode": 1.0, "dilate": 1.0, "drop": 0.3, "semi-automatic": 2.0, "mixed": 1.0}
@@ -40,16 +55,21 @@ STRENGTH_MEANING = {
     "dilate": "the border shift (ball radius), voxels of the mask's grid",
     "drop": "the share of connected components removed",
     "semi-automatic": "the smallest connected component kept, in squares (2D) or cubes (3D) of the clean mask's "
-                      "mean vessel width",
+    "mean vessel width",
     "mixed": "a scale on the drawn thin / erode / dilate strengths (voxels): the grid's size relative to the one "
-             "the ranges are meant for",
+    "the ranges are meant for",
 }
 PIXEL_KINDS = ("thin", "erode", "dilate")  # strength in voxels: scaled by the resolution for the same noise
 MIXED_KINDS = ("thin", "erode", "dilate", "drop", "semi-automatic")
 # Each mixed case draws its kind uniformly from MIXED_KINDS and its strength uniformly from this range (the pixel
 # kinds' ranges times --strength), rounded to 2 decimals.
-MIXED_RANGE = {"thin": (2.0, 4.0), "erode": (1.0, 1.5), "dilate": (1.0, 2.0), "drop": (0.1, 0.5),
-               "semi-automatic": (1.0, 4.0)}
+MIXED_RANGE = {
+    "thin": (2.0, 4.0),
+    "erode": (1.0, 1.5),
+    "dilate": (1.0, 2.0),
+    "drop": (0.1, 0.5),
+    "semi-automatic": (1.0, 4.0),
+}
 SCALE_SPAN = 3.0  # semi-automatic: the largest Frangi scale over the smallest
 SCALE_COUNT = 4
 MIN_SIGMA = 1.0  # voxels: below it scikit-image's sampled Gaussian derivatives answer little
@@ -72,7 +92,7 @@ def _binary(mask: np.ndarray) -> np.ndarray:
 def _ball(radius: float, dims: int) -> np.ndarray:
     r = int(np.floor(radius))
     grid = np.indices((2 * r + 1,) * dims) - r
-    return (grid ** 2).sum(0) <= radius ** 2
+    return (grid**2).sum(0) <= radius**2
 
 
 def local_thickness(mask: np.ndarray) -> np.ndarray:
@@ -100,7 +120,7 @@ def local_thickness(mask: np.ndarray) -> np.ndarray:
         offsets = np.argwhere(ball) - (np.asarray(ball.shape) // 2)
         step = max(1, 4_000_000 // (len(offsets) * foreground.ndim))
         for start in range(0, len(points), step):  # the balls painted directly: a dilation per depth is slow
-            targets = (points[start:start + step, None, :] + offsets[None]).reshape(-1, foreground.ndim)
+            targets = (points[start : start + step, None, :] + offsets[None]).reshape(-1, foreground.ndim)
             targets = targets[((targets >= 0) & (targets < shape)).all(1)]
             index = np.ravel_multi_index(tuple(targets.T), foreground.shape)
             out[index[flat_foreground[index]]] = 2.0 * d - 1.0
@@ -204,8 +224,9 @@ def estimate_field_of_view(image: np.ndarray) -> np.ndarray:
 
     array = np.asarray(image, dtype=np.float32)
     if array.ndim not in (3, 4):
-        raise DataError(f"estimate_field_of_view: image must be (C, *spatial) with 2 or 3 spatial axes, got shape "
-                        f"{array.shape}")
+        raise DataError(
+            f"estimate_field_of_view: image must be (C, *spatial) with 2 or 3 spatial axes, got shape {array.shape}"
+        )
     grey = array.mean(0)
     everything = np.ones(grey.shape, bool)
     if not np.all(np.isfinite(grey)):
@@ -234,8 +255,13 @@ def estimate_field_of_view(image: np.ndarray) -> np.ndarray:
     return binary_fill_holes(pieces == largest)
 
 
-def semi_automatic(image: np.ndarray, mask: np.ndarray, min_component: float, roi: np.ndarray | None = None,
-                   spacing: Sequence[float] | None = None) -> np.ndarray:
+def semi_automatic(
+    image: np.ndarray,
+    mask: np.ndarray,
+    min_component: float,
+    roi: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
     """The mask a semi-automatic pipeline makes from ``image`` (``(C, *spatial)``) itself, as DS6's training labels
     were made: Frangi vesselness, Otsu's threshold, connected components under ``min_component`` squares (2D) or
     cubes (3D) of the vessels' mean width removed (:func:`labelwise.filters.vesselness.frangi_segment`). Its errors
@@ -275,15 +301,14 @@ def semi_automatic(image: np.ndarray, mask: np.ndarray, min_component: float, ro
         score = (float(vessel.mean()) - float(background.mean())) / (float(background.std()) + 1e-8)
         if abs(score) > contrast:
             best, bright, contrast = c, score > 0, abs(score)
-    answer = vesselness(image[best], spacing=spacing, sigmas=sigmas, bright=bright, structure=STRUCTURE,
-                        region=inside)
+    answer = vesselness(image[best], spacing=spacing, sigmas=sigmas, bright=bright, structure=STRUCTURE, region=inside)
     if not inside.all():  # the ring along the border: nearer to the outside than twice the largest scale
         inside = distance_transform_edt(inside, sampling=factors) > 2 * max(sigmas)
     if not inside.any():
         return np.zeros(foreground.shape, np.int64)
     answer = np.where(inside, answer, 0.0)
     out = answer > otsu_threshold(answer[inside])
-    voxels = min_component * width ** foreground.ndim / float(np.prod(factors))  # finest voxels to the mask's
+    voxels = min_component * width**foreground.ndim / float(np.prod(factors))  # finest voxels to the mask's
     if voxels >= 1 and out.any():
         out = remove_small_components(out, int(np.ceil(voxels)))
     return out.astype(np.int64)
@@ -310,9 +335,15 @@ def _check(kind: str, strength: float | None) -> float:
     return value
 
 
-def degrade_mask(kind: str, mask: np.ndarray, strength: float | None = None, rng: np.random.Generator | None = None,
-                 image: np.ndarray | None = None, roi: np.ndarray | None = None,
-                 spacing: Sequence[float] | None = None) -> np.ndarray:
+def degrade_mask(
+    kind: str,
+    mask: np.ndarray,
+    strength: float | None = None,
+    rng: np.random.Generator | None = None,
+    image: np.ndarray | None = None,
+    roi: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
     """``mask`` degraded by ``kind`` (:data:`KINDS`) at ``strength`` (default :data:`DEFAULT_STRENGTH`, meaning
     :data:`STRENGTH_MEANING`); int64 0/1. ``drop`` and ``mixed`` draw from ``rng`` (``mixed``: :func:`draw_mixed`,
     then that kind with the same ``rng``); ``semi-automatic`` needs the ``image`` (``roi`` and ``spacing``
@@ -340,8 +371,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def degrade_manifest(manifest: str | Path, kind: str, out: str | Path, strength: float | None = None,
-                     seed: int = 0, progress=None) -> Path:
+def degrade_manifest(
+    manifest: str | Path, kind: str, out: str | Path, strength: float | None = None, seed: int = 0, progress=None
+) -> Path:
     """Write ``out/labels/<id>`` (the degraded masks of the labelled training cases: pictures as PNG, NIfTI with
     their own affine, arrays as ``.npy``), ``out/noise.csv`` (one row per degraded case: ``id``, the ``kind`` and
     ``strength`` applied, what ``mixed`` drew for it, and the ``dice`` of the degraded mask to the clean one over the
@@ -365,8 +397,14 @@ def degrade_manifest(manifest: str | Path, kind: str, out: str | Path, strength:
         raise DataError(f"{manifest}: no labelled training case to degrade")
     rows, record, done = [], [], 0
     for case in cases:
-        row = {"id": case.id, "image": case.image, "label": case.label or "", "split": case.split,
-               "truth": case.truth or "", "roi": case.roi or ""}
+        row = {
+            "id": case.id,
+            "image": case.image,
+            "label": case.label or "",
+            "split": case.split,
+            "truth": case.truth or "",
+            "roi": case.roi or "",
+        }
         rows.append(row)
         if case.id not in todo:
             continue
@@ -385,8 +423,9 @@ def degrade_manifest(manifest: str | Path, kind: str, out: str | Path, strength:
         suffix = suffix_of(case.label)
         path = out / "labels" / f"{case.id}{'.png' if suffix in PICTURE_SUFFIXES else suffix}"
         write_volume(path, noisy.astype(np.uint8), spacing=label.spacing, affine=label.affine)
-        record.append({"id": case.id, "kind": applied, "strength": f"{amount:g}",
-                       "dice": f"{_dice(noisy, label.array):.4f}"})
+        record.append(
+            {"id": case.id, "kind": applied, "strength": f"{amount:g}", "dice": f"{_dice(noisy, label.array):.4f}"}
+        )
         row["truth"], row["label"] = case.truth or case.label, path
         done += 1
         if progress is not None:

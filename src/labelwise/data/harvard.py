@@ -130,8 +130,9 @@ def read_harvard_image(path: Path, modalities: Sequence[str] = ("rnflt",)) -> np
             import torch
 
             grid = torch.from_numpy(tds_grid(patient.tds[0]))[None, None]
-            channels.append(torch.nn.functional.interpolate(grid, size=patient.rnflt.shape[1:], mode="nearest")[0, 0]
-                            .numpy())
+            channels.append(
+                torch.nn.functional.interpolate(grid, size=patient.rnflt.shape[1:], mode="nearest")[0, 0].numpy()
+            )
         else:
             raise DataError(f"data.modalities: unknown modality {name!r} of a Harvard-GDP file; use rnflt and/or tds")
     return np.stack(channels).astype(np.float32)

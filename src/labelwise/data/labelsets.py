@@ -68,7 +68,9 @@ def load_label_sets(spec: str | Path) -> LabelSets:
     elif isinstance(raw, list):
         ids, values = [str(i) for i in range(len(raw))], raw
     else:
-        raise DataError(f"{path}: expected a JSON list of lists or an object {{id: [classes]}}, got {type(raw).__name__}")
+        raise DataError(
+            f"{path}: expected a JSON list of lists or an object {{id: [classes]}}, got {type(raw).__name__}"
+        )
     sets = []
     for key, value in zip(ids, values, strict=True):
         try:
@@ -139,8 +141,13 @@ def match_ids(row_ids: list[str], keys: list[str], what: str) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-def read_labels(path: str | Path, columns: list[str] | tuple[str, ...] = ("label",), row_ids: list[str] | None = None,
-                n_rows: int | None = None, what: str = "--labels") -> tuple[np.ndarray, list[str] | None]:
+def read_labels(
+    path: str | Path,
+    columns: list[str] | tuple[str, ...] = ("label",),
+    row_ids: list[str] | None = None,
+    n_rows: int | None = None,
+    what: str = "--labels",
+) -> tuple[np.ndarray, list[str] | None]:
     """The labels of ``n_rows`` prediction rows, and the rows' ids. From a CSV with an ``id`` column and the label
     ``columns`` (rows matched by ``row_ids``, or in file order when those are None: then the CSV's ids are
     returned), or from single labels in row order (``.npy``, ``.npz`` with ``target``/``label``, JSON, text; see
@@ -156,8 +163,10 @@ def read_labels(path: str | Path, columns: list[str] | tuple[str, ...] = ("label
     keys = table["id"].tolist()
     if row_ids is None:
         if n_rows is not None and len(keys) != n_rows:
-            raise DataError(f"{what} {path}: {len(keys)} rows for {n_rows} prediction rows; give --ids (one id per "
-                            "prediction row) to match rows by id")
+            raise DataError(
+                f"{what} {path}: {len(keys)} rows for {n_rows} prediction rows; give --ids (one id per "
+                "prediction row) to match rows by id"
+            )
         rows, row_ids = np.arange(len(keys)), keys
     else:
         rows = match_ids(row_ids, keys, what)
@@ -212,10 +221,14 @@ def align(label_sets: LabelSets, n_rows: int, ids: list[str] | None) -> tuple[li
     None). Ids match by their last path part, so ``val/ILSVRC2012_val_00000001.JPEG`` works."""
     if ids is None:
         if not label_sets.rows_in_order:
-            raise DataError(f"label set {label_sets.name} has no row order: give --ids (one image id per prediction row)")
+            raise DataError(
+                f"label set {label_sets.name} has no row order: give --ids (one image id per prediction row)"
+            )
         if n_rows != len(label_sets):
-            raise DataError(f"the predictions have {n_rows} rows but label set {label_sets.name} has {len(label_sets)} "
-                            "images; give --ids to match rows to images")
+            raise DataError(
+                f"the predictions have {n_rows} rows but label set {label_sets.name} has {len(label_sets)} "
+                "images; give --ids to match rows to images"
+            )
         return label_sets.sets, None
     if len(ids) != n_rows:
         raise DataError(f"--ids has {len(ids)} entries but the predictions have {n_rows} rows")
@@ -225,8 +238,10 @@ def align(label_sets: LabelSets, n_rows: int, ids: list[str] | None) -> tuple[li
         parts = PurePosixPath(full.replace("\\", "/")).parts
         i = index.get(parts[-1] if parts else "")
         if i is None:
-            raise DataError(f"--ids entry {line} ({full!r}) is not in label set {label_sets.name} "
-                            f"(its ids look like {label_sets.ids[0]!r})")
+            raise DataError(
+                f"--ids entry {line} ({full!r}) is not in label set {label_sets.name} "
+                f"(its ids look like {label_sets.ids[0]!r})"
+            )
         rows.append(label_sets.sets[i])
         folders.append(parts[-2] if len(parts) > 1 else "")
     single = None

@@ -52,8 +52,10 @@ def read_manifest(path: str | Path) -> list[Case]:
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in REQUIRED if c not in columns]
         if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected id,image,label,split[,truth][,roi], "
-                            f"got {','.join(columns) or 'nothing'}")
+            raise DataError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected id,image,label,split[,truth][,roi], "
+                f"got {','.join(columns) or 'nothing'}"
+            )
         rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
     if not rows:
         raise DataError(f"{path}: no cases")
@@ -84,8 +86,10 @@ def read_manifest(path: str | Path) -> list[Case]:
         if files["image"] is None:
             problems.append(f"{where}: {case_id} has no image")
         if split in ("val", "test") and files["label"] is None:
-            problems.append(f"{where}: {case_id} is in the {split} split but has no label; val and test cases are "
-                            "scored, so they need one")
+            problems.append(
+                f"{where}: {case_id} is in the {split} split but has no label; val and test cases are "
+                "scored, so they need one"
+            )
         cases.append(Case(case_id, files["image"], files["label"], split, files["truth"], files["roi"]))
     if problems:
         shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])

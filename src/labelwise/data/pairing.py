@@ -65,8 +65,18 @@ from labelwise.data.manifest import SPLITS, Case, read_manifest
 from labelwise.data.volumes import VOLUME_SUFFIXES, Volume, case_id, same_spacing, stores_spacing, suffix_of
 from labelwise.errors import DataError
 
-__all__ = ["PAIR_SUFFIXES", "REFERENCE_SUFFIXES", "assign_splits", "check_reference", "file_keys", "mask_files",
-           "match_references", "natural_key", "pair_files", "write_manifest"]
+__all__ = [
+    "PAIR_SUFFIXES",
+    "REFERENCE_SUFFIXES",
+    "assign_splits",
+    "check_reference",
+    "file_keys",
+    "mask_files",
+    "match_references",
+    "natural_key",
+    "pair_files",
+    "write_manifest",
+]
 
 #: Suffixes of the files paired: what :func:`labelwise.data.volumes.read_volume` reads, and GIF (DRIVE's masks).
 PAIR_SUFFIXES = VOLUME_SUFFIXES + tuple(s for s in (".gif",) if s not in VOLUME_SUFFIXES)
@@ -113,10 +123,14 @@ def mask_files(folder: str | Path, what: str) -> list[Path]:
     when ``folder`` is missing, not a folder or holds none. ``what`` names the folder in messages."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{what} folder {folder} not found" if not folder.exists()
-                        else f"{what}: {folder} is not a folder")
-    files = [path for path in sorted(folder.iterdir()) if not path.name.startswith(".") and path.is_file()
-             and suffix_of(path) in PAIR_SUFFIXES]
+        raise DataError(
+            f"{what} folder {folder} not found" if not folder.exists() else f"{what}: {folder} is not a folder"
+        )
+    files = [
+        path
+        for path in sorted(folder.iterdir())
+        if not path.name.startswith(".") and path.is_file() and suffix_of(path) in PAIR_SUFFIXES
+    ]
     if not files:
         raise DataError(f"{what} folder {folder} holds no mask files ({', '.join(PAIR_SUFFIXES)})")
     return files
@@ -162,8 +176,9 @@ def match_references(inputs: Sequence[Path], reference: str | Path, what: str = 
     return found
 
 
-def _match_keys(inputs: list[Path], rest: list[Path], candidates: list[Path], spare: list[Path], reference: Path,
-                what: str) -> dict[Path, Path]:
+def _match_keys(
+    inputs: list[Path], rest: list[Path], candidates: list[Path], spare: list[Path], reference: Path, what: str
+) -> dict[Path, Path]:
     """``{input: file}`` for the inputs of ``rest`` whose key is that of exactly one file of ``spare``, keys taken
     over all ``inputs`` and all ``candidates`` (each side's folder); two files or two inputs of one key refused."""
     spare_keys = {path: key for path, key in file_keys(candidates).items() if path in spare}
@@ -177,20 +192,30 @@ def _match_keys(inputs: list[Path], rest: list[Path], candidates: list[Path], sp
         key = input_keys[path]
         files = by_key.get(_match_key(key), []) if key else []
         if len(files) > 1:
-            raise DataError(f"{what} {reference}: several {what} masks for {path.name}, all of key "
-                            f"{_key_text(key)}: {_names(files)}")
+            raise DataError(
+                f"{what} {reference}: several {what} masks for {path.name}, all of key "
+                f"{_key_text(key)}: {_names(files)}"
+            )
         if files:
             matches[path] = files[0]
             takers.setdefault(files[0], []).append(path)
     for file, paths in takers.items():
         if len(paths) > 1:
-            raise DataError(f"{what} {reference}: ambiguous, {_names(paths)} have the same key "
-                            f"{_key_text(input_keys[paths[0]])} as {file.name}")
+            raise DataError(
+                f"{what} {reference}: ambiguous, {_names(paths)} have the same key "
+                f"{_key_text(input_keys[paths[0]])} as {file.name}"
+            )
     return matches
 
 
-def check_reference(input_path: Path, image: Volume, reference_path: Path, reference: Volume,
-                    what: str = "reference", input_what: str = "input") -> tuple[float, ...]:
+def check_reference(
+    input_path: Path,
+    image: Volume,
+    reference_path: Path,
+    reference: Volume,
+    what: str = "reference",
+    input_what: str = "input",
+) -> tuple[float, ...]:
     """Refuse a ``reference`` mask whose shape differs from the spatial shape of ``image`` (an input image or a
     predicted mask), or whose spacing differs by more than :data:`SPACING_RTOL` relative where both files store one
     (:func:`labelwise.data.volumes.stores_spacing`). Returns the spacing to score with: a file's that stores one,
@@ -198,14 +223,18 @@ def check_reference(input_path: Path, image: Volume, reference_path: Path, refer
     if reference.array.ndim not in (2, 3):
         raise DataError(f"{reference_path}: masks must be 2D or 3D, got shape {tuple(reference.array.shape)}")
     if tuple(reference.array.shape) != tuple(image.spatial_shape):
-        raise DataError(f"shape mismatch: {what} {reference_path} does not match the input it is scored with: "
-                        f"{input_what} {input_path} has shape {tuple(image.spatial_shape)}, {what} {reference_path} "
-                        f"has shape {tuple(reference.array.shape)}")
+        raise DataError(
+            f"shape mismatch: {what} {reference_path} does not match the input it is scored with: "
+            f"{input_what} {input_path} has shape {tuple(image.spatial_shape)}, {what} {reference_path} "
+            f"has shape {tuple(reference.array.shape)}"
+        )
     if stores_spacing(input_path) and stores_spacing(reference_path):
         if not same_spacing(image.spacing, reference.spacing, SPACING_RTOL):
-            raise DataError(f"spacing mismatch: {input_what} {input_path} has spacing {tuple(image.spacing)}, "
-                            f"{what} {reference_path} has spacing {tuple(reference.spacing)} "
-                            f"(tolerance {SPACING_RTOL:g} relative)")
+            raise DataError(
+                f"spacing mismatch: {input_what} {input_path} has spacing {tuple(image.spacing)}, "
+                f"{what} {reference_path} has spacing {tuple(reference.spacing)} "
+                f"(tolerance {SPACING_RTOL:g} relative)"
+            )
         return tuple(float(s) for s in reference.spacing)
     spacing = image.spacing if stores_spacing(input_path) else reference.spacing
     return tuple(float(s) for s in spacing)
@@ -235,16 +264,23 @@ def _listing(folder: Path, option: str, warn: Callable[[str], None]) -> list[Pat
     return files
 
 
-def _same_names(files: Sequence[Path], folder: Path, option: str, name_of: Callable[[Path], object],
-                what: str) -> list[str]:
+def _same_names(
+    files: Sequence[Path], folder: Path, option: str, name_of: Callable[[Path], object], what: str
+) -> list[str]:
     groups: dict[object, list[Path]] = {}
     for f in files:
         groups.setdefault(name_of(f), []).append(f)
     return [f"{option} {folder}: ambiguous, {_names(g)} have the same {what}" for g in groups.values() if len(g) > 1]
 
 
-def _pair(images: list[Path], image_keys: dict[Path, tuple[str, ...]], others: list[Path], folder: Path,
-          option: str, problems: list[str]) -> tuple[dict[Path, Path], bool]:
+def _pair(
+    images: list[Path],
+    image_keys: dict[Path, tuple[str, ...]],
+    others: list[Path],
+    folder: Path,
+    option: str,
+    problems: list[str],
+) -> tuple[dict[Path, Path], bool]:
     """``{image: file}`` for the files of one more folder (labels, roi, truth), and whether every file paired by
     whole name. Files with no image and ambiguous names go to ``problems``."""
     problems += _same_names(others, folder, option, case_id, "name")
@@ -265,16 +301,20 @@ def _pair(images: list[Path], image_keys: dict[Path, tuple[str, ...]], others: l
     for f in rest:
         candidates = image_by_key.get(_match_key(keys[f]), [])
         if len(candidates) > 1:
-            problems.append(f"--images: ambiguous, {_names(candidates)} have the same key {_key_text(keys[f])} "
-                            f"(of {f.name} in {option} {folder})")
+            problems.append(
+                f"--images: ambiguous, {_names(candidates)} have the same key {_key_text(keys[f])} "
+                f"(of {f.name} in {option} {folder})"
+            )
         elif candidates:
             pairs[candidates[0]] = f
         else:
             unpaired.append(f)
     if unpaired:
-        problems.append(f"{option} {folder}: no image for {_names(unpaired)} (keys "
-                        f"{', '.join(_key_text(keys[f]) for f in unpaired[:_SHOWN])}; the images' keys: "
-                        f"{_key_list(image_keys.values())})")
+        problems.append(
+            f"{option} {folder}: no image for {_names(unpaired)} (keys "
+            f"{', '.join(_key_text(keys[f]) for f in unpaired[:_SHOWN])}; the images' keys: "
+            f"{_key_list(image_keys.values())})"
+        )
     return pairs, False
 
 
@@ -287,9 +327,15 @@ def _key_list(keys) -> str:
     return ", ".join(texts[:_SHOWN]) + (" ..." if len(texts) > _SHOWN else "")
 
 
-def pair_files(images: str | Path, labels: str | Path, roi: str | Path | None = None,
-               truth: str | Path | None = None, allow_unlabelled: bool = False, prefix: str = "",
-               warn: Callable[[str], None] | None = None) -> list[dict]:
+def pair_files(
+    images: str | Path,
+    labels: str | Path,
+    roi: str | Path | None = None,
+    truth: str | Path | None = None,
+    allow_unlabelled: bool = False,
+    prefix: str = "",
+    warn: Callable[[str], None] | None = None,
+) -> list[dict]:
     """One dict per image, sorted by id (natural order): ``id``, ``image``, ``label`` (None: unlabelled), and
     ``roi`` / ``truth`` when those folders are given (None where an unlabelled image has none). Paths are
     the files found in the folders. See the module's docstring for the rule; ``warn`` (default: print to stderr)
@@ -319,9 +365,11 @@ def pair_files(images: str | Path, labels: str | Path, roi: str | Path | None = 
         if unpaired:
             hint = "; give --unlabelled to keep them as unlabelled training cases" if option == "--labels" else ""
             keys = ", ".join(_key_text(image_keys[f]) for f in unpaired[:_SHOWN])
-            problems.append(f"--images {folders['--images']}: no file in {option} {folders[option]} for "
-                            f"{_names(unpaired)} (keys {keys}; the keys there: "
-                            f"{_key_list(file_keys(files[option]).values())}){hint}")
+            problems.append(
+                f"--images {folders['--images']}: no file in {option} {folders[option]} for "
+                f"{_names(unpaired)} (keys {keys}; the keys there: "
+                f"{_key_list(file_keys(files[option]).values())}){hint}"
+            )
     if problems:
         raise DataError("\n".join(dict.fromkeys(problems)))
     by_name = whole["--labels"] or len(image_files) == 1
@@ -334,8 +382,11 @@ def pair_files(images: str | Path, labels: str | Path, roi: str | Path | None = 
             if option in paired:
                 row[option[2:]] = paired[option].get(f)
         rows.append(row)
-    clashes = [f"--images {folders['--images']}: ambiguous, {_names(fs)} give the same id {i!r}"
-               for i, fs in images_of.items() if len(fs) > 1]
+    clashes = [
+        f"--images {folders['--images']}: ambiguous, {_names(fs)} give the same id {i!r}"
+        for i, fs in images_of.items()
+        if len(fs) > 1
+    ]
     if clashes:
         raise DataError("\n".join(clashes))
     return sorted(rows, key=lambda r: natural_key(r["id"]))
@@ -348,16 +399,24 @@ def _share(name: str, value: float | None, default: float) -> float:
     return value
 
 
-def assign_splits(rows: Sequence[dict], val: float | None = None, test: float | None = None, seed: int = 0,
-                  split: str | None = None, split_from: str | Path | None = None) -> list[dict]:
+def assign_splits(
+    rows: Sequence[dict],
+    val: float | None = None,
+    test: float | None = None,
+    seed: int = 0,
+    split: str | None = None,
+    split_from: str | Path | None = None,
+) -> list[dict]:
     """``rows`` (dicts with ``id`` and ``label``) with a ``split`` each: ``split`` for all, or from the CSV
     ``split_from`` (every id must be in it), or drawn by ``seed`` with shares ``val`` (default 0.1) and ``test``
     (default 0.2) of the labelled cases; unlabelled cases train. See the module's docstring."""
     if split is not None and split_from is not None:
         raise DataError("give one of --split and --split-from")
     if (split is not None or split_from is not None) and (val is not None or test is not None):
-        raise DataError(f"--val/--test draw the splits; {'--split' if split is not None else '--split-from'} "
-                        "gives them: use one or the other")
+        raise DataError(
+            f"--val/--test draw the splits; {'--split' if split is not None else '--split-from'} "
+            "gives them: use one or the other"
+        )
     rows = [dict(r) for r in rows]
     if split is not None:
         if split not in SPLITS:
@@ -366,12 +425,15 @@ def assign_splits(rows: Sequence[dict], val: float | None = None, test: float | 
     elif split_from is not None:
         chosen = _read_splits(Path(split_from), [r["id"] for r in rows])
     else:
-        chosen = _draw([r["id"] for r in rows if r.get("label")], _share("val", val, 0.1), _share("test", test, 0.2),
-                       seed)
+        chosen = _draw(
+            [r["id"] for r in rows if r.get("label")], _share("val", val, 0.1), _share("test", test, 0.2), seed
+        )
     scored = [r["id"] for r in rows if not r.get("label") and chosen.get(r["id"], "train") != "train"]
     if scored:
-        raise DataError(f"unlabelled cases cannot be in the val or test split (they are scored): "
-                        f"{', '.join(scored[:_SHOWN])}{' ...' if len(scored) > _SHOWN else ''}")
+        raise DataError(
+            f"unlabelled cases cannot be in the val or test split (they are scored): "
+            f"{', '.join(scored[:_SHOWN])}{' ...' if len(scored) > _SHOWN else ''}"
+        )
     for r in rows:
         r["split"] = chosen.get(r["id"], "train")
     return rows
@@ -386,11 +448,14 @@ def _draw(ids: Sequence[str], val: float, test: float, seed: int) -> dict[str, s
     if n >= 3:
         counts = [max(1, c) if share > 0 else c for c, share in zip(counts, (val, test), strict=True)]
     if n and sum(counts) >= n:
-        raise DataError(f"--val {val} and --test {test} of {n} labelled cases ({counts[0]} val, {counts[1]} test) "
-                        "leave no training cases")
+        raise DataError(
+            f"--val {val} and --test {test} of {n} labelled cases ({counts[0]} val, {counts[1]} test) "
+            "leave no training cases"
+        )
     order = np.random.default_rng(seed).permutation(n)
-    return {ids[i]: "val" if rank < counts[0] else "test" if rank < sum(counts) else "train"
-            for rank, i in enumerate(order)}
+    return {
+        ids[i]: "val" if rank < counts[0] else "test" if rank < sum(counts) else "train" for rank, i in enumerate(order)
+    }
 
 
 def _read_splits(path: Path, ids: Sequence[str]) -> dict[str, str]:
@@ -407,8 +472,10 @@ def _read_splits(path: Path, ids: Sequence[str]) -> dict[str, str]:
             table[row["id"]] = row["split"]
     missing = [i for i in ids if i not in table]
     if missing:
-        raise DataError(f"--split-from {path}: no split for {len(missing)} case(s): {', '.join(missing[:_SHOWN])}"
-                        f"{' ...' if len(missing) > _SHOWN else ''}")
+        raise DataError(
+            f"--split-from {path}: no split for {len(missing)} case(s): {', '.join(missing[:_SHOWN])}"
+            f"{' ...' if len(missing) > _SHOWN else ''}"
+        )
     unknown = sorted({table[i] for i in ids if table[i] not in SPLITS})
     if unknown:
         raise DataError(f"--split-from {path}: split(s) {', '.join(map(repr, unknown))}; use {', '.join(SPLITS)}")
@@ -434,8 +501,14 @@ def write_manifest(rows: Sequence[dict], out: str | Path, append: bool = False) 
 
     out = Path(out)
     base = os.path.abspath(out.parent)
-    new = [{"id": r["id"], "split": r["split"],
-            **{c: _path_text(r.get(c), base) for c in ("image", "label", "truth", "roi") if c in r}} for r in rows]
+    new = [
+        {
+            "id": r["id"],
+            "split": r["split"],
+            **{c: _path_text(r.get(c), base) for c in ("image", "label", "truth", "roi") if c in r},
+        }
+        for r in rows
+    ]
     old: list[dict] = []
     extra: list[str] = []
     if append:
@@ -449,9 +522,11 @@ def write_manifest(rows: Sequence[dict], out: str | Path, append: bool = False) 
         known = {r.get("id", "") for r in old}
         duplicates = [r["id"] for r in new if r["id"] in known]
         if duplicates:
-            raise DataError(f"--append: {out} already has the id(s) {', '.join(duplicates[:_SHOWN])}"
-                            f"{' ...' if len(duplicates) > _SHOWN else ''}; give --prefix TEXT to make the new ids "
-                            "differ")
+            raise DataError(
+                f"--append: {out} already has the id(s) {', '.join(duplicates[:_SHOWN])}"
+                f"{' ...' if len(duplicates) > _SHOWN else ''}; give --prefix TEXT to make the new ids "
+                "differ"
+            )
     if not new and not old:
         raise DataError(f"{out}: no cases to write")
     everything = sorted(old + new, key=lambda r: natural_key(r.get("id", "")))

@@ -45,9 +45,17 @@ class VolumeDataset(Dataset):
     sequences that read each case from its memory-mapped files on access (:mod:`labelwise.data.cache`); either way
     ``image[i]`` is a tensor. ``foreground`` (optional): per case, the flat indices of its foreground voxels."""
 
-    def __init__(self, cases: Sequence[Case], images: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
-                 spacings: list[tuple[float, ...]], affines: list[np.ndarray | None], indices: np.ndarray,
-                 rois: Sequence[torch.Tensor | None] | None = None, foreground: Sequence[Any] | None = None):
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        images: Sequence[torch.Tensor],
+        targets: Sequence[torch.Tensor],
+        spacings: list[tuple[float, ...]],
+        affines: list[np.ndarray | None],
+        indices: np.ndarray,
+        rois: Sequence[torch.Tensor | None] | None = None,
+        foreground: Sequence[Any] | None = None,
+    ):
         self.cases = list(cases)
         self.image, self.target = images, targets
         self.rois = rois if rois is not None else [None] * len(self.cases)  # region-of-interest masks (bool) or None
@@ -67,8 +75,12 @@ class VolumeDataset(Dataset):
         return len(self.cases)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.image[i], "target": self.target[i], "labelled": self.labelled[i],
-                "index": self.indices[i]}
+        return {
+            "image": self.image[i],
+            "target": self.target[i],
+            "labelled": self.labelled[i],
+            "index": self.indices[i],
+        }
 
 
 def load_cases(cases: Sequence[Case], indices: np.ndarray, intensity: Intensity = "max") -> VolumeDataset:
@@ -79,20 +91,29 @@ def load_cases(cases: Sequence[Case], indices: np.ndarray, intensity: Intensity 
     for case in cases:
         image, target, roi = read_case(case)
         if images and (image.array.shape[0], image.array.ndim) != (images[0].shape[0], images[0].ndim):
-            raise DataError(f"{case.image}: {image.array.shape[0]} channel(s), {image.array.ndim - 1}D; the first "
-                            f"case has {images[0].shape[0]}, {images[0].ndim - 1}D")
+            raise DataError(
+                f"{case.image}: {image.array.shape[0]} channel(s), {image.array.ndim - 1}D; the first "
+                f"case has {images[0].shape[0]}, {images[0].ndim - 1}D"
+            )
         rois.append(torch.from_numpy(roi) if roi is not None else None)
-        images.append(torch.from_numpy(np.ascontiguousarray(normalize_intensity(image.array, intensity),
-                                                            dtype=np.float32)))
-        targets.append(torch.from_numpy(target if target is not None else
-                                        np.zeros(image.array.shape[1:], dtype=np.int64)))
+        images.append(
+            torch.from_numpy(np.ascontiguousarray(normalize_intensity(image.array, intensity), dtype=np.float32))
+        )
+        targets.append(
+            torch.from_numpy(target if target is not None else np.zeros(image.array.shape[1:], dtype=np.int64))
+        )
         spacings.append(image.spacing)
         affines.append(image.affine)
     return VolumeDataset(cases, images, targets, spacings, affines, indices, rois)
 
 
-def read_case(case: Case, modalities: Sequence[str] = ("rnflt",), masks: bool = True, reorient: bool = False,
-              spacing: Sequence[float] | None = None) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
+def read_case(
+    case: Case,
+    modalities: Sequence[str] = ("rnflt",),
+    masks: bool = True,
+    reorient: bool = False,
+    spacing: Sequence[float] | None = None,
+) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
     """One case: its image (the one reader, :func:`labelwise.data.volumes.read_image`; values as in the file), its
     label ``(*spatial)`` int64 (None when unlabelled) and its region of interest ``(*spatial)`` bool (None without
     one), each mask checked against the image's shape and spacing; ``masks=False``: the image alone. ``reorient``,
@@ -124,21 +145,34 @@ class PatchDataset(Dataset):
     """``patches_per_volume`` random patches of every case of ``volumes``: the same keys as
     :class:`VolumeDataset`, cut to ``patch_size``; ``index`` is the sample number."""
 
-    def __init__(self, volumes: VolumeDataset, patch_size: Sequence[int], patches_per_volume: int = 100,
-                 foreground_ratio: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        volumes: VolumeDataset,
+        patch_size: Sequence[int],
+        patches_per_volume: int = 100,
+        foreground_ratio: float = 0.5,
+        seed: int = 0,
+    ):
         self.shapes = volumes.shapes
         dims = len(self.shapes[0]) - 1 if len(volumes) else len(patch_size)
         if len(patch_size) != dims:
-            raise DataError(f"data.patch_size: {list(patch_size)} has {len(patch_size)} axes but the images are "
-                            f"{dims}D")
+            raise DataError(
+                f"data.patch_size: {list(patch_size)} has {len(patch_size)} axes but the images are {dims}D"
+            )
         self.volumes, self.patch = volumes, tuple(int(p) for p in patch_size)
         self.patches_per_volume, self.foreground_ratio, self.seed = patches_per_volume, foreground_ratio, seed
         # flat indices of foreground voxels, per labelled case (int32 where they fit): the volumes' own (a cache
         # holds them on disk), else computed here
-        self.foreground = volumes.foreground if volumes.foreground is not None else [
-            torch.nonzero(t.reshape(-1) > 0).squeeze(1).to(torch.int64 if t.numel() > 2**31 else torch.int32)
-            if labelled else torch.empty(0, dtype=torch.int32)
-            for t, labelled in zip(volumes.target, volumes.labelled.tolist())]
+        self.foreground = (
+            volumes.foreground
+            if volumes.foreground is not None
+            else [
+                torch.nonzero(t.reshape(-1) > 0).squeeze(1).to(torch.int64 if t.numel() > 2**31 else torch.int32)
+                if labelled
+                else torch.empty(0, dtype=torch.int32)
+                for t, labelled in zip(volumes.target, volumes.labelled.tolist())
+            ]
+        )
         self.indices = torch.arange(len(self))
         self.image, self.target = None, None  # patches are drawn on access; there is no stacked array
 
@@ -162,8 +196,12 @@ class PatchDataset(Dataset):
             pad = [x for got, want in zip(reversed(target_patch.shape), reversed(self.patch)) for x in (0, want - got)]
             image_patch = torch.nn.functional.pad(image_patch, pad)
             target_patch = torch.nn.functional.pad(target_patch, pad)
-        return {"image": image_patch.contiguous(), "target": target_patch.contiguous(),
-                "labelled": self.volumes.labelled[v], "index": torch.tensor(int(i))}
+        return {
+            "image": image_patch.contiguous(),
+            "target": target_patch.contiguous(),
+            "labelled": self.volumes.labelled[v],
+            "index": torch.tensor(int(i)),
+        }
 
 
 def _window(cases: Sequence[torch.Tensor], v: int, index: tuple[slice, ...]) -> torch.Tensor:

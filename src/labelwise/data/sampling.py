@@ -52,8 +52,18 @@ class MixedBatchSampler(StepBatchSampler):
     so a small labelled pool repeats more often than the large unlabelled one; each rank takes its equal share of
     both parts (both counts must be divisible by the number of processes)."""
 
-    def __init__(self, labelled: list[int], unlabelled: list[int], global_batch: int, n_labelled: int,
-                 max_steps: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        labelled: list[int],
+        unlabelled: list[int],
+        global_batch: int,
+        n_labelled: int,
+        max_steps: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         n_unlabelled = global_batch - n_labelled
         for name, count, pool in (("labelled", n_labelled, labelled), ("unlabelled", n_unlabelled, unlabelled)):
             if count % world:

@@ -30,8 +30,19 @@ from labelwise.data.manifest import SPLITS
 from labelwise.data.volumes import read_image
 from labelwise.errors import DataError
 
-__all__ = ["Table", "age_band", "load_images", "read_id_table", "read_rows", "read_table", "split_patients", "tds_grid", "write_folder_table",
-           "write_harvard_table", "write_table"]
+__all__ = [
+    "Table",
+    "age_band",
+    "load_images",
+    "read_id_table",
+    "read_rows",
+    "read_table",
+    "split_patients",
+    "tds_grid",
+    "write_folder_table",
+    "write_harvard_table",
+    "write_table",
+]
 
 TRUE, FALSE = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
 REQUIRED = ("id", "image", "split")
@@ -81,8 +92,10 @@ def read_table(path: str | Path, labels: Sequence[str] = ("label",), attributes:
     columns, rows = read_rows(path, "table")
     missing = [c for c in (*REQUIRED, *labels, *attributes) if c not in columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (columns: {','.join(columns) or 'none'}); "
-                        "data.labels and data.attributes name columns of the table")
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)} (columns: {','.join(columns) or 'none'}); "
+            "data.labels and data.attributes name columns of the table"
+        )
     if not rows:
         raise DataError(f"{path}: no rows")
     problems: list[str] = []
@@ -108,16 +121,20 @@ def read_table(path: str | Path, labels: Sequence[str] = ("label",), attributes:
         use = _flag(row["use_label"], where, problems) if row.get("use_label", "") else has_label
         if split in ("val", "test"):
             if not has_label:
-                problems.append(f"{where}: {sample} is in the {split} split but has no label; val and test rows are "
-                                "scored, so they need one")
+                problems.append(
+                    f"{where}: {sample} is in the {split} split but has no label; val and test rows are "
+                    "scored, so they need one"
+                )
             use = True
         elif use and not has_label:
             problems.append(f"{where}: use_label is set but {sample} has no label in {', '.join(labels)}")
         patient = row.get("patient", "") or sample
         if patient in patient_split and patient_split[patient][0] != split:
             first_split, first_id = patient_split[patient]
-            problems.append(f"{where}: patient {patient} is in {split} ({sample}) and in {first_split} ({first_id}); "
-                            "splits must be by patient")
+            problems.append(
+                f"{where}: patient {patient} is in {split} ({sample}) and in {first_split} ({first_id}); "
+                "splits must be by patient"
+            )
         patient_split.setdefault(patient, (split, sample))
         ids.append(sample)
         images.append(image)
@@ -129,8 +146,14 @@ def read_table(path: str | Path, labels: Sequence[str] = ("label",), attributes:
         raise DataError("\n".join(shown))
     target, class_names = _targets(path, raw, labelled, list(labels))
     return Table(
-        path=path, ids=ids, images=images, splits=np.array(splits), labelled=np.array(labelled, dtype=bool),
-        target=target, class_names=class_names, multilabel=len(labels) > 1,
+        path=path,
+        ids=ids,
+        images=images,
+        splits=np.array(splits),
+        labelled=np.array(labelled, dtype=bool),
+        target=target,
+        class_names=class_names,
+        multilabel=len(labels) > 1,
         attributes={a: np.array([row[a] for row in rows]) for a in attributes},
         patients=[row.get("patient", "") or row["id"] for row in rows],
     )
@@ -152,8 +175,10 @@ def _targets(path: Path, raw: list[list[str]], use: list[bool], labels: list[str
     from labelwise.data.volumes import VOLUME_SUFFIXES, suffix_of
 
     if any(suffix_of(v) in VOLUME_SUFFIXES for v in values):
-        raise DataError(f"{path}: column {labels[0]} holds file names (masks?); a classification table holds class "
-                        "labels. For masks set data.task: segmentation")
+        raise DataError(
+            f"{path}: column {labels[0]} holds file names (masks?); a classification table holds class "
+            "labels. For masks set data.task: segmentation"
+        )
     if all(_is_int(v) for v in values):
         numbers = [int(v) for v in values]
         if min(numbers) < 0:
@@ -175,8 +200,9 @@ def _is_int(text: str) -> bool:
     return True
 
 
-def load_images(paths: Sequence[Path], modalities: Sequence[str] = ("rnflt",),
-                size: Sequence[int] | None = None) -> np.ndarray:
+def load_images(
+    paths: Sequence[Path], modalities: Sequence[str] = ("rnflt",), size: Sequence[int] | None = None
+) -> np.ndarray:
     """Images ``(N, C, *spatial)`` float32: Harvard-GDP ``.npz`` files as the channels ``modalities`` (``rnflt``, the
     map; ``tds``, the visual field on its grid resized to the map), other files through
     :func:`labelwise.data.volumes.read_image`; resized to ``size`` (bilinear) when given, else all must agree."""
@@ -187,16 +213,18 @@ def load_images(paths: Sequence[Path], modalities: Sequence[str] = ("rnflt",),
         image = read_image(path, modalities).array
         if size is not None:
             if len(size) != image.ndim - 1:
-                raise DataError(f"data.image_size: {list(size)} has {len(size)} sizes but {path} is "
-                                f"{image.ndim - 1}D")
+                raise DataError(f"data.image_size: {list(size)} has {len(size)} sizes but {path} is {image.ndim - 1}D")
             mode = "bilinear" if len(size) == 2 else "trilinear"
-            image = torch.nn.functional.interpolate(torch.from_numpy(image)[None], size=tuple(size), mode=mode,
-                                                    align_corners=False)[0].numpy()
+            image = torch.nn.functional.interpolate(
+                torch.from_numpy(image)[None], size=tuple(size), mode=mode, align_corners=False
+            )[0].numpy()
         out.append(image)
     shapes = {tuple(i.shape) for i in out}
     if len(shapes) > 1:
-        raise DataError(f"images differ in shape ({', '.join(str(s) for s in sorted(shapes)[:4])}); set "
-                        "data.image_size to resize them")
+        raise DataError(
+            f"images differ in shape ({', '.join(str(s) for s in sorted(shapes)[:4])}); set "
+            "data.image_size to resize them"
+        )
     return np.stack(out).astype(np.float32)
 
 
@@ -215,8 +243,9 @@ def write_table(path: str | Path, rows: Sequence[dict[str, object]]) -> Path:
     return atomic_write(Path(path), text.getvalue())
 
 
-def split_patients(patients: Sequence[str], val: float = 0.15, test: float = 0.25, labelled: float = 1.0,
-                   seed: int = 0) -> tuple[list[str], list[bool]]:
+def split_patients(
+    patients: Sequence[str], val: float = 0.15, test: float = 0.25, labelled: float = 1.0, seed: int = 0
+) -> tuple[list[str], list[bool]]:
     """Split and label-usable flag per row, drawn by patient (all rows of a patient share them): a random
     ``val`` / ``test`` share of the patients, the rest training, of which a random ``labelled`` share may use
     their labels (at least one patient each)."""
@@ -231,7 +260,7 @@ def split_patients(patients: Sequence[str], val: float = 0.15, test: float = 0.2
     split_of = {}
     for rank, i in enumerate(order):
         split_of[unique[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    train = [unique[i] for i in order[n_val + n_test:]]
+    train = [unique[i] for i in order[n_val + n_test :]]
     n_labelled = max(1, round(labelled * len(train))) if train else 0
     usable = set(train[:n_labelled]) | {p for p, s in split_of.items() if s != "train"}
     return [split_of[p] for p in patients], [p in usable for p in patients]
@@ -242,8 +271,14 @@ def age_band(age: float) -> str:
     return "<55" if age < 55 else "55-65" if age < 65 else "65-75" if age < 75 else "75+"
 
 
-def write_harvard_table(folder: str | Path, out: str | Path | None = None, val: float = 0.15, test: float = 0.25,
-                        labelled: float = 1.0, seed: int = 0) -> Path:
+def write_harvard_table(
+    folder: str | Path,
+    out: str | Path | None = None,
+    val: float = 0.15,
+    test: float = 0.25,
+    labelled: float = 1.0,
+    seed: int = 0,
+) -> Path:
     """A table of every ``data_XXXX.npz`` of a Harvard-GDP folder (one patient per file; default
     ``folder/table.csv``): split and ``use_label`` by :func:`split_patients`, the labels ``glaucoma`` and
     ``progression_1`` ... ``progression_6``, ``md``, and the attributes ``age``, ``age_band``, ``male``, ``race``,
@@ -258,18 +293,34 @@ def write_harvard_table(folder: str | Path, out: str | Path | None = None, val: 
     for i, sample in enumerate(patients.ids):
         image = folder / f"{sample}.npz"
         a = {k: v[i] for k, v in patients.attributes.items()}
-        rows.append({
-            "id": sample, "image": _relative(image, out.parent), "patient": sample, "split": splits[i],
-            "use_label": int(usable[i]), "glaucoma": int(patients.glaucoma[i]),
-            **{f"progression_{j + 1}": int(v) for j, v in enumerate(patients.progression[i])},
-            "md": f"{float(patients.md[i]):.3f}", "age": f"{float(a['age']):.1f}", "age_band": age_band(float(a["age"])),
-            "male": int(a["male"]), "race": int(a["race"]), "hispanic": int(a["hispanic"]),
-        })
+        rows.append(
+            {
+                "id": sample,
+                "image": _relative(image, out.parent),
+                "patient": sample,
+                "split": splits[i],
+                "use_label": int(usable[i]),
+                "glaucoma": int(patients.glaucoma[i]),
+                **{f"progression_{j + 1}": int(v) for j, v in enumerate(patients.progression[i])},
+                "md": f"{float(patients.md[i]):.3f}",
+                "age": f"{float(a['age']):.1f}",
+                "age_band": age_band(float(a["age"])),
+                "male": int(a["male"]),
+                "race": int(a["race"]),
+                "hispanic": int(a["hispanic"]),
+            }
+        )
     return write_table(out, rows)
 
 
-def write_folder_table(root: str | Path, out: str | Path | None = None, val: float = 0.15, test: float = 0.25,
-                       labelled: float = 1.0, seed: int = 0) -> Path:
+def write_folder_table(
+    root: str | Path,
+    out: str | Path | None = None,
+    val: float = 0.15,
+    test: float = 0.25,
+    labelled: float = 1.0,
+    seed: int = 0,
+) -> Path:
     """A table of an image folder with one subfolder per class (``root/<class>/<image>``; default
     ``root/table.csv``); each image is its own patient. Split and ``use_label`` by :func:`split_patients`."""
     from labelwise.data.volumes import VOLUME_SUFFIXES, case_id, suffix_of
@@ -282,8 +333,10 @@ def write_folder_table(root: str | Path, out: str | Path | None = None, val: flo
         raise DataError(f"{root}: no images in class subfolders (expected {root}/<class>/<image>)")
     ids = [f"{label}/{case_id(f)}" for label, f in files]
     splits, usable = split_patients(ids, val, test, labelled, seed)
-    rows = [{"id": i, "image": _relative(f, out.parent), "split": s, "use_label": int(u), "label": label}
-            for i, (label, f), s, u in zip(ids, files, splits, usable, strict=True)]
+    rows = [
+        {"id": i, "image": _relative(f, out.parent), "split": s, "use_label": int(u), "label": label}
+        for i, (label, f), s, u in zip(ids, files, splits, usable, strict=True)
+    ]
     return write_table(out, rows)
 
 

@@ -22,9 +22,25 @@ from labelwise.data.harvard import read_harvard_image
 from labelwise.errors import DataError
 from labelwise.io import atomic_open
 
-__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "Grid", "Volume", "case_id",
-           "from_grid", "orient", "read_image", "read_spacing", "read_volume", "resample", "same_spacing",
-           "stores_spacing", "to_grid", "write_volume"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "PICTURE_SUFFIXES",
+    "VOLUME_SUFFIXES",
+    "Grid",
+    "Volume",
+    "case_id",
+    "from_grid",
+    "orient",
+    "read_image",
+    "read_spacing",
+    "read_volume",
+    "resample",
+    "same_spacing",
+    "stores_spacing",
+    "to_grid",
+    "write_volume",
+]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp")
@@ -43,7 +59,7 @@ class Volume:
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape[-len(self.spacing):])
+        return tuple(self.array.shape[-len(self.spacing) :])
 
 
 def suffix_of(path: str | Path) -> str:
@@ -101,8 +117,11 @@ def read_volume(path: str | Path, mask: bool = False) -> Volume:
                 if mask and im.mode == "P":  # a palette mask: its indices are the labels (VOC-style PNG, GIF)
                     raw = np.asarray(im)
                 else:
-                    raw = np.asarray(im.convert("L") if grey and im.mode not in ("I", "I;16", "F") else
-                                     (im if grey else im.convert("RGB")))
+                    raw = np.asarray(
+                        im.convert("L")
+                        if grey and im.mode not in ("I", "I;16", "F")
+                        else (im if grey else im.convert("RGB"))
+                    )
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: cannot read image: {err}") from None
         array = raw if mask else (raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0))
@@ -150,8 +169,9 @@ def _as_labels(array: np.ndarray, path: Path, picture: bool) -> np.ndarray:
     return np.ascontiguousarray(labels)
 
 
-def write_volume(path: str | Path, array: np.ndarray, spacing: tuple[float, ...] | None = None,
-                 affine: np.ndarray | None = None) -> Path:
+def write_volume(
+    path: str | Path, array: np.ndarray, spacing: tuple[float, ...] | None = None, affine: np.ndarray | None = None
+) -> Path:
     """Write ``array`` (``(*spatial)`` or ``(C, *spatial)`` for NIfTI images) to ``path`` (parents created;
     atomically: :func:`labelwise.io.atomic_open`).
 
@@ -167,8 +187,9 @@ def write_volume(path: str | Path, array: np.ndarray, spacing: tuple[float, ...]
 
         if array.dtype.kind in "biu":
             top = int(array.max(initial=0))
-            array = array.astype(np.uint8 if top < 256 and array.min(initial=0) >= 0 else
-                                 np.int16 if top < 2**15 else np.int32)
+            array = array.astype(
+                np.uint8 if top < 256 and array.min(initial=0) >= 0 else np.int16 if top < 2**15 else np.int32
+            )
         else:
             array = array.astype(np.float32)
         if array.ndim == 4:  # (C, X, Y, Z) -> (X, Y, Z, C)
@@ -178,7 +199,9 @@ def write_volume(path: str | Path, array: np.ndarray, spacing: tuple[float, ...]
             affine = np.diag([*zooms, 1.0])
         image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
         if spacing is not None:
-            image.header.set_zooms(tuple(float(s) for s in spacing[: min(array.ndim, 3)]) + image.header.get_zooms()[3:])
+            image.header.set_zooms(
+                tuple(float(s) for s in spacing[: min(array.ndim, 3)]) + image.header.get_zooms()[3:]
+            )
         with atomic_open(path) as f:  # what nib.save writes: gzip level 1, no name, mtime 0
             stream = gzip.GzipFile("", "wb", 1, f, 0) if suffix == ".nii.gz" else contextlib.nullcontext(f)
             with stream as out:
@@ -229,17 +252,25 @@ class Grid:
         return self.ornt is not None or self.resampled
 
     def to_json(self) -> dict:
-        return {"shape": list(self.shape), "spacing": list(self.spacing),
-                "affine": self.affine.tolist() if self.affine is not None else None,
-                "ornt": self.ornt.tolist() if self.ornt is not None else None,
-                "canonical_shape": list(self.canonical_shape), "resampled": self.resampled}
+        return {
+            "shape": list(self.shape),
+            "spacing": list(self.spacing),
+            "affine": self.affine.tolist() if self.affine is not None else None,
+            "ornt": self.ornt.tolist() if self.ornt is not None else None,
+            "canonical_shape": list(self.canonical_shape),
+            "resampled": self.resampled,
+        }
 
     @classmethod
     def from_json(cls, value: dict) -> Grid:
-        return cls(tuple(int(n) for n in value["shape"]), tuple(float(s) for s in value["spacing"]),
-                   np.asarray(value["affine"], dtype=np.float64) if value["affine"] is not None else None,
-                   np.asarray(value["ornt"], dtype=np.float64) if value["ornt"] is not None else None,
-                   tuple(int(n) for n in value["canonical_shape"]), bool(value["resampled"]))
+        return cls(
+            tuple(int(n) for n in value["shape"]),
+            tuple(float(s) for s in value["spacing"]),
+            np.asarray(value["affine"], dtype=np.float64) if value["affine"] is not None else None,
+            np.asarray(value["ornt"], dtype=np.float64) if value["ornt"] is not None else None,
+            tuple(int(n) for n in value["canonical_shape"]),
+            bool(value["resampled"]),
+        )
 
 
 def canonical_ornt(affine: np.ndarray | None, dims: int) -> np.ndarray | None:
@@ -297,12 +328,14 @@ def resample(array: np.ndarray, size: Sequence[int], mask: bool = False) -> np.n
         return array
     lead = shape[:-dims]
     flat = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64 if mask else np.float32)).reshape(
-        1, -1, *shape[-dims:])
+        1, -1, *shape[-dims:]
+    )
     if mask:
         out = torch.nn.functional.interpolate(flat, size=size, mode="nearest-exact")
     else:
-        out = torch.nn.functional.interpolate(flat, size=size, mode="bilinear" if dims == 2 else "trilinear",
-                                              align_corners=False)
+        out = torch.nn.functional.interpolate(
+            flat, size=size, mode="bilinear" if dims == 2 else "trilinear", align_corners=False
+        )
     out = out.reshape(*lead, *size).numpy()
     return np.ascontiguousarray(out.astype(array.dtype if mask else np.float32))
 
@@ -316,8 +349,12 @@ def _resampled_affine(affine: np.ndarray, old: Sequence[int], new: Sequence[int]
     return np.asarray(affine, dtype=np.float64) @ scale
 
 
-def to_grid(volume: Volume, reorient: bool = False, spacing: Sequence[float] | None = None,
-            masks: Sequence[np.ndarray | None] = ()) -> tuple[Volume, list[np.ndarray | None]]:
+def to_grid(
+    volume: Volume,
+    reorient: bool = False,
+    spacing: Sequence[float] | None = None,
+    masks: Sequence[np.ndarray | None] = (),
+) -> tuple[Volume, list[np.ndarray | None]]:
     """``volume`` (an image ``(C, *spatial)``) on the grid training uses, with ``masks`` ``(*spatial)`` on the same:
     reoriented to the closest canonical orientation (``reorient``, 3D with an affine: :func:`canonical_ornt`, axes
     permuted and flipped, no interpolation), then resampled to ``spacing`` (images linearly, masks by nearest
@@ -366,8 +403,7 @@ def from_grid(array: np.ndarray, grid: Grid | None, mask: bool = False) -> np.nd
     return array
 
 
-def read_spacing(path: str | Path, reorient: bool = False, modalities: Sequence[str] = ("rnflt",)
-                 ) -> tuple[float, ...]:
+def read_spacing(path: str | Path, reorient: bool = False, modalities: Sequence[str] = ("rnflt",)) -> tuple[float, ...]:
     """The spacing of the image at ``path`` as :func:`to_grid` sees it before resampling (reoriented: permuted
     like its axes), from the header alone for NIfTI."""
     if suffix_of(path) in NIFTI_SUFFIXES:

@@ -30,8 +30,12 @@ def rng_states() -> dict[str, Any]:
     np_state = np.random.get_state()
     states: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -44,7 +48,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     n = states["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -59,7 +65,9 @@ def network_tensors(networks: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     }
 
 
-def save_checkpoint(folder: Path, step: int, networks: dict[str, nn.Module], state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(
+    folder: Path, step: int, networks: dict[str, nn.Module], state: dict[str, Any], keep: int = 2
+) -> Path:
     """Write ``folder/step-XXXXXX`` atomically, point ``latest.json`` at it, keep the newest ``keep``."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
@@ -101,7 +109,7 @@ def load_weights(path: str | Path, networks: dict[str, nn.Module]) -> None:
     tensors = load_file(str(file))
     for name, net in networks.items():
         prefix = f"{name}."
-        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         missing, unexpected = net.load_state_dict(own, strict=False)
         if missing or unexpected:
             raise LabelwiseError(

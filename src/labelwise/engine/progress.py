@@ -26,8 +26,13 @@ class StepProgress:
     def __enter__(self) -> StepProgress:
         if self.live:
             self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
                 console=self.console,
             )
             self._bar.__enter__()
@@ -44,7 +49,11 @@ class StepProgress:
             self._bar.update(self._task, completed=step, loss=shown)
         elif step != self._last_printed and (step >= self._next_line or step == self.total):
             rate = (step - self.start) / max(1e-9, time.perf_counter() - self._t0)
-            print(f"{self.description}: step {step}/{self.total}  loss {shown}  ({rate:.1f} steps/s)", file=sys.stderr, flush=True)
+            print(
+                f"{self.description}: step {step}/{self.total}  loss {shown}  ({rate:.1f} steps/s)",
+                file=sys.stderr,
+                flush=True,
+            )
             self._next_line = step + max(1, self.total // 10)
             self._last_printed = step
 

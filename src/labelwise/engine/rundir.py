@@ -65,7 +65,9 @@ def new_run_dir(name: str, run_dir: str | Path | None = None, root: str | Path =
     if run_dir is not None:
         path = Path(run_dir)
         if (path / "config.yaml").exists():
-            raise LabelwiseError(f"--run-dir {path}: already holds a run; resume it with --resume {path} or pick another")
+            raise LabelwiseError(
+                f"--run-dir {path}: already holds a run; resume it with --resume {path} or pick another"
+            )
         return path
     path = Path(root) / name
     suffix = 2

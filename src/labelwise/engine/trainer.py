@@ -26,7 +26,14 @@ import labelwise
 from labelwise.config import Config, load_config, save_config
 from labelwise.data import DataBundle, MixedBatchSampler, StepBatchSampler, load_data
 from labelwise.data.patches import VolumeDataset
-from labelwise.engine.checkpoint import latest_checkpoint, load_state, load_weights, rng_states, save_checkpoint, set_rng_states
+from labelwise.engine.checkpoint import (
+    latest_checkpoint,
+    load_state,
+    load_weights,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 from labelwise.engine.progress import StepProgress
 from labelwise.engine.rundir import RunDir
 from labelwise.errors import ConfigError, LabelwiseError
@@ -34,6 +41,7 @@ from labelwise.io import atomic_path, atomic_write
 
 if TYPE_CHECKING:
     from labelwise.methods import Method
+
 
 class NonFiniteLossError(LabelwiseError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
@@ -111,9 +119,14 @@ class Trainer:
     the prediction arrays and the classification summary); None writes none. ``labelwise.training.train`` wires
     both."""
 
-    def __init__(self, config: Config, run_dir: str | Path, method: type[Method], fabric: Fabric | None = None,
-                 write_outputs: Callable[[Path, str, DataBundle, dict[str, Any], int], dict[str, float] | None]
-                 | None = None):
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        method: type[Method],
+        fabric: Fabric | None = None,
+        write_outputs: Callable[[Path, str, DataBundle, dict[str, Any], int], dict[str, float] | None] | None = None,
+    ):
         self.config = config
         self.method_class = method
         self.write_outputs = write_outputs
@@ -128,8 +141,10 @@ class Trainer:
         if resume:
             self._check_resume_config()
         elif latest_checkpoint(self.run.checkpoints) is not None:  # before any process could write one of this run
-            raise LabelwiseError(f"{self.run.path}: holds a run's checkpoints already; resume it "
-                                 f"(labelwise train --resume {self.run.path}) or pick another folder")
+            raise LabelwiseError(
+                f"{self.run.path}: holds a run's checkpoints already; resume it "
+                f"(labelwise train --resume {self.run.path}) or pick another folder"
+            )
         fabric.launch()
         fabric.seed_everything(cfg.seed, verbose=False)
         if cfg.trainer.deterministic:
@@ -173,12 +188,22 @@ class Trainer:
             save_config(saved, self.run.config)  # resumed: with its --set overrides, so that config.yaml says what ran
             atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
             self.run.update_summary(
-                name=cfg.name, status="running", step=self.start_step, max_steps=cfg.trainer.max_steps,
-                message="", labelwise_version=labelwise.__version__, world_size=fabric.world_size,
+                name=cfg.name,
+                status="running",
+                step=self.start_step,
+                max_steps=cfg.trainer.max_steps,
+                message="",
+                labelwise_version=labelwise.__version__,
+                world_size=fabric.world_size,
                 **({} if resume else {"best": None, "tested_step": None}),
-                data={"task": self.data.task, "num_classes": self.data.num_classes, "in_channels": self.data.in_channels,
-                      "spatial_dims": self.data.spatial_dims, "class_names": self.data.class_names,
-                      "image_size": list(self.data.image_size) if self.data.image_size else None},
+                data={
+                    "task": self.data.task,
+                    "num_classes": self.data.num_classes,
+                    "in_channels": self.data.in_channels,
+                    "spatial_dims": self.data.spatial_dims,
+                    "class_names": self.data.class_names,
+                    "image_size": list(self.data.image_size) if self.data.image_size else None,
+                },
             )
         fabric.barrier()
         return self.start_step
@@ -206,12 +231,20 @@ class Trainer:
         if batch > n_train:
             raise ConfigError(f"data.batch_size: {batch} is larger than the training split ({n_train} samples)")
         sampler = self._mixed_sampler(start_step) or StepBatchSampler(
-            n_train, batch, cfg.trainer.max_steps, cfg.seed,
-            start_step=start_step, rank=fabric.global_rank, world=fabric.world_size,
+            n_train,
+            batch,
+            cfg.trainer.max_steps,
+            cfg.seed,
+            start_step=start_step,
+            rank=fabric.global_rank,
+            world=fabric.world_size,
         )
         loader = DataLoader(
-            self.data.split("train"), batch_sampler=sampler, num_workers=cfg.trainer.num_workers,
-            persistent_workers=False, pin_memory=fabric.device.type == "cuda",
+            self.data.split("train"),
+            batch_sampler=sampler,
+            num_workers=cfg.trainer.num_workers,
+            persistent_workers=False,
+            pin_memory=fabric.device.type == "cuda",
         )
         return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
@@ -235,8 +268,9 @@ class Trainer:
         checkpoint = latest_checkpoint(Path(cfg.init_from) / "checkpoints")
         if checkpoint is None:
             raise ConfigError(f"model.init_from: {cfg.init_from} is not a run directory with a checkpoint")
-        self.frozen = self.method.load_backbone(load_file(str(checkpoint / WEIGHTS)), freeze=cfg.freeze_backbone,
-                                                source=str(cfg.init_from))
+        self.frozen = self.method.load_backbone(
+            load_file(str(checkpoint / WEIGHTS)), freeze=cfg.freeze_backbone, source=str(cfg.init_from)
+        )
 
     def _mixed_sampler(self, start_step: int) -> MixedBatchSampler | None:
         """Batches with a fixed labelled part (``data.labelled_per_batch``, default half) for methods that learn from
@@ -251,9 +285,17 @@ class Trainer:
         n_labelled = asked or max(1, cfg.data.batch_size // 2)
         labelled, unlabelled = torch.nonzero(flags).flatten().tolist(), torch.nonzero(~flags).flatten().tolist()
         try:
-            return MixedBatchSampler(labelled, unlabelled, cfg.data.batch_size, n_labelled, cfg.trainer.max_steps,
-                                     cfg.seed, start_step=start_step, rank=self.fabric.global_rank,
-                                     world=self.fabric.world_size)
+            return MixedBatchSampler(
+                labelled,
+                unlabelled,
+                cfg.data.batch_size,
+                n_labelled,
+                cfg.trainer.max_steps,
+                cfg.seed,
+                start_step=start_step,
+                rank=self.fabric.global_rank,
+                world=self.fabric.world_size,
+            )
         except ValueError as err:
             raise ConfigError(f"data.labelled_per_batch / data.batch_size: {err}") from None
 
@@ -286,7 +328,9 @@ class Trainer:
                     self.method.after_step()
                     step += 1
                     finite = torch.isfinite(loss.detach())
-                    first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=fabric.device), first_bad)
+                    first_bad = torch.where(
+                        (first_bad < 0) & ~finite, torch.tensor(step, device=fabric.device), first_bad
+                    )
                     for key, value in losses.items():
                         window_losses[key] = window_losses.get(key, 0.0) + value.detach().float()
                         window_counts[key] = window_counts.get(key, 0) + 1
@@ -341,9 +385,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(loss)
         if self.config.trainer.gradient_clip:
-            trainable = next(net for net in self.method.networks.values() if any(p.requires_grad for p in net.parameters()))
-            self.fabric.clip_gradients(trainable, self.optimizer, max_norm=self.config.trainer.gradient_clip,
-                                       error_if_nonfinite=False)
+            trainable = next(
+                net for net in self.method.networks.values() if any(p.requires_grad for p in net.parameters())
+            )
+            self.fabric.clip_gradients(
+                trainable, self.optimizer, max_norm=self.config.trainer.gradient_clip, error_if_nonfinite=False
+            )
         self.optimizer.step()
 
     def _train_mode(self) -> None:
@@ -361,13 +408,19 @@ class Trainer:
                 "trainer.gradient_clip, or check the data for NaN/inf values"
             )
 
-    def _log_train(self, step: int, sums: dict[str, Any], counts: dict[str, int], lr: float,
-                   started: float) -> dict[str, Any]:
+    def _log_train(
+        self, step: int, sums: dict[str, Any], counts: dict[str, int], lr: float, started: float
+    ) -> dict[str, Any]:
         """One train record: each term's mean over the steps of the window that reported it."""
         keys = sorted(sums)
         stacked = torch.stack([torch.as_tensor(sums[k], device=self.fabric.device) / counts[k] for k in keys])
         mean = self.fabric.all_reduce(stacked, reduce_op="mean").tolist()
-        record: dict[str, Any] = {"step": step, "split": "train", "time": round(time.perf_counter() - started, 3), "lr": lr}
+        record: dict[str, Any] = {
+            "step": step,
+            "split": "train",
+            "time": round(time.perf_counter() - started, 3),
+            "lr": lr,
+        }
         for key, value in zip(keys, mean, strict=True):
             record["loss" if key == "loss" else f"loss/{key}"] = value
         if self.fabric.is_global_zero:
@@ -380,8 +433,10 @@ class Trainer:
         if name is None:
             return
         if name not in metrics:
-            raise ConfigError(f"trainer.select_best: the validation metrics have no {name!r}; they are "
-                              f"{', '.join(sorted(metrics)) or 'none (no validation split?)'}")
+            raise ConfigError(
+                f"trainer.select_best: the validation metrics have no {name!r}; they are "
+                f"{', '.join(sorted(metrics)) or 'none (no validation split?)'}"
+            )
         value, best = float(metrics[name]), self.run.summary().get("best")
         lower = name == "loss" or name.startswith("loss/")
         better = best is None or (value < best["value"] if lower else value > best["value"])
@@ -414,8 +469,15 @@ class Trainer:
         if self.fabric.is_global_zero:
             atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
             self.run.update_summary(calibration={"threshold": value, "val_dice": score, "step": step})
-            self.run.append_metrics({"step": step, "split": "val", "time": round(time.perf_counter() - started, 3),
-                                     "calibrated_threshold": value, "dice_at_calibrated_threshold": score})
+            self.run.append_metrics(
+                {
+                    "step": step,
+                    "split": "val",
+                    "time": round(time.perf_counter() - started, 3),
+                    "calibrated_threshold": value,
+                    "dice_at_calibrated_threshold": score,
+                }
+            )
 
     def _load_best(self, step: int) -> int:
         """Load the best validation weights (when ``trainer.select_best`` chose others than the last); the step whose
@@ -441,7 +503,9 @@ class Trainer:
                 "rng": rng_states(),
                 "world_size": self.fabric.world_size,
             }
-            save_checkpoint(self.run.checkpoints, step, self.raw_networks, state, keep=self.config.trainer.keep_checkpoints)
+            save_checkpoint(
+                self.run.checkpoints, step, self.raw_networks, state, keep=self.config.trainer.keep_checkpoints
+            )
             self.run.update_summary(step=step)
         self.fabric.barrier()
 
@@ -453,8 +517,10 @@ class Trainer:
         for net in self.method.networks.values():
             net.eval()
         if isinstance(dataset, VolumeDataset):
-            logits = [self.method.predict(image[None].to(self.fabric.device), spacing=spacing)[0].float().cpu()
-                      for image, spacing in zip(dataset.image, dataset.spacings)]
+            logits = [
+                self.method.predict(image[None].to(self.fabric.device), spacing=spacing)[0].float().cpu()
+                for image, spacing in zip(dataset.image, dataset.spacings)
+            ]
             return logits, dataset.target
         outputs = []
         bs = self.config.data.eval_batch_size
@@ -472,9 +538,12 @@ class Trainer:
         if not self.fabric.is_global_zero:
             return metrics
         if save_predictions and self.write_outputs is not None:
-            metrics.update(self.write_outputs(self.run.predictions, split, self.data, predictions,
-                                              self.config.seed) or {})
-        self.run.append_metrics({"step": step, "split": split, "time": round(time.perf_counter() - started, 3), **metrics})
+            metrics.update(
+                self.write_outputs(self.run.predictions, split, self.data, predictions, self.config.seed) or {}
+            )
+        self.run.append_metrics(
+            {"step": step, "split": split, "time": round(time.perf_counter() - started, 3), **metrics}
+        )
         return metrics
 
 

@@ -42,8 +42,10 @@ def evaluate_classification(
     given_single = None
     if single_labels is not None:
         if len(label_columns) != 1:
-            raise DataError(f"--labels {single_labels}: --label-sets scores take one original label per image; name "
-                            f"one --label-column, not {len(label_columns)} (the label sets hold the other classes)")
+            raise DataError(
+                f"--labels {single_labels}: --label-sets scores take one original label per image; name "
+                f"one --label-column, not {len(label_columns)} (the label sets hold the other classes)"
+            )
         given_single, _ = read_labels(single_labels, list(label_columns), row_ids)
     cache: dict[int, tuple] = {}  # label matrix by row count (the same for every model of one evaluation)
     models = []
@@ -63,8 +65,16 @@ def evaluate_classification(
             bad = int(np.flatnonzero(single >= matrix.shape[1])[0])
             raise DataError(f"single label of row {bad + 1} is {int(single[bad])}, outside [0, {matrix.shape[1]})")
         try:  # summarize checks the outputs' classes against the label sets; name the file in its message
-            scores = summarize(outputs, matrix, single, topk=topk, label_count=count, threshold=threshold,
-                               bootstrap=bootstrap, asma_metric=asma_metric)
+            scores = summarize(
+                outputs,
+                matrix,
+                single,
+                topk=topk,
+                label_count=count,
+                threshold=threshold,
+                bootstrap=bootstrap,
+                asma_metric=asma_metric,
+            )
         except ValueError as err:
             raise DataError(f"{path}: {err}") from None
         models.append({"model": _model_name(Path(path)), "file": str(path), **scores})

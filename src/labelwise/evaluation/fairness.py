@@ -28,7 +28,9 @@ from labelwise.metrics.fairness import summarize
 __all__ = ["evaluate_fairness"]
 
 
-def _read_predictions(path: Path, ids: Path | None) -> tuple[list[str] | None, np.ndarray, np.ndarray | None, list[str]]:
+def _read_predictions(
+    path: Path, ids: Path | None
+) -> tuple[list[str] | None, np.ndarray, np.ndarray | None, list[str]]:
     """Row ids (None: unknown), probabilities (N, K), targets if the file has them, class names."""
     if not path.is_file():
         raise DataError(f"--predictions {path}: no such file")
@@ -76,8 +78,10 @@ def _probabilities(path: Path, scores: np.ndarray, multilabel: bool, logits: boo
         return shifted / shifted.sum(axis=1, keepdims=True)
     low, high = (float(scores.min()), float(scores.max())) if scores.size else (0.0, 1.0)
     if low < 0 or high > 1:
-        raise DataError(f"--predictions {path}: scores range from {low:.4g} to {high:.4g}, outside [0, 1]; if they "
-                        "are logits, add --logits")
+        raise DataError(
+            f"--predictions {path}: scores range from {low:.4g} to {high:.4g}, outside [0, 1]; if they "
+            "are logits, add --logits"
+        )
     return scores
 
 
@@ -112,8 +116,10 @@ def evaluate_fairness(
     if multilabel and target.shape[1] != scores.shape[1]:
         raise DataError(f"--predictions {predictions}: {scores.shape[1]} score columns for {target.shape[1]} labels")
     if not multilabel and target.size and (target.min() < 0 or target.max() >= max(scores.shape[1], 2)):
-        raise DataError(f"labels range from {target.min()} to {target.max()}, but --predictions {predictions} has "
-                        f"{scores.shape[1]} score column(s) (classes 0 to {max(scores.shape[1], 2) - 1})")
+        raise DataError(
+            f"labels range from {target.min()} to {target.max()}, but --predictions {predictions} has "
+            f"{scores.shape[1]} score column(s) (classes 0 to {max(scores.shape[1], 2) - 1})"
+        )
     scores = _probabilities(Path(predictions), scores, multilabel, logits)
     if scores.shape[1] == 1 and not multilabel:  # one column: p(positive) of a binary problem
         scores = np.concatenate([1 - scores, scores], axis=1)

@@ -62,14 +62,28 @@ from labelwise.io import atomic_write, json_ready
 from labelwise.metrics.aggregate import empty_mask_note, mean_std
 from labelwise.metrics.surface import SCORE_NAMES, highest_label, score_case, scored_classes
 
-__all__ = ["SCORE_LABELS", "SCORE_NAMES", "evaluate_segmentation", "format_table",
-           "summarize_cases", "summarize_classes", "to_csv", "to_json"]
+__all__ = [
+    "SCORE_LABELS",
+    "SCORE_NAMES",
+    "evaluate_segmentation",
+    "format_table",
+    "summarize_cases",
+    "summarize_classes",
+    "to_csv",
+    "to_json",
+]
 
 _LIST_AT_MOST = 10
 
 SCORE_LABELS = {
-    "dice": "Dice", "iou": "IoU", "precision": "precision", "sensitivity": "sensitivity",
-    "volumetric_similarity": "VS", "hd95": "HD95", "assd": "ASSD", "cldice": "clDice",
+    "dice": "Dice",
+    "iou": "IoU",
+    "precision": "precision",
+    "sensitivity": "sensitivity",
+    "volumetric_similarity": "VS",
+    "hd95": "HD95",
+    "assd": "ASSD",
+    "cldice": "clDice",
 }
 _DISTANCES = ("hd95", "assd")
 
@@ -96,9 +110,16 @@ def _references(pred_files: dict[str, Path], folder: Path, what: str) -> tuple[d
     files = mask_files(folder, what)
     matched = match_references(list(pred_files.values()), folder, what)
     used = set(matched.values())
-    return ({case_id(p): r for p, r in matched.items()},
-            sorted({case_id(f) for f in files if f not in used and f.resolve() not in
-                    {p.resolve() for p in pred_files.values()}}))
+    return (
+        {case_id(p): r for p, r in matched.items()},
+        sorted(
+            {
+                case_id(f)
+                for f in files
+                if f not in used and f.resolve() not in {p.resolve() for p in pred_files.values()}
+            }
+        ),
+    )
 
 
 def _labels_note(path: Path, array: np.ndarray, what: str) -> str:
@@ -109,8 +130,14 @@ def _labels_note(path: Path, array: np.ndarray, what: str) -> str:
 _NAN_SCORES = dict.fromkeys(SCORE_NAMES, math.nan)  # a class absent from both masks (metrics.surface.class_scores)
 
 
-def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = False,
-                          roi: Path | None = None, class_names: list[str] | None = None) -> dict[str, Any]:
+def evaluate_segmentation(
+    pred: Path,
+    truth: Path,
+    *,
+    allow_missing: bool = False,
+    roi: Path | None = None,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
     """Score every predicted mask in ``pred`` (or ``pred/masks``) against the same case in ``truth``; with ``roi``, a
     folder of region-of-interest masks matched by case id (every scored case needs one), inside them only. Per class
     too when a mask holds labels above 1 or ``class_names`` (one per label ``1..K``) are given.
@@ -131,9 +158,11 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
             parts.append(f"{len(pred_only)} predicted case(s) without truth in {truth}: {_listing(pred_only)}")
         if truth_only:
             parts.append(f"{len(truth_only)} truth case(s) without prediction in {pred}: {_listing(truth_only)}")
-        raise DataError("; ".join(parts) + " (a reference is the file of the prediction's name without suffix, "
-                        "else of that name plus _mask, _seg, _label, _gt or _roi, else of its key as labelwise data "
-                        "manifest pairs files; allow missing cases to skip them)")
+        raise DataError(
+            "; ".join(parts) + " (a reference is the file of the prediction's name without suffix, "
+            "else of that name plus _mask, _seg, _label, _gt or _roi, else of its key as labelwise data "
+            "manifest pairs files; allow missing cases to skip them)"
+        )
     if pred_only:
         notes.append(f"skipped {len(pred_only)} predicted case(s) without truth: {_listing(pred_only)}")
     if truth_only:
@@ -168,28 +197,48 @@ def evaluate_segmentation(pred: Path, truth: Path, *, allow_missing: bool = Fals
         try:
             scored = score_case(pv.array, tv.array, spacing, region, scored_classes(names=names, highest=top))
         except DataError as err:
-            raise DataError(f"case {cid} ({pp} vs {tp}): {err}"
-                            + (f" ({len(names)} class names given)" if names else "")) from None
+            raise DataError(
+                f"case {cid} ({pp} vs {tp}): {err}" + (f" ({len(names)} class names given)" if names else "")
+            ) from None
         tops.append(top)
         # labels 1 .. the case's highest (or the names); a case of one foreground: label 1 is its foreground
         per_case.append(list(scored["per_class"].values()) or [scored["foreground"]])
-        cases.append({"id": cid, "pred": str(pp), "truth": str(tp), "spacing": [float(s) for s in spacing],
-                      **({"roi": str(roi_files[cid])} if roi is not None else {}), **scored["foreground"]})
+        cases.append(
+            {
+                "id": cid,
+                "pred": str(pp),
+                "truth": str(tp),
+                "spacing": [float(s) for s in spacing],
+                **({"roi": str(roi_files[cid])} if roi is not None else {}),
+                **scored["foreground"],
+            }
+        )
 
     classes = scored_classes(names=names, highest=max(tops))
     if classes:
         for case, scores in zip(cases, per_case):  # labels above a case's highest: absent from both masks, nan
-            case["per_class"] = {name: scores[k] if k < len(scores) else dict(_NAN_SCORES)
-                                 for k, name in enumerate(classes)}
+            case["per_class"] = {
+                name: scores[k] if k < len(scores) else dict(_NAN_SCORES) for k, name in enumerate(classes)
+            }
         if multi:
-            notes.append(f"{len(multi)} mask(s) hold labels above 1 (first: {multi[0]}): scored per class "
-                         f"({', '.join(classes)}) and as one foreground (label > 0)")
+            notes.append(
+                f"{len(multi)} mask(s) hold labels above 1 (first: {multi[0]}): scored per class "
+                f"({', '.join(classes)}) and as one foreground (label > 0)"
+            )
     unit = units.pop() if len(units) == 1 else "mm (NIfTI cases), pixels (other cases)"
     summary = summarize_cases(cases)
     note = empty_mask_note(summary, len(cases))
-    return {"cases": cases, **summary, "n": len(cases), "spacing_unit": unit, "roi": str(roi) if roi else None,
-            "notes": notes + ([note] if note else []), "skipped": {"pred_only": pred_only, "truth_only": truth_only},
-            "classes": classes, "per_class": summarize_classes(cases, classes)}
+    return {
+        "cases": cases,
+        **summary,
+        "n": len(cases),
+        "spacing_unit": unit,
+        "roi": str(roi) if roi else None,
+        "notes": notes + ([note] if note else []),
+        "skipped": {"pred_only": pred_only, "truth_only": truth_only},
+        "classes": classes,
+        "per_class": summarize_classes(cases, classes),
+    }
 
 
 def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -205,17 +254,22 @@ def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, Any]:
         count[name] = int(np.count_nonzero(~np.isnan(values)))
     no_pred = np.isnan(np.array([case["precision"] for case in cases], dtype=np.float64))
     no_ref = np.isnan(np.array([case["sensitivity"] for case in cases], dtype=np.float64))
-    return {"mean": mean, "std": std, "count": count,
-            "empty_prediction": int(np.count_nonzero(no_pred & ~no_ref)),
-            "empty_reference": int(np.count_nonzero(no_ref & ~no_pred)),
-            "both_empty": int(np.count_nonzero(no_pred & no_ref))}
+    return {
+        "mean": mean,
+        "std": std,
+        "count": count,
+        "empty_prediction": int(np.count_nonzero(no_pred & ~no_ref)),
+        "empty_reference": int(np.count_nonzero(no_ref & ~no_pred)),
+        "both_empty": int(np.count_nonzero(no_pred & no_ref)),
+    }
 
 
 def summarize_classes(cases: list[dict[str, Any]], classes: list[str]) -> dict[str, dict[str, Any]]:
     """``{name: summarize_cases(...)}`` of each class over the cases' ``per_class`` scores (a case lacking a class
     counts as absent from both masks: nan); ``{}`` without classes."""
-    return {name: summarize_cases([case.get("per_class", {}).get(name, _NAN_SCORES) for case in cases])
-            for name in classes}
+    return {
+        name: summarize_cases([case.get("per_class", {}).get(name, _NAN_SCORES) for case in cases]) for name in classes
+    }
 
 
 def to_json(result: dict[str, Any], path: Path | None = None) -> str:
@@ -247,8 +301,7 @@ def to_csv(result: dict[str, Any], path: Path | None = None) -> str:
     for name in classes:
         for case in result["cases"]:
             scores = case.get("per_class", {}).get(name, _NAN_SCORES)
-            writer.writerow([case["id"], case["pred"], case["truth"], *(_number(scores[n]) for n in SCORE_NAMES),
-                             name])
+            writer.writerow([case["id"], case["pred"], case["truth"], *(_number(scores[n]) for n in SCORE_NAMES), name])
         for row in ("mean", "std"):
             writer.writerow([row, "", "", *(_number(result["per_class"][name][row][n]) for n in SCORE_NAMES), name])
     text = out.getvalue()

@@ -32,14 +32,31 @@ from labelwise.explain.guided import GuidedBackprop, GuidedGradCAM
 METHOD_NAMES = (*CAMS, "guided-backprop", "guided-gradcam")
 
 __all__ = [
-    "CAM", "CAMS", "METHOD_NAMES", "CounterfactualGradCAM", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
-    "GuidedGradCAM", "HiResCAM", "LayerCAM", "ScoreCAM", "SegmentationTarget", "SmoothGradCAMPlusPlus", "XGradCAM",
-    "build_explainer", "default_target_layer", "postprocess", "tokens_to_grid",
+    "CAM",
+    "CAMS",
+    "METHOD_NAMES",
+    "CounterfactualGradCAM",
+    "EigenCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "ScoreCAM",
+    "SegmentationTarget",
+    "SmoothGradCAMPlusPlus",
+    "XGradCAM",
+    "build_explainer",
+    "default_target_layer",
+    "postprocess",
+    "tokens_to_grid",
 ]
 
 
-def build_explainer(name: str, model: nn.Module, target_layer: nn.Module | str | None = None,
-                    **options: Any) -> CAM | GuidedBackprop | GuidedGradCAM:
+def build_explainer(
+    name: str, model: nn.Module, target_layer: nn.Module | str | None = None, **options: Any
+) -> CAM | GuidedBackprop | GuidedGradCAM:
     """A method by its name: one of :data:`METHOD_NAMES` (``gradcam``, ``gradcam++``, ``scorecam``, ...)."""
     if name == "guided-backprop":
         return GuidedBackprop(model)

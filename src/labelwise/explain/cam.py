@@ -28,8 +28,20 @@ from torch import Tensor, nn
 from labelwise.errors import LabelwiseError
 
 __all__ = [
-    "CAM", "CounterfactualGradCAM", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "ScoreCAM",
-    "SegmentationTarget", "SmoothGradCAMPlusPlus", "XGradCAM", "default_target_layer", "postprocess", "tokens_to_grid",
+    "CAM",
+    "CounterfactualGradCAM",
+    "EigenCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "ScoreCAM",
+    "SegmentationTarget",
+    "SmoothGradCAMPlusPlus",
+    "XGradCAM",
+    "default_target_layer",
+    "postprocess",
+    "tokens_to_grid",
 ]
 
 Upsample = Literal["linear", "nearest"] | None
@@ -76,7 +88,8 @@ def default_target_layer(model: nn.Module, x: Tensor) -> str:
     seen: list[tuple[str, Tensor]] = []
     handles = [
         module.register_forward_hook(lambda _m, _i, out, name=name: seen.append((name, out)))
-        for name, module in model.named_modules() if name
+        for name, module in model.named_modules()
+        if name
     ]
     try:
         with torch.no_grad(), _eval_mode(model):
@@ -93,8 +106,9 @@ def default_target_layer(model: nn.Module, x: Tensor) -> str:
     )
 
 
-def postprocess(maps: Tensor, size: Sequence[int], relu: bool = True, normalize: bool = True,
-                upsample: Upsample = "linear") -> Tensor:
+def postprocess(
+    maps: Tensor, size: Sequence[int], relu: bool = True, normalize: bool = True, upsample: Upsample = "linear"
+) -> Tensor:
     """ReLU, then upsampling ``(B, K, *s)`` to ``size`` (linear: bi/trilinear, align_corners=False), then per-map
     min-max scaling to [0, 1] (a constant map becomes 0)."""
     if relu:
@@ -103,12 +117,16 @@ def postprocess(maps: Tensor, size: Sequence[int], relu: bool = True, normalize:
         if upsample not in ("linear", "nearest"):
             raise LabelwiseError(f"upsample must be 'linear', 'nearest' or None, got {upsample!r}")
         mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)] if upsample == "linear" else "nearest"
-        maps = F.interpolate(maps, size=tuple(size), mode=mode, **({"align_corners": False} if mode != "nearest" else {}))
+        maps = F.interpolate(
+            maps, size=tuple(size), mode=mode, **({"align_corners": False} if mode != "nearest" else {})
+        )
     if normalize:
         flat = maps.flatten(2)
         low, high = flat.amin(2, keepdim=True), flat.amax(2, keepdim=True)
         span = high - low
-        flat = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+        flat = torch.where(
+            span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat)
+        )
         maps = flat.view_as(maps)
     return maps
 
@@ -123,14 +141,25 @@ class CAM:
 
     uses_gradients: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, target_layer: nn.Module | str | None = None,
-                 reshape: Callable[[Tensor], Tensor] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: nn.Module | str | None = None,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+    ):
         self.model = model
         self.reshape = reshape
         self._layer = self._resolve(target_layer) if target_layer is not None else None
 
-    def __call__(self, x: Tensor, targets: Any = None, *, relu: bool = True, normalize: bool = True,
-                 upsample: Upsample = "linear") -> Tensor:
+    def __call__(
+        self,
+        x: Tensor,
+        targets: Any = None,
+        *,
+        relu: bool = True,
+        normalize: bool = True,
+        upsample: Upsample = "linear",
+    ) -> Tensor:
         """Maps ``(B, K, *spatial)`` float32: at the input's size, or the layer's with ``upsample=None``."""
         _check_input(x)
         maps = self.compute(x, targets)
@@ -171,8 +200,10 @@ class CAM:
             if not isinstance(output, Tensor):
                 raise LabelwiseError(f"target layer {self.layer_name!r} returns {type(output).__name__}, not a tensor")
             if record:
-                raise LabelwiseError(f"target layer {self.layer_name!r} runs more than once per forward pass; pick "
-                                     "a layer that runs once")
+                raise LabelwiseError(
+                    f"target layer {self.layer_name!r} runs more than once per forward pass; pick "
+                    "a layer that runs once"
+                )
             leaf = output.detach()
             record.append(leaf)
             if not gradients:
@@ -196,17 +227,19 @@ class CAM:
             if scores.grad_fn is None:
                 raise LabelwiseError(f"the model's output does not depend on target layer {self.layer_name!r}")
             k = scores.shape[1]
-            grads = torch.stack([
-                torch.autograd.grad(scores[:, j].sum(), leaf, retain_graph=j < k - 1)[0] for j in range(k)
-            ], dim=1)
+            grads = torch.stack(
+                [torch.autograd.grad(scores[:, j].sum(), leaf, retain_graph=j < k - 1)[0] for j in range(k)], dim=1
+            )
             grads = _float(self._grid(grads.flatten(0, 1)).unflatten(0, grads.shape[:2]))
         return Capture(_float(self._grid(leaf.detach())), grads, classes, output.detach())
 
     def _grid(self, t: Tensor) -> Tensor:
         out = self.reshape(t) if self.reshape is not None else t
         if out.ndim < 3:
-            raise LabelwiseError(f"target layer {self.layer_name!r} output has shape {tuple(out.shape)}: not spatial; "
-                                 "pick a convolutional layer or pass reshape=")
+            raise LabelwiseError(
+                f"target layer {self.layer_name!r} output has shape {tuple(out.shape)}: not spatial; "
+                "pick a convolutional layer or pass reshape="
+            )
         return out
 
     def _resolve(self, target_layer: nn.Module | str) -> nn.Module:
@@ -258,8 +291,11 @@ class GradCAMPlusPlus(CAM):
 
 
 def _plus_plus(activations: Tensor, g1: Tensor, g2: Tensor, g3: Tensor) -> Tensor:
-    total = activations.flatten(2).sum(2).view(activations.shape[0], 1, activations.shape[1],
-                                                 *([1] * (activations.ndim - 2)))
+    total = (
+        activations.flatten(2)
+        .sum(2)
+        .view(activations.shape[0], 1, activations.shape[1], *([1] * (activations.ndim - 2)))
+    )
     denominator = 2 * g2 + total * g3
     alpha = torch.where(denominator != 0, g2 / torch.where(denominator != 0, denominator, 1.0), 0.0)
     return _weighted(_spatial_sum(alpha * g1.clamp_min(0)), activations)
@@ -357,8 +393,8 @@ class ScoreCAM(CAM):
         scores = []
         with torch.no_grad(), _eval_mode(self.model):
             for start in range(0, b * c, self.batch_size):
-                sel = rows[start:start + self.batch_size]
-                chunk = masks.flatten(0, 1)[start:start + self.batch_size].unsqueeze(1)
+                sel = rows[start : start + self.batch_size]
+                chunk = masks.flatten(0, 1)[start : start + self.batch_size].unsqueeze(1)
                 output = _first_tensor(self.model(x[sel] * chunk.to(x.dtype)))
                 scores.append(_scores(output, capture.classes, rows=sel)[1].to(a.dtype))
         with full_precision(x):
@@ -400,7 +436,9 @@ def _first_tensor(output: Any) -> Tensor:
     if isinstance(output, (tuple, list)) and output:
         output = output[0]
     if not isinstance(output, Tensor):
-        raise LabelwiseError(f"the model returned {type(output).__name__}; expected a tensor (or a tuple starting with one)")
+        raise LabelwiseError(
+            f"the model returned {type(output).__name__}; expected a tensor (or a tuple starting with one)"
+        )
     return output
 
 
@@ -445,8 +483,10 @@ def _classes(logits: Tensor, targets: Any) -> Tensor:
             rows = list(targets)
             lengths = {len(r) if isinstance(r, Sequence) else -1 for r in rows}
             if len(lengths) > 1:
-                raise LabelwiseError(f"targets: give one class per image, or the same number of classes per image; "
-                                     f"got lists of lengths {sorted(lengths)}")
+                raise LabelwiseError(
+                    f"targets: give one class per image, or the same number of classes per image; "
+                    f"got lists of lengths {sorted(lengths)}"
+                )
             t = torch.as_tensor(rows, dtype=torch.long, device=logits.device)
         if t.ndim == 1:
             t = t[:, None]
@@ -460,15 +500,19 @@ def _classes(logits: Tensor, targets: Any) -> Tensor:
 
 def _region_score(output: Tensor, target: SegmentationTarget, rows: Tensor | None) -> Tensor:
     if output.ndim < 3 or not 0 <= target.cls < output.shape[1]:
-        raise LabelwiseError(f"SegmentationTarget(cls={target.cls}) needs a segmenter output (B, classes, *spatial); "
-                             f"got shape {tuple(output.shape)}")
+        raise LabelwiseError(
+            f"SegmentationTarget(cls={target.cls}) needs a segmenter output (B, classes, *spatial); "
+            f"got shape {tuple(output.shape)}"
+        )
     logits = output[:, target.cls]
     if target.region is None:
         return logits.flatten(1).sum(1, keepdim=True)
     region = target.region.to(logits.device)
     if region.dtype != torch.bool or region.shape[1:] != logits.shape[1:]:
-        raise LabelwiseError(f"SegmentationTarget.region: expected bool (B or 1, {', '.join(map(str, logits.shape[1:]))}), "
-                             f"got {region.dtype} {tuple(region.shape)}")
+        raise LabelwiseError(
+            f"SegmentationTarget.region: expected bool (B or 1, {', '.join(map(str, logits.shape[1:]))}), "
+            f"got {region.dtype} {tuple(region.shape)}"
+        )
     if rows is not None and region.shape[0] > 1:
         region = region[rows]
     return (logits * region).flatten(1).sum(1, keepdim=True)

@@ -16,8 +16,16 @@ from labelwise.explain import METHOD_NAMES, build_explainer
 from labelwise.explain import metrics as m
 
 BASELINES = ("center", "random")
-COLUMNS = ("pointing_game", "energy_pointing_game", "map_iou", "deletion_auc", "insertion_auc", "average_drop",
-           "increase_in_confidence", "ms_per_image")
+COLUMNS = (
+    "pointing_game",
+    "energy_pointing_game",
+    "map_iou",
+    "deletion_auc",
+    "insertion_auc",
+    "average_drop",
+    "increase_in_confidence",
+    "ms_per_image",
+)
 LOWER_IS_BETTER = ("deletion_auc", "average_drop", "ms_per_image")
 
 
@@ -67,9 +75,9 @@ def evaluate_explanations(
         columns: dict[str, list[Tensor]] = {c: [] for c in COLUMNS[:-1]}
         seconds = 0.0
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size]
-            t = targets[start:start + batch_size]
-            mask = masks[start:start + batch_size]
+            x = images[start : start + batch_size]
+            t = targets[start : start + batch_size]
+            mask = masks[start : start + batch_size]
             begin = time.perf_counter()
             maps = baseline_maps(name, x, seed=start) if explainer is None else explainer(x, t)
             seconds += time.perf_counter() - begin
@@ -77,15 +85,21 @@ def evaluate_explanations(
             columns["pointing_game"].append(m.pointing_game(maps, mask, tolerance, spatial_dims=spatial_dims))
             columns["energy_pointing_game"].append(m.energy_pointing_game(maps, mask, spatial_dims=spatial_dims))
             columns["map_iou"].append(m.map_iou(maps, mask, spatial_dims=spatial_dims))
-            columns["deletion_auc"].append(m.deletion_auc(model, x, maps, t, steps=steps, batch_size=256,
-                                                          activation=activation))
-            columns["insertion_auc"].append(m.insertion_auc(model, x, maps, t, steps=steps, batch_size=256,
-                                                            activation=activation))
+            columns["deletion_auc"].append(
+                m.deletion_auc(model, x, maps, t, steps=steps, batch_size=256, activation=activation)
+            )
+            columns["insertion_auc"].append(
+                m.insertion_auc(model, x, maps, t, steps=steps, batch_size=256, activation=activation)
+            )
             drop, increase = m.average_drop_increase(model, x, maps, t, activation=activation)
             columns["average_drop"].append(drop)
             columns["increase_in_confidence"].append(increase)
-        row: dict[str, Any] = {"method": name, "n": len(images), "tolerance": float(tolerance),
-                               "activation": activation}
+        row: dict[str, Any] = {
+            "method": name,
+            "n": len(images),
+            "tolerance": float(tolerance),
+            "activation": activation,
+        }
         row.update({c: float(torch.nanmean(torch.cat(v).double())) for c, v in columns.items()})
         row["ms_per_image"] = 1000 * seconds / len(images)
         rows.append(row)

@@ -48,8 +48,9 @@ class GuidedBackprop:
         self.model = model
         self.relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
         if not self.relus:
-            raise LabelwiseError(f"{type(model).__name__} has no nn.ReLU modules: Guided Backprop is defined for ReLU "
-                                 "networks only")
+            raise LabelwiseError(
+                f"{type(model).__name__} has no nn.ReLU modules: Guided Backprop is defined for ReLU networks only"
+            )
 
     def gradients(self, x: Tensor, targets: Any = None) -> Tensor:
         """Guided input gradients ``(B, K, C, *spatial)`` float32 (a full backward pass to the input)."""
@@ -69,8 +70,15 @@ class GuidedBackprop:
         grads = [torch.autograd.grad(scores[:, j].sum(), leaf, retain_graph=j < k - 1)[0] for j in range(k)]
         return _float(torch.stack(grads, dim=1))
 
-    def __call__(self, x: Tensor, targets: Any = None, *, relu: bool = True, normalize: bool = True,
-                 upsample: Upsample = "linear") -> Tensor:
+    def __call__(
+        self,
+        x: Tensor,
+        targets: Any = None,
+        *,
+        relu: bool = True,
+        normalize: bool = True,
+        upsample: Upsample = "linear",
+    ) -> Tensor:
         """Maps ``(B, K, *spatial)``: max over channels of |guided gradient|, scaled to [0, 1] per map."""
         grads = self.gradients(x, targets)
         with full_precision(x):
@@ -85,16 +93,27 @@ class GuidedGradCAM:
         self.gradcam = GradCAM(model, target_layer, reshape)
         self.guided = GuidedBackprop(model)
 
-    def __call__(self, x: Tensor, targets: Any = None, *, relu: bool = True, normalize: bool = True,
-                 upsample: Upsample = "linear") -> Tensor:
+    def __call__(
+        self,
+        x: Tensor,
+        targets: Any = None,
+        *,
+        relu: bool = True,
+        normalize: bool = True,
+        upsample: Upsample = "linear",
+    ) -> Tensor:
         capture = self.gradcam.capture(x, targets)
         guided = self.guided.gradients(x, capture.classes)
         with full_precision(x):
-            cam = postprocess(self.gradcam.combine(capture.activations, capture.gradients), x.shape[2:],
-                              relu=True, normalize=False, upsample="linear")
+            cam = postprocess(
+                self.gradcam.combine(capture.activations, capture.gradients),
+                x.shape[2:],
+                relu=True,
+                normalize=False,
+                upsample="linear",
+            )
             return postprocess((guided * cam.unsqueeze(2)).abs().amax(2), x.shape[2:], relu, normalize, upsample)
 
     @property
     def model(self) -> nn.Module:
         return self.gradcam.model
-

@@ -42,8 +42,9 @@ ACTIVATIONS = ("softmax", "sigmoid", None)
 # --- localisation -------------------------------------------------------------------------------------------
 
 
-def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = POINTING_TOLERANCE, *,
-                  spatial_dims: int | None = None) -> Tensor:
+def pointing_game(
+    maps: Tensor, masks: Tensor, tolerance: float = POINTING_TOLERANCE, *, spatial_dims: int | None = None
+) -> Tensor:
     """Pointing game (Zhang et al., ECCV 2016): 1.0 if the map's maximum lies within ``tolerance`` pixels
     (Euclidean; default 15, the paper's) of a mask pixel, else 0.0; float32 ``(B,)`` or ``(B, K)``.
 

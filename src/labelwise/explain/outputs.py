@@ -20,8 +20,18 @@ from PIL.PngImagePlugin import PngInfo
 from labelwise.errors import DataError
 from labelwise.io import atomic_write
 
-__all__ = ["ENTRY_KEYS", "INDEX_NAME", "mip", "overlay_rgb", "png_bytes", "read_index", "slice_indices", "upscale",
-           "write_explanation", "write_index"]
+__all__ = [
+    "ENTRY_KEYS",
+    "INDEX_NAME",
+    "mip",
+    "overlay_rgb",
+    "png_bytes",
+    "read_index",
+    "slice_indices",
+    "upscale",
+    "write_explanation",
+    "write_index",
+]
 
 INDEX_NAME = "explanations.json"
 # Keys every index entry has (write_index checks them); "files" is what write_explanation returned.
@@ -48,8 +58,9 @@ def _scale(image: np.ndarray, value_range: tuple[float, float] | None = None) ->
     return np.clip((image - low) / (high - low), 0.0, 1.0)
 
 
-def overlay_rgb(image: Any, cam: Any, alpha: float = 0.5, cmap: str = "jet", *,
-                value_range: tuple[float, float] | None = None) -> np.ndarray:
+def overlay_rgb(
+    image: Any, cam: Any, alpha: float = 0.5, cmap: str = "jet", *, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """The colormapped ``cam`` blended over ``image``: uint8 ``(H, W, 3)``.
 
     image ``(C, H, W)``, C 1 (grey) or 3, any range (min-max scaled for display, or by ``value_range``);
@@ -58,8 +69,10 @@ def overlay_rgb(image: Any, cam: Any, alpha: float = 0.5, cmap: str = "jet", *,
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise DataError(f"overlay: image must be (C, H, W) with C 1 or 3, got shape {image.shape}")
     if cam.shape != image.shape[1:]:
-        raise DataError(f"overlay: map shape {cam.shape} does not match the image's spatial shape {image.shape[1:]} "
-                        f"(image {image.shape})")
+        raise DataError(
+            f"overlay: map shape {cam.shape} does not match the image's spatial shape {image.shape[1:]} "
+            f"(image {image.shape})"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha}")
     grey = _scale(image, value_range)
@@ -114,8 +127,9 @@ def _montage(image: np.ndarray, cam: np.ndarray, alpha: float, cmap: str, title:
     ``(D, H, W)``, each with its slice index in the top-left corner; uint8 ``(H', W', 3)``."""
     indices = slice_indices(cam.shape[0])
     value_range = (float(np.nan_to_num(image).min()), float(np.nan_to_num(image).max()))  # one scale for all slices
-    tiles = [upscale(overlay_rgb(image[:, i], cam[i], alpha, cmap, value_range=value_range), TILE_SIDE, 512)
-             for i in indices]
+    tiles = [
+        upscale(overlay_rgb(image[:, i], cam[i], alpha, cmap, value_range=value_range), TILE_SIDE, 512) for i in indices
+    ]
     th, tw = tiles[0].shape[:2]
     cols = math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / cols)
@@ -150,8 +164,17 @@ def _nifti_bytes(cam: np.ndarray, affine: Any, path: Path, title: str | None) ->
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 
 
-def write_explanation(out_dir: str | Path, stem: str, image: Any, cam: Any, affine: Any = None,
-                      title: str | None = None, *, alpha: float = 0.5, cmap: str = "jet") -> dict[str, str]:
+def write_explanation(
+    out_dir: str | Path,
+    stem: str,
+    image: Any,
+    cam: Any,
+    affine: Any = None,
+    title: str | None = None,
+    *,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> dict[str, str]:
     """Write one saliency map; return the files written, relative to ``out_dir`` ({"overlay", "map"[, "montage"]}).
 
     image ``(C, *S)``, cam ``(*S)`` in [0, 1], S = (H, W) or (D, H, W); images with other than 1 or 3 channels
@@ -165,8 +188,10 @@ def write_explanation(out_dir: str | Path, stem: str, image: Any, cam: Any, affi
     if image.ndim not in (3, 4) or 0 in image.shape:
         raise DataError(f"{out_dir / stem}: image must be (C, H, W) or (C, D, H, W), got shape {image.shape}")
     if cam.shape != spatial:
-        raise DataError(f"{out_dir / stem}: map shape {cam.shape} does not match the image's spatial shape {spatial} "
-                        f"(image {image.shape})")
+        raise DataError(
+            f"{out_dir / stem}: map shape {cam.shape} does not match the image's spatial shape {spatial} "
+            f"(image {image.shape})"
+        )
     shown = image if image.shape[0] in (1, 3) else image[:1]
     out_dir.mkdir(parents=True, exist_ok=True)
 

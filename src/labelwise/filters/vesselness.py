@@ -52,9 +52,14 @@ def _check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
-def vesselness(image: np.ndarray, spacing: Sequence[float] | None = None,
-               sigmas: Sequence[float] = DEFAULT_SIGMAS, bright: bool = True, structure: float | None = None,
-               region: np.ndarray | None = None) -> np.ndarray:
+def vesselness(
+    image: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    bright: bool = True,
+    structure: float | None = None,
+    region: np.ndarray | None = None,
+) -> np.ndarray:
     """Frangi vesselness of ``image`` (*spatial), 2D or 3D, scaled by its maximum: float32 (*spatial) in [0, 1].
 
     ``sigmas``: Gaussian scales in voxels of the finest axis (a tube of radius r answers best near sigma = r).
@@ -95,9 +100,10 @@ def vesselness(image: np.ndarray, spacing: Sequence[float] | None = None,
     if structure is not None:
         from skimage.feature import hessian_matrix, hessian_matrix_eigvals
 
-        eigenvalues = hessian_matrix_eigvals(hessian_matrix(array, min(scales), mode="reflect",
-                                                            use_gaussian_derivatives=True))
-        norm = np.sqrt((eigenvalues ** 2).sum(0))
+        eigenvalues = hessian_matrix_eigvals(
+            hessian_matrix(array, min(scales), mode="reflect", use_gaussian_derivatives=True)
+        )
+        norm = np.sqrt((eigenvalues**2).sum(0))
         inside = norm if region is None or not np.any(region) else norm[np.asarray(region, bool)]
         gamma = float(structure) * float(np.percentile(inside, 99))
         if not gamma > 0:
@@ -118,9 +124,14 @@ def vesselness(image: np.ndarray, spacing: Sequence[float] | None = None,
     return np.clip(response / top, 0.0, 1.0).astype(np.float32)
 
 
-def frangi_segment(image: np.ndarray, threshold: str | float = "otsu", sigmas: Sequence[float] = DEFAULT_SIGMAS,
-                   spacing: Sequence[float] | None = None, bright: bool = True,
-                   min_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def frangi_segment(
+    image: np.ndarray,
+    threshold: str | float = "otsu",
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    spacing: Sequence[float] | None = None,
+    bright: bool = True,
+    min_size: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Vessel mask by thresholding :func:`vesselness`: returns (mask int64 0/1, probability float32), both (*spatial).
 
     ``threshold``: ``"otsu"`` (Otsu's threshold of the vesselness values; foreground is strictly above it) or a
@@ -129,8 +140,11 @@ def frangi_segment(image: np.ndarray, threshold: str | float = "otsu", sigmas: S
     if isinstance(threshold, str):
         if threshold != "otsu":
             raise ConfigError(f"frangi_segment: threshold must be 'otsu' or a number in [0, 1], got {threshold!r}")
-    elif isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)) \
-            or not 0.0 <= float(threshold) <= 1.0:
+    elif (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float, np.floating, np.integer))
+        or not 0.0 <= float(threshold) <= 1.0
+    ):
         raise ConfigError(f"frangi_segment: threshold must be 'otsu' or a number in [0, 1], got {threshold!r}")
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
         raise ConfigError(f"frangi_segment: min_size must be an integer >= 0, got {min_size!r}")

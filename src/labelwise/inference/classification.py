@@ -20,8 +20,9 @@ from labelwise.io import atomic_write
 __all__ = ["classification_inputs", "predict_classes"]
 
 
-def classification_inputs(paths: Sequence[str | Path], split: str | None = None
-                          ) -> list[tuple[str, Path | None, np.ndarray | None]]:
+def classification_inputs(
+    paths: Sequence[str | Path], split: str | None = None
+) -> list[tuple[str, Path | None, np.ndarray | None]]:
     """``(id, file, array)`` per sample: image files and folders (pictures, ``.npy``, NIfTI, Harvard-GDP ``.npz``; the
     id is the file name without its suffix), a classification table ``.csv`` (its ``id`` and ``image`` columns,
     images relative to the table's folder) or a dataset ``.npz`` holding ``image`` ``(N, C, *spatial)`` (ids from its
@@ -40,8 +41,11 @@ def classification_inputs(paths: Sequence[str | Path], split: str | None = None
             with np.load(path, allow_pickle=False) as data:
                 image = np.asarray(data["image"], dtype=np.float32)
                 ids = data["ids"].astype(str) if "ids" in data.files else np.arange(len(image)).astype(str)
-                rows = np.arange(len(image)) if split is None or "split" not in data.files else \
-                    np.flatnonzero(data["split"].astype(str) == split)
+                rows = (
+                    np.arange(len(image))
+                    if split is None or "split" not in data.files
+                    else np.flatnonzero(data["split"].astype(str) == split)
+                )
             samples += [(str(ids[i]), None, image[i]) for i in rows]
         else:
             samples += [(case_id(f), f, None) for f in input_files([path])]
@@ -63,8 +67,14 @@ def _is_dataset(path: Path) -> bool:
         raise DataError(f"{path}: cannot read .npz: {err}") from None
 
 
-def predict_classes(run: RunModel, inputs: Sequence[str | Path], out: str | Path, split: str | None = None,
-                    batch_size: int = 32, progress: bool | Callable[[str], None] = True) -> dict[str, Path]:
+def predict_classes(
+    run: RunModel,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    split: str | None = None,
+    batch_size: int = 32,
+    progress: bool | Callable[[str], None] = True,
+) -> dict[str, Path]:
     """Class (or label) probabilities of a classification run for every sample of ``inputs`` (see
     :func:`classification_inputs`), read and preprocessed as training read its data, through the run's network and
     output activation. Writes ``out/predictions.csv`` (``id`` + one probability column per class or label, named as
@@ -77,12 +87,16 @@ def predict_classes(run: RunModel, inputs: Sequence[str | Path], out: str | Path
     report = reporter(progress)
     chunks = []
     for start in range(0, len(samples), batch_size):
-        batch = [run.read(path).array if path is not None else _preprocessed(run, array, sid)
-                 for sid, path, array in samples[start : start + batch_size]]
+        batch = [
+            run.read(path).array if path is not None else _preprocessed(run, array, sid)
+            for sid, path, array in samples[start : start + batch_size]
+        ]
         shapes = {b.shape for b in batch}
         if len(shapes) > 1:
-            raise DataError(f"inputs differ in shape ({', '.join(map(str, sorted(shapes)))}) after preprocessing; "
-                            "the run resizes only when trained with data.image_size")
+            raise DataError(
+                f"inputs differ in shape ({', '.join(map(str, sorted(shapes)))}) after preprocessing; "
+                "the run resizes only when trained with data.image_size"
+            )
         chunks.append(run.probabilities(run.logits(torch.from_numpy(np.stack(batch)))))
         report(f"[{min(start + batch_size, len(samples))}/{len(samples)}] samples")
     probability = torch.cat(chunks).numpy().astype(np.float64)
@@ -91,10 +105,19 @@ def predict_classes(run: RunModel, inputs: Sequence[str | Path], out: str | Path
     prediction = (probability > 0.5).astype(np.int64) if run.multilabel else probability.argmax(1)
     out = Path(out)
     files = {"csv": out / "predictions.csv", "npz": out / "predictions.npz", "ids": out / "predictions_ids.txt"}
-    write_table(files["csv"], [{"id": i, **{n: f"{p:.8g}" for n, p in zip(names, row)}}
-                               for i, row in zip(ids, probability)])
-    save_npz(files["npz"], {"probability": probability.astype(np.float32), "prediction": prediction,
-                            "id": np.array(ids), "class_names": np.array(names)}, compress=True)
+    write_table(
+        files["csv"], [{"id": i, **{n: f"{p:.8g}" for n, p in zip(names, row)}} for i, row in zip(ids, probability)]
+    )
+    save_npz(
+        files["npz"],
+        {
+            "probability": probability.astype(np.float32),
+            "prediction": prediction,
+            "id": np.array(ids),
+            "class_names": np.array(names),
+        },
+        compress=True,
+    )
     atomic_write(files["ids"], "".join(f"{i}\n" for i in ids))
     return files
 

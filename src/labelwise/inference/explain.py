@@ -37,8 +37,12 @@ def explain_files(
     ``out/explanations.json``). ``targets``: class indices or names (:meth:`RunModel.class_index`)."""
     model = run.model  # refuses a run without a classifier head
     classes_given = [run.class_index(t) for t in targets] if targets else None
-    explainers = {name: build_explainer(name, model) if name == "guided-backprop" else
-                  build_explainer(name, model, **_target_layer(model, layer)) for name in methods}
+    explainers = {
+        name: build_explainer(name, model)
+        if name == "guided-backprop"
+        else build_explainer(name, model, **_target_layer(model, layer))
+        for name in methods
+    }
     entries = []
     for path in files:
         if progress is not None:
@@ -67,20 +71,38 @@ def explain_files(
             if run.task == "classification":
                 maps = explainer(x, [classes])[0]
             else:  # the class's logits over where it is predicted (everywhere in the image when predicted nowhere)
-                maps = torch.cat([explainer(x, SegmentationTarget(_channel(logits, k), _region(labels, k, inside)))[0]
-                                  for k in classes])
+                maps = torch.cat(
+                    [
+                        explainer(x, SegmentationTarget(_channel(logits, k), _region(labels, k, inside)))[0]
+                        for k in classes
+                    ]
+                )
                 maps = maps[(slice(None), *(slice(0, n) for n in spatial))]
             if tuple(maps.shape[1:]) != raw.spatial_shape:  # a run that resizes its inputs: maps at the file's size
                 maps = postprocess(maps[None], raw.spatial_shape, relu=False)[0]
             for i, k in enumerate(classes):
-                written = write_explanation(out, f"{stem}_{name}_{k}", raw.array, maps[i].numpy(),
-                                            affine=raw.affine, title=f"{name} · {run.class_name(k)}")
-                entries.append({
-                    "input": str(path), "method": name, "target": k, "class_name": run.class_name(k),
-                    "score": scores[k], "activation": run.activation, "predicted": predicted,
-                    "predicted_name": run.class_name(predicted) if predicted is not None else None,
-                    "layer": getattr(explainer, "layer_name", None), "files": written,
-                })
+                written = write_explanation(
+                    out,
+                    f"{stem}_{name}_{k}",
+                    raw.array,
+                    maps[i].numpy(),
+                    affine=raw.affine,
+                    title=f"{name} · {run.class_name(k)}",
+                )
+                entries.append(
+                    {
+                        "input": str(path),
+                        "method": name,
+                        "target": k,
+                        "class_name": run.class_name(k),
+                        "score": scores[k],
+                        "activation": run.activation,
+                        "predicted": predicted,
+                        "predicted_name": run.class_name(predicted) if predicted is not None else None,
+                        "layer": getattr(explainer, "layer_name", None),
+                        "files": written,
+                    }
+                )
     old = read_index(out) or {}
     done = {(e["input"], e["method"], e["target"]) for e in entries}
     kept = [e for e in old.get("entries", []) if (e.get("input"), e.get("method"), e.get("target")) not in done]
@@ -110,8 +132,9 @@ def _region(labels: torch.Tensor, k: int, inside: torch.Tensor | None = None) ->
     return region if bool(region.any()) else inside
 
 
-def _pad_to(x: torch.Tensor, labels: torch.Tensor, divisor: int
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _pad_to(
+    x: torch.Tensor, labels: torch.Tensor, divisor: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``x`` and ``labels`` padded at the end of every spatial axis to a multiple of ``divisor`` (the image with zeros,
     the labels with -1: no class), and the mask of the unpadded image (None when nothing was padded)."""
     extra = [round_up(n, divisor) - n for n in x.shape[2:]]

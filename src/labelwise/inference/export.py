@@ -95,21 +95,33 @@ def export_run(run: RunModel, format: str, out: str | Path) -> list[Path]:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and the tracer's shape-check notes
             try:
-                torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["image"],
-                                  output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
-                                  opset_version=ONNX_OPSET, do_constant_folding=True)
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    buffer,
+                    dynamo=False,
+                    input_names=["image"],
+                    output_names=["logits"],
+                    dynamic_axes={"image": axes, "logits": axes},
+                    opset_version=ONNX_OPSET,
+                    do_constant_folding=True,
+                )
             except Exception as err:  # noqa: BLE001 - an operator ONNX lacks: a one-line refusal
                 reason = " ".join(str(err).split())[:200]
-                raise LabelwiseError(f"{run.run_dir}: cannot export {_name(run)} as ONNX opset {ONNX_OPSET} "
-                                     f"({reason}); --format torchscript may work") from None
+                raise LabelwiseError(
+                    f"{run.run_dir}: cannot export {_name(run)} as ONNX opset {ONNX_OPSET} "
+                    f"({reason}); --format torchscript may work"
+                ) from None
         onnx_model = onnx.load_from_string(buffer.getvalue())
         onnx.checker.check_model(onnx_model)
         difference = _onnxruntime_difference(buffer.getvalue(), check, reference)
         if difference is not None:
             checked["onnxruntime"] = difference
             if difference > _tolerance(reference):
-                raise LabelwiseError(f"{run.run_dir}: the ONNX graph of {_name(run)} differs from the network by "
-                                     f"{difference:.3g} on a check input; export it as torchscript instead")
+                raise LabelwiseError(
+                    f"{run.run_dir}: the ONNX graph of {_name(run)} differs from the network by "
+                    f"{difference:.3g} on a check input; export it as torchscript instead"
+                )
     sidecar = _sidecar(run, format, out, dynamic, divisor, size, check_size, checked, buffer.getvalue(), onnx_model)
     atomic_write(out, buffer.getvalue())
     side = out.with_name(out.name + ".json")
@@ -134,15 +146,18 @@ def _example_size(run: RunModel, divisor: int) -> tuple[int, ...]:
     else:
         size = spec["inference"].get("window") or spec["network"].get("image_size")
     if not size:
-        raise LabelwiseError(f"{run.run_dir}: inference.json gives no input size (network.image_size) to export "
-                             "the network at; retrain it with this version of labelwise")
+        raise LabelwiseError(
+            f"{run.run_dir}: inference.json gives no input size (network.image_size) to export "
+            "the network at; retrain it with this version of labelwise"
+        )
     if len(size) != run.spatial_dims:
         raise LabelwiseError(f"{run.run_dir}: inference.json's input size {list(size)} is not {run.spatial_dims}D")
     return tuple(round_up(int(s), divisor) for s in size)
 
 
-def _trace(run: RunModel, model: nn.Module, example: torch.Tensor, check: torch.Tensor,
-           reference: torch.Tensor) -> tuple[torch.jit.ScriptModule, float]:
+def _trace(
+    run: RunModel, model: nn.Module, example: torch.Tensor, check: torch.Tensor, reference: torch.Tensor
+) -> tuple[torch.jit.ScriptModule, float]:
     """``model`` traced on ``example`` and its largest difference on ``check`` from the network's output there
     (``reference``); a LabelwiseError
     saying why it cannot be exported (a forward that computes in NumPy, a trace that fails or does not generalise)."""
@@ -155,20 +170,26 @@ def _trace(run: RunModel, model: nn.Module, example: torch.Tensor, check: torch.
             raise LabelwiseError(f"{run.run_dir}: cannot export {_name(run)}: tracing failed ({reason})") from None
     if any("numpy" in str(w.message).lower() for w in caught):
         kind = " (a parameter-free filter)" if next(model.parameters(), None) is None else ""
-        raise LabelwiseError(f"{run.run_dir}: cannot export {_name(run)}: its forward computes in NumPy outside "
-                             f"torch{kind}, so a traced ONNX or TorchScript graph would only "
-                             "replay its output for the example input; use labelwise predict with the run instead")
+        raise LabelwiseError(
+            f"{run.run_dir}: cannot export {_name(run)}: its forward computes in NumPy outside "
+            f"torch{kind}, so a traced ONNX or TorchScript graph would only "
+            "replay its output for the example input; use labelwise predict with the run instead"
+        )
     try:
         with torch.no_grad():
             difference = float((traced(check) - reference).abs().max())
     except Exception as err:  # noqa: BLE001
         reason = " ".join(str(err).split())[:200]
-        raise LabelwiseError(f"{run.run_dir}: cannot export {_name(run)}: the traced graph fails on a check input of "
-                             f"shape {list(check.shape)} ({reason})") from None
+        raise LabelwiseError(
+            f"{run.run_dir}: cannot export {_name(run)}: the traced graph fails on a check input of "
+            f"shape {list(check.shape)} ({reason})"
+        ) from None
     if difference > _tolerance(reference):
-        raise LabelwiseError(f"{run.run_dir}: cannot export {_name(run)}: the traced graph differs from the network "
-                             f"by {difference:.3g} on a check input of shape {list(check.shape)} (control flow or "
-                             "sizes that depend on the input, which tracing fixes to the example's)")
+        raise LabelwiseError(
+            f"{run.run_dir}: cannot export {_name(run)}: the traced graph differs from the network "
+            f"by {difference:.3g} on a check input of shape {list(check.shape)} (control flow or "
+            "sizes that depend on the input, which tracing fixes to the example's)"
+        )
     return traced, difference
 
 
@@ -196,17 +217,30 @@ def _output_note(run: RunModel, channels: int) -> str:
         calibrated = run.spec["inference"].get("calibrated_threshold")
         return "logits; softmax over axis 1 gives one probability per class_names entry" + (
             f"; foreground where 1 - p(background) exceeds inference.calibrated_threshold ({calibrated})"
-            if calibrated is not None else "")
+            if calibrated is not None
+            else ""
+        )
     if run.task == "segmentation" and channels == 1:
         key = "calibrated_threshold" if run.spec["inference"].get("calibrated_threshold") is not None else "threshold"
-        return (f"logits of {run.class_names[-1]}; its sigmoid is the probability, {run.class_names[-1]} where it "
-                f"exceeds inference.{key}")
+        return (
+            f"logits of {run.class_names[-1]}; its sigmoid is the probability, {run.class_names[-1]} where it "
+            f"exceeds inference.{key}"
+        )
     return "logits; sigmoid gives each label's own probability (class_names)"
 
 
-def _sidecar(run: RunModel, format: str, out: Path, dynamic: bool, divisor: int, size: tuple[int, ...],
-             check_size: tuple[int, ...], checked: dict[str, float], data: bytes,
-             onnx_model: Any = None) -> dict[str, Any]:
+def _sidecar(
+    run: RunModel,
+    format: str,
+    out: Path,
+    dynamic: bool,
+    divisor: int,
+    size: tuple[int, ...],
+    check_size: tuple[int, ...],
+    checked: dict[str, float],
+    data: bytes,
+    onnx_model: Any = None,
+) -> dict[str, Any]:
     spec, dims = run.spec, run.spatial_dims
     spatial: list[int | str] = list(_AXES[dims]) if dynamic else list(size)
     classes = run.spec["output"].get("num_classes")
@@ -217,23 +251,39 @@ def _sidecar(run: RunModel, format: str, out: Path, dynamic: bool, divisor: int,
         "file": out.name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "input": {
-            "name": "image", "dtype": "float32", "layout": "channel-first",
+            "name": "image",
+            "dtype": "float32",
+            "layout": "channel-first",
             "shape": ["batch", run.in_channels, *spatial],
-            "channels": run.in_channels, "spatial_dims": dims, "dynamic_batch": True, "dynamic_spatial": dynamic,
-            "divisible_by": divisor if dynamic else None, "example_shape": [1, run.in_channels, *size],
-            "note": (f"any spatial size that is a multiple of {divisor}; larger images: sliding windows of "
-                     "inference.window with inference.overlap, as labelwise predict does") if dynamic else
-                    f"exactly {list(size)}: the size the network was trained on (after preprocessing's resize)",
+            "channels": run.in_channels,
+            "spatial_dims": dims,
+            "dynamic_batch": True,
+            "dynamic_spatial": dynamic,
+            "divisible_by": divisor if dynamic else None,
+            "example_shape": [1, run.in_channels, *size],
+            "note": (
+                f"any spatial size that is a multiple of {divisor}; larger images: sliding windows of "
+                "inference.window with inference.overlap, as labelwise predict does"
+            )
+            if dynamic
+            else f"exactly {list(size)}: the size the network was trained on (after preprocessing's resize)",
         },
-        "output": {"name": "logits", "shape": output_shape, "activation": run.activation,
-                   "class_names": run.class_names, "multilabel": run.multilabel, "num_classes": classes,
-                   "note": _output_note(run, out_channels)},
+        "output": {
+            "name": "logits",
+            "shape": output_shape,
+            "activation": run.activation,
+            "class_names": run.class_names,
+            "multilabel": run.multilabel,
+            "num_classes": classes,
+            "note": _output_note(run, out_channels),
+        },
         "task": run.task,
         "method": spec["method"],
         "network": {"name": spec["network"].get("name"), "arguments": spec["network"].get("arguments")},
         "preprocessing": spec["preprocessing"],
-        "inference": {key: spec["inference"].get(key)
-                      for key in ("threshold", "calibrated_threshold", "window", "overlap")},
+        "inference": {
+            key: spec["inference"].get(key) for key in ("threshold", "calibrated_threshold", "window", "overlap")
+        },
         "source": {"run": str(Path(run.run_dir).resolve()), "checkpoint": str(Path(run.checkpoint).resolve())},
         "checked": {"input_shape": [2, run.in_channels, *check_size], "max_abs_difference": checked},
         "labelwise_version": labelwise.__version__,
@@ -242,9 +292,12 @@ def _sidecar(run: RunModel, format: str, out: Path, dynamic: bool, divisor: int,
     if onnx_model is not None:
         import onnx
 
-        sidecar["onnx"] = {"opset": ONNX_OPSET, "ir_version": int(onnx_model.ir_version),
-                           "onnx_version": onnx.__version__,
-                           "exporter": "torch.onnx.export (TorchScript-based, dynamo=False)"}
+        sidecar["onnx"] = {
+            "opset": ONNX_OPSET,
+            "ir_version": int(onnx_model.ir_version),
+            "onnx_version": onnx.__version__,
+            "exporter": "torch.onnx.export (TorchScript-based, dynamo=False)",
+        }
     else:
         sidecar["torchscript"] = {"load": "torch.jit.load(file).eval()", "method": "torch.jit.trace"}
     return sidecar

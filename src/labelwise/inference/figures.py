@@ -19,8 +19,12 @@ TP_RGB, FN_RGB, FP_RGB = (255, 255, 255), (255, 0, 0), (0, 64, 255)
 LABEL_RGB = ((255, 210, 0), (0, 220, 90), (255, 60, 200), (0, 200, 255), (255, 130, 0), (160, 90, 255))
 
 
-def project(volume: np.ndarray, affine: np.ndarray | None = None, axis: int | None = None,
-            reduce: Callable[..., np.ndarray] = np.max) -> np.ndarray:
+def project(
+    volume: np.ndarray,
+    affine: np.ndarray | None = None,
+    axis: int | None = None,
+    reduce: Callable[..., np.ndarray] = np.max,
+) -> np.ndarray:
     """The 2D view of a 3D ``volume`` ``(X, Y, Z)`` that the figures show: ``reduce`` (maximum) along ``axis``.
 
     ``axis`` None: with an ``affine``, the volume is first turned to RAS axes and projected along

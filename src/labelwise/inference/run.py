@@ -92,20 +92,26 @@ class RunModel:
         elif text in names:
             k = names.index(text)
         else:
-            raise DataError(f"--target {text!r}: no such class; this run's classes are "
-                            f"{', '.join(f'{i} {n}' for i, n in enumerate(names))}")
+            raise DataError(
+                f"--target {text!r}: no such class; this run's classes are "
+                f"{', '.join(f'{i} {n}' for i, n in enumerate(names))}"
+            )
         low = 1 if self.task == "segmentation" else 0
         if not low <= k < len(names):
             what = "a foreground class" if self.task == "segmentation" else "a class"
-            raise DataError(f"--target {text}: {what} lies in [{low}, {len(names)}) for this run "
-                            f"({', '.join(f'{i} {n}' for i, n in enumerate(names) if i >= low)})")
+            raise DataError(
+                f"--target {text}: {what} lies in [{low}, {len(names)}) for this run "
+                f"({', '.join(f'{i} {n}' for i, n in enumerate(names) if i >= low)})"
+            )
         return k
 
     def require_head(self) -> None:
         if self.method.predictor is None:
-            raise LabelwiseError(f"{self.run_dir}: a {self.spec['method']} run has a backbone but no classifier head "
-                                 "to predict or explain; train a classifier or segmenter from it (model.init_from, "
-                                 "with model.freeze_backbone for a linear probe) and use that run")
+            raise LabelwiseError(
+                f"{self.run_dir}: a {self.spec['method']} run has a backbone but no classifier head "
+                "to predict or explain; train a classifier or segmenter from it (model.init_from, "
+                "with model.freeze_backbone for a linear probe) and use that run"
+            )
 
     # --- inputs -------------------------------------------------------------------------------------------------
 
@@ -161,9 +167,15 @@ class RunModel:
         """The run's output activation of ``logits`` (softmax over classes, sigmoid per label or of one channel)."""
         return activate(logits, self.activation)
 
-    def configure(self, threshold: Threshold | str = None, overlap: float | None = None,
-                  window: Sequence[int] | None = None, tta: bool | None = None, min_size: int | None = None,
-                  batch_size: int | None = None) -> RunModel:
+    def configure(
+        self,
+        threshold: Threshold | str = None,
+        overlap: float | None = None,
+        window: Sequence[int] | None = None,
+        tta: bool | None = None,
+        min_size: int | None = None,
+        batch_size: int | None = None,
+    ) -> RunModel:
         """Set the inference settings of the next predictions: each one given overrides the run's, each None is the
         run's own (``inference.json``), whatever an earlier call set; ``threshold="argmax"``: the argmax of several
         output channels; ``tta``: flip test-time augmentation; ``min_size``: smallest connected component kept;
@@ -183,6 +195,7 @@ class RunModel:
         window = settings.get("window") if window is None else window
         self.method.window = list(window) if window else None
         return self
+
 
 def load_run(path: str | Path, device: str | torch.device | None = None) -> RunModel:
     """A run directory (its latest checkpoint; with ``trainer.select_best``, the best validation weights it tested)
@@ -231,12 +244,20 @@ def _read_spec(run: RunDir, cfg: Any) -> dict[str, Any]:
             raise LabelwiseError(f"{run.inference}: not valid JSON: {err}") from None
     info = run.summary().get("data")
     if not info:
-        raise LabelwiseError(f"{run.path}: neither inference.json nor the data's sizes in summary.json; retrain it "
-                             "with this version of labelwise")
-    data = DataBundle(splits={}, task=info["task"], num_classes=info["num_classes"], in_channels=info["in_channels"],
-                      spatial_dims=info["spatial_dims"], class_names=list(info.get("class_names") or []),
-                      image_size=tuple(info["image_size"]) if info.get("image_size") else None,
-                      preprocessing={"intensity": cfg.data.intensity if cfg.data.manifest is not None else "none"})
+        raise LabelwiseError(
+            f"{run.path}: neither inference.json nor the data's sizes in summary.json; retrain it "
+            "with this version of labelwise"
+        )
+    data = DataBundle(
+        splits={},
+        task=info["task"],
+        num_classes=info["num_classes"],
+        in_channels=info["in_channels"],
+        spatial_dims=info["spatial_dims"],
+        class_names=list(info.get("class_names") or []),
+        image_size=tuple(info["image_size"]) if info.get("image_size") else None,
+        preprocessing={"intensity": cfg.data.intensity if cfg.data.manifest is not None else "none"},
+    )
     return METHODS[cfg.method.name](cfg, data).inference_spec()
 
 
@@ -246,11 +267,17 @@ def _bundle(spec: dict[str, Any]) -> DataBundle:
     names = list(out["class_names"])
     if spec["task"] == "segmentation":
         names = [] if names[1:] == ["foreground"] else names[1:]
-    return DataBundle(splits={}, task=spec["task"], num_classes=int(out["num_classes"]),
-                      in_channels=int(net["in_channels"]), spatial_dims=int(net["spatial_dims"]), class_names=names,
-                      multilabel=bool(out.get("multilabel")),
-                      image_size=tuple(net["image_size"]) if net.get("image_size") else None,
-                      preprocessing=dict(spec["preprocessing"]))
+    return DataBundle(
+        splits={},
+        task=spec["task"],
+        num_classes=int(out["num_classes"]),
+        in_channels=int(net["in_channels"]),
+        spatial_dims=int(net["spatial_dims"]),
+        class_names=names,
+        multilabel=bool(out.get("multilabel")),
+        image_size=tuple(net["image_size"]) if net.get("image_size") else None,
+        preprocessing=dict(spec["preprocessing"]),
+    )
 
 
 def input_files(paths: Sequence[str | Path], suffixes: Sequence[str] | None = None) -> list[Path]:
@@ -277,8 +304,10 @@ def fit_channels(array: np.ndarray, path: Path, in_channels: int, spatial_dims: 
     """``array`` ``(C, *spatial)`` checked against the network's input: a grey input given to a colour model is
     repeated over its channels, a colour one given to a grey model averaged; anything else is a DataError."""
     if array.ndim != spatial_dims + 1:
-        raise DataError(f"{path}: shape {array.shape}; the model takes {spatial_dims}D inputs "
-                        f"({in_channels}, {', '.join(['size'] * spatial_dims)})")
+        raise DataError(
+            f"{path}: shape {array.shape}; the model takes {spatial_dims}D inputs "
+            f"({in_channels}, {', '.join(['size'] * spatial_dims)})"
+        )
     channels = array.shape[0]
     if channels != in_channels:
         if channels == 1:

@@ -27,8 +27,9 @@ __all__ = ["N_SAMPLES", "save_run_predictions", "save_split_arrays", "write_run_
 N_SAMPLES = 8  # samples kept for the report
 
 
-def write_run_outputs(folder: Path, split: str, data: DataBundle, predictions: dict[str, Any],
-                      seed: int = 0) -> dict[str, float]:
+def write_run_outputs(
+    folder: Path, split: str, data: DataBundle, predictions: dict[str, Any], seed: int = 0
+) -> dict[str, float]:
     """The engine's output hook, for both tasks: what a run writes for ``split`` under its predictions ``folder``
     from :meth:`Method.evaluate`'s ``predictions``. Cases of their own sizes (a manifest of image files,
     :class:`~labelwise.data.patches.VolumeDataset`): :func:`save_run_predictions` into ``folder/split``; arrays
@@ -41,8 +42,9 @@ def write_run_outputs(folder: Path, split: str, data: DataBundle, predictions: d
     return save_split_arrays(Path(folder), split, data, predictions, seed)
 
 
-def save_split_arrays(folder: Path, split: str, data: DataBundle, predictions: dict[str, Any],
-                      seed: int = 0) -> dict[str, float]:
+def save_split_arrays(
+    folder: Path, split: str, data: DataBundle, predictions: dict[str, Any], seed: int = 0
+) -> dict[str, float]:
     """``<split>.npz`` (the prediction arrays, the dataset rows as ``index`` and each group attribute as
     ``attribute_<name>``), ``<split>_ids.txt`` (when the data has ids), ``samples.npz`` (the first
     :data:`N_SAMPLES` images with their targets and predictions, for the report) and, for classification,
@@ -56,8 +58,15 @@ def save_split_arrays(folder: Path, split: str, data: DataBundle, predictions: d
     if data.task == "classification" and "probability" in arrays:
         from labelwise.metrics.fairness import summarize
 
-        summary = summarize(arrays["probability"], arrays["target"], data.multilabel, data.class_names, groups,
-                            resamples=1000, seed=seed)
+        summary = summarize(
+            arrays["probability"],
+            arrays["target"],
+            data.multilabel,
+            data.class_names,
+            groups,
+            resamples=1000,
+            seed=seed,
+        )
         atomic_write(folder / f"{split}_evaluation.json", json.dumps(summary, indent=2))
         metrics = _summary_metrics(summary)
     attributes = {f"attribute_{name}": values.astype(str) for name, values in groups.items()}
@@ -82,8 +91,9 @@ def _summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def save_run_predictions(folder: str | Path, volumes: VolumeDataset,
-                         predictions: dict[str, list[torch.Tensor]]) -> Path:
+def save_run_predictions(
+    folder: str | Path, volumes: VolumeDataset, predictions: dict[str, list[torch.Tensor]]
+) -> Path:
     """What a training run on a manifest writes for one split (``volumes``, a
     :class:`~labelwise.data.patches.VolumeDataset`), from :meth:`Method.evaluate`'s per-case predictions:
 
@@ -132,29 +142,42 @@ def save_run_predictions(folder: str | Path, volumes: VolumeDataset,
         else:
             roi = volumes.rois[i].cpu().numpy() if volumes.rois[i] is not None else None
             label = volumes.target[i].cpu().numpy() if bool(volumes.labelled[i]) else None
-        references = {"label": label,
-                      "truth": read_volume(case.truth, mask=True).array if case.truth is not None else None}
+        references = {
+            "label": label,
+            "truth": read_volume(case.truth, mask=True).array if case.truth is not None else None,
+        }
         references = {name: reference for name, reference in references.items() if reference is not None}
         for name, reference in references.items():
             if reference.shape != mask.shape:
-                raise DataError(f"{case.id}: the {name} mask has shape {reference.shape}, the image {case.image} "
-                                f"{mask.shape}")
+                raise DataError(
+                    f"{case.id}: the {name} mask has shape {reference.shape}, the image {case.image} {mask.shape}"
+                )
             try:
                 scored = score_case(mask, reference, spacing, roi, classes)
             except DataError as err:
                 raise DataError(f"{case.id}: scoring against the {name} mask: {err}") from None
-            scores[name].append({"id": case.id, **scored["foreground"],
-                                 **({"per_class": scored["per_class"]} if classes else {})})
+            scores[name].append(
+                {"id": case.id, **scored["foreground"], **({"per_class": scored["per_class"]} if classes else {})}
+            )
         nifti = mask.ndim == 3 or stores_spacing(case.image)
         files = write_case(folder, case.id, image, probability, mask, spacing, affine, nifti, references)
         entry = {"id": case.id, **{key: value for key, value in files.items() if key.startswith(("mip", "diff"))}}
         figures.append(entry)
-    result = {"scores": list(SCORE_NAMES), "figures": figures,
-              "roi": sum(r is not None for r in volumes.rois),  # cases scored inside their region of interest
-              "classes": classes,  # [] for one foreground class
-              "references": {name: {"cases": cases, **summarize_cases(cases),
-                                    **({"per_class": summarize_classes(cases, classes)} if classes else {})}
-                             for name, cases in scores.items() if cases}}
+    result = {
+        "scores": list(SCORE_NAMES),
+        "figures": figures,
+        "roi": sum(r is not None for r in volumes.rois),  # cases scored inside their region of interest
+        "classes": classes,  # [] for one foreground class
+        "references": {
+            name: {
+                "cases": cases,
+                **summarize_cases(cases),
+                **({"per_class": summarize_classes(cases, classes)} if classes else {}),
+            }
+            for name, cases in scores.items()
+            if cases
+        },
+    }
     path = folder / "segmentation.json"
     atomic_write(path, to_json(result))
     return path

@@ -25,7 +25,6 @@ References and regions of interest are paired with the inputs by :func:`labelwis
 reads.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -76,8 +75,10 @@ def _references(reference: str | Path | None, files: Sequence[Path], what: str =
     found = {case_id(f): r for f, r in match_references(files, reference, what).items()}
     if not found:
         ids = [case_id(f) for f in files]
-        raise DataError(f"{reference}: no {what} mask matches the inputs' ids ({', '.join(ids[:5])}"
-                        f"{', ...' if len(ids) > 5 else ''}); name them <id>.nii.gz, <id>.png, ... or <id>_mask.*")
+        raise DataError(
+            f"{reference}: no {what} mask matches the inputs' ids ({', '.join(ids[:5])}"
+            f"{', ...' if len(ids) > 5 else ''}); name them <id>.nii.gz, <id>.png, ... or <id>_mask.*"
+        )
     return found
 
 
@@ -119,24 +120,33 @@ def predict_files(
 
     Returns the cases' index entries (also merged, by id, into ``out/predictions.json``)."""
     if run.task != "segmentation":
-        raise DataError(f"{run.run_dir}: a classification run; its predict writes class probabilities "
-                        "(labelwise.inference.predict_classes)")
+        raise DataError(
+            f"{run.run_dir}: a classification run; its predict writes class probabilities "
+            "(labelwise.inference.predict_classes)"
+        )
     dims = run.spatial_dims
-    run.configure(threshold=threshold, overlap=overlap,
-                  window=sizes(window, dims, "window size") if window is not None else None,
-                  tta=tta, min_size=min_size, batch_size=batch_size)
+    run.configure(
+        threshold=threshold,
+        overlap=overlap,
+        window=sizes(window, dims, "window size") if window is not None else None,
+        tta=tta,
+        min_size=min_size,
+        batch_size=batch_size,
+    )
     files = prediction_inputs(files)
     ids = [case_id(f) for f in files]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
-        raise DataError(f"several inputs have the id {repeated[0]}: "
-                        f"{', '.join(str(f) for f in files if case_id(f) == repeated[0])}")
+        raise DataError(
+            f"several inputs have the id {repeated[0]}: {', '.join(str(f) for f in files if case_id(f) == repeated[0])}"
+        )
     references = _references(reference, files)
     rois = _references(roi, files, what="region-of-interest")
     missing = [cid for cid in ids if roi is not None and cid not in rois]
     if missing:
-        raise DataError(f"{roi}: no region-of-interest mask for {', '.join(missing[:5])}"
-                        f"{', ...' if len(missing) > 5 else ''}")
+        raise DataError(
+            f"{roi}: no region-of-interest mask for {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}"
+        )
     report = reporter(progress)
     out = Path(out)
     entries: list[dict[str, Any]] = []
@@ -166,22 +176,40 @@ def predict_files(
 
         nifti = dims == 3 or stores_spacing(path)
         files_written: dict[str, str | None] = {"diff": None}
-        files_written.update(write_case(out, cid, shown, probability, mask, raw.spacing, raw.affine, nifti,
-                                        {"": ref.array} if ref is not None else {}, mip_axis))
+        files_written.update(
+            write_case(
+                out,
+                cid,
+                shown,
+                probability,
+                mask,
+                raw.spacing,
+                raw.affine,
+                nifti,
+                {"": ref.array} if ref is not None else {},
+                mip_axis,
+            )
+        )
         seconds = time.perf_counter() - start
         window = run.method.window or list(spatial)
         entry: dict[str, Any] = {
-            "id": cid, "input": str(path), **files_written,
+            "id": cid,
+            "input": str(path),
+            **files_written,
             "reference": str(references[cid]) if cid in references else None,
-            "threshold": used, "shape": list(spatial), "spacing": [float(s) for s in raw.spacing],
-            "window": [int(w) for w in window], "overlap": float(run.method.overlap),
-            "tta": bool(run.method.tta), "min_size": int(run.method.min_size),
+            "threshold": used,
+            "shape": list(spatial),
+            "spacing": [float(s) for s in raw.spacing],
+            "window": [int(w) for w in window],
+            "overlap": float(run.method.overlap),
+            "tta": bool(run.method.tta),
+            "min_size": int(run.method.min_size),
             "roi": str(rois[cid]) if cid in rois else None,
-            "foreground_voxels": int((mask > 0).sum()), "seconds": round(seconds, 3),
+            "foreground_voxels": int((mask > 0).sum()),
+            "seconds": round(seconds, 3),
         }
         if ref is not None:  # the overlap scores of the one per-case scorer, inside the roi
-            scored = score_case(mask, ref.array, raw.spacing, region, scored_classes(run.num_classes),
-                                distances=False)
+            scored = score_case(mask, ref.array, raw.spacing, region, scored_classes(run.num_classes), distances=False)
             entry["dice"] = _finite(scored["foreground"]["dice"])
             if scored["per_class"]:
                 entry["dice_per_class"] = [_finite(s["dice"]) for s in scored["per_class"].values()]
@@ -189,10 +217,15 @@ def predict_files(
             entry["dice"] = None
         entries.append(entry)
         _write_index(out, run, entries)  # after every case, so an error later keeps what is done
-        score = (f", Dice {entry['dice']:.4f}" if entry.get("dice") is not None
-                 else (", no reference" if reference is not None else ""))
-        report(f"[{number}/{len(files)}] {cid} {'x'.join(map(str, spatial))}: {seconds:.1f} s, "
-               f"{entry['foreground_voxels']} foreground {'voxels' if dims == 3 else 'pixels'}{score}")
+        score = (
+            f", Dice {entry['dice']:.4f}"
+            if entry.get("dice") is not None
+            else (", no reference" if reference is not None else "")
+        )
+        report(
+            f"[{number}/{len(files)}] {cid} {'x'.join(map(str, spatial))}: {seconds:.1f} s, "
+            f"{entry['foreground_voxels']} foreground {'voxels' if dims == 3 else 'pixels'}{score}"
+        )
     return entries
 
 
@@ -215,23 +248,36 @@ def _write_index(out: Path, run: RunModel, entries: list[dict[str, Any]]) -> Pat
     cases = [e for e in old if e.get("id") not in new_ids] + entries
     scores = [e["dice"] for e in cases if e.get("dice") is not None]
     document = {
-        "run": str(run.run_dir), "checkpoint": str(run.checkpoint),
-        "cases": cases, "mean_dice": float(np.mean(scores)) if scores else None,
+        "run": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "cases": cases,
+        "mean_dice": float(np.mean(scores)) if scores else None,
     }
     return atomic_write(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
 
 
-def write_case(out: Path, cid: str, image: np.ndarray, probability: np.ndarray, mask: np.ndarray,
-               spacing: Sequence[float], affine: np.ndarray | None, nifti: bool,
-               references: dict[str, np.ndarray] | None = None, mip_axis: int | None = None) -> dict[str, str]:
+def write_case(
+    out: Path,
+    cid: str,
+    image: np.ndarray,
+    probability: np.ndarray,
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    affine: np.ndarray | None,
+    nifti: bool,
+    references: dict[str, np.ndarray] | None = None,
+    mip_axis: int | None = None,
+) -> dict[str, str]:
     """Write one predicted case under ``out`` and return the paths written, relative to ``out``, by key:
     ``probability`` and ``mask`` (NIfTI with ``spacing`` and ``affine`` when ``nifti``; else PNG, plus the
     probability as ``probability_npy``), ``mip`` (the mask over the projection of ``image`` ``(C, *spatial)``:
     colour shown as grey, otherwise its first channel) and, per reference mask ``{name: mask}``, ``diff_<name>``
     (``diff`` for the name ""): white where both are set, red where only the reference is, blue where only the
     prediction is."""
-    files = {"probability": f"probabilities/{cid}.nii.gz" if nifti else f"probabilities/{cid}.png",
-             "mask": f"masks/{cid}.nii.gz" if nifti else f"masks/{cid}.png"}
+    files = {
+        "probability": f"probabilities/{cid}.nii.gz" if nifti else f"probabilities/{cid}.png",
+        "mask": f"masks/{cid}.nii.gz" if nifti else f"masks/{cid}.png",
+    }
     write_volume(out / files["probability"], probability, spacing if nifti else None, affine if nifti else None)
     if not nifti:
         files["probability_npy"] = f"probabilities/{cid}.npy"
@@ -240,11 +286,17 @@ def write_case(out: Path, cid: str, image: np.ndarray, probability: np.ndarray, 
     shown = image.mean(0) if image.shape[0] == 3 else image[0]
     view, predicted = project(shown, affine, mip_axis), project(mask, affine, mip_axis)
     files["mip"] = f"figures/{cid}_mip.png"
-    write_png(out / files["mip"], mask_overlay_rgb(view, predicted),
-               f"{cid}: prediction {'MIP' if mask.ndim == 3 else 'overlay'}")
+    write_png(
+        out / files["mip"],
+        mask_overlay_rgb(view, predicted),
+        f"{cid}: prediction {'MIP' if mask.ndim == 3 else 'overlay'}",
+    )
     for name, reference in (references or {}).items():
         key = f"diff_{name}" if name else "diff"
         files[key] = f"figures/{cid}_{key}.png"
-        write_png(out / files[key], diff_rgb(view, predicted > 0, project(reference > 0, affine, mip_axis)),
-                   f"{cid}: {f'vs {name}: ' if name else ''}white true positive, red false negative, blue false positive")
+        write_png(
+            out / files[key],
+            diff_rgb(view, predicted > 0, project(reference > 0, affine, mip_axis)),
+            f"{cid}: {f'vs {name}: ' if name else ''}white true positive, red false negative, blue false positive",
+        )
     return files

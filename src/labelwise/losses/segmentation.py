@@ -26,8 +26,12 @@ MSS_WEIGHTS = (1.0, 0.66, 0.34)
 
 
 def _nonnegative(name: str, value: float, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
-        strict and value == 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (strict and value == 0)
     ):
         raise ConfigError(f"{name}: expected a {'positive' if strict else 'non-negative'} number, got {value!r}")
     return float(value)
@@ -88,11 +92,17 @@ def focal_tversky_loss(
 
 
 def _check_soft_target(name: str, logits: Tensor, target: Tensor) -> None:
-    if not isinstance(target, Tensor) or not isinstance(logits, Tensor) or target.shape != logits.shape \
-            or logits.ndim < 3:
+    if (
+        not isinstance(target, Tensor)
+        or not isinstance(logits, Tensor)
+        or target.shape != logits.shape
+        or logits.ndim < 3
+    ):
         got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise DataError(f"{name}: logits (B, K, *spatial) and a target of their shape, got "
-                        f"{tuple(getattr(logits, 'shape', ()))} and {got}")
+        raise DataError(
+            f"{name}: logits (B, K, *spatial) and a target of their shape, got "
+            f"{tuple(getattr(logits, 'shape', ()))} and {got}"
+        )
 
 
 def soft_dice_ce_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, smooth: float = 1e-5) -> Tensor:

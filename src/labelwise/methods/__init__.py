@@ -11,9 +11,19 @@ from labelwise.methods.pseudo_supervisor import PseudoSupervisor
 from labelwise.methods.supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (Supervised, DS6, Frangi, PseudoSupervisor, PseudoLabel, MeanTeacher, FixMatch, Pretrain)
+    cls.name: cls for cls in (Supervised, DS6, Frangi, PseudoSupervisor, PseudoLabel, MeanTeacher, FixMatch, Pretrain)
 }
 
-__all__ = ["DS6", "METHODS", "build_optimizer", "FixMatch", "Frangi", "MeanTeacher", "Method", "Pretrain", "PseudoLabel", "PseudoSupervisor",
-           "Supervised"]
+__all__ = [
+    "DS6",
+    "METHODS",
+    "build_optimizer",
+    "FixMatch",
+    "Frangi",
+    "MeanTeacher",
+    "Method",
+    "Pretrain",
+    "PseudoLabel",
+    "PseudoSupervisor",
+    "Supervised",
+]

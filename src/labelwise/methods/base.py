@@ -39,7 +39,9 @@ class Method:
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_unlabelled: ClassVar[bool] = False  # True: unlabelled training cases are loaded (flag "labelled" = False)
     augments: ClassVar[bool] = False  # True: the method applies the config's augment section (see augment_batch)
-    threshold: float | str = 0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, "otsu", "calibrate"
+    threshold: float | str = (
+        0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, "otsu", "calibrate"
+    )
     calibrated: float | None = None  # threshold: calibrate: the validation cases' best threshold (binary masks)
     calibration_tolerance: float = 0.005  # threshold: calibrate: mean validation Dice given up to stay nearer 0.5
     overlap: float = 0.5  # segmenters: overlap of the sliding windows of predict
@@ -92,16 +94,30 @@ class Method:
             "format": 1,
             "method": self.name,
             "task": d.task,
-            "network": {"key": self.predictor, "name": model.name if self.predictor else None,
-                        "arguments": model.model_dump(mode="json", exclude={"init_from", "freeze_backbone"}),
-                        "spatial_dims": d.spatial_dims, "in_channels": d.in_channels,
-                        "out_channels": self.out_channels if self.predictor else None,
-                        "image_size": list(d.image_size) if d.image_size else None},
-            "output": {"activation": self.activation, "multilabel": d.multilabel, "num_classes": d.num_classes,
-                       "class_names": self.output_names()},
+            "network": {
+                "key": self.predictor,
+                "name": model.name if self.predictor else None,
+                "arguments": model.model_dump(mode="json", exclude={"init_from", "freeze_backbone"}),
+                "spatial_dims": d.spatial_dims,
+                "in_channels": d.in_channels,
+                "out_channels": self.out_channels if self.predictor else None,
+                "image_size": list(d.image_size) if d.image_size else None,
+            },
+            "output": {
+                "activation": self.activation,
+                "multilabel": d.multilabel,
+                "num_classes": d.num_classes,
+                "class_names": self.output_names(),
+            },
             "preprocessing": {"reader": "labelwise.data.volumes.read_image", **d.preprocessing},
-            "inference": {"threshold": self.threshold, "calibrated_threshold": self.calibrated,
-                          "overlap": self.overlap, "window": self.window, "tta": self.tta, "min_size": self.min_size},
+            "inference": {
+                "threshold": self.threshold,
+                "calibrated_threshold": self.calibrated,
+                "overlap": self.overlap,
+                "window": self.window,
+                "tta": self.tta,
+                "min_size": self.min_size,
+            },
         }
 
     def parameters(self) -> list[nn.Parameter]:
@@ -145,8 +161,9 @@ class Method:
     def _transfer_target(self) -> nn.Module:
         target = self.networks.get("model")
         if target is None:
-            raise ConfigError(f"model.init_from / freeze_backbone: method {self.name} has no network 'model' to load "
-                              "into")
+            raise ConfigError(
+                f"model.init_from / freeze_backbone: method {self.name} has no network 'model' to load into"
+            )
         return target
 
     def augment_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -166,7 +183,9 @@ class Method:
         """Manual optimisation: the method's optimizers by name, set up with ``self.fabric`` (saved in checkpoints)."""
         raise NotImplementedError
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, module: nn.Module) -> None:
+    def optimizer_step(
+        self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, module: nn.Module
+    ) -> None:
         """Manual optimisation: one step of ``optimizer`` (which updates ``module``) on ``loss`` at ``lr``, gradients
         clipped as configured (:meth:`clip_gradients`)."""
         for group in optimizer.param_groups:
@@ -225,8 +244,9 @@ class Method:
             return sliding_window_predict(model, image, tuple(image.shape[2:]), sw_batch_size=len(image))
         return sliding_window_predict(model, image, self.window, overlap=self.overlap, sw_batch_size=self.window_batch)
 
-    def evaluate(self, outputs: torch.Tensor, target: torch.Tensor, rois: list[torch.Tensor | None] | None = None
-                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    def evaluate(
+        self, outputs: torch.Tensor, target: torch.Tensor, rois: list[torch.Tensor | None] | None = None
+    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Metrics of a whole split and its per-sample predictions, from stacked logits and targets; segmentation cases
         with a region of interest (``rois``, one bool mask or None per case) are predicted background and scored
         inside it only."""
@@ -273,8 +293,10 @@ class Method:
         scorer, :func:`labelwise.metrics.surface.score_case`, its overlap scores only (a validation stays fast)."""
         classes = scored_classes(self.data.num_classes)
         scores = [score_case(m, t, classes=classes, distances=False) for m, t in zip(prediction, target)]
-        return torch.tensor([[c["dice"] for c in s["per_class"].values()] or [s["foreground"]["dice"]]
-                             for s in scores], dtype=torch.float64).reshape(len(scores), -1)
+        return torch.tensor(
+            [[c["dice"] for c in s["per_class"].values()] or [s["foreground"]["dice"]] for s in scores],
+            dtype=torch.float64,
+        ).reshape(len(scores), -1)
 
     def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, K, *spatial)`` logits -> foreground probability ``(B, *spatial)`` and label map ``(B, *spatial)``
@@ -298,8 +320,12 @@ class Method:
         """Whether :meth:`calibrate` chooses the threshold on the validation cases (``threshold: calibrate``)."""
         return self.data.task == "segmentation" and self.threshold == "calibrate"
 
-    def calibrate(self, outputs: list[torch.Tensor] | torch.Tensor, target: list[torch.Tensor] | torch.Tensor,
-                  rois: list[torch.Tensor | None] | None = None) -> tuple[float, float]:
+    def calibrate(
+        self,
+        outputs: list[torch.Tensor] | torch.Tensor,
+        target: list[torch.Tensor] | torch.Tensor,
+        rois: list[torch.Tensor | None] | None = None,
+    ) -> tuple[float, float]:
         """``threshold: calibrate``: set :attr:`calibrated` to the threshold on the foreground probability with the
         highest mean Dice over the validation cases (their logits ``outputs`` and masks ``target``, each inside its
         region of interest), 0.01 ... 0.99 by 0.01; among those within :attr:`calibration_tolerance` of the highest,
@@ -307,8 +333,9 @@ class Method:
         mean Dice. Validation masks of the quality wanted beside training masks with a systematic error (too thin,
         too wide) move the threshold to where the wanted borders are."""
         probability = [segment(o[None].float(), None)[0][0] for o in outputs]  # each case (K, *spatial)
-        value, score = seg_metrics.best_threshold(probability, [t > 0 for t in target], rois,
-                                                  tolerance=self.calibration_tolerance)
+        value, score = seg_metrics.best_threshold(
+            probability, [t > 0 for t in target], rois, tolerance=self.calibration_tolerance
+        )
         self.calibrated = value
         return value, score
 

@@ -50,16 +50,28 @@ class DS6Options(SupervisedOptions):
     magnitude: tuple[float, float] = Field((0.01, 0.03), description="largest displacement range, [-1, 1] units")
     baseline_steps: int = Field(0, ge=0, description="steps of plain supervised training before deformation starts")
     detach_consistency_target: bool = Field(False, description="stop the gradient through sigmoid(T f(x))")
-    teacher: Literal["self", "ema"] = Field("self", description="consistency target from the student itself "
-                                            "(paper) or from its moving average")
-    ema_decay: float = Field(0.99, ge=0, lt=1, description="teacher: ema: teacher = decay * teacher + (1 - decay) "
-                             "* student")
-    consistency_rampup: int = Field(0, ge=0, description="steps of the sigmoid ramp-up of the consistency weight, "
-                                    "counted from the start of the deformation")
-    confidence: float = Field(0.0, ge=0, lt=1, description="consistency only where the target's largest class "
-                              "probability is at least this (0: everywhere)")
-    consistency: Literal["loss", "ce"] = Field("loss", description="consistency term: the training loss against the "
-                                               "soft target (paper) or cross-entropy against the detached target")
+    teacher: Literal["self", "ema"] = Field(
+        "self", description="consistency target from the student itself (paper) or from its moving average"
+    )
+    ema_decay: float = Field(
+        0.99, ge=0, lt=1, description="teacher: ema: teacher = decay * teacher + (1 - decay) * student"
+    )
+    consistency_rampup: int = Field(
+        0,
+        ge=0,
+        description="steps of the sigmoid ramp-up of the consistency weight, counted from the start of the deformation",
+    )
+    confidence: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="consistency only where the target's largest class probability is at least this (0: everywhere)",
+    )
+    consistency: Literal["loss", "ce"] = Field(
+        "loss",
+        description="consistency term: the training loss against the "
+        "soft target (paper) or cross-entropy against the detached target",
+    )
 
 
 class DS6(Supervised):
@@ -72,8 +84,10 @@ class DS6(Supervised):
     def __init__(self, config, data):
         super().__init__(config, data)
         if self.loss_name not in ("focal_tversky", "dice_ce"):
-            raise ConfigError("method.loss: ds6 trains with focal_tversky (one sigmoid channel, the paper) or "
-                              f"dice_ce (softmax); got {self.loss_name}")
+            raise ConfigError(
+                "method.loss: ds6 trains with focal_tversky (one sigmoid channel, the paper) or "
+                f"dice_ce (softmax); got {self.loss_name}"
+            )
         o = self.options
         if min(o.weights) < 0 or o.spacing[0] > o.spacing[1] or o.magnitude[0] > o.magnitude[1]:
             raise ConfigError("method: weights must be >= 0, spacing and magnitude (low, high) ranges")
@@ -91,8 +105,12 @@ class DS6(Supervised):
         zero = full.sum() * 0  # keeps the graph when a term is empty
         supervised = self._labelled_loss(outputs, y, labelled, zero)
         if self.step < o.baseline_steps:  # the other terms logged as 0, so every step logs the same keys
-            return {"loss": supervised, "supervised": supervised.detach(), "deformed": zero.detach(),
-                    "consistency": zero.detach()}
+            return {
+                "loss": supervised,
+                "supervised": supervised.detach(),
+                "deformed": zero.detach(),
+                "consistency": zero.detach(),
+            }
         # one deformation for the batch, drawn from the global RNG (seeded per step by the engine)
         (x_t, y_t), field = self.elastic(x, y.unsqueeze(1))
         y_t = y_t.squeeze(1)
@@ -121,8 +139,12 @@ class DS6(Supervised):
         w = o.weights
         ramp = ramp_up(self.step - o.baseline_steps, o.consistency_rampup)
         loss = w[0] * supervised + w[1] * deformed + w[2] * ramp * consistency
-        return {"loss": loss, "supervised": supervised.detach(), "deformed": deformed.detach(),
-                "consistency": consistency.detach()}
+        return {
+            "loss": loss,
+            "supervised": supervised.detach(),
+            "deformed": deformed.detach(),
+            "consistency": consistency.detach(),
+        }
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.loss_name == "focal_tversky" else torch.softmax(logits, dim=1)
@@ -130,7 +152,9 @@ class DS6(Supervised):
     @torch.no_grad()
     def after_step(self) -> None:
         if self.options.teacher == "ema":
-            ema_update(self.networks["model"], self.networks["teacher"], warmed_decay(self.options.ema_decay, self.step))
+            ema_update(
+                self.networks["model"], self.networks["teacher"], warmed_decay(self.options.ema_decay, self.step)
+            )
 
     def _labelled_loss(self, outputs, target: torch.Tensor, labelled: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         if bool(labelled.all()):

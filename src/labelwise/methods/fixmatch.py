@@ -39,5 +39,9 @@ class FixMatch(SemiSupervised):
         supervised = self.supervised_loss(logits[:nl], yl)
         target = self.probabilities(logits[nl : nl + nu].detach())
         unlabelled, kept = confident_pseudo_loss(logits[nl + nu :], target, self.multilabel, self.options.threshold)
-        return {"loss": supervised + self.options.weight * unlabelled, "supervised": supervised.detach(),
-                "unlabelled": unlabelled.detach(), "confident": kept}
+        return {
+            "loss": supervised + self.options.weight * unlabelled,
+            "supervised": supervised.detach(),
+            "unlabelled": unlabelled.detach(),
+            "confident": kept,
+        }

@@ -28,10 +28,16 @@ class FrangiOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sigmas: list[float] = Field([0.5, 1.0, 1.5, 2.0, 3.0], min_length=1, description="vessel scales, in voxels")
     threshold: Literal["tuned", "otsu"] | float = "tuned"
-    ridges: Literal["bright", "dark"] = Field("bright", description="bright vessels (angiography) or dark ones "
-                                              "(fundus photographs): dark inverts the image first")
-    candidates: int = Field(64, ge=2, description="tuned: thresholds tried (as many quantiles of the positive "
-                            "vesselness and as many evenly spaced values)")
+    ridges: Literal["bright", "dark"] = Field(
+        "bright",
+        description="bright vessels (angiography) or dark ones (fundus photographs): dark inverts the image first",
+    )
+    candidates: int = Field(
+        64,
+        ge=2,
+        description="tuned: thresholds tried (as many quantiles of the positive "
+        "vesselness and as many evenly spaced values)",
+    )
 
 
 class Vesselness(nn.Module):

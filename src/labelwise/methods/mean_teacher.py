@@ -47,8 +47,11 @@ class MeanTeacher(SemiSupervised):
         supervised = self.supervised_loss(logits[: len(xl)], yl)
         consistency = ((self.probabilities(logits) - teacher) ** 2).mean()
         weight = self.options.weight * ramp_up(self.step, self.options.rampup_steps)
-        return {"loss": supervised + weight * consistency, "supervised": supervised.detach(),
-                "consistency": consistency.detach()}
+        return {
+            "loss": supervised + weight * consistency,
+            "supervised": supervised.detach(),
+            "consistency": consistency.detach(),
+        }
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -36,11 +36,13 @@ class PretrainOptions(BaseModel):
     """Options of ``method: pretrain``."""
 
     model_config = ConfigDict(extra="forbid")
-    tasks: dict[Task, float] = Field({"multilabel": 1.0, "mim": 1.0, "contrastive": 1.0},
-                                     description="the tasks and their loss weights")
+    tasks: dict[Task, float] = Field(
+        {"multilabel": 1.0, "mim": 1.0, "contrastive": 1.0}, description="the tasks and their loss weights"
+    )
     mask_ratio: float = Field(0.6, gt=0, lt=1, description="mim: share of patches masked")
-    mask_patch: int | None = Field(None, gt=0, description="mim: side of a masked patch (default: the backbone's "
-                                   "stride)")
+    mask_patch: int | None = Field(
+        None, gt=0, description="mim: side of a masked patch (default: the backbone's stride)"
+    )
     mim_loss: Literal["l1", "l2"] = "l1"
     contrastive: Literal["simclr", "moco"] = "simclr"
     temperature: float = Field(0.2, gt=0)
@@ -57,8 +59,9 @@ class PretrainOptions(BaseModel):
 
 
 def mlp(dim_in: int, dim_hidden: int, dim_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim_in, dim_hidden), nn.BatchNorm1d(dim_hidden), nn.ReLU(inplace=True),
-                         nn.Linear(dim_hidden, dim_out))
+    return nn.Sequential(
+        nn.Linear(dim_in, dim_hidden), nn.BatchNorm1d(dim_hidden), nn.ReLU(inplace=True), nn.Linear(dim_hidden, dim_out)
+    )
 
 
 class MIMDecoder(nn.Module):
@@ -66,8 +69,15 @@ class MIMDecoder(nn.Module):
     rearranged into the full-resolution image; also holds the learned value that replaces masked inputs
     (``mask_dim``: one per input channel for CNNs, a token for transformers)."""
 
-    def __init__(self, dim: int, in_channels: int, stride: int, spatial_dims: int, mask_dim: int | None = None,
-                 token: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        in_channels: int,
+        stride: int,
+        spatial_dims: int,
+        mask_dim: int | None = None,
+        token: bool = False,
+    ):
         super().__init__()
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.proj = conv(dim, in_channels * stride**spatial_dims, kernel_size=1)
@@ -118,8 +128,7 @@ def moco_loss(q: Tensor, k: Tensor, temperature: float) -> Tensor:
     return nn.functional.cross_entropy(logits, target) * 2 * temperature
 
 
-def knn_predict(query: Tensor, bank: Tensor, bank_target: Tensor, k: int, num_classes: int,
-                multilabel: bool) -> Tensor:
+def knn_predict(query: Tensor, bank: Tensor, bank_target: Tensor, k: int, num_classes: int, multilabel: bool) -> Tensor:
     """Class scores ``(N, K)`` of each query embedding from its ``k`` most cosine-similar bank embeddings, weighted
     by exp(similarity / 0.07): for single labels a weighted vote, for tags a weighted mean."""
     query, bank = nn.functional.normalize(query.float(), dim=1), nn.functional.normalize(bank.float(), dim=1)
@@ -145,8 +154,10 @@ class Pretrain(Method):
         if d.task != "classification":
             raise ConfigError("method: pretrain reads images with optional tags: set data.task: classification")
         if "multilabel" in self.tasks and not d.multilabel:
-            raise ConfigError("method.tasks: multilabel needs image-level tags: several data.labels columns (0/1), "
-                              "or an .npz whose label is (N, K) 0/1; drop the task for single-label data")
+            raise ConfigError(
+                "method.tasks: multilabel needs image-level tags: several data.labels columns (0/1), "
+                "or an .npz whose label is (N, K) 0/1; drop the task for single-label data"
+            )
         backbone = build_backbone(config.model, d.spatial_dims, d.in_channels, d.image_size)
         self.networks["backbone"] = backbone
         if "multilabel" in self.tasks:
@@ -154,13 +165,18 @@ class Pretrain(Method):
         if "mim" in self.tasks:
             self.patch = o.mask_patch or backbone.stride
             if self.patch % backbone.token_patch:
-                raise ConfigError(f"method.mask_patch: {self.patch} must be a multiple of {config.model.name}'s "
-                                  f"token patch {backbone.token_patch}")
+                raise ConfigError(
+                    f"method.mask_patch: {self.patch} must be a multiple of {config.model.name}'s "
+                    f"token patch {backbone.token_patch}"
+                )
             if d.image_size and any(n % backbone.stride for n in d.image_size):
-                raise ConfigError(f"method.tasks.mim: the image size {list(d.image_size)} must be a multiple of "
-                                  f"{config.model.name}'s output stride {backbone.stride} to be reconstructed")
-            self.networks["mim_decoder"] = MIMDecoder(backbone.dim, d.in_channels, backbone.stride, d.spatial_dims,
-                                                      backbone.mask_dim, backbone.masks_tokens)
+                raise ConfigError(
+                    f"method.tasks.mim: the image size {list(d.image_size)} must be a multiple of "
+                    f"{config.model.name}'s output stride {backbone.stride} to be reconstructed"
+                )
+            self.networks["mim_decoder"] = MIMDecoder(
+                backbone.dim, d.in_channels, backbone.stride, d.spatial_dims, backbone.mask_dim, backbone.masks_tokens
+            )
         if "contrastive" in self.tasks:
             self.networks["projector"] = mlp(backbone.dim, backbone.dim, o.projection_dim)
             if o.contrastive == "moco":
@@ -174,9 +190,11 @@ class Pretrain(Method):
         if "multilabel" in self.tasks:
             tagged = batch["labelled"]
             logits = self.networks["tag_head"](backbone.embed(x[tagged])) if bool(tagged.any()) else None
-            losses["multilabel"] = (nn.functional.binary_cross_entropy_with_logits(logits, batch["target"][tagged]
-                                                                                  .float())
-                                    if logits is not None else x.new_zeros(()))
+            losses["multilabel"] = (
+                nn.functional.binary_cross_entropy_with_logits(logits, batch["target"][tagged].float())
+                if logits is not None
+                else x.new_zeros(())
+            )
         if "mim" in self.tasks:
             decoder = self.networks["mim_decoder"]
             mask = random_patch_mask(tuple(x.shape), self.patch, self.options.mask_ratio, x.device)
@@ -211,17 +229,21 @@ class Pretrain(Method):
         return self.networks["backbone"].embed(image)
 
     @torch.no_grad()
-    def evaluate(self, outputs: Tensor, target: Tensor, rois: list | None = None) -> tuple[dict[str, float], dict[str, Tensor]]:
+    def evaluate(
+        self, outputs: Tensor, target: Tensor, rois: list | None = None
+    ) -> tuple[dict[str, float], dict[str, Tensor]]:
         """k-NN accuracy of the embeddings against the labelled training samples (tags: mean per-label accuracy)."""
         train = self.data.split("train")
         rows = torch.nonzero(train.labelled).flatten()
         backbone = self.networks["backbone"]
         device = next(backbone.parameters()).device
         bs = self.config.data.eval_batch_size
-        bank = torch.cat([backbone.embed(train.image[rows[i : i + bs]].to(device)).float().cpu()
-                          for i in range(0, len(rows), bs)])
-        scores = knn_predict(outputs, bank, train.target[rows], self.options.knn_k, self.data.num_classes,
-                             self.data.multilabel)
+        bank = torch.cat(
+            [backbone.embed(train.image[rows[i : i + bs]].to(device)).float().cpu() for i in range(0, len(rows), bs)]
+        )
+        scores = knn_predict(
+            outputs, bank, train.target[rows], self.options.knn_k, self.data.num_classes, self.data.multilabel
+        )
         if self.data.multilabel:
             prediction = (scores > 0.5).long()
             accuracy = (prediction == target).float().mean()

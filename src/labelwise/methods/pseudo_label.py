@@ -31,9 +31,14 @@ class PseudoLabel(SemiSupervised):
         xl, yl, xu = self.split_batch(batch)
         logits = self.networks["model"](torch.cat([xl, xu]))
         supervised = self.supervised_loss(logits[: len(xl)], yl)
-        unlabelled = logits[len(xl):]
-        pseudo, kept = confident_pseudo_loss(unlabelled, self.probabilities(unlabelled), self.multilabel,
-                                             self.options.threshold)
+        unlabelled = logits[len(xl) :]
+        pseudo, kept = confident_pseudo_loss(
+            unlabelled, self.probabilities(unlabelled), self.multilabel, self.options.threshold
+        )
         weight = self.options.weight * ramp_up(self.step, self.options.rampup_steps)
-        return {"loss": supervised + weight * pseudo, "supervised": supervised.detach(), "pseudo": pseudo.detach(),
-                "confident": kept}
+        return {
+            "loss": supervised + weight * pseudo,
+            "supervised": supervised.detach(),
+            "pseudo": pseudo.detach(),
+            "confident": kept,
+        }

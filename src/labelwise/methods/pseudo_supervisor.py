@@ -65,33 +65,85 @@ class PseudoSupervisorOptions(BaseModel):
     alpha: float = Field(1.0, gt=0, description="reward = max(exp(alpha * (loss_before - loss_after)) - 1, 0)")
     gamma: float = Field(0.9, ge=0, le=1, description="discount of the returns")
     window: int = Field(50, gt=0, description="steps between policy updates (TIMEWINDOW)")
-    heldout_batch_size: int | None = Field(None, gt=0, description="validation images per reward (default: "
-                                           "data.batch_size)")
-    variant: Literal["default", "paper"] = Field("default", description="paper: the public code's recipe (no "
-                                                 "warm-up, random policy, full pseudo weight, all of val for both)")
-    warmup: float | None = Field(None, ge=0, lt=1, description="share of max_steps on labelled data only before "
-                                 "pseudo steps (default 0.3; paper 0)")
-    policy_init: Literal["predictor", "random"] | None = Field(None, description="the policy's weights when the "
-                                                               "warm-up ends (default predictor; paper random)")
-    pseudo_rampup: float | None = Field(None, ge=0, le=1, description="share of max_steps of the sigmoid ramp of the "
-                                        "pseudo-label loss weight after the warm-up (default 0.2; paper 0)")
-    reward_share: float | None = Field(None, ge=0, lt=1, description="share of the validation split used only for "
-                                       "rewards, never for model selection (default 0.5; paper 0: all of it for both)")
-    policy_follow: float | None = Field(None, ge=0, lt=1, description="after the warm-up, policy = follow * policy + "
-                                        "(1 - follow) * predictor after every step (default 0.99; paper 0: off)")
-    confidence: float | None = Field(None, ge=0, lt=1, description="pseudo labels count only where the policy is at "
-                                     "least this sure (default 0.95; paper 0: all)")
-    align: bool | None = Field(None, description="distribution alignment of the policy's probabilities to the labelled "
-                               "class frequencies before sampling (default on; paper off)")
-    reward_gate: bool | None = Field(None, description="the pseudo-label weight halves after a window whose pseudo "
-                                     "steps raised the held-out loss on average, doubles (to 1) after one that "
-                                     "lowered it (default off; paper off)")
+    heldout_batch_size: int | None = Field(
+        None, gt=0, description="validation images per reward (default: data.batch_size)"
+    )
+    variant: Literal["default", "paper"] = Field(
+        "default",
+        description="paper: the public code's recipe (no "
+        "warm-up, random policy, full pseudo weight, all of val for both)",
+    )
+    warmup: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="share of max_steps on labelled data only before pseudo steps (default 0.3; paper 0)",
+    )
+    policy_init: Literal["predictor", "random"] | None = Field(
+        None, description="the policy's weights when the warm-up ends (default predictor; paper random)"
+    )
+    pseudo_rampup: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="share of max_steps of the sigmoid ramp of the "
+        "pseudo-label loss weight after the warm-up (default 0.2; paper 0)",
+    )
+    reward_share: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="share of the validation split used only for "
+        "rewards, never for model selection (default 0.5; paper 0: all of it for both)",
+    )
+    policy_follow: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="after the warm-up, policy = follow * policy + "
+        "(1 - follow) * predictor after every step (default 0.99; paper 0: off)",
+    )
+    confidence: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="pseudo labels count only where the policy is at least this sure (default 0.95; paper 0: all)",
+    )
+    align: bool | None = Field(
+        None,
+        description="distribution alignment of the policy's probabilities to the labelled "
+        "class frequencies before sampling (default on; paper off)",
+    )
+    reward_gate: bool | None = Field(
+        None,
+        description="the pseudo-label weight halves after a window whose pseudo "
+        "steps raised the held-out loss on average, doubles (to 1) after one that "
+        "lowered it (default off; paper off)",
+    )
 
 
-VARIANTS = {"default": {"warmup": 0.3, "policy_init": "predictor", "pseudo_rampup": 0.2, "reward_share": 0.5,
-                        "policy_follow": 0.99, "confidence": 0.95, "align": True, "reward_gate": False},
-            "paper": {"warmup": 0.0, "policy_init": "random", "pseudo_rampup": 0.0, "reward_share": 0.0,
-                      "policy_follow": 0.0, "confidence": 0.0, "align": False, "reward_gate": False}}
+VARIANTS = {
+    "default": {
+        "warmup": 0.3,
+        "policy_init": "predictor",
+        "pseudo_rampup": 0.2,
+        "reward_share": 0.5,
+        "policy_follow": 0.99,
+        "confidence": 0.95,
+        "align": True,
+        "reward_gate": False,
+    },
+    "paper": {
+        "warmup": 0.0,
+        "policy_init": "random",
+        "pseudo_rampup": 0.0,
+        "reward_share": 0.0,
+        "policy_follow": 0.0,
+        "confidence": 0.0,
+        "align": False,
+        "reward_gate": False,
+    },
+}
 ALIGN_DECAY = 0.99  # running mean of the policy's probabilities over about the last 100 batches (ReMixMatch: 128)
 
 
@@ -167,8 +219,10 @@ class PseudoSupervisor(SemiSupervised):
         reward set, the rest stays the validation split the engine selects and scores on."""
         val = data.split("val")
         if len(val) < 2:
-            raise ConfigError(f"method.reward_share: the validation split has {len(val)} sample(s); it needs two "
-                              "to keep one for rewards and one for model selection (or set reward_share: 0)")
+            raise ConfigError(
+                f"method.reward_share: the validation split has {len(val)} sample(s); it needs two "
+                "to keep one for rewards and one for model selection (or set reward_share: 0)"
+            )
         count = min(len(val) - 1, max(1, int(round(self.reward_share * len(val)))))
         order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
         reward, rest = order[:count].sort().values, order[count:].sort().values
@@ -178,8 +232,10 @@ class PseudoSupervisor(SemiSupervised):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         predictor = self.build_optimizer(list(self.networks["model"].parameters()))
         policy = self.build_optimizer(list(self.networks["policy"].parameters()))
-        self.optimizers = {"predictor": self.fabric.setup_optimizers(predictor),
-                           "policy": self.fabric.setup_optimizers(policy)}
+        self.optimizers = {
+            "predictor": self.fabric.setup_optimizers(predictor),
+            "policy": self.fabric.setup_optimizers(policy),
+        }
         return self.optimizers
 
     def _distribution(self, logits: Tensor) -> torch.distributions.Distribution:
@@ -261,8 +317,14 @@ class PseudoSupervisor(SemiSupervised):
         if len(self.memory) >= self.options.window:
             self.update_trust()
             self.update_policy(policy_lr)
-        logged = {"loss": (supervised + pseudo).detach(), "supervised": supervised.detach(), "pseudo": pseudo.detach(),
-                  "reward": zero + reward, "heldout": zero + after, "kept": mask.mean()}
+        logged = {
+            "loss": (supervised + pseudo).detach(),
+            "supervised": supervised.detach(),
+            "pseudo": pseudo.detach(),
+            "reward": zero + reward,
+            "heldout": zero + after,
+            "kept": mask.mean(),
+        }
         if self.reward_gate:  # the trust is 1 throughout without the gate: not logged then
             logged["trust"] = zero + self.trust
         return logged
@@ -301,11 +363,16 @@ class PseudoSupervisor(SemiSupervised):
     def state_dict(self) -> dict[str, Any]:
         memory = list(zip(*self.memory)) or [[]] * 6
         images, actions, masks, offsets, rewards, changes = memory
-        return {"images": [x.cpu() for x in images], "actions": [a.cpu() for a in actions],
-                "masks": [m.cpu() for m in masks], "offsets": [o.cpu() for o in offsets],
-                "rewards": torch.tensor(rewards, dtype=torch.float64),
-                "changes": torch.tensor(changes, dtype=torch.float64), "trust": self.trust,
-                "running": None if self.running is None else self.running.cpu()}
+        return {
+            "images": [x.cpu() for x in images],
+            "actions": [a.cpu() for a in actions],
+            "masks": [m.cpu() for m in masks],
+            "offsets": [o.cpu() for o in offsets],
+            "rewards": torch.tensor(rewards, dtype=torch.float64),
+            "changes": torch.tensor(changes, dtype=torch.float64),
+            "trust": self.trust,
+            "running": None if self.running is None else self.running.cpu(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -316,8 +383,11 @@ class PseudoSupervisor(SemiSupervised):
         masks = state.get("masks") or [torch.ones(a.shape, dtype=torch.float32) for a in state["actions"]]
         offsets = state.get("offsets") or [torch.zeros(1) for _ in range(n)]
         changes = state["changes"].tolist() if "changes" in state else [0.0] * n
-        self.memory = [(x.to(device), a.to(device), m.to(device), o.to(device), float(r), float(c)) for x, a, m, o, r, c
-                       in zip(state["images"], state["actions"], masks, offsets, state["rewards"].tolist(), changes,
-                              strict=True)]
+        self.memory = [
+            (x.to(device), a.to(device), m.to(device), o.to(device), float(r), float(c))
+            for x, a, m, o, r, c in zip(
+                state["images"], state["actions"], masks, offsets, state["rewards"].tolist(), changes, strict=True
+            )
+        ]
         self.trust = float(state.get("trust", 1.0))
         self.running = state.get("running")

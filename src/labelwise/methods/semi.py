@@ -28,7 +28,9 @@ def classification_loss(logits: Tensor, target: Tensor, multilabel: bool, label_
     return nn.functional.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
-def confident_pseudo_loss(logits: Tensor, probability: Tensor, multilabel: bool, threshold: float) -> tuple[Tensor, Tensor]:
+def confident_pseudo_loss(
+    logits: Tensor, probability: Tensor, multilabel: bool, threshold: float
+) -> tuple[Tensor, Tensor]:
     """Loss of ``logits`` against hard pseudo labels of ``probability`` (no gradient), counting only confident
     ones: max p >= threshold (classes), or p >= threshold / p <= 1 - threshold per label. Returns the loss (mean
     over all samples or sample-labels, unconfident ones counting 0, as FixMatch) and the share kept."""
@@ -67,8 +69,9 @@ class SemiSupervised(Method):
 
     def build_network(self) -> nn.Module:
         d = self.data
-        return build_model(self.config.model, d.spatial_dims, d.in_channels, d.num_classes, "classification",
-                           d.image_size)
+        return build_model(
+            self.config.model, d.spatial_dims, d.in_channels, d.num_classes, "classification", d.image_size
+        )
 
     def split_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Labelled images and targets, and unlabelled images, of a batch (augmented when the method takes the

@@ -27,15 +27,28 @@ class SupervisedOptions(BaseModel):
     gamma: float = Field(0.75, gt=0, description="focal_tversky: focal exponent")
     mss_weights: tuple[float, float, float] = Field(MSS_WEIGHTS, description="unet_mss: full, 1/2, 1/4 outputs")
     threshold: float | Literal["otsu", "calibrate"] = Field(
-        0.5, description="one-channel segmenters: p > threshold, or otsu; calibrate (binary masks, one or two "
-        "channels): the threshold with the best mean Dice on the validation cases, chosen at the end of training")
-    calibration_tolerance: float = Field(0.005, ge=0, lt=1, description="threshold: calibrate: among the thresholds "
-                                         "within this much of the best mean validation Dice, the one nearest 0.5")
+        0.5,
+        description="one-channel segmenters: p > threshold, or otsu; calibrate (binary masks, one or two "
+        "channels): the threshold with the best mean Dice on the validation cases, chosen at the end of training",
+    )
+    calibration_tolerance: float = Field(
+        0.005,
+        ge=0,
+        lt=1,
+        description="threshold: calibrate: among the thresholds "
+        "within this much of the best mean validation Dice, the one nearest 0.5",
+    )
     overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window inference: overlap of the patches")
-    tta: bool = Field(False, description="segmentation inference (end-of-run scores, predict): average the logits "
-                      "over the flips along every spatial axis (4 passes in 2D, 8 in 3D)")
-    min_size: int = Field(0, ge=0, description="segmentation inference: remove connected components (per class) "
-                          "smaller than this many voxels")
+    tta: bool = Field(
+        False,
+        description="segmentation inference (end-of-run scores, predict): average the logits "
+        "over the flips along every spatial axis (4 passes in 2D, 8 in 3D)",
+    )
+    min_size: int = Field(
+        0,
+        ge=0,
+        description="segmentation inference: remove connected components (per class) smaller than this many voxels",
+    )
 
 
 class Supervised(Method):
@@ -52,22 +65,32 @@ class Supervised(Method):
         super().__init__(config, data)
         loss = self.options.loss
         if loss == "auto":
-            loss = ("cross_entropy" if data.task == "classification" else
-                    "focal_tversky" if config.model.name == "unet_mss" else "dice_ce")
+            loss = (
+                "cross_entropy"
+                if data.task == "classification"
+                else "focal_tversky"
+                if config.model.name == "unet_mss"
+                else "dice_ce"
+            )
         if loss in ("dice_ce", "focal_tversky") and data.task != "segmentation":
             raise ConfigError(f"method.loss: {loss} is a segmentation loss but data.task is {data.task!r}")
         if loss == "focal_tversky" and data.num_classes != 2:
-            raise ConfigError(f"method.loss: focal_tversky trains one sigmoid channel for binary masks; the data has "
-                              f"{data.num_classes} classes (use dice_ce)")
+            raise ConfigError(
+                f"method.loss: focal_tversky trains one sigmoid channel for binary masks; the data has "
+                f"{data.num_classes} classes (use dice_ce)"
+            )
         self.loss_name = loss
         self.out_channels = 1 if loss == "focal_tversky" else data.num_classes
-        self.networks["model"] = build_model(config.model, data.spatial_dims, data.in_channels, self.out_channels,
-                                              data.task, data.image_size)
+        self.networks["model"] = build_model(
+            config.model, data.spatial_dims, data.in_channels, self.out_channels, data.task, data.image_size
+        )
         if loss == "dice_ce":
             self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=self.options.label_smoothing)
         if self.options.threshold == "calibrate" and (data.task != "segmentation" or data.num_classes != 2):
-            raise ConfigError("method.threshold: calibrate chooses the threshold of binary masks (2 classes); the data "
-                              f"has {data.num_classes} classes ({data.task})")
+            raise ConfigError(
+                "method.threshold: calibrate chooses the threshold of binary masks (2 classes); the data "
+                f"has {data.num_classes} classes ({data.task})"
+            )
         self.threshold, self.overlap = self.options.threshold, self.options.overlap
         self.calibration_tolerance = self.options.calibration_tolerance
         self.tta, self.min_size = self.options.tta, self.options.min_size
@@ -91,4 +114,3 @@ class Supervised(Method):
         if self.data.task == "segmentation":
             return {"loss": self.segmentation_loss(outputs, target)}
         return {"loss": classification_loss(outputs, target, self.data.multilabel, self.options.label_smoothing)}
-

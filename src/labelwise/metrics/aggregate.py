@@ -73,11 +73,14 @@ def bootstrap_interval(
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     rows = chunk or max(1, _CHUNK_ELEMENTS // n)
-    stats = np.concatenate([
-        np.asarray(statistic(rng.integers(0, n, size=(min(rows, n_resamples - start), n))),
-                   dtype=np.float64).reshape(-1)
-        for start in range(0, n_resamples, rows)
-    ])
+    stats = np.concatenate(
+        [
+            np.asarray(
+                statistic(rng.integers(0, n, size=(min(rows, n_resamples - start), n))), dtype=np.float64
+            ).reshape(-1)
+            for start in range(0, n_resamples, rows)
+        ]
+    )
     stats = stats[~np.isnan(stats)]
     if stats.size == 0:
         return math.nan, math.nan
@@ -89,9 +92,14 @@ def bootstrap_interval(
 def empty_mask_note(summary: dict[str, Any], n: int) -> str | None:
     """One line on the cases of :func:`labelwise.evaluation.segmentation.summarize_cases`'s ``summary`` (``n`` in all) whose HD95 and ASSD are undefined
     because a mask is empty, and how many cases their mean is over; None when there are none."""
-    kinds = [(summary.get(key, 0), what) for key, what in (("empty_prediction", "an empty prediction"),
-                                                          ("empty_reference", "an empty reference"),
-                                                          ("both_empty", "both masks empty"))]
+    kinds = [
+        (summary.get(key, 0), what)
+        for key, what in (
+            ("empty_prediction", "an empty prediction"),
+            ("empty_reference", "an empty reference"),
+            ("both_empty", "both masks empty"),
+        )
+    ]
     kinds = [(k, what) for k, what in kinds if k]
     if not kinds:
         return None
@@ -99,5 +107,7 @@ def empty_mask_note(summary: dict[str, Any], n: int) -> str | None:
     verb = "case has" if total == 1 else "cases have"
     which = kinds[0][1] if len(kinds) == 1 else "an empty mask (" + ", ".join(f"{k} {what}" for k, what in kinds) + ")"
     counted = summary["count"]["hd95"]
-    return (f"HD95/ASSD: {total} of {n} {verb} {which}; the distances are undefined there (nan, as MONAI's HD95 gives; "
-            f"its ASSD gives inf with one mask empty) and their mean is over {counted} case{'' if counted == 1 else 's'}")
+    return (
+        f"HD95/ASSD: {total} of {n} {verb} {which}; the distances are undefined there (nan, as MONAI's HD95 gives; "
+        f"its ASSD gives inf with one mask empty) and their mean is over {counted} case{'' if counted == 1 else 's'}"
+    )

@@ -8,7 +8,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy", "balanced_accuracy", "confusion_matrix", "correct", "f1_from_counts", "macro_f1", "to_prediction"]
+__all__ = [
+    "accuracy",
+    "balanced_accuracy",
+    "confusion_matrix",
+    "correct",
+    "f1_from_counts",
+    "macro_f1",
+    "to_prediction",
+]
 
 
 def to_prediction(pred_or_logits: Tensor) -> Tensor:

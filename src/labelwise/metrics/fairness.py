@@ -25,9 +25,18 @@ from labelwise.metrics.aggregate import bootstrap_interval
 from labelwise.metrics.classification import f1_from_counts
 from labelwise.io import json_ready
 
-__all__ = ["auc_confidence_interval", "equity_scaled_auc", "expected_calibration_error", "group_auc",
-           "binary_scores", "macro_auc_confidence_interval", "roc_auc", "sensitivity_at_specificity", "summarize",
-           "summarize_binary"]
+__all__ = [
+    "auc_confidence_interval",
+    "equity_scaled_auc",
+    "expected_calibration_error",
+    "group_auc",
+    "binary_scores",
+    "macro_auc_confidence_interval",
+    "roc_auc",
+    "sensitivity_at_specificity",
+    "summarize",
+    "summarize_binary",
+]
 
 
 _CHUNK = 256  # bootstrap resamples of the AUC at a time (each ranks a (256, N) array: bounded memory)
@@ -68,8 +77,9 @@ def _auc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where((positives > 0) & (negatives > 0), auc, np.nan)
 
 
-def auc_confidence_interval(scores: Any, labels: Any, resamples: int = 1000, level: float = 0.95,
-                            seed: int = 0) -> tuple[float, float]:
+def auc_confidence_interval(
+    scores: Any, labels: Any, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the AUC (:func:`labelwise.metrics.aggregate.bootstrap_interval`: cases
     resampled with replacement; resamples with one class are dropped); (nan, nan) when the AUC itself is undefined."""
     scores, labels = binary_scores(scores, labels)
@@ -77,8 +87,9 @@ def auc_confidence_interval(scores: Any, labels: Any, resamples: int = 1000, lev
         raise DataError(f"level must lie in (0, 1) and resamples be >= 1, got {level}, {resamples}")
     if np.isnan(roc_auc(scores, labels)):
         return float("nan"), float("nan")
-    return bootstrap_interval(lambda index: _auc_rows(scores[index], labels[index]), scores.size, resamples, level,
-                              seed, chunk=_CHUNK)
+    return bootstrap_interval(
+        lambda index: _auc_rows(scores[index], labels[index]), scores.size, resamples, level, seed, chunk=_CHUNK
+    )
 
 
 def sensitivity_at_specificity(scores: Any, labels: Any, specificity: float = 0.9) -> float:
@@ -121,8 +132,7 @@ def group_auc(scores: Any, labels: Any, groups: Sequence[Any]) -> dict[str, dict
         member = groups == group
         positives = int(labels[member].sum())
         auc = roc_auc(scores[member], labels[member])
-        entry: dict[str, Any] = {"auc": None if np.isnan(auc) else auc, "n": int(member.sum()),
-                                 "positives": positives}
+        entry: dict[str, Any] = {"auc": None if np.isnan(auc) else auc, "n": int(member.sum()), "positives": positives}
         if np.isnan(auc):
             entry["note"] = f"no AUC: all {entry['n']} cases are {'positive' if positives else 'negative'}"
         out[group] = entry
@@ -137,8 +147,14 @@ def equity_scaled_auc(auc: float, per_group: dict[str, dict[str, Any]]) -> dict[
     return {"es_auc": float(auc / (1 + sum(abs(auc - a) for a in used.values()))), "groups": sorted(used)}
 
 
-def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[Any]] | None = None,
-                     threshold: float = 0.5, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def summarize_binary(
+    scores: Any,
+    labels: Any,
+    attributes: dict[str, Sequence[Any]] | None = None,
+    threshold: float = 0.5,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The scores the semi-supervised capability reports for one binary outcome, as JSON-ready values:
     ``auc``, ``auc_ci`` (bootstrap 95%; None when ``resamples`` is 0), ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (at ``threshold`` on the
     probability ``scores``), ``sensitivity_at_90_specificity``, ``ece``, and per attribute column
@@ -156,14 +172,19 @@ def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[An
     f1 = f1_from_counts(*counts).numpy()  # of the positive class and of the negative class: true, predicted, actual
     auc = roc_auc(scores, labels)
     result: dict[str, Any] = {
-        "n": int(labels.size), "positives": int(labels.sum()), "auc": auc,
+        "n": int(labels.size),
+        "positives": int(labels.sum()),
+        "auc": auc,
         "auc_ci": list(auc_confidence_interval(scores, labels, resamples, seed=seed)) if resamples else None,
         "accuracy": ratio(tp + tn, labels.size),
         "balanced_accuracy": float(np.nanmean([ratio(tp, tp + fn), ratio(tn, tn + fp)])),
         "macro_f1": float(np.nanmean(f1)),
         "sensitivity_at_90_specificity": sensitivity_at_specificity(scores, labels, 0.9),
         "ece": expected_calibration_error(scores, labels) if scores.min() >= 0 and scores.max() <= 1 else None,
-        "group_auc": {}, "group_n": {}, "group_notes": {}, "es_auc": {},
+        "group_auc": {},
+        "group_n": {},
+        "group_notes": {},
+        "es_auc": {},
     }
     for name, values in (attributes or {}).items():
         per_group = group_auc(scores, labels, values)
@@ -174,8 +195,9 @@ def summarize_binary(scores: Any, labels: Any, attributes: dict[str, Sequence[An
     return json_ready(result)
 
 
-def macro_auc_confidence_interval(scores: Any, labels: Any, resamples: int = 1000, level: float = 0.95,
-                                  seed: int = 0) -> tuple[float, float]:
+def macro_auc_confidence_interval(
+    scores: Any, labels: Any, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval (:func:`labelwise.metrics.aggregate.bootstrap_interval`) of the macro AUC (the
     mean over columns of ``(N, K)`` scores against 0/1 labels, columns with one class left out of each resample's
     mean)."""
@@ -190,9 +212,15 @@ def macro_auc_confidence_interval(scores: Any, labels: Any, resamples: int = 100
     return bootstrap_interval(macro_auc, scores.shape[0], resamples, level, seed, chunk=_CHUNK)
 
 
-def summarize(probability: Any, target: Any, multilabel: bool = False, class_names: Sequence[str] = (),
-              attributes: dict[str, Sequence[Any]] | None = None, resamples: int = 1000,
-              seed: int = 0) -> dict[str, Any]:
+def summarize(
+    probability: Any,
+    target: Any,
+    multilabel: bool = False,
+    class_names: Sequence[str] = (),
+    attributes: dict[str, Sequence[Any]] | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The end-of-run evaluation of a classifier's probabilities ``(N, K)`` (softmax, or sigmoid per label when
     ``multilabel``) against targets ``(N,)`` class indices or ``(N, K)`` 0/1, with ``kind`` binary, multiclass
     or multilabel. Binary: :func:`summarize_binary` of p(class 1). Otherwise every label (one-vs-rest for
@@ -209,8 +237,10 @@ def summarize(probability: Any, target: Any, multilabel: bool = False, class_nam
         out = summarize_binary(probability[:, 1], target, attributes, resamples=resamples, seed=seed)
         return {"kind": "binary", "class_names": names, **out}
     labels = target.astype(bool) if multilabel else target[:, None] == np.arange(k)[None]
-    per_label = {name: summarize_binary(probability[:, j], labels[:, j], attributes, resamples=resamples, seed=seed)
-                 for j, name in enumerate(names)}
+    per_label = {
+        name: summarize_binary(probability[:, j], labels[:, j], attributes, resamples=resamples, seed=seed)
+        for j, name in enumerate(names)
+    }
 
     def mean(key: str) -> float:
         values = [v[key] for v in per_label.values() if v[key] is not None]
@@ -218,18 +248,27 @@ def summarize(probability: Any, target: Any, multilabel: bool = False, class_nam
 
     auc = mean("auc")
     result: dict[str, Any] = {
-        "kind": "multilabel" if multilabel else "multiclass", "class_names": names, "n": int(target.shape[0]),
+        "kind": "multilabel" if multilabel else "multiclass",
+        "class_names": names,
+        "n": int(target.shape[0]),
         "auc": auc,
         "auc_ci": list(macro_auc_confidence_interval(probability, labels, resamples, seed=seed)) if resamples else None,
-        "sensitivity_at_90_specificity": mean("sensitivity_at_90_specificity"), "ece": mean("ece"),
-        "group_auc": {}, "group_notes": {}, "es_auc": {}, "per_label": per_label,
+        "sensitivity_at_90_specificity": mean("sensitivity_at_90_specificity"),
+        "ece": mean("ece"),
+        "group_auc": {},
+        "group_notes": {},
+        "es_auc": {},
+        "per_label": per_label,
     }
     if multilabel:
         result.update(accuracy=mean("accuracy"), balanced_accuracy=mean("balanced_accuracy"), macro_f1=mean("macro_f1"))
     else:
         pred, true = torch.from_numpy(probability.argmax(axis=1)), torch.from_numpy(target.astype(np.int64))
-        result.update(accuracy=float(cls.accuracy(pred, true)), balanced_accuracy=float(cls.balanced_accuracy(pred, true, k)),
-                      macro_f1=float(cls.macro_f1(pred, true, k)))
+        result.update(
+            accuracy=float(cls.accuracy(pred, true)),
+            balanced_accuracy=float(cls.balanced_accuracy(pred, true, k)),
+            macro_f1=float(cls.macro_f1(pred, true, k)),
+        )
     for name in attributes or {}:
         groups = sorted({g for v in per_label.values() for g in v["group_auc"].get(name, {})})
         per_group = {}
@@ -237,7 +276,8 @@ def summarize(probability: Any, target: Any, multilabel: bool = False, class_nam
             values = [v["group_auc"][name][g] for v in per_label.values() if v["group_auc"][name].get(g) is not None]
             per_group[g] = {"auc": float(np.mean(values)) if values else None}
         result["group_auc"][name] = {g: e["auc"] for g, e in per_group.items()}
-        result["group_notes"][name] = {g: "no AUC for any label (one class in every label)" for g, e in per_group.items()
-                                       if e["auc"] is None}
+        result["group_notes"][name] = {
+            g: "no AUC for any label (one class in every label)" for g, e in per_group.items() if e["auc"] is None
+        }
         result["es_auc"][name] = equity_scaled_auc(auc, per_group)["es_auc"]
     return json_ready(result)

@@ -122,7 +122,9 @@ def multilabel_issues(probs: np.ndarray, labels: np.ndarray) -> ClassAudit:
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
     if probs.ndim != 2 or labels.shape != probs.shape:
-        raise ValueError(f"expected probabilities and 0/1 labels of one shape (N, K), got {probs.shape}, {labels.shape}")
+        raise ValueError(
+            f"expected probabilities and 0/1 labels of one shape (N, K), got {probs.shape}, {labels.shape}"
+        )
     flags, qualities, joints = [], [], []
     for c in range(probs.shape[1]):
         binary = class_issues(np.stack([1 - probs[:, c], probs[:, c]], axis=1), (labels[:, c] > 0).astype(np.int64))
@@ -131,8 +133,12 @@ def multilabel_issues(probs: np.ndarray, labels: np.ndarray) -> ClassAudit:
         joints.append(binary.joint)
     flipped = np.stack(flags, axis=1)
     likely = np.where(flipped, 1 - (labels > 0), labels > 0).astype(np.int64)
-    return ClassAudit(issue=flipped.any(axis=1), quality=np.stack(qualities, axis=1).min(axis=1), likely=likely,
-                      joint=np.stack(joints))
+    return ClassAudit(
+        issue=flipped.any(axis=1),
+        quality=np.stack(qualities, axis=1).min(axis=1),
+        likely=likely,
+        joint=np.stack(joints),
+    )
 
 
 def _pixels(probs: np.ndarray, label: np.ndarray, roi: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +193,9 @@ class MaskAudit:
         return int((self.suspects == EXTRA).sum())
 
 
-def mask_suspects(probs: np.ndarray, label: np.ndarray, thresholds: np.ndarray, roi: np.ndarray | None = None) -> MaskAudit:
+def mask_suspects(
+    probs: np.ndarray, label: np.ndarray, thresholds: np.ndarray, roi: np.ndarray | None = None
+) -> MaskAudit:
     """Audit one mask ``label`` (integer classes, 0 background) against out-of-sample ``probs`` (the foreground map,
     or ``(K, *spatial)``) with the data set's ``thresholds`` (:func:`mask_thresholds`), inside ``roi``."""
     label = np.asarray(label)

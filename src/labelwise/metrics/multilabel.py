@@ -138,9 +138,7 @@ def subgroup_accuracy(correct: Tensor, label_count: Tensor) -> dict[int, tuple[i
     return {int(c): (int(n[c]), float(total[c] / n[c])) for c in torch.nonzero(n).flatten().tolist()}
 
 
-def asma(
-    correct: Tensor, label_count: Tensor, aggregation: Callable[[np.ndarray], float] = np.mean
-) -> float:
+def asma(correct: Tensor, label_count: Tensor, aggregation: Callable[[np.ndarray], float] = np.mean) -> float:
     """ASMA, aggregate subgroup model accuracy: ``aggregation`` (default the unweighted mean) of the
     subgroup accuracies of :func:`subgroup_accuracy`, so that each label count weighs the same however
     many images it has. nan when no image is scored."""
@@ -160,8 +158,13 @@ def _group_end_positions(sorted_values: Tensor, dim: int) -> Tensor:
     shape[dim] = n
     index = index.view(shape).expand_as(sorted_values)
     nxt = sorted_values.narrow(dim, 1, n - 1) if n > 1 else sorted_values.narrow(dim, 0, 0)
-    differs = torch.cat([sorted_values.narrow(dim, 0, n - 1) != nxt,
-                         torch.ones_like(sorted_values.narrow(dim, 0, 1), dtype=torch.bool)], dim=dim)
+    differs = torch.cat(
+        [
+            sorted_values.narrow(dim, 0, n - 1) != nxt,
+            torch.ones_like(sorted_values.narrow(dim, 0, 1), dtype=torch.bool),
+        ],
+        dim=dim,
+    )
     end = torch.where(differs, index, torch.full_like(index, n))
     return end.flip(dim).cummin(dim).values.flip(dim)
 
@@ -174,8 +177,12 @@ def mean_average_precision(scores: Tensor | np.ndarray, targets: Tensor | np.nda
     targets = _tensor(targets).to(scores.device)
     n, c = scores.shape
     width = _rows(n)  # columns per chunk
-    ap = torch.cat([_average_precision(scores[:, j : j + width].float(), targets[:, j : j + width].bool())
-                    for j in range(0, c, width)])
+    ap = torch.cat(
+        [
+            _average_precision(scores[:, j : j + width].float(), targets[:, j : j + width].bool())
+            for j in range(0, c, width)
+        ]
+    )
     return ap.float() if average is None else ap.mean().float()
 
 
@@ -217,8 +224,12 @@ def _binary(predictions: Tensor | np.ndarray, threshold: float | None) -> Tensor
     return p >= threshold if threshold is not None and p.is_floating_point() else p.bool()
 
 
-def f1_score(predictions: Tensor | np.ndarray, targets: Tensor | np.ndarray, average: str = "macro",
-             threshold: float | None = 0.5) -> Tensor:
+def f1_score(
+    predictions: Tensor | np.ndarray,
+    targets: Tensor | np.ndarray,
+    average: str = "macro",
+    threshold: float | None = 0.5,
+) -> Tensor:
     """F1 of multi-label predictions (scores thresholded at ``>= threshold``, or binary) against binary
     ``targets`` (N, C); ``average`` is ``"micro"``, ``"macro"`` or ``"samples"``, as scikit-learn with
     ``zero_division=0``."""
@@ -232,13 +243,17 @@ def f1_score(predictions: Tensor | np.ndarray, targets: Tensor | np.ndarray, ave
     return f1_from_counts(tp.double(), predicted, actual, zero_division=0.0).mean().float()
 
 
-def subset_accuracy(predictions: Tensor | np.ndarray, targets: Tensor | np.ndarray, threshold: float | None = 0.5) -> Tensor:
+def subset_accuracy(
+    predictions: Tensor | np.ndarray, targets: Tensor | np.ndarray, threshold: float | None = 0.5
+) -> Tensor:
     """Fraction of images whose thresholded prediction equals the label set exactly."""
     p = _binary(predictions, threshold)
     return (p == _tensor(targets).bool().to(p.device)).all(dim=1).float().mean()
 
 
-def hamming_loss(predictions: Tensor | np.ndarray, targets: Tensor | np.ndarray, threshold: float | None = 0.5) -> Tensor:
+def hamming_loss(
+    predictions: Tensor | np.ndarray, targets: Tensor | np.ndarray, threshold: float | None = 0.5
+) -> Tensor:
     """Fraction of (image, class) entries where the thresholded prediction and the label set disagree."""
     p = _binary(predictions, threshold)
     return (p != _tensor(targets).bool().to(p.device)).float().mean()
@@ -246,8 +261,7 @@ def hamming_loss(predictions: Tensor | np.ndarray, targets: Tensor | np.ndarray,
 
 # --- one call for a whole evaluation ---------------------------------------------------------------------
 
-ASMA_DEFINITION = ("unweighted mean, over the subgroups of images with 1, 2, 3, ... labels, of each subgroup's "
-                   "{metric}")
+ASMA_DEFINITION = "unweighted mean, over the subgroups of images with 1, 2, 3, ... labels, of each subgroup's {metric}"
 
 
 def summarize(
@@ -331,26 +345,33 @@ def summarize(
     if is_scores and threshold is not None:
         keep = scored.to(outputs.device)
         s, t = outputs[keep], label_sets[keep]
-        result.update({
-            "threshold": threshold,
-            "map": float(mean_average_precision(s, t)),
-            "f1_micro": float(f1_score(s, t, "micro", threshold)),
-            "f1_macro": float(f1_score(s, t, "macro", threshold)),
-            "f1_samples": float(f1_score(s, t, "samples", threshold)),
-            "subset_accuracy": float(subset_accuracy(s, t, threshold)),
-            "hamming_loss": float(hamming_loss(s, t, threshold)),
-            "lrap": float(label_ranking_average_precision(s, t)),
-        })
+        result.update(
+            {
+                "threshold": threshold,
+                "map": float(mean_average_precision(s, t)),
+                "f1_micro": float(f1_score(s, t, "micro", threshold)),
+                "f1_macro": float(f1_score(s, t, "macro", threshold)),
+                "f1_samples": float(f1_score(s, t, "samples", threshold)),
+                "subset_accuracy": float(subset_accuracy(s, t, threshold)),
+                "hamming_loss": float(hamming_loss(s, t, threshold)),
+                "lrap": float(label_ranking_average_precision(s, t)),
+            }
+        )
     if bootstrap:
-        result["ci"] = {key: list(bootstrap_ci(values, n_resamples=bootstrap, seed=seed)) for key, values in per_image.items()}
+        result["ci"] = {
+            key: list(bootstrap_ci(values, n_resamples=bootstrap, seed=seed)) for key, values in per_image.items()
+        }
         if result["asma"] is not None:
-            result["ci"]["asma"] = list(_asma_interval(per_image[asma_metric], label_count, bootstrap, seed, asma_aggregation))
+            result["ci"]["asma"] = list(
+                _asma_interval(per_image[asma_metric], label_count, bootstrap, seed, asma_aggregation)
+            )
     result["unavailable"] = unavailable
     return result
 
 
-def _asma_interval(correct: Tensor, label_count: Tensor, n_resamples: int, seed: int,
-                   aggregation: Callable[[np.ndarray], float]) -> tuple[float, float]:
+def _asma_interval(
+    correct: Tensor, label_count: Tensor, n_resamples: int, seed: int, aggregation: Callable[[np.ndarray], float]
+) -> tuple[float, float]:
     """95% percentile interval of ASMA over resampled images (:func:`labelwise.metrics.aggregate.bootstrap_interval`;
     the subgroup means of each resample by bincount)."""
     keep = ~torch.isnan(correct) & (label_count > 0)

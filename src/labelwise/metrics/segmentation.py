@@ -90,14 +90,17 @@ def mean_iou(
     return torch.nanmean(iou(pred, target, num_classes, include_background, spacing, empty))
 
 
-def dice_over_thresholds(probability: Tensor, target: Tensor, thresholds: Sequence[float] | Tensor,
-                         roi: Tensor | None = None) -> Tensor:
+def dice_over_thresholds(
+    probability: Tensor, target: Tensor, thresholds: Sequence[float] | Tensor, roi: Tensor | None = None
+) -> Tensor:
     """Foreground Dice of ``probability > t`` against the binary ``target`` (both ``(*spatial)``, one case) for every
     ``t`` of ``thresholds``, float64 ``(T,)``, inside ``roi`` (bool, same shape) when given; nan where both masks are
     empty. Exact, from the sorted probabilities of the foreground and background voxels (no loop over thresholds)."""
     if probability.shape != target.shape or (roi is not None and roi.shape != target.shape):
-        raise ValueError(f"dice_over_thresholds: shapes differ: probability {tuple(probability.shape)}, target "
-                         f"{tuple(target.shape)}" + (f", roi {tuple(roi.shape)}" if roi is not None else ""))
+        raise ValueError(
+            f"dice_over_thresholds: shapes differ: probability {tuple(probability.shape)}, target "
+            f"{tuple(target.shape)}" + (f", roi {tuple(roi.shape)}" if roi is not None else "")
+        )
     p, y = probability.detach().double().reshape(-1), target.detach().reshape(-1) > 0
     if roi is not None:
         inside = roi.detach().reshape(-1).bool()
@@ -110,14 +113,22 @@ def dice_over_thresholds(probability: Tensor, target: Tensor, thresholds: Sequen
     return torch.where(total > 0, 2 * tp.double() / total.clamp_min(1), torch.full_like(total, math.nan))
 
 
-def best_threshold(probabilities: Sequence[Tensor], targets: Sequence[Tensor], rois: Sequence[Tensor | None] | None = None,
-                   thresholds: Sequence[float] | Tensor | None = None, tolerance: float = 0.0) -> tuple[float, float]:
+def best_threshold(
+    probabilities: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    rois: Sequence[Tensor | None] | None = None,
+    thresholds: Sequence[float] | Tensor | None = None,
+    tolerance: float = 0.0,
+) -> tuple[float, float]:
     """The threshold of ``thresholds`` (default 0.01, 0.02, ..., 0.99) whose mean Dice over the cases (each case's
     :func:`dice_over_thresholds`, nan cases left out) is highest, and that mean; among the thresholds within
     ``tolerance`` of the highest mean the one nearest 0.5 (so that a few cases move the threshold only for a gain
     larger than their noise). ``(0.5, nan)`` when no case has a foreground voxel."""
-    grid = (torch.arange(1, 100, dtype=torch.float64) / 100 if thresholds is None
-            else torch.as_tensor(thresholds, dtype=torch.float64))
+    grid = (
+        torch.arange(1, 100, dtype=torch.float64) / 100
+        if thresholds is None
+        else torch.as_tensor(thresholds, dtype=torch.float64)
+    )
     rois = list(rois) if rois is not None else [None] * len(probabilities)
     scores = torch.stack([dice_over_thresholds(p, y, grid, r) for p, y, r in zip(probabilities, targets, rois)])
     mean = torch.nanmean(scores, dim=0)
@@ -139,8 +150,10 @@ def _overlaps(
         raise ValueError(f"prediction and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     if num_classes is not None:  # integer label maps (B, *spatial)
         if pred.is_floating_point() or target.is_floating_point():
-            raise TypeError("with num_classes, pass integer label maps (B, *spatial); "
-                            "for one-hot or binary masks (B, K, *spatial) leave num_classes=None")
+            raise TypeError(
+                "with num_classes, pass integer label maps (B, *spatial); "
+                "for one-hot or binary masks (B, K, *spatial) leave num_classes=None"
+            )
         if pred.ndim < 2:
             raise ValueError(f"label maps must be (B, *spatial), got shape {tuple(pred.shape)}")
         k = int(num_classes)
@@ -154,8 +167,10 @@ def _overlaps(
         inter, p, t = cm.diagonal(dim1=1, dim2=2), cm.sum(dim=1), cm.sum(dim=2)
     else:  # binary / one-hot masks (B, K, *spatial)
         if pred.ndim < 3:
-            raise ValueError(f"masks must be (B, K, *spatial), got shape {tuple(pred.shape)}; "
-                             "for label maps (B, *spatial) pass num_classes")
+            raise ValueError(
+                f"masks must be (B, K, *spatial), got shape {tuple(pred.shape)}; "
+                "for label maps (B, *spatial) pass num_classes"
+            )
         _check_spacing(spacing, pred.ndim - 2)
         if pred.is_floating_point() or target.is_floating_point():
             pf, tf = pred.float(), target.float()

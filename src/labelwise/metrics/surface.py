@@ -197,8 +197,9 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)  # face connectivity, outside the image counts as background
 
 
-def _nearest(points_from: np.ndarray, surface_to: np.ndarray, points_to: np.ndarray, spacing: np.ndarray,
-             use_kdtree: bool) -> np.ndarray:
+def _nearest(
+    points_from: np.ndarray, surface_to: np.ndarray, points_to: np.ndarray, spacing: np.ndarray, use_kdtree: bool
+) -> np.ndarray:
     """Distance from each of ``points_from`` (voxel indices) to the nearest voxel of ``surface_to``."""
     if use_kdtree:
         from scipy.spatial import KDTree
@@ -209,8 +210,9 @@ def _nearest(points_from: np.ndarray, surface_to: np.ndarray, points_to: np.ndar
     return distance[tuple(points_from.T)]
 
 
-def surface_distances(pred, truth, spacing: float | Sequence[float] | None = None,
-                      method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(
+    pred, truth, spacing: float | Sequence[float] | None = None, method: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Distances (physical units, float64) from each surface voxel of ``pred`` to the nearest surface voxel of
     ``truth``, and from each surface voxel of ``truth`` to ``pred``'s surface. Empty arrays when either mask is
     empty. ``method``: ``"kdtree"``, ``"edt"`` (both exact) or ``"auto"`` (KD-tree for sparse surfaces)."""
@@ -225,8 +227,10 @@ def surface_distances(pred, truth, spacing: float | Sequence[float] | None = Non
     sp, st = _surface(p), _surface(t)
     ip, it = np.argwhere(sp), np.argwhere(st)
     use_kdtree = method == "kdtree" or (method == "auto" and len(ip) + len(it) < _KDTREE_FRACTION * p.size)
-    return (_nearest(ip, st, it, s, use_kdtree).astype(np.float64),
-            _nearest(it, sp, ip, s, use_kdtree).astype(np.float64))
+    return (
+        _nearest(ip, st, it, s, use_kdtree).astype(np.float64),
+        _nearest(it, sp, ip, s, use_kdtree).astype(np.float64),
+    )
 
 
 def _hd(d_pt: np.ndarray, d_tp: np.ndarray, percentile: float) -> float:
@@ -300,8 +304,9 @@ def inside(mask, roi):
     return mask * (roi > 0)
 
 
-def segmentation_scores(pred, truth, spacing: float | Sequence[float] | None = None, roi=None, *,
-                        distances: bool = True) -> dict[str, float]:
+def segmentation_scores(
+    pred, truth, spacing: float | Sequence[float] | None = None, roi=None, *, distances: bool = True
+) -> dict[str, float]:
     """All scores of one case: ``dice, iou, precision, sensitivity, volumetric_similarity, hd95, assd, cldice``
     (distances in the units of ``spacing``); see the module docstring for definitions and empty masks. With ``roi``
     (a mask of the same shape), both masks count as background outside it: scores inside the region of interest.
@@ -360,8 +365,15 @@ def scored_classes(num_classes: int | None = None, names: Sequence[str] | None =
     return [str(k) for k in range(1, highest + 1)] if highest > 1 else []
 
 
-def score_case(pred, truth, spacing: float | Sequence[float] | None = None, roi=None,
-               classes: Sequence[str] = (), *, distances: bool = True) -> dict[str, dict]:
+def score_case(
+    pred,
+    truth,
+    spacing: float | Sequence[float] | None = None,
+    roi=None,
+    classes: Sequence[str] = (),
+    *,
+    distances: bool = True,
+) -> dict[str, dict]:
     """The one per-case segmentation scorer: :func:`segmentation_scores` of the whole foreground (``label > 0``)
     and, for each of ``classes`` (the names of labels ``1..K``, from :func:`scored_classes`), of label ``k`` against
     label ``k``; both masks background outside ``roi`` (:func:`inside`). ``distances=False``: the overlap scores
@@ -380,8 +392,9 @@ def score_case(pred, truth, spacing: float | Sequence[float] | None = None, roi=
     top = max(int(p.max(initial=0)), int(t.max(initial=0)))
     if top > len(classes):
         which = "prediction" if int(p.max(initial=0)) == top else "truth"
-        raise DataError(f"the {which} holds label {top}, but there are {len(classes) + 1} classes (labels 0 to "
-                        f"{len(classes)})")
+        raise DataError(
+            f"the {which} holds label {top}, but there are {len(classes) + 1} classes (labels 0 to {len(classes)})"
+        )
     foreground = segmentation_scores(p > 0, t > 0, spacing, roi, distances=distances)
     per_class: dict[str, dict[str, float]] = {}
     for k, name in enumerate(classes, start=1):
@@ -392,8 +405,14 @@ def score_case(pred, truth, spacing: float | Sequence[float] | None = None, roi=
     return {"foreground": foreground, "per_class": per_class}
 
 
-def class_scores(pred, truth, spacing: float | Sequence[float] | None = None, num_classes: int | None = None,
-                 roi=None, names: Sequence[str] | None = None) -> dict[str, dict]:
+def class_scores(
+    pred,
+    truth,
+    spacing: float | Sequence[float] | None = None,
+    num_classes: int | None = None,
+    roi=None,
+    names: Sequence[str] | None = None,
+) -> dict[str, dict]:
     """The scores of :func:`segmentation_scores` of one case for the whole foreground and for each class
     (:func:`score_case` with every class ``1 .. num_classes - 1``, even for a binary pair).
 
@@ -413,6 +432,8 @@ def class_scores(pred, truth, spacing: float | Sequence[float] | None = None, nu
         raise DataError(f"num_classes counts the background too and must be at least 2, got {num_classes}")
     names = [str(k) for k in range(1, num_classes)] if names is None else [str(n) for n in names]
     if len(names) != num_classes - 1:
-        raise DataError(f"{len(names)} class name(s) for {num_classes - 1} foreground classes (labels 1 to "
-                        f"{num_classes - 1}): {', '.join(names)}")
+        raise DataError(
+            f"{len(names)} class name(s) for {num_classes - 1} foreground classes (labels 1 to "
+            f"{num_classes - 1}): {', '.join(names)}"
+        )
     return score_case(pred, truth, spacing, roi, names)

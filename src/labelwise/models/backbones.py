@@ -25,8 +25,15 @@ from labelwise.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from labelwise.config import ModelConfig
 
-__all__ = ["BACKBONES", "Backbone", "ResNetBackbone", "SwinBackbone", "UNetMSSBackbone", "ViTBackbone",
-           "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "ResNetBackbone",
+    "SwinBackbone",
+    "UNetMSSBackbone",
+    "ViTBackbone",
+    "build_backbone",
+]
 
 
 class Backbone(nn.Module):
@@ -131,8 +138,14 @@ class ViTBackbone(_TokenMasking, Backbone):
     their mean. Options: ``channels: [hidden]`` (768), ``layers: [blocks]`` (12), ``heads: [heads]`` (12), MLP 4 x
     hidden, ``patch_size`` (16), ``image_size`` (default: the data's), ``dropout``."""
 
-    def __init__(self, cfg: ModelConfig, spatial_dims: int, in_channels: int,
-                 image_size: tuple[int, ...] | None = None, unetr: bool = False):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        spatial_dims: int,
+        in_channels: int,
+        image_size: tuple[int, ...] | None = None,
+        unetr: bool = False,
+    ):
         super().__init__()
         from monai.networks.nets import ViT
 
@@ -141,17 +154,32 @@ class ViTBackbone(_TokenMasking, Backbone):
         heads = _single(cfg, "heads", 12, "attention heads")
         patch = (cfg.patch_size or 16) if not unetr else 16
         if unetr and ((cfg.layers and cfg.layers != [12]) or cfg.patch_size not in (None, 16)):
-            raise ConfigError("model: unetr's ViT (MONAI) has 12 blocks and 16-pixel patches; leave model.layers and "
-                              "model.patch_size unset")
+            raise ConfigError(
+                "model: unetr's ViT (MONAI) has 12 blocks and 16-pixel patches; leave model.layers and "
+                "model.patch_size unset"
+            )
         if hidden % heads:
             raise ConfigError(f"model.heads: the hidden size {hidden} must be divisible by the heads {heads}")
         size = tuple(cfg.image_size or image_size or ())
         if len(size) != spatial_dims or any(n % patch for n in size):
-            raise ConfigError(f"model.image_size: {cfg.name} needs the input size ({spatial_dims} values, each a "
-                              f"multiple of the patch size {patch}); got {list(size) or 'none'}")
-        self.vit = ViT(in_channels, img_size=size, patch_size=patch, hidden_size=hidden, mlp_dim=4 * hidden,
-                       num_layers=layers, num_heads=heads, proj_type="conv", classification=False,
-                       dropout_rate=cfg.dropout, spatial_dims=spatial_dims, qkv_bias=False)
+            raise ConfigError(
+                f"model.image_size: {cfg.name} needs the input size ({spatial_dims} values, each a "
+                f"multiple of the patch size {patch}); got {list(size) or 'none'}"
+            )
+        self.vit = ViT(
+            in_channels,
+            img_size=size,
+            patch_size=patch,
+            hidden_size=hidden,
+            mlp_dim=4 * hidden,
+            num_layers=layers,
+            num_heads=heads,
+            proj_type="conv",
+            classification=False,
+            dropout_rate=cfg.dropout,
+            spatial_dims=spatial_dims,
+            qkv_bias=False,
+        )
         self.spatial_dims, self.in_channels, self.image_size = spatial_dims, in_channels, size
         self.dim, self.stride, self.token_patch, self.token_dim = hidden, patch, patch, hidden
         self.grid = tuple(n // patch for n in size)
@@ -161,8 +189,10 @@ class ViTBackbone(_TokenMasking, Backbone):
     def tokens(self, x: Tensor, mask: Tensor | None = None, token: Tensor | None = None) -> Tensor:
         """``(B, N, hidden)`` output tokens, the masked ones (``mask``) entering as ``token``."""
         if tuple(x.shape[2:]) != self.image_size:
-            raise DataError(f"model {self.vit.__class__.__name__}: built for {list(self.image_size)} inputs (its "
-                            f"position embeddings), got {list(x.shape[2:])}; set model.image_size or resize the data")
+            raise DataError(
+                f"model {self.vit.__class__.__name__}: built for {list(self.image_size)} inputs (its "
+                f"position embeddings), got {list(x.shape[2:])}; set model.image_size or resize the data"
+            )
         embedding = self.vit.patch_embedding
         t = embedding.patch_embeddings(x).flatten(2).transpose(1, 2)
         if mask is not None:
@@ -195,16 +225,32 @@ class SwinBackbone(_TokenMasking, Backbone):
     ``embed`` the mean of the last. Options: ``channels: [embedding width]`` (24, SwinUNETR's feature_size),
     ``layers`` (blocks per stage, [2, 2, 2, 2]), ``heads`` ([3, 6, 12, 24]), ``patch_size`` (2); windows of 7."""
 
-    def __init__(self, cfg: ModelConfig, spatial_dims: int, in_channels: int, image_size: tuple[int, ...] | None = None):
+    def __init__(
+        self, cfg: ModelConfig, spatial_dims: int, in_channels: int, image_size: tuple[int, ...] | None = None
+    ):
         super().__init__()
         from monai.networks.nets.swin_unetr import MERGING_MODE, SwinTransformer
 
         width, depths, heads, patch = swin_options(cfg)
         self.swinViT = SwinTransformer(
-            in_chans=in_channels, embed_dim=width, window_size=(7,) * spatial_dims, patch_size=(patch,) * spatial_dims,
-            depths=depths, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, drop_rate=cfg.dropout, attn_drop_rate=0.0,
-            drop_path_rate=0.0, norm_layer=nn.LayerNorm, patch_norm=False, use_checkpoint=False,
-            spatial_dims=spatial_dims, downsample=MERGING_MODE["merging"], use_v2=False)
+            in_chans=in_channels,
+            embed_dim=width,
+            window_size=(7,) * spatial_dims,
+            patch_size=(patch,) * spatial_dims,
+            depths=depths,
+            num_heads=heads,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            drop_rate=cfg.dropout,
+            attn_drop_rate=0.0,
+            drop_path_rate=0.0,
+            norm_layer=nn.LayerNorm,
+            patch_norm=False,
+            use_checkpoint=False,
+            spatial_dims=spatial_dims,
+            downsample=MERGING_MODE["merging"],
+            use_v2=False,
+        )
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.dim, self.stride, self.token_patch, self.token_dim = width * 16, patch * 16, patch, width
         # what Grad-CAM explains by default: a stage's output (channel-first; the modules inside a stage work
@@ -239,8 +285,9 @@ def swin_options(cfg: ModelConfig) -> tuple[int, list[int], list[int], int]:
         raise ConfigError("model.layers and model.heads: a Swin transformer (MONAI) has 4 stages: give 4 values each")
     bad = [h for i, h in enumerate(heads) if (width * 2**i) % h]
     if bad:
-        raise ConfigError(f"model.heads: stage widths {[width * 2**i for i in range(4)]} must be divisible by the "
-                          f"heads {heads}")
+        raise ConfigError(
+            f"model.heads: stage widths {[width * 2**i for i in range(4)]} must be divisible by the heads {heads}"
+        )
     return width, depths, heads, cfg.patch_size or 2
 
 
@@ -253,19 +300,29 @@ def _single(cfg: ModelConfig, key: str, default: int, what: str) -> int:
     return values[0]
 
 
-BACKBONES = {"resnet10": ResNetBackbone, "resnet18": ResNetBackbone, "resnet34": ResNetBackbone,
-             "unet_mss": UNetMSSBackbone, "vit": ViTBackbone, "swin": SwinBackbone, "swin_unetr": SwinBackbone}
+BACKBONES = {
+    "resnet10": ResNetBackbone,
+    "resnet18": ResNetBackbone,
+    "resnet34": ResNetBackbone,
+    "unet_mss": UNetMSSBackbone,
+    "vit": ViTBackbone,
+    "swin": SwinBackbone,
+    "swin_unetr": SwinBackbone,
+}
 
 
-def build_backbone(cfg: ModelConfig, spatial_dims: int, in_channels: int,
-                   image_size: tuple[int, ...] | None = None) -> Backbone:
+def build_backbone(
+    cfg: ModelConfig, spatial_dims: int, in_channels: int, image_size: tuple[int, ...] | None = None
+) -> Backbone:
     """The encoder of ``model.name`` (see :data:`BACKBONES`; ``unetr``: its ViT); ``image_size``: the data's, for the
     ViT's position embeddings when ``model.image_size`` is not set."""
     if cfg.name == "unetr":
         return ViTBackbone(cfg, spatial_dims, in_channels, image_size, unetr=True)
     if cfg.name not in BACKBONES:
-        raise ConfigError(f"model.name: {cfg.name!r} has no pretraining backbone yet; use one of "
-                          f"{', '.join(sorted([*BACKBONES, 'unetr']))}")
+        raise ConfigError(
+            f"model.name: {cfg.name!r} has no pretraining backbone yet; use one of "
+            f"{', '.join(sorted([*BACKBONES, 'unetr']))}"
+        )
     if BACKBONES[cfg.name] in (ViTBackbone, SwinBackbone):
         return BACKBONES[cfg.name](cfg, spatial_dims, in_channels, image_size)
     return BACKBONES[cfg.name](cfg, spatial_dims, in_channels)
@@ -273,7 +330,7 @@ def build_backbone(cfg: ModelConfig, spatial_dims: int, in_channels: int,
 
 def encoder_state(tensors: dict[str, Tensor], prefix: str = "backbone.") -> dict[str, Tensor]:
     """The backbone's weights out of a checkpoint's flat tensors (``<network>.<key>``), without the prefix."""
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
         raise ConfigError(f"model.init_from: the checkpoint has no {prefix[:-1]!r} network (is it a pretrain run?)")
     return state
@@ -300,8 +357,9 @@ def freeze_encoder(model: nn.Module, names: list[str]) -> None:
     for name, p in model.named_parameters():
         if name in names:
             p.requires_grad_(False)
-    frozen = [m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-              and f"{n}.weight" in names]
+    frozen = [
+        m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{n}.weight" in names
+    ]
     plain_train = model.train
 
     def train(mode: bool = True) -> nn.Module:

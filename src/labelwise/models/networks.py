@@ -39,7 +39,9 @@ def _replace_batch_norm(net: nn.Module, cfg: ModelConfig) -> nn.Module:
             if cfg.norm == "group":
                 replacement: nn.Module = nn.GroupNorm(math.gcd(8, c), c)
             else:
-                instance = {nn.BatchNorm1d: nn.InstanceNorm1d, nn.BatchNorm2d: nn.InstanceNorm2d}.get(type(child), nn.InstanceNorm3d)
+                instance = {nn.BatchNorm1d: nn.InstanceNorm1d, nn.BatchNorm2d: nn.InstanceNorm2d}.get(
+                    type(child), nn.InstanceNorm3d
+                )
                 replacement = instance(c, affine=True)
             setattr(net, name, replacement)
         else:
@@ -73,7 +75,9 @@ def _resnet(default_layers: list[int]) -> Builder:
     return build
 
 
-def _densenet121(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
+def _densenet121(
+    cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None
+) -> nn.Module:
     return nets.DenseNet121(
         spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout_prob=cfg.dropout
     )
@@ -111,8 +115,10 @@ def _unet_mss(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channel
     from labelwise.models.unet_mss import DEFAULT_CHANNELS, UNetMSS
 
     if cfg.norm != "batch" or cfg.dropout:
-        raise ConfigError("model: unet_mss has batch norm and no dropout (as in DS6); leave model.norm and "
-                          "model.dropout at their defaults")
+        raise ConfigError(
+            "model: unet_mss has batch norm and no dropout (as in DS6); leave model.norm and "
+            "model.dropout at their defaults"
+        )
     channels = cfg.channels or list(DEFAULT_CHANNELS)
     if len(channels) != 5:
         raise ConfigError("model.channels: unet_mss needs 5 widths (DS6's paper: [64, 128, 256, 512, 1024])")
@@ -152,14 +158,23 @@ def _unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: 
 
     vit = ViTBackbone(cfg, spatial_dims, in_channels, image_size, unetr=True)
     widths = cfg.channels or [768, 16]
-    return nets.UNETR(in_channels, out_channels, img_size=vit.image_size, feature_size=widths[1] if len(widths) > 1
-                      else 16, hidden_size=vit.dim, mlp_dim=4 * vit.dim, num_heads=(cfg.heads or [12])[0],
-                      proj_type="conv", norm_name=_norm(cfg, [widths[-1]]), dropout_rate=cfg.dropout,
-                      spatial_dims=spatial_dims, qkv_bias=False)
+    return nets.UNETR(
+        in_channels,
+        out_channels,
+        img_size=vit.image_size,
+        feature_size=widths[1] if len(widths) > 1 else 16,
+        hidden_size=vit.dim,
+        mlp_dim=4 * vit.dim,
+        num_heads=(cfg.heads or [12])[0],
+        proj_type="conv",
+        norm_name=_norm(cfg, [widths[-1]]),
+        dropout_rate=cfg.dropout,
+        spatial_dims=spatial_dims,
+        qkv_bias=False,
+    )
 
 
-def _swin_unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int,
-                image_size=None) -> nn.Module:
+def _swin_unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
     """MONAI's SwinUNETR (``channels: [feature_size]``, default 24, a multiple of 12; ``layers``/``heads`` per
     stage; 2-voxel patches); its decoder uses ``model.norm`` (instance norm fails where the bottleneck is one voxel,
     at 32-voxel inputs). Inputs: each side a multiple of 32."""
@@ -170,9 +185,18 @@ def _swin_unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_chann
         raise ConfigError(f"model.patch_size: swin_unetr's decoder (MONAI) expects 2-voxel patches, got {patch}")
     if width % 12:
         raise ConfigError(f"model.channels: swin_unetr's feature size must be a multiple of 12, got {width}")
-    return nets.SwinUNETR(in_channels, out_channels, patch_size=patch, depths=depths, num_heads=heads, window_size=7,
-                          feature_size=width, norm_name=_norm(cfg, [width]), drop_rate=cfg.dropout,
-                          spatial_dims=spatial_dims)
+    return nets.SwinUNETR(
+        in_channels,
+        out_channels,
+        patch_size=patch,
+        depths=depths,
+        num_heads=heads,
+        window_size=7,
+        feature_size=width,
+        norm_name=_norm(cfg, [width]),
+        drop_rate=cfg.dropout,
+        spatial_dims=spatial_dims,
+    )
 
 
 MODELS: dict[str, Builder] = {
@@ -192,11 +216,21 @@ MODELS: dict[str, Builder] = {
 SEGMENTERS = {"unet", "basic_unet", "unet_mss", "unetr", "swin_unetr"}
 
 
-def build_model(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, task: str,
-                image_size: tuple[int, ...] | None = None) -> nn.Module:
+def build_model(
+    cfg: ModelConfig,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    task: str,
+    image_size: tuple[int, ...] | None = None,
+) -> nn.Module:
     """Build ``cfg.name``; sizes given in the config must agree with the data's (``image_size``: a training
     sample's spatial size, for the ViTs)."""
-    for key, from_data in (("spatial_dims", spatial_dims), ("in_channels", in_channels), ("out_channels", out_channels)):
+    for key, from_data in (
+        ("spatial_dims", spatial_dims),
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+    ):
         given = getattr(cfg, key)
         if given is not None and given != from_data:
             raise ConfigError(f"model.{key}: config says {given} but the data has {from_data}")

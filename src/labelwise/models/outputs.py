@@ -61,9 +61,17 @@ def segment(logits: torch.Tensor, threshold: Threshold = None) -> tuple[torch.Te
         probability = soft[:, 1:].sum(dim=1)
         if threshold is None:
             return probability, soft.argmax(dim=1), ["argmax"] * len(logits)
-    used = [otsu_threshold(p.detach().cpu().numpy()) if threshold == "otsu" else
-            0.5 if threshold is None else float(threshold) for p in probability]
-    limit = torch.tensor(used, dtype=probability.dtype, device=probability.device).view(-1, *[1] * (probability.ndim - 1))
+    used = [
+        otsu_threshold(p.detach().cpu().numpy())
+        if threshold == "otsu"
+        else 0.5
+        if threshold is None
+        else float(threshold)
+        for p in probability
+    ]
+    limit = torch.tensor(used, dtype=probability.dtype, device=probability.device).view(
+        -1, *[1] * (probability.ndim - 1)
+    )
     foreground = probability > limit
     if logits.shape[1] <= 2:
         return probability, foreground.long(), used

@@ -90,9 +90,7 @@ class UNetMSS(nn.Module):
         d = spatial_dims
 
         self.pool = _POOL[d](kernel_size=2, stride=2)
-        self.encoder = nn.ModuleList(
-            _block(d, c_in, c_out) for c_in, c_out in zip((in_channels, *widths[:-1]), widths)
-        )
+        self.encoder = nn.ModuleList(_block(d, c_in, c_out) for c_in, c_out in zip((in_channels, *widths[:-1]), widths))
         # decoder level i (3, 2, 1, 0) upsamples level i + 1 to width i, concatenates skip i, then a block.
         self.up = nn.ModuleList(_up(d, widths[i + 1], widths[i]) for i in range(self.levels - 1))
         self.decoder = nn.ModuleList(_block(d, 2 * widths[i], widths[i]) for i in range(self.levels - 1))
@@ -138,4 +136,3 @@ class UNetMSS(nn.Module):
             return full
         size = full.shape[2:]
         return full, F.interpolate(aux[1], size=size, mode="nearest"), F.interpolate(aux[2], size=size, mode="nearest")
-

@@ -15,8 +15,15 @@ from torch import nn
 
 from labelwise.errors import ConfigError, DataError
 
-__all__ = ["DEFAULT_ROI", "default_roi", "model_divisor", "round_up", "sizes", "sliding_window_predict",
-           "whole_image_model"]
+__all__ = [
+    "DEFAULT_ROI",
+    "default_roi",
+    "model_divisor",
+    "round_up",
+    "sizes",
+    "sliding_window_predict",
+    "whole_image_model",
+]
 
 DEFAULT_ROI = {2: 256, 3: 64}  # window side when neither the caller nor the run's data.patch_size gives one
 
@@ -60,8 +67,9 @@ def sizes(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
     return tuple(int(s) for s in values)
 
 
-def default_roi(spatial_shape: Sequence[int], divisor: int = 1, patch_size: Sequence[int] | None = None
-                ) -> tuple[int, ...]:
+def default_roi(
+    spatial_shape: Sequence[int], divisor: int = 1, patch_size: Sequence[int] | None = None
+) -> tuple[int, ...]:
     """The window for an input of ``spatial_shape``: ``patch_size`` (the run's training patches) if given,
     else per axis the whole extent up to :data:`DEFAULT_ROI` (64 in 3D, 256 in 2D); each side is then rounded up
     to a multiple of ``divisor`` and kept no larger than the extent rounded up so."""
@@ -108,8 +116,10 @@ def sliding_window_predict(
         whole = whole_image_model(model)
         roi = tuple(round_up(s, divisor) for s in spatial) if whole else default_roi(spatial, divisor)
     else:
-        roi = tuple(min(round_up(r, divisor), round_up(s, divisor))
-                    for r, s in zip(sizes(roi_size, len(spatial), "roi size"), spatial))
+        roi = tuple(
+            min(round_up(r, divisor), round_up(s, divisor))
+            for r, s in zip(sizes(roi_size, len(spatial), "roi size"), spatial)
+        )
     parameter = next(model.parameters(), None)
     if device is None:
         device = parameter.device if parameter is not None else image.device
@@ -130,8 +140,15 @@ def sliding_window_predict(
     try:
         with torch.no_grad():
             logits = sliding_window_inference(
-                image.float(), roi, sw_batch_size, predictor, overlap=float(overlap), mode=mode,
-                padding_mode=padding_mode, sw_device=device, device=image.device,
+                image.float(),
+                roi,
+                sw_batch_size,
+                predictor,
+                overlap=float(overlap),
+                mode=mode,
+                padding_mode=padding_mode,
+                sw_device=device,
+                device=image.device,
             )
     finally:
         model.train(was_training)

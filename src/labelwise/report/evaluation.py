@@ -17,9 +17,24 @@ from labelwise.report.common import environment
 
 SUBGROUP_COLUMNS = ("top1", "real_top1", "variable_topk_subset", "variable_topk_fraction")
 
-TABLE_COLUMNS = ("n_images", "top1", "top5", "real_top1", "real_top5", "n_real_scored", "variable_topk_subset",
-                 "variable_topk_fraction", "asma", "map", "f1_micro", "f1_macro", "f1_samples", "subset_accuracy",
-                 "hamming_loss", "lrap")
+TABLE_COLUMNS = (
+    "n_images",
+    "top1",
+    "top5",
+    "real_top1",
+    "real_top5",
+    "n_real_scored",
+    "variable_topk_subset",
+    "variable_topk_fraction",
+    "asma",
+    "map",
+    "f1_micro",
+    "f1_macro",
+    "f1_samples",
+    "subset_accuracy",
+    "hamming_loss",
+    "lrap",
+)
 
 
 def table_columns(result: dict) -> list[str]:
@@ -37,11 +52,17 @@ def scatter_png(models: list[dict]) -> bytes | None:
     if all(x is None for x in xs):
         xs = [m.get("real_top1") for m in models]  # no single labels: show against ReaL top-1
         xlabel = "ReaL top-1"
-        series = (("variable_topk_subset", "variable top-k (subset)", "o"), ("variable_topk_fraction", "variable top-k (fraction)", "^"))
+        series = (
+            ("variable_topk_subset", "variable top-k (subset)", "o"),
+            ("variable_topk_fraction", "variable top-k (fraction)", "^"),
+        )
     else:
         xlabel = "top-1 (original single label)"
-        series = (("real_top1", "ReaL top-1", "o"), ("variable_topk_subset", "variable top-k (subset)", "s"),
-                  ("asma", "ASMA", "^"))
+        series = (
+            ("real_top1", "ReaL top-1", "o"),
+            ("variable_topk_subset", "variable top-k (subset)", "s"),
+            ("asma", "ASMA", "^"),
+        )
     fig = Figure(figsize=(6.4, 5.2))
     ax = fig.add_subplot()
     drawn = False
@@ -56,8 +77,13 @@ def scatter_png(models: list[dict]) -> bytes | None:
         for x, m in zip(xs, models, strict=True):
             if x is not None and m.get(series[0][0]) is not None:
                 ax.annotate(m["model"], (x, m[series[0][0]]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    values = [v for x, m in zip(xs, models, strict=True) if x is not None
-              for v in (x, *(m.get(k) for k, _, _ in series)) if v is not None]
+    values = [
+        v
+        for x, m in zip(xs, models, strict=True)
+        if x is not None
+        for v in (x, *(m.get(k) for k, _, _ in series))
+        if v is not None
+    ]
     lo, hi = max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.05)
     ax.plot([lo, hi], [lo, hi], color="0.6", lw=1, ls="--", label="y = x")
     ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal")
@@ -98,9 +124,19 @@ def build_evaluation_report(result: dict, out: str | Path, title: str = "Multi-l
         "subgroups": _embed(subgroup_png(models), "Accuracy by number of labels"),
     }
     present = [c for c in SUBGROUP_COLUMNS if any(c in g for m in models for g in m["subgroup_accuracy"].values())]
-    html = environment().get_template("evaluation.html.j2").render(
-        title=title, label_set=result["label_set"], models=models, columns=table_columns(result),
-        subgroup_columns=present, figures=figures, asma_definition=models[0].get("asma_definition", ""),
-        version=labelwise.__version__, generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+    html = (
+        environment()
+        .get_template("evaluation.html.j2")
+        .render(
+            title=title,
+            label_set=result["label_set"],
+            models=models,
+            columns=table_columns(result),
+            subgroup_columns=present,
+            figures=figures,
+            asma_definition=models[0].get("asma_definition", ""),
+            version=labelwise.__version__,
+            generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+        )
     )
     return atomic_write(out, html)

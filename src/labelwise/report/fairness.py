@@ -33,19 +33,34 @@ from labelwise.metrics.fairness import binary_scores, roc_auc
 from labelwise.report.figures import _number, _png
 from labelwise.report.common import environment, save_figure
 
-ES_AUC_DEFINITION = ("ES-AUC = AUC / (1 + Σ_groups |AUC − AUC_group|) (Luo et al., ICCV 2023): 1 when every group "
-                     "has the overall AUC, lower the further the groups' AUCs lie from it; a group whose cases are "
-                     "all of one class has no AUC and is left out of the sum.")
-HEADLINE = (("auc", "AUC"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-            ("macro_f1", "macro-F1"), ("sensitivity_at_90_specificity", "sensitivity at 90% specificity"),
-            ("ece", "ECE"))
+ES_AUC_DEFINITION = (
+    "ES-AUC = AUC / (1 + Σ_groups |AUC − AUC_group|) (Luo et al., ICCV 2023): 1 when every group "
+    "has the overall AUC, lower the further the groups' AUCs lie from it; a group whose cases are "
+    "all of one class has no AUC and is left out of the sum."
+)
+HEADLINE = (
+    ("auc", "AUC"),
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("sensitivity_at_90_specificity", "sensitivity at 90% specificity"),
+    ("ece", "ECE"),
+)
 KINDS = ("binary", "multiclass", "multilabel")
 MAX_GROUP_CURVES = 10  # per attribute panel: the largest groups are drawn, the others counted in the legend
 MAX_LABEL_CURVES = 12  # in the overall panel of a multi-label or multiclass run
 ALL = "(all)"  # the group column of an attribute's summary row
 
-__all__ = ["build_fairness_report", "fairness_rows", "fairness_section", "group_counts", "label_rows",
-           "roc_curve_points", "roc_figure", "roc_png"]
+__all__ = [
+    "build_fairness_report",
+    "fairness_rows",
+    "fairness_section",
+    "group_counts",
+    "label_rows",
+    "roc_curve_points",
+    "roc_figure",
+    "roc_png",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,8 +108,14 @@ def _curve(ax, scores: np.ndarray, labels: np.ndarray, name: str, **style) -> fl
 
 def _finish(ax, title: str) -> None:
     ax.plot([0, 1], [0, 1], color="0.6", linewidth=1, linestyle="--", label="chance")
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=title,
-           xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)")
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        aspect="equal",
+        title=title,
+        xlabel="false positive rate (1 − specificity)",
+        ylabel="true positive rate (sensitivity)",
+    )
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8, framealpha=0.85)
@@ -116,8 +137,15 @@ def _label_index(label: int | str | None, names: list[str]) -> int:
     raise DataError(f"label {label!r} is not one of the {len(names)} labels {names[:10]}")
 
 
-def roc_figure(scores: Any, labels: Any, attributes: Mapping[str, Any] | None = None, title: str = "", *,
-               label_names: list[str] | None = None, label: int | str | None = None) -> Figure:
+def roc_figure(
+    scores: Any,
+    labels: Any,
+    attributes: Mapping[str, Any] | None = None,
+    title: str = "",
+    *,
+    label_names: list[str] | None = None,
+    label: int | str | None = None,
+) -> Figure:
     """The ROC figure as a matplotlib Figure: an ``overall`` panel, then one panel per attribute with one curve per
     group (legend: group, AUC, n; a group of one class is listed without a curve). ``scores``/``labels`` ``(N,)``:
     one binary outcome. ``(N, K)`` (multi-label, or one-vs-rest for multiclass): the overall panel has one curve
@@ -169,8 +197,15 @@ def roc_figure(scores: Any, labels: Any, attributes: Mapping[str, Any] | None = 
     return fig
 
 
-def roc_png(scores: Any, labels: Any, attributes: Mapping[str, Any] | None = None, title: str = "", *,
-            label_names: list[str] | None = None, label: int | str | None = None) -> bytes:
+def roc_png(
+    scores: Any,
+    labels: Any,
+    attributes: Mapping[str, Any] | None = None,
+    title: str = "",
+    *,
+    label_names: list[str] | None = None,
+    label: int | str | None = None,
+) -> bytes:
     """:func:`roc_figure` as PNG bytes."""
     return _png(roc_figure(scores, labels, attributes, title, label_names=label_names, label=label))
 
@@ -206,10 +241,15 @@ def group_counts(labels: Any, attributes: Mapping[str, Any]) -> dict[str, dict[s
     for name, values in attributes.items():
         values = np.asarray(values).astype(str).reshape(-1)
         groups, inverse, sizes = np.unique(values, return_inverse=True, return_counts=True)
-        positives = (np.bincount(inverse.reshape(-1), weights=labels, minlength=groups.size)
-                     if labels is not None and labels.size == values.size else None)
-        out[str(name)] = {str(g): {"n": int(sizes[i]), "positives": None if positives is None else int(positives[i])}
-                          for i, g in enumerate(groups)}
+        positives = (
+            np.bincount(inverse.reshape(-1), weights=labels, minlength=groups.size)
+            if labels is not None and labels.size == values.size
+            else None
+        )
+        out[str(name)] = {
+            str(g): {"n": int(sizes[i]), "positives": None if positives is None else int(positives[i])}
+            for i, g in enumerate(groups)
+        }
     return out
 
 
@@ -237,10 +277,19 @@ def fairness_rows(evaluation: Mapping[str, Any], counts: Mapping[str, Any] | Non
     overall = _number(evaluation.get("auc"))
     rows: list[dict[str, Any]] = []
     for attribute in [*per_attribute, *(a for a in es_auc if a not in per_attribute)]:
-        rows.append({"attribute": str(attribute), "group": ALL, "summary": True,
-                     "n": _count(evaluation.get("n")), "positives": _count(evaluation.get("positives")),
-                     "auc": overall, "gap": None, "es_auc": _number(es_auc.get(attribute)),
-                     "note": None if overall is not None else "no AUC"})
+        rows.append(
+            {
+                "attribute": str(attribute),
+                "group": ALL,
+                "summary": True,
+                "n": _count(evaluation.get("n")),
+                "positives": _count(evaluation.get("positives")),
+                "auc": overall,
+                "gap": None,
+                "es_auc": _number(es_auc.get(attribute)),
+                "note": None if overall is not None else "no AUC",
+            }
+        )
         for group, value in _mapping(per_attribute.get(attribute)).items():
             entry = value if isinstance(value, Mapping) else {"auc": value}
             count = _mapping(_mapping(counts.get(attribute)).get(group))
@@ -253,10 +302,19 @@ def fairness_rows(evaluation: Mapping[str, Any], counts: Mapping[str, Any] | Non
             note = None
             if auc is None:
                 note = str(entry.get("note") or _mapping(notes.get(attribute)).get(group) or _no_auc_note(n, positives))
-            rows.append({"attribute": str(attribute), "group": str(group), "summary": False, "n": n,
-                         "positives": positives, "auc": auc,
-                         "gap": abs(overall - auc) if overall is not None and auc is not None else None,
-                         "es_auc": None, "note": note})
+            rows.append(
+                {
+                    "attribute": str(attribute),
+                    "group": str(group),
+                    "summary": False,
+                    "n": n,
+                    "positives": positives,
+                    "auc": auc,
+                    "gap": abs(overall - auc) if overall is not None and auc is not None else None,
+                    "es_auc": None,
+                    "note": note,
+                }
+            )
     return rows
 
 
@@ -274,20 +332,34 @@ def label_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
     per_label = _mapping(evaluation.get("per_label"))
 
     def row(name: str, entry: Mapping, macro: bool) -> dict[str, Any]:
-        return {"label": name, "macro": macro, "n": _count(entry.get("n")), "positives": _count(entry.get("positives")),
-                "auc": _number(entry.get("auc")), "auc_ci": _interval(entry.get("auc_ci")),
-                "es_auc": {str(a): _number(v) for a, v in _mapping(entry.get("es_auc")).items()}}
+        return {
+            "label": name,
+            "macro": macro,
+            "n": _count(entry.get("n")),
+            "positives": _count(entry.get("positives")),
+            "auc": _number(entry.get("auc")),
+            "auc_ci": _interval(entry.get("auc_ci")),
+            "es_auc": {str(a): _number(v) for a, v in _mapping(entry.get("es_auc")).items()},
+        }
 
     rows = [row(name, _mapping(per_label.get(name)), False) for name in _label_order(evaluation)]
     return [*rows, row("macro mean", evaluation, True)] if rows else []
 
 
 def _headline(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = [{"name": name, "value": _number(evaluation.get(key)),
-             "ci": _interval(evaluation.get("auc_ci")) if key == "auc" else None, "lower": key == "ece"}
-            for key, name in HEADLINE]
-    rows += [{"name": f"ES-AUC · {attribute}", "value": _number(value), "ci": None, "lower": False}
-             for attribute, value in _mapping(evaluation.get("es_auc")).items()]
+    rows = [
+        {
+            "name": name,
+            "value": _number(evaluation.get(key)),
+            "ci": _interval(evaluation.get("auc_ci")) if key == "auc" else None,
+            "lower": key == "ece",
+        }
+        for key, name in HEADLINE
+    ]
+    rows += [
+        {"name": f"ES-AUC · {attribute}", "value": _number(value), "ci": None, "lower": False}
+        for attribute, value in _mapping(evaluation.get("es_auc")).items()
+    ]
     return rows
 
 
@@ -303,16 +375,18 @@ def _scores_and_labels(probability: Any, target: Any, kind: str) -> tuple[np.nda
         if probability.ndim == 2 and probability.shape[1] in (1, 2):
             probability = probability[:, -1]
         if probability.ndim != 1 or target.reshape(-1).size != probability.size:
-            raise DataError(f"a binary run needs probability (N, 2) and target (N,), got {probability.shape} and "
-                            f"{target.shape}")
+            raise DataError(
+                f"a binary run needs probability (N, 2) and target (N,), got {probability.shape} and {target.shape}"
+            )
         return probability, target.reshape(-1).astype(np.int64)
     if probability.ndim != 2:
         raise DataError(f"probability must be (N, K), got {probability.shape}")
     if target.ndim == 1 and target.size == probability.shape[0]:
         return probability, (target[:, None] == np.arange(probability.shape[1])).astype(np.int64)
     if target.shape != probability.shape:
-        raise DataError(f"target {target.shape} must be (N,) class indices or (N, K) 0/1 like probability "
-                        f"{probability.shape}")
+        raise DataError(
+            f"target {target.shape} must be (N,) class indices or (N, K) 0/1 like probability {probability.shape}"
+        )
     return probability, target.astype(np.int64)
 
 
@@ -337,9 +411,15 @@ def _embed(draw: Callable[[], bytes], run_dir: Path | None, notes: list[str]) ->
     return {"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "file": None}
 
 
-def _section(evaluation: Mapping[str, Any], scores: np.ndarray | None, labels: np.ndarray | None,
-             attributes: Mapping[str, Any], label: int | str | None, notes: list[str],
-             run_dir: Path | None) -> dict[str, Any]:
+def _section(
+    evaluation: Mapping[str, Any],
+    scores: np.ndarray | None,
+    labels: np.ndarray | None,
+    attributes: Mapping[str, Any],
+    label: int | str | None,
+    notes: list[str],
+    run_dir: Path | None,
+) -> dict[str, Any]:
     kind = _kind(evaluation)
     multi = kind != "binary"
     listed = [*_mapping(evaluation.get("group_auc")), *_mapping(evaluation.get("es_auc"))]
@@ -365,10 +445,18 @@ def _section(evaluation: Mapping[str, Any], scores: np.ndarray | None, labels: n
     figure = None
     if scores is not None and labels is not None:
         per = "one curve per class, one-vs-rest" if kind == "multiclass" else "one curve per label"
-        caption = (f"ROC curves on the test split: {per}, and by group for {selected}" if multi else
-                   "ROC curves on the test split: overall and by group")
-        figure = _embed(lambda: roc_png(scores, labels, attributes, label_names=names if multi else None,
-                                        label=selected if multi else None), run_dir, notes)
+        caption = (
+            f"ROC curves on the test split: {per}, and by group for {selected}"
+            if multi
+            else "ROC curves on the test split: overall and by group"
+        )
+        figure = _embed(
+            lambda: roc_png(
+                scores, labels, attributes, label_names=names if multi else None, label=selected if multi else None
+            ),
+            run_dir,
+            notes,
+        )
         if figure is not None:
             figure["caption"] = caption + (f" ({figure['file']})" if figure["file"] else "")
             figure["alt"] = caption
@@ -390,12 +478,22 @@ def _section(evaluation: Mapping[str, Any], scores: np.ndarray | None, labels: n
     label_attributes = list(dict.fromkeys(a for row in rows for a in row["es_auc"]))
     positive = class_names[-1] if kind == "binary" and len(class_names) == 2 else None
     return {
-        "kind": kind, "multi": multi, "class_names": class_names, "positive_class": positive,
-        "n": _count(evaluation.get("n")), "positives": _count(evaluation.get("positives")),
-        "attributes": list(dict.fromkeys([*listed, *attributes])), "headline": _headline(evaluation),
-        "figure": figure, "figure_label": selected, "predictions_missing": scores is None,
-        "rows": fairness_rows(evaluation, counts), "label_rows": rows, "label_attributes": label_attributes,
-        "label_groups": label_groups, "definition": ES_AUC_DEFINITION,
+        "kind": kind,
+        "multi": multi,
+        "class_names": class_names,
+        "positive_class": positive,
+        "n": _count(evaluation.get("n")),
+        "positives": _count(evaluation.get("positives")),
+        "attributes": list(dict.fromkeys([*listed, *attributes])),
+        "headline": _headline(evaluation),
+        "figure": figure,
+        "figure_label": selected,
+        "predictions_missing": scores is None,
+        "rows": fairness_rows(evaluation, counts),
+        "label_rows": rows,
+        "label_attributes": label_attributes,
+        "label_groups": label_groups,
+        "definition": ES_AUC_DEFINITION,
     }
 
 
@@ -428,8 +526,9 @@ def _read_predictions(path: Path, kind: str, notes: list[str]) -> tuple[Any, Any
     return scores, labels, attributes
 
 
-def fairness_section(run_dir: str | Path, notes: list[str] | None = None,
-                     label: int | str | None = None) -> dict[str, Any] | None:
+def fairness_section(
+    run_dir: str | Path, notes: list[str] | None = None, label: int | str | None = None
+) -> dict[str, Any] | None:
     """The run report's fairness section, for the template: headline scores, the ROC figure (as a data URI; saved
     to ``figures/fairness_roc.png`` too), the AUC-by-group table (:func:`fairness_rows`) and, for multiclass and
     multi-label runs, the AUC-by-label table (:func:`label_rows`) and each label's AUC-by-group table; their ROC
@@ -456,9 +555,16 @@ def fairness_section(run_dir: str | Path, notes: list[str] | None = None,
     return _section(evaluation, scores, labels, attributes, label, notes, run_dir)
 
 
-def build_fairness_report(evaluation: Mapping[str, Any], scores: Any, labels: Any,
-                          attributes: Mapping[str, Any] | None, out: str | Path,
-                          title: str = "Classification and fairness", *, label: int | str | None = None) -> Path:
+def build_fairness_report(
+    evaluation: Mapping[str, Any],
+    scores: Any,
+    labels: Any,
+    attributes: Mapping[str, Any] | None,
+    out: str | Path,
+    title: str = "Classification and fairness",
+    *,
+    label: int | str | None = None,
+) -> Path:
     """Write a self-contained HTML page of one evaluation (``test_evaluation.json``'s format) to ``out``: headline
     scores, the ROC figure of ``scores`` against ``labels`` by the groups of ``attributes`` (``{name: (N,)}``), and
     the AUC-by-group (and by-label) tables. ``scores``/``labels``: ``(N,)`` probabilities of the positive class and
@@ -471,7 +577,16 @@ def build_fairness_report(evaluation: Mapping[str, Any], scores: Any, labels: An
     else:
         scores = labels = None
     section = _section(evaluation, scores, labels, attributes or {}, label, notes, None)
-    html = environment().get_template("fairness.html.j2").render(
-        standalone=True, title=title, fairness=section, notes=notes, version=labelwise.__version__,
-        generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"))
+    html = (
+        environment()
+        .get_template("fairness.html.j2")
+        .render(
+            standalone=True,
+            title=title,
+            fairness=section,
+            notes=notes,
+            version=labelwise.__version__,
+            generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+        )
+    )
     return atomic_write(Path(out), html)

@@ -15,7 +15,18 @@ from matplotlib.ticker import MaxNLocator
 
 MAX_SAMPLES = 8
 # Mask classes 1..K get these colours in turn (class 0, background, is left transparent).
-MASK_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
+MASK_COLOURS = [
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#fabed4",
+    "#469990",
+]
 _RESERVED = {"step", "split", "time"}
 
 
@@ -74,8 +85,14 @@ def loss_curves_png(records: list[dict]) -> bytes | None:
         steps, values = _series(train, key)
         all_values += values
         main = key == "loss"
-        ax.plot(steps, values, label=f"train {key}", linewidth=1.8 if main else 1.1, alpha=1.0 if main else 0.8,
-                marker="o" if len(steps) == 1 else None)
+        ax.plot(
+            steps,
+            values,
+            label=f"train {key}",
+            linewidth=1.8 if main else 1.1,
+            alpha=1.0 if main else 0.8,
+            marker="o" if len(steps) == 1 else None,
+        )
     if val_loss[0]:
         all_values += val_loss[1]
         ax.plot(*val_loss, label="val loss", linestyle="--", marker="o", markersize=3, color="black")
@@ -90,8 +107,14 @@ def loss_curves_png(records: list[dict]) -> bytes | None:
         ax = axes[1]
         for key in val_keys:
             per_class = "/" in key
-            ax.plot(*_series(val, key), label=key, marker="o", markersize=2 if per_class else 3,
-                    linewidth=0.9 if per_class else 1.6, alpha=0.7 if per_class else 1.0)
+            ax.plot(
+                *_series(val, key),
+                label=key,
+                marker="o",
+                markersize=2 if per_class else 3,
+                linewidth=0.9 if per_class else 1.6,
+                alpha=0.7 if per_class else 1.0,
+            )
         ax.set(title="Validation metrics", xlabel="step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -129,8 +152,12 @@ def _mask_overlay(ax, mask: np.ndarray, num_classes: int, contour: bool) -> None
     if contour:
         for c in np.unique(mask):
             if c > 0:
-                ax.contour((mask == c).astype(float), levels=[0.5], linewidths=1.2,
-                           colors=[MASK_COLOURS[(int(c) - 1) % len(MASK_COLOURS)]])
+                ax.contour(
+                    (mask == c).astype(float),
+                    levels=[0.5],
+                    linewidths=1.2,
+                    colors=[MASK_COLOURS[(int(c) - 1) % len(MASK_COLOURS)]],
+                )
 
 
 def _slice(array: np.ndarray, spatial_dims: int) -> np.ndarray:
@@ -203,8 +230,14 @@ def samples_png(samples: dict[str, np.ndarray]) -> bytes | None:
             ax.imshow(grey[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             _mask_overlay(ax, mask, num_classes, contour=label == "target")
             ax.set_title(f"#{i} {label}", fontsize=10)
-    handles = [Patch(color=MASK_COLOURS[(c - 1) % len(MASK_COLOURS)], alpha=0.6,
-                     label=names[c - 1] if c - 1 < len(names) else f"class {c}") for c in range(1, num_classes + 1)]
+    handles = [
+        Patch(
+            color=MASK_COLOURS[(c - 1) % len(MASK_COLOURS)],
+            alpha=0.6,
+            label=names[c - 1] if c - 1 < len(names) else f"class {c}",
+        )
+        for c in range(1, num_classes + 1)
+    ]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=10, frameon=False)
     fig.suptitle(f"Test samples{where}: target (fill + contour) | prediction", fontsize=12)

@@ -82,14 +82,16 @@ def metric_rows(records: list[dict], test: dict[str, Any]) -> list[dict[str, Any
         if points:
             # ties go to the earliest step
             best = min(points, key=lambda p: p[1]) if _lower_is_better(name) else max(points, key=lambda p: p[1])
-        rows.append({
-            "name": name,
-            "test": _number(test.get(name)),
-            "best": best[1] if best else None,
-            "best_step": best[0] if best else None,
-            "last": points[-1][1] if points else None,
-            "lower_is_better": _lower_is_better(name),
-        })
+        rows.append(
+            {
+                "name": name,
+                "test": _number(test.get(name)),
+                "best": best[1] if best else None,
+                "best_step": best[0] if best else None,
+                "last": points[-1][1] if points else None,
+                "lower_is_better": _lower_is_better(name),
+            }
+        )
     return rows
 
 
@@ -111,8 +113,18 @@ def _load_samples(path: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
         return None
 
 
-EVALUATION_KEYS = ("top1", "real_top1", "top5", "real_top5", "variable_topk_subset", "variable_topk_fraction", "asma",
-                   "multi_label_fraction", "n_images", "n_real_scored")
+EVALUATION_KEYS = (
+    "top1",
+    "real_top1",
+    "top5",
+    "real_top5",
+    "variable_topk_subset",
+    "variable_topk_fraction",
+    "asma",
+    "multi_label_fraction",
+    "n_images",
+    "n_real_scored",
+)
 
 
 def _evaluation_rows(evaluation: dict | None) -> list[tuple[str, Any, Any]] | None:
@@ -142,17 +154,23 @@ def _explanation_figure(number: int, entry: Any, folder: Path, notes: list[str])
         notes.append(f"explanations/{overlay}: overlay of {what} is missing")
         return None
     if png is None:
-        notes.append(f"explanations/{overlay}: overlay of {what} is not a PNG file inside explanations/ "
-                     f"(or is over {MAX_OVERLAY_BYTES // 2**20} MiB)")
+        notes.append(
+            f"explanations/{overlay}: overlay of {what} is not a PNG file inside explanations/ "
+            f"(or is over {MAX_OVERLAY_BYTES // 2**20} MiB)"
+        )
         return None
     name = Path(source).name or source or "—"
     target = entry.get("target")
     class_name = entry.get("class_name")
     class_name = str(class_name) if class_name not in (None, "") else fmt(target)
     caption = f"{fmt(entry.get('method'))} · {class_name} ({fmt(target)}) · {name} · {fmt(entry.get('score'))}"
-    return {"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "caption": caption,
-            "input": source, "file": f"explanations/{overlay}",
-            "alt": f"{fmt(entry.get('method'))} saliency map for {class_name} on {name}"}
+    return {
+        "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+        "caption": caption,
+        "input": source,
+        "file": f"explanations/{overlay}",
+        "alt": f"{fmt(entry.get('method'))} saliency map for {class_name} on {name}",
+    }
 
 
 def _explanations(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
@@ -181,9 +199,14 @@ def _explanations(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     for row in rows:
         for key in row:
             names.setdefault(str(key), None)
-    columns = [(name, name != "method" and (_lower_is_better(name)
-                                            or any(w in name.lower() for w in EXPLANATION_LOWER_IS_BETTER)))
-               for name in names]
+    columns = [
+        (
+            name,
+            name != "method"
+            and (_lower_is_better(name) or any(w in name.lower() for w in EXPLANATION_LOWER_IS_BETTER)),
+        )
+        for name in names
+    ]
     entries = index["entries"]
     figures = [_explanation_figure(number, entry, folder, notes) for number, entry in enumerate(entries[:MAX_GALLERY])]
     return {
@@ -220,20 +243,35 @@ def _model_section(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     size = net.get("image_size")
     rows = [("task", f"{spec.get('task')} ({spec.get('method')})")]
     if net.get("key") is None:
-        rows.append(("network", f"{net.get('arguments', {}).get('name')} backbone: no classifier head (transfer it with "
-                                "model.init_from)"))
+        rows.append(
+            (
+                "network",
+                f"{net.get('arguments', {}).get('name')} backbone: no classifier head (transfer it with "
+                "model.init_from)",
+            )
+        )
     else:
-        rows += [("network", f"{net.get('name')} ({dims}D, {net.get('in_channels')} input channel(s), "
-                             f"{net.get('out_channels')} output(s){f', built for {size}' if size else ''})"),
-                 ("output", f"{out.get('activation')} ({_activation_words(spec)})"),
-                 ("classes", ", ".join(f"{i} {n}" for i, n in enumerate(out.get("class_names") or [])))]
+        rows += [
+            (
+                "network",
+                f"{net.get('name')} ({dims}D, {net.get('in_channels')} input channel(s), "
+                f"{net.get('out_channels')} output(s){f', built for {size}' if size else ''})",
+            ),
+            ("output", f"{out.get('activation')} ({_activation_words(spec)})"),
+            ("classes", ", ".join(f"{i} {n}" for i, n in enumerate(out.get("class_names") or []))),
+        ]
     intensity = pre.get("intensity")
     if intensity == "channel":
         stats = ", ".join(f"{m:.4g} ± {s:.4g}" for m, s in zip(pre.get("channel_mean", []), pre.get("channel_std", [])))
         intensity = f"channel (training split mean ± std per channel: {stats})"
-    rows.append(("preprocessing", f"intensity {intensity}" + (f"; resized to {pre['image_size']}"
-                                                             if pre.get("image_size") else "")
-                 + (f"; Harvard-GDP channels {', '.join(pre['modalities'])}" if pre.get("modalities") else "")))
+    rows.append(
+        (
+            "preprocessing",
+            f"intensity {intensity}"
+            + (f"; resized to {pre['image_size']}" if pre.get("image_size") else "")
+            + (f"; Harvard-GDP channels {', '.join(pre['modalities'])}" if pre.get("modalities") else ""),
+        )
+    )
     if spec.get("task") == "segmentation":
         window, overlap = settings.get("window"), settings.get("overlap")
         seen = f"windows {window}, overlap {overlap}" if window else "whole images"
@@ -242,15 +280,31 @@ def _model_section(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
             threshold = f"{settings['calibrated_threshold']:g} (calibrated on the validation cases)"
         rows.append(("inference", f"threshold {threshold}; {seen}"))
     name = run_dir.name
-    commands = "\n".join([f"labelwise predict runs/{name} --input IMAGES --out runs/{name}-pred",
-                          f"labelwise explain --run runs/{name} --input IMAGE",
-                          f"labelwise export runs/{name} --format onnx --out {name}.onnx"])
-    return {"rows": rows, "commands": commands if net.get("key") is not None else "(a pretraining run: fine-tune "
-            "or probe it, then use that run)"}
+    commands = "\n".join(
+        [
+            f"labelwise predict runs/{name} --input IMAGES --out runs/{name}-pred",
+            f"labelwise explain --run runs/{name} --input IMAGE",
+            f"labelwise export runs/{name} --format onnx --out {name}.onnx",
+        ]
+    )
+    return {
+        "rows": rows,
+        "commands": commands
+        if net.get("key") is not None
+        else "(a pretraining run: fine-tune or probe it, then use that run)",
+    }
 
 
-SEGMENTATION_SCORES = (("dice", "Dice"), ("iou", "IoU"), ("precision", "precision"), ("sensitivity", "sensitivity"),
-                       ("volumetric_similarity", "VS"), ("hd95", "HD95"), ("assd", "ASSD"), ("cldice", "clDice"))
+SEGMENTATION_SCORES = (
+    ("dice", "Dice"),
+    ("iou", "IoU"),
+    ("precision", "precision"),
+    ("sensitivity", "sensitivity"),
+    ("volumetric_similarity", "VS"),
+    ("hd95", "HD95"),
+    ("assd", "ASSD"),
+    ("cldice", "clDice"),
+)
 MAX_SEGMENTATION_CASES = 6
 
 
@@ -276,15 +330,27 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
         mean, std, count = result.get("mean", {}), result.get("std", {}), result.get("count", {})
         n = len(result.get("cases", []))
         # the cases behind each mean, shown where fewer than all (nan scores, e.g. distances to an empty mask)
-        rows.append({"reference": name, "n": n, "class_name": None,
-                     "values": [(mean.get(key), std.get(key), count.get(key, n)) for key, _ in SEGMENTATION_SCORES]})
+        rows.append(
+            {
+                "reference": name,
+                "n": n,
+                "class_name": None,
+                "values": [(mean.get(key), std.get(key), count.get(key, n)) for key, _ in SEGMENTATION_SCORES],
+            }
+        )
         if isinstance(count, dict) and "hd95" in count and (note := empty_mask_note(result, n)):
             empty_notes.append(f"against {name}: {note}")
         per_class = result.get("per_class") if isinstance(result.get("per_class"), dict) else {}
         for cls, summary in per_class.items():  # runs with several classes: label k against label k
             if isinstance(summary, dict):
-                values = [(summary.get("mean", {}).get(key), summary.get("std", {}).get(key),
-                           summary.get("count", {}).get(key, n)) for key, _ in SEGMENTATION_SCORES]
+                values = [
+                    (
+                        summary.get("mean", {}).get(key),
+                        summary.get("std", {}).get(key),
+                        summary.get("count", {}).get(key, n),
+                    )
+                    for key, _ in SEGMENTATION_SCORES
+                ]
                 rows.append({"reference": name, "n": n, "class_name": str(cls), "values": values})
     cases = []
     for entry in figures[:MAX_SEGMENTATION_CASES]:
@@ -297,23 +363,39 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
             if png is None:
                 notes.append(f"predictions/test/{file}: missing or not a PNG")
                 continue
-            images.append({"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
-                           "caption": f"{entry.get('id')}: {caption}"})
+            images.append(
+                {
+                    "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                    "caption": f"{entry.get('id')}: {caption}",
+                }
+            )
         if images:
             cases.append({"id": entry.get("id"), "images": images})
     roi = data.get("roi") or 0
-    return {"columns": [label for _, label in SEGMENTATION_SCORES], "rows": rows, "cases": cases,
-            "total": len(figures), "listed": len(cases), "empty_notes": empty_notes,
-            "per_class": any(row["class_name"] is not None for row in rows),
-            "roi_note": (f"Scored inside the region of interest (the manifest's roi column) of {roi} of the "
-                         f"{len(figures)} cases; the masks are background outside it." if roi else "")}
+    return {
+        "columns": [label for _, label in SEGMENTATION_SCORES],
+        "rows": rows,
+        "cases": cases,
+        "total": len(figures),
+        "listed": len(cases),
+        "empty_notes": empty_notes,
+        "per_class": any(row["class_name"] is not None for row in rows),
+        "roi_note": (
+            f"Scored inside the region of interest (the manifest's roi column) of {roi} of the "
+            f"{len(figures)} cases; the masks are background outside it."
+            if roi
+            else ""
+        ),
+    }
 
 
 def _per_case_run(run_dir: Path, config: dict[str, Any]) -> bool:
     """Whether the run segments image files (a ``data.manifest`` with ``task: segmentation``): such runs write
     ``predictions/test/`` (cases, figures, segmentation.json) and never ``predictions/samples.npz``."""
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    return (run_dir / "predictions" / "test").is_dir() or (data.get("task") == "segmentation" and bool(data.get("manifest")))
+    return (run_dir / "predictions" / "test").is_dir() or (
+        data.get("task") == "segmentation" and bool(data.get("manifest"))
+    )
 
 
 def _png_inside(path: Path, folder: Path) -> bytes | None:
@@ -332,7 +414,9 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
     ``run_dir/report.html``) and return the page's path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist (expected a folder written by labelwise train)")
+        raise FileNotFoundError(
+            f"run directory {str(run_dir)!r} does not exist (expected a folder written by labelwise train)"
+        )
     out = Path(out) if out is not None else run_dir / "report.html"
     notes: list[str] = []
 

@@ -24,20 +24,33 @@ PACKAGE = Path(__file__).resolve().parents[1]
 
 LAYERS: dict[str, int] = {
     # 0: foundations every layer may use
-    "labelwise": 0, "labelwise.errors": 0, "labelwise.io": 0,
+    "labelwise": 0,
+    "labelwise.errors": 0,
+    "labelwise.io": 0,
     # 1: building blocks: pure functions and modules, no training, no run directories
-    "labelwise.filters": 1, "labelwise.metrics": 1, "labelwise.data": 1, "labelwise.augment": 1,
-    "labelwise.losses": 1, "labelwise.models": 1, "labelwise.explain": 1,
+    "labelwise.filters": 1,
+    "labelwise.metrics": 1,
+    "labelwise.data": 1,
+    "labelwise.augment": 1,
+    "labelwise.losses": 1,
+    "labelwise.models": 1,
+    "labelwise.explain": 1,
     # 2: training recipes, one class each
     "labelwise.methods": 2,
     # 3: configs (validate names against the method and model registries); HTML reports of run directories
-    "labelwise.config": 3, "labelwise.report": 3,
+    "labelwise.config": 3,
+    "labelwise.report": 3,
     # 4: the training loop and its run directory; the library side of `labelwise evaluate`
-    "labelwise.engine": 4, "labelwise.evaluation": 4,
+    "labelwise.engine": 4,
+    "labelwise.evaluation": 4,
     # 5: a finished run as a model (reads the engine's run directory and checkpoints)
     "labelwise.inference": 5,
     # 6: entry points
-    "labelwise.cli": 6, "labelwise.__main__": 6, "labelwise.demo": 6, "labelwise.training": 6, "labelwise.tools": 6,
+    "labelwise.cli": 6,
+    "labelwise.__main__": 6,
+    "labelwise.demo": 6,
+    "labelwise.training": 6,
+    "labelwise.tools": 6,
 }
 FORBIDDEN = {("labelwise.engine", "labelwise.methods"): "the engine runs a Method through its interface"}
 
@@ -73,11 +86,13 @@ def module_name(path: Path, package: Path = PACKAGE) -> str:
 def _type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(tree: ast.AST, module: str, is_package: bool) -> Iterator[tuple[int, str, list[str]]]:
     """``(line, imported module, imported names)`` for every labelwise import outside ``if TYPE_CHECKING:``."""
+
     def walk(node: ast.AST) -> Iterator[ast.AST]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _type_checking(child):
@@ -121,16 +136,26 @@ def check(package: Path = PACKAGE) -> list[Violation]:
                 if destination == source:
                     continue
                 if LAYERS[destination] > LAYERS[source]:
-                    found.append(Violation(path, line, f"{source} (layer {LAYERS[source]}) imports {imported} "
-                                                       f"(layer {LAYERS[destination]}): a higher layer"))
-                forbidden = next((why for (a, b), why in FORBIDDEN.items()
-                                  if unit(source) == a and destination.startswith(b)), None)
+                    found.append(
+                        Violation(
+                            path,
+                            line,
+                            f"{source} (layer {LAYERS[source]}) imports {imported} "
+                            f"(layer {LAYERS[destination]}): a higher layer",
+                        )
+                    )
+                forbidden = next(
+                    (why for (a, b), why in FORBIDDEN.items() if unit(source) == a and destination.startswith(b)), None
+                )
                 if forbidden:
                     found.append(Violation(path, line, f"{source} imports {imported}: {forbidden}"))
                 private = [n for n in what if n.startswith("_") and not n.startswith("__")]
                 if private:
-                    found.append(Violation(path, line, f"{source} imports the private name(s) {', '.join(private)} "
-                                                       f"of {imported}"))
+                    found.append(
+                        Violation(
+                            path, line, f"{source} imports the private name(s) {', '.join(private)} of {imported}"
+                        )
+                    )
                 if LAYERS[destination] == LAYERS[source]:
                     edges.setdefault((source, destination), (path, line))
     for (a, b), (path, line) in sorted(edges.items()):

@@ -108,8 +108,8 @@ def make_patchml(
     canvas[flat[:, None, None], rows, cols] = patches_hwc[patch_of]
     inside[flat[:, None, None], rows, cols] = True
     size = grid * cell
-    image = canvas.reshape(n, grid, grid, cell, cell, channels).transpose(0, 5, 1, 3, 2, 4).reshape(
-        n, channels, size, size
+    image = (
+        canvas.reshape(n, grid, grid, cell, cell, channels).transpose(0, 5, 1, 3, 2, 4).reshape(n, channels, size, size)
     )
     inside = inside.reshape(n, grid, grid, cell, cell).transpose(0, 1, 3, 2, 4).reshape(n, 1, size, size)
     if background_noise > 0:
@@ -267,7 +267,8 @@ def _load_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     labels: list[int] = []
     for k, folder in enumerate(classes):
         found = sorted(
-            p for p in folder.iterdir()
+            p
+            for p in folder.iterdir()
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
         )
         if not found:

@@ -45,8 +45,12 @@ MALE_SHARE, HISPANIC_SHARE = 0.45, 0.1
 def _vf_points() -> np.ndarray:
     """The 52 points of the 24-2 grid (x, y) in degrees, row by row from the top, left to right (right eye
     view), without the two blind-spot points (15, +-3)."""
-    rows = {21: (-9, -3, 3, 9), 15: (-15, -9, -3, 3, 9, 15), 9: (-21, -15, -9, -3, 3, 9, 15, 21),
-            3: (-27, -21, -15, -9, -3, 3, 9, 15, 21)}
+    rows = {
+        21: (-9, -3, 3, 9),
+        15: (-15, -9, -3, 3, 9, 15),
+        9: (-21, -15, -9, -3, 3, 9, 15, 21),
+        3: (-27, -21, -15, -9, -3, 3, 9, 15, 21),
+    }
     points = []
     for y in (21, 15, 9, 3, -3, -9, -15, -21):
         for x in rows[abs(y)]:
@@ -91,8 +95,11 @@ def make_patient(seed: int) -> dict[str, np.ndarray]:
     radius, angle = _grid()
     outside = np.clip(radius - DISC_RADIUS_MM, 0, None)
     profile = np.exp(-outside / DECAY_MM)
-    healthy_bundles = (_bump(angle, SUPERIOR, BUNDLE_WIDTH) + _bump(angle, INFERIOR, BUNDLE_WIDTH)
-                       + 0.35 * _bump(angle, 0.0, math.radians(50)))
+    healthy_bundles = (
+        _bump(angle, SUPERIOR, BUNDLE_WIDTH)
+        + _bump(angle, INFERIOR, BUNDLE_WIDTH)
+        + 0.35 * _bump(angle, 0.0, math.radians(50))
+    )
     base = 35 + THICKNESS_OFFSET[race] - 0.25 * (age - 62) + 2.0 * male
 
     # disease: per hemifield a severity and a wedge defect inside the bundle
@@ -113,16 +120,24 @@ def make_patient(seed: int) -> dict[str, np.ndarray]:
 
     # visual field: total deviation from the thinning where each point's axons enter the disc
     sector_loss = np.array([float(loss.ravel()[pixels].mean()) if pixels.size else 0.0 for pixels in _sectors()])
-    tds = (-28 * sector_loss ** 1.3 + rng.normal(0, 1.5, len(VF_POINTS))).astype(np.float32)
+    tds = (-28 * sector_loss**1.3 + rng.normal(0, 1.5, len(VF_POINTS))).astype(np.float32)
     md = float(tds.mean() + rng.normal(0, 0.5))
 
     # progression: six noisy criteria on one latent rate
     rate = 1.6 * severity.sum() + 0.03 * (age - 62) + rng.normal(0, 0.45)
     cutoffs = np.array([0.6, 0.9, 1.1, 0.8, 1.3, 1.0])
     progression = ((rate + rng.normal(0, 0.3, 6)) > cutoffs).astype(np.int64) * (glaucoma or rng.random() < 0.1)
-    return {"rnflt": thickness, "glaucoma": np.array(glaucoma), "progression": progression, "md": np.array(md),
-            "tds": tds, "age": np.array(age), "male": np.array(male), "race": np.array(race),
-            "hispanic": np.array(hispanic)}
+    return {
+        "rnflt": thickness,
+        "glaucoma": np.array(glaucoma),
+        "progression": progression,
+        "md": np.array(md),
+        "tds": tds,
+        "age": np.array(age),
+        "male": np.array(male),
+        "race": np.array(race),
+        "hispanic": np.array(hispanic),
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -131,8 +146,10 @@ def _sectors() -> tuple[np.ndarray, ...]:
     around the angle its axons enter the disc through (:func:`_entry_angle`), near the disc margin (cached)."""
     radius, angle = _grid()
     near = (radius > DISC_RADIUS_MM) & (radius < DISC_RADIUS_MM + 0.6)
-    return tuple(np.flatnonzero(near & (np.abs(np.angle(np.exp(1j * (angle - direction)))) < math.radians(10)))
-                 for direction in _entry_angle(VF_POINTS))
+    return tuple(
+        np.flatnonzero(near & (np.abs(np.angle(np.exp(1j * (angle - direction)))) < math.radians(10)))
+        for direction in _entry_angle(VF_POINTS)
+    )
 
 
 def patient_seed(seed: int, index: int) -> int:

@@ -60,8 +60,10 @@ def make_shapes(
     mask = np.empty((n, *spatial), dtype=np.uint8)
     per_chunk = max(1, _CHUNK_VOXELS // size**dim)
     # Unit coordinates in [-0.5, 0.5) per axis, broadcastable against (chunk, *spatial).
-    unit = [((np.arange(size) + 0.5) / size - 0.5).reshape((1,) + (1,) * a + (size,) + (1,) * (dim - a - 1))
-            for a in range(dim)]
+    unit = [
+        ((np.arange(size) + 0.5) / size - 0.5).reshape((1,) + (1,) * a + (size,) + (1,) * (dim - a - 1))
+        for a in range(dim)
+    ]
     for start in range(0, n, per_chunk):
         s = slice(start, min(start + per_chunk, n))
         m = _draw_masks(label[s], centre[s], radius[s], size, dim)
@@ -123,8 +125,10 @@ def _draw_masks(label: np.ndarray, centre: np.ndarray, radius: np.ndarray, size:
         idx = np.flatnonzero(label == k)
         r = _column(radius[idx], dim)
         # Offsets from the centre along each axis, each broadcastable to (m, *spatial).
-        d = [np.abs(grid.reshape((1,) + (1,) * a + (size,) + (1,) * (dim - a - 1)) - _column(centre[idx, a], dim))
-             for a in range(dim)]
+        d = [
+            np.abs(grid.reshape((1,) + (1,) * a + (size,) + (1,) * (dim - a - 1)) - _column(centre[idx, a], dim))
+            for a in range(dim)
+        ]
         if k == 0:  # disc / ball
             m = sum(x * x for x in d) <= r * r
         elif k == 1:  # square / cube of about the disc's area

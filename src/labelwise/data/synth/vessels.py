@@ -62,8 +62,9 @@ def case_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def _check_case(dim: int, shape: int | Sequence[int], spacing: Sequence[float] | None,
-                where: str) -> tuple[int, tuple[int, ...], np.ndarray]:
+def _check_case(
+    dim: int, shape: int | Sequence[int], spacing: Sequence[float] | None, where: str
+) -> tuple[int, tuple[int, ...], np.ndarray]:
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim not in (2, 3):
         raise ConfigError(f"{where}: dim must be 2 or 3, got {dim!r}")
     dim = int(dim)
@@ -95,8 +96,9 @@ def _check_seed(seed: int, where: str) -> int:
     return int(seed)
 
 
-def make_vessel_case(dim: int, shape: int | Sequence[int], seed: int,
-                     spacing: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+def make_vessel_case(
+    dim: int, shape: int | Sequence[int], seed: int, spacing: Sequence[float] | None = None
+) -> dict[str, np.ndarray]:
     """One synthetic angiogram, deterministic for ``seed``. ``shape``: ``dim`` sizes (or one int for all axes).
 
     Returns, all (*shape): ``image`` float32 in [0, 1] (bright vessels); ``truth`` int64 0/1 (clean mask);
@@ -128,8 +130,9 @@ def _perpendicular(rng: np.random.Generator, direction: np.ndarray) -> np.ndarra
     return _unit(basis - (basis @ direction) * direction)
 
 
-def _root(rng: np.random.Generator, extent: np.ndarray, unit: float,
-          radii: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, float, int]:
+def _root(
+    rng: np.random.Generator, extent: np.ndarray, unit: float, radii: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, float, int]:
     """(start, direction, radius, generation 0) of a tree entering through a random face of the volume; the radius
     is log-uniform in ``radii`` (voxels)."""
     dim = extent.size
@@ -146,8 +149,9 @@ def _root(rng: np.random.Generator, extent: np.ndarray, unit: float,
     return start, direction, float(np.exp(rng.uniform(np.log(radii[0]), np.log(radii[1]))) * unit), 0
 
 
-def _walk(rng: np.random.Generator, start: np.ndarray, direction: np.ndarray, radius: float, extent: np.ndarray,
-          unit: float) -> tuple[np.ndarray, bool, np.ndarray]:
+def _walk(
+    rng: np.random.Generator, start: np.ndarray, direction: np.ndarray, radius: float, extent: np.ndarray, unit: float
+) -> tuple[np.ndarray, bool, np.ndarray]:
     """One branch's centreline: (points (k, dim), whether it stayed inside the volume, final heading). A random walk
     of step ``STEP`` whose turning rate is an AR(1) process (momentum), so the curve is smooth."""
     step = STEP * unit
@@ -169,8 +173,9 @@ def _walk(rng: np.random.Generator, start: np.ndarray, direction: np.ndarray, ra
     return np.asarray(points), True, heading
 
 
-def _grow_trees(rng: np.random.Generator, shape: tuple[int, ...],
-                space: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def _grow_trees(
+    rng: np.random.Generator, shape: tuple[int, ...], space: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Vessel trees as branches ``(points (k, dim) physical, radii (k,) physical, contrast)``."""
     dim = len(shape)
     unit = float(space.min())
@@ -199,8 +204,10 @@ def _grow_trees(rng: np.random.Generator, shape: tuple[int, ...],
             # the small child's share of r^3 (Murray's law), log-uniform: side branches of every size leave a trunk
             share = float(np.exp(rng.uniform(np.log(SHARE[0]), np.log(SHARE[1]))))
             side = _perpendicular(rng, heading)
-            for child_radius, angle, sign in ((end_radius * (1.0 - share) ** (1 / 3), rng.uniform(5, 25), 1.0),
-                                              (end_radius * share ** (1 / 3), rng.uniform(35, 75), -1.0)):
+            for child_radius, angle, sign in (
+                (end_radius * (1.0 - share) ** (1 / 3), rng.uniform(5, 25), 1.0),
+                (end_radius * share ** (1 / 3), rng.uniform(35, 75), -1.0),
+            ):
                 if child_radius >= DROP_RADIUS * unit:
                     theta = np.deg2rad(angle)
                     child = _unit(np.cos(theta) * heading + sign * np.sin(theta) * side)
@@ -208,8 +215,9 @@ def _grow_trees(rng: np.random.Generator, shape: tuple[int, ...],
     return branches
 
 
-def _rasterise(branches: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple[int, ...],
-               space: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rasterise(
+    branches: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple[int, ...], space: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(truth int64, radius float32 in voxels, tube intensity float32 in [0, 1] with partial volume), all (*shape).
 
     Each voxel belongs to the tube whose surface is nearest (smallest distance-to-centreline minus radius); the
@@ -240,8 +248,10 @@ def _rasterise(branches: list[tuple[np.ndarray, np.ndarray, float]], shape: tupl
             if np.any(hi <= lo):
                 continue
             box = tuple(slice(a, b) for a, b in zip(lo, hi))
-            rel = [(coords[a][lo[a]:hi[a]] - p0[a]).reshape([-1 if b == a else 1 for b in range(dim)])
-                   for a in range(dim)]
+            rel = [
+                (coords[a][lo[a] : hi[a]] - p0[a]).reshape([-1 if b == a else 1 for b in range(dim)])
+                for a in range(dim)
+            ]
             seg = p1 - p0
             t = sum(rel[a] * seg[a] for a in range(dim)) / max(float(seg @ seg), 1e-12)
             t = np.clip(t, 0.0, 1.0)
@@ -282,7 +292,7 @@ def _projection_table(sigma: float) -> np.ndarray:
     x = np.arange(-reach, reach + _TABLE_STEP / 2, _TABLE_STEP)
     chord = 2.0 * np.sqrt(np.maximum(radii[:, None] ** 2 - x[None, :] ** 2, 0.0))
     blurred = gaussian_filter1d(1.0 - np.exp(-ABSORPTION * chord), sigma / _TABLE_STEP, axis=1, mode="constant")
-    return blurred[:, x.size // 2:]  # d = 0, step, 2 step, ...
+    return blurred[:, x.size // 2 :]  # d = 0, step, 2 step, ...
 
 
 def _projected_profile(d: np.ndarray, r: np.ndarray, sigma: float) -> np.ndarray:
@@ -304,8 +314,7 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cells: int) 
     return field / top if top > 0 else field
 
 
-def _angiogram(rng: np.random.Generator, tubes: np.ndarray, shape: tuple[int, ...],
-               space: np.ndarray) -> np.ndarray:
+def _angiogram(rng: np.random.Generator, tubes: np.ndarray, shape: tuple[int, ...], space: np.ndarray) -> np.ndarray:
     """Bright tubes on textured tissue, times a smooth bias field (+-20-30 %), Rician noise; float32 in [0, 1]."""
     from scipy.ndimage import gaussian_filter
 
@@ -324,10 +333,14 @@ def split_counts(n: int, splits: Sequence[int] | None = None) -> tuple[int, int,
     18 % / the rest otherwise, with at least one test case when ``n >= 3``."""
     if splits is not None:
         counts = tuple(splits)
-        if len(counts) != 3 or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0
-                                       for c in counts) or sum(counts) != n:
-            raise ConfigError(f"write_vessels: splits must be 3 integers >= 0 (train, val, test) summing to n={n}, "
-                              f"got {splits!r}")
+        if (
+            len(counts) != 3
+            or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in counts)
+            or sum(counts) != n
+        ):
+            raise ConfigError(
+                f"write_vessels: splits must be 3 integers >= 0 (train, val, test) summing to n={n}, got {splits!r}"
+            )
         return int(counts[0]), int(counts[1]), int(counts[2])
     train = max(1, round(0.55 * n))
     val = min(round(0.18 * n), n - train)
@@ -341,9 +354,16 @@ def split_counts(n: int, splits: Sequence[int] | None = None) -> tuple[int, int,
     return train, val, test
 
 
-def write_vessels(out: str | Path, dim: int, n: int, shape: int | Sequence[int], seed: int = 0,
-                  spacing: Sequence[float] | None = None, splits: Sequence[int] | None = None,
-                  progress: Callable[[str], None] | None = None) -> Path:
+def write_vessels(
+    out: str | Path,
+    dim: int,
+    n: int,
+    shape: int | Sequence[int],
+    seed: int = 0,
+    spacing: Sequence[float] | None = None,
+    splits: Sequence[int] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
     """Write ``n`` cases of :func:`make_vessel_case` under ``out``; returns the path of ``manifest.csv``.
 
     Per case ``vessel_000``, ...: ``images/<id>``, ``labels/<id>`` (the noisy mask), ``truth/<id>`` (the clean
@@ -365,14 +385,23 @@ def write_vessels(out: str | Path, dim: int, n: int, shape: int | Sequence[int],
     for index in range(int(n)):
         name = f"vessel_{index:03d}"
         case = make_vessel_case(dim, shape, case_seed(seed, index), spacing_tuple)
-        files = {key: f"{folder}/{name}{suffix}" for key, folder in
-                 (("image", "images"), ("label", "labels"), ("truth", "truth"))}
+        files = {
+            key: f"{folder}/{name}{suffix}"
+            for key, folder in (("image", "images"), ("label", "labels"), ("truth", "truth"))
+        }
         write_volume(out / files["image"], case["image"], spacing=spacing_tuple)
         write_volume(out / files["label"], case["noisy"], spacing=spacing_tuple)
         write_volume(out / files["truth"], case["truth"], spacing=spacing_tuple)
         write_volume(out / "radius" / f"{name}{radius_suffix}", case["radius"], spacing=spacing_tuple)
-        rows.append({"id": name, "image": files["image"], "label": files["label"], "split": names[index],
-                     "truth": files["truth"]})
+        rows.append(
+            {
+                "id": name,
+                "image": files["image"],
+                "label": files["label"],
+                "split": names[index],
+                "truth": files["truth"],
+            }
+        )
         if progress is not None:
             progress(f"[{index + 1}/{n}] {name} ({names[index]}): {int(case['truth'].sum())} vessel voxels")
     text = io.StringIO()
