@@ -12,10 +12,10 @@ from functools import cache
 import numpy as np
 import torch
 from conftest import invoke_cli
-from test_evaluate_segmentation import train_blobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from test_evaluate_segmentation import train_blobs
 
 from labelwise.config import load_config
 from labelwise.data.datasets import DataBundle

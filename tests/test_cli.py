@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import yaml
-
 from conftest import run_cli
+
 from labelwise.cli import main
 
 

@@ -116,7 +116,7 @@ def argv_of(text: str) -> list[str]:
     lexer.whitespace_split = True
     tokens = list(lexer)
     args = []
-    for i, token in enumerate(tokens):
+    for token in tokens:
         if set(token) <= set("<>|&;"):
             if args and args[-1].isdigit() and token.startswith(">"):
                 args.pop()  # 2> file

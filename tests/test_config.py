@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, SMOKE, run_cli
+
 from labelwise.cli import main
 from labelwise.config import load_config
 from labelwise.errors import ConfigError

@@ -229,7 +229,8 @@ def _sets_and_classes_in_memory():
 
 
 def test_labels_csv_or_single_label_file_feed_the_label_set_scores(tmp_path, capsys):
-    """--labels takes a CSV (matched by --ids, or in file order) or a single-label file; --single-labels is its alias."""
+    """--labels takes a CSV (matched by --ids, or in file order) or a single-label file; --single-labels is its
+    alias."""
     sets, classes, single = _sets_and_classes(tmp_path)
     rng = np.random.default_rng(2)
     scores = rng.standard_normal((len(sets), 100)).astype(np.float32)

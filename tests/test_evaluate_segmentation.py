@@ -381,7 +381,6 @@ def test_a_three_class_run_scores_its_test_cases_per_class(tmp_path):
     scored label k against label k on the saved masks."""
     from labelwise.data.volumes import read_volume
     from labelwise.metrics.surface import class_scores
-    from tests.conftest import invoke_cli
 
     run = train_blobs(tmp_path, 4)
     saved = json.loads((run / "predictions" / "test" / "segmentation.json").read_text())

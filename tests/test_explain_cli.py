@@ -12,9 +12,9 @@ from conftest import run_cli
 from PIL import Image
 
 from labelwise.config import load_config
-from labelwise.training import train
 from labelwise.explain import GradCAM, GradCAMPlusPlus
 from labelwise.inference import load_run
+from labelwise.training import train
 
 
 @pytest.fixture(scope="module")

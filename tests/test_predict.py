@@ -13,13 +13,13 @@ from torch import nn
 
 from labelwise.config import load_config
 from labelwise.data.volumes import read_volume, write_volume
-from labelwise.training import train
 from labelwise.errors import ConfigError, DataError
-from labelwise.models import UNetMSS
 from labelwise.inference import load_run
 from labelwise.inference.figures import FN_RGB, FP_RGB, TP_RGB, project
 from labelwise.inference.segmentation import predict_files, probabilities
+from labelwise.models import UNetMSS
 from labelwise.models.windows import default_roi, model_divisor, sliding_window_predict
+from labelwise.training import train
 
 
 class Pointwise(nn.Module):

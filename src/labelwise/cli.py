@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -51,7 +51,8 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 def expand_per_axis_options(args: list[str]) -> list[str]:
     """``args`` with each per-axis option of :data:`PER_AXIS_OPTIONS` followed by several numbers rewritten to that
-    option repeated once per number: ``predict RUN --window 64 64 32`` -> ``predict RUN --window 64 --window 64 --window 32``."""
+    option repeated once per number: ``predict RUN --window 64 64 32`` ->
+    ``predict RUN --window 64 --window 64 --window 32``."""
     args = list(args)
     names = next((names for path, names in PER_AXIS_OPTIONS.items() if tuple(args[: len(path)]) == path), None)
     if not names:
@@ -100,16 +101,14 @@ def _test_line(test: dict[str, float]) -> str:
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config (omit with --resume)")] = None,
-    set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="override a key: --set trainer.max_steps=100")
-    ] = None,
-    devices: Annotated[Optional[int], typer.Option(help="number of processes (GPUs, or CPU processes)")] = None,
+    config: Annotated[Path | None, typer.Argument(help="YAML config (omit with --resume)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set trainer.max_steps=100")] = None,
+    devices: Annotated[int | None, typer.Option(help="number of processes (GPUs, or CPU processes)")] = None,
     run_dir: Annotated[
-        Optional[Path], typer.Option("--run-dir", help="where to write the run (default runs/<name>)")
+        Path | None, typer.Option("--run-dir", help="where to write the run (default runs/<name>)")
     ] = None,
     resume: Annotated[
-        Optional[Path], typer.Option(help="continue the run in this directory from its last checkpoint")
+        Path | None, typer.Option(help="continue the run in this directory from its last checkpoint")
     ] = None,
     report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
 ) -> None:
@@ -153,7 +152,7 @@ def train(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
-    out: Annotated[Optional[Path], typer.Option(help="where to write the HTML (default RUN_DIR/report.html)")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write the HTML (default RUN_DIR/report.html)")] = None,
 ) -> None:
     """Rebuild a run's HTML report from its directory alone."""
     from labelwise.report import build_report
@@ -228,59 +227,63 @@ def predict(
         ),
     ],
     reference: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
-            help="segmentation: folder of reference masks (matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, _roi) or the data manifest's key rule): Dice and difference maps"
+            help="segmentation: folder of reference masks (matched to each input by file name (<id>, <id>_mask, _seg, "
+            "_label, _gt, _roi) or the data manifest's key rule): Dice and difference maps"
         ),
     ] = None,
     threshold: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
-            help="segmentation: 0.5, another number, otsu or argmax (default: the run's method.threshold for one channel, argmax otherwise)"
+            help="segmentation: 0.5, another number, otsu or argmax (default: the run's method.threshold for one "
+            "channel, argmax otherwise)"
         ),
     ] = None,
     overlap: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             min=0, max=0.95, help="segmentation: overlap of the sliding windows (default: the run's method.overlap)"
         ),
     ] = None,
     window: Annotated[
-        Optional[list[int]],
+        list[int] | None,
         typer.Option(
-            help="segmentation: sliding-window size, one value or one per axis (default: the run's data.patch_size; whole images for runs trained on them)"
+            help="segmentation: sliding-window size, one value or one per axis (default: the run's data.patch_size; "
+            "whole images for runs trained on them)"
         ),
     ] = None,
     roi: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
-            help="segmentation: folder of region-of-interest masks (matched like --reference; or one mask for one input): the mask is background outside it and Dice is scored inside it"
+            help="segmentation: folder of region-of-interest masks (matched like --reference; or one mask for one "
+            "input): the mask is background outside it and Dice is scored inside it"
         ),
     ] = None,
     split: Annotated[
-        Optional[str], typer.Option(help="classification: only the rows of this split of a table or dataset .npz")
+        str | None, typer.Option(help="classification: only the rows of this split of a table or dataset .npz")
     ] = None,
     tta: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option(
             "--tta/--no-tta", help="segmentation: average over flips along every axis (default: the run's method.tta)"
         ),
     ] = None,
     min_size: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             min=0,
-            help="segmentation: remove connected components smaller than this many voxels (default: the run's method.min_size)",
+            help="segmentation: remove connected components smaller than this many voxels (default: the run's "
+            "method.min_size)",
         ),
     ] = None,
-    device: Annotated[
-        Optional[str], typer.Option(help="where the network runs: cpu, cuda, cuda:1 (default: cpu)")
-    ] = None,
+    device: Annotated[str | None, typer.Option(help="where the network runs: cpu, cuda, cuda:1 (default: cpu)")] = None,
     batch_size: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             min=1,
-            help="segmentation: sliding windows per forward pass (default 4); classification: images per forward pass (default 32)",
+            help="segmentation: sliding windows per forward pass (default 4); classification: images per forward pass "
+            "(default 32)",
         ),
     ] = None,
 ) -> None:
@@ -339,53 +342,59 @@ def evaluate_classification(
         typer.Option(help="model outputs: .npy/.npz/.pt, scores (N, C) or classes (N,); repeat for several models"),
     ],
     label_sets: Annotated[
-        Optional[str], typer.Option(help="imagenet-real, imagenetv2-multilabel, or a JSON label-set file")
+        str | None, typer.Option(help="imagenet-real, imagenetv2-multilabel, or a JSON label-set file")
     ] = None,
     attributes: Annotated[
-        Optional[Path], typer.Option(help="CSV of groups (id + one column per attribute): AUC per group and ES-AUC")
+        Path | None, typer.Option(help="CSV of groups (id + one column per attribute): AUC per group and ES-AUC")
     ] = None,
     labels: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--labels",
             "--single-labels",
-            help="the labels, for whichever figures are asked: a CSV (id + label column(s); rows matched by --ids, or in file order) or one single label per row (.npy, .npz with target/label, JSON or text). --label-sets: the original single label (top-k); --attributes or alone: the targets of AUC and fairness. --single-labels is an alias",
+            help="the labels, for whichever figures are asked: a CSV (id + label column(s); rows matched by --ids, or "
+            "in file order) or one single label per row (.npy, .npz with target/label, JSON or text). "
+            "--label-sets: the original single label (top-k); --attributes or alone: the targets of AUC and "
+            "fairness. --single-labels is an alias",
         ),
     ] = None,
     label_column: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             help="label column(s) of a --labels CSV; several: multi-label, --attributes path only (default: label)"
         ),
     ] = None,
     attribute: Annotated[
-        Optional[list[str]], typer.Option(help="attribute column(s) of --attributes to use (default: all)")
+        list[str] | None, typer.Option(help="attribute column(s) of --attributes to use (default: all)")
     ] = None,
     ids: Annotated[
-        Optional[Path], typer.Option(help="one image id per prediction row (text lines or a JSON list)")
+        Path | None, typer.Option(help="one image id per prediction row (text lines or a JSON list)")
     ] = None,
     topk: Annotated[str, typer.Option(help="k values for top-k and ReaL top-k, comma-separated")] = "1,5",
     threshold: Annotated[
-        Optional[float], typer.Option(help="also multi-label model metrics (mAP, F1, ...) at this score threshold")
+        float | None, typer.Option(help="also multi-label model metrics (mAP, F1, ...) at this score threshold")
     ] = None,
     bootstrap: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             min=0,
-            help="bootstrap resamples for 95% intervals, 0: none (default: 0 with --label-sets, 1000 for the AUC with --attributes/--labels)",
+            help="bootstrap resamples for 95% intervals, 0: none (default: 0 with --label-sets, 1000 for the AUC with "
+            "--attributes/--labels)",
         ),
     ] = None,
     logits: Annotated[
         bool,
         typer.Option(
             "--logits",
-            help="--attributes/--labels: the scores are logits; applies a sigmoid per column (one column: binary; several --label-column: multi-label) or a softmax over the columns (exclusive classes). Without it, scores outside [0, 1] are refused",
+            help="--attributes/--labels: the scores are logits; applies a sigmoid per column (one column: binary; "
+            "several --label-column: multi-label) or a softmax over the columns (exclusive classes). Without it, "
+            "scores outside [0, 1] are refused",
         ),
     ] = False,
     asma_metric: Annotated[str, typer.Option(help="per-subgroup metric that ASMA averages")] = "variable_topk_subset",
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON here")] = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="write one row per model as CSV here")] = None,
-    report_out: Annotated[Optional[Path], typer.Option("--report", help="write an HTML report here")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the scores as JSON here")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="write one row per model as CSV here")] = None,
+    report_out: Annotated[Path | None, typer.Option("--report", help="write an HTML report here")] = None,
 ) -> None:
     """Score classifiers against multi-label sets (--label-sets: top-k, ReaL, variable top-k, per-subgroup accuracy,
     ASMA), or probabilities against labels overall and per patient group (--attributes/--labels: AUC with
@@ -422,9 +431,10 @@ def evaluate_classification(
     if logits:
         raise LabelwiseError("--logits is for --attributes/--labels; --label-sets ranks the scores as they are")
 
-    from labelwise.evaluation.classification import evaluate_classification as run, write_outputs
-    from labelwise.report.evaluation import table_columns
+    from labelwise.evaluation.classification import evaluate_classification as run
+    from labelwise.evaluation.classification import write_outputs
     from labelwise.report.common import fmt
+    from labelwise.report.evaluation import table_columns
 
     try:
         ks = [int(k) for k in topk.split(",") if k.strip()]
@@ -462,15 +472,15 @@ def evaluate_classification(
 
 def _evaluate_fairness(
     predictions: Path,
-    attributes: Optional[Path],
-    labels: Optional[Path],
+    attributes: Path | None,
+    labels: Path | None,
     label_columns: list[str],
-    attribute_columns: Optional[list[str]],
-    ids: Optional[Path],
+    attribute_columns: list[str] | None,
+    ids: Path | None,
     resamples: int,
     logits: bool,
-    json_out: Optional[Path],
-    report_out: Optional[Path],
+    json_out: Path | None,
+    report_out: Path | None,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -518,24 +528,27 @@ def evaluate_segmentation(
     truth: Annotated[
         Path,
         typer.Option(
-            help="folder of reference masks, matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, _roi) or the data manifest's key rule"
+            help="folder of reference masks, matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, "
+            "_roi) or the data manifest's key rule"
         ),
     ],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON here")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the scores as JSON here")] = None,
     csv_out: Annotated[
-        Optional[Path], typer.Option("--csv", help="write one row per case (+ mean, std) as CSV here")
+        Path | None, typer.Option("--csv", help="write one row per case (+ mean, std) as CSV here")
     ] = None,
     allow_missing: Annotated[bool, typer.Option(help="skip cases found on one side only instead of refusing")] = False,
     roi: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
-            help="folder of region-of-interest masks, matched like --truth: every score is computed inside them (e.g. a fundus field of view)"
+            help="folder of region-of-interest masks, matched like --truth: every score is computed inside them (e.g. "
+            "a fundus field of view)"
         ),
     ] = None,
     class_names: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
-            help="names of the labels 1, 2, ... separated by commas (e.g. artery,vein): scores per class under these names (default: per class, named 1, 2, ..., when a mask holds labels above 1)"
+            help="names of the labels 1, 2, ... separated by commas (e.g. artery,vein): scores per class under these "
+            "names (default: per class, named 1, 2, ..., when a mask holds labels above 1)"
         ),
     ] = None,
 ) -> None:
@@ -544,7 +557,8 @@ def evaluate_segmentation(
     from rich.console import Console
     from rich.table import Table
 
-    from labelwise.evaluation.segmentation import evaluate_segmentation as run, format_table, to_csv, to_json
+    from labelwise.evaluation.segmentation import evaluate_segmentation as run
+    from labelwise.evaluation.segmentation import format_table, to_csv, to_json
 
     names = None
     if class_names is not None:
@@ -581,26 +595,25 @@ def explain(
             help="image (png/jpg/tif), .npy, NIfTI or Harvard-GDP .npz file, or a folder of them; repeat for more",
         ),
     ],
-    run: Annotated[Optional[Path], typer.Option(help="a run directory (the weights it tested)")] = None,
-    checkpoint: Annotated[
-        Optional[Path], typer.Option(help="one checkpoint folder, RUN/checkpoints/step-XXXXXX")
-    ] = None,
+    run: Annotated[Path | None, typer.Option(help="a run directory (the weights it tested)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="one checkpoint folder, RUN/checkpoints/step-XXXXXX")] = None,
     method: Annotated[
-        Optional[list[str]], typer.Option(help="gradcam (default), gradcam++, scorecam, ...; repeat for more")
+        list[str] | None, typer.Option(help="gradcam (default), gradcam++, scorecam, ...; repeat for more")
     ] = None,
     target: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
-            help="class or label to explain, by index or name (default: the predicted one; segmentation: each foreground class); repeat for more"
+            help="class or label to explain, by index or name (default: the predicted one; segmentation: each "
+            "foreground class); repeat for more"
         ),
     ] = None,
     layer: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="target layer, e.g. layer4 (default: the last spatial layer; ViT: the last block's tokens as a grid)"
         ),
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default RUN_DIR/explanations)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default RUN_DIR/explanations)")] = None,
     report: Annotated[
         bool, typer.Option(help="rebuild the run's report, with the gallery, when --out is in the run")
     ] = True,
@@ -689,7 +702,7 @@ def synth_patchml(
     grid: Annotated[int, typer.Option(min=1, help="cells per side")] = 2,
     objects: Annotated[str, typer.Option(help="objects per image, MIN-MAX")] = "1-4",
     n: Annotated[int, typer.Option(min=1, help="number of images")] = 1000,
-    cell: Annotated[Optional[int], typer.Option(help="cell side in pixels (default: from the source)")] = None,
+    cell: Annotated[int | None, typer.Option(help="cell side in pixels (default: from the source)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     images: Annotated[bool, typer.Option(help="also write one PNG per image")] = True,
 ) -> None:
@@ -718,10 +731,10 @@ def synth_vessels(
     ] = 3,
     n: Annotated[int, typer.Option(min=1, help="number of cases (11: 6 train / 2 val / 3 test, as in DS6)")] = 11,
     shape: Annotated[
-        Optional[list[int]], typer.Option(help="size per axis, one value or one per axis (default 96 in 3D, 256 in 2D)")
+        list[int] | None, typer.Option(help="size per axis, one value or one per axis (default 96 in 3D, 256 in 2D)")
     ] = None,
     spacing: Annotated[
-        Optional[list[float]], typer.Option(help="voxel size per axis in mm (NIfTI header; default 1)")
+        list[float] | None, typer.Option(help="voxel size per axis in mm (NIfTI header; default 1)")
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed; case i depends on (seed, i) only")] = 0,
 ) -> None:
@@ -770,7 +783,7 @@ def synth_rnflt(
 @table_app.command("harvard")
 def table_harvard(
     folder: Annotated[Path, typer.Argument(help="folder of data_XXXX.npz files (the Harvard-GDP layout)")],
-    out: Annotated[Optional[Path], typer.Option(help="CSV to write (default FOLDER/table.csv)")] = None,
+    out: Annotated[Path | None, typer.Option(help="CSV to write (default FOLDER/table.csv)")] = None,
     labelled: Annotated[
         float, typer.Option(min=0, max=1, help="share of training patients whose label may be used")
     ] = 1.0,
@@ -788,7 +801,7 @@ def table_harvard(
 @table_app.command("folder")
 def table_folder(
     folder: Annotated[Path, typer.Argument(help="folder with one subfolder of images per class")],
-    out: Annotated[Optional[Path], typer.Option(help="CSV to write (default FOLDER/table.csv)")] = None,
+    out: Annotated[Path | None, typer.Option(help="CSV to write (default FOLDER/table.csv)")] = None,
     labelled: Annotated[
         float, typer.Option(min=0, max=1, help="share of training images whose label may be used")
     ] = 1.0,
@@ -807,22 +820,20 @@ def data_manifest(
     images: Annotated[Path, typer.Option(help="folder of images (NIfTI, PNG, TIFF, JPG, .npy)")],
     labels: Annotated[Path, typer.Option(help="folder of their masks, paired with the images by name")],
     out: Annotated[Path, typer.Option(help="manifest CSV to write; paths in it are relative to its folder")],
-    roi: Annotated[
-        Optional[Path], typer.Option(help="folder of region-of-interest masks (e.g. fields of view)")
-    ] = None,
-    truth: Annotated[Optional[Path], typer.Option(help="folder of reference masks used only for evaluation")] = None,
+    roi: Annotated[Path | None, typer.Option(help="folder of region-of-interest masks (e.g. fields of view)")] = None,
+    truth: Annotated[Path | None, typer.Option(help="folder of reference masks used only for evaluation")] = None,
     val: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(min=0, max=1, help="share of the labelled cases drawn for the validation split (default 0.1)"),
     ] = None,
     test: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(min=0, max=1, help="share of the labelled cases drawn for the test split (default 0.2)"),
     ] = None,
     split_from: Annotated[
-        Optional[Path], typer.Option(help="CSV with id and split columns (e.g. an earlier manifest): each case's split")
+        Path | None, typer.Option(help="CSV with id and split columns (e.g. an earlier manifest): each case's split")
     ] = None,
-    split: Annotated[Optional[str], typer.Option(help="put every case into this split: train, val or test")] = None,
+    split: Annotated[str | None, typer.Option(help="put every case into this split: train, val or test")] = None,
     seed: Annotated[int, typer.Option(help="random seed of the drawn split")] = 0,
     prefix: Annotated[str, typer.Option(help="text prepended to every id")] = "",
     unlabelled: Annotated[bool, typer.Option(help="keep images without a label, as unlabelled training cases")] = False,
@@ -862,7 +873,7 @@ def data_degrade(
     ],
     out: Annotated[Path, typer.Option(help="folder for labels/, noise.csv and manifest.csv")],
     strength: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             help="in pixels/voxels of the mask's own grid for thin "
             "(narrowest width kept, default 3), erode and dilate "

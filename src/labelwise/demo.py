@@ -27,10 +27,10 @@ from labelwise.config import load_config
 from labelwise.data.npz import save_npz
 from labelwise.data.synth import make_patchml, make_shapes, write_patchml
 from labelwise.engine import RunDir
-from labelwise.training import train
 from labelwise.errors import LabelwiseError
 from labelwise.evaluation.classification import evaluate_classification, write_outputs
 from labelwise.report import build_report
+from labelwise.training import train
 
 
 def _fresh(path: Path) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import noise_matrix as nm  # noqa: E402
+import noise_matrix as nm
 
 DICE = {
     ("clean", "unet-mss"): [0.80, 0.82, 0.81],

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import invoke_cli
-from scipy.ndimage import distance_transform_edt, generate_binary_structure, label, zoom
+from scipy.ndimage import distance_transform_edt, zoom
 from test_roi_intensity import fundus_set
 
 from labelwise.config import DataConfig
@@ -32,8 +32,8 @@ from labelwise.data.degrade import (
     thin,
     vessel_scales,
 )
-from labelwise.data.synth.vessels import make_vessel_case
 from labelwise.data.manifest import read_manifest
+from labelwise.data.synth.vessels import make_vessel_case
 from labelwise.data.volumes import read_volume
 from labelwise.errors import ConfigError, DataError
 

@@ -14,13 +14,10 @@ from conftest import REPO, run_cli
 from torch import nn
 
 from labelwise.config import DataConfig, load_config
-from labelwise.data.cache import CaseCache
 from labelwise.data.datasets import load_data, target_spacing
-from labelwise.data.manifest import read_manifest
 from labelwise.data.patches import read_case
 from labelwise.data.volumes import Volume, from_grid, read_volume, resample, to_grid, write_volume
-from labelwise.inference import load_run
-from labelwise.inference import predict_files
+from labelwise.inference import load_run, predict_files
 from labelwise.training import train
 
 # x runs right to left, y posterior... : axes permuted (array axis 0 is world z) and flipped, spacing (1, 1, 2)

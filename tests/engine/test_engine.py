@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from labelwise.config import load_config
-from labelwise.training import train
 from labelwise.engine.checkpoint import latest_checkpoint, load_state
 from labelwise.engine.trainer import learning_rate
 from labelwise.methods import METHODS
 from labelwise.methods.supervised import Supervised
+from labelwise.training import train
 
 
 def test_run_directory_holds_everything(tmp_path, tiny_config):

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO, SMOKE, run_cli
+from safetensors.torch import load_file
 
 SETTINGS = [
     "--set",

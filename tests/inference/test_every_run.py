@@ -34,8 +34,8 @@ def _moved(run_dir: Path, data: Path, tmp_path: Path) -> Path:
 
 
 def _explain(run_dir: Path, image: Path, target: str, tmp_path: Path) -> dict:
-    """``labelwise explain`` of ``image`` for ``target`` (a name): the one entry, its map checked finite, in [0, 1] and of
-    the input's spatial size."""
+    """``labelwise explain`` of ``image`` for ``target`` (a name): the one entry, its map checked finite, in [0, 1] and
+    of the input's spatial size."""
     out = tmp_path / "maps"
     code, output = cli("explain", "--run", str(run_dir), "--input", str(image), "--target", target, "--out", str(out))
     assert code == 0, output

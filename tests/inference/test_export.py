@@ -16,8 +16,8 @@ from conftest import run_cli
 from labelwise.config import load_config
 from labelwise.data.npz import save_npz
 from labelwise.data.synth import make_shapes
-from labelwise.training import train
 from labelwise.inference import load_run
+from labelwise.training import train
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")

@@ -17,8 +17,8 @@ from labelwise.data.npz import load_npz, save_npz
 from labelwise.data.synth import make_shapes
 from labelwise.data.table import write_folder_table
 from labelwise.data.volumes import read_volume
-from labelwise.training import train
 from labelwise.inference import load_run, predict_classes
+from labelwise.training import train
 
 TRAINER = {"max_steps": 2, "checkpoint_every": 2, "log_every": 1}
 

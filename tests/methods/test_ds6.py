@@ -14,9 +14,9 @@ from labelwise.augment import RandomElastic, warp
 from labelwise.config import load_config
 from labelwise.data import load_data
 from labelwise.data.volumes import read_volume
-from labelwise.training import train
 from labelwise.losses import focal_tversky_loss, mss_loss
 from labelwise.methods import METHODS
+from labelwise.training import train
 
 
 def config(manifest, method, **data):

@@ -17,7 +17,6 @@ from labelwise.config import load_config
 from labelwise.data import load_data
 from labelwise.data.npz import save_npz
 from labelwise.engine.checkpoint import latest_checkpoint
-from labelwise.training import build_trainer, train
 from labelwise.methods.pretrain import (
     MIMDecoder,
     knn_predict,
@@ -27,6 +26,7 @@ from labelwise.methods.pretrain import (
 )
 from labelwise.models import build_model
 from labelwise.models.backbones import build_backbone
+from labelwise.training import build_trainer, train
 
 MODEL = {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "batch"}
 

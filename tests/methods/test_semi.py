@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from labelwise.config import load_config
 from labelwise.data import load_data
 from labelwise.data.npz import save_npz
-from labelwise.training import build_trainer, train
 from labelwise.methods import METHODS
 from labelwise.methods.pseudo_supervisor import (
     alignment_offset,
@@ -24,6 +23,7 @@ from labelwise.methods.pseudo_supervisor import (
     normalise_returns,
 )
 from labelwise.methods.semi import classification_loss, confident_pseudo_loss, ramp_up
+from labelwise.training import build_trainer, train
 
 SEMI = ("pseudo_supervisor", "pseudo_label", "mean_teacher", "fixmatch")
 

@@ -29,7 +29,9 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path):
         {
             "__init__.py": "",
             "metrics/__init__.py": "",
-            "metrics/dice.py": "def f():\n    from labelwise.inference.run import load_run  # a lazy import still counts\n",
+            "metrics/dice.py": (
+                "def f():\n    from labelwise.inference.run import load_run  # a lazy import still counts\n"
+            ),
             "engine/__init__.py": "",
             "engine/trainer.py": "from labelwise.methods import METHODS\n",
             "methods/__init__.py": "METHODS = {}\n",
@@ -37,8 +39,11 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path):
             "explain/__init__.py": "",
             "explain/outputs.py": "from labelwise.data import reader\n",
             "data/__init__.py": "",
-            "data/reader.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from labelwise.config import Config\n"
-            "from labelwise.explain import outputs\n",
+            "data/reader.py": (
+                "from typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:\n    from labelwise.config import Config\n"
+                "from labelwise.explain import outputs\n"
+            ),
             "config.py": "from labelwise.methods import METHODS\n",
         },
     )

@@ -36,7 +36,8 @@ def evaluate_classification(
 ) -> dict:
     """Scores of every prediction file: ``{"label_set": ..., "models": [{"model": name, **scores}, ...]}``.
     ``single_labels``: the original label of each row, a CSV (``id`` + the one of ``label_columns``; rows matched by
-    ``ids`` when given, else in file order) or a single-label file (see :func:`labelwise.data.labelsets.read_labels`)."""
+    ``ids`` when given, else in file order) or a single-label file (see
+    :func:`labelwise.data.labelsets.read_labels`)."""
     sets = load_label_sets(label_sets)
     row_ids = read_ids(ids) if ids is not None else None
     given_single = None

@@ -268,7 +268,8 @@ def _weighted(weights: Tensor, activations: Tensor) -> Tensor:
 
 
 class GradCAM(CAM):
-    """Grad-CAM: ReLU(sum_k alpha_k A^k), alpha_k = mean_ij dy^c/dA^k_ij (Selvaraju et al., arXiv 1610.02391, eq. 1-2)."""
+    """Grad-CAM: ReLU(sum_k alpha_k A^k), alpha_k = mean_ij dy^c/dA^k_ij (Selvaraju et al., arXiv 1610.02391,
+    eq. 1-2)."""
 
     def combine(self, activations, gradients):
         return _weighted(gradients.flatten(3).mean(3), activations)

@@ -62,8 +62,8 @@ def evaluate_explanations(
     is. Maps are made at the input's size (linear upsampling, scaled to [0, 1]); deletion starts from zeros and
     insertion from a blurred image, ``steps`` steps each, scored by the model's ``activation`` (softmax classes, sigmoid
     labels); the pointing game counts a maximum within ``tolerance`` pixels of the mask (15, Zhang et al.); each row
-    records both. ``target_layer`` None: each method's default (the last spatial layer). ``options`` per method name (e.g.
-    Score-CAM's batch_size)."""
+    records both. ``target_layer`` None: each method's default (the last spatial layer). ``options`` per method name
+    (e.g. Score-CAM's batch_size)."""
     model = model.eval()
     spatial_dims = images.ndim - 2
     rows = []

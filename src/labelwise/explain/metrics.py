@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-POINTING_TOLERANCE = 15.0  # pixels: the pointing game's tolerance in Zhang et al. (ECCV 2016)
-
 from labelwise.errors import ConfigError, DataError
+
+POINTING_TOLERANCE = 15.0  # pixels: the pointing game's tolerance in Zhang et al. (ECCV 2016)
 
 __all__ = [
     "average_drop_increase",

@@ -10,9 +10,9 @@ Modules: ``run`` (:class:`RunModel`, :func:`load_run`), ``segmentation`` (``pred
 a training run writes at its end: the engine's output hook), ``explain``, ``export``.
 """
 
+from labelwise.inference.classification import predict_classes
 from labelwise.inference.explain import explain_files
 from labelwise.inference.export import export_run
-from labelwise.inference.classification import predict_classes
 from labelwise.inference.run import RunModel, input_files, load_run
 from labelwise.inference.segmentation import predict_files
 

@@ -378,7 +378,8 @@ def warmed_decay(decay: float, step: int) -> float:
 
 @torch.no_grad()
 def ema_update(online: nn.Module, target: nn.Module, decay: float) -> None:
-    """target = decay * target + (1 - decay) * online, parameter by parameter; buffers (batch-norm statistics) copied."""
+    """target = decay * target + (1 - decay) * online, parameter by parameter; buffers (batch-norm statistics)
+    copied."""
     for p, q in zip(online.parameters(), target.parameters(), strict=True):
         q.lerp_(p.detach(), 1 - decay)
     for p, q in zip(online.buffers(), target.buffers(), strict=True):

@@ -2,8 +2,9 @@
 
 Nothing is learnt by gradient descent. With ``threshold: tuned`` (the default) the one step of "training" picks the
 vesselness threshold that maximises the mean Dice against the labelled training cases (among quantiles of
-their positive vesselness and evenly spaced values); ``otsu`` thresholds every image by Otsu's method; a number is used as it is. The
-network is :class:`Vesselness`, so a frangi run predicts, is evaluated and is reported like any other run."""
+their positive vesselness and evenly spaced values); ``otsu`` thresholds every image by Otsu's method; a number is
+used as it is. The network is :class:`Vesselness`, so a frangi run predicts, is evaluated and is reported like any
+other run."""
 
 from __future__ import annotations
 

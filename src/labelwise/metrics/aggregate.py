@@ -90,8 +90,9 @@ def bootstrap_interval(
 
 
 def empty_mask_note(summary: dict[str, Any], n: int) -> str | None:
-    """One line on the cases of :func:`labelwise.evaluation.segmentation.summarize_cases`'s ``summary`` (``n`` in all) whose HD95 and ASSD are undefined
-    because a mask is empty, and how many cases their mean is over; None when there are none."""
+    """One line on the cases of :func:`labelwise.evaluation.segmentation.summarize_cases`'s ``summary`` (``n`` in all)
+    whose HD95 and ASSD are undefined because a mask is empty, and how many cases their mean is over; None when there
+    are none."""
     kinds = [
         (summary.get(key, 0), what)
         for key, what in (

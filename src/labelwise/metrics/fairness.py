@@ -20,10 +20,10 @@ import torch
 from scipy.stats import rankdata
 
 from labelwise.errors import DataError
+from labelwise.io import json_ready
 from labelwise.metrics import classification as cls
 from labelwise.metrics.aggregate import bootstrap_interval
 from labelwise.metrics.classification import f1_from_counts
-from labelwise.io import json_ready
 
 __all__ = [
     "auc_confidence_interval",
@@ -156,10 +156,11 @@ def summarize_binary(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The scores the semi-supervised capability reports for one binary outcome, as JSON-ready values:
-    ``auc``, ``auc_ci`` (bootstrap 95%; None when ``resamples`` is 0), ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (at ``threshold`` on the
-    probability ``scores``), ``sensitivity_at_90_specificity``, ``ece``, and per attribute column
-    ``group_auc`` ``{attribute: {group: auc or None}}``, ``group_n`` ``{attribute: {group: [cases, positives]}}``,
-    ``group_notes`` (why a group has none) and ``es_auc`` ``{attribute: value}``. Undefined values are None."""
+    ``auc``, ``auc_ci`` (bootstrap 95%; None when ``resamples`` is 0), ``accuracy``, ``balanced_accuracy``,
+    ``macro_f1`` (at ``threshold`` on the probability ``scores``), ``sensitivity_at_90_specificity``, ``ece``, and per
+    attribute column ``group_auc`` ``{attribute: {group: auc or None}}``, ``group_n``
+    ``{attribute: {group: [cases, positives]}}``, ``group_notes`` (why a group has none) and ``es_auc``
+    ``{attribute: value}``. Undefined values are None."""
     scores, labels = binary_scores(scores, labels)
     predicted = scores >= threshold
 

@@ -9,7 +9,8 @@ to the ViTs, whose position embeddings are built for one size.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from monai.networks import nets
 from torch import nn

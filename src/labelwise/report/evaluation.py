@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 
 import labelwise
 from labelwise.io import atomic_write
-from labelwise.report.figures import _png
 from labelwise.report.common import environment
+from labelwise.report.figures import _png
 
 SUBGROUP_COLUMNS = ("top1", "real_top1", "variable_topk_subset", "variable_topk_fraction")
 
@@ -117,7 +117,8 @@ def subgroup_png(models: list[dict], key: str = "variable_topk_subset") -> bytes
 
 
 def build_evaluation_report(result: dict, out: str | Path, title: str = "Multi-label-aware evaluation") -> Path:
-    """Write the report of :func:`labelwise.evaluation.classification.evaluate_classification`'s ``result`` to ``out``."""
+    """Write the report of :func:`labelwise.evaluation.classification.evaluate_classification`'s ``result`` to
+    ``out``."""
     models = result["models"]
     figures = {
         "scatter": _embed(scatter_png(models), "Top-1 against ReaL and variable top-k"),

@@ -30,8 +30,8 @@ import labelwise
 from labelwise.errors import DataError
 from labelwise.io import atomic_write
 from labelwise.metrics.fairness import binary_scores, roc_auc
-from labelwise.report.figures import _number, _png
 from labelwise.report.common import environment, save_figure
+from labelwise.report.figures import _number, _png
 
 ES_AUC_DEFINITION = (
     "ES-AUC = AUC / (1 + Σ_groups |AUC − AUC_group|) (Luo et al., ICCV 2023): 1 when every group "

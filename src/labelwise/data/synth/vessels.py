@@ -36,8 +36,8 @@ import numpy as np
 
 from labelwise.data.volumes import write_volume
 from labelwise.errors import ConfigError
-from labelwise.io import atomic_write
 from labelwise.filters.vesselness import frangi_segment
+from labelwise.io import atomic_write
 
 __all__ = ["case_seed", "make_vessel_case", "split_counts", "write_vessels"]
 
