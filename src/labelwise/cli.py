@@ -674,6 +674,42 @@ def export(
     typer.echo(f"wrote {files[0]} and {files[1]}")
 
 
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="a segmentation run directory")],
+    out: Annotated[Path, typer.Option(help="output folder: cases.csv, suspects/, figures/, report.html, audit.json")],
+    input: Annotated[
+        Path | None,
+        typer.Option(help="the manifest whose masks to audit (default: the run's own training manifest)"),
+    ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="audit the run's training cases too, with K runs of its config each trained without one fold "
+            "(in OUT/folds/; a killed audit resumes them)",
+        ),
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="audit only the cases of this split (train, val, test); repeat for more")
+    ] = None,
+    fix: Annotated[
+        Path | None,
+        typer.Option(
+            help="also write FIX/manifest.csv: the input's cases with each suspect flipped to its confident class "
+            "in FIX/labels/ (the original masks are never written), ready for labelwise train"
+        ),
+    ] = None,
+) -> None:
+    """Find suspect labels: the pixels where a mask disagrees with the run's out-of-sample probabilities (missed
+    structure: confidently foreground but labelled background; extra: the reverse), a quality score per case, the
+    worst cases on a page, and with --fix a corrected manifest. The run's probabilities are out of sample only for
+    the cases it did not train on; its training cases need --folds K."""
+    from labelwise.audit import audit_run
+
+    audit_run(run_dir, out, manifest=input, folds=folds, fix=fix, splits=split)
+
+
 @synth_app.command("shapes")
 def synth_shapes(
     out: Annotated[Path, typer.Option(help="output .npz file")],

@@ -178,11 +178,13 @@ class MaskAudit:
     """One mask's audit: ``suspects`` (the mask's shape, uint8: 0 believed, 1 missed structure (labelled background,
     confidently foreground), 2 extra (labelled foreground, confidently background), 3 swapped between foreground
     classes); ``score`` per pixel (the probability of the label given: low is suspect; 1 outside the roi);
-    ``quality``, the soft Dice of the labelled foreground with the model's (nan where both are empty)."""
+    ``quality``, the soft Dice of the labelled foreground with the model's (nan where both are empty);
+    ``corrected``, the mask with every suspect given its confident class."""
 
     suspects: np.ndarray
     score: np.ndarray
     quality: float
+    corrected: np.ndarray
 
     @property
     def missed(self) -> int:
@@ -212,4 +214,6 @@ def mask_suspects(
     labelled = (y > 0).astype(np.float64)
     total = foreground.sum() + labelled.sum()
     quality = float(2 * (foreground * labelled).sum() / total) if total > 0 else float("nan")
-    return MaskAudit(suspects=suspects, score=score, quality=quality)
+    corrected = label.copy()
+    corrected[inside] = np.where(flagged, confident, y)
+    return MaskAudit(suspects=suspects, score=score, quality=quality, corrected=corrected)

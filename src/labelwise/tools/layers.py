@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "labelwise.demo": 6,
     "labelwise.training": 6,
     "labelwise.tools": 6,
+    "labelwise.audit": 6,
 }
 FORBIDDEN = {("labelwise.engine", "labelwise.methods"): "the engine runs a Method through its interface"}
 

@@ -1,0 +1,120 @@
+"""Cross-fitting: out-of-sample probabilities for a run's training cases.
+
+A run's probabilities for the cases it trained on have memorised their labels' noise, so they cannot audit them.
+With ``--folds K`` the training cases are dealt into K folds (shuffled by the run's seed), and K runs of the run's
+own config each train on the manifest without one fold; each then predicts the fold it did not see. The runs live
+in ``OUT/folds/fold-<k>/``: a finished one is reused, a killed one resumes from its last checkpoint, so a killed
+audit picks up where it stopped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from labelwise.config import load_config
+from labelwise.data.manifest import Case
+from labelwise.errors import LabelwiseError
+from labelwise.io import atomic_write
+
+__all__ = ["assign_folds", "fold_runs", "write_manifest_rows"]
+
+
+def assign_folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
+    """Each id's fold in ``0..k-1``: the sorted ids shuffled by ``seed``, dealt round-robin (fold sizes differ by at
+    most one)."""
+    if k < 2:
+        raise LabelwiseError(f"--folds {k}: cross-fitting needs at least 2 folds")
+    if len(ids) < k:
+        raise LabelwiseError(f"--folds {k}: only {len(ids)} labelled training case(s) to deal into {k} folds")
+    order = np.random.default_rng(seed).permutation(sorted(ids))
+    return {str(cid): i % k for i, cid in enumerate(order)}
+
+
+def write_manifest_rows(
+    path: Path,
+    cases: Sequence[Case],
+    extra: dict[str, dict[str, str]] | None = None,
+    labels: dict[str, Path] | None = None,
+) -> Path:
+    """A manifest of ``cases`` at ``path`` (absolute paths, so it can live anywhere); ``labels`` replaces the label
+    of the ids it holds, ``extra`` adds columns per id."""
+    extra = extra or {}
+    labels = labels or {}
+    columns = ["id", "image", "label", "split", "truth", "roi"]
+    columns += sorted({c for row in extra.values() for c in row})
+    rows = []
+    for case in cases:
+        label = labels.get(case.id, case.label)
+        rows.append(
+            {
+                "id": case.id,
+                "image": str(Path(case.image).resolve()),
+                "label": str(Path(label).resolve()) if label is not None else "",
+                "split": case.split,
+                "truth": str(Path(case.truth).resolve()) if case.truth else "",
+                "roi": str(Path(case.roi).resolve()) if case.roi else "",
+                **extra.get(case.id, {}),
+            }
+        )
+    from io import StringIO
+
+    text = StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
+    return path
+
+
+def fold_runs(
+    run_dir: Path, cases: Sequence[Case], training: Sequence[str], k: int, out: Path, report: Callable[[str], None]
+) -> dict[str, Path]:
+    """Train (or reuse, or resume) the K fold runs of ``run_dir``'s config on ``cases`` (a manifest's cases), each
+    without one fold of the ``training`` ids; returns each training id's fold run directory."""
+    from labelwise.training import train
+
+    saved = load_config(run_dir / "config.yaml", check_files=False)
+    folds = assign_folds(training, k, saved.seed)
+    folder = out / "folds"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "folds.json", json.dumps({"k": k, "seed": saved.seed, "folds": folds}, indent=1) + "\n")
+    where: dict[str, Path] = {}
+    for fold in range(k):
+        held = {cid for cid, f in folds.items() if f == fold}
+        home = folder / f"fold-{fold}"
+        manifest = write_manifest_rows(home / "manifest.csv", [c for c in cases if c.id not in held])
+        target = home / "run"
+        status = _status(target)
+        if status == "completed":
+            report(f"[fold {fold + 1}/{k}] done earlier: {target}")
+        else:
+            report(
+                f"[fold {fold + 1}/{k}] {'resuming' if status == 'interrupted' else 'training'} without "
+                f"{len(held)} case(s): {target}"
+            )
+            config = load_config(run_dir / "config.yaml", [f"data.manifest={manifest}"])
+            result = train(config, target, resume=status == "interrupted")
+            if result.status != "completed":
+                raise LabelwiseError(f"fold {fold + 1}/{k}: training {result.status}: {result.message}")
+        where.update({cid: target for cid in held})
+    return where
+
+
+def _status(run: Path) -> str | None:
+    """``completed``, ``interrupted`` (stopped or killed with a checkpoint to resume from) or None (nothing usable:
+    whatever is there is cleared and the fold trains from scratch)."""
+    try:
+        status = json.loads((run / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if status == "completed":
+        return "completed"
+    if (run / "checkpoints" / "latest.json").is_file():
+        return "interrupted"
+    shutil.rmtree(run, ignore_errors=True)
+    return None

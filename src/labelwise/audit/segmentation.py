@@ -1,0 +1,265 @@
+"""The audit of a segmentation run's masks: suspect maps, case scores, a page, and corrected masks.
+
+Written under ``out``::
+
+    cases.csv                 one row per audited case, worst first: quality (soft Dice of the mask with the
+                              model's probabilities inside the roi; 1 where they agree), missed / extra / swapped
+                              suspect pixels, where its probabilities came from (the run, or fold k)
+    suspects/<id>.<suffix>    the suspect map in the mask's format and geometry: 0 believed, 1 missed structure
+                              (labelled background, confidently foreground), 2 extra (labelled foreground,
+                              confidently background), 3 swapped between foreground classes
+    figures/<id>.png          image | mask | suspects over the image, for the worst cases
+    report.html               the worst cases, their scores and figures
+    audit.json                the thresholds, the counts and where each case's probabilities came from
+    probabilities/<id>.npy    the out-of-sample class probabilities (float16; reused by a resumed audit)
+    folds/                    with --folds: the cross-fitted runs (see :mod:`labelwise.audit.folds`)
+
+With ``fix``, ``fix/manifest.csv`` is the input manifest with every suspect flipped to its confident class in
+``fix/labels/<id>.<suffix>`` (the originals are never written) and columns saying what changed per case."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelwise.audit.folds import fold_runs, write_manifest_rows
+from labelwise.config import load_config
+from labelwise.data.manifest import SPLITS, Case, read_manifest
+from labelwise.data.volumes import Volume, from_grid, read_volume, suffix_of, write_volume
+from labelwise.errors import DataError, LabelwiseError
+from labelwise.inference.figures import mask_overlay_rgb, project, write_png
+from labelwise.inference.run import RunModel, load_run, reporter
+from labelwise.io import atomic_open, atomic_write
+from labelwise.metrics.label_quality import SWAPPED, MaskAudit, mask_suspects, mask_thresholds
+from labelwise.report.audit import build_audit_page
+
+__all__ = ["audit_run", "run_cases"]
+
+WORST = 12  # cases shown on the page
+
+
+def run_cases(run_dir: Path) -> list[Case]:
+    """The cases of the manifest ``run_dir`` trained on (its saved ``data.manifest``, relative to the run)."""
+    saved = load_config(run_dir / "config.yaml", check_files=False)
+    if saved.data.manifest is None:
+        raise LabelwiseError(f"{run_dir}: the run trained on generated data (no data.manifest); give --input")
+    path = Path(saved.data.manifest)
+    path = path if path.is_absolute() else run_dir / path
+    try:
+        return read_manifest(path)
+    except DataError as err:
+        raise LabelwiseError(
+            f"{run_dir}: its training manifest cannot be read, so its training cases are unknown "
+            f"({str(err).splitlines()[0]})"
+        ) from None
+
+
+def _case_probabilities(run: RunModel, case: Case) -> tuple[np.ndarray, Volume]:
+    """``(K, *spatial)`` class probabilities of ``case`` on its own grid, and the raw image."""
+    raw = run.read_raw(case.image)
+    image = run.preprocess(raw)
+    logits = run.logits(torch.from_numpy(image.array)[None], spacing=image.spacing)
+    if image.grid is not None and image.grid.changed:
+        logits = torch.from_numpy(from_grid(logits.numpy(), image.grid))
+    probs = run.probabilities(logits)[0].numpy()
+    if probs.shape[0] == 1:  # one sigmoid channel: the foreground
+        probs = np.concatenate([1 - probs, probs])
+    return probs, raw
+
+
+def audit_run(
+    run_dir: str | Path,
+    out: str | Path,
+    manifest: str | Path | None = None,
+    folds: int | None = None,
+    fix: str | Path | None = None,
+    splits: Sequence[str] | None = None,
+    worst: int = WORST,
+    progress: bool | Callable[[str], None] = True,
+) -> dict[str, Any]:
+    """Audit the masks of ``manifest`` (default: the run's own; ``splits``: only its cases of these splits) with
+    segmentation run ``run_dir``; see the module docstring for what is written. Cases the run trained on need
+    ``folds`` (K >= 2 cross-fitted runs); without it they are refused when ``manifest`` is given, and left out (with
+    a note) when it is not. Returns audit.json's content."""
+    run_dir, out = Path(run_dir), Path(out)
+    report = reporter(progress)
+    run = load_run(run_dir)
+    if run.task != "segmentation":
+        raise LabelwiseError(
+            f"{run_dir}: a classification run; the audit of class labels is not built yet "
+            "(labelwise audit takes segmentation runs)"
+        )
+    own = run_cases(run_dir)
+    training = {c.id for c in own if c.split == "train"} | {
+        str(Path(c.image).resolve()) for c in own if c.split == "train"
+    }
+    cases = read_manifest(manifest) if manifest is not None else own
+    unknown = sorted(set(splits or ()) - set(SPLITS))
+    if unknown:
+        raise LabelwiseError(f"--split {unknown[0]}: use one of {', '.join(SPLITS)}")
+    labelled = [c for c in cases if c.label is not None and (not splits or c.split in splits)]
+    if not labelled:
+        raise DataError(
+            f"{manifest or run_dir}: no labelled cases to audit{' in split ' + ', '.join(splits) if splits else ''}"
+        )
+    seen = [c for c in labelled if c.id in training or str(Path(c.image).resolve()) in training]
+    if folds is None and seen:
+        if manifest is not None:
+            names = ", ".join(c.id for c in seen[:5]) + (", ..." if len(seen) > 5 else "")
+            raise LabelwiseError(
+                f"{len(seen)} case(s) of {manifest} trained {run_dir} ({names}): its probabilities "
+                "for them are in-sample and have memorised their labels' noise; audit them with "
+                "--folds K (K runs, each without one fold), or keep the cases the run did not train "
+                "on with --split val --split test"
+            )
+        report(
+            f"note: {len(seen)} training case(s) left out: the run's probabilities for them are in-sample; "
+            "add --folds K to audit them too"
+        )
+        labelled = [c for c in labelled if c not in seen]
+        if not labelled:
+            raise LabelwiseError(f"{run_dir}: every labelled case trained the run; audit them with --folds K")
+    source: dict[str, Path] = {c.id: run_dir for c in labelled}
+    if folds is not None:
+        train_ids = [c.id for c in labelled if c in seen or c.split == "train"]
+        source.update(fold_runs(run_dir, cases, train_ids, folds, out, report))
+
+    probabilities = out / "probabilities"
+    models: dict[Path, RunModel] = {run_dir: run}
+    started = time.perf_counter()
+    for number, case in enumerate(labelled, 1):
+        saved = probabilities / f"{case.id}.npy"
+        if saved.is_file():
+            continue
+        where = source[case.id]
+        model = models.get(where) or models.setdefault(where, load_run(where))
+        probs, _ = _case_probabilities(model, case)
+        with atomic_open(saved) as handle:
+            np.save(handle, probs.astype(np.float16))
+        report(
+            f"[{number}/{len(labelled)}] {case.id}: probabilities from "
+            f"{'the run' if where == run_dir else where.parent.name}"
+        )
+
+    def items():
+        for case in labelled:
+            label = read_volume(case.label, mask=True)
+            probs = np.load(probabilities / f"{case.id}.npy").astype(np.float32)
+            if probs.shape[1:] != label.array.shape:
+                raise DataError(
+                    f"{case.label}: mask of shape {label.array.shape}, but its image {case.image} has {probs.shape[1:]}"
+                )
+            roi = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else None
+            yield case, probs, label, roi
+
+    thresholds = mask_thresholds((p, lab.array, roi) for _, p, lab, roi in items())
+    rows, audits = [], {}
+    for case, probs, label, roi in items():
+        result = mask_suspects(probs, label.array, thresholds, roi)
+        suffix = suffix_of(case.label)
+        write_volume(out / "suspects" / f"{case.id}{suffix}", result.suspects, label.spacing, label.affine)
+        rows.append(
+            {
+                "id": case.id,
+                "split": case.split,
+                "quality": result.quality,
+                "missed": result.missed,
+                "extra": result.extra,
+                "swapped": int((result.suspects == SWAPPED).sum()),
+                "label_voxels": int((label.array > 0).sum()),
+                "probabilities": "run" if source[case.id] == run_dir else source[case.id].parent.name,
+            }
+        )
+        audits[case.id] = result
+        if fix is not None:
+            _write_fixed(Path(fix), case, label, result)
+    rows.sort(key=lambda r: (np.nan_to_num(r["quality"], nan=2.0), r["id"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    _write_csv(out / "cases.csv", rows)
+    shown = rows[:worst]
+    for row in shown:
+        case = next(c for c in labelled if c.id == row["id"])
+        _figure(out / "figures" / f"{case.id}.png", case, audits[case.id], row)
+    summary = {
+        "run": str(run_dir),
+        "input": str(manifest) if manifest is not None else None,
+        "folds": folds,
+        "thresholds": [float(t) for t in thresholds],
+        "cases": len(rows),
+        "missed": sum(r["missed"] for r in rows),
+        "extra": sum(r["extra"] for r in rows),
+        "swapped": sum(r["swapped"] for r in rows),
+        "seconds": round(time.perf_counter() - started, 2),
+        "fix": str(fix) if fix is not None else None,
+    }
+    if fix is not None:
+        _write_fixed_manifest(Path(fix), cases, audits)
+    atomic_write(out / "audit.json", json.dumps(summary, indent=1) + "\n")
+    build_audit_page(out / "report.html", summary, rows, {r["id"]: out / "figures" / f"{r['id']}.png" for r in shown})
+    report(
+        f"audited {len(rows)} case(s): {summary['missed']} missed and {summary['extra']} extra suspect "
+        f"pixels; worst {rows[0]['id']} (quality {rows[0]['quality']:.3f}); {out / 'report.html'}"
+    )
+    return summary
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = ["rank", "id", "split", "quality", "missed", "extra", "swapped", "label_voxels", "probabilities"]
+    lines = [",".join(columns)]
+    for row in rows:
+        lines.append(",".join(f"{row[c]:.6f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    atomic_write(path, "\n".join(lines) + "\n")
+
+
+def _figure(path: Path, case: Case, audit: MaskAudit, row: dict[str, Any]) -> None:
+    """image | mask | suspects (missed, extra, swapped in the overlay's colours 1-3); a 3D case shows the slice
+    along the last axis with the most suspects."""
+    image = read_volume(case.image).array.mean(axis=0)
+    label = read_volume(case.label, mask=True).array
+    suspects = audit.suspects
+    if suspects.ndim == 3:
+        z = int((suspects > 0).sum(axis=(0, 1)).argmax())
+        image, label, suspects = image[..., z], label[..., z], suspects[..., z]
+    panels = [
+        mask_overlay_rgb(image, np.zeros_like(label)),
+        mask_overlay_rgb(image, (label > 0).astype(np.int64)),
+        mask_overlay_rgb(image, suspects.astype(np.int64)),
+    ]
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    rgb = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+    write_png(
+        path,
+        project(rgb) if rgb.ndim == 4 else rgb,
+        f"{case.id}: quality {row['quality']:.3f}, {row['missed']} missed, {row['extra']} extra",
+    )
+
+
+def _write_fixed(fix: Path, case: Case, label: Volume, audit: MaskAudit) -> None:
+    changed = audit.suspects > 0
+    if not changed.any():
+        return
+    write_volume(fix / "labels" / f"{case.id}{suffix_of(case.label)}", audit.corrected, label.spacing, label.affine)
+
+
+def _write_fixed_manifest(fix: Path, cases: list[Case], audits: dict[str, MaskAudit]) -> None:
+    labels, extra = {}, {}
+    for case in cases:
+        result = audits.get(case.id)
+        if result is None:
+            extra[case.id] = {"audit": "not audited"}
+            continue
+        if (result.suspects > 0).any():
+            labels[case.id] = fix / "labels" / f"{case.id}{suffix_of(case.label)}"
+        extra[case.id] = {
+            "audit": f"{result.missed} missed added, {result.extra} extra removed, "
+            f"{int((result.suspects == SWAPPED).sum())} swapped",
+            "audit_original_label": str(Path(case.label).resolve()) if case.label else "",
+        }
+    write_manifest_rows(fix / "manifest.csv", cases, extra, labels)

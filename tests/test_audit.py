@@ -1,0 +1,183 @@
+"""`labelwise audit` on the user's path: PNG images and masks on disk, a trained run, the audit's files, the fix,
+and training on the fixed manifest; the refusal of in-sample training cases; a killed cross-fitting resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import invoke_cli
+
+from labelwise.config import load_config
+from labelwise.data.manifest import read_manifest
+from labelwise.data.volumes import read_volume, write_volume
+from labelwise.training import train
+
+SPLITS = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
+UNSEEN = ("--split", "val", "--split", "test")  # the cases the run did not train on
+
+
+def bar(i: int, size: int = 32) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    mask[4:28, 6 + 2 * i % 18 : 10 + 2 * i % 18] = 1
+    return mask
+
+
+def make_pngs(folder, corrupt: dict[int, str]):
+    """12 grey pictures of a bright bar and their masks; ``corrupt`` {case: "missed" | "extra"} damages a mask: the
+    bar's top half taken out, or a blob where there is nothing."""
+    rng = np.random.default_rng(0)
+    rows = ["id,image,label,split"]
+    for i, split in enumerate(SPLITS):
+        truth = bar(i)
+        image = np.clip(0.2 + 0.6 * truth + rng.normal(0, 0.05, truth.shape), 0, 1)
+        label = truth.copy()
+        if corrupt.get(i) == "missed":
+            label[4:16] = 0
+        elif corrupt.get(i) == "extra":
+            label[26:31, 22:30] = 1
+        write_volume(folder / "images" / f"case{i}.png", image)
+        write_volume(folder / "labels" / f"case{i}.png", label)
+        rows.append(f"case{i},images/case{i}.png,labels/case{i}.png,{split}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+def config(manifest, steps=60):
+    return load_config(
+        {
+            "name": "audit-2d",
+            "seed": 0,
+            "method": "supervised",
+            "data": {
+                "manifest": str(manifest),
+                "task": "segmentation",
+                "patch_size": [32, 32],
+                "batch_size": 4,
+                "patches_per_volume": 4,
+            },
+            "model": {"name": "unet", "channels": [8, 16], "norm": "instance"},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 20},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def bars(tmp_path_factory):
+    """A run trained on clean bars; a copy of the data whose val case 8 misses half its bar and test case 11 has an
+    extra blob, and whose training case 0 misses half its bar."""
+    root = tmp_path_factory.mktemp("audit")
+    clean = make_pngs(root / "clean", {})
+    run = root / "run"
+    train(config(clean), run)
+    noisy = make_pngs(root / "noisy", {8: "missed", 11: "extra", 0: "missed"})
+    return root, run, noisy
+
+
+def rows_of(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_audit_finds_the_damaged_val_and_test_masks(bars, tmp_path):
+    root, run, noisy = bars
+    out = tmp_path / "audit"
+    code, text = invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(out), *UNSEEN)
+    assert code == 0, text
+    rows = rows_of(out / "cases.csv")
+    assert {r["id"] for r in rows} == {"case8", "case9", "case10", "case11"}  # the training cases are left out
+    assert [r["id"] for r in rows[:2]] == ["case8", "case11"] or [r["id"] for r in rows[:2]] == ["case11", "case8"]
+    by_id = {r["id"]: r for r in rows}
+    assert int(by_id["case8"]["missed"]) > 30 and int(by_id["case11"]["extra"]) > 20
+    # the suspect map: a PNG in the mask's geometry, missed pixels on the removed half of the bar
+    truth, label = bar(8), read_volume(root / "noisy" / "labels" / "case8.png", mask=True).array
+    suspects = read_volume(out / "suspects" / "case8.png", mask=True).array
+    assert suspects.shape == truth.shape
+    removed = (truth > 0) & (label == 0)
+    assert (suspects[removed] == 1).mean() > 0.8 and (suspects[~removed] == 1).mean() < 0.02
+    blob = np.zeros_like(truth, dtype=bool)
+    blob[26:31, 22:30] = bar(11)[26:31, 22:30] == 0
+    suspects = read_volume(out / "suspects" / "case11.png", mask=True).array
+    assert (suspects[blob] == 2).mean() > 0.8
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["cases"] == 4 and len(summary["thresholds"]) == 2
+    page = (out / "report.html").read_text()
+    assert "case8" in page and "data:image/png;base64," in page
+
+
+def test_training_cases_are_refused_without_folds(bars, tmp_path):
+    _, run, noisy = bars
+    code, text = invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(tmp_path / "a"))
+    assert code == 2
+    assert "in-sample" in text and "--folds" in text and "case0" in text
+
+
+def test_fix_then_train_on_the_fixed_manifest(bars, tmp_path):
+    root, run, noisy = bars
+    out, fixed = tmp_path / "audit", tmp_path / "fixed"
+    code, text = invoke_cli(
+        "audit",
+        str(run),
+        "--input",
+        str(noisy),
+        "--out",
+        str(out),
+        "--split",
+        "val",
+        "--split",
+        "test",
+        "--fix",
+        str(fixed),
+    )
+    assert code == 0, text
+    cases = {c.id: c for c in read_manifest(fixed / "manifest.csv")}
+    assert len(cases) == len(SPLITS)
+    # the damaged masks are repaired towards the truth; the originals are untouched
+    for i in (8, 11):
+        original = read_volume(root / "noisy" / "labels" / f"case{i}.png", mask=True).array
+        repaired = read_volume(cases[f"case{i}"].label, mask=True).array
+        truth = bar(i)
+        assert (repaired != truth).sum() < (original != truth).sum() / 4
+    assert cases["case0"].label == (root / "noisy" / "labels" / "case0.png").resolve()  # not audited: unchanged
+    rows = {r["id"]: r for r in rows_of(fixed / "manifest.csv")}
+    assert rows["case8"]["audit"].endswith("swapped") and int(rows["case8"]["audit"].split()[0]) > 30
+    assert rows["case0"]["audit"] == "not audited"
+    result = train(config(fixed / "manifest.csv", steps=2), tmp_path / "retrained")
+    assert result.status == "completed"
+
+
+def test_folds_audit_training_cases_and_resume(bars, tmp_path, monkeypatch):
+    """--folds 2 cross-fits two runs; a kill during the second fold leaves the first done, and the rerun trains
+    only the second."""
+    root, run, noisy = bars
+    out = tmp_path / "audit"
+    import labelwise.training as training
+
+    real, calls = training.train, []
+
+    def killed_in_fold_two(cfg, run_dir, resume=False):
+        calls.append((str(run_dir), resume))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, run_dir, resume)
+
+    monkeypatch.setattr(training, "train", killed_in_fold_two)
+    from labelwise.audit import audit_run
+
+    with pytest.raises(KeyboardInterrupt):  # (the CLI turns it into an abort)
+        audit_run(run, out, manifest=noisy, folds=2, progress=False)
+    assert (out / "folds" / "fold-0" / "run" / "summary.json").is_file()
+    calls.clear()
+    monkeypatch.setattr(
+        training, "train", lambda cfg, run_dir, resume=False: calls.append(run_dir) or real(cfg, run_dir, resume)
+    )
+    code, text = invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(out), "--folds", "2")
+    assert code == 0, text
+    assert [p.parent.name for p in calls] == ["fold-1"]
+    rows = {r["id"]: r for r in rows_of(out / "cases.csv")}
+    assert len(rows) == len(SPLITS)
+    assert rows["case0"]["probabilities"].startswith("fold-") and rows["case8"]["probabilities"] == "run"
+    assert int(rows["case0"]["missed"]) > 0
