@@ -12,6 +12,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, driven by Playwright (no downloaded browser); CI installs it
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def require_chromium() -> None:
+    """Skip without Debian's chromium here; fail without it in CI, which installs it (see .ci/run)."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing, but CI installs Debian's chromium (see .ci/run)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium to run the browser test)")
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import invoke_cli
+from conftest import CHROMIUM, CHROMIUM_ARGS, invoke_cli, require_chromium
 
 from labelwise.config import load_config
 from labelwise.data.manifest import read_manifest
@@ -104,8 +104,27 @@ def test_audit_finds_the_damaged_val_and_test_masks(bars, tmp_path):
     assert (suspects[blob] == 2).mean() > 0.8
     summary = json.loads((out / "audit.json").read_text())
     assert summary["cases"] == 4 and len(summary["thresholds"]) == 2
-    page = (out / "report.html").read_text()
-    assert "case8" in page and "data:image/png;base64," in page
+    check_page_in_chromium(out / "report.html", rows)
+
+
+def check_page_in_chromium(page_path, rows):
+    """The page as Debian's chromium renders it: every case in the table, worst first, and every figure drawn."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_path.resolve().as_uri())
+            table = page.locator("#cases-table")
+            assert table.is_visible()
+            shown = table.locator("tbody tr").all_inner_texts()
+            assert [line.split()[1] for line in shown] == [r["id"] for r in rows]
+            widths = page.evaluate("Array.from(document.images).map(img => img.complete ? img.naturalWidth : 0)")
+            assert len(widths) == len(rows) and all(w > 0 for w in widths), widths
+        finally:
+            browser.close()
 
 
 def test_training_cases_are_refused_without_folds(bars, tmp_path):

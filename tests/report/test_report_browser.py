@@ -9,20 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 from labelwise.report import build_report
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -71,10 +61,7 @@ def _fake_run(root: Path) -> Path:
 
 @pytest.mark.browser
 def test_report_in_chromium(tmp_path):
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing, but CI installs Debian's chromium (see .ci/run)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium to run the browser test)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     report = build_report(_fake_run(tmp_path))

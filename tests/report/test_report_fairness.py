@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
 from test_report import (
@@ -38,17 +39,6 @@ from labelwise.report.fairness import (
     roc_png,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO = Path(__file__).resolve().parents[2]
 RESAMPLES = 200  # bootstrap resamples of the AUC interval: enough for a test
 
@@ -383,10 +373,7 @@ def test_standalone_report(tmp_path):
 
 @pytest.mark.browser
 def test_standalone_report_in_chromium(tmp_path):
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing, but CI installs Debian's chromium (see .ci/run)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium to run the browser test)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     probability, target, attributes = multilabel_cases()
