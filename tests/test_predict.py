@@ -234,8 +234,14 @@ def test_predict_2d_pictures(tmp_path):
     mask = read_volume(out / entry["mask"], mask=True).array
     assert probability.shape == mask.shape == (21, 30) and probability.dtype == np.float32
     assert read_volume(out / entry["probability"]).array.shape == (1, 21, 30)
+    # the oracles: scikit-image's Otsu threshold of the probabilities, and the Dice by hand
+    from skimage.filters import threshold_otsu
+
+    assert entry["threshold"] == pytest.approx(threshold_otsu(probability.astype(np.float64)))
     np.testing.assert_array_equal(mask > 0, probability > entry["threshold"])
-    assert entry["spacing"] == [1.0, 1.0] and 0 <= entry["dice"] <= 1
+    inter = ((mask > 0) & (reference > 0)).sum()
+    assert entry["spacing"] == [1.0, 1.0]
+    assert entry["dice"] == pytest.approx(2 * inter / ((mask > 0).sum() + reference.sum()))
     diff = _downsampled(out / entry["diff"], mask.shape)
     assert (diff[(reference > 0) & (mask == 0)] == FN_RGB).all()
     assert (out / entry["mip"]).is_file()
