@@ -33,7 +33,7 @@ from labelwise.config import load_config
 from labelwise.data.manifest import SPLITS, Case, read_manifest
 from labelwise.data.volumes import Volume, from_grid, read_volume, suffix_of, write_volume
 from labelwise.errors import DataError, LabelwiseError
-from labelwise.inference.figures import mask_overlay_rgb, project, write_png
+from labelwise.inference.figures import mask_overlay_rgb, write_png
 from labelwise.inference.run import RunModel, load_run, reporter
 from labelwise.io import atomic_open, atomic_write
 from labelwise.metrics.label_quality import SWAPPED, MaskAudit, mask_suspects, mask_thresholds
@@ -221,6 +221,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def _figure(path: Path, case: Case, audit: MaskAudit, row: dict[str, Any]) -> None:
     """image | mask | suspects (missed, extra, swapped in the overlay's colours 1-3); a 3D case shows the slice
     along the last axis with the most suspects."""
+    assert case.label is not None  # only labelled cases are audited
     image = read_volume(case.image).array.mean(axis=0)
     label = read_volume(case.label, mask=True).array
     suspects = audit.suspects
@@ -236,14 +237,14 @@ def _figure(path: Path, case: Case, audit: MaskAudit, row: dict[str, Any]) -> No
     rgb = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
     write_png(
         path,
-        project(rgb) if rgb.ndim == 4 else rgb,
+        rgb,
         f"{case.id}: quality {row['quality']:.3f}, {row['missed']} missed, {row['extra']} extra",
     )
 
 
 def _write_fixed(fix: Path, case: Case, label: Volume, audit: MaskAudit) -> None:
-    changed = audit.suspects > 0
-    if not changed.any():
+    assert case.label is not None  # only labelled cases are audited
+    if not (audit.suspects > 0).any():
         return
     write_volume(fix / "labels" / f"{case.id}{suffix_of(case.label)}", audit.corrected, label.spacing, label.affine)
 
@@ -255,6 +256,7 @@ def _write_fixed_manifest(fix: Path, cases: list[Case], audits: dict[str, MaskAu
         if result is None:
             extra[case.id] = {"audit": "not audited"}
             continue
+        assert case.label is not None  # only labelled cases are audited
         if (result.suspects > 0).any():
             labels[case.id] = fix / "labels" / f"{case.id}{suffix_of(case.label)}"
         extra[case.id] = {

@@ -134,7 +134,7 @@ def multilabel_issues(probs: np.ndarray, labels: np.ndarray) -> ClassAudit:
     flipped = np.stack(flags, axis=1)
     likely = np.where(flipped, 1 - (labels > 0), labels > 0).astype(np.int64)
     return ClassAudit(
-        issue=flipped.any(axis=1),
+        issue=np.asarray(flipped.any(axis=1)),
         quality=np.stack(qualities, axis=1).min(axis=1),
         likely=likely,
         joint=np.stack(joints),
