@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -87,12 +87,13 @@ def cli_command() -> typer.core.TyperGroup:
             example = next((options[o] for o in param.opts if o in options), None)
             if example is None:
                 continue
+            assert isinstance(param, typer.core.TyperOption)  # the per-axis names are options (--window)
             if "space-separated" not in (param.help or ""):
                 param.help = (
                     f"{(param.help or '').rstrip('.')}; several values space-separated: {param.opts[0]} {example}"
                 )
             param.metavar = f"<{'float' if '.' in example else 'int'}> ..."
-    return command
+    return cast(typer.core.TyperGroup, command)  # an app of several commands: a group
 
 
 def _test_line(test: dict[str, float]) -> str:
@@ -630,7 +631,9 @@ def explain(
     unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown:
         raise LabelwiseError(f"--method {unknown[0]!r}: unknown; choose from {', '.join(METHOD_NAMES)}")
-    model = load_run(run or checkpoint)
+    source = run or checkpoint
+    assert source is not None  # one of them, checked above
+    model = load_run(source)
     out = out or model.run_dir / "explanations"
     files = input_files(input_)
     with Progress(transient=True) as bar:

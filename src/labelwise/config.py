@@ -360,7 +360,7 @@ def _check_choice(name: str, registry: dict[str, Any], what: str) -> str:
     return name
 
 
-def _did_you_mean(word: str, choices: Any) -> str:
+def _did_you_mean(word: str | int, choices: Any) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -91,26 +91,26 @@ def warp(x: Tensor, field: Tensor, mode: Mode = "bilinear", padding_mode: Paddin
 def elastic_deform(
     tensors: Sequence[Tensor],
     field: Tensor,
-    modes: Mode | Sequence[Mode] | None = None,
+    modes: Mode | Sequence[Mode | None] | None = None,
     padding_mode: PaddingMode = "border",
 ) -> tuple[Tensor, ...]:
     """Each of ``tensors`` ``(B, C_i, *spatial)`` warped by the one ``field`` ``(B or 1, *spatial, d)``.
 
     ``modes``: one per tensor, one for all, or None: ``bilinear`` for floating tensors, ``nearest`` for the rest."""
     tensors = tuple(tensors)
-    if isinstance(modes, str) or modes is None:
-        modes = [modes] * len(tensors)
-    modes = list(modes)
-    if len(modes) != len(tensors):
-        raise ConfigError(f"modes: expected one mode per tensor ({len(tensors)}), got {len(modes)}: {modes!r}")
-    modes = [
-        m if m is not None else ("bilinear" if t.dtype.is_floating_point else "nearest") for m, t in zip(modes, tensors)
+    given: list[Mode | None] = [modes] * len(tensors) if isinstance(modes, str) or modes is None else list(modes)
+    if len(given) != len(tensors):
+        raise ConfigError(f"modes: expected one mode per tensor ({len(tensors)}), got {len(given)}: {given!r}")
+    chosen: list[Mode] = [
+        m if m is not None else ("bilinear" if t.dtype.is_floating_point else "nearest") for m, t in zip(given, tensors)
     ]
-    for t, m in zip(tensors, modes):
+    for t, m in zip(tensors, chosen):
         _check_pair(t, field)
         _check_modes(m, padding_mode)
-    warper = _warper(field.to(tensors[0].device), padding_mode) if tensors else None
-    return tuple(warper(t, m) for t, m in zip(tensors, modes))
+    if not tensors:
+        return ()
+    warper = _warper(field.to(tensors[0].device), padding_mode)
+    return tuple(warper(t, m) for t, m in zip(tensors, chosen))
 
 
 class RandomElastic:

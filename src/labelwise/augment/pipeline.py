@@ -130,7 +130,7 @@ class Augment:
     def __call__(self, image: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         dims = image.ndim - 2
         spatial_target = target is not None and target.ndim == image.ndim - 1 and target.shape[1:] == image.shape[2:]
-        mask = target.unsqueeze(1) if spatial_target else None
+        mask = target.unsqueeze(1) if target is not None and spatial_target else None
         image, mask = self._flip(image, mask, dims)
         image, mask = self._rotate90(image, mask)
         image, mask = self._affine(image, mask, dims)
@@ -160,14 +160,14 @@ class Augment:
         turns = torch.where(
             u[:, 0] < p, 1 + (u[:, 1] * 3).floor().clamp(max=2).long(), torch.zeros_like(u[:, 0]).long()
         )
-        outs = [image.clone(), None if mask is None else mask.clone()]
+        out_image, out_mask = image.clone(), None if mask is None else mask.clone()
         for k in (1, 2, 3):
             chosen = torch.nonzero(turns == k).flatten()
             if len(chosen):
-                outs[0][chosen] = torch.rot90(image[chosen], k, dims=(-2, -1))
-                if mask is not None:
-                    outs[1][chosen] = torch.rot90(mask[chosen], k, dims=(-2, -1))
-        return outs[0], outs[1]
+                out_image[chosen] = torch.rot90(image[chosen], k, dims=(-2, -1))
+                if mask is not None and out_mask is not None:
+                    out_mask[chosen] = torch.rot90(mask[chosen], k, dims=(-2, -1))
+        return out_image, out_mask
 
     def _affine(self, image: Tensor, mask: Tensor | None, dims: int) -> tuple[Tensor, Tensor | None]:
         o = self.options

@@ -153,8 +153,8 @@ class CaseCache:
             try:
                 import fcntl
             except ImportError:  # Windows: no lock; entries are still renamed into place whole
-                fcntl = None
-            if fcntl is not None:
+                pass
+            else:
                 fcntl.flock(handle, fcntl.LOCK_EX)
             yield
         finally:

@@ -52,7 +52,9 @@ class ArrayDataset(Dataset):
 class DataBundle:
     """The splits of one dataset and what a model needs to know about it."""
 
-    splits: dict[str, Dataset]
+    # ArrayDataset (arrays in memory), or VolumeDataset and PatchDataset (a manifest's segmentation cases): typed Any,
+    # as the code that takes a split uses what its task's kind of dataset has
+    splits: dict[str, Any]
     task: str
     num_classes: int
     in_channels: int
@@ -65,8 +67,8 @@ class DataBundle:
     # how an input file becomes a sample, with the statistics measured on the training split (see preprocess_image)
     preprocessing: dict = field(default_factory=lambda: {"intensity": "none"})
 
-    def split(self, name: str) -> ArrayDataset:
-        """One split; a clear error when it is empty."""
+    def split(self, name: str) -> Any:
+        """One split (see ``splits``); a clear error when it is empty."""
         if name not in self.splits or len(self.splits[name]) == 0:
             raise DataError(f"the data has no samples in split {name!r} (splits: {sorted(self.splits)})")
         return self.splits[name]
@@ -93,6 +95,7 @@ def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> 
         arrays = make_shapes(**cfg.synth.model_dump(exclude={"kind"}))
         source = f"built-in {cfg.synth.kind}"
     else:
+        assert cfg.path is not None  # DataConfig holds exactly one of path, synth and manifest
         arrays = load_npz(cfg.path, required=("image", "split", target_key))
         source = str(cfg.path)
     image, target, split = arrays["image"], arrays[target_key], arrays["split"].astype(str)
@@ -155,6 +158,7 @@ def _load_table(cfg: DataConfig, keep_unlabelled: bool) -> DataBundle:
     ``data.image_size`` and normalised (``data.intensity``; ``channel``: the training split's mean and std)."""
     from labelwise.data.table import load_images, read_table
 
+    assert cfg.manifest is not None  # load_data reads a table for a manifest
     table = read_table(cfg.manifest, cfg.labels, cfg.attributes)
     image = load_images(table.images, cfg.modalities, cfg.image_size)
     train_rows = table.splits == "train"
@@ -199,6 +203,7 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     from labelwise.data.manifest import read_manifest
     from labelwise.data.patches import PatchDataset
 
+    assert cfg.manifest is not None  # load_data reads cases for a manifest
     cases = read_manifest(cfg.manifest)
     chosen = {
         name: [i for i, c in enumerate(cases) if c.split == name and (c.labelled or keep_unlabelled)]
@@ -217,17 +222,16 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         preprocessing.update(
             cache.statistics([cases[i] for i in chosen["train"]], cfg.intensity, seed, cfg.reorient, spacing)
         )
-    splits: dict[str, Dataset] = dict(
-        cache.volumes(
-            {name: ([cases[i] for i in rows], np.array(rows, dtype=np.int64)) for name, rows in chosen.items()},
-            preprocessing,
-        )
+    volumes = cache.volumes(
+        {name: ([cases[i] for i in rows], np.array(rows, dtype=np.int64)) for name, rows in chosen.items()},
+        preprocessing,
     )
-    train = splits["train"]
+    splits: dict[str, Dataset] = dict(volumes)
+    train = volumes["train"]
     first = train.shapes[0]
     spatial_dims, in_channels = len(first) - 1, first[0]
     top = max(
-        m for split in splits.values() for m, labelled in zip(split.label_max, split.labelled.tolist()) if labelled
+        m for split in volumes.values() for m, labelled in zip(split.label_max, split.labelled.tolist()) if labelled
     )
     if cfg.patch_size is not None:
         splits["train"] = PatchDataset(train, cfg.patch_size, cfg.patches_per_volume, cfg.foreground_ratio, seed)
@@ -331,6 +335,7 @@ def intensity_statistics_of(cases: Iterable[tuple[Any, Any]], mode: str, seed: i
     if channels is None:
         raise DataError(f"data.intensity: {mode} needs training images; there are none")
     if mode == "channel":
+        assert mean is not None and square is not None  # set by the first case with voxels
         return {"channel_mean": mean.tolist(), "channel_std": np.sqrt(square / count).tolist()}
     values = np.concatenate(samples, axis=1)
     if values.shape[1] == 0:

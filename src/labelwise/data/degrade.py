@@ -408,6 +408,7 @@ def degrade_manifest(
         rows.append(row)
         if case.id not in todo:
             continue
+        assert case.label is not None  # todo holds labelled cases
         # keyed by the case id: the same case degrades alike whatever the manifest's order
         rng = np.random.default_rng([seed, zlib.crc32(case.id.encode())])
         applied, amount = (kind, value) if kind != "mixed" else draw_mixed(rng, value, with_image=True)

@@ -73,7 +73,7 @@ def read_manifest(path: str | Path) -> list[Case]:
         split = row.get("split", "")
         if split not in SPLITS:
             problems.append(f"{where}: split {split!r} of {case_id}; use one of {', '.join(SPLITS)}")
-        files = {}
+        files: dict[str, Path | None] = {}
         for column in ("image", "label", "truth", "roi"):
             text = row.get(column, "")
             if not text:
@@ -83,14 +83,16 @@ def read_manifest(path: str | Path) -> list[Case]:
             if not file.is_file():
                 problems.append(f"{where}: {column} of {case_id} not found: {file}")
             files[column] = file
-        if files["image"] is None:
+        image = files["image"]
+        if image is None:
             problems.append(f"{where}: {case_id} has no image")
         if split in ("val", "test") and files["label"] is None:
             problems.append(
                 f"{where}: {case_id} is in the {split} split but has no label; val and test cases are "
                 "scored, so they need one"
             )
-        cases.append(Case(case_id, files["image"], files["label"], split, files["truth"], files["roi"]))
+        if image is not None:  # else a problem: no case is returned
+            cases.append(Case(case_id, image, files["label"], split, files["truth"], files["roi"]))
     if problems:
         shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
         raise DataError("\n".join(shown))

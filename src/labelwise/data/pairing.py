@@ -373,7 +373,8 @@ def pair_files(
     if problems:
         raise DataError("\n".join(dict.fromkeys(problems)))
     by_name = whole["--labels"] or len(image_files) == 1
-    rows, images_of = [], {}
+    rows: list[dict] = []
+    images_of: dict[str, list[Path]] = {}
     for f in image_files:
         name = prefix + (case_id(f) if by_name else "_".join(image_keys[f]) or case_id(f))
         images_of.setdefault(name, []).append(f)

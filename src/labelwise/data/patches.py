@@ -87,7 +87,11 @@ def load_cases(cases: Sequence[Case], indices: np.ndarray, intensity: Intensity 
     """Read the cases' images, labels (unlabelled: an all-zero target) and regions of interest, checking that each
     mask matches its image in shape and spacing and that every image has the same channels and number of spatial
     axes; images normalised per image by ``intensity``."""
-    images, targets, spacings, affines, rois = [], [], [], [], []
+    images: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    spacings: list[tuple[float, ...]] = []
+    affines: list[np.ndarray | None] = []
+    rois: list[torch.Tensor | None] = []
     for case in cases:
         image, target, roi = read_case(case)
         if images and (image.array.shape[0], image.array.ndim) != (images[0].shape[0], images[0].ndim):
@@ -184,6 +188,7 @@ class PatchDataset(Dataset):
         v = int(i) % len(self.volumes)
         spatial = tuple(self.shapes[v][1:])
         foreground = self.foreground[v]
+        centre: tuple[int | np.integer, ...]
         if len(foreground) and rng.random() < self.foreground_ratio:
             centre = np.unravel_index(int(foreground[rng.integers(len(foreground))]), spatial)
         else:

@@ -15,12 +15,16 @@ import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from labelwise.data.harvard import read_harvard_image
 from labelwise.errors import DataError
 from labelwise.io import atomic_open
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -95,7 +99,7 @@ def read_volume(path: str | Path, mask: bool = False) -> Volume:
         import nibabel as nib
 
         try:
-            image = nib.load(str(path))
+            image = cast("SpatialImage", nib.load(str(path)))  # a NIfTI file loads as a Nifti1Image or Nifti2Image
             array = np.asarray(image.dataobj)
             affine = np.asarray(image.affine, dtype=np.float64)
             zooms = tuple(round(float(z), 6) for z in image.header.get_zooms()[:3])  # stored as float32
@@ -170,7 +174,7 @@ def _as_labels(array: np.ndarray, path: Path, picture: bool) -> np.ndarray:
 
 
 def write_volume(
-    path: str | Path, array: np.ndarray, spacing: tuple[float, ...] | None = None, affine: np.ndarray | None = None
+    path: str | Path, array: np.ndarray, spacing: Sequence[float] | None = None, affine: np.ndarray | None = None
 ) -> Path:
     """Write ``array`` (``(*spatial)`` or ``(C, *spatial)`` for NIfTI images) to ``path`` (parents created;
     atomically: :func:`labelwise.io.atomic_open`).
@@ -205,7 +209,8 @@ def write_volume(
         with atomic_open(path) as f:  # what nib.save writes: gzip level 1, no name, mtime 0
             stream = gzip.GzipFile("", "wb", 1, f, 0) if suffix == ".nii.gz" else contextlib.nullcontext(f)
             with stream as out:
-                image.to_file_map(image.make_file_map({"image": out, "header": out}))
+                # nibabel annotates file maps as io.IOBase; atomic_open's file (typed BinaryIO) is one
+                image.to_file_map(image.make_file_map({"image": out, "header": out}))  # type: ignore[dict-item]
     elif suffix in PICTURE_SUFFIXES:
         from PIL import Image
 
@@ -336,8 +341,8 @@ def resample(array: np.ndarray, size: Sequence[int], mask: bool = False) -> np.n
         out = torch.nn.functional.interpolate(
             flat, size=size, mode="bilinear" if dims == 2 else "trilinear", align_corners=False
         )
-    out = out.reshape(*lead, *size).numpy()
-    return np.ascontiguousarray(out.astype(array.dtype if mask else np.float32))
+    result = out.reshape(*lead, *size).numpy()
+    return np.ascontiguousarray(result.astype(array.dtype if mask else np.float32))
 
 
 def _resampled_affine(affine: np.ndarray, old: Sequence[int], new: Sequence[int]) -> np.ndarray:
@@ -410,7 +415,7 @@ def read_spacing(path: str | Path, reorient: bool = False, modalities: Sequence[
         import nibabel as nib
 
         try:
-            image = nib.load(str(path))
+            image = cast("SpatialImage", nib.load(str(path)))  # a NIfTI file loads as a Nifti1Image or Nifti2Image
             zooms = tuple(round(float(z), 6) for z in image.header.get_zooms()[:3])
             dims = min(len(image.shape), 3)
             affine = np.asarray(image.affine, dtype=np.float64)

@@ -11,7 +11,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ STATE = "trainer_state.pt"
 
 def rng_states() -> dict[str, Any]:
     """Python, NumPy and torch (CPU and CUDA) random states as tensors and plain numbers."""
-    np_state = np.random.get_state()
+    # the legacy tuple (legacy=True is the default; numpy's stub gives the default legacy=False's dict instead)
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     states: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from lightning.fabric import Fabric
@@ -41,6 +41,8 @@ from labelwise.errors import ConfigError, LabelwiseError
 from labelwise.io import atomic_path, atomic_write
 
 if TYPE_CHECKING:
+    from lightning.fabric.wrappers import _FabricOptimizer
+
     from labelwise.methods import Method
 
 
@@ -163,11 +165,13 @@ class Trainer:
             trainable = any(p.requires_grad for p in net.parameters())
             self.method.networks[name] = fabric.setup_module(net) if trainable else fabric.to_device(net)
         self.method.fabric = fabric
-        self.optimizer, self.method_optimizers = None, {}
+        self.optimizer: _FabricOptimizer | None = None
+        self.method_optimizers: dict[str, torch.optim.Optimizer] = {}
         if self.method.manual_optimization:
             self.method_optimizers = self.method.configure_optimizers()
         elif parameters := self.method.parameters():  # none: a method without gradient training (e.g. frangi)
-            self.optimizer = fabric.setup_optimizers(self.method.build_optimizer(parameters))
+            # one optimizer in, that one out (Fabric's return type also covers several)
+            self.optimizer = cast("_FabricOptimizer", fabric.setup_optimizers(self.method.build_optimizer(parameters)))
         if checkpoint is not None:
             state = load_state(checkpoint)
             if self.optimizer is not None:
@@ -247,7 +251,7 @@ class Trainer:
             persistent_workers=False,
             pin_memory=fabric.device.type == "cuda",
         )
-        return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+        return cast(DataLoader, fabric.setup_dataloaders(loader, use_distributed_sampler=False))  # one in, one out
 
     def _transfer(self, resumed: Path | None) -> None:
         """``model.init_from`` / ``model.freeze_backbone``: the engine reads the pretrain run's latest checkpoint (or,
@@ -381,18 +385,20 @@ class Trainer:
         """One optimizer step on ``loss`` at learning rate ``lr``, the gradients of everything the optimizer updates
         clipped to one joint norm (Fabric clips all of an optimizer's parameters whichever network is named, and
         unscales them first under 16-mixed precision, which may happen only once per step)."""
-        for group in self.optimizer.param_groups:
+        optimizer = self.optimizer
+        assert optimizer is not None  # called only for a method that has the engine's optimizer (see fit)
+        for group in optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(loss)
         if self.config.trainer.gradient_clip:
             trainable = next(
                 net for net in self.method.networks.values() if any(p.requires_grad for p in net.parameters())
             )
             self.fabric.clip_gradients(
-                trainable, self.optimizer, max_norm=self.config.trainer.gradient_clip, error_if_nonfinite=False
+                trainable, optimizer, max_norm=self.config.trainer.gradient_clip, error_if_nonfinite=False
             )
-        self.optimizer.step()
+        optimizer.step()
 
     def _train_mode(self) -> None:
         for net in self.method.networks.values():
@@ -400,7 +406,8 @@ class Trainer:
 
     def _check_finite(self, first_bad: torch.Tensor) -> None:
         """Stop every process if any saw a non-finite loss since the start; nothing after it is saved."""
-        bad = self.fabric.all_reduce(first_bad.float(), reduce_op="max")
+        # a tensor in, a tensor out (Fabric's return type also covers collections)
+        bad = cast(torch.Tensor, self.fabric.all_reduce(first_bad.float(), reduce_op="max"))
         if bad >= 0:
             checkpoint = latest_checkpoint(self.run.checkpoints)
             kept = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written before it"
@@ -415,7 +422,7 @@ class Trainer:
         """One train record: each term's mean over the steps of the window that reported it."""
         keys = sorted(sums)
         stacked = torch.stack([torch.as_tensor(sums[k], device=self.fabric.device) / counts[k] for k in keys])
-        mean = self.fabric.all_reduce(stacked, reduce_op="mean").tolist()
+        mean = cast(torch.Tensor, self.fabric.all_reduce(stacked, reduce_op="mean")).tolist()
         record: dict[str, Any] = {
             "step": step,
             "split": "train",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,9 @@ def baseline_maps(name: str, images: Tensor, seed: int = 0) -> Tensor:
     spatial = images.shape[2:]
     if name == "center":
         axes = torch.meshgrid(*[torch.linspace(-1, 1, n, device=images.device) for n in spatial], indexing="ij")
-        bump = torch.exp(-sum(a.square() for a in axes) / (2 * 0.5**2))
+        # tensors summed: a tensor (typed "| float" for sum's start)
+        squares = cast(Tensor, sum(a.square() for a in axes))
+        bump = torch.exp(-squares / (2 * 0.5**2))
         return bump.expand(images.shape[0], 1, *spatial).clone()
     if name == "random":
         generator = torch.Generator(device=images.device).manual_seed(seed)
@@ -86,10 +88,10 @@ def evaluate_explanations(
             columns["energy_pointing_game"].append(m.energy_pointing_game(maps, mask, spatial_dims=spatial_dims))
             columns["map_iou"].append(m.map_iou(maps, mask, spatial_dims=spatial_dims))
             columns["deletion_auc"].append(
-                m.deletion_auc(model, x, maps, t, steps=steps, batch_size=256, activation=activation)
+                cast(Tensor, m.deletion_auc(model, x, maps, t, steps=steps, batch_size=256, activation=activation))
             )
             columns["insertion_auc"].append(
-                m.insertion_auc(model, x, maps, t, steps=steps, batch_size=256, activation=activation)
+                cast(Tensor, m.insertion_auc(model, x, maps, t, steps=steps, batch_size=256, activation=activation))
             )
             drop, increase = m.average_drop_increase(model, x, maps, t, activation=activation)
             columns["average_drop"].append(drop)

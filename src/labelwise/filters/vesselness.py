@@ -91,6 +91,7 @@ def vesselness(
     if resample:
         from scipy.ndimage import zoom
 
+        assert factors is not None  # resample implies factors
         array = zoom(array, factors, order=1, mode="nearest", grid_mode=False)
         if region is not None:
             region = zoom(np.asarray(region, np.float32), factors, order=1, mode="nearest", grid_mode=False) > 0.5

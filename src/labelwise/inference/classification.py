@@ -30,13 +30,13 @@ def classification_inputs(
     samples: list[tuple[str, Path | None, np.ndarray | None]] = []
     for path in map(Path, paths):
         if path.is_file() and suffix_of(path) == ".csv":
-            _, rows = read_rows(path, "classification table")
-            for row in rows:
+            _, table = read_rows(path, "classification table")
+            for row in table:
                 if "id" not in row or "image" not in row:
                     raise DataError(f"{path}: a classification table needs the columns id and image")
                 if split is None or row.get("split") == split:
-                    image = Path(row["image"])
-                    samples.append((row["id"], image if image.is_absolute() else path.parent / image, None))
+                    file = Path(row["image"])
+                    samples.append((row["id"], file if file.is_absolute() else path.parent / file, None))
         elif path.is_file() and suffix_of(path) == ".npz" and _is_dataset(path):
             with np.load(path, allow_pickle=False) as data:
                 image = np.asarray(data["image"], dtype=np.float32)
@@ -87,10 +87,13 @@ def predict_classes(
     report = reporter(progress)
     chunks = []
     for start in range(0, len(samples), batch_size):
-        batch = [
-            run.read(path).array if path is not None else _preprocessed(run, array, sid)
-            for sid, path, array in samples[start : start + batch_size]
-        ]
+        batch = []
+        for sid, path, array in samples[start : start + batch_size]:
+            if path is not None:
+                batch.append(run.read(path).array)
+            else:
+                assert array is not None  # a dataset .npz's sample: its array, no file
+                batch.append(_preprocessed(run, array, sid))
         shapes = {b.shape for b in batch}
         if len(shapes) > 1:
             raise DataError(

@@ -77,7 +77,8 @@ def explain_files(
                         for k in classes
                     ]
                 )
-                maps = maps[(slice(None), *(slice(0, n) for n in spatial))]
+                crop = (slice(None), *(slice(0, n) for n in spatial))
+                maps = maps[crop]
             if tuple(maps.shape[1:]) != raw.spatial_shape:  # a run that resizes its inputs: maps at the file's size
                 maps = postprocess(maps[None], raw.spatial_shape, relu=False)[0]
             for i, k in enumerate(classes):

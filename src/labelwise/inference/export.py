@@ -98,7 +98,7 @@ def export_run(run: RunModel, format: str, out: str | Path) -> list[Path]:
                 torch.onnx.export(
                     model,
                     (example,),
-                    buffer,
+                    buffer,  # type: ignore[arg-type]  # torch annotates f as a path; the legacy exporter takes a file
                     dynamo=False,
                     input_names=["image"],
                     output_names=["logits"],
@@ -114,13 +114,13 @@ def export_run(run: RunModel, format: str, out: str | Path) -> list[Path]:
                 ) from None
         onnx_model = onnx.load_from_string(buffer.getvalue())
         onnx.checker.check_model(onnx_model)
-        difference = _onnxruntime_difference(buffer.getvalue(), check, reference)
-        if difference is not None:
-            checked["onnxruntime"] = difference
-            if difference > _tolerance(reference):
+        runtime_difference = _onnxruntime_difference(buffer.getvalue(), check, reference)
+        if runtime_difference is not None:
+            checked["onnxruntime"] = runtime_difference
+            if runtime_difference > _tolerance(reference):
                 raise LabelwiseError(
                     f"{run.run_dir}: the ONNX graph of {_name(run)} differs from the network by "
-                    f"{difference:.3g} on a check input; export it as torchscript instead"
+                    f"{runtime_difference:.3g} on a check input; export it as torchscript instead"
                 )
     sidecar = _sidecar(run, format, out, dynamic, divisor, size, check_size, checked, buffer.getvalue(), onnx_model)
     atomic_write(out, buffer.getvalue())

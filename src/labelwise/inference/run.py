@@ -77,6 +77,7 @@ class RunModel:
     def model(self) -> nn.Module:
         """The predicting network (a pretraining run has none: :func:`require_head` says what to do instead)."""
         self.require_head()
+        assert self.method.predictor is not None  # require_head raised otherwise
         return self.method.networks[self.method.predictor]
 
     def class_name(self, k: int) -> str:
@@ -208,9 +209,10 @@ def load_run(path: str | Path, device: str | torch.device | None = None) -> RunM
     elif (path / "config.yaml").is_file() and RunDir(path).summary().get("tested_step") is not None:
         run_dir, checkpoint = path, path / "checkpoints" / "best"  # trainer.select_best: the weights it tested
     elif (path / "config.yaml").is_file():
-        run_dir, checkpoint = path, latest_checkpoint(path / "checkpoints")
-        if checkpoint is None:
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
             raise LabelwiseError(f"{path}: the run has no complete checkpoint yet (checkpoints/latest.json)")
+        run_dir, checkpoint = path, latest
     else:
         raise LabelwiseError(f"{path}: neither a run directory (config.yaml) nor a checkpoint folder ({WEIGHTS})")
     run = RunDir(run_dir)

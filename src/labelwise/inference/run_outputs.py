@@ -138,15 +138,17 @@ def save_run_predictions(
             probability = from_grid(probability, grid).astype(np.float32)
             image = from_grid(image, grid)
             roi = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else None
-            label = read_volume(case.label, mask=True).array if bool(volumes.labelled[i]) else None
+            labelled = bool(volumes.labelled[i])  # Case.labelled: case.label is not None
+            label = read_volume(case.label, mask=True).array if labelled and case.label is not None else None
         else:
-            roi = volumes.rois[i].cpu().numpy() if volumes.rois[i] is not None else None
+            case_roi = volumes.rois[i]
+            roi = case_roi.cpu().numpy() if case_roi is not None else None
             label = volumes.target[i].cpu().numpy() if bool(volumes.labelled[i]) else None
-        references = {
+        candidates = {
             "label": label,
             "truth": read_volume(case.truth, mask=True).array if case.truth is not None else None,
         }
-        references = {name: reference for name, reference in references.items() if reference is not None}
+        references = {name: reference for name, reference in candidates.items() if reference is not None}
         for name, reference in references.items():
             if reference.shape != mask.shape:
                 raise DataError(

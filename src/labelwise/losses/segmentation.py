@@ -69,8 +69,8 @@ def focal_tversky_loss(
         got = f"{logits.dtype} shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
         raise DataError(f"logits: expected a float tensor (B, C, *spatial), got {got}")
     if not isinstance(target, Tensor) or target.shape != logits.shape:
-        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise DataError(f"target: expected the logits' shape {tuple(logits.shape)}, got {got}")
+        found = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise DataError(f"target: expected the logits' shape {tuple(logits.shape)}, got {found}")
     dtype = torch.promote_types(logits.dtype, torch.float32)
     y = target.to(dtype)
     if y.numel():

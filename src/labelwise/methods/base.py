@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -14,7 +15,7 @@ from labelwise.metrics import classification as cls_metrics
 from labelwise.metrics import segmentation as seg_metrics
 from labelwise.metrics.surface import inside, score_case, scored_classes
 from labelwise.models.backbones import build_backbone, encoder_state, freeze_encoder, load_encoder
-from labelwise.models.outputs import remove_small_components, segment
+from labelwise.models.outputs import Threshold, remove_small_components, segment
 from labelwise.models.windows import sliding_window_predict
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class Method:
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_unlabelled: ClassVar[bool] = False  # True: unlabelled training cases are loaded (flag "labelled" = False)
     augments: ClassVar[bool] = False  # True: the method applies the config's augment section (see augment_batch)
-    threshold: float | str = (
+    threshold: float | Literal["otsu", "calibrate"] = (
         0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, "otsu", "calibrate"
     )
     calibrated: float | None = None  # threshold: calibrate: the validation cases' best threshold (binary masks)
@@ -171,8 +172,11 @@ class Method:
         ``augment:`` section says (:class:`labelwise.augment.pipeline.Augment`); unchanged without one."""
         if self.augmenter is None:
             return batch
-        image, target = self.augmenter(batch["image"], batch["target"] if self.data.task == "segmentation" else None)
-        return {**batch, "image": image, **({"target": target} if self.data.task == "segmentation" else {})}
+        if self.data.task != "segmentation":
+            return {**batch, "image": self.augmenter(batch["image"], None)[0]}
+        image, target = self.augmenter(batch["image"], batch["target"])
+        assert target is not None  # a mask in, a mask out
+        return {**batch, "image": image, "target": target}
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses of one batch: ``"loss"`` is minimised (manual optimisation: only logged and checked to be finite);
@@ -225,6 +229,7 @@ class Method:
         padded to a size the network takes) blended as :func:`labelwise.models.windows.sliding_window_predict` does,
         and with :attr:`tta` the mean of the logits over every combination of flips of the spatial axes. ``spacing``:
         the voxel spacing of the batch's images, for methods whose output depends on it (Frangi's scales)."""
+        assert self.predictor is not None  # a method without a predictor (pretraining) has its own predict
         model = self.networks[self.predictor]
         if self.data.task == "segmentation":
             if not self.tta:
@@ -235,7 +240,8 @@ class Method:
             def flipped(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
                 return x.flip(axes) if axes else x
 
-            return sum(flipped(self._windows(model, flipped(image, f)), f) for f in flips) / len(flips)
+            total = sum(flipped(self._windows(model, flipped(image, f)), f) for f in flips)
+            return cast(torch.Tensor, total) / len(flips)  # tensors summed: a tensor (typed "| float" for sum's start)
         out = model(image)
         return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -245,12 +251,13 @@ class Method:
         return sliding_window_predict(model, image, self.window, overlap=self.overlap, sw_batch_size=self.window_batch)
 
     def evaluate(
-        self, outputs: torch.Tensor, target: torch.Tensor, rois: list[torch.Tensor | None] | None = None
+        self, outputs: torch.Tensor, target: torch.Tensor, rois: Sequence[torch.Tensor | None] | None = None
     ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Metrics of a whole split and its per-sample predictions, from stacked logits and targets; segmentation cases
         with a region of interest (``rois``, one bool mask or None per case) are predicted background and scored
         inside it only."""
         k = self.data.num_classes
+        metrics: Mapping[str, float | torch.Tensor]
         if self.data.task == "classification" and self.data.multilabel:
             probability = torch.sigmoid(outputs.float())
             prediction = (probability > 0.5).long()
@@ -305,7 +312,7 @@ class Method:
         probability, labels, _ = segment(logits, self.segment_threshold(logits.shape[1]))
         return probability, remove_small_components(labels, self.min_size)
 
-    def segment_threshold(self, channels: int) -> float | str | None:
+    def segment_threshold(self, channels: int) -> Threshold:
         """The threshold of a segmenter with ``channels`` outputs: the calibrated one (:meth:`calibrate`) for binary
         masks (one sigmoid channel, or two softmax channels: on 1 - p(background)) once it is set; else
         :attr:`threshold` for one channel (0.5 while ``calibrate`` has not run) and the argmax (None) for several."""
@@ -324,7 +331,7 @@ class Method:
         self,
         outputs: list[torch.Tensor] | torch.Tensor,
         target: list[torch.Tensor] | torch.Tensor,
-        rois: list[torch.Tensor | None] | None = None,
+        rois: Sequence[torch.Tensor | None] | None = None,
     ) -> tuple[float, float]:
         """``threshold: calibrate``: set :attr:`calibrated` to the threshold on the foreground probability with the
         highest mean Dice over the validation cases (their logits ``outputs`` and masks ``target``, each inside its
@@ -382,8 +389,8 @@ def ema_update(online: nn.Module, target: nn.Module, decay: float) -> None:
     copied."""
     for p, q in zip(online.parameters(), target.parameters(), strict=True):
         q.lerp_(p.detach(), 1 - decay)
-    for p, q in zip(online.buffers(), target.buffers(), strict=True):
-        q.copy_(p)
+    for b, c in zip(online.buffers(), target.buffers(), strict=True):
+        c.copy_(b)
 
 
 def macro_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ other run."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -48,6 +48,8 @@ class Vesselness(nn.Module):
     0.5 means a vesselness above the threshold (the channels are averaged first). ``threshold`` < 0 means Otsu's
     threshold of each image's vesselness. The vesselness map passes through the identity module ``response``, the
     layer Grad-CAM explains (the filter has no learnt layers: its map is where the filter responds)."""
+
+    threshold: torch.Tensor  # a buffer (saved with the weights)
 
     def __init__(self, sigmas: list[float], dark: bool = False):
         super().__init__()
@@ -97,7 +99,7 @@ class Frangi(Method):
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The first step tunes the threshold (``tuned``); the loss logged is 1 - the training Dice it reaches."""
         model = self.networks["model"]
-        model = getattr(model, "module", model)
+        model = cast(Vesselness, getattr(model, "module", model))  # unwrapped from Fabric's wrapper, if any
         if self.options.threshold != "tuned" or self.step > 0:
             return {"loss": torch.zeros(())}
         volumes = getattr(self.data.split("train"), "volumes", self.data.split("train"))

@@ -18,7 +18,8 @@ a linear probe)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -185,7 +186,8 @@ class Pretrain(Method):
                     self.networks[f"momentum_{name}"] = frozen_copy(self.networks[name])
 
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        x, backbone = batch["image"], self.networks["backbone"]
+        x = batch["image"]
+        backbone: Any = self.networks["backbone"]  # Any: a Backbone, or Fabric's wrapper that forwards its methods
         losses: dict[str, Tensor] = {}
         if "multilabel" in self.tasks:
             tagged = batch["labelled"]
@@ -196,7 +198,7 @@ class Pretrain(Method):
                 else x.new_zeros(())
             )
         if "mim" in self.tasks:
-            decoder = self.networks["mim_decoder"]
+            decoder: Any = self.networks["mim_decoder"]
             mask = random_patch_mask(tuple(x.shape), self.patch, self.options.mask_ratio, x.device)
             reconstruction = decoder(backbone.masked_features(x, mask, decoder.mask_token)[-1])
             error = (reconstruction - x).abs() if self.options.mim_loss == "l1" else (reconstruction - x) ** 2
@@ -210,7 +212,8 @@ class Pretrain(Method):
             else:
                 predictor = self.networks["predictor"]
                 with torch.no_grad():
-                    key_net, key_proj = self.networks["momentum_backbone"], self.networks["momentum_projector"]
+                    key_net: Any = self.networks["momentum_backbone"]
+                    key_proj = self.networks["momentum_projector"]
                     k1, k2 = key_proj(key_net.embed(v1)), key_proj(key_net.embed(v2))
                 t = self.options.temperature
                 losses["contrastive"] = moco_loss(predictor(z1), k2, t) + moco_loss(predictor(z2), k1, t)
@@ -226,16 +229,17 @@ class Pretrain(Method):
 
     def predict(self, image: Tensor, spacing: tuple[float, ...] | None = None) -> Tensor:
         """Pooled embeddings ``(B, dim)`` of the backbone."""
-        return self.networks["backbone"].embed(image)
+        backbone: Any = self.networks["backbone"]  # a Backbone, or Fabric's wrapper that forwards embed
+        return backbone.embed(image)
 
     @torch.no_grad()
     def evaluate(
-        self, outputs: Tensor, target: Tensor, rois: list | None = None
+        self, outputs: Tensor, target: Tensor, rois: Sequence[Tensor | None] | None = None
     ) -> tuple[dict[str, float], dict[str, Tensor]]:
         """k-NN accuracy of the embeddings against the labelled training samples (tags: mean per-label accuracy)."""
         train = self.data.split("train")
         rows = torch.nonzero(train.labelled).flatten()
-        backbone = self.networks["backbone"]
+        backbone: Any = self.networks["backbone"]  # a Backbone, or Fabric's wrapper that forwards embed
         device = next(backbone.parameters()).device
         bs = self.config.data.eval_batch_size
         bank = torch.cat(

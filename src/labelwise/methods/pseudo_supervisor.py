@@ -46,7 +46,8 @@ Each option may also be set alone; ``variant`` only chooses the values of those 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,6 +56,10 @@ from torch import Tensor, nn
 from labelwise.errors import ConfigError
 from labelwise.methods.base import ema_update
 from labelwise.methods.semi import SemiSupervised, classification_loss, ramp_up
+
+if TYPE_CHECKING:
+    from labelwise.config import Config
+    from labelwise.data import DataBundle
 
 
 class PseudoSupervisorOptions(BaseModel):
@@ -122,7 +127,7 @@ class PseudoSupervisorOptions(BaseModel):
     )
 
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "default": {
         "warmup": 0.3,
         "policy_init": "predictor",
@@ -190,7 +195,7 @@ class PseudoSupervisor(SemiSupervised):
     Options = PseudoSupervisorOptions
     manual_optimization = True
 
-    def __init__(self, config, data):
+    def __init__(self, config: Config, data: DataBundle) -> None:
         super().__init__(config, data)
         self.networks["policy"] = self.build_network()
         o, steps = self.options, config.trainer.max_steps
@@ -250,6 +255,7 @@ class PseudoSupervisor(SemiSupervised):
             return torch.zeros_like(logits[0], dtype=torch.float32)
         mean = self.probabilities(logits.float()).mean(dim=0)
         self.running = mean if self.running is None else ALIGN_DECAY * self.running.to(mean) + (1 - ALIGN_DECAY) * mean
+        assert self.prior is not None  # align: set from the labelled training cases
         return alignment_offset(self.prior.to(mean), self.running, self.multilabel)
 
     def _log_prob(self, logits: Tensor, action: Tensor, mask: Tensor) -> Tensor:
@@ -361,7 +367,7 @@ class PseudoSupervisor(SemiSupervised):
         self.memory = []
 
     def state_dict(self) -> dict[str, Any]:
-        memory = list(zip(*self.memory)) or [[]] * 6
+        memory: list[Sequence[Any]] = list(zip(*self.memory)) or [[]] * 6
         images, actions, masks, offsets, rewards, changes = memory
         return {
             "images": [x.cpu() for x in images],

@@ -104,8 +104,9 @@ class Supervised(Method):
             target = target.unsqueeze(1).float()
         else:
             loss_fn, target = self.dice_ce, target.unsqueeze(1)
-        weights = self.options.mss_weights[: len(outputs)] if isinstance(outputs, (tuple, list)) else None
-        return mss_loss(outputs, target, loss_fn, weights) if weights else loss_fn(outputs, target)
+        if isinstance(outputs, (tuple, list)):  # a U-Net MSS's outputs: one weight each
+            return mss_loss(outputs, target, loss_fn, self.options.mss_weights[: len(outputs)])
+        return loss_fn(outputs, target)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = self.augment_batch(batch)

@@ -12,7 +12,7 @@ the reason, and left out of the ES-AUC sum (the result says which groups were us
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -120,7 +120,7 @@ def expected_calibration_error(probabilities: Any, labels: Any, bins: int = 15) 
     return float(np.abs(sum_p - sum_y).sum() / probabilities.size)
 
 
-def group_auc(scores: Any, labels: Any, groups: Sequence[Any]) -> dict[str, dict[str, Any]]:
+def group_auc(scores: Any, labels: Any, groups: Sequence[Any] | np.ndarray) -> dict[str, dict[str, Any]]:
     """Per group (values of ``groups``, one per case, as strings): ``{"auc", "n", "positives"}`` with ``auc`` None
     and a ``note`` when the group holds one class only."""
     scores, labels = binary_scores(scores, labels)
@@ -150,7 +150,7 @@ def equity_scaled_auc(auc: float, per_group: dict[str, dict[str, Any]]) -> dict[
 def summarize_binary(
     scores: Any,
     labels: Any,
-    attributes: dict[str, Sequence[Any]] | None = None,
+    attributes: Mapping[str, Sequence[Any] | np.ndarray] | None = None,
     threshold: float = 0.5,
     resamples: int = 1000,
     seed: int = 0,
@@ -218,7 +218,7 @@ def summarize(
     target: Any,
     multilabel: bool = False,
     class_names: Sequence[str] = (),
-    attributes: dict[str, Sequence[Any]] | None = None,
+    attributes: Mapping[str, Sequence[Any] | np.ndarray] | None = None,
     resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:

@@ -235,9 +235,10 @@ def f1_score(
     ``zero_division=0``."""
     p = _binary(predictions, threshold)
     t = _tensor(targets).bool().to(p.device)
-    dim = {"micro": None, "macro": 0, "samples": 1}.get(average, "bad")
-    if dim == "bad":
+    dims: dict[str, int | None] = {"micro": None, "macro": 0, "samples": 1}
+    if average not in dims:
         raise ValueError(f"average must be 'micro', 'macro' or 'samples', got {average!r}")
+    dim = dims[average]
     tp = (p & t).sum(dim=dim) if dim is not None else (p & t).sum()
     predicted, actual = (p.sum(dim=dim), t.sum(dim=dim)) if dim is not None else (p.sum(), t.sum())
     return f1_from_counts(tp.double(), predicted, actual, zero_division=0.0).mean().float()

@@ -136,7 +136,7 @@ def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
-def _spacing(spacing: float | Sequence[float] | None, ndim: int) -> np.ndarray:
+def _spacing(spacing: float | Sequence[float] | np.ndarray | None, ndim: int) -> np.ndarray:
     if spacing is None:
         return np.ones(ndim)
     values = np.atleast_1d(np.asarray(spacing, dtype=np.float64)).reshape(-1)
@@ -205,13 +205,13 @@ def _nearest(
         from scipy.spatial import KDTree
 
         tree = KDTree(points_to * spacing, leafsize=32)
-        return tree.query(points_from * spacing, k=1)[0]
+        return np.asarray(tree.query(points_from * spacing, k=1)[0])
     distance = ndimage.distance_transform_edt(~surface_to, sampling=spacing)
     return distance[tuple(points_from.T)]
 
 
 def surface_distances(
-    pred, truth, spacing: float | Sequence[float] | None = None, method: str = "auto"
+    pred, truth, spacing: float | Sequence[float] | np.ndarray | None = None, method: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distances (physical units, float64) from each surface voxel of ``pred`` to the nearest surface voxel of
     ``truth``, and from each surface voxel of ``truth`` to ``pred``'s surface. Empty arrays when either mask is

@@ -15,7 +15,8 @@ patch a mask may hide)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,10 @@ from torch import Tensor, nn
 from labelwise.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from monai.networks.nets import ResNet
+
     from labelwise.config import ModelConfig
+    from labelwise.models.unet_mss import UNetMSS
 
 __all__ = [
     "BACKBONES",
@@ -63,22 +67,35 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.embed(x)
-        return self._modules["head"](z) if "head" in self._modules else z
+        head = self._modules.get("head")
+        return head(z) if head is not None else z
 
 
 class ResNetBackbone(Backbone):
     """A MONAI ResNet of :mod:`labelwise.models.networks` without its classification layer."""
 
+    # the ResNet's layers, taken over by __init__
+    conv1: nn.Module
+    bn1: nn.Module
+    act: nn.Module
+    maxpool: nn.Module
+    layer1: nn.Module
+    layer2: nn.Module
+    layer3: nn.Module
+    layer4: nn.Module
+
     def __init__(self, cfg: ModelConfig, spatial_dims: int, in_channels: int):
         super().__init__()
         from labelwise.models.networks import MODELS
 
-        net = MODELS[cfg.name](cfg, spatial_dims, in_channels, 1)
+        assert cfg.name is not None  # build_backbone looked it up in BACKBONES
+        net = cast("ResNet", MODELS[cfg.name](cfg, spatial_dims, in_channels, 1, None))
         for name in ("conv1", "bn1", "act", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             if hasattr(net, name):
                 setattr(self, name, getattr(net, name))
         self.no_max_pool = net.no_max_pool
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
+        assert net.fc is not None  # the registry's ResNets have their classification layer
         self.dim = net.fc.in_features
         self.stride = 8 if self.no_max_pool else 16  # layers 2-4 halve the size (+ the max pool)
 
@@ -101,7 +118,7 @@ class UNetMSSBackbone(Backbone):
         super().__init__()
         from labelwise.models.networks import MODELS
 
-        net = MODELS["unet_mss"](cfg, spatial_dims, in_channels, 1)
+        net = cast("UNetMSS", MODELS["unet_mss"](cfg, spatial_dims, in_channels, 1, None))
         self.pool, self.encoder = net.pool, net.encoder
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.dim = net.channels[-1]
@@ -196,6 +213,7 @@ class ViTBackbone(_TokenMasking, Backbone):
         embedding = self.vit.patch_embedding
         t = embedding.patch_embeddings(x).flatten(2).transpose(1, 2)
         if mask is not None:
+            assert token is not None  # masked tokens are replaced by token
             t = torch.where(self.grid_mask(mask).flatten(1)[..., None], token.to(t.dtype), t)
         t = embedding.dropout(t + embedding.position_embeddings)
         for block in self.vit.blocks:
@@ -300,7 +318,7 @@ def _single(cfg: ModelConfig, key: str, default: int, what: str) -> int:
     return values[0]
 
 
-BACKBONES = {
+BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet10": ResNetBackbone,
     "resnet18": ResNetBackbone,
     "resnet34": ResNetBackbone,
@@ -353,12 +371,14 @@ def load_encoder(model: nn.Module, state: dict[str, Tensor], freeze: bool = Fals
 def freeze_encoder(model: nn.Module, names: list[str]) -> None:
     """Freeze the entries ``names`` of ``model``'s state dict (what :func:`load_encoder` loaded): their parameters
     stop requiring gradients and the batch-norm layers they hold stay in evaluation mode (a linear probe)."""
-    names = set(names)
+    chosen = set(names)
     for name, p in model.named_parameters():
-        if name in names:
+        if name in chosen:
             p.requires_grad_(False)
     frozen = [
-        m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{n}.weight" in names
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{n}.weight" in chosen
     ]
     plain_train = model.train
 

@@ -239,4 +239,5 @@ def build_model(
     if is_segmenter != (task == "segmentation"):
         kind = "a segmentation" if is_segmenter else "a classification"
         raise ConfigError(f"model.name: {cfg.name!r} is {kind} network but data.task is {task!r}")
+    assert cfg.name is not None  # Config fills in the task's default network
     return MODELS[cfg.name](cfg, spatial_dims, in_channels, out_channels, image_size)

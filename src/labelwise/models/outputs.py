@@ -17,7 +17,7 @@ ACTIVATIONS = ("softmax", "sigmoid")
 Threshold = float | Literal["otsu"] | None
 
 
-def activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
+def activate(logits: torch.Tensor, activation: str | None) -> torch.Tensor:
     """Probabilities from logits ``(B, K, ...)``: ``softmax`` over the classes (dim 1) or ``sigmoid`` per output
     (a label, or the one foreground channel of a segmenter)."""
     if activation == "softmax":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -154,4 +155,4 @@ def sliding_window_predict(
         model.train(was_training)
     if hasattr(logits, "as_tensor"):  # a MONAI MetaTensor
         logits = logits.as_tensor()
-    return logits
+    return cast(torch.Tensor, logits)  # predictor returns one tensor, so MONAI does

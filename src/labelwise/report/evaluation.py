@@ -49,6 +49,7 @@ def _embed(png: bytes | None, title: str) -> dict | None:
 def scatter_png(models: list[dict]) -> bytes | None:
     """Each model's ReaL top-1 and variable top-k against its top-1 (the diagonal: no change)."""
     xs = [m.get("top1") for m in models]
+    series: tuple[tuple[str, str, str], ...]  # (key, legend, marker)
     if all(x is None for x in xs):
         xs = [m.get("real_top1") for m in models]  # no single labels: show against ReaL top-1
         xlabel = "ReaL top-1"

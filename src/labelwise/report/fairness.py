@@ -397,7 +397,7 @@ def _kind(evaluation: Mapping[str, Any]) -> str:
     return "multilabel" if evaluation.get("per_label") else "binary"
 
 
-def _embed(draw: Callable[[], bytes], run_dir: Path | None, notes: list[str]) -> dict[str, str] | None:
+def _embed(draw: Callable[[], bytes], run_dir: Path | None, notes: list[str]) -> dict[str, Any] | None:
     """The figure as a data URI; saved to ``run_dir/figures/fairness_roc.png`` too when given. A figure that fails
     is noted, not raised."""
     if run_dir is not None:
@@ -472,7 +472,10 @@ def _section(
         per_label = _mapping(evaluation.get("per_label"))
         for name in _label_order(evaluation):
             column = names.index(name) if name in names and labels is not None and labels.ndim == 2 else None
-            label_counts = group_counts(labels[:, column], attributes) if column is not None else counts
+            # column is set only with labels
+            label_counts = (
+                group_counts(labels[:, column], attributes) if column is not None and labels is not None else counts
+            )
             label_groups.append({"label": name, "rows": fairness_rows(_mapping(per_label.get(name)), label_counts)})
     rows = label_rows(evaluation) if multi else []
     label_attributes = list(dict.fromkeys(a for row in rows for a in row["es_auc"]))

@@ -76,8 +76,8 @@ def metric_rows(records: list[dict], test: dict[str, Any]) -> list[dict[str, Any
         names.setdefault(key, None)
     rows = []
     for name in names:
-        points = [(r.get("step"), _number(r.get(name))) for r in val]
-        points = [(step, value) for step, value in points if value is not None]
+        numbers = [(r.get("step"), _number(r.get(name))) for r in val]
+        points = [(step, value) for step, value in numbers if value is not None]
         best = None
         if points:
             # ties go to the earliest step
@@ -141,7 +141,9 @@ def _explanation_figure(number: int, entry: Any, folder: Path, notes: list[str])
     if not isinstance(entry, dict):
         notes.append(f"explanations/explanations.json entry {number}: skipped, not a JSON object")
         return None
-    files = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+    files = entry.get("files")
+    if not isinstance(files, dict):
+        files = {}
     overlay = files.get("overlay")
     source = str(entry.get("input") or "")
     what = f"entry {number} ({entry.get('method')}, {source or 'no input'})"
@@ -392,7 +394,9 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
 def _per_case_run(run_dir: Path, config: dict[str, Any]) -> bool:
     """Whether the run segments image files (a ``data.manifest`` with ``task: segmentation``): such runs write
     ``predictions/test/`` (cases, figures, segmentation.json) and never ``predictions/samples.npz``."""
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    data = config.get("data")
+    if not isinstance(data, dict):
+        data = {}
     return (run_dir / "predictions" / "test").is_dir() or (
         data.get("task") == "segmentation" and bool(data.get("manifest"))
     )
@@ -430,7 +434,8 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
             notes.append(f"summary.json could not be read: {exc}")
             summary = None
 
-    config_text, config = None, {}
+    config_text: str | None = None
+    config: dict[str, Any] = {}
     if (run_dir / "config.yaml").is_file():
         config_text = (run_dir / "config.yaml").read_text(errors="replace")
         try:

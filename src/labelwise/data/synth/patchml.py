@@ -115,11 +115,11 @@ def make_patchml(
     if background_noise > 0:
         per_chunk = max(1, _CHUNK_PIXELS // (channels * size * size))
         for start in range(0, n, per_chunk):
-            s = slice(start, min(start + per_chunk, n))
-            noise = rng.standard_normal(image[s].shape, dtype=np.float32)
+            chunk = slice(start, min(start + per_chunk, n))
+            noise = rng.standard_normal(image[chunk].shape, dtype=np.float32)
             noise *= np.float32(background_noise)
             np.clip(noise, 0.0, 1.0, out=noise)
-            image[s] = np.where(inside[s], image[s], noise)
+            image[chunk] = np.where(inside[chunk], image[chunk], noise)
 
     # Boxes per cell (row-major) and the multi-hot label sets.
     boxes = np.zeros((n * cells, 5), dtype=np.int32)
@@ -210,6 +210,7 @@ def _check_args(n, grid, objects, cell, background_noise) -> tuple[int, int]:
             problems.append(f"objects_max must be <= grid * grid ({grid * grid}), got {hi}")
     if problems:
         raise ConfigError("patchml: " + "; ".join(problems))
+    assert lo is not None and hi is not None  # a problem otherwise
     return lo, hi
 
 
@@ -312,4 +313,4 @@ def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
     from PIL import Image
 
     channels = [Image.fromarray(np.ascontiguousarray(a[:, :, c])) for c in range(a.shape[2])]
-    return np.stack([np.asarray(ch.resize((w, h), Image.BILINEAR)) for ch in channels], axis=2)
+    return np.stack([np.asarray(ch.resize((w, h), Image.Resampling.BILINEAR)) for ch in channels], axis=2)

@@ -161,7 +161,7 @@ def save_patient(out: str | Path, index: int, patient: dict[str, np.ndarray]) ->
     """``out/data_{index + 1:04d}.npz`` (folders created; written atomically)."""
     path = Path(out) / f"data_{index + 1:04d}.npz"
     with atomic_open(path) as f:
-        np.savez_compressed(f, **patient)
+        np.savez_compressed(f, **patient)  # type: ignore[arg-type]  # numpy's stub: **arrays could name allow_pickle
     return path
 
 

@@ -70,6 +70,8 @@ def _check_case(
     dim = int(dim)
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (int(shape),) * dim
+    if isinstance(shape, bool):  # as tuple(True) fails below
+        raise ConfigError(f"{where}: shape must be {dim} integers, got {shape!r}")
     try:
         sizes = tuple(shape)
     except TypeError:
