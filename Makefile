@@ -1,10 +1,11 @@
-# make demo: set up .venv and run the demo.  make test: set up .venv and run the fast tests.
+# make demo: set up .venv and run the demo.  make test: set up .venv, run make lint, then the fast tests.
+# make lint: ruff (lint and format check) on src and tests, mypy on src/labelwise (the package ships py.typed).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench clean nnunet-env
+.PHONY: install demo lint test test-slow bench clean nnunet-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/labelwise demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
