@@ -108,7 +108,8 @@ def test_audit_finds_the_damaged_val_and_test_masks(bars, tmp_path):
 
 
 def check_page_in_chromium(page_path, rows):
-    """The page as Debian's chromium renders it: every case in the table, worst first, and every figure drawn."""
+    """The page as Debian's chromium renders it: every row in the table, worst first, and the figures of the 12
+    worst drawn."""
     require_chromium()
     from playwright.sync_api import sync_playwright
 
@@ -122,7 +123,7 @@ def check_page_in_chromium(page_path, rows):
             shown = table.locator("tbody tr").all_inner_texts()
             assert [line.split()[1] for line in shown] == [r["id"] for r in rows]
             widths = page.evaluate("Array.from(document.images).map(img => img.complete ? img.naturalWidth : 0)")
-            assert len(widths) == len(rows) and all(w > 0 for w in widths), widths
+            assert len(widths) == min(len(rows), 12) and all(w > 0 for w in widths), widths
         finally:
             browser.close()
 
@@ -200,3 +201,88 @@ def test_folds_audit_training_cases_and_resume(bars, tmp_path, monkeypatch):
     assert len(rows) == len(SPLITS)
     assert rows["case0"]["probabilities"].startswith("fold-") and rows["case8"]["probabilities"] == "run"
     assert int(rows["case0"]["missed"]) > 0
+
+
+# --- class labels --------------------------------------------------------------------------------------------------
+
+CLASS_SPLITS = ["train"] * 48 + ["val"] * 16 + ["test"] * 16
+FLIPPED = {"s50", "s53", "s66", "s70"}  # val and test samples whose label is wrong
+
+
+def make_table(folder, flipped=frozenset(), names=("dark", "bright")):
+    """Grey 12 x 12 pictures: class 1 (bright) has a bright square, class 0 (dark) none; labels by name."""
+    rng = np.random.default_rng(0)
+    rows = ["id,image,split,label"]
+    for i, split in enumerate(CLASS_SPLITS):
+        truth = i % 2
+        image = np.clip(0.3 + rng.normal(0, 0.05, (12, 12)), 0, 1)
+        if truth:
+            image[3:9, 3:9] += 0.5
+        write_volume(folder / "images" / f"s{i}.png", np.clip(image, 0, 1))
+        label = 1 - truth if f"s{i}" in flipped else truth
+        rows.append(f"s{i},images/s{i}.png,{split},{names[label]}")
+    (folder / "table.csv").write_text("\n".join(rows) + "\n")
+    return folder / "table.csv"
+
+
+def class_config(table, steps=40):
+    return load_config(
+        {
+            "name": "audit-classes",
+            "seed": 0,
+            "method": "supervised",
+            "data": {"manifest": str(table), "task": "classification", "batch_size": 8},
+            "model": {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "group"},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 20},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit-classes")
+    run = root / "run"
+    train(class_config(make_table(root / "clean")), run)
+    return root, run, make_table(root / "noisy", FLIPPED | {"s0"})
+
+
+def test_class_audit_finds_the_flipped_labels_and_fixes_them(squares, tmp_path):
+    root, run, noisy = squares
+    out, fixed = tmp_path / "audit", tmp_path / "fixed"
+    code, text = invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(out), *UNSEEN, "--fix", str(fixed))
+    assert code == 0, text
+    rows = rows_of(out / "samples.csv")
+    assert len(rows) == 32 and {r["split"] for r in rows} == {"val", "test"}
+    flagged = {r["id"] for r in rows if r["issue"] == "1"}
+    assert flagged == FLIPPED
+    assert {r["id"] for r in rows[:4]} == FLIPPED  # the flagged first
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["s50"]["label"] == "bright" and by_id["s50"]["likely"] == "dark"
+    assert json.loads((out / "audit.json").read_text())["issues"] == 4
+    check_page_in_chromium(out / "report.html", rows)
+    # the fixed table: the flipped labels back, by name, the rest as they were; training reads it
+    fixed_rows = {r["id"]: r for r in rows_of(fixed / "table.csv")}
+    truth = {r["id"]: r for r in rows_of(make_table(tmp_path / "truth"))}
+    assert all(fixed_rows[i]["label"] == truth[i]["label"] for i in by_id)
+    assert fixed_rows["s50"]["audit"] == "relabelled from bright" and fixed_rows["s51"]["audit"] == "kept"
+    assert fixed_rows["s0"]["label"] == "bright" and fixed_rows["s0"]["audit"] == "not audited"
+    assert train(class_config(fixed / "table.csv", steps=2), tmp_path / "retrained").status == "completed"
+
+
+def test_class_audit_refuses_training_samples_without_folds(squares, tmp_path):
+    _, run, noisy = squares
+    code, text = invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(tmp_path / "a"))
+    assert code == 2 and "in-sample" in text and "s0" in text
+
+
+def test_class_audit_cross_fits_the_training_samples(squares, tmp_path):
+    _, run, noisy = squares
+    out = tmp_path / "audit"
+    code, text = invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(out), "--folds", "2")
+    assert code == 0, text
+    rows = {r["id"]: r for r in rows_of(out / "samples.csv")}
+    assert len(rows) == len(CLASS_SPLITS)
+    assert rows["s0"]["issue"] == "1" and rows["s0"]["likely"] == "dark"  # a training label, found out of sample
+    assert rows["s0"]["probabilities"] in ("fold-0", "fold-1") and rows["s50"]["probabilities"] == "run"
+    assert {i for i, r in rows.items() if r["issue"] == "1"} >= FLIPPED | {"s0"}

@@ -679,11 +679,19 @@ def export(
 
 @app.command()
 def audit(
-    run_dir: Annotated[Path, typer.Argument(help="a segmentation run directory")],
-    out: Annotated[Path, typer.Option(help="output folder: cases.csv, suspects/, figures/, report.html, audit.json")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="a run directory: segmentation, or classification trained on a table")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="output folder: cases.csv and suspects/ (masks) or samples.csv (labels), figures/, report.html, "
+            "audit.json"
+        ),
+    ],
     input: Annotated[
         Path | None,
-        typer.Option(help="the manifest whose masks to audit (default: the run's own training manifest)"),
+        typer.Option(help="the manifest (masks) or classification table (labels) to audit (default: the run's own)"),
     ] = None,
     folds: Annotated[
         int | None,
@@ -694,20 +702,23 @@ def audit(
         ),
     ] = None,
     split: Annotated[
-        list[str] | None, typer.Option(help="audit only the cases of this split (train, val, test); repeat for more")
+        list[str] | None,
+        typer.Option(help="audit only the cases or samples of this split (train, val, test); repeat for more"),
     ] = None,
     fix: Annotated[
         Path | None,
         typer.Option(
-            help="also write FIX/manifest.csv: the input's cases with each suspect flipped to its confident class "
-            "in FIX/labels/ (the original masks are never written), ready for labelwise train"
+            help="also write a corrected copy, ready for labelwise train: FIX/manifest.csv with each suspect pixel "
+            "flipped to its confident class in FIX/labels/, or FIX/table.csv with the flagged class labels replaced "
+            "(the original files are never written)"
         ),
     ] = None,
 ) -> None:
-    """Find suspect labels: the pixels where a mask disagrees with the run's out-of-sample probabilities (missed
-    structure: confidently foreground but labelled background; extra: the reverse), a quality score per case, the
-    worst cases on a page, and with --fix a corrected manifest. The run's probabilities are out of sample only for
-    the cases it did not train on; its training cases need --folds K."""
+    """Find suspect labels where they disagree with the run's out-of-sample probabilities (confident learning): in
+    masks, missed structure (confidently foreground, labelled background) and extra (the reverse); in class labels,
+    the samples whose label is likely another. A quality score per case or sample, the worst on a page, and with
+    --fix a corrected copy. The run's probabilities are out of sample only for what it did not train on; its
+    training cases need --folds K."""
     from labelwise.audit import audit_run
 
     audit_run(run_dir, out, manifest=input, folds=folds, fix=fix, splits=split)

@@ -7,8 +7,50 @@
 The scoring is confident learning (:mod:`labelwise.metrics.label_quality`); this package finds the probabilities
 (a run predicts its val and test cases out of sample; its training cases need runs that did not see them), writes the
 suspect maps, tables and page (:mod:`labelwise.report.audit`), and the corrected labels. Modules: ``folds``
-(cross-fitting), ``segmentation`` (masks)."""
+(cross-fitting), ``segmentation`` (masks), ``classification`` (class labels of a table).
+"""
 
-from labelwise.audit.segmentation import audit_run
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from labelwise.data.manifest import SPLITS
+from labelwise.errors import LabelwiseError
 
 __all__ = ["audit_run"]
+
+WORST = 12  # cases or samples shown on the page
+
+
+def audit_run(
+    run_dir: str | Path,
+    out: str | Path,
+    manifest: str | Path | None = None,
+    folds: int | None = None,
+    fix: str | Path | None = None,
+    splits: Sequence[str] | None = None,
+    worst: int = WORST,
+    progress: bool | Callable[[str], None] = True,
+) -> dict[str, Any]:
+    """Audit the labels of ``manifest`` (a segmentation manifest or a classification table; default: the run's
+    own) with the run in ``run_dir``; ``splits``: only the cases of these splits. What the run trained on needs
+    ``folds`` (K >= 2 cross-fitted runs in ``out/folds``, reused or resumed by a later call); without it, it is
+    refused when ``manifest`` is given, and left out (with a note) when it is not. ``fix``: a folder for the
+    corrected manifest or table. Returns what ``out/audit.json`` holds."""
+    from labelwise.inference.run import load_run, reporter
+
+    unknown = sorted(set(splits or ()) - set(SPLITS))
+    if unknown:
+        raise LabelwiseError(f"--split {unknown[0]}: use one of {', '.join(SPLITS)}")
+    run = load_run(run_dir)
+    given = Path(manifest) if manifest is not None else None
+    args = (run, Path(out), given, folds, Path(fix) if fix is not None else None, splits, worst, reporter(progress))
+    if run.task == "segmentation":
+        from labelwise.audit.segmentation import audit_masks
+
+        return audit_masks(*args)
+    from labelwise.audit.classification import audit_labels
+
+    return audit_labels(*args)

@@ -8,7 +8,6 @@ audit picks up where it stopped."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -18,10 +17,11 @@ import numpy as np
 
 from labelwise.config import load_config
 from labelwise.data.manifest import Case
+from labelwise.data.table import write_table
 from labelwise.errors import LabelwiseError
 from labelwise.io import atomic_write
 
-__all__ = ["assign_folds", "fold_runs", "write_manifest_rows"]
+__all__ = ["assign_folds", "fold_runs", "split_seen", "write_manifest_rows"]
 
 
 def assign_folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
@@ -61,21 +61,53 @@ def write_manifest_rows(
                 **extra.get(case.id, {}),
             }
         )
-    from io import StringIO
-
-    text = StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, text.getvalue())
+    write_table(path, [{c: row.get(c, "") for c in columns} for row in rows])
     return path
 
 
+def split_seen(
+    ids: Sequence[str],
+    trained: set[str],
+    folds: int | None,
+    given: Path | None,
+    run_dir: Path,
+    report: Callable[[str], None],
+    noun: str,
+) -> set[str]:
+    """The ``ids`` to audit. With ``folds``, all of them (the ones in ``trained``, the run's training ids, get fold
+    runs). Without, a run's probabilities for what it trained on are in-sample: those ids are refused when the
+    input was ``given`` explicitly, else left out with a note."""
+    seen = [i for i in ids if i in trained]
+    if folds is not None or not seen:
+        return set(ids)
+    if given is not None:
+        names = ", ".join(seen[:5]) + (", ..." if len(seen) > 5 else "")
+        raise LabelwiseError(
+            f"{len(seen)} {noun}(s) of {given} trained {run_dir} ({names}): its probabilities for them are "
+            "in-sample and have memorised their labels' noise; audit them with --folds K (K runs, each without one "
+            f"fold), or keep the {noun}s the run did not train on with --split val --split test"
+        )
+    report(
+        f"note: {len(seen)} training {noun}(s) left out: the run's probabilities for them are in-sample; add "
+        "--folds K to audit them too"
+    )
+    rest = set(ids) - set(seen)
+    if not rest:
+        raise LabelwiseError(f"{run_dir}: every labelled {noun} trained the run; audit them with --folds K")
+    return rest
+
+
 def fold_runs(
-    run_dir: Path, cases: Sequence[Case], training: Sequence[str], k: int, out: Path, report: Callable[[str], None]
+    run_dir: Path,
+    write_data: Callable[[Path, set[str]], Path],
+    training: Sequence[str],
+    k: int,
+    out: Path,
+    report: Callable[[str], None],
 ) -> dict[str, Path]:
-    """Train (or reuse, or resume) the K fold runs of ``run_dir``'s config on ``cases`` (a manifest's cases), each
-    without one fold of the ``training`` ids; returns each training id's fold run directory."""
+    """Train (or reuse, or resume) the K fold runs of ``run_dir``'s config, each without one fold of the
+    ``training`` ids: ``write_data(folder, held_out_ids)`` writes the fold's data file (a manifest or table without
+    those ids) in ``folder`` and returns it. Returns each training id's fold run directory."""
     from labelwise.training import train
 
     saved = load_config(run_dir / "config.yaml", check_files=False)
@@ -87,7 +119,7 @@ def fold_runs(
     for fold in range(k):
         held = {cid for cid, f in folds.items() if f == fold}
         home = folder / f"fold-{fold}"
-        manifest = write_manifest_rows(home / "manifest.csv", [c for c in cases if c.id not in held])
+        manifest = write_data(home, held)
         target = home / "run"
         status = _status(target)
         if status == "completed":

@@ -28,20 +28,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from labelwise.audit.folds import fold_runs, write_manifest_rows
+from labelwise.audit.folds import fold_runs, split_seen, write_manifest_rows
 from labelwise.config import load_config
-from labelwise.data.manifest import SPLITS, Case, read_manifest
+from labelwise.data.manifest import Case, read_manifest
 from labelwise.data.volumes import Volume, from_grid, read_volume, suffix_of, write_volume
 from labelwise.errors import DataError, LabelwiseError
 from labelwise.inference.figures import mask_overlay_rgb, write_png
-from labelwise.inference.run import RunModel, load_run, reporter
+from labelwise.inference.run import RunModel, load_run
 from labelwise.io import atomic_open, atomic_write
 from labelwise.metrics.label_quality import SWAPPED, MaskAudit, mask_suspects, mask_thresholds
 from labelwise.report.audit import build_audit_page
 
-__all__ = ["audit_run", "run_cases"]
-
-WORST = 12  # cases shown on the page
+__all__ = ["audit_masks", "run_cases"]
 
 
 def run_cases(run_dir: Path) -> list[Case]:
@@ -73,62 +71,45 @@ def _case_probabilities(run: RunModel, case: Case) -> tuple[np.ndarray, Volume]:
     return probs, raw
 
 
-def audit_run(
-    run_dir: str | Path,
-    out: str | Path,
-    manifest: str | Path | None = None,
-    folds: int | None = None,
-    fix: str | Path | None = None,
-    splits: Sequence[str] | None = None,
-    worst: int = WORST,
-    progress: bool | Callable[[str], None] = True,
+def audit_masks(
+    run: RunModel,
+    out: Path,
+    manifest: Path | None,
+    folds: int | None,
+    fix: Path | None,
+    splits: Sequence[str] | None,
+    worst: int,
+    report: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Audit the masks of ``manifest`` (default: the run's own; ``splits``: only its cases of these splits) with
-    segmentation run ``run_dir``; see the module docstring for what is written. Cases the run trained on need
-    ``folds`` (K >= 2 cross-fitted runs); without it they are refused when ``manifest`` is given, and left out (with
-    a note) when it is not. Returns audit.json's content."""
-    run_dir, out = Path(run_dir), Path(out)
-    report = reporter(progress)
-    run = load_run(run_dir)
-    if run.task != "segmentation":
-        raise LabelwiseError(
-            f"{run_dir}: a classification run; the audit of class labels is not built yet "
-            "(labelwise audit takes segmentation runs)"
-        )
+    """Audit the masks of ``manifest`` (default: the run's own) with segmentation ``run``; see the module docstring
+    and :func:`labelwise.audit.audit_run`."""
+    run_dir = run.run_dir
     own = run_cases(run_dir)
-    training = {c.id for c in own if c.split == "train"} | {
-        str(Path(c.image).resolve()) for c in own if c.split == "train"
-    }
     cases = read_manifest(manifest) if manifest is not None else own
-    unknown = sorted(set(splits or ()) - set(SPLITS))
-    if unknown:
-        raise LabelwiseError(f"--split {unknown[0]}: use one of {', '.join(SPLITS)}")
     labelled = [c for c in cases if c.label is not None and (not splits or c.split in splits)]
     if not labelled:
         raise DataError(
             f"{manifest or run_dir}: no labelled cases to audit{' in split ' + ', '.join(splits) if splits else ''}"
         )
-    seen = [c for c in labelled if c.id in training or str(Path(c.image).resolve()) in training]
-    if folds is None and seen:
-        if manifest is not None:
-            names = ", ".join(c.id for c in seen[:5]) + (", ..." if len(seen) > 5 else "")
-            raise LabelwiseError(
-                f"{len(seen)} case(s) of {manifest} trained {run_dir} ({names}): its probabilities "
-                "for them are in-sample and have memorised their labels' noise; audit them with "
-                "--folds K (K runs, each without one fold), or keep the cases the run did not train "
-                "on with --split val --split test"
-            )
-        report(
-            f"note: {len(seen)} training case(s) left out: the run's probabilities for them are in-sample; "
-            "add --folds K to audit them too"
-        )
-        labelled = [c for c in labelled if c not in seen]
-        if not labelled:
-            raise LabelwiseError(f"{run_dir}: every labelled case trained the run; audit them with --folds K")
+    images = {str(Path(c.image).resolve()) for c in own if c.split == "train"}
+    trained = {c.id for c in own if c.split == "train"} | {
+        c.id for c in labelled if str(Path(c.image).resolve()) in images
+    }
+    kept = split_seen([c.id for c in labelled], trained, folds, manifest, run_dir, report, "case")
+    labelled = [c for c in labelled if c.id in kept]
     source: dict[str, Path] = {c.id: run_dir for c in labelled}
     if folds is not None:
-        train_ids = [c.id for c in labelled if c in seen or c.split == "train"]
-        source.update(fold_runs(run_dir, cases, train_ids, folds, out, report))
+        train_ids = [c.id for c in labelled if c.id in trained or c.split == "train"]
+        source.update(
+            fold_runs(
+                run_dir,
+                lambda home, held: write_manifest_rows(home / "manifest.csv", [c for c in cases if c.id not in held]),
+                train_ids,
+                folds,
+                out,
+                report,
+            )
+        )
 
     probabilities = out / "probabilities"
     models: dict[Path, RunModel] = {run_dir: run}

@@ -19,7 +19,7 @@ are relative to the table's folder or absolute. Nothing is inferred from file or
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,7 +228,7 @@ def load_images(
     return np.stack(out).astype(np.float32)
 
 
-def write_table(path: str | Path, rows: Sequence[dict[str, object]]) -> Path:
+def write_table(path: str | Path, rows: Sequence[Mapping[str, object]]) -> Path:
     """Write rows (dicts with the same keys) as a CSV table; returns the path."""
     import io
 

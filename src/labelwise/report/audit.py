@@ -14,11 +14,19 @@ from labelwise.report.common import environment
 __all__ = ["build_audit_page"]
 
 
+MASK_COLUMNS = ["rank", "id", "split", "quality", "missed", "extra", "swapped", "label_voxels", "probabilities"]
+
+
 def build_audit_page(
-    out: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str, Path]
+    out: str | Path,
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    figures: dict[str, Path],
+    columns: list[str] = MASK_COLUMNS,
 ) -> Path:
-    """Write ``out`` (self-contained: the figures are embedded) from the audit's ``summary`` (audit.json), its case
-    ``rows`` (worst first, as cases.csv) and the figure of each shown case id."""
+    """Write ``out`` (self-contained: the figures are embedded) from the audit's ``summary`` (audit.json), its
+    ``rows`` (worst first, as cases.csv or samples.csv; ``columns`` shown) and the figure of each shown id. A
+    summary with ``samples`` is a class-label audit, else a mask audit."""
     shown = [
         {**row, "figure": "data:image/png;base64," + base64.b64encode(figures[row["id"]].read_bytes()).decode()}
         for row in rows
@@ -31,6 +39,8 @@ def build_audit_page(
             summary=summary,
             rows=rows,
             shown=shown,
+            columns=columns,
+            masks="samples" not in summary,
             version=labelwise.__version__,
             generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
         )
