@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
 import torch
-from monai.losses import DiceCELoss
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelwise.errors import ConfigError
@@ -84,8 +84,7 @@ class Supervised(Method):
         self.networks["model"] = build_model(
             config.model, data.spatial_dims, data.in_channels, self.out_channels, data.task, data.image_size
         )
-        if loss == "dice_ce":
-            self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=self.options.label_smoothing)
+        self._dice_ce: torch.nn.Module | None = None  # MONAI's DiceCELoss, made on first use (see dice_ce)
         if self.options.threshold == "calibrate" and (data.task != "segmentation" or data.num_classes != 2):
             raise ConfigError(
                 "method.threshold: calibrate chooses the threshold of binary masks (2 classes); the data "
@@ -96,14 +95,24 @@ class Supervised(Method):
         self.tta, self.min_size = self.options.tta, self.options.min_size
         self.window = list(config.data.patch_size) if config.data.patch_size else None  # predict: windows of a patch
 
+    def dice_ce(self) -> torch.nn.Module:
+        """MONAI's ``DiceCELoss`` (one-hot targets, softmax, the configured label smoothing), made on first use:
+        importing MONAI takes seconds, which loading a run to predict with it should not pay."""
+        if self._dice_ce is None:
+            from monai.losses import DiceCELoss
+
+            self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=self.options.label_smoothing)
+        return self._dice_ce
+
     def segmentation_loss(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
         """The configured loss of logits (a tensor, or U-Net MSS's tuple) against a label map ``(B, *spatial)``."""
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         if self.loss_name == "focal_tversky":
             o = self.options
             loss_fn = partial(focal_tversky_loss, alpha=o.alpha, beta=o.beta, gamma=o.gamma)
             target = target.unsqueeze(1).float()
         else:
-            loss_fn, target = self.dice_ce, target.unsqueeze(1)
+            loss_fn, target = self.dice_ce(), target.unsqueeze(1)
         if isinstance(outputs, (tuple, list)):  # a U-Net MSS's outputs: one weight each
             return mss_loss(outputs, target, loss_fn, self.options.mss_weights[: len(outputs)])
         return loss_fn(outputs, target)

@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from monai.networks import nets
 from torch import nn
 
 from labelwise.errors import ConfigError
@@ -52,6 +51,8 @@ def _replace_batch_norm(net: nn.Module, cfg: ModelConfig) -> nn.Module:
 
 def _resnet(default_layers: list[int]) -> Builder:
     def build(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
+        from monai.networks import nets
+
         if cfg.dropout:
             raise ConfigError("model.dropout: MONAI's ResNet has no dropout; set it to 0 or pick densenet121")
         channels = cfg.channels or [64, 128, 256, 512]
@@ -79,12 +80,16 @@ def _resnet(default_layers: list[int]) -> Builder:
 def _densenet121(
     cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None
 ) -> nn.Module:
+    from monai.networks import nets
+
     return nets.DenseNet121(
         spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout_prob=cfg.dropout
     )
 
 
 def _unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
+    from monai.networks import nets
+
     channels = cfg.channels or [16, 32, 64, 128]
     return nets.UNet(
         spatial_dims=spatial_dims,
@@ -99,6 +104,8 @@ def _unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: i
 
 
 def _basic_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
+    from monai.networks import nets
+
     features = cfg.channels or [32, 32, 64, 128, 256, 32]
     if len(features) != 6:
         raise ConfigError("model.channels: basic_unet needs 6 widths (5 encoder levels + the last decoder)")
@@ -155,6 +162,8 @@ def _swin(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: i
 def _unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
     """MONAI's UNETR: a ViT (16-pixel patches, 12 blocks; ``channels: [hidden]`` or ``[hidden, decoder width]``,
     default [768, 16]; ``heads: [12]``) with a convolutional decoder (``model.norm``)."""
+    from monai.networks import nets
+
     from labelwise.models.backbones import ViTBackbone
 
     vit = ViTBackbone(cfg, spatial_dims, in_channels, image_size, unetr=True)
@@ -179,6 +188,8 @@ def _swin_unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_chann
     """MONAI's SwinUNETR (``channels: [feature_size]``, default 24, a multiple of 12; ``layers``/``heads`` per
     stage; 2-voxel patches); its decoder uses ``model.norm`` (instance norm fails where the bottleneck is one voxel,
     at 32-voxel inputs). Inputs: each side a multiple of 32."""
+    from monai.networks import nets
+
     from labelwise.models.backbones import swin_options
 
     width, depths, heads, patch = swin_options(cfg)
