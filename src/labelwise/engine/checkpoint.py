@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -101,16 +103,36 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return path if (path / WEIGHTS).is_file() and (path / STATE).is_file() else None
 
 
-def load_weights(path: str | Path, networks: dict[str, nn.Module]) -> None:
-    """Load ``model.safetensors`` (a checkpoint folder or the file itself) into the networks, strictly."""
-    path = Path(path)
-    file = path / WEIGHTS if path.is_dir() else path
+def read_weights(file: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``model.safetensors`` file; a missing, corrupted or truncated one is a LabelwiseError naming
+    it (not the safetensors library's traceback)."""
+    file = Path(file)
     if not file.is_file():
         raise LabelwiseError(f"no weights at {file}")
-    tensors = load_file(str(file))
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise LabelwiseError(f"{file}: the weights file is corrupted or unreadable ({err})") from None
+
+
+def load_weights(path: str | Path, networks: dict[str, nn.Module]) -> None:
+    """Load ``model.safetensors`` (a checkpoint folder or the file itself) into the networks, strictly: a tensor
+    missing, left over or of another shape is a LabelwiseError naming the file."""
+    path = Path(path)
+    file = path / WEIGHTS if path.is_dir() else path
+    tensors = read_weights(file)
     for name, net in networks.items():
         prefix = f"{name}."
         own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        expected = net.state_dict()
+        shapes = [k for k, v in own.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+        if shapes:
+            key = shapes[0]
+            raise LabelwiseError(
+                f"{file}: weights do not fit network {name!r}: {len(shapes)} tensor(s) of another shape, e.g. {key} "
+                f"{tuple(own[key].shape)} in the file, {tuple(expected[key].shape)} in the network built from the "
+                "run's config.yaml (was its model section changed?)"
+            )
         missing, unexpected = net.load_state_dict(own, strict=False)
         if missing or unexpected:
             raise LabelwiseError(
@@ -119,5 +141,10 @@ def load_weights(path: str | Path, networks: dict[str, nn.Module]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """The trainer state of a checkpoint folder (plain tensors and numbers; never unpickles code)."""
-    return torch.load(path / STATE, map_location="cpu", weights_only=True)
+    """The trainer state of a checkpoint folder (plain tensors and numbers; never unpickles code); a corrupted or
+    truncated one is a LabelwiseError naming it."""
+    file = path / STATE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise LabelwiseError(f"{file}: the trainer state is corrupted or unreadable ({err})") from None

@@ -257,9 +257,7 @@ class Trainer:
         """``model.init_from`` / ``model.freeze_backbone``: the engine reads the pretrain run's latest checkpoint (or,
         resuming, the names frozen at the start, saved in every checkpoint) and the Method loads and freezes
         (:meth:`labelwise.methods.Method.load_backbone`, :meth:`~labelwise.methods.Method.refreeze`)."""
-        from safetensors.torch import load_file
-
-        from labelwise.engine.checkpoint import STATE, WEIGHTS
+        from labelwise.engine.checkpoint import STATE, WEIGHTS, read_weights
 
         cfg = self.config.model
         if resumed is not None:
@@ -274,7 +272,7 @@ class Trainer:
         if checkpoint is None:
             raise ConfigError(f"model.init_from: {cfg.init_from} is not a run directory with a checkpoint")
         self.frozen = self.method.load_backbone(
-            load_file(str(checkpoint / WEIGHTS)), freeze=cfg.freeze_backbone, source=str(cfg.init_from)
+            read_weights(checkpoint / WEIGHTS), freeze=cfg.freeze_backbone, source=str(cfg.init_from)
         )
 
     def _mixed_sampler(self, start_step: int) -> MixedBatchSampler | None:

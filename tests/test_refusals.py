@@ -1,0 +1,91 @@
+"""Refusals through the CLI (issue 28, point 8): a corrupted or mismatched weights file, inputs holding NaN or
+infinite values, and a resume whose config changes the network or ends before its checkpoint. Each exits 2 with
+one line naming the file or the key, and writes nothing."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from conftest import invoke_cli, run_cli
+
+from labelwise.config import load_config
+from labelwise.training import train
+
+CLASSIFICATION = {
+    "name": "refusals",
+    "seed": 0,
+    "method": "supervised",
+    "data": {"synth": {"n": 40, "size": 16, "num_classes": 3}, "task": "classification", "batch_size": 8},
+    "model": {"name": "resnet10", "channels": [4, 8, 8, 8], "norm": "group"},
+    "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A classification run of 2 steps (checkpoint at step 2), and a 2D segmentation run; tests work on copies."""
+    root = tmp_path_factory.mktemp("refusals")
+    segmentation = copy.deepcopy(CLASSIFICATION)
+    segmentation["data"] = {"synth": {"n": 20, "size": 16, "num_classes": 2}, "task": "segmentation", "batch_size": 4}
+    segmentation["model"] = {"name": "unet", "channels": [4, 8], "norm": "instance"}
+    runs = {}
+    for name, cfg in (("classification", CLASSIFICATION), ("segmentation", segmentation)):
+        assert train(load_config(cfg), root / name).status == "completed"
+        runs[name] = root / name
+    return runs
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A copy of the classification run."""
+    return shutil.copytree(trained["classification"], tmp_path / "run")
+
+
+def _image(path, value=0.5):
+    np.save(path, np.full((16, 16), value, dtype=np.float32))
+    return path
+
+
+def _one_line(code, text):
+    assert code == 2, text
+    assert "\n" not in text.strip(), text
+    return text
+
+
+# --- 1. weights ------------------------------------------------------------------------------------------------
+
+
+def test_predict_refuses_corrupted_weights_naming_the_file(run, tmp_path):
+    weights = run / "checkpoints" / "step-000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated, as a copy cut short
+    text = _one_line(
+        *invoke_cli("predict", str(run), "--input", str(_image(tmp_path / "a.npy")), "--out", str(tmp_path / "out"))
+    )
+    assert str(weights) in text and "corrupted" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_with_corrupted_weights_prints_one_error_line(run, tmp_path):
+    """As a user sees it: a fresh process, no traceback."""
+    weights = run / "checkpoints" / "step-000002" / "model.safetensors"
+    weights.write_bytes(b"not a safetensors file at all")
+    result = run_cli("predict", str(run), "--input", str(_image(tmp_path / "a.npy")), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(weights) in lines[0]
+
+
+def test_weights_of_another_shape_are_refused_naming_the_file(run, tmp_path):
+    """config.yaml edited after training: the network built from it no longer fits its weights."""
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["model"]["channels"] = [8, 8, 8, 8]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    text = _one_line(
+        *invoke_cli("predict", str(run), "--input", str(_image(tmp_path / "a.npy")), "--out", str(tmp_path / "out"))
+    )
+    assert str(run / "checkpoints" / "step-000002" / "model.safetensors") in text and "shape" in text
