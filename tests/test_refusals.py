@@ -89,3 +89,38 @@ def test_weights_of_another_shape_are_refused_naming_the_file(run, tmp_path):
         *invoke_cli("predict", str(run), "--input", str(_image(tmp_path / "a.npy")), "--out", str(tmp_path / "out"))
     )
     assert str(run / "checkpoints" / "step-000002" / "model.safetensors") in text and "shape" in text
+
+
+# --- 2. inputs holding NaN or infinite values -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_classification_predict_refuses_a_nan_input_naming_it(run, tmp_path, value):
+    good, bad = _image(tmp_path / "good.npy"), _image(tmp_path / "bad.npy", value)
+    out = tmp_path / "out"
+    text = _one_line(*invoke_cli("predict", str(run), "--input", str(good), "--input", str(bad), "--out", str(out)))
+    assert str(bad) in text and "NaN or infinite" in text
+    assert not out.exists()
+
+
+def test_classification_predict_refuses_a_nan_sample_of_a_dataset_npz(run, tmp_path):
+    image = np.zeros((3, 1, 16, 16), dtype=np.float32)
+    image[1, 0, 3, 4] = np.nan
+    data = tmp_path / "set.npz"
+    np.savez(data, image=image, ids=np.array(["a", "b", "c"]))
+    text = _one_line(*invoke_cli("predict", str(run), "--input", str(data), "--out", str(tmp_path / "out")))
+    assert str(data) in text and "sample b" in text and "NaN or infinite" in text
+
+
+def test_segmentation_predict_and_explain_refuse_a_nan_input_naming_it(trained, tmp_path):
+    from labelwise.data.volumes import write_volume
+
+    image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    image[2, 3] = np.nan
+    bad = write_volume(tmp_path / "bad.nii.gz", image)
+    seg = trained["segmentation"]
+    text = _one_line(*invoke_cli("predict", str(seg), "--input", str(bad), "--out", str(tmp_path / "out")))
+    assert str(bad) in text and "NaN or infinite" in text
+    assert not (tmp_path / "out").exists()
+    text = _one_line(*invoke_cli("explain", "--run", str(seg), "--input", str(bad), "--out", str(tmp_path / "maps")))
+    assert str(bad) in text and "NaN or infinite" in text

@@ -14,7 +14,7 @@ from labelwise.data.npz import save_npz
 from labelwise.data.table import read_rows, write_table
 from labelwise.data.volumes import Volume, case_id, suffix_of
 from labelwise.errors import DataError
-from labelwise.inference.run import RunModel, fit_channels, input_files, reporter
+from labelwise.inference.run import RunModel, fit_channels, input_files, reporter, require_finite
 from labelwise.io import atomic_write
 
 __all__ = ["classification_inputs", "predict_classes"]
@@ -46,7 +46,7 @@ def classification_inputs(
                     if split is None or "split" not in data.files
                     else np.flatnonzero(data["split"].astype(str) == split)
                 )
-            samples += [(str(ids[i]), None, image[i]) for i in rows]
+            samples += [(str(ids[i]), None, require_finite(image[i], f"{path}, sample {ids[i]}")) for i in rows]
         else:
             samples += [(case_id(f), f, None) for f in input_files([path])]
     if not samples:

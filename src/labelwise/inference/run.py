@@ -27,7 +27,7 @@ from labelwise.errors import DataError, LabelwiseError
 from labelwise.methods import METHODS, Method
 from labelwise.models.outputs import Threshold, activate, parse_threshold, remove_small_components, segment
 
-__all__ = ["RunModel", "fit_channels", "input_files", "load_run", "reporter"]
+__all__ = ["RunModel", "fit_channels", "input_files", "load_run", "reporter", "require_finite"]
 
 
 @dataclass
@@ -122,10 +122,11 @@ class RunModel:
 
     def read_raw(self, path: str | Path) -> Volume:
         """One input file read by the package's one reader (:func:`labelwise.data.volumes.read_image`, with the run's
-        Harvard-GDP modalities), its channels fitted to the network (:func:`fit_channels`); not yet preprocessed."""
+        Harvard-GDP modalities), its channels fitted to the network (:func:`fit_channels`); not yet preprocessed.
+        An input holding NaN or infinite values is refused (:func:`require_finite`)."""
         path = Path(path)
         volume = read_image(path, self.spec["preprocessing"].get("modalities") or ("rnflt",))
-        array, spacing = volume.array, volume.spacing
+        array, spacing = require_finite(volume.array, path), volume.spacing
         if suffix_of(path) == ".npy" and len(spacing) == self.spatial_dims - 1:  # an (X, Y, Z) array read as (C, H, W)
             array, spacing = array[None], (1.0,) * self.spatial_dims
         return Volume(fit_channels(array, path, self.in_channels, self.spatial_dims), tuple(spacing), volume.affine)
@@ -300,6 +301,15 @@ def input_files(paths: Sequence[str | Path], suffixes: Sequence[str] | None = No
         else:
             raise DataError(f"{path}: no such file or folder")
     return files
+
+
+def require_finite(array: np.ndarray, source: str | Path) -> np.ndarray:
+    """``array``, or a DataError naming ``source`` (the input file, or a dataset's sample) when it holds NaN or
+    infinite values: a network maps them to NaN outputs, which would be written as if they were predictions."""
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise DataError(f"{source}: holds NaN or infinite values ({bad} of {array.size}); an input must be finite")
+    return array
 
 
 def fit_channels(array: np.ndarray, path: Path, in_channels: int, spatial_dims: int) -> np.ndarray:
