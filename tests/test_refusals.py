@@ -124,3 +124,40 @@ def test_segmentation_predict_and_explain_refuse_a_nan_input_naming_it(trained, 
     assert not (tmp_path / "out").exists()
     text = _one_line(*invoke_cli("explain", "--run", str(seg), "--input", str(bad), "--out", str(tmp_path / "maps")))
     assert str(bad) in text and "NaN or infinite" in text
+
+
+# --- 3. and 4. resume -------------------------------------------------------------------------------------------
+
+
+def _resume(run, *sets):
+    before = (run / "config.yaml").read_text(), (run / "summary.json").read_text()
+    args = [a for s in sets for a in ("--set", s)]
+    code, text = invoke_cli("train", "--resume", str(run), "--no-report", *args)
+    after = (run / "config.yaml").read_text(), (run / "summary.json").read_text()
+    assert after == before  # refused before anything was written
+    assert [p.name for p in sorted((run / "checkpoints").glob("step-*"))] == ["step-000002"]
+    return _one_line(code, text)
+
+
+def test_resume_refuses_a_change_of_the_network_naming_the_key(run):
+    text = _resume(run, "model.channels=[8, 8, 8, 8]", "trainer.max_steps=4")
+    assert "model.channels" in text and "[4, 8, 8, 8] -> [8, 8, 8, 8]" in text and str(run) in text
+
+
+def test_resume_refuses_every_key_that_changes_the_network(run):
+    text = _resume(run, "model.norm=batch", "data.synth.num_classes=2", "trainer.log_every=5")
+    assert "model.norm" in text and "data.synth.num_classes" in text and "log_every" not in text
+
+
+def test_resume_refuses_max_steps_below_the_checkpoint(run):
+    text = _resume(run, "trainer.max_steps=1")
+    assert "trainer.max_steps" in text and "1" in text and "step 2" in text and str(run) in text
+
+
+def test_resume_may_change_keys_that_leave_the_network_as_it_was(run):
+    code, text = invoke_cli(
+        "train", "--resume", str(run), "--no-report", "--set", "trainer.max_steps=3", "--set", "trainer.log_every=5"
+    )
+    assert code in (0, None), text
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["max_steps"] == 3 and saved["trainer"]["log_every"] == 5

@@ -64,6 +64,46 @@ class TrainResult:
     is_global_zero: bool = True
 
 
+#: Config keys a resumed run keeps (a name ending in ``.`` covers its section): the network and what its shapes
+#: follow (every model key; the data's task, labels, channels and sizes), the data preprocessing its weights were
+#: trained under, and the optimizer whose state the checkpoint holds. Method options are not compared (a method may
+#: fill in unset ones, see ``Method.chosen_options``); one that changes the networks fails as their weights load.
+RESUME_FIXED = (
+    "model.",
+    "method.name",
+    "optimizer.name",
+    "data.task",
+    "data.labels",
+    "data.modalities",
+    "data.image_size",
+    "data.patch_size",
+    "data.synth.",
+    "data.intensity",
+    "data.reorient",
+    "data.spacing",
+)
+
+
+def _changed_keys(saved: dict[str, Any], given: dict[str, Any], keys: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """``(key, saved value, given value)`` per dotted key under ``keys`` whose values differ (unset: ``null``)."""
+
+    def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in tree.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{name}."))
+            else:
+                out[f"{prefix}{name}"] = value
+        return out
+
+    def text(value: Any) -> str:
+        return "null" if value is None else str(value)
+
+    a, b = flat(saved), flat(given)
+    names = [k for k in dict.fromkeys([*a, *b]) if any(k == f or (f.endswith(".") and k.startswith(f)) for f in keys)]
+    return [(k, text(a.get(k)), text(b.get(k))) for k in names if a.get(k) != b.get(k)]
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of the random draws (dropout, augmentation) of one step on one process: resuming at any step
     reproduces them exactly, and processes draw differently."""
@@ -214,12 +254,32 @@ class Trainer:
         return self.start_step
 
     def _check_resume_config(self) -> None:
-        """Refuse, before anything is written, a resumed run whose config changes ``trainer.max_steps`` under the
-        cosine schedule: its decay is spread over max_steps (:func:`learning_rate`), so the steps already run would
-        have followed another curve. With the constant schedule a run may be extended."""
+        """Refuse, before anything is written, a resumed run whose ``trainer.max_steps`` is below its last
+        checkpoint's step; whose config changes a key of :data:`RESUME_FIXED` (the network, the data it was built for,
+        the optimizer whose state the checkpoint holds: its weights would not fit, or would go on under other
+        inputs); or changes ``trainer.max_steps`` under the cosine schedule: its decay is spread over max_steps
+        (:func:`learning_rate`), so the steps already run would have followed another curve. With the constant
+        schedule a run may be extended; the other keys (trainer.log_every, checkpoint_every, devices, ...) may
+        change."""
+        cfg = self.config
+        if latest_checkpoint(self.run.checkpoints) is not None:
+            pointer = json.loads((self.run.checkpoints / "latest.json").read_text())
+            if cfg.trainer.max_steps < int(pointer["step"]):
+                raise ConfigError(
+                    f"trainer.max_steps: {cfg.trainer.max_steps} refused when resuming {self.run.path}: its last "
+                    f"checkpoint is at step {pointer['step']} ({self.run.checkpoints / pointer['path']}); give "
+                    f"trainer.max_steps >= {pointer['step']}"
+                )
         if not self.run.config.is_file():
             return
-        saved, cfg = load_config(self.run.config, check_files=False), self.config
+        saved = load_config(self.run.config, check_files=False)
+        changed = _changed_keys(saved.to_dict(), cfg.to_dict(), RESUME_FIXED)
+        if changed:
+            raise ConfigError(
+                f"{', '.join(f'{key}: {old} -> {new}' for key, old, new in changed)} refused when resuming "
+                f"{self.run.path}: its checkpoint holds the network, optimizer and data settings of its config.yaml; "
+                "keep them, or start a new run"
+            )
         old, new = saved.trainer.max_steps, cfg.trainer.max_steps
         if old != new and "cosine" in (saved.optimizer.scheduler, cfg.optimizer.scheduler):
             raise ConfigError(
