@@ -223,8 +223,10 @@ def write_volume(
         else:
             array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
         picture = Image.fromarray(array)
+        Image.preinit()  # the common formats (PNG, JPEG, BMP...): registered_extensions would load every plugin
+        image_format = Image.EXTENSION.get(suffix) or Image.registered_extensions()[suffix]
         with atomic_open(path) as f:
-            picture.save(f, format=Image.registered_extensions()[suffix])
+            picture.save(f, format=image_format)
     elif suffix == ".npy":
         with atomic_open(path) as f:
             np.save(f, array)

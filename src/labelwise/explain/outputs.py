@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
@@ -77,6 +76,8 @@ def overlay_rgb(
         raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha}")
     grey = _scale(image, value_range)
     rgb = np.repeat(grey, 3, axis=0) if grey.shape[0] == 1 else grey
+    from matplotlib import colormaps  # here, not at import: a cold `labelwise predict` needs no matplotlib
+
     heat = colormaps[cmap](np.clip(np.nan_to_num(cam, nan=0.0), 0.0, 1.0))[..., :3]
     blended = (1.0 - alpha) * rgb.transpose(1, 2, 0) + alpha * heat
     return np.round(np.clip(blended, 0.0, 1.0) * 255).astype(np.uint8)

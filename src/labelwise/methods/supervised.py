@@ -60,6 +60,7 @@ class Supervised(Method):
     name = "supervised"
     Options = SupervisedOptions
     augments = True
+    _dice_ce: torch.nn.Module | None  # MONAI's DiceCELoss, made on first use (see dice_ce)
 
     def __init__(self, config, data):
         super().__init__(config, data)
@@ -84,7 +85,7 @@ class Supervised(Method):
         self.networks["model"] = build_model(
             config.model, data.spatial_dims, data.in_channels, self.out_channels, data.task, data.image_size
         )
-        self._dice_ce: torch.nn.Module | None = None  # MONAI's DiceCELoss, made on first use (see dice_ce)
+        self._dice_ce = None
         if self.options.threshold == "calibrate" and (data.task != "segmentation" or data.num_classes != 2):
             raise ConfigError(
                 "method.threshold: calibrate chooses the threshold of binary masks (2 classes); the data "

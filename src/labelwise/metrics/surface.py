@@ -73,7 +73,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy import ndimage
 
 from labelwise.errors import DataError
 
@@ -194,6 +193,8 @@ def volumetric_similarity(pred, truth) -> float:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage  # here, not at import: loading a run to predict with it needs no scipy
+
     return mask & ~ndimage.binary_erosion(mask)  # face connectivity, outside the image counts as background
 
 
@@ -206,6 +207,8 @@ def _nearest(
 
         tree = KDTree(points_to * spacing, leafsize=32)
         return np.asarray(tree.query(points_from * spacing, k=1)[0])
+    from scipy import ndimage
+
     distance = ndimage.distance_transform_edt(~surface_to, sampling=spacing)
     return distance[tuple(points_from.T)]
 
