@@ -105,8 +105,8 @@ def serve(side: str, manifest: Path, cache: Path, cache_rate: float, batches: in
     torch.set_num_threads(threads)
     reply = {}
     if side == "labelwise":
-        from labelwise.config import DataConfig
         from labelwise.data import load_data
+        from labelwise.data.config import DataConfig
 
         started = time.perf_counter()
         cfg = DataConfig(manifest=manifest, task="segmentation", intensity="zscore", patch_size=list(PATCH),
@@ -121,8 +121,13 @@ def serve(side: str, manifest: Path, cache: Path, cache_rate: float, batches: in
             return torch.utils.data.DataLoader(dataset, batch_size=2, shuffle=True, num_workers=workers)
     else:
         from monai.data import CacheDataset, DataLoader
-        from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd,
-                                      RandCropByPosNegLabeld)
+        from monai.transforms import (
+            Compose,
+            EnsureChannelFirstd,
+            LoadImaged,
+            NormalizeIntensityd,
+            RandCropByPosNegLabeld,
+        )
 
         started = time.perf_counter()
         rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]

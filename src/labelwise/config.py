@@ -8,193 +8,33 @@ message names the key (and suggests the closest valid key for a typo).
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from labelwise.augment.pipeline import AugmentOptions
+from labelwise.data.config import DataConfig, SynthData
 from labelwise.errors import ConfigError
 from labelwise.io import atomic_write
 from labelwise.methods import METHODS
 from labelwise.models import MODELS
+from labelwise.models.config import ModelConfig
+from labelwise.settings import OptimizerConfig, Section, TrainerConfig, check_choice, did_you_mean
 
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SynthData(Section):
-    """A built-in dataset generated in memory (deterministic for its seed)."""
-
-    kind: Literal["shapes"] = "shapes"
-    n: int = Field(600, gt=0)
-    size: int = Field(32, ge=8)
-    dim: Literal[2, 3] = 2
-    num_classes: int = Field(3, ge=2, le=4)
-    noise: float = Field(0.3, ge=0)
-    seed: int = 0
-
-
-class DataConfig(Section):
-    """Where the samples come from and how they are batched."""
-
-    path: Path | None = None
-    synth: SynthData | None = None
-    manifest: Path | None = Field(
-        None,
-        description="CSV of image files: segmentation id,image,label,split[,truth]; "
-        "classification id,image,split[,use_label,patient] + label and attribute columns",
-    )
-    task: Literal["classification", "segmentation"] = "classification"
-    labels: list[str] = Field(
-        ["label"],
-        min_length=1,
-        description="classification table: label column(s), "
-        "several: multi-label (0/1 each); .npz: the key of the labels, (N,) or (N, K) 0/1 tags",
-    )
-    attributes: list[str] = Field([], description="classification table: columns of groups for fairness figures")
-    modalities: list[str] = Field(["rnflt"], min_length=1, description="Harvard-GDP .npz: channels rnflt and/or tds")
-    image_size: list[int] | None = Field(None, description="classification table: resize every image to this size")
-    batch_size: int = Field(32, gt=0, description="global batch size, split over devices")
-    labelled_per_batch: int | None = Field(
-        None,
-        gt=0,
-        description="semi-supervised methods: labelled samples per "
-        "batch, the rest unlabelled (default: half the batch)",
-    )
-    eval_batch_size: int = Field(64, gt=0)
-    patch_size: list[int] | None = Field(None, description="manifest data: train on random patches of this size")
-    patches_per_volume: int = Field(100, gt=0, description="random patches per training case and epoch")
-    foreground_ratio: float = Field(0.5, ge=0, le=1, description="share of patches centred on a labelled voxel")
-    intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
-        "max",
-        description="max/zscore: per image; channel: per channel with the training split's mean and std; "
-        "percentile: clipped to the training foreground's 0.5-99.5 percentiles, then its mean and std (CT)",
-    )
-    cache: Path | None = Field(
-        None,
-        description="manifest data (segmentation): folder of the preprocessed case "
-        "cache, read through memory maps (relative: to the manifest's folder; default: "
-        ".labelwise-cache next to the manifest)",
-    )
-    reorient: bool = Field(
-        True,
-        description="manifest data (segmentation): NIfTI volumes and masks turned to the "
-        "closest canonical orientation (RAS+: axes permuted and flipped, no interpolation); "
-        "predict writes its outputs back in the input's own orientation",
-    )
-    spacing: list[float] | Literal["median"] | None = Field(
-        "median",
-        description="manifest data (segmentation): resample every case to this voxel spacing (images "
-        "trilinear/bilinear, masks nearest); median: the per-axis median of the training cases; null: never. A case "
-        "already at the spacing (within 1e-3) is left as it is; predict resamples its outputs back",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataConfig:
-        if sum(x is not None for x in (self.path, self.synth, self.manifest)) != 1:
-            raise ValueError(
-                "give exactly one of data.path (an .npz file), data.synth (a built-in dataset) or "
-                "data.manifest (a CSV of image files)"
-            )
-        if self.labelled_per_batch is not None and self.labelled_per_batch > self.batch_size:
-            raise ValueError(
-                f"data.labelled_per_batch: {self.labelled_per_batch} is larger than data.batch_size {self.batch_size}"
-            )
-        if self.intensity == "percentile" and self.task != "segmentation":
-            raise ValueError("data.intensity: percentile uses the training masks' foreground; it is for segmentation")
-        if self.image_size is not None and (len(self.image_size) not in (2, 3) or min(self.image_size) < 1):
-            raise ValueError(f"data.image_size: expected 2 or 3 positive sizes, got {self.image_size}")
-        if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):
-            raise ValueError(f"data.patch_size: expected 2 or 3 positive sizes, got {self.patch_size}")
-        if isinstance(self.spacing, list) and (len(self.spacing) not in (2, 3) or min(self.spacing) <= 0):
-            raise ValueError(f"data.spacing: expected 2 or 3 positive values, 'median' or null, got {self.spacing}")
-        return self
-
-
-class ModelConfig(Section):
-    """A network from the model registry; sizes left out are taken from the data."""
-
-    name: str | None = Field(
-        None,
-        description="a network of the model registry (default: resnet18 for classification, unet for segmentation)",
-    )
-    spatial_dims: Literal[2, 3] | None = None
-    in_channels: int | None = Field(None, gt=0)
-    out_channels: int | None = Field(None, gt=0)
-    channels: list[int] | None = None
-    layers: list[int] | None = None
-    norm: Literal["batch", "instance", "group"] = "batch"
-    dropout: float = Field(0.0, ge=0, lt=1)
-    deep_supervision: bool = Field(True, description="unet_mss: extra outputs at 1/2 and 1/4 resolution")
-    heads: list[int] | None = Field(None, description="vit/unetr: [attention heads]; swin/swin_unetr: heads per stage")
-    patch_size: int | None = Field(
-        None,
-        gt=0,
-        description="vit: side of a token's patch (default 16); swin/swin_unetr: "
-        "of the patch embedding (default 2); unetr: always 16",
-    )
-    image_size: list[int] | None = Field(
-        None,
-        description="vit/unetr: the input size their position embeddings are "
-        "built for (default: the data's image or data.patch_size)",
-    )
-    init_from: Path | None = Field(None, description="a pretrain run directory: start from its backbone's weights")
-    freeze_backbone: bool = Field(
-        False,
-        description="train only the head: a linear probe of the init_from backbone "
-        "(without init_from: of the random one)",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str | None) -> str | None:
-        return None if name is None else _check_choice(name, MODELS, "model")
-
-    @field_validator("channels", "layers", "heads", "image_size")
-    @classmethod
-    def _positive(cls, values: list[int] | None) -> list[int] | None:
-        if values is not None and (not values or min(values) <= 0):
-            raise ValueError("must be a non-empty list of positive integers")
-        return values
-
-
-class OptimizerConfig(Section):
-    """Optimizer and learning-rate schedule."""
-
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-
-
-class TrainerConfig(Section):
-    """How the engine runs: steps, checkpoints, devices, precision."""
-
-    max_steps: int = Field(gt=0)
-    checkpoint_every: int = Field(gt=0)
-    log_every: int = Field(10, gt=0)
-    val_every: int = Field(0, ge=0, description="0: validate only at the end")
-    select_best: str | None = Field(
-        None,
-        description="validation metric (e.g. auc, dice; loss: lowest) whose best "
-        "value picks the weights scored on the test split; checked at every val_every",
-    )
-    devices: int = Field(1, gt=0)
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
-    gradient_clip: float | None = Field(1.0, gt=0)
-    keep_checkpoints: int = Field(2, gt=0)
-    num_workers: int = Field(0, ge=0)
-    deterministic: bool = True
+__all__ = [
+    "Config",
+    "DataConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "SynthData",
+    "TrainerConfig",
+    "load_config",
+    "save_config",
+]
 
 
 class MethodConfig(Section):
@@ -208,7 +48,7 @@ class MethodConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        return _check_choice(name, METHODS, "method")
+        return check_choice(name, METHODS, "method")
 
     def options(self) -> dict[str, Any]:
         """The method's own options (everything but ``name``)."""
@@ -243,6 +83,10 @@ class Config(Section):
     def _method_options(self) -> Config:
         if self.model.name is None:  # the saved config names the network that ran
             self.model.name = DEFAULT_MODELS[self.data.task]
+        try:
+            check_choice(self.model.name, MODELS, "model")
+        except ValueError as err:
+            raise ConfigError(f"model.name: {err}") from None
 
         if self.augment is not None and not METHODS[self.method.name].augments:
             raise ConfigError(
@@ -353,18 +197,6 @@ def _check_files(config: Config, base_dir: Path | None) -> None:
 # --- error messages ------------------------------------------------------------------------------
 
 
-def _check_choice(name: str, registry: dict[str, Any], what: str) -> str:
-    if name not in registry:
-        hint = _did_you_mean(name, registry)
-        raise ValueError(f"unknown {what} {name!r}{hint}; choose from {', '.join(sorted(registry))}")
-    return name
-
-
-def _did_you_mean(word: str | int, choices: Any) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the field at ``loc[:-1]``, following nested sections."""
     for part in loc[:-1]:
@@ -385,7 +217,7 @@ def _format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel
         kind = e["type"]
         if kind == "extra_forbidden":
             owner = _model_at(model, loc)
-            hint = _did_you_mean(loc[-1], owner.model_fields) if owner else ""
+            hint = did_you_mean(loc[-1], owner.model_fields) if owner else ""
             lines.append(f"{key}: unknown key{hint}")
         elif kind == "missing":
             lines.append(f"{key}: required key is missing")

@@ -14,10 +14,10 @@ from conftest import make_set
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from labelwise.config import DataConfig
 from labelwise.data import StepBatchSampler, load_data
 from labelwise.data.cache import CACHE_NAME, CachedVolumes, label_dtype
-from labelwise.data.datasets import intensity_statistics_of, preprocess_image
+from labelwise.data.config import DataConfig
+from labelwise.data.intensity import intensity_statistics_of, preprocess_image
 from labelwise.data.manifest import read_manifest
 from labelwise.data.volumes import read_image, read_volume
 

@@ -15,8 +15,8 @@ from conftest import invoke_cli
 from scipy.ndimage import distance_transform_edt, zoom
 from test_roi_intensity import fundus_set
 
-from labelwise.config import DataConfig
 from labelwise.data import load_data
+from labelwise.data.config import DataConfig
 from labelwise.data.degrade import (
     MIXED_KINDS,
     MIXED_RANGE,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import make_set
 
-from labelwise.config import DataConfig
 from labelwise.data import load_data
+from labelwise.data.config import DataConfig
 from labelwise.data.manifest import read_manifest
 from labelwise.data.patches import PatchDataset, load_cases, normalize_intensity
 from labelwise.data.volumes import read_volume, write_volume

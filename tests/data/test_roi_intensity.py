@@ -10,8 +10,8 @@ import pytest
 from conftest import invoke_cli
 from PIL import Image
 
-from labelwise.config import DataConfig
 from labelwise.data import load_data
+from labelwise.data.config import DataConfig
 from labelwise.data.volumes import read_volume
 from labelwise.errors import DataError
 

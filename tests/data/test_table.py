@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from labelwise.config import DataConfig
 from labelwise.data import MixedBatchSampler, load_data
+from labelwise.data.config import DataConfig
 from labelwise.data.synth.rnflt import (
     VF_POINTS,
     make_patient,

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from labelwise.config import load_config, save_config
-from labelwise.data.datasets import preprocess_image
+from labelwise.data.intensity import preprocess_image
 from labelwise.data.npz import load_npz, save_npz
 from labelwise.data.synth import make_shapes
 from labelwise.data.table import write_folder_table

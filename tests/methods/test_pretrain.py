@@ -116,7 +116,7 @@ def test_knn_predict_votes_by_similarity():
 
 
 def test_backbone_weights_are_the_classifier_without_its_head():
-    from labelwise.config import ModelConfig
+    from labelwise.models.config import ModelConfig
 
     cfg = ModelConfig(**MODEL)
     for dims in (2, 3):

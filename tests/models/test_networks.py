@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from labelwise.config import ModelConfig
 from labelwise.errors import ConfigError
 from labelwise.models import build_model
+from labelwise.models.config import ModelConfig
 
 
 @pytest.mark.parametrize("norm", ["group", "instance"])

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labelwise.config import ModelConfig
 from labelwise.errors import ConfigError, DataError
 from labelwise.models import build_model
 from labelwise.models.backbones import build_backbone
+from labelwise.models.config import ModelConfig
 from labelwise.models.networks import SEGMENTERS
 
 VIT = {"name": "vit", "channels": [24], "layers": [2], "heads": [4], "patch_size": 4}

@@ -2,7 +2,7 @@
 memory maps, so no split is ever held in memory (data larger than memory).
 
 Each case is read with the one reader (:func:`labelwise.data.patches.read_case`), normalised as training sees it
-(:func:`labelwise.data.datasets.preprocess_image`; the schemes with training statistics, ``channel`` and
+(:func:`labelwise.data.intensity.preprocess_image`; the schemes with training statistics, ``channel`` and
 ``percentile``, get them by streaming over the training cases one at a time) and written to one folder::
 
     <cache>/v1-<intensity>-<hash of the scheme and its statistics>/
@@ -171,10 +171,10 @@ class CaseCache:
         spacing: Sequence[float] | None = None,
     ) -> dict[str, Any]:
         """The training statistics of intensity scheme ``mode`` over ``cases`` (the training split), computed by
-        streaming over them one case at a time (:func:`labelwise.data.datasets.intensity_statistics_of`), kept
+        streaming over them one case at a time (:func:`labelwise.data.intensity.intensity_statistics_of`), kept
         under ``statistics/`` keyed by the cases' files, the scheme, (``percentile``: it draws voxels) the seed and
         the grid (``reorient``, target ``spacing``: the cases are measured on the training grid)."""
-        from labelwise.data.datasets import intensity_statistics_of
+        from labelwise.data.intensity import intensity_statistics_of
 
         masks = mode == "percentile"  # channel: the images alone
         key = [
@@ -254,7 +254,7 @@ class CaseCache:
         if (folder / "meta.json").is_file():
             self.reused += 1
             return Entry(folder, json.loads((folder / "meta.json").read_text()))
-        from labelwise.data.datasets import preprocess_image
+        from labelwise.data.intensity import preprocess_image
 
         image, target, roi = read_case(
             case,

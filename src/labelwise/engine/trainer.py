@@ -39,11 +39,10 @@ from labelwise.engine.progress import StepProgress
 from labelwise.engine.rundir import RunDir
 from labelwise.errors import ConfigError, LabelwiseError
 from labelwise.io import atomic_path, atomic_write
+from labelwise.methods.base import Method
 
 if TYPE_CHECKING:
     from lightning.fabric.wrappers import _FabricOptimizer
-
-    from labelwise.methods import Method
 
 
 class NonFiniteLossError(LabelwiseError):

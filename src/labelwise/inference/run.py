@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from labelwise.config import load_config
-from labelwise.data.datasets import DataBundle, preprocess_image
+from labelwise.data.datasets import DataBundle
+from labelwise.data.intensity import preprocess_image
 from labelwise.data.volumes import IMAGE_SUFFIXES, Volume, read_image, suffix_of, to_grid
 from labelwise.engine.checkpoint import WEIGHTS, latest_checkpoint, load_weights
 from labelwise.engine.rundir import RunDir
@@ -135,7 +136,7 @@ class RunModel:
         """The run's preprocessing, as training's data loading applied it: the training grid
         (:func:`labelwise.data.volumes.to_grid`: ``reorient`` to RAS+ and resampling to the target ``spacing``, when
         the run recorded them; runs from before them: neither), then
-        :func:`labelwise.data.datasets.preprocess_image` (resize, intensity and the training split's statistics).
+        :func:`labelwise.data.intensity.preprocess_image` (resize, intensity and the training split's statistics).
         The result's ``grid`` is set when reorientation or resampling was asked
         (:func:`labelwise.data.volumes.from_grid` puts outputs back on the input's own grid)."""
         preprocessing = self.spec["preprocessing"]

@@ -2,9 +2,9 @@
 
 Each input is cut into windows of ``window`` that overlap by ``overlap`` (0.5: a stride of half a window, as DS6
 does with 64^3 patches at stride 32); the windows' logits are blended with a Gaussian weight (the centre of a window
-counts more than its edges) by MONAI's :func:`monai.inferers.sliding_window_inference`, which also pads inputs
-smaller than a window. Windows are rounded up to a size the network accepts (UNetMSS: multiples of 16; a MONAI
-UNet with n levels: of 2^(n-1)).
+counts more than its edges) by :func:`labelwise.models.windows.blend_windows` (equal to MONAI's
+``sliding_window_inference``, without importing MONAI), which also pads inputs smaller than a window. Windows are
+rounded up to a size the network accepts (UNetMSS: multiples of 16; a MONAI UNet with n levels: of 2^(n-1)).
 
 Written under ``out`` for an input ``<id>.<suffix>`` (``<id>`` as :func:`labelwise.data.volumes.case_id` gives it)::
 

@@ -3,24 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal, Protocol, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from labelwise.augment.pipeline import Augment
+from labelwise.augment.pipeline import Augment, AugmentOptions
+from labelwise.data.config import DataConfig
+from labelwise.data.datasets import DataBundle
 from labelwise.errors import ConfigError
 from labelwise.metrics import classification as cls_metrics
 from labelwise.metrics import segmentation as seg_metrics
 from labelwise.metrics.surface import inside, score_case, scored_classes
 from labelwise.models.backbones import build_backbone, encoder_state, freeze_encoder, load_encoder
+from labelwise.models.config import ModelConfig
 from labelwise.models.outputs import Threshold, remove_small_components, segment
 from labelwise.models.windows import sliding_window_predict
+from labelwise.settings import OptimizerConfig, TrainerConfig
 
-if TYPE_CHECKING:
-    from labelwise.config import Config
-    from labelwise.data import DataBundle
+
+class RunConfig(Protocol):
+    """What a method reads of its run's config. :class:`labelwise.config.Config`, one layer up, composes these
+    sections (and checks the method's name and options against the registry)."""
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def data(self) -> DataConfig: ...
+
+    @property
+    def model(self) -> ModelConfig: ...
+
+    @property
+    def optimizer(self) -> OptimizerConfig: ...
+
+    @property
+    def trainer(self) -> TrainerConfig: ...
+
+    @property
+    def augment(self) -> AugmentOptions | None: ...
+
+    def method_options(self) -> BaseModel: ...
 
 
 class NoOptions(BaseModel):
@@ -56,7 +81,7 @@ class Method:
     fabric: Any = None  # the engine's Fabric, set before training (backward, clipping, devices)
     lr: float = 0.0  # the scheduled learning rate of the step about to run, set by the engine
 
-    def __init__(self, config: Config, data: DataBundle):
+    def __init__(self, config: RunConfig, data: DataBundle):
         self.config = config
         self.options: Any = config.method_options()
         self.data = data
@@ -357,7 +382,7 @@ class Method:
         return names[segment_class - 1] if segment_class - 1 < len(names) else str(segment_class)
 
 
-def build_optimizer(config: Config, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(config: RunConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     """``optimizer.name`` (adam, adamw, sgd) over ``parameters`` with the config's lr, weight decay and momentum."""
     opt = config.optimizer
     if opt.name == "sgd":

@@ -47,19 +47,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from labelwise.data.datasets import DataBundle
 from labelwise.errors import ConfigError
-from labelwise.methods.base import ema_update
+from labelwise.methods.base import RunConfig, ema_update
 from labelwise.methods.semi import SemiSupervised, classification_loss, ramp_up
-
-if TYPE_CHECKING:
-    from labelwise.config import Config
-    from labelwise.data import DataBundle
 
 
 class PseudoSupervisorOptions(BaseModel):
@@ -195,7 +192,7 @@ class PseudoSupervisor(SemiSupervised):
     Options = PseudoSupervisorOptions
     manual_optimization = True
 
-    def __init__(self, config: Config, data: DataBundle) -> None:
+    def __init__(self, config: RunConfig, data: DataBundle) -> None:
         super().__init__(config, data)
         self.networks["policy"] = self.build_network()
         o, steps = self.options, config.trainer.max_steps

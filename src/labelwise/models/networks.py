@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from labelwise.errors import ConfigError
-
-if TYPE_CHECKING:
-    from labelwise.config import ModelConfig
+from labelwise.models.config import ModelConfig
 
 Builder = Callable[["ModelConfig", int, int, int, "tuple[int, ...] | None"], nn.Module]
 
@@ -139,8 +136,8 @@ def _transformer_norm(cfg: ModelConfig) -> None:
 
 
 def _vit(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
-    """MONAI's ViT (see :class:`labelwise.models.backbones.ViTBackbone`) with a linear head on its mean token."""
-    from labelwise.models.backbones import ViTBackbone
+    """MONAI's ViT (see :class:`labelwise.models.encoders.ViTBackbone`) with a linear head on its mean token."""
+    from labelwise.models.encoders import ViTBackbone
 
     _transformer_norm(cfg)
     net = ViTBackbone(cfg, spatial_dims, in_channels, image_size)
@@ -149,9 +146,9 @@ def _vit(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: in
 
 
 def _swin(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
-    """MONAI's Swin transformer (see :class:`labelwise.models.backbones.SwinBackbone`) with a linear head on the
+    """MONAI's Swin transformer (see :class:`labelwise.models.encoders.SwinBackbone`) with a linear head on the
     mean of its last stage."""
-    from labelwise.models.backbones import SwinBackbone
+    from labelwise.models.encoders import SwinBackbone
 
     _transformer_norm(cfg)
     net = SwinBackbone(cfg, spatial_dims, in_channels, image_size)
@@ -164,7 +161,7 @@ def _unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: 
     default [768, 16]; ``heads: [12]``) with a convolutional decoder (``model.norm``)."""
     from monai.networks import nets
 
-    from labelwise.models.backbones import ViTBackbone
+    from labelwise.models.encoders import ViTBackbone
 
     vit = ViTBackbone(cfg, spatial_dims, in_channels, image_size, unetr=True)
     widths = cfg.channels or [768, 16]
@@ -190,7 +187,7 @@ def _swin_unetr(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_chann
     at 32-voxel inputs). Inputs: each side a multiple of 32."""
     from monai.networks import nets
 
-    from labelwise.models.backbones import swin_options
+    from labelwise.models.encoders import swin_options
 
     width, depths, heads, patch = swin_options(cfg)
     if patch != 2:

@@ -1,13 +1,16 @@
 """The package's layers, checked: ``python -m labelwise.tools.layers`` prints every import that runs against them and
 exits 1 if there is one (the default test suite runs it).
 
-A module may import modules of a lower layer, and modules of its own package. Every ``import`` counts, at the top of a
-module or inside a function (a function-local import does not make a cycle go away), except those under
-``if TYPE_CHECKING:``, which run only for type checkers. Besides:
+A module may import modules of a lower layer, and modules of its own package. Every ``import`` counts: at the top
+of a module, inside a function (a function-local import does not make a cycle go away) and under
+``if TYPE_CHECKING:`` (a type-only import still ties the two modules together: a section of the config belongs
+beside its user, not above it). Besides:
 
-- the engine runs any Method through its interface and imports nothing from ``labelwise.methods``;
+- the engine runs any Method through its interface, ``labelwise.methods.base``, and imports no recipe and not the
+  registry;
 - no ``_private`` name is imported from another package (make the helper public where it is shared);
-- the packages of one layer import each other without a cycle.
+- no module imports itself back through others: cycles of any length, between the packages of one layer or between
+  the modules inside one package (``a -> b -> c -> a``), are reported with their path.
 
 See docs/architecture.md for what each layer owns.
 """
@@ -54,6 +57,7 @@ LAYERS: dict[str, int] = {
     "labelwise.audit": 6,
 }
 FORBIDDEN = {("labelwise.engine", "labelwise.methods"): "the engine runs a Method through its interface"}
+ALLOWED = {"labelwise.methods.base"}  # exceptions to FORBIDDEN: the Method interface itself
 
 
 @dataclass(frozen=True)
@@ -84,25 +88,10 @@ def module_name(path: Path, package: Path = PACKAGE) -> str:
     return ".".join(parts)
 
 
-def _type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def imports(tree: ast.AST, module: str, is_package: bool) -> Iterator[tuple[int, str, list[str]]]:
-    """``(line, imported module, imported names)`` for every labelwise import outside ``if TYPE_CHECKING:``."""
+    """``(line, imported module, imported names)`` for every labelwise import of the module."""
 
-    def walk(node: ast.AST) -> Iterator[ast.AST]:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _type_checking(child):
-                yield from (n for o in child.orelse for n in [o, *walk(o)])
-                continue
-            yield child
-            yield from walk(child)
-
-    for node in walk(tree):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == "labelwise":
@@ -118,12 +107,91 @@ def imports(tree: ast.AST, module: str, is_package: bool) -> Iterator[tuple[int,
                 yield node.lineno, target, [a.name for a in node.names]
 
 
+Edges = dict[tuple[str, str], tuple[str, int]]  # (importer, imported) -> where: (path, line) of the first import
+
+
+def resolve(target: str, names: list[str], modules: set[str]) -> list[str]:
+    """The package's modules an import loads: ``from a.b import c`` is the module ``a.b.c`` where there is one, else
+    ``a.b`` (or the nearest enclosing module that exists)."""
+    found = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
+    if found:
+        return found
+    while target not in modules and "." in target:
+        target = target.rsplit(".", 1)[0]
+    return [target] if target in modules else []
+
+
+def cycles(edges: Edges) -> list[list[str]]:
+    """One cycle ``[a, b, ..., a]`` per strongly connected component of more than one node (Tarjan), each the shortest
+    cycle through the component's first node in sorted order."""
+    graph: dict[str, list[str]] = {}
+    for a, b in sorted(edges):
+        graph.setdefault(a, []).append(b)
+        graph.setdefault(b, [])
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    found = []
+    for component in sorted(components):
+        members, start = set(component), component[0]
+        parents: dict[str, str] = {}
+        frontier, end = [start], None
+        while frontier and end is None:  # breadth first: the shortest way back to start inside the component
+            following = []
+            for v in frontier:
+                for w in graph[v]:
+                    if w == start:
+                        end = v
+                        break
+                    if w in members and w not in parents:
+                        parents[w] = v
+                        following.append(w)
+                if end is not None:
+                    break
+            frontier = following
+        assert end is not None  # a strongly connected component leads back to each of its nodes
+        path = [end]
+        while path[-1] != start:
+            path.append(parents[path[-1]])
+        found.append([start, *reversed(path[:-1]), start])
+    return found
+
+
 def check(package: Path = PACKAGE) -> list[Violation]:
     """Every violation of the layers in the package's source."""
     found: list[Violation] = []
-    edges: dict[tuple[str, str], tuple[str, int]] = {}
-    for file in sorted(package.rglob("*.py")):
-        module = module_name(file, package)
+    files = {module_name(f, package): f for f in sorted(package.rglob("*.py"))}
+    modules = set(files)
+    unit_edges: Edges = {}  # between packages of one layer
+    module_edges: Edges = {}  # between modules of one package
+    for module, file in files.items():
         path = str(file.relative_to(package.parent))
         source = unit(module)
         tree = ast.parse(file.read_text(), path)
@@ -135,6 +203,9 @@ def check(package: Path = PACKAGE) -> list[Violation]:
             for imported, what in targets:
                 destination = unit(imported)
                 if destination == source:
+                    for other in resolve(imported, what, modules):
+                        if other != module:
+                            module_edges.setdefault((module, other), (path, line))
                     continue
                 if LAYERS[destination] > LAYERS[source]:
                     found.append(
@@ -146,7 +217,12 @@ def check(package: Path = PACKAGE) -> list[Violation]:
                         )
                     )
                 forbidden = next(
-                    (why for (a, b), why in FORBIDDEN.items() if unit(source) == a and destination.startswith(b)), None
+                    (
+                        why
+                        for (a, b), why in FORBIDDEN.items()
+                        if unit(source) == a and destination.startswith(b) and imported not in ALLOWED
+                    ),
+                    None,
                 )
                 if forbidden:
                     found.append(Violation(path, line, f"{source} imports {imported}: {forbidden}"))
@@ -158,11 +234,12 @@ def check(package: Path = PACKAGE) -> list[Violation]:
                         )
                     )
                 if LAYERS[destination] == LAYERS[source]:
-                    edges.setdefault((source, destination), (path, line))
-    for (a, b), (path, line) in sorted(edges.items()):
-        if (b, a) in edges and a < b:
-            other = edges[(b, a)]
-            found.append(Violation(path, line, f"{a} and {b} import each other (also {other[0]}:{other[1]})"))
+                    unit_edges.setdefault((source, destination), (path, line))
+    for kind, edges in (("packages", unit_edges), ("modules", module_edges)):
+        for cycle in cycles(edges):
+            path, line = edges[cycle[0], cycle[1]]
+            steps = ", ".join(f"{edges[a, b][0]}:{edges[a, b][1]}" for a, b in zip(cycle, cycle[1:]))
+            found.append(Violation(path, line, f"the {kind} import each other: {' -> '.join(cycle)} ({steps})"))
     return found
 
 

@@ -1,0 +1,101 @@
+"""The ``data`` section of a run's config: where the samples come from and how they are batched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from labelwise.settings import Section
+
+__all__ = ["DataConfig", "SynthData"]
+
+
+class SynthData(Section):
+    """A built-in dataset generated in memory (deterministic for its seed)."""
+
+    kind: Literal["shapes"] = "shapes"
+    n: int = Field(600, gt=0)
+    size: int = Field(32, ge=8)
+    dim: Literal[2, 3] = 2
+    num_classes: int = Field(3, ge=2, le=4)
+    noise: float = Field(0.3, ge=0)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    """Where the samples come from and how they are batched."""
+
+    path: Path | None = None
+    synth: SynthData | None = None
+    manifest: Path | None = Field(
+        None,
+        description="CSV of image files: segmentation id,image,label,split[,truth]; "
+        "classification id,image,split[,use_label,patient] + label and attribute columns",
+    )
+    task: Literal["classification", "segmentation"] = "classification"
+    labels: list[str] = Field(
+        ["label"],
+        min_length=1,
+        description="classification table: label column(s), "
+        "several: multi-label (0/1 each); .npz: the key of the labels, (N,) or (N, K) 0/1 tags",
+    )
+    attributes: list[str] = Field([], description="classification table: columns of groups for fairness figures")
+    modalities: list[str] = Field(["rnflt"], min_length=1, description="Harvard-GDP .npz: channels rnflt and/or tds")
+    image_size: list[int] | None = Field(None, description="classification table: resize every image to this size")
+    batch_size: int = Field(32, gt=0, description="global batch size, split over devices")
+    labelled_per_batch: int | None = Field(
+        None,
+        gt=0,
+        description="semi-supervised methods: labelled samples per "
+        "batch, the rest unlabelled (default: half the batch)",
+    )
+    eval_batch_size: int = Field(64, gt=0)
+    patch_size: list[int] | None = Field(None, description="manifest data: train on random patches of this size")
+    patches_per_volume: int = Field(100, gt=0, description="random patches per training case and epoch")
+    foreground_ratio: float = Field(0.5, ge=0, le=1, description="share of patches centred on a labelled voxel")
+    intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
+        "max",
+        description="max/zscore: per image; channel: per channel with the training split's mean and std; "
+        "percentile: clipped to the training foreground's 0.5-99.5 percentiles, then its mean and std (CT)",
+    )
+    cache: Path | None = Field(
+        None,
+        description="manifest data (segmentation): folder of the preprocessed case "
+        "cache, read through memory maps (relative: to the manifest's folder; default: "
+        ".labelwise-cache next to the manifest)",
+    )
+    reorient: bool = Field(
+        True,
+        description="manifest data (segmentation): NIfTI volumes and masks turned to the "
+        "closest canonical orientation (RAS+: axes permuted and flipped, no interpolation); "
+        "predict writes its outputs back in the input's own orientation",
+    )
+    spacing: list[float] | Literal["median"] | None = Field(
+        "median",
+        description="manifest data (segmentation): resample every case to this voxel spacing (images "
+        "trilinear/bilinear, masks nearest); median: the per-axis median of the training cases; null: never. A case "
+        "already at the spacing (within 1e-3) is left as it is; predict resamples its outputs back",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if sum(x is not None for x in (self.path, self.synth, self.manifest)) != 1:
+            raise ValueError(
+                "give exactly one of data.path (an .npz file), data.synth (a built-in dataset) or "
+                "data.manifest (a CSV of image files)"
+            )
+        if self.labelled_per_batch is not None and self.labelled_per_batch > self.batch_size:
+            raise ValueError(
+                f"data.labelled_per_batch: {self.labelled_per_batch} is larger than data.batch_size {self.batch_size}"
+            )
+        if self.intensity == "percentile" and self.task != "segmentation":
+            raise ValueError("data.intensity: percentile uses the training masks' foreground; it is for segmentation")
+        if self.image_size is not None and (len(self.image_size) not in (2, 3) or min(self.image_size) < 1):
+            raise ValueError(f"data.image_size: expected 2 or 3 positive sizes, got {self.image_size}")
+        if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):
+            raise ValueError(f"data.patch_size: expected 2 or 3 positive sizes, got {self.patch_size}")
+        if isinstance(self.spacing, list) and (len(self.spacing) not in (2, 3) or min(self.spacing) <= 0):
+            raise ValueError(f"data.spacing: expected 2 or 3 positive values, 'median' or null, got {self.spacing}")
+        return self
