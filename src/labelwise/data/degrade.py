@@ -383,7 +383,7 @@ def degrade_manifest(
     manifest's order. ``progress(done, total, case_id)`` is called after each case."""
     from labelwise.data.manifest import read_manifest
     from labelwise.data.pairing import write_manifest
-    from labelwise.data.volumes import PICTURE_SUFFIXES, read_image, read_volume, suffix_of, write_volume
+    from labelwise.data.volumes import format_of, read_image, read_volume, suffix_of, write_volume
     from labelwise.io import atomic_write
 
     value = _check(kind, strength)
@@ -421,8 +421,7 @@ def degrade_manifest(
             noisy = degrade_mask(applied, label.array, amount, rng, image=image, roi=roi, spacing=label.spacing)
         except DataError as err:
             raise DataError(f"{case.id} ({case.label}): {err}") from None
-        suffix = suffix_of(case.label)
-        path = out / "labels" / f"{case.id}{'.png' if suffix in PICTURE_SUFFIXES else suffix}"
+        path = out / "labels" / f"{case.id}{format_of(case.label).mask_suffix or suffix_of(case.label)}"
         write_volume(path, noisy.astype(np.uint8), spacing=label.spacing, affine=label.affine)
         record.append(
             {"id": case.id, "kind": applied, "strength": f"{amount:g}", "dice": f"{_dice(noisy, label.array):.4f}"}

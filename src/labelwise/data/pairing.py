@@ -78,8 +78,8 @@ __all__ = [
     "write_manifest",
 ]
 
-#: Suffixes of the files paired: what :func:`labelwise.data.volumes.read_volume` reads, and GIF (DRIVE's masks).
-PAIR_SUFFIXES = VOLUME_SUFFIXES + tuple(s for s in (".gif",) if s not in VOLUME_SUFFIXES)
+#: Suffixes of the files paired: what :func:`labelwise.data.volumes.read_volume` reads (GIF too: DRIVE's masks).
+PAIR_SUFFIXES = VOLUME_SUFFIXES
 #: Name endings of a reference mask after its input's name (``case1_mask.nii.gz`` for ``case1.nii.gz``).
 REFERENCE_SUFFIXES = ("_mask", "_seg", "_label", "_gt", "_roi")
 #: Relative tolerance of the spacings of an input and its reference.

@@ -1,4 +1,5 @@
-"""Reading and writing one image or mask with its voxel spacing: NIfTI (3D, through nibabel), PNG/TIFF/JPG (2D).
+"""Reading and writing one image or mask with its voxel spacing, through one table of file formats (:data:`FORMATS`):
+NIfTI (2D/3D, through nibabel), pictures (PNG/TIFF/GIF/BMP/JPEG, 2D), ``.npy`` arrays, Harvard-GDP ``.npz`` (images).
 
 Arrays are channel-first: an image is ``(C, *spatial)`` float32, a mask ``(*spatial)`` int64. Spatial axes are
 kept in the file's order (NIfTI: x, y, z; pictures: row, column), and ``spacing`` gives one physical size per
@@ -6,13 +7,18 @@ spatial axis (NIfTI: the header's zooms, in mm; pictures: 1.0)::
 
     vol = read_volume("case01.nii.gz")            # Volume(array (1, X, Y, Z), spacing (0.3, 0.3, 0.6), affine)
     write_volume("pred01.nii.gz", mask, spacing=vol.spacing, affine=vol.affine)
+    format_of("case01.png").spacing               # False: pictures store no spacing (it reads as 1)
+
+A new file format is one :class:`Format` in :data:`FORMATS`: its suffixes, its reader and (optional) writer, and
+what it stores. Reading, writing and the question whether a file stores a spacing (:func:`stores_spacing`) go
+through it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -27,13 +33,14 @@ if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
 
 __all__ = [
+    "FORMATS",
     "IMAGE_SUFFIXES",
-    "NIFTI_SUFFIXES",
-    "PICTURE_SUFFIXES",
     "VOLUME_SUFFIXES",
+    "Format",
     "Grid",
     "Volume",
     "case_id",
+    "format_of",
     "from_grid",
     "orient",
     "read_image",
@@ -42,14 +49,10 @@ __all__ = [
     "resample",
     "same_spacing",
     "stores_spacing",
+    "suffix_of",
     "to_grid",
     "write_volume",
 ]
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp")
-VOLUME_SUFFIXES = NIFTI_SUFFIXES + PICTURE_SUFFIXES + (".npy",)
-IMAGE_SUFFIXES = VOLUME_SUFFIXES + (".npz",)  # what read_image takes: + Harvard-GDP data_XXXX.npz
 
 
 @dataclass
@@ -66,16 +69,221 @@ class Volume:
         return tuple(self.array.shape[-len(self.spacing) :])
 
 
+# (path, mask, modalities) -> an image (C, *spatial) or a mask's labels (*spatial) with their dtype as stored, the
+# spacing and affine; read_volume / read_image finish it (float32 images, int64 labels checked)
+Reader = Callable[[Path, bool, Sequence[str]], Volume]
+# (path, array, spacing, affine): write array to path (atomically); spacing and affine where the format stores them
+Writer = Callable[[Path, np.ndarray, Sequence[float] | None, np.ndarray | None], None]
+# path -> (spacing, affine) from the header alone, without reading the voxels
+Header = Callable[[Path], tuple[tuple[float, ...], np.ndarray | None]]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One file format of images and masks: the one place that says what a file of these ``suffixes`` holds.
+
+    ``read``: the reader (:data:`Reader`); ``write``: the writer (:data:`Writer`; None: read only); ``spacing``:
+    whether a file stores its voxel spacing and affine (NIfTI), or they read as 1s and None (pictures, arrays);
+    outputs are written as NIfTI where their input stores one; ``header``: reads the spacing and affine without the
+    voxels (None: :func:`read_spacing` reads the whole file); ``volume``: :func:`read_volume` takes it (an image or a
+    mask), else only :func:`read_image` (an image of channels); ``dims``: the spatial dimensions a file holds;
+    ``lossless``: whether ``write`` then ``read`` gives the array back (8-bit values for pictures); ``mask_suffix``:
+    the suffix a mask read from this format is written back as (None: its own)."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Reader
+    write: Writer | None = None
+    spacing: bool = False
+    header: Header | None = None
+    volume: bool = True
+    dims: tuple[int, ...] = (2, 3)
+    lossless: bool = True
+    mask_suffix: str | None = None
+
+
 def suffix_of(path: str | Path) -> str:
     """``.nii.gz`` or the last suffix, lower case."""
     name = Path(path).name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+def _read_nifti(path: Path, mask: bool, modalities: Sequence[str]) -> Volume:
+    """NIfTI ``(X, Y[, Z])``, images also ``(X, Y, Z, C)`` -> ``(C, X, Y, Z)``; spacing: the header's zooms."""
+    import nibabel as nib
+
+    try:
+        image = cast("SpatialImage", nib.load(str(path)))  # a NIfTI file loads as a Nifti1Image or Nifti2Image
+        array = np.asarray(image.dataobj)
+        affine = np.asarray(image.affine, dtype=np.float64)
+        zooms = tuple(round(float(z), 6) for z in image.header.get_zooms()[:3])  # stored as float32
+    except Exception as err:  # noqa: BLE001 - nibabel raises many kinds
+        raise DataError(f"{path}: cannot read NIfTI: {err}") from None
+    if array.ndim == 4 and not mask:
+        array = np.moveaxis(array, -1, 0)
+    elif array.ndim not in (2, 3):
+        raise DataError(f"{path}: NIfTI of shape {array.shape}; expected (X, Y[, Z]) or, for images, (X, Y, Z, C)")
+    spacing = zooms[: min(array.ndim, 3)]
+    if not mask and array.ndim in (2, 3) and array.ndim == len(spacing):
+        array = array[None]
+    return Volume(array, spacing, affine)
+
+
+def _nifti_header(path: Path) -> tuple[tuple[float, ...], np.ndarray | None]:
+    import nibabel as nib
+
+    try:
+        image = cast("SpatialImage", nib.load(str(path)))  # a NIfTI file loads as a Nifti1Image or Nifti2Image
+        zooms = tuple(round(float(z), 6) for z in image.header.get_zooms()[:3])
+        dims = min(len(image.shape), 3)
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as err:  # noqa: BLE001 - nibabel raises many kinds
+        raise DataError(f"{path}: cannot read NIfTI: {err}") from None
+    return zooms[:dims], affine
+
+
+def _write_nifti(path: Path, array: np.ndarray, spacing: Sequence[float] | None, affine: np.ndarray | None) -> None:
+    import nibabel as nib
+
+    if array.dtype.kind in "biu":
+        top = int(array.max(initial=0))
+        array = array.astype(
+            np.uint8 if top < 256 and array.min(initial=0) >= 0 else np.int16 if top < 2**15 else np.int32
+        )
+    else:
+        array = array.astype(np.float32)
+    if array.ndim == 4:  # (C, X, Y, Z) -> (X, Y, Z, C)
+        array = np.moveaxis(array, 0, -1)
+    if affine is None:
+        zooms = list(spacing or (1.0,) * 3)[:3] + [1.0] * (3 - len(spacing or (1.0,) * 3))
+        affine = np.diag([*zooms, 1.0])
+    image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+    if spacing is not None:
+        image.header.set_zooms(tuple(float(s) for s in spacing[: min(array.ndim, 3)]) + image.header.get_zooms()[3:])
+    with atomic_open(path) as f:  # what nib.save writes: gzip level 1, no name, mtime 0
+        stream = gzip.GzipFile("", "wb", 1, f, 0) if suffix_of(path) == ".nii.gz" else contextlib.nullcontext(f)
+        with stream as out:
+            # nibabel annotates file maps as io.IOBase; atomic_open's file (typed BinaryIO) is one
+            image.to_file_map(image.make_file_map({"image": out, "header": out}))  # type: ignore[dict-item]
+
+
+def _read_picture(path: Path, mask: bool, modalities: Sequence[str]) -> Volume:
+    """Images: scaled to [0, 1] (8-bit; 16-bit and float grey as stored), grey ``(1, H, W)``, colour ``(3, H, W)``.
+    Masks: grey values ``(H, W)``, 0/255 as 0/1; a palette picture (PNG, GIF mode ``P``) gives its palette indices."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            grey = im.mode in ("1", "L", "LA", "I", "I;16", "F", "P") or mask
+            if mask and im.mode == "P":  # a palette mask: its indices are the labels (VOC-style PNG, GIF)
+                raw = np.asarray(im)
+            else:
+                raw = np.asarray(
+                    im.convert("L")
+                    if grey and im.mode not in ("I", "I;16", "F")
+                    else (im if grey else im.convert("RGB"))
+                )
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read image: {err}") from None
+    if mask:
+        values = np.unique(raw)
+        if values.size == 2 and values[0] == 0 and values[1] == 255:  # 0/255 pictures: binary
+            raw = (raw > 0).astype(np.uint8)
+        return Volume(raw, (1.0, 1.0))
+    array = raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0)
+    return Volume(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), (1.0, 1.0))
+
+
+def _write_picture(path: Path, array: np.ndarray, spacing: Sequence[float] | None, affine: np.ndarray | None) -> None:
+    """2D only: integer masks 0/1 as 0/255, other integers as 8 bit, floats in [0, 1] scaled to 8 bit."""
+    from PIL import Image
+
+    if array.ndim == 3 and array.shape[0] in (1, 3):
+        array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+    if array.ndim not in (2, 3):
+        raise DataError(f"{path}: a picture must be 2D, got shape {array.shape}")
+    if array.dtype.kind in "biu":
+        array = array.astype(np.uint8) * (255 if array.max(initial=0) <= 1 else 1)
+    else:
+        array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+    picture = Image.fromarray(array)
+    Image.preinit()  # the common formats (PNG, JPEG, BMP...): registered_extensions would load every plugin
+    suffix = suffix_of(path)
+    image_format = Image.EXTENSION.get(suffix) or Image.registered_extensions()[suffix]
+    with atomic_open(path) as f:  # GIF: no palette optimisation, which renumbers a mask's labels ({0, 1, 3} -> 0, 1, 2)
+        picture.save(f, format=image_format, **({"optimize": False} if image_format == "GIF" else {}))
+
+
+def _read_array(path: Path, mask: bool, modalities: Sequence[str]) -> Volume:
+    """``.npy``: masks ``(*spatial)``; images ``(*spatial)`` for 2 axes, else ``(C, *spatial)`` (3 axes: 2D)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read array: {err}") from None
+    if array.ndim not in (2, 3, 4):
+        raise DataError(f"{path}: array of shape {array.shape}; expected 2 to 4 axes")
+    if mask:
+        return Volume(array, (1.0,) * array.ndim)
+    array = array[None] if array.ndim == 2 else array
+    return Volume(array, (1.0,) * (array.ndim - 1))
+
+
+def _write_array(path: Path, array: np.ndarray, spacing: Sequence[float] | None, affine: np.ndarray | None) -> None:
+    with atomic_open(path) as f:
+        np.save(f, array)
+
+
+def _read_harvard(path: Path, mask: bool, modalities: Sequence[str]) -> Volume:
+    """A Harvard-GDP ``data_XXXX.npz``: its channels ``modalities`` (:func:`read_harvard_image`)."""
+    return Volume(read_harvard_image(path, modalities), (1.0, 1.0))
+
+
+FORMATS: tuple[Format, ...] = (
+    Format("NIfTI", (".nii.gz", ".nii"), _read_nifti, _write_nifti, spacing=True, header=_nifti_header),
+    Format(
+        "picture",
+        (".png", ".tif", ".tiff", ".gif", ".bmp"),
+        _read_picture,
+        _write_picture,
+        dims=(2,),
+        mask_suffix=".png",
+    ),
+    Format("JPEG", (".jpg", ".jpeg"), _read_picture, _write_picture, dims=(2,), lossless=False, mask_suffix=".png"),
+    Format("array", (".npy",), _read_array, _write_array),
+    Format("Harvard-GDP", (".npz",), _read_harvard, volume=False, dims=(2,)),
+)
+
+
+def _suffixes(volume: bool = False, write: bool = False) -> tuple[str, ...]:
+    return tuple(
+        s for f in FORMATS if (f.volume or not volume) and (f.write is not None or not write) for s in f.suffixes
+    )
+
+
+VOLUME_SUFFIXES = _suffixes(volume=True)  # what read_volume takes: images and masks
+IMAGE_SUFFIXES = _suffixes()  # what read_image takes: + Harvard-GDP data_XXXX.npz
+
+
+_BY_SUFFIX = {suffix: fmt for fmt in FORMATS for suffix in fmt.suffixes}
+
+
+def format_of(path: str | Path, volume: bool = False, write: bool = False) -> Format:
+    """The :class:`Format` of ``path`` by its suffix (:func:`suffix_of`), among the formats :func:`read_image` reads,
+    those :func:`read_volume` reads (``volume``) or those :func:`write_volume` writes (``write``); a DataError naming
+    the suffixes of those formats for any other."""
+    suffix = suffix_of(path)
+    fmt = _BY_SUFFIX.get(suffix)
+    if fmt is not None and (fmt.volume or not volume) and (fmt.write is not None or not write):
+        return fmt
+    raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(_suffixes(volume, write))}")
+
+
 def stores_spacing(path: str | Path) -> bool:
-    """Whether a file of this name stores its voxel spacing (NIfTI); pictures and ``.npy`` arrays carry none (their
-    spacing reads as 1). Outputs are written as NIfTI where their input stores one."""
-    return suffix_of(path) in NIFTI_SUFFIXES
+    """Whether a file of this name stores its voxel spacing (:attr:`Format.spacing`: NIfTI); pictures and ``.npy``
+    arrays carry none (their spacing reads as 1), nor does a file of no known format. Outputs are written as NIfTI
+    where their input stores one."""
+    fmt = _BY_SUFFIX.get(suffix_of(path))
+    return fmt is not None and fmt.spacing
 
 
 def case_id(path: str | Path) -> str:
@@ -86,152 +294,54 @@ def case_id(path: str | Path) -> str:
 
 
 def read_volume(path: str | Path, mask: bool = False) -> Volume:
-    """Read ``path``. Images: pictures scaled to [0, 1] (grey: 1 channel, colour: 3), NIfTI and ``.npy`` values as
-    stored, NIfTI ``(X, Y, Z[, C])`` -> ``(C, X, Y, Z)``, ``.npy`` taken as ``(*spatial)`` or ``(C, *spatial)``
-    (2D when it has 2 axes, else channel-first). Masks (``mask=True``): integer labels ``(*spatial)``; a picture
-    holding only 0 and 255 becomes 0/1; a palette picture (PNG, GIF mode ``P``) gives its palette indices."""
-    path = Path(path)
-    suffix = suffix_of(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    affine = None
-    if suffix in NIFTI_SUFFIXES:
-        import nibabel as nib
-
-        try:
-            image = cast("SpatialImage", nib.load(str(path)))  # a NIfTI file loads as a Nifti1Image or Nifti2Image
-            array = np.asarray(image.dataobj)
-            affine = np.asarray(image.affine, dtype=np.float64)
-            zooms = tuple(round(float(z), 6) for z in image.header.get_zooms()[:3])  # stored as float32
-        except Exception as err:  # noqa: BLE001 - nibabel raises many kinds
-            raise DataError(f"{path}: cannot read NIfTI: {err}") from None
-        if array.ndim == 4 and not mask:
-            array = np.moveaxis(array, -1, 0)
-        elif array.ndim not in (2, 3):
-            raise DataError(f"{path}: NIfTI of shape {array.shape}; expected (X, Y[, Z]) or, for images, (X, Y, Z, C)")
-        spacing = zooms[: min(array.ndim, 3)]
-        if not mask and array.ndim in (2, 3) and array.ndim == len(spacing):
-            array = array[None]
-    elif suffix in PICTURE_SUFFIXES:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                grey = im.mode in ("1", "L", "LA", "I", "I;16", "F", "P") or mask
-                if mask and im.mode == "P":  # a palette mask: its indices are the labels (VOC-style PNG, GIF)
-                    raw = np.asarray(im)
-                else:
-                    raw = np.asarray(
-                        im.convert("L")
-                        if grey and im.mode not in ("I", "I;16", "F")
-                        else (im if grey else im.convert("RGB"))
-                    )
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read image: {err}") from None
-        array = raw if mask else (raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0))
-        spacing = (1.0, 1.0)
-        if not mask:
-            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    elif suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read array: {err}") from None
-        if array.ndim not in (2, 3, 4):
-            raise DataError(f"{path}: array of shape {array.shape}; expected 2 to 4 axes")
-        if mask:
-            spacing = (1.0,) * array.ndim
-        else:
-            array = array[None] if array.ndim == 2 else array
-            spacing = (1.0,) * (array.ndim - 1)
-    else:
-        raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(VOLUME_SUFFIXES)}")
-    if mask:
-        return Volume(_as_labels(array, path, picture=suffix in PICTURE_SUFFIXES), tuple(spacing), affine)
-    return Volume(np.ascontiguousarray(array, dtype=np.float32), tuple(spacing[: array.ndim - 1]), affine)
+    """Read ``path`` (a format of :data:`FORMATS` with ``volume``). Images: pictures scaled to [0, 1] (grey: 1
+    channel, colour: 3), NIfTI and ``.npy`` values as stored, NIfTI ``(X, Y, Z[, C])`` -> ``(C, X, Y, Z)``, ``.npy``
+    taken as ``(*spatial)`` or ``(C, *spatial)`` (2D when it has 2 axes, else channel-first). Masks
+    (``mask=True``): integer labels ``(*spatial)``; a picture holding only 0 and 255 becomes 0/1; a palette picture
+    (PNG, GIF mode ``P``) gives its palette indices."""
+    return _read(Path(path), mask, (), volume=True)
 
 
 def read_image(path: str | Path, modalities: Sequence[str] = ("rnflt",)) -> Volume:
-    """The one image reader of the package: :func:`read_volume` for pictures, NIfTI and ``.npy``; a Harvard-GDP
-    ``data_XXXX.npz`` as the channels ``modalities`` (:func:`labelwise.data.harvard.read_harvard_image`)."""
-    if suffix_of(path) == ".npz":
-        if not Path(path).is_file():
-            raise DataError(f"{path}: file not found")
-        return Volume(read_harvard_image(Path(path), modalities), (1.0, 1.0))
-    return read_volume(path)
+    """The one image reader of the package, any format of :data:`FORMATS`: :func:`read_volume`'s for pictures,
+    NIfTI and ``.npy``; a Harvard-GDP ``data_XXXX.npz`` as the channels ``modalities``
+    (:func:`labelwise.data.harvard.read_harvard_image`)."""
+    return _read(Path(path), False, modalities, volume=False)
 
 
-def _as_labels(array: np.ndarray, path: Path, picture: bool) -> np.ndarray:
+def _read(path: Path, mask: bool, modalities: Sequence[str], volume: bool) -> Volume:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    raw = format_of(path, volume=volume).read(path, mask, modalities)
+    if mask:
+        return Volume(_as_labels(raw.array, path), tuple(raw.spacing), raw.affine)
+    array = np.ascontiguousarray(raw.array, dtype=np.float32)
+    return Volume(array, tuple(raw.spacing[: array.ndim - 1]), raw.affine)
+
+
+def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
     if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))):
         raise DataError(f"{path}: a mask must hold integer labels, found fractional or non-finite values")
     values = np.unique(array)
     if values.size and values.min() < 0:
         raise DataError(f"{path}: a mask must hold labels >= 0, found {values.min()}")
-    labels = array.astype(np.int64)
-    if picture and values.size == 2 and values[0] == 0 and values[1] == 255:  # 0/255 pictures: binary
-        labels = (labels > 0).astype(np.int64)
-    return np.ascontiguousarray(labels)
+    return np.ascontiguousarray(array.astype(np.int64))
 
 
 def write_volume(
     path: str | Path, array: np.ndarray, spacing: Sequence[float] | None = None, affine: np.ndarray | None = None
 ) -> Path:
-    """Write ``array`` (``(*spatial)`` or ``(C, *spatial)`` for NIfTI images) to ``path`` (parents created;
-    atomically: :func:`labelwise.io.atomic_open`).
+    """Write ``array`` (``(*spatial)`` or ``(C, *spatial)`` for NIfTI images) to ``path`` (a format of
+    :data:`FORMATS` with a writer; parents created; atomically: :func:`labelwise.io.atomic_open`).
 
     NIfTI: the given ``affine``, else a diagonal one with ``spacing`` (default 1); integer arrays are stored as
     uint8/int16/int32 as they fit, floats as float32. Pictures (2D only): integer masks 0/1 are written 0/255,
     other integers as 8 bit, floats in [0, 1] scaled to 8 bit."""
     path = Path(path)
+    writer = format_of(path, write=True).write
+    assert writer is not None  # format_of(write=True) gives formats with a writer
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = suffix_of(path)
-    array = np.asarray(array)
-    if suffix in NIFTI_SUFFIXES:
-        import nibabel as nib
-
-        if array.dtype.kind in "biu":
-            top = int(array.max(initial=0))
-            array = array.astype(
-                np.uint8 if top < 256 and array.min(initial=0) >= 0 else np.int16 if top < 2**15 else np.int32
-            )
-        else:
-            array = array.astype(np.float32)
-        if array.ndim == 4:  # (C, X, Y, Z) -> (X, Y, Z, C)
-            array = np.moveaxis(array, 0, -1)
-        if affine is None:
-            zooms = list(spacing or (1.0,) * 3)[:3] + [1.0] * (3 - len(spacing or (1.0,) * 3))
-            affine = np.diag([*zooms, 1.0])
-        image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
-        if spacing is not None:
-            image.header.set_zooms(
-                tuple(float(s) for s in spacing[: min(array.ndim, 3)]) + image.header.get_zooms()[3:]
-            )
-        with atomic_open(path) as f:  # what nib.save writes: gzip level 1, no name, mtime 0
-            stream = gzip.GzipFile("", "wb", 1, f, 0) if suffix == ".nii.gz" else contextlib.nullcontext(f)
-            with stream as out:
-                # nibabel annotates file maps as io.IOBase; atomic_open's file (typed BinaryIO) is one
-                image.to_file_map(image.make_file_map({"image": out, "header": out}))  # type: ignore[dict-item]
-    elif suffix in PICTURE_SUFFIXES:
-        from PIL import Image
-
-        if array.ndim == 3 and array.shape[0] in (1, 3):
-            array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
-        if array.ndim not in (2, 3):
-            raise DataError(f"{path}: a picture must be 2D, got shape {array.shape}")
-        if array.dtype.kind in "biu":
-            array = array.astype(np.uint8) * (255 if array.max(initial=0) <= 1 else 1)
-        else:
-            array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
-        picture = Image.fromarray(array)
-        Image.preinit()  # the common formats (PNG, JPEG, BMP...): registered_extensions would load every plugin
-        image_format = Image.EXTENSION.get(suffix) or Image.registered_extensions()[suffix]
-        with atomic_open(path) as f:
-            picture.save(f, format=image_format)
-    elif suffix == ".npy":
-        with atomic_open(path) as f:
-            np.save(f, array)
-    else:
-        raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(VOLUME_SUFFIXES)}")
+    writer(path, np.asarray(array), spacing, affine)
     return path
 
 
@@ -412,23 +522,17 @@ def from_grid(array: np.ndarray, grid: Grid | None, mask: bool = False) -> np.nd
 
 def read_spacing(path: str | Path, reorient: bool = False, modalities: Sequence[str] = ("rnflt",)) -> tuple[float, ...]:
     """The spacing of the image at ``path`` as :func:`to_grid` sees it before resampling (reoriented: permuted
-    like its axes), from the header alone for NIfTI."""
-    if suffix_of(path) in NIFTI_SUFFIXES:
-        import nibabel as nib
-
-        try:
-            image = cast("SpatialImage", nib.load(str(path)))  # a NIfTI file loads as a Nifti1Image or Nifti2Image
-            zooms = tuple(round(float(z), 6) for z in image.header.get_zooms()[:3])
-            dims = min(len(image.shape), 3)
-            affine = np.asarray(image.affine, dtype=np.float64)
-        except Exception as err:  # noqa: BLE001 - nibabel raises many kinds
-            raise DataError(f"{path}: cannot read NIfTI: {err}") from None
-        spacing = zooms[:dims]
-        ornt = canonical_ornt(affine, dims) if reorient else None
-        if ornt is not None:
-            permuted = [0.0] * dims
-            for axis, (target, _) in enumerate(ornt):
-                permuted[int(target)] = spacing[axis]
-            spacing = tuple(permuted)
-        return spacing
-    return read_image(path, modalities).spacing
+    like its axes), from the header alone where its format reads one (:attr:`Format.header`: NIfTI)."""
+    fmt = _BY_SUFFIX.get(suffix_of(path))
+    if fmt is not None and fmt.header is not None:
+        spacing, affine = fmt.header(Path(path))
+    else:
+        volume = read_image(path, modalities)
+        spacing, affine = volume.spacing, volume.affine
+    ornt = canonical_ornt(affine, len(spacing)) if reorient else None
+    if ornt is not None:
+        permuted = [0.0] * len(spacing)
+        for axis, (target, _) in enumerate(ornt):
+            permuted[int(target)] = spacing[axis]
+        spacing = tuple(permuted)
+    return spacing

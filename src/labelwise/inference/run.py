@@ -287,7 +287,7 @@ def _bundle(spec: dict[str, Any]) -> DataBundle:
 def input_files(paths: Sequence[str | Path], suffixes: Sequence[str] | None = None) -> list[Path]:
     """Files given, and the readable files inside folders given (sorted); a clear error for anything else.
     ``suffixes``: the accepted file types (default: pictures, ``.npy``, NIfTI and Harvard-GDP ``.npz``)."""
-    suffixes = tuple(suffixes or (*IMAGE_SUFFIXES, ".bmp"))
+    suffixes = tuple(suffixes or IMAGE_SUFFIXES)
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
