@@ -19,11 +19,22 @@ For each noise kind (``labelwise data degrade``, the masks of benchmarks/noise_m
 4. a run on the ``--fix`` manifest, scored on the test images against the clean masks, beside the run on the
    degraded masks and the run on the clean ones: the share of the Dice that the noise cost and the fix recovered.
 
+``--digits``: the class-label side, on scikit-learn's 1797 handwritten digits (16 x 16 PNGs and a table, split
+70/10/20 stratified per seed, validation and test labels clean). 20% of the training labels are corrupted, either
+``symmetric`` (a uniformly drawn other class) or ``pairflip`` (class-dependent: a digit c becomes c + 1 mod 10, the
+pair flipping of Han et al.'s co-teaching). Per noise and seed: a supervised run on the noisy table;
+``labelwise audit RUN --input TABLE --split train --folds K --fix FIXED``; on the audit's out-of-sample
+probabilities, the precision and recall of the flagged samples and the average precision of the ranking
+(labelwise's ``samples.csv`` against ``cleanlab.filter.find_label_issues`` and
+``cleanlab.rank.get_label_quality_scores``), and their time, interleaved; then runs on the fixed table and on the
+clean one: the share of the test accuracy the noise cost that the fix recovered.
+
 cleanlab is a benchmark-only dependency: ``.venv/bin/pip install -c constraints.txt cleanlab``. Results merge into
 ``OUT/results.json`` (keyed kind/seed; a finished key is skipped)::
 
     python benchmarks/audit.py [--kinds erode thin ...] [--seeds 0 1 2] [--steps 1000] [--folds 2]
         [--out runs/bench-audit] [--limit-train N]
+    python benchmarks/audit.py --digits [--seeds 0 1 2] [--digit-steps 300] [--digit-folds 5]
 """
 
 from __future__ import annotations
@@ -41,8 +52,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import drive  # noqa: E402
-import noise_matrix  # noqa: E402
+import drive
+import noise_matrix
 
 REPO = drive.REPO
 CONFIG = REPO / "configs" / "drive-noisy.yaml"
@@ -191,6 +202,193 @@ def compare(audit_dir: Path, manifest: Path, repeats: int) -> dict:
     }
 
 
+# --- class labels: digits ---------------------------------------------------------------------------------------
+
+DIGIT_NOISE = ("symmetric", "pairflip")
+
+
+def digit_pictures(folder: Path, size: int = 16) -> np.ndarray:
+    """scikit-learn's digits as ``folder/images/d<NNNN>.png`` (8-bit grey, upsampled bilinearly, written once);
+    returns their classes."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from labelwise.data.volumes import write_volume
+
+    digits = load_digits()
+    images = folder / "images"
+    if not (images / f"d{len(digits.target) - 1:04d}.png").is_file():
+        pictures = torch.nn.functional.interpolate(
+            torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None], size=(size, size), mode="bilinear",
+            align_corners=False).numpy()[:, 0]
+        for i, picture in enumerate(pictures):
+            write_volume(images / f"d{i:04d}.png", np.clip(picture, 0, 1))
+    return digits.target.astype(np.int64)
+
+
+def noisy_digits(truth: np.ndarray, train: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
+    """The labels with ``rate`` of the training samples corrupted: ``symmetric`` (a uniformly drawn other class) or
+    ``pairflip`` (``rate`` of each class's training samples take the next class)."""
+    rng = np.random.default_rng(1000 + seed)
+    labels = truth.copy()
+    if kind == "symmetric":
+        chosen = rng.choice(train, round(rate * len(train)), replace=False)
+        labels[chosen] = (truth[chosen] + rng.integers(1, 10, len(chosen))) % 10
+    else:
+        for c in range(10):
+            members = train[truth[train] == c]
+            chosen = rng.choice(members, round(rate * len(members)), replace=False)
+            labels[chosen] = (c + 1) % 10
+    return labels
+
+
+def digits_table(folder: Path, name: str, split: np.ndarray, labels: np.ndarray) -> Path:
+    rows = ["id,image,split,label"] + [f"d{i:04d},images/d{i:04d}.png,{s},{y}" for i, (s, y) in
+                                        enumerate(zip(split, labels))]
+    path = folder / f"{name}.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def digits_run(table: Path, seed: int, steps: int, run_dir: Path) -> float:
+    """A supervised run on ``table`` (configs as benchmarks/semi_supervised.py's digits); its test accuracy."""
+    import shutil
+
+    from labelwise.config import load_config
+    from labelwise.training import train
+
+    evaluation_file = run_dir / "predictions" / "test_evaluation.json"
+    if not evaluation_file.is_file():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        config = load_config({
+            "name": "digits", "seed": seed, "method": "supervised",
+            "data": {"manifest": str(table), "task": "classification", "batch_size": 32, "eval_batch_size": 256},
+            "model": {"name": "resnet10"}, "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+            "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 50}})
+        result = train(config, run_dir)
+        if result.status != "completed":
+            raise RuntimeError(f"{run_dir}: {result.status}: {result.message}")
+    evaluation = json.loads(evaluation_file.read_text())
+    return float(evaluation.get("accuracy", evaluation.get("metrics", {}).get("accuracy")))
+
+
+def compare_digits(audit_dir: Path, table: Path, truth: dict[str, int], repeats: int) -> dict:
+    """labelwise's flags and ranking against cleanlab's on the audit's out-of-sample probabilities."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.metrics import average_precision_score
+
+    from labelwise.data.table import read_table
+    from labelwise.metrics.label_quality import class_issues
+
+    data = read_table(table, ["label"])
+    index = {i: n for n, i in enumerate(data.ids)}
+    with np.load(audit_dir / "probabilities.npz", allow_pickle=False) as saved:
+        ids = [str(i) for i in saved["id"] if data.splits[index[str(i)]] == "train"]
+        probs = {str(i): p for i, p in zip(saved["id"], saved["probability"])}
+    pred_probs = np.stack([probs[i] for i in ids]).astype(np.float64)
+    labels = np.array([data.target[index[i]] for i in ids], dtype=np.int64)
+    names = [int(n) for n in data.class_names]
+    corrupted = np.array([names[labels[k]] != truth[i] for k, i in enumerate(ids)])
+    samples = {r["id"]: r for r in csv.DictReader((audit_dir / "samples.csv").open())}
+    ours_flag = np.array([samples[i]["issue"] == "1" for i in ids])
+    ours_score = np.array([-float(samples[i]["quality"]) for i in ids])
+
+    runs = {"labelwise": [], "cleanlab": []}
+    for _ in range(repeats):  # interleaved, on the same arrays
+        runs["labelwise"].append(timed(lambda: class_issues(pred_probs, labels), 1))
+        runs["cleanlab"].append(timed(lambda: (find_label_issues(labels, pred_probs),
+                                               get_label_quality_scores(labels, pred_probs)), 1))
+    theirs_flag, theirs_quality = runs["cleanlab"][-1][2]
+    same_probs = class_issues(pred_probs, labels).issue.astype(bool)
+
+    def flags(flagged):
+        hits = int((flagged & corrupted).sum())
+        return {"precision": hits / max(int(flagged.sum()), 1), "recall": hits / max(int(corrupted.sum()), 1),
+                "flagged": int(flagged.sum())}
+
+    return {
+        "samples": len(ids), "corrupted": int(corrupted.sum()),
+        "labelwise": {"ap": float(average_precision_score(corrupted, ours_score)), **flags(ours_flag),
+                      "seconds": statistics.median(r[0] for r in runs["labelwise"]),
+                      "same_as_samples_csv": bool((same_probs == ours_flag).all())},
+        "cleanlab": {"ap": float(average_precision_score(corrupted, -theirs_quality)), **flags(theirs_flag),
+                     "seconds": statistics.median(r[0] for r in runs["cleanlab"])},
+    }
+
+
+def digits_benchmark(args) -> None:
+    from sklearn.model_selection import train_test_split
+
+    home = args.out / "digits"
+    home.mkdir(parents=True, exist_ok=True)
+    results_path = home / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    truth = digit_pictures(home)
+    rows = np.arange(len(truth))
+    for seed in args.seeds:
+        train_rows, rest = train_test_split(rows, test_size=0.3, stratify=truth, random_state=seed)
+        val_rows, test_rows = train_test_split(rest, test_size=2 / 3, stratify=truth[rest], random_state=seed)
+        split = np.empty(len(truth), dtype="<U5")
+        split[train_rows], split[val_rows], split[test_rows] = "train", "val", "test"
+        clean_accuracy = digits_run(digits_table(home, f"clean-seed{seed}", split, truth), seed, args.digit_steps,
+                                    home / f"clean-seed{seed}-steps{args.digit_steps}")
+        for kind in DIGIT_NOISE:
+            key = f"{kind}/seed{seed}/steps{args.digit_steps}/folds{args.digit_folds}"
+            if key in results:
+                continue
+            labels = noisy_digits(truth, train_rows, kind, 0.2, seed)
+            table = digits_table(home, f"{kind}-seed{seed}", split, labels)
+            folder = home / key.replace("/", "-")
+            noisy_accuracy = digits_run(table, seed, args.digit_steps, folder / "noisy")
+            audit_dir, fixed = folder / "audit", folder / "fixed"
+            started = time.perf_counter()
+            labelwise_cli("audit", str(folder / "noisy"), "--input", str(table), "--split", "train", "--folds",
+                          str(args.digit_folds), "--out", str(audit_dir), "--fix", str(fixed))
+            audit_minutes = (time.perf_counter() - started) / 60
+            row = compare_digits(audit_dir, table, {f"d{i:04d}": int(t) for i, t in enumerate(truth)},
+                                 args.repeats)
+            fixed_accuracy = digits_run(fixed / "table.csv", seed, args.digit_steps, folder / "retrained")
+            cost = clean_accuracy - noisy_accuracy
+            row["accuracy"] = {"clean": clean_accuracy, "noisy": noisy_accuracy, "fixed": fixed_accuracy,
+                               "recovered": (fixed_accuracy - noisy_accuracy) / cost if cost > 0 else None}
+            row["audit_minutes"] = audit_minutes
+            results[key] = row
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
+            lw, cl = row["labelwise"], row["cleanlab"]
+            print(f"== digits {key}: flags P/R {lw['precision']:.3f}/{lw['recall']:.3f} vs cleanlab "
+                  f"{cl['precision']:.3f}/{cl['recall']:.3f}; AP {lw['ap']:.3f} vs {cl['ap']:.3f}; "
+                  f"{lw['seconds'] * 1e3:.1f} ms vs {cl['seconds'] * 1e3:.1f} ms; accuracy noisy {noisy_accuracy:.3f}"
+                  f" -> fixed {fixed_accuracy:.3f} (clean {clean_accuracy:.3f})", flush=True)
+    digits_table_md(results, args)
+
+
+def digits_table_md(results: dict, args) -> None:
+    """Mean ± std over the seeds found, one row per noise kind."""
+    print("\n| noise (20% of training labels) | flagged P / R, labelwise | flagged P / R, cleanlab | AP labelwise / "
+          "cleanlab | ms labelwise / cleanlab | accuracy clean / noisy / fixed | recovered | seeds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in DIGIT_NOISE:
+        rows = [r for k, r in results.items() if k.startswith(f"{kind}/") and
+                k.endswith(f"/steps{args.digit_steps}/folds{args.digit_folds}")]
+        if not rows:
+            continue
+
+        def f(values, digits=3):
+            values = [v for v in values if v is not None]
+            if len(values) == 1:
+                return f"{values[0]:.{digits}f}"
+            return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+        lw, cl, acc = [r["labelwise"] for r in rows], [r["cleanlab"] for r in rows], [r["accuracy"] for r in rows]
+        print(f"| {kind} | {f([x['precision'] for x in lw])} / {f([x['recall'] for x in lw])} | "
+              f"{f([x['precision'] for x in cl])} / {f([x['recall'] for x in cl])} | {f([x['ap'] for x in lw])} / "
+              f"{f([x['ap'] for x in cl])} | {f([x['seconds'] * 1e3 for x in lw], 2)} / "
+              f"{f([x['seconds'] * 1e3 for x in cl], 2)} | {f([a['clean'] for a in acc])} / "
+              f"{f([a['noisy'] for a in acc])} / {f([a['fixed'] for a in acc])} | "
+              f"{f([a['recovered'] for a in acc], 2)} | {len(rows)} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", nargs="+", default=[k for k in noise_matrix.KINDS if k != "clean"])
@@ -202,8 +400,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-test", type=int, default=None, help="smoke test: only the first N test cases")
     parser.add_argument("--drive", type=Path, default=REPO.parent / "shared" / "data" / "drive")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-audit")
+    parser.add_argument("--digits", action="store_true", help="the class-label side: scikit-learn's digits")
+    parser.add_argument("--digit-steps", type=int, default=300)
+    parser.add_argument("--digit-folds", type=int, default=5)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.digits:
+        digits_benchmark(args)
+        return
     matrix_args = noise_matrix.parse_args(["--out", str(REPO / "runs" / "bench-noise-matrix"), "--drive",
                                            str(args.drive)] + (["--limit-test", str(args.limit_test)]
                                                                if args.limit_test else []))

@@ -38,6 +38,8 @@ Per run (``OUT/results.json``, merged across calls, keyed ``dataset/kind/method/
 there is skipped, a run folder is cleared before its run): Dice, clDice, precision, sensitivity (mean over the test
 cases, from the run's ``predictions/test/segmentation.json``), training and wall minutes. Per data set and kind:
 the training masks' Dice to the clean ones (mean over the training cases, inside the roi), the noise level.
+benchmarks/noise_matrix.json, committed, holds every cell measured so far (``--write-results`` writes it) and is
+read under OUT's results.json, so a later machine trains only the cells still missing.
 Order: seeds outermost, then data sets, kinds, methods (a slow period of the machine hits every method alike).
 
 Output: a markdown table (mean ± sample std over seeds) with, per kind, the paired difference ``noisy - unet-mss``
@@ -78,6 +80,7 @@ SCORES = ("dice", "cldice", "precision", "sensitivity")
 START, END = "<!-- noise-matrix:start -->", "<!-- noise-matrix:end -->"
 RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
 FIGURE = REPO / "benchmarks" / "noise_matrix.png"
+LEDGER = REPO / "benchmarks" / "noise_matrix.json"  # every measured cell, committed: run folders die with machines
 
 
 @dataclass(frozen=True)
@@ -716,11 +719,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_results(results_path: Path) -> dict:
+    """The committed ledger (benchmarks/noise_matrix.json) merged with OUT/results.json: a cell measured on an
+    earlier machine is not trained again, and OUT's rows win where both have a key."""
+    ledger = json.loads(LEDGER.read_text()) if LEDGER.is_file() else {}
+    local = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    merged = {**ledger, **local}
+    merged["commands"] = list(dict.fromkeys([*ledger.get("commands", []), *local.get("commands", [])]))
+    merged["noise"] = {d: {**ledger.get("noise", {}).get(d, {}), **local.get("noise", {}).get(d, {})}
+                       for d in {*ledger.get("noise", {}), *local.get("noise", {})}}
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results = load_results(results_path)
     failed = []
     if not args.table_only:
         if any(DATASETS[n].dim == 2 for n in args.datasets) and not (args.drive / "training" / "images").is_dir():
@@ -729,6 +744,9 @@ def main(argv: list[str] | None = None) -> None:
         args.write_command = shlex.join(["python", "benchmarks/noise_matrix.py", *command])
         failed = run_matrix(args, results, results_path)
     report(results, args)
+    if args.write_results:
+        LEDGER.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {LEDGER.relative_to(REPO)}")
     if failed:
         print(f"\n{len(failed)} run(s) failed (missing; rerun the same command to retry): " + ", ".join(failed))
         raise SystemExit(1)
