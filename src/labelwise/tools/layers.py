@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "labelwise": 0,
     "labelwise.errors": 0,
     "labelwise.io": 0,
+    "labelwise.settings": 0,
     # 1: building blocks: pure functions and modules, no training, no run directories
     "labelwise.filters": 1,
     "labelwise.metrics": 1,
