@@ -203,6 +203,66 @@ def test_folds_audit_training_cases_and_resume(bars, tmp_path, monkeypatch):
     assert int(rows["case0"]["missed"]) > 0
 
 
+def audit_links(report):
+    """The audit rows of a run report: (link target or None, text of the row)."""
+    from html.parser import HTMLParser
+
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.inside = [], False
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "table" and attrs.get("id") == "audits-table":
+                self.inside = True
+            elif self.inside and tag == "tr":
+                self.rows.append([None, ""])
+            elif self.inside and tag == "a" and "audit-link" in (attrs.get("class") or ""):
+                self.rows[-1][0] = attrs["href"]
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self.inside = False
+
+        def handle_data(self, data):
+            if self.inside and self.rows:
+                self.rows[-1][1] += data
+
+    parser = Rows()
+    parser.feed(report.read_text())
+    return parser.rows[1:]  # without the header row
+
+
+def test_the_run_report_links_to_its_audits_also_after_the_run_moved(bars, tmp_path):
+    import shutil
+
+    root, run, noisy = bars
+    mine = root / "run-report"  # beside the run: its config names the training data relative to its folder
+    shutil.copytree(run, mine)
+    for out in (mine / "audit", tmp_path / "elsewhere"):
+        code, text = invoke_cli("audit", str(mine), "--input", str(noisy), "--out", str(out), *UNSEEN)
+        assert code == 0, text
+    code, text = invoke_cli("audit", str(mine), "--input", str(noisy), "--out", str(mine / "audit"), *UNSEEN)
+    assert code == 0, text  # the same audit again: replaced, not listed twice
+    moved = tmp_path / "moved" / "run"
+    shutil.move(mine, moved)
+    code, text = invoke_cli("report", str(moved))
+    assert code == 0, text
+    rows = audit_links(moved / "report.html")
+    assert len(rows) == 2  # the latest last
+    pages = [(moved / href).resolve() for href, _ in rows]
+    assert pages == [(tmp_path / "elsewhere" / "report.html").resolve(), (moved / "audit" / "report.html").resolve()]
+    assert all(p.is_file() for p in pages)
+    audited = json.loads((moved / "audit" / "audit.json").read_text())
+    flagged = audited["missed"] + audited["extra"] + audited["swapped"]
+    assert "4 cases" in rows[1][1] and f"{flagged} pixels" in rows[1][1] and flagged > 0
+    shutil.rmtree(tmp_path / "elsewhere")
+    invoke_cli("report", str(moved))
+    rows = audit_links(moved / "report.html")
+    assert rows[0][0] is None and "page not found" in rows[0][1] and rows[1][0] is not None
+
+
 # --- class labels --------------------------------------------------------------------------------------------------
 
 CLASS_SPLITS = ["train"] * 48 + ["val"] * 16 + ["test"] * 16

@@ -151,6 +151,10 @@ def test_quick_demo(tmp_path):
     vessels = json.loads((tmp_path / "demo-vessels" / "predictions" / "test" / "segmentation.json").read_text())
     assert set(vessels["references"]) == {"label", "truth"}
     assert "segmentation-gallery" in (tmp_path / "demo-vessels" / "report.html").read_text()
+    audits = json.loads((tmp_path / "demo-vessels" / "audits.json").read_text())  # the demo audits its vessel run
+    assert [a["page"] for a in audits] == ["audit/report.html"] and audits[0]["audited"] >= 2
+    assert (tmp_path / "demo-vessels" / "audit" / "cases.csv").is_file()
+    assert 'href="audit/report.html"' in (tmp_path / "demo-vessels" / "report.html").read_text()
     for run, names in (("demo-vessels", {"foreground"}), ("demo-semi", {"0", "1"})):  # explained as models
         entries = json.loads((tmp_path / run / "explanations" / "explanations.json").read_text())["entries"]
         assert 1 <= len(entries) <= 2 and {e["class_name"] for e in entries} <= names

@@ -208,6 +208,13 @@ def demo(
             typer.echo(
                 f"  explanations: {len(explained.get('entries', []))} maps; pointing game {hits}; {index.parent}"
             )
+        audits = path.parent / "audits.json"
+        if audits.is_file():
+            for entry in json.loads(audits.read_text()):
+                typer.echo(
+                    f"  label audit: {entry['flagged']} suspect {'pixels' if entry['unit'] == 'cases' else 'labels'}"
+                    f" in {entry['audited']} {entry['unit']}; {path.parent / entry['page']}"
+                )
 
 
 @app.command()

@@ -190,7 +190,8 @@ def vessels_config(manifest: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def vessels_demo(out: Path, quick: bool = False) -> Path:
-    """Write the 2D vessel set and train DS6 on it; returns the run directory."""
+    """Write the 2D vessel set, train DS6 on it and audit its masks; returns the run directory."""
+    from labelwise.audit import audit_run
     from labelwise.data.synth.vessels import write_vessels
     from labelwise.data.volumes import case_id
 
@@ -200,6 +201,7 @@ def vessels_demo(out: Path, quick: bool = False) -> Path:
     run_dir = train(load_config(vessels_config(manifest, quick)), _fresh(out / "demo-vessels")).run_dir
     tested = sorted(case_id(p) for p in (run_dir / "predictions" / "test" / "masks").iterdir())[:2]
     explain_cases(run_dir, [next((manifest.parent / "images").glob(f"{i}.*")) for i in tested])
+    audit_run(run_dir, run_dir / "audit", progress=False)  # its val and test masks; the report links the page
     return run_dir
 
 

@@ -7,19 +7,23 @@
 The scoring is confident learning (:mod:`labelwise.metrics.label_quality`); this package finds the probabilities
 (a run predicts its val and test cases out of sample; its training cases need runs that did not see them), writes the
 suspect maps, tables and page (:mod:`labelwise.report.audit`), and the corrected labels. Modules: ``folds``
-(cross-fitting), ``segmentation`` (masks), ``classification`` (class labels of a table).
+(cross-fitting), ``segmentation`` (masks), ``classification`` (class labels of a table). Each audit is recorded
+in the run folder's ``audits.json``, from which the run's report links to its page.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from labelwise.data.manifest import SPLITS
 from labelwise.errors import LabelwiseError
+from labelwise.io import atomic_write
 
-__all__ = ["audit_run"]
+__all__ = ["AUDITS", "audit_run", "record_audit"]
 
 WORST = 12  # cases or samples shown on the page
 
@@ -50,7 +54,47 @@ def audit_run(
     if run.task == "segmentation":
         from labelwise.audit.segmentation import audit_masks
 
-        return audit_masks(*args)
-    from labelwise.audit.classification import audit_labels
+        summary = audit_masks(*args)
+    else:
+        from labelwise.audit.classification import audit_labels
 
-    return audit_labels(*args)
+        summary = audit_labels(*args)
+    record_audit(Path(run_dir), Path(out), summary)
+    return summary
+
+
+AUDITS = "audits.json"  # in the run folder: the audits of the run, for its report
+
+
+def record_audit(run_dir: Path, out: Path, summary: dict[str, Any]) -> None:
+    """Add (or replace, for the same ``out``) the audit in ``run_dir/audits.json``: where its page is (relative to the
+    run folder where it lies inside it, so a moved run keeps its link) and its headline figures."""
+    path = run_dir / AUDITS
+    try:
+        entries = json.loads(path.read_text()) if path.is_file() else []
+    except ValueError:
+        entries = []
+    entries = entries if isinstance(entries, list) else []
+    page = (out / "report.html").resolve()
+    try:
+        where = str(page.relative_to(run_dir.resolve()))
+    except ValueError:
+        where = str(page)
+    flagged = (
+        summary["issues"]
+        if "issues" in summary
+        else sum(int(summary.get(k, 0)) for k in ("missed", "extra", "swapped"))
+    )
+    entry = {
+        "page": where,
+        "input": summary.get("input"),
+        "folds": summary.get("folds"),
+        "task": summary.get("task", "segmentation"),
+        "audited": summary.get("samples", summary.get("cases")),
+        "flagged": flagged,
+        "unit": "samples" if "samples" in summary else "cases",
+        "fix": summary.get("fix"),
+        "when": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"),
+    }
+    entries = [e for e in entries if isinstance(e, dict) and e.get("page") != where] + [entry]
+    atomic_write(path, json.dumps(entries, indent=1) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -413,6 +414,30 @@ def _png_inside(path: Path, folder: Path) -> bytes | None:
     return png if png.startswith(PNG_MAGIC) else None
 
 
+def _audits(run_dir: Path, out: Path, notes: list[str]) -> list[dict[str, Any]] | None:
+    """The label audits recorded in ``run_dir/audits.json`` (``labelwise audit`` writes it): each with a link to its
+    page relative to the report, or a note where the page is gone."""
+    path = run_dir / "audits.json"
+    if not path.is_file():
+        return None
+    try:
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, list):
+            raise ValueError("not a list")
+    except ValueError as exc:
+        notes.append(f"audits.json could not be read: {exc}")
+        return None
+    shown = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "page" not in entry:
+            continue
+        page = Path(entry["page"])
+        page = page if page.is_absolute() else run_dir / page
+        href = os.path.relpath(page.resolve(), out.resolve().parent) if page.is_file() else None
+        shown.append({**entry, "href": href, "missing": None if href else str(page)})
+    return shown or None
+
+
 def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
     """Write ``run_dir``'s report (figures to ``run_dir/figures/``, one self-contained HTML page to ``out`` or
     ``run_dir/report.html``) and return the page's path."""
@@ -495,6 +520,7 @@ def build_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "fairness": fairness,
         "segmentation": _segmentation(run_dir, notes),
         "model": _model_section(run_dir, notes),
+        "audits": _audits(run_dir, out, notes),
     }
     html = environment().get_template("report.html.j2").render(**context)
     return atomic_write(out, html)
