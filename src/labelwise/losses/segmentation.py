@@ -165,3 +165,22 @@ def mss_loss(
                 f"got {tuple(out.shape)}"
             )
     return sum(w * loss_fn(out, target) for w, out in zip(weights, outputs))  # type: ignore[return-value]
+
+
+def self_corrected_target(
+    foreground: torch.Tensor, target: torch.Tensor, threshold: float, band: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label self-correction towards the foreground, away from the labelled structures: a background pixel of
+    ``target`` ``(B, *spatial)`` (0/1) becomes foreground where the network's ``foreground`` probability (same shape,
+    no gradient) exceeds ``threshold`` and no labelled foreground lies within ``band`` pixels (a cube of side
+    2 * band + 1). Borders of labelled structures, where a mask that is off by a pixel or two disagrees with the
+    network, are never changed; a structure the mask left out altogether (a missed thin vessel) is. Returns the
+    corrected target and the mask of changed pixels."""
+    if band < 0:
+        raise ValueError(f"band must be >= 0, got {band}")
+    labelled = (target > 0).float().unsqueeze(1)
+    if band:
+        pool = torch.nn.functional.max_pool3d if target.ndim == 4 else torch.nn.functional.max_pool2d
+        labelled = pool(labelled, kernel_size=2 * band + 1, stride=1, padding=band)
+    changed = (labelled[:, 0] == 0) & (foreground > threshold)
+    return torch.where(changed, torch.ones_like(target), target), changed

@@ -89,6 +89,8 @@ class DS6(Supervised):
                 f"dice_ce (softmax); got {self.loss_name}"
             )
         o = self.options
+        if o.self_correct is not None:
+            raise ConfigError("method.self_correct: only supervised corrects its masks while training; ds6 does not")
         if min(o.weights) < 0 or o.spacing[0] > o.spacing[1] or o.magnitude[0] > o.magnitude[1]:
             raise ConfigError("method: weights must be >= 0, spacing and magnitude (low, high) ranges")
         self.elastic = RandomElastic(spacing=o.spacing, magnitude=o.magnitude, generator=None)

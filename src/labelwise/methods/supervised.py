@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelwise.errors import ConfigError
-from labelwise.losses import MSS_WEIGHTS, focal_tversky_loss, mss_loss
+from labelwise.losses import MSS_WEIGHTS, focal_tversky_loss, mss_loss, self_corrected_target
 from labelwise.methods.base import Method
 from labelwise.methods.semi import classification_loss
 from labelwise.models import build_model
@@ -49,6 +49,18 @@ class SupervisedOptions(BaseModel):
         ge=0,
         description="segmentation inference: remove connected components (per class) smaller than this many voxels",
     )
+    self_correct: float | None = Field(
+        None,
+        gt=0.5,
+        lt=1,
+        description="binary masks: from self_correct_from of the steps on, a background pixel farther than "
+        "self_correct_band pixels from the labelled foreground whose foreground probability (this step's forward "
+        "pass) exceeds this becomes foreground in the loss (masks that leave structures out); null: off",
+    )
+    self_correct_from: float = Field(0.3, ge=0, lt=1, description="self_correct: share of the steps before it starts")
+    self_correct_band: int = Field(
+        3, ge=0, description="self_correct: pixels around the labelled foreground that are never changed"
+    )
 
 
 class Supervised(Method):
@@ -86,6 +98,11 @@ class Supervised(Method):
             config.model, data.spatial_dims, data.in_channels, self.out_channels, data.task, data.image_size
         )
         self._dice_ce = None
+        if self.options.self_correct is not None and (data.task != "segmentation" or data.num_classes != 2):
+            raise ConfigError(
+                f"method.self_correct: corrects binary masks (2 classes); the data has {data.num_classes} classes "
+                f"({data.task})"
+            )
         if self.options.threshold == "calibrate" and (data.task != "segmentation" or data.num_classes != 2):
             raise ConfigError(
                 "method.threshold: calibrate chooses the threshold of binary masks (2 classes); the data "
@@ -95,6 +112,16 @@ class Supervised(Method):
         self.calibration_tolerance = self.options.calibration_tolerance
         self.tta, self.min_size = self.options.tta, self.options.min_size
         self.window = list(config.data.patch_size) if config.data.patch_size else None  # predict: windows of a patch
+
+    def self_corrected(
+        self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``target`` corrected by :func:`labelwise.losses.self_corrected_target` with the foreground probability of
+        the full-size output of this step's forward pass."""
+        logits = (outputs[0] if isinstance(outputs, (tuple, list)) else outputs).detach()
+        foreground = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1]
+        o = self.options
+        return self_corrected_target(foreground, target, o.self_correct, o.self_correct_band)
 
     def dice_ce(self) -> torch.nn.Module:
         """MONAI's ``DiceCELoss`` (one-hot targets, softmax, the configured label smoothing), made on first use:
@@ -123,5 +150,10 @@ class Supervised(Method):
         outputs = self.networks["model"](batch["image"])
         target = batch["target"]
         if self.data.task == "segmentation":
-            return {"loss": self.segmentation_loss(outputs, target)}
+            logs = {}
+            o = self.options
+            if o.self_correct is not None and self.step >= o.self_correct_from * self.config.trainer.max_steps:
+                target, changed = self.self_corrected(outputs, target)
+                logs["corrected"] = changed.float().mean().detach()
+            return {"loss": self.segmentation_loss(outputs, target), **logs}
         return {"loss": classification_loss(outputs, target, self.data.multilabel, self.options.label_smoothing)}
