@@ -1,6 +1,6 @@
 """Training as users call it: the engine runs the configured method, and the run writes its test outputs through the
 inference layer's one output hook (:func:`labelwise.inference.run_outputs.write_run_outputs`). ``labelwise train``
-and the demo call :func:`train`; the engine itself knows no method and no output format (docs/architecture.md)."""
+and the demo call :func:`train`; the engine itself knows no method and no prediction format (docs/architecture.md)."""
 
 from __future__ import annotations
 

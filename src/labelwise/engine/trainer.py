@@ -4,7 +4,8 @@ Devices and data parallelism (``trainer.devices`` processes: gloo on CPU, NCCL o
 deterministic seeding, gradient clipping, a non-finite-loss guard, atomic checkpoints and exact resume,
 progress, the metrics log and the end-of-run evaluation all live here, once, for every method. The files a run
 writes at its end (predictions, figures, summaries) go through one output hook, ``write_outputs``, for every task:
-the engine knows no output format.
+the engine knows no prediction format (it writes its own run files: config.yaml, inference.json, metrics.jsonl,
+summary.json, checkpoints).
 """
 
 from __future__ import annotations

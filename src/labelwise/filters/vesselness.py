@@ -162,12 +162,15 @@ def frangi_segment(
     return mask.astype(np.int64), probability
 
 
-def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """``mask`` (bool, *spatial) without its connected components (full connectivity) of fewer than ``min_size``
-    voxels."""
+def remove_small_components(mask: np.ndarray, min_size: int, connectivity: int | None = None) -> np.ndarray:
+    """``mask`` (bool, *spatial) without its connected components of fewer than ``min_size`` voxels. ``connectivity``:
+    how many axes a step between neighbours may change (1: faces only; None: all, full connectivity). The one
+    component filter: the Frangi masks and label noise use full connectivity, a model's masks face connectivity
+    (:func:`labelwise.models.outputs.remove_small_components`, per class)."""
     from scipy.ndimage import generate_binary_structure, label
 
-    labels, count = label(mask, structure=generate_binary_structure(mask.ndim, mask.ndim))
+    structure = generate_binary_structure(mask.ndim, mask.ndim if connectivity is None else connectivity)
+    labels, count = label(mask, structure=structure)
     if count == 0:
         return mask.astype(bool)
     sizes = np.bincount(labels.ravel())

@@ -85,16 +85,12 @@ def remove_small_components(labels: torch.Tensor, min_size: int) -> torch.Tensor
     if min_size <= 1:
         return labels
     import numpy as np
-    from scipy import ndimage
+
+    from labelwise.filters.vesselness import remove_small_components as components_kept
 
     out = labels.detach().cpu().numpy().copy()
     for case in out:
         for k in np.unique(case):
-            if k == 0:
-                continue
-            components, _ = ndimage.label(case == k)
-            sizes = np.bincount(components.ravel())
-            small = sizes < min_size
-            small[0] = False
-            case[small[components]] = 0
+            if k != 0:
+                case[(case == k) & ~components_kept(case == k, min_size, connectivity=1)] = 0
     return torch.from_numpy(out).to(labels.device)
