@@ -35,6 +35,11 @@ cleanlab is a benchmark-only dependency: ``.venv/bin/pip install -c constraints.
     python benchmarks/audit.py [--kinds erode thin ...] [--seeds 0 1 2] [--steps 1000] [--folds 2]
         [--out runs/bench-audit] [--limit-train N]
     python benchmarks/audit.py --digits [--seeds 0 1 2] [--digit-steps 300] [--digit-folds 5]
+    python benchmarks/audit.py --unseen [--kinds ...] [--seeds 1 2]
+
+``--unseen``: the noise matrix's runs (``runs/bench-noise-matrix``, configs/drive-noisy.yaml trained on masks of
+one kind) audit DRIVE's 20 test images whose masks were degraded with the same kind: out of sample without folds,
+so every kind is measured without training; the fix's worth is not (it needs the training masks).
 """
 
 from __future__ import annotations
@@ -135,8 +140,8 @@ def timed(fn, repeats: int) -> tuple[float, float, object]:
     return statistics.median(seconds), max(peaks), result
 
 
-def compare(audit_dir: Path, manifest: Path, repeats: int) -> dict:
-    """Labelwise against cleanlab on the audit's saved out-of-sample probabilities of the training cases."""
+def compare(audit_dir: Path, manifest: Path, repeats: int, split: str = "train") -> dict:
+    """Labelwise against cleanlab on the audit's saved out-of-sample probabilities of the ``split`` cases."""
     from cleanlab.segmentation.filter import find_label_issues
     from cleanlab.segmentation.rank import get_label_quality_scores
     from scipy.stats import spearmanr
@@ -149,7 +154,7 @@ def compare(audit_dir: Path, manifest: Path, repeats: int) -> dict:
     cases = []
     for case in read_manifest(manifest):
         saved = audit_dir / "probabilities" / f"{case.id}.npy"
-        if case.split != "train" or not saved.is_file():
+        if case.split != split or not saved.is_file():
             continue
         probs = np.load(saved).astype(np.float32)
         label = read_volume(case.label, mask=True).array
@@ -200,6 +205,70 @@ def compare(audit_dir: Path, manifest: Path, repeats: int) -> dict:
                      "spearman": float(spearmanr(image_scores, true_dice)[0]),
                      **flags(flagged_theirs), "seconds": median("cleanlab", 0), "peak_mib": median("cleanlab", 1)},
     }
+
+
+# --- masks: the noise matrix's runs on degraded test masks ------------------------------------------------------------
+
+
+def degraded_test_manifest(kind: str, clean: Path, home: Path) -> Path:
+    """The DRIVE test cases with their masks degraded by ``labelwise data degrade --kind`` (DRIVE's default
+    strengths), the clean mask in ``truth``: degrade works on training masks, so the test cases go in as training
+    cases and come out as test cases again."""
+    target = home / f"test-{kind}" / "manifest.csv"
+    if target.is_file():
+        return target
+    with clean.open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "test"]
+    source = home / "test-as-train.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{k: (str((clean.parent / v).resolve()) if k in ("image", "label", "truth", "roi") and v
+                               else v) for k, v in r.items()} | {"split": "train"} for r in rows])
+    labelwise_cli("data", "degrade", "--manifest", str(source), "--kind", kind, "--out", str(target.parent))
+    with target.open(newline="") as handle:
+        degraded = list(csv.DictReader(handle))
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(degraded[0]))
+        writer.writeheader()
+        writer.writerows([r | {"split": "test"} for r in degraded])
+    return target
+
+
+def unseen_benchmark(args) -> None:
+    """Per kind and seed: the noise matrix's run trained on masks of that kind audits the test images, whose masks
+    carry the same kind of noise (out of sample without folds: the run never saw them); labelwise against cleanlab
+    on the audit's probabilities. No retraining: the fix's worth needs the training masks (the default mode)."""
+    matrix_args = noise_matrix.parse_args(["--out", str(REPO / "runs" / "bench-noise-matrix"), "--drive",
+                                           str(args.drive)])
+    clean = noise_matrix.clean_manifest("drive", matrix_args)
+    home = args.out / "unseen"
+    home.mkdir(parents=True, exist_ok=True)
+    results_path = home / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for seed in args.seeds:
+        for kind in args.kinds:
+            key = f"{kind}/seed{seed}/steps{args.steps}"
+            run = REPO / "runs" / "bench-noise-matrix" / f"drive-{kind}-noisy-steps{args.steps}-seed{seed}"
+            if key in results:
+                continue
+            if not (run / "summary.json").is_file():
+                print(f"-- {key}: no noise-matrix run at {run}; skipped", flush=True)
+                continue
+            manifest = degraded_test_manifest(kind, clean, home)
+            audit_dir = home / key.replace("/", "-")
+            started = time.perf_counter()
+            labelwise_cli("audit", str(run), "--input", str(manifest), "--split", "test", "--out", str(audit_dir))
+            row = compare(audit_dir, manifest, args.repeats, split="test")
+            row["audit_minutes"] = (time.perf_counter() - started) / 60
+            results[key] = row
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
+            lw, cl = row["labelwise"], row["cleanlab"]
+            print(f"== unseen {key}: AP {lw['ap']:.3f} vs cleanlab {cl['ap']:.3f}; AUROC {lw['auroc']:.3f} vs "
+                  f"{cl['auroc']:.3f}; Spearman {lw['spearman']:.3f} vs {cl['spearman']:.3f}; flags P/R "
+                  f"{lw['precision']:.3f}/{lw['recall']:.3f} vs {cl['precision']:.3f}/{cl['recall']:.3f}; "
+                  f"{lw['seconds']:.2f} s vs {cl['seconds']:.2f} s ({cl['seconds'] / lw['seconds']:.1f} x); peak "
+                  f"{lw['peak_mib']:.0f} vs {cl['peak_mib']:.0f} MiB", flush=True)
 
 
 # --- class labels: digits ---------------------------------------------------------------------------------------
@@ -401,12 +470,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--drive", type=Path, default=REPO.parent / "shared" / "data" / "drive")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-audit")
     parser.add_argument("--digits", action="store_true", help="the class-label side: scikit-learn's digits")
+    parser.add_argument("--unseen", action="store_true", help="masks: the noise matrix's runs audit degraded test "
+                        "masks (no folds, no retraining)")
     parser.add_argument("--digit-steps", type=int, default=300)
     parser.add_argument("--digit-folds", type=int, default=5)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.digits:
         digits_benchmark(args)
+        return
+    if args.unseen:
+        unseen_benchmark(args)
         return
     matrix_args = noise_matrix.parse_args(["--out", str(REPO / "runs" / "bench-noise-matrix"), "--drive",
                                            str(args.drive)] + (["--limit-test", str(args.limit_test)]
