@@ -127,6 +127,13 @@ def scored(cases, thresholds):
     return [mask_suspects(p, y, thresholds, roi) for p, y, _, roi in cases]
 
 
+def flag_scores(flagged: np.ndarray, corrupted: np.ndarray) -> dict:
+    """Precision and recall of the flagged labels (pixels or samples) against the truly corrupted ones."""
+    hits = int((flagged & corrupted).sum())
+    return {"precision": hits / max(int(flagged.sum()), 1), "recall": hits / max(int(corrupted.sum()), 1),
+            "flagged": int(flagged.sum())}
+
+
 def timed(fn, repeats: int) -> tuple[float, float, object]:
     """Median seconds and the largest traced peak (MiB) of ``fn()`` over ``repeats`` calls, and its last result."""
     seconds, peaks, result = [], [], None
@@ -186,11 +193,6 @@ def compare(audit_dir: Path, manifest: Path, repeats: int, split: str = "train")
     flagged_theirs = np.concatenate([issues[i][c[3]] for i, c in enumerate(cases)])
     true_dice = [noise_matrix.mask_dice(y, t, roi) for _, y, t, roi in cases]
 
-    def flags(flagged):
-        hits = int((flagged & corrupted).sum())
-        return {"precision": hits / max(int(flagged.sum()), 1), "recall": hits / max(int(corrupted.sum()), 1),
-                "flagged": int(flagged.sum())}
-
     def median(side, i):
         return statistics.median(r[i] for r in runs[side])
 
@@ -199,11 +201,13 @@ def compare(audit_dir: Path, manifest: Path, repeats: int, split: str = "train")
         "labelwise": {"ap": float(average_precision_score(corrupted, ours_score)),
                       "auroc": float(roc_auc_score(corrupted, ours_score)),
                       "spearman": float(spearmanr([a.quality for a in audits], true_dice)[0]),
-                      **flags(flagged_ours), "seconds": median("labelwise", 0), "peak_mib": median("labelwise", 1)},
+                      **flag_scores(flagged_ours, corrupted),
+                      "seconds": median("labelwise", 0), "peak_mib": median("labelwise", 1)},
         "cleanlab": {"ap": float(average_precision_score(corrupted, theirs_score)),
                      "auroc": float(roc_auc_score(corrupted, theirs_score)),
                      "spearman": float(spearmanr(image_scores, true_dice)[0]),
-                     **flags(flagged_theirs), "seconds": median("cleanlab", 0), "peak_mib": median("cleanlab", 1)},
+                     **flag_scores(flagged_theirs, corrupted),
+                     "seconds": median("cleanlab", 0), "peak_mib": median("cleanlab", 1)},
     }
 
 
@@ -371,17 +375,13 @@ def compare_digits(audit_dir: Path, table: Path, truth: dict[str, int], repeats:
     theirs_flag, theirs_quality = runs["cleanlab"][-1][2]
     same_probs = class_issues(pred_probs, labels).issue.astype(bool)
 
-    def flags(flagged):
-        hits = int((flagged & corrupted).sum())
-        return {"precision": hits / max(int(flagged.sum()), 1), "recall": hits / max(int(corrupted.sum()), 1),
-                "flagged": int(flagged.sum())}
-
     return {
         "samples": len(ids), "corrupted": int(corrupted.sum()),
-        "labelwise": {"ap": float(average_precision_score(corrupted, ours_score)), **flags(ours_flag),
+        "labelwise": {"ap": float(average_precision_score(corrupted, ours_score)), **flag_scores(ours_flag, corrupted),
                       "seconds": statistics.median(r[0] for r in runs["labelwise"]),
                       "same_as_samples_csv": bool((same_probs == ours_flag).all())},
-        "cleanlab": {"ap": float(average_precision_score(corrupted, -theirs_quality)), **flags(theirs_flag),
+        "cleanlab": {"ap": float(average_precision_score(corrupted, -theirs_quality)),
+                     **flag_scores(theirs_flag, corrupted),
                      "seconds": statistics.median(r[0] for r in runs["cleanlab"])},
     }
 
