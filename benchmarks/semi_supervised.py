@@ -15,9 +15,21 @@ its reward (as the paper's method does; the baselines use validation data for no
 imports, for every script run from this folder, so this one is named after what it measures.)
 
     python benchmarks/semi_supervised.py [--seeds 0 1 2] [--steps 300] [--patients 400] [--size 32] [--digits-steps 300]
-                                         [--only maps|digits] [--methods ...] [--norm batch|group] [--out runs/bench-ssl]
+                                         [--only maps|digits|medmnist] [--methods ...] [--norm batch|group]
+                                         [--out runs/bench-ssl]
 
     python benchmarks/semi_supervised.py --only digits --methods pseudo_supervisor:warmup=0   # one option's effect
+
+Real images (``--only medmnist``): BreastMNIST (ultrasound, binary) and RetinaMNIST (fundus, 5 grades) from
+``../shared/data/medmnist`` (development only, never shipped), read as they are downloaded (labelwise reads the
+MedMNIST layout), with 10 and 25 labelled training images per class (``--per-class``; drawn per seed) and the rest of
+the training split unlabelled. The recipe: ResNet-10 with widths 16-128 and group norm, images resized to 32 x 32,
+Adam 1e-3, batch 32, ``--medmnist-steps`` steps. AUC is macro one-vs-rest for RetinaMNIST. The methods that take the
+``augment:`` section (supervised, pseudo-label, the pseudo supervisor) train with ``augment: {}`` (the task's
+default, for classification the ``classification`` preset); ``supervised_noaug`` is supervised without augmentation
+and ``supervised_segaug`` supervised with the segmentation preset; mean teacher and FixMatch draw their own views.
+
+    python benchmarks/semi_supervised.py --only medmnist [--medmnist breast retina] [--per-class 10 25]
 """
 
 from __future__ import annotations
@@ -34,6 +46,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("supervised", "pseudo_label", "mean_teacher", "fixmatch", "pseudo_supervisor", "pseudo_supervisor_paper")
+#: supervised with another augmentation than the task's default: none, the segmentation preset (real images only)
+AUGMENT_VARIANTS = {"supervised_noaug": None, "supervised_segaug": {"preset": "segmentation"}}
+MEDMNIST = {"breast": "breastmnist.npz", "retina": "retinamnist.npz"}
 
 
 def method_overrides(method: str) -> list[str]:
@@ -42,14 +57,14 @@ def method_overrides(method: str) -> list[str]:
     ``pseudo_supervisor:warmup=0``)."""
     name, _, options = method.partition(":")
     chosen = ["method=pseudo_supervisor", "method.variant=paper"] if name == "pseudo_supervisor_paper" \
-        else [f"method={name}"]
+        else ["method=supervised"] if name in AUGMENT_VARIANTS else [f"method={name}"]
     return [*chosen, *(f"method.{o}" for o in options.split(",") if o)]
 
 
 def method_name(text: str) -> str:
     """argparse type of ``--methods``: a known method, optionally with ``:key=value,...`` options."""
     name, _, options = text.partition(":")
-    if name not in METHODS or (options and not all("=" in o for o in options.split(","))):
+    if name not in (*METHODS, *AUGMENT_VARIANTS) or (options and not all("=" in o for o in options.split(","))):
         raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(METHODS)}, optionally followed by "
                                          ":key=value,... (method options)")
     return text
@@ -115,6 +130,47 @@ def make_digits(path: Path, seed: int, per_class: int = 5, size: int = 16) -> Pa
     return path
 
 
+def make_medmnist(source: Path, path: Path, seed: int, per_class: int) -> Path:
+    """The MedMNIST file ``source`` as labelwise reads it, with ``per_class`` labelled training images per class
+    (drawn with ``seed``) and the rest of the training split unlabelled, saved at ``path``."""
+    from labelwise.data.npz import load_npz, save_npz
+
+    arrays = load_npz(source)
+    split, label = arrays["split"].astype(str), arrays["label"]
+    train = np.flatnonzero(split == "train")
+    rng = np.random.default_rng(seed)
+    labelled = split != "train"
+    for c in np.unique(label[train]):
+        rows = train[label[train] == c]
+        labelled[rng.choice(rows, min(per_class, len(rows)), replace=False)] = True
+    save_npz(path, {**arrays, "labelled": labelled})
+    return path
+
+
+def medmnist_config(path: Path, method: str, seed: int, steps: int, labelled: int) -> dict:
+    """The real-image recipe (module docstring) for ``method``: the task's augmentation default for the methods that
+    take an ``augment:`` section, the variant's for ``supervised_noaug`` / ``supervised_segaug``. Supervised training
+    sees only the ``labelled`` training images: its batch is at most that many."""
+    from labelwise.methods import METHODS as REGISTRY
+
+    name = method.partition(":")[0]
+    supervised = name in AUGMENT_VARIANTS or name == "supervised"
+    config = {
+        "name": "medmnist", "seed": seed, "method": "supervised",
+        "data": {"path": str(path), "task": "classification", "batch_size": min(32, labelled) if supervised else 32,
+                 "eval_batch_size": 256, "image_size": [32, 32]},
+        "model": {"name": "resnet10", "channels": [16, 32, 64, 128], "norm": "group"},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 25, "val_every": 0},
+    }
+    if name in AUGMENT_VARIANTS:
+        if AUGMENT_VARIANTS[name] is not None:
+            config["augment"] = AUGMENT_VARIANTS[name]
+    elif REGISTRY["pseudo_supervisor" if name == "pseudo_supervisor_paper" else name].augments:
+        config["augment"] = {}
+    return config
+
+
 def digits_config(path: Path, method: str, seed: int, steps: int) -> dict:
     return {
         "name": "digits", "seed": seed, "method": method,
@@ -146,7 +202,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), type=method_name,
                         help="methods to run; NAME:key=value,... adds method options (an ablation), "
                              "e.g. pseudo_supervisor:warmup=0")
-    parser.add_argument("--only", choices=("maps", "digits"))
+    parser.add_argument("--medmnist", nargs="+", default=list(MEDMNIST), choices=list(MEDMNIST))
+    parser.add_argument("--per-class", type=int, nargs="+", default=[10, 25])
+    parser.add_argument("--medmnist-steps", type=int, default=400)
+    parser.add_argument("--medmnist-dir", type=Path, default=REPO.parent / "shared" / "data" / "medmnist")
+    parser.add_argument("--only", choices=("maps", "digits", "medmnist"))
     parser.add_argument("--norm", choices=("batch", "group"), default="batch",
                         help="model.norm of every run (group: no batch statistics over the small labelled and "
                              "unlabelled parts of a batch)")
@@ -156,8 +216,13 @@ def main() -> None:
     results_path = args.out / "results.json"
     results: dict = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
-    settings = [] if args.only == "digits" else [f"maps-{f:g}" for f in args.fractions]
-    settings += [] if args.only == "maps" else ["digits-5"]
+    settings = [f"maps-{f:g}" for f in args.fractions] if args.only in (None, "maps") else []
+    settings += ["digits-5"] if args.only in (None, "digits") else []
+    if args.only in (None, "medmnist"):
+        missing = [n for n in args.medmnist if not (args.medmnist_dir / MEDMNIST[n]).is_file()]
+        if missing:
+            print(f"-- MedMNIST skipped: {', '.join(MEDMNIST[n] for n in missing)} not in {args.medmnist_dir}")
+        settings += [f"{n}-{k}" for n in args.medmnist if n not in missing for k in args.per_class]
     for seed in args.seeds:
         for setting in settings:
             for method in args.methods:
@@ -175,13 +240,22 @@ def main() -> None:
                     if float(setting[5:]) < 0.1:  # fewer labelled patients than a batch of 12: batch 6, 3 labelled
                         overrides += ["data.batch_size=6", "data.labelled_per_batch=3"]
                     out = run(REPO / "configs" / "pseudo-supervisor-detection.yaml", overrides, run_dir)
+                elif setting.startswith(tuple(MEDMNIST)):
+                    name, per_class = setting.split("-")
+                    path = make_medmnist(args.medmnist_dir / MEDMNIST[name], args.out / f"{setting}-{seed}.npz", seed,
+                                         int(per_class))
+                    with np.load(path) as data:
+                        labelled = int((data["labelled"] & (data["split"] == "train")).sum())
+                    out = run(medmnist_config(path, method, seed, args.medmnist_steps, labelled),
+                              [*method_overrides(method)], run_dir)
                 else:
                     path = make_digits(args.out / f"digits-{seed}.npz", seed)
                     out = run(digits_config(path, "supervised", seed, args.digits_steps),
                               [*method_overrides(method), f"model.norm={args.norm}"], run_dir)
                 e = out["evaluation"]
-                results[key] = {"auc": e["auc"], "accuracy": e["accuracy"], "es_auc_race": e["es_auc"].get("race"),
-                                "es_auc_male": e["es_auc"].get("male"), "step_time": out["step_time"],
+                es_auc = e.get("es_auc", {})
+                results[key] = {"auc": e["auc"], "accuracy": e["accuracy"], "es_auc_race": es_auc.get("race"),
+                                "es_auc_male": es_auc.get("male"), "step_time": out["step_time"],
                                 "wall": time.perf_counter() - started}
                 print(key, {k: round(v, 4) if isinstance(v, float) else v for k, v in results[key].items()}, flush=True)
                 results_path.write_text(json.dumps(results, indent=2))

@@ -70,8 +70,8 @@ class Config(Section):
     trainer: TrainerConfig
     augment: AugmentOptions | None = Field(
         None,
-        description="augmentation of the labelled training images; omit: "
-        "none, {}: the defaults (labelwise.augment.pipeline)",
+        description="augmentation of the labelled training images; omit: none, {}: the defaults of the run's task "
+        "(preset: segmentation or classification; labelwise.augment.pipeline)",
     )
 
     @field_validator("method", mode="before")
@@ -93,6 +93,8 @@ class Config(Section):
                 f"augment: method {self.method.name} does not take the augment section (it trains "
                 "without labelled images, or draws its own views)"
             )
+        if self.augment is not None and self.augment.preset == "auto":  # the saved config names the preset used
+            self.augment = self.augment.for_task(self.data.task)
         options_model = METHODS[self.method.name].Options
         try:
             options_model(**self.method.options())

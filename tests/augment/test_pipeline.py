@@ -133,13 +133,88 @@ def _config(method: str, augment) -> dict:
 
 
 def test_the_config_section_defaults_and_refusals():
-    config = load_config(_config("supervised", {}))
-    assert config.augment == AugmentOptions() and config.augment.flip.p == 0.5 and config.augment.elastic.p == 0
+    config = load_config(_config("supervised", {}))  # built-in shapes: a classification task
+    assert config.augment == AugmentOptions(preset="classification")
+    assert config.augment.flip.p == 0.5 and config.augment.elastic.p == 0
     assert load_config(_config("supervised", None)).augment is None
-    assert load_config(_config("supervised", {"rotate": {"degrees": 30}})).augment.rotate.p == 0.2
+    assert load_config(_config("supervised", {"rotate": {"degrees": 30}})).augment.rotate.p == 0.5
     with pytest.raises(ConfigError, match="fixmatch does not take the augment section"):
         load_config(_config("fixmatch", {}))
     with pytest.raises(ConfigError, match=r"augment.scale.range"):
         load_config(_config("supervised", {"scale": {"range": [1.4, 0.7]}}))
     with pytest.raises(ConfigError, match="probabilty|p"):
         load_config(_config("supervised", {"flip": {"probabilty": 0.5}}))
+
+
+@pytest.mark.parametrize("shape", [(8, 12), (6, 8, 10)])
+def test_left_right_flip_only(shape):
+    """``flip.axes: [-1]`` flips the last axis (left-right) and no other: every output is its input or its mirror."""
+    torch.manual_seed(0)
+    image = torch.randn(32, 1, *shape)
+    out, _ = only(flip={"p": 0.5, "axes": [-1]})(image, None)
+    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, image)]
+    kept = [torch.equal(o, i) for o, i in zip(out, image)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and 5 < sum(mirrored) < 27
+    with pytest.raises(ValueError, match="axes"):
+        only(flip={"p": 0.5, "axes": [3]})(image, None)
+
+
+def test_translation_moves_image_and_mask_within_the_fraction():
+    """A square moves by at most ``fraction`` of the side along each axis, image and mask alike, and by different
+    amounts per sample."""
+    torch.manual_seed(3)
+    mask = torch.zeros(16, 40, 40, dtype=torch.long)
+    mask[:, 16:24, 16:24] = 1
+    image, moved = only(translate={"p": 1.0, "fraction": 0.2})(mask[:, None].float(), mask)
+    grid = torch.stack(torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij"))
+    shifts = []
+    for img, m in zip(image[:, 0], moved):
+        assert torch.equal((img > 0.5).long(), m) or (img.round().long() != m).float().mean() < 0.02
+        centre = (grid * m).flatten(1).sum(1) / m.sum()
+        shifts.append(centre - 19.5)
+    shifts = torch.stack(shifts)
+    assert shifts.abs().max() <= 0.2 * 40 + 1
+    assert shifts.abs().max() > 2 and len({tuple(s.round().tolist()) for s in shifts}) > 8
+
+
+def _resolved(task: str, augment: dict) -> object:
+    return load_config(
+        {
+            "seed": 0,
+            "method": "supervised",
+            "data": {"synth": {}, "task": task},
+            "augment": augment,
+            "trainer": {"max_steps": 1, "checkpoint_every": 1},
+        },
+        check_files=False,
+    ).augment
+
+
+def test_preset_follows_the_task_and_keeps_what_the_section_sets():
+    from labelwise.augment.pipeline import CLASSIFICATION
+
+    classification = _resolved("classification", {})
+    assert classification.preset == "classification"
+    for name, values in CLASSIFICATION.items():
+        for key, value in values.items():
+            got = getattr(getattr(classification, name), key)
+            assert (list(got) if isinstance(got, tuple) else got) == (
+                list(value) if isinstance(value, tuple) else value
+            )
+    segmentation = _resolved("segmentation", {})
+    assert segmentation.preset == "segmentation" and segmentation == AugmentOptions(preset="segmentation")
+    assert segmentation.rotate90.p == 0.5 and segmentation.translate.p == 0 and segmentation.flip.axes is None
+    mixed = _resolved("classification", {"rotate": {"degrees": 5}, "gamma": {"p": 0.3}})
+    assert (mixed.rotate.p, mixed.rotate.degrees, mixed.gamma.p, mixed.rotate90.p) == (0.5, 5.0, 0.3, 0.0)
+    assert _resolved("classification", {"preset": "segmentation"}).rotate90.p == 0.5  # asked for by name
+    saved = load_config(
+        {
+            "seed": 0,
+            "method": "supervised",
+            "data": {"synth": {}},
+            "augment": mixed.model_dump(mode="json"),
+            "trainer": {"max_steps": 1, "checkpoint_every": 1},
+        },
+        check_files=False,
+    ).augment
+    assert saved == mixed  # a saved config reloads to the same options

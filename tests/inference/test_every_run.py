@@ -313,6 +313,64 @@ def test_2d_vessel_segmenters(tmp_path, vessels_2d, name, method):
     assert entry["target"] == 1 and entry["activation"] == "sigmoid"
 
 
+def test_class_named_manifest_run(tmp_path, vessels_2d):
+    """``data.class_names: [vessel]``: after the run folder moves, predict names the mask's labels, explain takes
+    ``--target vessel`` (and still refuses a name the run does not have), and the report lists the class by name."""
+    method = {"name": "supervised"}
+    data = tmp_path / "data"
+    shutil.copytree(vessels_2d, data)
+    cfg = {
+        "name": "named",
+        "seed": 0,
+        "method": method,
+        "model": MSS,
+        "trainer": TRAINER,
+        "data": {
+            "manifest": str(data / "manifest.csv"),
+            "task": "segmentation",
+            "batch_size": 2,
+            "patches_per_volume": 4,
+            "patch_size": [32, 32],
+            "class_names": ["vessel"],
+        },
+    }
+    run = _moved(train(load_config(cfg), tmp_path / "runs" / "named").run_dir, data, tmp_path)
+    assert _names(run) == ["background", "vessel"]
+    image = next((vessels_2d / "images").iterdir())
+    code, output = cli("predict", str(run), "--input", str(image), "--out", str(tmp_path / "p"))
+    assert code == 0, output
+    assert json.loads((tmp_path / "p" / "predictions.json").read_text())["class_names"] == ["background", "vessel"]
+    entry = _explain(run, image, "vessel", tmp_path)
+    assert entry["target"] == 1
+    code, output = cli(
+        "explain", "--run", str(run), "--input", str(image), "--target", "foreground", "--out", str(tmp_path / "maps2")
+    )
+    assert code != 0 and "vessel" in output
+    code, output = cli("report", str(run))
+    assert code == 0, output
+    assert "0 background, 1 vessel" in (run / "report.html").read_text()
+
+
+def test_class_names_refused_where_they_do_not_fit(tmp_path, vessels_2d):
+    from labelwise.data.datasets import load_data
+    from labelwise.errors import ConfigError, DataError
+
+    base = {"seed": 0, "method": "supervised", "trainer": TRAINER}
+    with pytest.raises(ConfigError, match="classification takes its class names"):
+        load_config({**base, "data": {"synth": {}, "class_names": ["a", "b"]}})
+    with pytest.raises(ConfigError, match="background is label 0"):
+        load_config({**base, "data": {"synth": {}, "task": "segmentation", "class_names": ["background", "a"]}})
+    arrays = make_shapes(n=12, size=16, dim=2, num_classes=3, seed=0)  # masks with labels 1, 2 and 3
+    save_npz(tmp_path / "s.npz", arrays)
+    cfg = load_config({**base, "data": {"path": str(tmp_path / "s.npz"), "task": "segmentation", "class_names": ["a"]}})
+    with pytest.raises(DataError, match="masks hold labels up to 3"):
+        load_data(cfg.data)
+    cfg = load_config(
+        {**base, "data": {"path": str(tmp_path / "s.npz"), "task": "segmentation", "class_names": ["a", "b", "c", "d"]}}
+    )
+    assert load_data(cfg.data).num_classes == 5  # a named class that no mask holds yet is still an output
+
+
 @pytest.mark.parametrize("loss", ["dice_ce", "focal_tversky"])  # two softmax channels, one sigmoid channel
 def test_calibrated_threshold_travels_with_the_run(tmp_path, vessels_2d, loss):
     """``threshold: calibrate``: the threshold written to inference.json is the validation case's best (oracle: its

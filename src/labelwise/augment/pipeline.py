@@ -8,10 +8,12 @@ same batches. The defaults follow nnU-Net v2's (Isensee et al. 2021) probabiliti
 with a smaller rotation and no elastic deformation (set ``elastic.p`` to use DS6's B-spline fields)::
 
     augment:                    # omit the section: no augmentation; `augment: {}` : every default below
-      flip: {p: 0.5}            # per spatial axis
+      preset: auto              # the defaults: segmentation (these), classification, auto (by the run's task)
+      flip: {p: 0.5, axes: null}           # per spatial axis (null: every axis; [-1]: left-right only)
       rotate90: {p: 0.5}        # a multiple of 90 degrees in the plane of the last two axes (when square)
       rotate: {p: 0.2, degrees: 15}          # in-plane (2D) or about each axis (3D), uniform in [-degrees, degrees]
       scale: {p: 0.2, range: [0.7, 1.4]}     # zoom factor (> 1 magnifies), isotropic
+      translate: {p: 0.0, fraction: 0.1}     # shift per axis, uniform in +-fraction of the side
       elastic: {p: 0.0, spacing: [5, 7], magnitude: [0.01, 0.03]}
       brightness: {p: 0.15, range: [0.75, 1.25]}   # multiplies the image
       contrast: {p: 0.15, range: [0.75, 1.25]}     # scales around the mean, clipped to the sample's range
@@ -25,6 +27,7 @@ mask), in physical units when the patch is not square (a 30 degree rotation of a
 from __future__ import annotations
 
 import math
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +47,9 @@ class _Transform(BaseModel):
 
 class Flip(_Transform):
     p: float = Field(0.5, ge=0, le=1, description="probability per sample and spatial axis")
+    axes: list[int] | None = Field(
+        None, description="spatial axes that may flip (0: the first, -1: the last, left-right); null: every axis"
+    )
 
 
 class Rotate90(_Transform):
@@ -58,6 +64,11 @@ class Rotate(_Transform):
 class Scale(_Transform):
     p: float = Field(0.2, ge=0, le=1)
     range: tuple[float, float] = Field((0.7, 1.4), description="zoom factor; > 1 magnifies")
+
+
+class Translate(_Transform):
+    p: float = Field(0.0, ge=0, le=1)
+    fraction: float = Field(0.1, ge=0, le=0.5, description="shift per axis, uniform in +-fraction of the side")
 
 
 class Elastic(_Transform):
@@ -86,20 +97,65 @@ class Blur(_Transform):
     sigma: tuple[float, float] = Field((0.5, 1.0), description="voxels")
 
 
+#: The ``preset: classification`` defaults (transforms not listed are off): a natural photograph or scan keeps its
+#: orientation, so no upside-down flips or quarter turns; small shifts, zooms and rotations and a mild brightness and
+#: contrast change, the usual augmentation of small-image classifiers (random crops and horizontal flips).
+CLASSIFICATION: dict[str, dict[str, Any]] = {
+    "flip": {"p": 0.5, "axes": [-1]},
+    "rotate90": {"p": 0.0},
+    "rotate": {"p": 0.5, "degrees": 10.0},
+    "scale": {"p": 0.5, "range": (0.9, 1.1)},
+    "translate": {"p": 0.5, "fraction": 0.1},
+    "elastic": {"p": 0.0},
+    "brightness": {"p": 0.5, "range": (0.8, 1.2)},
+    "contrast": {"p": 0.5, "range": (0.8, 1.2)},
+    "gamma": {"p": 0.0},
+    "noise": {"p": 0.0},
+    "blur": {"p": 0.0},
+}
+
+
 class AugmentOptions(BaseModel):
-    """The ``augment:`` section of a config (see the module docstring); every transform's ``p: 0`` switches it off."""
+    """The ``augment:`` section of a config (see the module docstring); every transform's ``p: 0`` switches it off.
+
+    ``preset`` picks the defaults of the transforms the section does not set: ``segmentation`` (nnU-Net's, above),
+    ``classification`` (:data:`CLASSIFICATION`) or ``auto`` (the run's task decides; what a config with
+    ``augment: {}`` gets)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    preset: Literal["auto", "segmentation", "classification"] = "auto"
     flip: Flip = Field(default_factory=Flip)
     rotate90: Rotate90 = Field(default_factory=Rotate90)
     rotate: Rotate = Field(default_factory=Rotate)
     scale: Scale = Field(default_factory=Scale)
+    translate: Translate = Field(default_factory=Translate)
     elastic: Elastic = Field(default_factory=Elastic)
     brightness: Multiply = Field(default_factory=Multiply)
     contrast: Multiply = Field(default_factory=Multiply)
     gamma: Gamma = Field(default_factory=Gamma)
     noise: Noise = Field(default_factory=Noise)
     blur: Blur = Field(default_factory=Blur)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        """The classification preset's defaults under what the section sets."""
+        if not isinstance(data, dict) or data.get("preset") != "classification":
+            return data
+        out = dict(data)
+        for name, default in CLASSIFICATION.items():
+            given = out.get(name)
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            out[name] = {**default, **given} if isinstance(given, dict) else default if given is None else given
+        return out
+
+    def for_task(self, task: str) -> AugmentOptions:
+        """These options with ``preset: auto`` resolved by the run's ``task`` (the transforms set stay as set)."""
+        if self.preset != "auto":
+            return self
+        preset = "classification" if task == "classification" else "segmentation"
+        return AugmentOptions.model_validate({**self.model_dump(exclude_unset=True), "preset": preset})
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentOptions:
@@ -141,11 +197,13 @@ class Augment:
     # --- geometry: the same for the image and its mask ---
 
     def _flip(self, image: Tensor, mask: Tensor | None, dims: int) -> tuple[Tensor, Tensor | None]:
-        p = self.options.flip.p
+        p, axes = self.options.flip.p, self.options.flip.axes
         if p == 0:
             return image, mask
+        if axes is not None and any(not -dims <= a < dims for a in axes):
+            raise ValueError(f"augment.flip.axes: {axes} names an axis the {dims}D images do not have")
         flips = _rand(None, (image.shape[0], dims), image.device) < p
-        for axis in range(dims):
+        for axis in range(dims) if axes is None else sorted({a % dims for a in axes}):
             chosen = flips[:, axis].view(-1, *(1,) * (image.ndim - 1))
             image = torch.where(chosen, image.flip(axis + 2), image)
             if mask is not None:
@@ -171,13 +229,18 @@ class Augment:
 
     def _affine(self, image: Tensor, mask: Tensor | None, dims: int) -> tuple[Tensor, Tensor | None]:
         o = self.options
-        if o.rotate.p == 0 and o.scale.p == 0:
+        if o.rotate.p == 0 and o.scale.p == 0 and o.translate.p == 0:
             return image, mask
         b, device = image.shape[0], image.device
         u = _rand(None, (b, 2 + 2 * dims), device, torch.float64)
         rotate = u[:, 0] < o.rotate.p
         scale = u[:, 1] < o.scale.p
-        if not bool((rotate | scale).any()):
+        shift = torch.zeros(b, dims, dtype=torch.float64, device=device)  # grid_sample units, (x, y[, z]) order
+        if o.translate.p:  # drawn only when used: the rotation and zoom draws stay those of a run without it
+            t = _rand(None, (b, 1 + dims), device, torch.float64)
+            shift = torch.where(t[:, :1] < o.translate.p, 2 * o.translate.fraction * (2 * t[:, 1:] - 1), shift)
+        moved = rotate | scale | shift.ne(0).any(1)
+        if not bool(moved.any()):
             return image, mask
         angles = (2 * u[:, 2 : 2 + (1 if dims == 2 else 3)] - 1) * math.radians(o.rotate.degrees)
         angles = torch.where(rotate[:, None], angles, torch.zeros_like(angles))
@@ -189,9 +252,9 @@ class Augment:
         # Its theta acts on (x, y[, z]) = (last axis, ..., first spatial axis).
         sides = torch.tensor(list(reversed(image.shape[2:])), dtype=torch.float64, device=device)
         theta = matrix.flip(1, 2) * (sides.view(1, 1, -1) / sides.view(1, -1, 1))
-        theta = torch.cat([theta, torch.zeros(b, dims, 1, dtype=theta.dtype, device=device)], dim=2)
+        theta = torch.cat([theta, shift[:, :, None]], dim=2)
         grid = F.affine_grid(theta.to(torch.float32), list(image.shape), align_corners=False)
-        chosen = torch.nonzero(rotate | scale).flatten()
+        chosen = torch.nonzero(moved).flatten()
         work = image.float()
         out = work.index_copy(
             0,

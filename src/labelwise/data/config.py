@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from labelwise.settings import Section
 
@@ -42,8 +42,16 @@ class DataConfig(Section):
         "several: multi-label (0/1 each); .npz: the key of the labels, (N,) or (N, K) 0/1 tags",
     )
     attributes: list[str] = Field([], description="classification table: columns of groups for fairness figures")
+    class_names: list[str] | None = Field(
+        None,
+        description="segmentation: the names of the mask's labels 1, 2, ... (background is 0), as nnU-Net's "
+        "dataset.json labels; predict, explain --target and the report use them (default: an .npz's class_names, "
+        "else foreground or the label numbers)",
+    )
     modalities: list[str] = Field(["rnflt"], min_length=1, description="Harvard-GDP .npz: channels rnflt and/or tds")
-    image_size: list[int] | None = Field(None, description="classification table: resize every image to this size")
+    image_size: list[int] | None = Field(
+        None, description="classification (table or .npz): resize every image to this size (bilinear)"
+    )
     batch_size: int = Field(32, gt=0, description="global batch size, split over devices")
     labelled_per_batch: int | None = Field(
         None,
@@ -79,6 +87,19 @@ class DataConfig(Section):
         "already at the spacing (within 1e-3) is left as it is; predict resamples its outputs back",
     )
 
+    @field_validator("class_names")
+    @classmethod
+    def _class_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [n.strip() for n in value]
+        if not names or not all(names) or len(set(names)) < len(names) or "background" in names:
+            raise ValueError(
+                "expected distinct, non-empty names of labels 1, 2, ... (background is label 0 and is not listed), "
+                f"got {value}"
+            )
+        return names
+
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if sum(x is not None for x in (self.path, self.synth, self.manifest)) != 1:
@@ -92,6 +113,12 @@ class DataConfig(Section):
             )
         if self.intensity == "percentile" and self.task != "segmentation":
             raise ValueError("data.intensity: percentile uses the training masks' foreground; it is for segmentation")
+        if self.class_names is not None:
+            if self.task != "segmentation":
+                raise ValueError(
+                    "data.class_names: classification takes its class names from the table's label column or the "
+                    ".npz's class_names"
+                )
         if self.image_size is not None and (len(self.image_size) not in (2, 3) or min(self.image_size) < 1):
             raise ValueError(f"data.image_size: expected 2 or 3 positive sizes, got {self.image_size}")
         if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):

@@ -79,7 +79,9 @@ def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> 
     that learn from them); otherwise they are left out. ``seed`` draws the training patches.
 
     An ``.npz`` holds ``image`` (N, C, *spatial), ``split`` (N,) of 'train'/'val'/'test', and ``label`` (N,)
-    for classification or ``mask`` (N, *spatial) for segmentation; optional ``class_names`` and ``ids`` (N,)."""
+    for classification or ``mask`` (N, *spatial) for segmentation; optional ``class_names``, ``ids`` (N,) and
+    ``labelled`` (N,); a MedMNIST file is read as it is (:func:`labelwise.data.npz.from_medmnist`). Classification
+    images are resized to ``data.image_size`` when given (recorded, so predict resizes its inputs the same way)."""
     from labelwise.data.npz import load_npz
     from labelwise.data.synth import make_shapes
 
@@ -100,6 +102,20 @@ def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> 
     image, target, split = arrays["image"], arrays[target_key], arrays["split"].astype(str)
     if image.ndim not in (4, 5):
         raise DataError(f"{source}: image must be (N, C, H, W) or (N, C, D, H, W), got shape {image.shape}")
+    preprocessing: dict = {"intensity": "none"}
+    if cfg.image_size is not None:
+        if cfg.task != "classification":
+            raise DataError(
+                "data.image_size resizes classification images; segmentation trains at the data's size "
+                "(manifest data: data.spacing and data.patch_size)"
+            )
+        if len(cfg.image_size) != image.ndim - 2:
+            raise DataError(
+                f"data.image_size: {cfg.image_size} has {len(cfg.image_size)} sizes but {source}'s "
+                f"images are {image.ndim - 2}D"
+            )
+        preprocessing["image_size"] = list(cfg.image_size)
+        image = np.stack([preprocess_image(i, preprocessing) for i in image])
     if cfg.task == "segmentation" and target.shape[1:] != image.shape[2:]:
         raise DataError(f"{source}: mask shape {target.shape} does not match image shape {image.shape}")
     multilabel = cfg.task == "classification" and target.ndim == 2
@@ -116,6 +132,8 @@ def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> 
     if scored.size and scored.min() < 0:
         raise DataError(f"{source}: {target_key} has negative values")
     class_names = [str(c) for c in arrays.get("class_names", [])]
+    if cfg.class_names is not None:  # segmentation (DataConfig checks): the config names the mask's labels
+        class_names = check_class_names(cfg.class_names, int(scored.max()), source)
     num_classes = target.shape[1] if multilabel else int(scored.max()) + 1
     if cfg.task == "classification":
         num_classes = max(num_classes, len(class_names))
@@ -141,6 +159,7 @@ def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> 
         attributes={
             k.removeprefix("attribute_"): v.astype(str) for k, v in arrays.items() if k.startswith("attribute_")
         },
+        preprocessing=preprocessing,
     )
 
 
@@ -237,14 +256,15 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     elif len({s[1:] for s in train.shapes}) > 1:
         raise DataError(f"{cfg.manifest}: training images differ in size; set data.patch_size to train on patches")
     size = tuple(cfg.patch_size) if cfg.patch_size is not None else tuple(first[1:])
+    class_names = check_class_names(cfg.class_names, top, str(cfg.manifest)) if cfg.class_names else []
     return DataBundle(
         splits=splits,
         task="segmentation",
-        num_classes=max(2, top + 1),
+        num_classes=max(2, top + 1, len(class_names) + 1),
         in_channels=in_channels,
         spatial_dims=spatial_dims,
         image_size=size,
-        class_names=[],
+        class_names=class_names,
         ids=np.array([c.id for c in cases]),
         preprocessing=preprocessing,
     )
@@ -269,3 +289,13 @@ def target_spacing(
     if len({len(s) for s in spacings}) > 1:
         raise DataError("data.spacing: median: the training cases differ in their number of spatial axes")
     return [round(float(s), 6) for s in np.median(np.asarray(spacings, dtype=np.float64), axis=0)]
+
+
+def check_class_names(names: Sequence[str], highest: int, source: str) -> list[str]:
+    """``data.class_names`` (the names of labels 1, 2, ...) checked against the ``highest`` label of the masks."""
+    if len(names) < highest:
+        raise DataError(
+            f"data.class_names names {len(names)} label(s) ({', '.join(names)}) but {source}'s masks hold labels up "
+            f"to {highest}; name every label from 1 to {highest}"
+        )
+    return list(names)

@@ -33,7 +33,8 @@ def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], *, compress: bo
 
 
 def load_npz(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file, read without pickles.
+    """All arrays of an ``.npz`` file, read without pickles. A MedMNIST file (``train_images``, ``train_labels``,
+    ...) is read into labelwise's dataset layout (:func:`from_medmnist`).
 
     Raises :class:`DataError` naming the file when it is missing or unreadable, lacks a ``required`` key, or
     when the first (sample) dimensions of ``image``/``label``/``mask``/``split`` disagree."""
@@ -63,6 +64,8 @@ def load_npz(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, np.n
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: cannot read as .npz: {err}") from None
+    if is_medmnist(arrays):
+        arrays = from_medmnist(arrays, str(path))
     missing = [key for key in required if key not in arrays]
     if missing:
         raise DataError(f"{path}: missing array(s) {', '.join(missing)} (found: {', '.join(sorted(arrays)) or 'none'})")
@@ -74,3 +77,63 @@ def load_npz(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, np.n
         shapes = ", ".join(f"{key} {shape}" for key, shape in present.items())
         raise DataError(f"{path}: arrays disagree on the number of samples (first dimension): {shapes}")
     return arrays
+
+
+#: The splits of a MedMNIST file, each stored as ``{split}_images`` and ``{split}_labels``.
+MEDMNIST_SPLITS = ("train", "val", "test")
+
+
+def is_medmnist(keys) -> bool:
+    """Whether arrays named ``keys`` are in MedMNIST's layout (``train_images`` and ``train_labels``, and no
+    labelwise ``image``)."""
+    keys = set(keys)
+    return "image" not in keys and {"train_images", "train_labels"} <= keys
+
+
+def from_medmnist(arrays: Mapping[str, np.ndarray], source: str = "MedMNIST file") -> dict[str, np.ndarray]:
+    """labelwise's dataset layout from MedMNIST's (Yang et al. 2023, the ``.npz`` files as they are downloaded).
+
+    MedMNIST stores ``{split}_images`` of ``(N, H, W)`` (grey), ``(N, H, W, 3)`` (colour) or ``(N, D, H, W)`` (3D,
+    grey) uint8 values and ``{split}_labels`` of ``(N,)`` or ``(N, 1)`` classes or ``(N, K)`` 0/1 tags (ChestMNIST),
+    for the splits train, val and test. The result holds ``image`` ``(N, C, *spatial)`` float32 in [0, 1],
+    ``label`` ``(N,)`` or ``(N, K)``, ``split`` and ``ids`` (``train-00000``, ...), every split present in order."""
+    images, labels, splits, ids = [], [], [], []
+    for name in MEDMNIST_SPLITS:
+        if f"{name}_images" not in arrays:
+            continue
+        if f"{name}_labels" not in arrays:
+            raise DataError(f"{source}: {name}_images has no {name}_labels")
+        image, label = np.asarray(arrays[f"{name}_images"]), np.asarray(arrays[f"{name}_labels"])
+        if image.ndim == 3:  # (N, H, W) grey
+            image = image[:, None]
+        elif image.ndim == 4 and image.shape[-1] == 3:  # (N, H, W, 3) colour
+            image = np.moveaxis(image, -1, 1)
+        elif image.ndim == 4:  # (N, D, H, W) grey volumes
+            image = image[:, None]
+        else:
+            raise DataError(
+                f"{source}: {name}_images must be (N, H, W), (N, H, W, 3) or (N, D, H, W), got shape {image.shape}"
+            )
+        if label.ndim == 2 and label.shape[1] == 1:
+            label = label[:, 0]
+        if label.ndim not in (1, 2) or len(label) != len(image):
+            raise DataError(
+                f"{source}: {name}_labels must be (N,), (N, 1) or (N, K) for the {len(image)} images, "
+                f"got shape {label.shape}"
+            )
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        images.append(image.astype(np.float32) / np.float32(scale))
+        labels.append(label.astype(np.int64))
+        splits += [name] * len(image)
+        ids += [f"{name}-{i:05d}" for i in range(len(image))]
+    shapes = {i.shape[1:] for i in images}
+    if len(shapes) > 1:
+        raise DataError(f"{source}: the splits' images differ in shape: {sorted(shapes)}")
+    if len({label.shape[1:] for label in labels}) > 1:
+        raise DataError(f"{source}: the splits' labels differ in shape")
+    return {
+        "image": np.concatenate(images),
+        "label": np.concatenate(labels),
+        "split": np.array(splits),
+        "ids": np.array(ids),
+    }

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelwise.data.npz import save_npz
+from labelwise.data.npz import is_medmnist, load_npz, save_npz
 from labelwise.data.table import read_rows, write_table
 from labelwise.data.volumes import Volume, case_id, suffix_of
 from labelwise.errors import DataError
@@ -26,7 +26,8 @@ def classification_inputs(
     """``(id, file, array)`` per sample: image files and folders (pictures, ``.npy``, NIfTI, Harvard-GDP ``.npz``; the
     id is the file name without its suffix), a classification table ``.csv`` (its ``id`` and ``image`` columns,
     images relative to the table's folder) or a dataset ``.npz`` holding ``image`` ``(N, C, *spatial)`` (ids from its
-    ``ids`` array, else the row number). ``split`` keeps the rows of one split of a table or dataset."""
+    ``ids`` array, else the row number) or a MedMNIST file (ids ``test-00000``, ...). ``split`` keeps the rows of one
+    split of a table or dataset."""
     samples: list[tuple[str, Path | None, np.ndarray | None]] = []
     for path in map(Path, paths):
         if path.is_file() and suffix_of(path) == ".csv":
@@ -38,15 +39,15 @@ def classification_inputs(
                     file = Path(row["image"])
                     samples.append((row["id"], file if file.is_absolute() else path.parent / file, None))
         elif path.is_file() and suffix_of(path) == ".npz" and _is_dataset(path):
-            with np.load(path, allow_pickle=False) as data:
-                image = np.asarray(data["image"], dtype=np.float32)
-                ids = data["ids"].astype(str) if "ids" in data.files else np.arange(len(image)).astype(str)
-                rows = (
-                    np.arange(len(image))
-                    if split is None or "split" not in data.files
-                    else np.flatnonzero(data["split"].astype(str) == split)
-                )
-            samples += [(str(ids[i]), None, require_finite(image[i], f"{path}, sample {ids[i]}")) for i in rows]
+            data = load_npz(path)  # a MedMNIST file in labelwise's layout
+            image = np.asarray(data["image"], dtype=np.float32)
+            names = data["ids"].astype(str) if "ids" in data else np.arange(len(image)).astype(str)
+            rows = (
+                np.arange(len(image))
+                if split is None or "split" not in data
+                else np.flatnonzero(data["split"].astype(str) == split)
+            )
+            samples += [(str(names[i]), None, require_finite(image[i], f"{path}, sample {names[i]}")) for i in rows]
         else:
             samples += [(case_id(f), f, None) for f in input_files([path])]
     if not samples:
@@ -62,7 +63,7 @@ def _is_dataset(path: Path) -> bool:
     """A labelwise dataset ``.npz`` (an ``image`` array of samples), not a Harvard-GDP patient file."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return "image" in data.files
+            return "image" in data.files or is_medmnist(data.files)
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: cannot read .npz: {err}") from None
 

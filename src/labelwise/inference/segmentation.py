@@ -16,8 +16,10 @@ Written under ``out`` for an input ``<id>.<suffix>`` (``<id>`` as :func:`labelwi
     figures/<id>_diff.png       with a reference mask: true positives white, false negatives red, false positives
                                 blue, compared pixel by pixel on the two masks' projections
                                 (:func:`labelwise.inference.figures.diff_rgb`)
-    predictions.json            {"run", "checkpoint", "cases": [one entry per input], "mean_dice"}; with a
-                                reference, an entry's "dice" is the foreground Dice (None where both are empty)
+    predictions.json            {"run", "checkpoint", "class_names" (label k of a mask is class_names[k]:
+                                background, then data.class_names or foreground), "cases": [one entry per input],
+                                "mean_dice"}; with a reference, an entry's "dice" is the foreground Dice (None where
+                                both are empty)
 
 References and regions of interest are paired with the inputs by :func:`labelwise.data.pairing.match_references`
 (the rule of ``labelwise evaluate segmentation`` too) and scored by :func:`labelwise.metrics.surface.score_case`
@@ -250,6 +252,7 @@ def _write_index(out: Path, run: RunModel, entries: list[dict[str, Any]]) -> Pat
     document = {
         "run": str(run.run_dir),
         "checkpoint": str(run.checkpoint),
+        "class_names": list(run.class_names),  # label k of the masks is class_names[k]
         "cases": cases,
         "mean_dice": float(np.mean(scores)) if scores else None,
     }
