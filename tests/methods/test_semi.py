@@ -406,3 +406,33 @@ def test_a_run_writes_the_values_its_variant_chose_into_config_yaml(tmp_path, np
     assert method.rampup_steps == round(0.2 * 4) and method.align is True
     fresh = METHODS["pseudo_supervisor"](cfg, load_data(cfg.data, keep_unlabelled=True))
     assert fresh.rampup_steps == 0 and fresh.align is False  # what the changed variant gives a new run
+
+
+def test_pseudo_supervisor_strong_view_for_the_predictor_only(npz, monkeypatch):
+    """``strong``: the policy labels the batch's unlabelled images as they are (its remembered images are those), and
+    the predictor's pseudo step is computed on their strong view of that magnitude; off by default."""
+    from labelwise.methods import pseudo_supervisor as ps
+
+    method, batch = pseudo_supervisor(npz, steps=10, warmup=0.0, window=50, strong=0.7)
+    calls = []
+
+    def fake_strong(x, magnitude):
+        calls.append((x.clone(), magnitude))
+        return x.flip(-1) + 1.0  # any view the predictor would not see otherwise
+
+    monkeypatch.setattr(ps, "strong_view", fake_strong)
+    xu = batch["image"][~batch["labelled"]]
+    seen = []
+
+    def pseudo_loss(logits, action, mask):  # what the predictor was shown, against its output on the strong view now
+        with torch.no_grad():
+            seen.append((logits.detach(), method.networks["model"](xu.flip(-1) + 1.0)))
+        return logits.sum() * 0
+
+    monkeypatch.setattr(method, "pseudo_loss", pseudo_loss)
+    method.training_step(batch)
+    assert len(calls) == 1 and calls[0][1] == 0.7 and torch.equal(calls[0][0], xu)
+    assert torch.equal(method.memory[-1][0], xu)  # the policy's credit is for the view it labelled
+    torch.testing.assert_close(*seen[0])
+    default, _ = pseudo_supervisor(npz, steps=10)
+    assert default.strong == 0.0

@@ -39,7 +39,10 @@ labels and is rewarded by the change of a held-out loss) and changes when and ho
 - ``reward_gate`` (default off: it did not help where measured): the pseudo-label loss weight is multiplied by a
   trust in [0, 1] (1 at the warm-up's end), halved after every ``window`` in which the pseudo steps raised the
   held-out loss on average and doubled (at most to 1) after one in which they lowered it, so the held-out change
-  that rewards the policy also limits how far the predictor follows it.
+  that rewards the policy also limits how far the predictor follows it;
+- ``strong`` (default 0: off): the predictor's pseudo step sees a strong view (FixMatch's RandAugment-like operations
+  and cutout, of this magnitude) of the images whose labels the policy sampled from the weak view (the batch as the
+  ``augment:`` section made it), so the predictor learns an invariance instead of confirming its own view.
 
 Each option may also be set alone; ``variant`` only chooses the values of those not set."""
 
@@ -53,6 +56,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from labelwise.augment.views import strong_view
 from labelwise.data.datasets import DataBundle
 from labelwise.errors import ConfigError
 from labelwise.methods.base import RunConfig, ema_update
@@ -122,6 +126,13 @@ class PseudoSupervisorOptions(BaseModel):
         "steps raised the held-out loss on average, doubles (to 1) after one that "
         "lowered it (default off; paper off)",
     )
+    strong: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the predictor's pseudo step sees a strong view (labelwise.augment.strong_view of this "
+        "magnitude) of the images the policy labelled, as FixMatch's; 0: the same view (default 0; paper 0)",
+    )
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -134,6 +145,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "confidence": 0.95,
         "align": True,
         "reward_gate": False,
+        "strong": 0.0,
     },
     "paper": {
         "warmup": 0.0,
@@ -144,6 +156,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "confidence": 0.0,
         "align": False,
         "reward_gate": False,
+        "strong": 0.0,
     },
 }
 ALIGN_DECAY = 0.99  # running mean of the policy's probabilities over about the last 100 batches (ReMixMatch: 128)
@@ -201,7 +214,7 @@ class PseudoSupervisor(SemiSupervised):
         self.rampup_steps = int(round(chosen["pseudo_rampup"] * steps))
         self.policy_init, self.reward_share = chosen["policy_init"], chosen["reward_share"]
         self.policy_follow, self.confidence = chosen["policy_follow"], chosen["confidence"]
-        self.align, self.reward_gate = chosen["align"], chosen["reward_gate"]
+        self.align, self.reward_gate, self.strong = chosen["align"], chosen["reward_gate"], chosen["strong"]
         self.chosen = {k: v for k, v in chosen.items() if getattr(o, k) is None}
         self.prior: Tensor | None = None  # labelled class frequencies (align)
         self.running: Tensor | None = None  # running mean of the policy's probabilities on unlabelled images (align)
@@ -311,7 +324,8 @@ class PseudoSupervisor(SemiSupervised):
         device = xu.device
         xv, yv = self.heldout.image[rows].to(device), self.heldout.target[rows].to(device)
         before = self.heldout_loss(xv, yv)
-        pseudo = self.pseudo_loss(model(xu), action, mask)
+        shown = strong_view(xu, magnitude=self.strong) if self.strong > 0 else xu
+        pseudo = self.pseudo_loss(model(shown), action, mask)
         weight = ramp_up(self.step - self.warmup_steps, self.rampup_steps) * self.trust
         self.optimizer_step(self.optimizers["predictor"], weight * pseudo, predictor_lr, model)
         after = self.heldout_loss(xv, yv)
