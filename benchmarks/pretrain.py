@@ -13,6 +13,16 @@ on the test split.
 
     python benchmarks/pretrain.py [--seeds 0 1 2] [--steps 500] [--tune-steps 300] [--images 3000]
                                   [--variants none mim ...] [--model resnet10|vit] [--out runs/bench-pretrain]
+
+Real images (``--data breast`` or ``retina``: BreastMNIST or RetinaMNIST from ``../shared/data/medmnist``,
+development only): pretraining on the set's training images, masked image modelling and contrastive on all of them,
+the tags (the one-hot class) only on ``--per-class`` labelled images per class (drawn per seed); the downstream runs
+(fine-tune, linear probe, scratch) see the same labelled images, and are scored on the test split (AUC, macro
+one-vs-rest for RetinaMNIST, and accuracy). Images resized to 32 x 32 (the ResNet's output stride 8 divides it),
+ResNet-10 widths 16-128 with group norm (``--model resnet10-gn``, the semi-supervised benchmark's).
+
+    python benchmarks/pretrain.py --data breast --model resnet10-gn --steps 600 --tune-steps 400 \
+        --variants none multilabel+contrastive multilabel+mim+contrastive --out runs/bench-pretrain-breast
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ TASKS = ("multilabel", "mim", "contrastive")
 VARIANTS = ["none"] + ["+".join(c) for r in (1, 2, 3) for c in itertools.combinations(TASKS, r)]
 MODELS = {
     "resnet10": {"name": "resnet10", "channels": [16, 32, 64, 128], "norm": "batch"},
+    "resnet10-gn": {"name": "resnet10", "channels": [16, 32, 64, 128], "norm": "group"},
     "vit": {"name": "vit", "channels": [64], "layers": [4], "heads": [4], "patch_size": 4},  # 16 tokens of 4 x 4
 }
 
@@ -88,30 +99,57 @@ def make_data(folder: Path, seed: int, images: int) -> tuple[Path, Path]:
     return pre, down
 
 
-def pretrain_config(path: Path, variant: str, seed: int, steps: int, model: dict) -> dict:
+def make_medmnist_data(folder: Path, seed: int, source: Path, per_class: int) -> tuple[Path, Path]:
+    """The pretraining set (every image; one-hot tags on ``per_class`` labelled training images per class and on
+    val/test, which the k-NN monitor scores) and the downstream set (those labelled training images, val, test) of
+    a MedMNIST file, as labelwise reads it."""
+    from labelwise.data.npz import load_npz, save_npz
+
+    arrays = load_npz(source)
+    split, label = arrays["split"].astype(str), arrays["label"]
+    train = np.flatnonzero(split == "train")
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate([rng.choice(train[label[train] == c], per_class, replace=False)
+                             for c in np.unique(label[train])])
+    labelled = split != "train"
+    labelled[chosen] = True
+    tags = np.eye(int(label.max()) + 1, dtype=np.int64)[label]
+    pre = save_npz(folder / "pretrain.npz", {"image": arrays["image"], "label": tags, "split": split,
+                                             "labelled": labelled})
+    keep = np.flatnonzero(labelled)
+    down = save_npz(folder / "downstream.npz", {"image": arrays["image"][keep], "label": label[keep],
+                                                "split": split[keep]})
+    return pre, down
+
+
+def pretrain_config(path: Path, variant: str, seed: int, steps: int, model: dict, size: list | None = None) -> dict:
     tasks = {t: 1.0 for t in variant.split("+")}
     return {
         "name": f"pre-{variant.replace('+', '-')}", "seed": seed, "method": {"name": "pretrain", "tasks": tasks},
-        "data": {"path": str(path), "task": "classification", "batch_size": 64, "eval_batch_size": 256},
+        "data": {"path": str(path), "task": "classification", "batch_size": 64, "eval_batch_size": 256,
+                 # real images: 16 tagged images per batch (the labelled set may hold fewer than half a batch)
+                 **({"image_size": size, "labelled_per_batch": 16} if size else {})},
         "model": model,
         "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "scheduler": "cosine", "warmup_steps": 20},
         "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 25, "val_every": 0},
     }
 
 
-def supervised_tags_config(path: Path, seed: int, steps: int, model: dict) -> dict:
+def supervised_tags_config(path: Path, seed: int, steps: int, model: dict, size: list | None = None) -> dict:
     """The supervised reference step: multi-label BCE on the same images and batch."""
-    raw = pretrain_config(path, "multilabel", seed, steps, model)
+    raw = pretrain_config(path, "multilabel", seed, steps, model, size)
     return {**raw, "name": "pre-supervised", "method": "supervised"}
 
 
-def downstream_config(path: Path, pretrained: Path | None, probe: bool, seed: int, steps: int, model: dict) -> dict:
+def downstream_config(path: Path, pretrained: Path | None, probe: bool, seed: int, steps: int, model: dict,
+                      size: list | None = None, batch: int = 32) -> dict:
     model = {**model, "freeze_backbone": probe}  # no pretraining: a probe of the random backbone
     if pretrained is not None:
         model["init_from"] = str(pretrained)
     return {
         "name": "probe" if probe else "finetune", "seed": seed, "method": "supervised",
-        "data": {"path": str(path), "task": "classification", "batch_size": 32, "eval_batch_size": 256},
+        "data": {"path": str(path), "task": "classification", "batch_size": batch, "eval_batch_size": 256,
+                 **({"image_size": size} if size else {})},
         "model": model,
         "optimizer": {"name": "adamw", "lr": 1e-2 if probe else 1e-3, "weight_decay": 1e-4},
         "trainer": {"max_steps": steps, "checkpoint_every": steps, "log_every": 25, "val_every": 0},
@@ -126,6 +164,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--model", default="resnet10", choices=sorted(MODELS))
+    parser.add_argument("--data", choices=("digits", "breast", "retina"), default="digits")
+    parser.add_argument("--per-class", type=int, default=10, help="real images: labelled training images per class")
+    parser.add_argument("--medmnist-dir", type=Path, default=REPO.parent / "shared" / "data" / "medmnist")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-pretrain")
     args = parser.parse_args()
     model = MODELS[args.model]
@@ -133,11 +174,18 @@ def main() -> None:
     path = args.out / "results.json"
     results: dict = json.loads(path.read_text()) if path.is_file() else {}
 
+    real = args.data != "digits"
+    size = [32, 32] if real else None
+    batch = min(32, args.per_class * (2 if args.data == "breast" else 5)) if real else 32
     for seed in args.seeds:
-        pre_data, down_data = make_data(args.out / f"data-{seed}", seed, args.images)
+        if real:
+            source = args.medmnist_dir / f"{args.data}mnist.npz"
+            pre_data, down_data = make_medmnist_data(args.out / f"data-{seed}", seed, source, args.per_class)
+        else:
+            pre_data, down_data = make_data(args.out / f"data-{seed}", seed, args.images)
         key = f"supervised-step/{seed}"
-        if key not in results:
-            run(supervised_tags_config(pre_data, seed, min(args.steps, 100), model),
+        if key not in results and not real:  # the step-time reference (digits; the real table has no time column)
+            run(supervised_tags_config(pre_data, seed, min(args.steps, 100), model, size),
                 args.out / f"seed{seed}" / "supervised")
             results[key] = {"step_time": step_time(args.out / f"seed{seed}" / "supervised")}
         for variant in args.variants:
@@ -148,19 +196,24 @@ def main() -> None:
             folder = args.out / f"seed{seed}" / variant
             pretrained, entry = None, {}
             if variant != "none":
-                result = run(pretrain_config(pre_data, variant, seed, args.steps, model), folder / "pretrain")
+                result = run(pretrain_config(pre_data, variant, seed, args.steps, model, size), folder / "pretrain")
                 pretrained = result.run_dir
                 entry["step_time"] = step_time(pretrained)
                 entry["knn_accuracy"] = result.test.get("knn_accuracy")
             for probe in (True, False):
-                result = run(downstream_config(down_data, pretrained, probe, seed, args.tune_steps, model),
+                result = run(downstream_config(down_data, pretrained, probe, seed, args.tune_steps, model, size, batch),
                              folder / ("probe" if probe else "finetune"))
                 entry["probe" if probe else "finetune"] = result.test["accuracy"]
+                if real:
+                    entry[("probe" if probe else "finetune") + "_auc"] = result.test.get("auc")
             entry["wall"] = time.perf_counter() - started
             results[key] = entry
             print(key, {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}, flush=True)
             path.write_text(json.dumps(results, indent=2))
 
+    if real:
+        print_real(results, args)
+        return
     print("\nmean ± std over seeds (digits test accuracy, 10 labels per class); pretraining time per step relative "
           "to a supervised multi-label step on the same images")
     print("| pretraining | linear probe | fine-tune | k-NN (tags, test) | s/step | x supervised |")
@@ -181,6 +234,31 @@ def main() -> None:
         ratio = f"{step / base:.2f}" if step else "-"
         print(f"| {variant} | {cell('probe')} | {cell('finetune')} | {cell('knn_accuracy')} | "
               f"{step:.3f} | {ratio} |" if step else f"| {variant} | {cell('probe')} | {cell('finetune')} | - | - | - |")
+
+
+def print_real(results: dict, args) -> None:
+    """The real-image table: test AUC and accuracy of the probe and the fine-tune (mean ± sample std over seeds),
+    and the fine-tune's AUC minus scratch's on the same seed (scratch: ``none``'s fine-tune, a random start)."""
+
+    def cell(values: list) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        return f"{np.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+    print(f"\n{args.data}: {args.per_class} labels per class, mean ± sample std over seeds {args.seeds} (test split);"
+          " paired: the fine-tune's AUC minus scratch's on the same seed")
+    print("| pretraining | probe AUC | fine-tune AUC | probe accuracy | fine-tune accuracy | fine-tune AUC, paired |")
+    print("|---|---|---|---|---|---|")
+    for variant in args.variants:
+        rows = {s: results.get(f"{variant}/{s}") for s in args.seeds}
+        rows = {s: r for s, r in rows.items() if r}
+        if not rows:
+            continue
+        scratch = {s: results.get(f"none/{s}", {}).get("finetune_auc") for s in rows}
+        paired = [r["finetune_auc"] - scratch[s] for s, r in rows.items() if scratch[s] is not None]
+        cells = [cell([r.get(k) for r in rows.values()]) for k in ("probe_auc", "finetune_auc", "probe", "finetune")]
+        print(f"| {'none (scratch)' if variant == 'none' else variant} | {' | '.join(cells)} | {cell(paired)} |")
 
 
 if __name__ == "__main__":
