@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from labelwise.config import load_config
 from labelwise.data import load_data
 from labelwise.data.npz import save_npz
+from labelwise.errors import ConfigError
 from labelwise.methods import METHODS
 from labelwise.methods.pseudo_supervisor import (
     alignment_offset,
@@ -142,8 +143,10 @@ def test_pseudo_supervisor_reward_memory_and_policy_update(npz, monkeypatch):
 
 def test_pseudo_supervisor_default_warms_up_then_starts_the_policy_from_the_predictor(npz, monkeypatch):
     """Default variant, 20 steps: 6 warm-up steps (0.3) on labelled data only; at step 6 the policy takes the
-    predictor's weights; the pseudo step's loss is weighted by the sigmoid ramp over 4 steps (0.2)."""
-    method, batch = pseudo_supervisor(npz, steps=20, window=50)
+    predictor's weights; the pseudo step's loss is weighted by the sigmoid ramp over 4 steps (0.2). (Every label
+    counts, ``confidence: 0``: an untrained policy is never 0.95 sure, and a step where none counts has no pseudo
+    step.)"""
+    method, batch = pseudo_supervisor(npz, steps=20, window=50, confidence=0.0)
     assert (method.warmup_steps, method.rampup_steps, method.policy_init) == (6, 4, "predictor")
     steps = []
     real_step = method.optimizer_step
@@ -353,13 +356,15 @@ def test_pseudo_supervisor_align_pulls_a_one_class_policy_to_the_labelled_freque
     method.confidence = 0.95  # sure before alignment (0.99), not after: the aligned probabilities decide
     method.training_step(batch)  # the running mean moves by (1 - decay) toward the batch mean: here it stays
     torch.testing.assert_close(method.running, torch.tensor([0.99, 0.01]))
-    assert float(method.memory[-1][2].sum()) == 0
+    assert len(method.memory) == 1  # no label counted: no pseudo step, nothing remembered
 
 
 def test_pseudo_supervisor_reward_gate_halves_and_restores_the_pseudo_weight(npz, monkeypatch):
     """reward_gate, window 2: two pseudo steps that raise the held-out loss halve the trust, two more halve it
     again, two that lower it double it; the pseudo loss enters the predictor's step times the trust."""
-    method, batch = pseudo_supervisor(npz, steps=20, warmup=0.0, pseudo_rampup=0.0, reward_gate=True, window=2)
+    method, batch = pseudo_supervisor(
+        npz, steps=20, warmup=0.0, pseudo_rampup=0.0, reward_gate=True, window=2, confidence=0.0
+    )
     losses = iter([1.0, 1.2] * 4 + [1.0, 0.8] * 2 + [1.0, 1.0])
     monkeypatch.setattr(method, "heldout_loss", lambda image, target: next(losses))
     weights = []
@@ -413,7 +418,7 @@ def test_pseudo_supervisor_strong_view_for_the_predictor_only(npz, monkeypatch):
     the predictor's pseudo step is computed on their strong view of that magnitude; off by default."""
     from labelwise.methods import pseudo_supervisor as ps
 
-    method, batch = pseudo_supervisor(npz, steps=10, warmup=0.0, window=50, strong=0.7)
+    method, batch = pseudo_supervisor(npz, steps=10, warmup=0.0, window=50, strong=0.7, confidence=0.0)
     calls = []
 
     def fake_strong(x, magnitude):
@@ -436,3 +441,32 @@ def test_pseudo_supervisor_strong_view_for_the_predictor_only(npz, monkeypatch):
     torch.testing.assert_close(*seen[0])
     default, _ = pseudo_supervisor(npz, steps=10)
     assert default.strong == 0.0
+
+
+def test_pseudo_supervisor_takes_no_pseudo_step_when_no_label_counts(npz, monkeypatch):
+    """With no pseudo label sure enough, the step is the supervised one alone: one optimizer step, nothing
+    remembered for the policy (a step on a zero loss would still move the predictor by Adam's momentum)."""
+    method, batch = pseudo_supervisor(npz, steps=10, warmup=0.0, confidence=0.999999, window=50, align=False)
+    steps = []
+    original = method.optimizer_step
+    monkeypatch.setattr(method, "optimizer_step", lambda *a, **k: steps.append(a[1]) or original(*a, **k))
+    out = method.training_step(batch)
+    assert len(steps) == 1 and method.memory == [] and float(out["kept"]) == 0.0
+
+
+def test_pseudo_supervisor_adaptive_confidence_by_hand(npz):
+    """``confidence: adaptive``: the threshold starts at 1 / classes and follows the running mean (decay 0.99) of
+    the policy's largest probability; a label counts where the policy is at least that sure."""
+    from labelwise.methods.pseudo_supervisor import ALIGN_DECAY
+
+    method, _ = pseudo_supervisor(npz, steps=10, confidence="adaptive")
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.1], [0.0, -3.0], [0.3, 0.0]])
+    sure = torch.softmax(logits, 1).max(1).values
+    expected = ALIGN_DECAY * 0.5 + (1 - ALIGN_DECAY) * float(sure.mean())
+    torch.testing.assert_close(method._sure(logits), (sure >= expected).float())
+    assert method.threshold_mean == pytest.approx(expected)
+    again = ALIGN_DECAY * expected + (1 - ALIGN_DECAY) * float(sure.mean())
+    method._sure(logits)
+    assert method.threshold_mean == pytest.approx(again)
+    with pytest.raises(ConfigError, match="adaptive"):
+        config(npz, "pseudo_supervisor", confidence=1.5)

@@ -30,8 +30,11 @@ labels and is rewarded by the change of a held-out loss) and changes when and ho
   the data that trained the policy;
 - ``policy_follow`` (default 0.99): after each step past the warm-up the policy moves toward the predictor by that
   moving-average decay, so it keeps up with what the predictor has learnt since; REINFORCE still adjusts it;
-- ``confidence`` (default 0.95): a sampled pseudo label counts (in the predictor's step and in the policy's
-  REINFORCE credit) only where the policy's largest class probability (per label: max(p, 1 - p)) reaches it;
+- ``confidence`` (default 0.95; ``adaptive``: the running mean of the policy's own sureness, as FreeMatch's global
+  threshold, Wang et al. 2023): a sampled pseudo label counts (in the predictor's step and in the policy's
+  REINFORCE credit) only where the policy's largest class probability (per label: max(p, 1 - p)) reaches it; a
+  step in which no label counts takes no pseudo step at all (an optimizer step on a zero loss would still move the
+  predictor by Adam's momentum);
 - ``align`` (default on; distribution alignment, Berthelot et al., ReMixMatch, 2020): before sampling, the
   policy's class probabilities are multiplied by the labelled training samples' class frequencies over the running
   mean (decay :data:`ALIGN_DECAY`) of its own probabilities on unlabelled images, and renormalised (per label: the
@@ -53,7 +56,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from labelwise.augment.views import strong_view
@@ -109,11 +112,11 @@ class PseudoSupervisorOptions(BaseModel):
         description="after the warm-up, policy = follow * policy + "
         "(1 - follow) * predictor after every step (default 0.99; paper 0: off)",
     )
-    confidence: float | None = Field(
+    confidence: float | Literal["adaptive"] | None = Field(
         None,
-        ge=0,
-        lt=1,
-        description="pseudo labels count only where the policy is at least this sure (default 0.95; paper 0: all)",
+        description="pseudo labels count only where the policy is at least this sure, in [0, 1) (default 0.95; "
+        "paper 0: all); adaptive: the running mean of the policy's own largest probability on unlabelled images "
+        "(FreeMatch's self-adaptive global threshold)",
     )
     align: bool | None = Field(
         None,
@@ -133,6 +136,13 @@ class PseudoSupervisorOptions(BaseModel):
         description="the predictor's pseudo step sees a strong view (labelwise.augment.strong_view of this "
         "magnitude) of the images the policy labelled, as FixMatch's; 0: the same view (default 0; paper 0)",
     )
+
+    @field_validator("confidence")
+    @classmethod
+    def _confidence(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float | int) and not 0 <= value < 1:
+            raise ValueError(f"expected a sureness in [0, 1) or adaptive, got {value}")
+        return value
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -219,6 +229,7 @@ class PseudoSupervisor(SemiSupervised):
         self.prior: Tensor | None = None  # labelled class frequencies (align)
         self.running: Tensor | None = None  # running mean of the policy's probabilities on unlabelled images (align)
         self.trust = 1.0  # the reward gate's factor of the pseudo-label weight
+        self.threshold_mean: float | None = None  # confidence: adaptive: the running mean of the policy's sureness
         if data.splits and self.align:
             train = data.split("train")
             self.prior = class_frequencies(train.target[train.labelled], data.num_classes, self.multilabel)
@@ -274,10 +285,16 @@ class PseudoSupervisor(SemiSupervised):
         return log_prob.sum(dim=1) if self.multilabel else log_prob
 
     def _sure(self, logits: Tensor) -> Tensor:
-        """1 where the policy is at least :attr:`confidence` sure (per image, or per label), else 0."""
+        """1 where the policy is at least :attr:`confidence` sure (per image, or per label), else 0; ``adaptive``:
+        at least the running mean (decay :data:`ALIGN_DECAY`, from 1 / classes) of its sureness, updated here."""
         p = self.probabilities(logits.float())
         sure = torch.maximum(p, 1 - p) if self.multilabel else p.max(dim=1).values
-        return (sure >= self.confidence).float()
+        if self.confidence == "adaptive":
+            if self.threshold_mean is None:
+                self.threshold_mean = 0.5 if self.multilabel else 1.0 / p.shape[1]
+            self.threshold_mean = ALIGN_DECAY * self.threshold_mean + (1 - ALIGN_DECAY) * float(sure.mean())
+            return (sure >= self.threshold_mean).float()
+        return (sure >= float(self.confidence)).float()
 
     def pseudo_loss(self, logits: Tensor, action: Tensor, mask: Tensor) -> Tensor:
         """Cross-entropy (per label: binary) of the predictor against the sampled labels, those outside ``mask``
@@ -319,6 +336,14 @@ class PseudoSupervisor(SemiSupervised):
             mask = self._sure(proposal)
         if not self.multilabel:
             action = action.long()
+        if not bool(mask.any()):  # no label counts: no pseudo step (Adam's momentum alone would move the predictor)
+            return {
+                "loss": supervised.detach(),
+                "supervised": supervised.detach(),
+                "pseudo": zero,
+                "reward": zero,
+                "kept": zero,
+            }
         size = self.options.heldout_batch_size or self.config.data.batch_size
         rows = torch.randint(len(self.heldout), (min(size, len(self.heldout)),))
         device = xu.device
@@ -344,6 +369,8 @@ class PseudoSupervisor(SemiSupervised):
         }
         if self.reward_gate:  # the trust is 1 throughout without the gate: not logged then
             logged["trust"] = zero + self.trust
+        if self.threshold_mean is not None:  # confidence: adaptive
+            logged["threshold"] = zero + self.threshold_mean
         return logged
 
     def update_trust(self) -> None:
@@ -389,6 +416,7 @@ class PseudoSupervisor(SemiSupervised):
             "changes": torch.tensor(changes, dtype=torch.float64),
             "trust": self.trust,
             "running": None if self.running is None else self.running.cpu(),
+            "threshold_mean": self.threshold_mean,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -407,4 +435,5 @@ class PseudoSupervisor(SemiSupervised):
             )
         ]
         self.trust = float(state.get("trust", 1.0))
+        self.threshold_mean = state.get("threshold_mean")
         self.running = state.get("running")
