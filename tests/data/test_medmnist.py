@@ -73,23 +73,26 @@ def test_layout_errors(tmp_path):
 
 
 def test_trains_resized_and_predicts_after_moving(tmp_path):
-    """A run on a MedMNIST file with data.image_size [32, 32]: trained at 32 x 32, the size recorded, and predict
-    on the same file (28 x 28, split test) after the run moved gives the run's own test probabilities."""
+    """The shipped configs/medmnist-supervised.yaml on a MedMNIST file (data.image_size [32, 32], augment: {}):
+    trained at 32 x 32 with the classification preset, the size recorded, and predict on the same file (28 x 28,
+    split test) after the run moved gives the run's own test probabilities."""
     data = tmp_path / "data"
     save_npz(data / "pneumoniamnist.npz", _medmnist())
     kept = shutil.copy(data / "pneumoniamnist.npz", tmp_path / "kept.npz")
-    cfg = {
-        "name": "medmnist",
-        "seed": 0,
-        "method": "supervised",
-        "data": {"path": str(data / "pneumoniamnist.npz"), "batch_size": 6, "image_size": [32, 32]},
-        "model": {"name": "resnet10", "channels": [4, 4, 8, 8], "norm": "group"},
-        "trainer": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
-        "augment": {},
-    }
-    bundle = load_data(load_config(cfg).data)
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "medmnist-supervised.yaml"
+    overrides = [
+        f"data.path={data / 'pneumoniamnist.npz'}",
+        "data.batch_size=6",
+        "model.channels=[4,4,8,8]",
+        "trainer.max_steps=2",
+        "trainer.checkpoint_every=2",
+        "trainer.val_every=0",
+    ]
+    cfg = load_config(shipped, overrides)
+    assert cfg.data.image_size == [32, 32] and cfg.augment is not None and cfg.augment.preset == "classification"
+    bundle = load_data(cfg.data)
     assert bundle.image_size == (32, 32) and bundle.preprocessing["image_size"] == [32, 32]
-    run = train(load_config(cfg), tmp_path / "runs" / "medmnist").run_dir
+    run = train(cfg, tmp_path / "runs" / "medmnist").run_dir
     spec = json.loads((run / "inference.json").read_text())
     assert spec["preprocessing"]["image_size"] == [32, 32] and spec["network"]["image_size"] == [32, 32]
     assert load_config(run / "config.yaml", check_files=False).augment.preset == "classification"
