@@ -109,12 +109,7 @@ def load_data(cfg: DataConfig, keep_unlabelled: bool = False, seed: int = 0) -> 
                 "data.image_size resizes classification images; segmentation trains at the data's size "
                 "(manifest data: data.spacing and data.patch_size)"
             )
-        if len(cfg.image_size) != image.ndim - 2:
-            raise DataError(
-                f"data.image_size: {cfg.image_size} has {len(cfg.image_size)} sizes but {source}'s "
-                f"images are {image.ndim - 2}D"
-            )
-        preprocessing["image_size"] = list(cfg.image_size)
+        preprocessing["image_size"] = list(cfg.image_size)  # preprocess_image checks its axes against the images'
         image = np.stack([preprocess_image(i, preprocessing) for i in image])
     if cfg.task == "segmentation" and target.shape[1:] != image.shape[2:]:
         raise DataError(f"{source}: mask shape {target.shape} does not match image shape {image.shape}")
