@@ -144,3 +144,33 @@ def test_palette_masks_give_their_indices_and_grey_gifs_their_binary_values(tmp_
     Image.fromarray(labels * 255).save(tmp_path / "grey.gif")
     for name in ("second.gif", "grey.gif"):
         np.testing.assert_array_equal(read_volume(tmp_path / name, mask=True).array, labels)
+
+
+def test_sparse_masks_are_left_out_or_made_unlabelled(tmp_path, capsys):
+    """data.sparse_masks: a training mask tracing far less than the others (an annotator who skipped the image) is
+    left out by supervised methods and kept as an unlabelled image by semi-supervised ones."""
+    from labelwise.data.datasets import sparse_positions
+    from labelwise.data.volumes import write_volume
+
+    # median of 100, 5, 90, 110 is 95: below 0.1 x 95 = 9.5 is the second only; none below 0.01 x 95
+    assert sparse_positions([100, 5, 90, 110], 0.1) == [1]
+    assert sparse_positions([100, 5, 90, 110], 0.01) == [] and sparse_positions([], 0.5) == []
+    path = make_set(tmp_path, splits=("train",) * 4 + ("val", "test"), unlabelled=())
+    sparse = np.zeros((20, 24, 28), dtype=np.int64)
+    sparse[10, 12, 14:16] = 1  # 2 voxels where the others have about 130
+    write_volume(tmp_path / "labels" / "case1.nii.gz", sparse, spacing=(0.5, 0.6, 0.8))
+    cfg = DataConfig(manifest=path, task="segmentation", patch_size=[8, 8, 8], patches_per_volume=4)
+    assert len(load_data(cfg).split("train")) == 4 * 4  # off by default: every mask counts
+    capsys.readouterr()
+    cfg = DataConfig(**{**cfg.model_dump(), "sparse_masks": 0.1})
+    supervised = load_data(cfg).split("train")
+    assert len(supervised) == 3 * 4 and supervised.volumes.ids == ["case0", "case2", "case3"]
+    message = capsys.readouterr().err
+    assert "1 of 4 training masks" in message and "left out of training: case1" in message
+    semi = load_data(cfg, keep_unlabelled=True).split("train")
+    assert semi.volumes.ids == ["case0", "case1", "case2", "case3"]
+    assert semi.volumes.labelled.tolist() == [True, False, True, True]
+    assert int(semi.volumes.target[1].sum()) == 0 and len(semi.foreground[1]) == 0  # its mask is not read
+    assert "used as unlabelled images: case1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="sparse_masks: judges the masks of a segmentation manifest"):
+        DataConfig(synth={"kind": "shapes"}, task="segmentation", sparse_masks=0.1)

@@ -63,6 +63,14 @@ class DataConfig(Section):
     patch_size: list[int] | None = Field(None, description="manifest data: train on random patches of this size")
     patches_per_volume: int = Field(100, gt=0, description="random patches per training case and epoch")
     foreground_ratio: float = Field(0.5, ge=0, le=1, description="share of patches centred on a labelled voxel")
+    sparse_masks: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="segmentation (manifest): a training mask with fewer foreground voxels than this share of the "
+        "training masks' median is treated as unlabelled (an annotator who skipped the image's structures): "
+        "semi-supervised methods learn from its image alone, the others leave the case out; 0: every mask counts",
+    )
     intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
         "max",
         description="max/zscore: per image; channel: per channel with the training split's mean and std; "
@@ -119,6 +127,8 @@ class DataConfig(Section):
                     "data.class_names: classification takes its class names from the table's label column or the "
                     ".npz's class_names"
                 )
+        if self.sparse_masks and (self.task != "segmentation" or self.manifest is None):
+            raise ValueError("data.sparse_masks: judges the masks of a segmentation manifest's training cases")
         if self.image_size is not None and (len(self.image_size) not in (2, 3) or min(self.image_size) < 1):
             raise ValueError(f"data.image_size: expected 2 or 3 positive sizes, got {self.image_size}")
         if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):

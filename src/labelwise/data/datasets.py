@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -239,6 +240,26 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         {name: ([cases[i] for i in rows], np.array(rows, dtype=np.int64)) for name, rows in chosen.items()},
         preprocessing,
     )
+    if cfg.sparse_masks:
+        train = volumes["train"]
+        labelled = [p for p, flag in enumerate(train.labelled.tolist()) if flag]
+        counts = [len(train.foreground[p]) for p in labelled]
+        sparse = {chosen["train"][labelled[k]] for k in sparse_positions(counts, cfg.sparse_masks)}
+        if sparse:
+            kept = "used as unlabelled images" if keep_unlabelled else "left out of training"
+            print(
+                f"labelwise: data.sparse_masks: {len(sparse)} of {len(labelled)} training masks have fewer "
+                f"foreground voxels than {cfg.sparse_masks:g} x the median ({np.median(counts):.0f}); "
+                f"{kept}: {', '.join(cases[i].id for i in sorted(sparse))}",
+                file=sys.stderr,
+                flush=True,
+            )
+            cases = [replace(c, label=None) if i in sparse else c for i, c in enumerate(cases)]
+            chosen["train"] = [i for i in chosen["train"] if keep_unlabelled or i not in sparse]
+            volumes = cache.volumes(
+                {name: ([cases[i] for i in rows], np.array(rows, dtype=np.int64)) for name, rows in chosen.items()},
+                preprocessing,
+            )
     splits: dict[str, Dataset] = dict(volumes)
     train = volumes["train"]
     first = train.shapes[0]
@@ -263,6 +284,15 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         ids=np.array([c.id for c in cases]),
         preprocessing=preprocessing,
     )
+
+
+def sparse_positions(counts: Sequence[int], share: float) -> list[int]:
+    """The positions in ``counts`` (foreground voxels per mask) below ``share`` x their median: masks that leave
+    out most of what the others trace (``data.sparse_masks``)."""
+    if not len(counts) or share <= 0:
+        return []
+    limit = share * float(np.median(counts))
+    return [p for p, c in enumerate(counts) if c < limit]
 
 
 def target_spacing(
