@@ -304,10 +304,23 @@ def train_one(path: Path, options: list[str], run_dir: Path) -> dict:
     return drive.train_and_score(load_config(path, options), run_dir)
 
 
-def shares_training(name: str, a: str, b: str, args) -> bool:
+def sparse_training_masks(manifest: Path, share: float) -> list[str]:
+    """The training cases whose masks ``data.sparse_masks: share`` treats as unlabelled (counted on the files; the
+    data sets here are resampled to their own spacing, so the counts are the run's)."""
+    from labelwise.data.datasets import sparse_positions
+    from labelwise.data.manifest import read_manifest
+    from labelwise.data.volumes import read_volume
+
+    cases = [c for c in read_manifest(manifest) if c.split == "train" and c.label is not None]
+    counts = [int((read_volume(c.label, mask=True).array > 0).sum()) for c in cases]
+    return [cases[p].id for p in sparse_positions(counts, share)]
+
+
+def shares_training(name: str, a: str, b: str, args, manifest: Path | None = None) -> bool:
     """Whether methods ``a`` and ``b`` train the same network on data set ``name``: their configs, with this call's
-    overrides, differ only in ``method.threshold`` (the calibrated default and its plain baseline). Same seed, same
-    device, same result (the engine's seeding), so one training gives both cells."""
+    overrides, differ only in ``method.threshold`` (the calibrated default and its plain baseline), and in
+    ``data.sparse_masks`` where ``manifest`` has no training mask it leaves out. Same seed, same device, same result
+    (the engine's seeding), so one training gives both cells."""
     from labelwise.config import load_config
 
     dim = DATASETS[name].dim
@@ -320,6 +333,9 @@ def shares_training(name: str, a: str, b: str, args) -> bool:
         raw.pop("name", None)
         raw["method"].pop("threshold", None)
         raw["method"].pop("calibration_tolerance", None)
+        share = raw["data"].pop("sparse_masks", 0)
+        if share and (manifest is None or sparse_training_masks(manifest, share)):
+            return False
         configs.append(raw)
     return configs[0] == configs[1]
 
@@ -395,7 +411,7 @@ def run_matrix(args, results: dict, results_path: Path) -> list[str]:
                     failed += [k for k in keys.values() if k not in results]
                     continue
                 shared = (args.share_training and "unet-mss" in methods and "noisy" in methods
-                          and shares_training(name, "noisy", "unet-mss", args))
+                          and shares_training(name, "noisy", "unet-mss", args, manifest))
                 for method in sorted(methods, key=lambda m: shared and m == "unet-mss"):  # shared: noisy first
                     key = keys[method]
                     if key in results:  # measured by an earlier call into the same --out
