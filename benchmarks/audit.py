@@ -35,6 +35,7 @@ cleanlab is a benchmark-only dependency: ``.venv/bin/pip install -c constraints.
     python benchmarks/audit.py [--kinds erode thin ...] [--seeds 0 1 2] [--steps 1000] [--folds 2]
         [--out runs/bench-audit] [--limit-train N]
     python benchmarks/audit.py --digits [--seeds 0 1 2] [--digit-steps 300] [--digit-folds 5]
+        [--fix-action relabel|unlabel]   (unlabel: flagged training labels left out; keyed .../unlabel)
     python benchmarks/audit.py --unseen [--kinds ...] [--seeds 1 2]
 
 ``--unseen``: the noise matrix's runs (``runs/bench-noise-matrix``, configs/drive-noisy.yaml trained on masks of
@@ -404,20 +405,23 @@ def digits_benchmark(args) -> None:
                                     home / f"clean-seed{seed}-steps{args.digit_steps}")
         for kind in DIGIT_NOISE:
             key = f"{kind}/seed{seed}/steps{args.digit_steps}/folds{args.digit_folds}"
+            key += "/unlabel" if args.fix_action == "unlabel" else ""
             if key in results:
                 continue
             labels = noisy_digits(truth, train_rows, kind, 0.2, seed)
             table = digits_table(home, f"{kind}-seed{seed}", split, labels)
-            folder = home / key.replace("/", "-")
+            folder = home / key.removesuffix("/unlabel").replace("/", "-")  # both actions: one audit
             noisy_accuracy = digits_run(table, seed, args.digit_steps, folder / "noisy")
-            audit_dir, fixed = folder / "audit", folder / "fixed"
+            audit_dir, fixed = folder / "audit", folder / f"fixed-{args.fix_action}"
             started = time.perf_counter()
             labelwise_cli("audit", str(folder / "noisy"), "--input", str(table), "--split", "train", "--folds",
-                          str(args.digit_folds), "--out", str(audit_dir), "--fix", str(fixed))
+                          str(args.digit_folds), "--out", str(audit_dir), "--fix", str(fixed), "--fix-action",
+                          args.fix_action)
             audit_minutes = (time.perf_counter() - started) / 60
             row = compare_digits(audit_dir, table, {f"d{i:04d}": int(t) for i, t in enumerate(truth)},
                                  args.repeats)
-            fixed_accuracy = digits_run(fixed / "table.csv", seed, args.digit_steps, folder / "retrained")
+            fixed_accuracy = digits_run(fixed / "table.csv", seed, args.digit_steps,
+                                        folder / f"retrained-{args.fix_action}")
             cost = clean_accuracy - noisy_accuracy
             row["accuracy"] = {"clean": clean_accuracy, "noisy": noisy_accuracy, "fixed": fixed_accuracy,
                                "recovered": (fixed_accuracy - noisy_accuracy) / cost if cost > 0 else None}
@@ -433,13 +437,13 @@ def digits_benchmark(args) -> None:
 
 
 def digits_table_md(results: dict, args) -> None:
-    """Mean ± std over the seeds found, one row per noise kind."""
-    print("\n| noise (20% of training labels) | flagged P / R, labelwise | flagged P / R, cleanlab | AP labelwise / "
-          "cleanlab | ms labelwise / cleanlab | accuracy clean / noisy / fixed | recovered | seeds |")
-    print("|---|---|---|---|---|---|---|---|")
-    for kind in DIGIT_NOISE:
-        rows = [r for k, r in results.items() if k.startswith(f"{kind}/") and
-                k.endswith(f"/steps{args.digit_steps}/folds{args.digit_folds}")]
+    """Mean ± std over the seeds found, one row per noise kind and --fix-action."""
+    print("\n| noise (20% of training labels) | --fix-action | flagged P / R, labelwise | flagged P / R, cleanlab | "
+          "AP labelwise / cleanlab | ms labelwise / cleanlab | accuracy clean / noisy / fixed | recovered | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind, action in [(k, a) for k in DIGIT_NOISE for a in ("relabel", "unlabel")]:
+        ending = f"/steps{args.digit_steps}/folds{args.digit_folds}" + ("/unlabel" if action == "unlabel" else "")
+        rows = [r for k, r in results.items() if k.startswith(f"{kind}/") and k.endswith(ending)]
         if not rows:
             continue
 
@@ -450,7 +454,7 @@ def digits_table_md(results: dict, args) -> None:
             return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
         lw, cl, acc = [r["labelwise"] for r in rows], [r["cleanlab"] for r in rows], [r["accuracy"] for r in rows]
-        print(f"| {kind} | {f([x['precision'] for x in lw])} / {f([x['recall'] for x in lw])} | "
+        print(f"| {kind} | {action} | {f([x['precision'] for x in lw])} / {f([x['recall'] for x in lw])} | "
               f"{f([x['precision'] for x in cl])} / {f([x['recall'] for x in cl])} | {f([x['ap'] for x in lw])} / "
               f"{f([x['ap'] for x in cl])} | {f([x['seconds'] * 1e3 for x in lw], 2)} / "
               f"{f([x['seconds'] * 1e3 for x in cl], 2)} | {f([a['clean'] for a in acc])} / "
@@ -474,6 +478,8 @@ def main(argv: list[str] | None = None) -> None:
                         "masks (no folds, no retraining)")
     parser.add_argument("--digit-steps", type=int, default=300)
     parser.add_argument("--digit-folds", type=int, default=5)
+    parser.add_argument("--fix-action", choices=["relabel", "unlabel"], default="relabel",
+                        help="digits: what --fix does with a flagged label (the audit itself is shared)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.digits:

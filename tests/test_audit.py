@@ -12,6 +12,7 @@ from conftest import CHROMIUM, CHROMIUM_ARGS, invoke_cli, require_chromium
 
 from labelwise.config import load_config
 from labelwise.data.manifest import read_manifest
+from labelwise.data.table import read_table
 from labelwise.data.volumes import read_volume, write_volume
 from labelwise.training import train
 
@@ -133,6 +134,8 @@ def test_training_cases_are_refused_without_folds(bars, tmp_path):
     code, text = invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(tmp_path / "a"))
     assert code == 2
     assert "in-sample" in text and "--folds" in text and "case0" in text
+    code, text = invoke_cli("audit", str(run), "--out", str(tmp_path / "b"), "--fix-action", "unlabel")
+    assert code == 2 and "for class labels; a mask's fix flips its suspect pixels" in text
 
 
 def test_fix_then_train_on_the_fixed_manifest(bars, tmp_path):
@@ -340,10 +343,26 @@ def test_class_audit_refuses_training_samples_without_folds(squares, tmp_path):
 def test_class_audit_cross_fits_the_training_samples(squares, tmp_path):
     _, run, noisy = squares
     out = tmp_path / "audit"
-    code, text = invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(out), "--folds", "2")
+    fixed = tmp_path / "fixed"
+    code, text = invoke_cli(
+        "audit", str(run), "--input", str(noisy), "--out", str(out), "--folds", "2", "--fix", str(fixed),
+        "--fix-action", "unlabel",
+    )  # fmt: skip
     assert code == 0, text
     rows = {r["id"]: r for r in rows_of(out / "samples.csv")}
     assert len(rows) == len(CLASS_SPLITS)
     assert rows["s0"]["issue"] == "1" and rows["s0"]["likely"] == "dark"  # a training label, found out of sample
     assert rows["s0"]["probabilities"] in ("fold-0", "fold-1") and rows["s50"]["probabilities"] == "run"
-    assert {i for i, r in rows.items() if r["issue"] == "1"} >= FLIPPED | {"s0"}
+    flagged = {i for i, r in rows.items() if r["issue"] == "1"}
+    assert flagged >= FLIPPED | {"s0"}
+    # unlabel: a flagged training sample keeps its label but is not used; flagged val/test samples stay scored
+    fixed_rows = {r["id"]: r for r in rows_of(fixed / "table.csv")}
+    assert fixed_rows["s0"]["use_label"] == "0" and fixed_rows["s0"]["label"] == "bright"
+    assert fixed_rows["s0"]["audit"] == "unlabelled" and fixed_rows["s50"]["use_label"] == ""
+    assert fixed_rows["s50"]["audit"].startswith("flagged, kept") and fixed_rows["s50"]["label"] == "bright"
+    unlabelled = {i for i, r in fixed_rows.items() if r["use_label"] == "0"}
+    assert unlabelled == {i for i in flagged if rows[i]["split"] == "train"}
+    table = read_table(fixed / "table.csv", ["label"])
+    assert {table.ids[i] for i in np.flatnonzero(table.target < 0)} == unlabelled  # what training leaves out
+    code, text = invoke_cli("audit", str(run), "--out", str(tmp_path / "m"), "--fix-action", "drop")
+    assert code == 2 and "--fix-action drop: use one of relabel, unlabel" in text

@@ -720,6 +720,13 @@ def audit(
             "(the original files are never written)"
         ),
     ] = None,
+    fix_action: Annotated[
+        str,
+        typer.Option(
+            help="class labels, with --fix: relabel (the flagged label replaced by the likely one) or unlabel (the "
+            "flagged training sample kept as an unlabelled image, use_label 0: supervised training leaves it out)"
+        ),
+    ] = "relabel",
 ) -> None:
     """Find suspect labels where they disagree with the run's out-of-sample probabilities (confident learning): in
     masks, missed structure (confidently foreground, labelled background) and extra (the reverse); in class labels,
@@ -728,7 +735,7 @@ def audit(
     training cases need --folds K."""
     from labelwise.audit import audit_run
 
-    audit_run(run_dir, out, manifest=input, folds=folds, fix=fix, splits=split)
+    audit_run(run_dir, out, manifest=input, folds=folds, fix=fix, splits=split, fix_action=fix_action)
 
 
 @synth_app.command("shapes")

@@ -26,6 +26,7 @@ from labelwise.io import atomic_write
 __all__ = ["AUDITS", "audit_run", "record_audit"]
 
 WORST = 12  # cases or samples shown on the page
+FIX_ACTIONS = ("relabel", "unlabel")  # what --fix does with a flagged class label
 
 
 def audit_run(
@@ -37,18 +38,27 @@ def audit_run(
     splits: Sequence[str] | None = None,
     worst: int = WORST,
     progress: bool | Callable[[str], None] = True,
+    fix_action: str = "relabel",
 ) -> dict[str, Any]:
     """Audit the labels of ``manifest`` (a segmentation manifest or a classification table; default: the run's
     own) with the run in ``run_dir``; ``splits``: only the cases of these splits. What the run trained on needs
     ``folds`` (K >= 2 cross-fitted runs in ``out/folds``, reused or resumed by a later call); without it, it is
     refused when ``manifest`` is given, and left out (with a note) when it is not. ``fix``: a folder for the
-    corrected manifest or table. Returns what ``out/audit.json`` holds."""
+    corrected manifest or table; ``fix_action`` (class labels): ``relabel`` replaces a flagged training label by
+    the likely one, ``unlabel`` keeps the sample as an unlabelled image (``use_label`` 0: supervised training leaves
+    it out, semi-supervised methods learn from its image). Returns what ``out/audit.json`` holds."""
     from labelwise.inference.run import load_run, reporter
 
     unknown = sorted(set(splits or ()) - set(SPLITS))
     if unknown:
         raise LabelwiseError(f"--split {unknown[0]}: use one of {', '.join(SPLITS)}")
+    if fix_action not in FIX_ACTIONS:
+        raise LabelwiseError(f"--fix-action {fix_action}: use one of {', '.join(FIX_ACTIONS)}")
     run = load_run(run_dir)
+    if fix_action != "relabel" and run.task == "segmentation":
+        raise LabelwiseError(
+            f"--fix-action {fix_action}: for class labels; a mask's fix flips its suspect pixels (relabel)"
+        )
     given = Path(manifest) if manifest is not None else None
     args = (run, Path(out), given, folds, Path(fix) if fix is not None else None, splits, worst, reporter(progress))
     if run.task == "segmentation":
@@ -58,7 +68,7 @@ def audit_run(
     else:
         from labelwise.audit.classification import audit_labels
 
-        summary = audit_labels(*args)
+        summary = audit_labels(*args, fix_action=fix_action)
     record_audit(Path(run_dir), Path(out), summary)
     return summary
 

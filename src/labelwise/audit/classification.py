@@ -11,7 +11,9 @@ Written under ``out``::
     probabilities.npz the out-of-sample probabilities and their ids (reused by a resumed audit)
 
 With ``fix``, ``fix/table.csv`` is the input table (image paths made absolute) with every flagged label replaced by
-the likely one (multi-label: the flagged labels flipped), and columns saying what changed per sample."""
+the likely one (multi-label: the flagged labels flipped), and columns saying what changed per sample. With
+``fix_action="unlabel"`` a flagged training sample keeps its label but is marked ``use_label`` 0 (an unlabelled
+image: supervised runs leave it out); flagged val and test samples, which are scored and need a label, are kept."""
 
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def audit_labels(
     splits: Sequence[str] | None,
     worst: int,
     report: Callable[[str], None],
+    fix_action: str = "relabel",
 ) -> dict[str, Any]:
     """Audit the labels of ``table`` (default: the run's own) with classification ``run``; see the module docstring
     and :func:`labelwise.audit.audit_run`."""
@@ -159,9 +162,11 @@ def audit_labels(
         "class_names": names,
         "seconds": round(time.perf_counter() - started, 2),
         "fix": str(fix) if fix is not None else None,
+        "fix_action": fix_action if fix is not None else None,
     }
     if fix is not None:
-        _write_fixed_table(path, data, Path(fix), {data.ids[i]: n for n, i in enumerate(chosen)}, audit, labels)
+        index = {data.ids[i]: n for n, i in enumerate(chosen)}
+        _write_fixed_table(path, data, Path(fix), index, audit, labels, fix_action)
     atomic_write(out / "audit.json", json.dumps(summary, indent=1) + "\n")
     build_audit_page(out / "report.html", summary, rows, figures, columns)
     report(
@@ -186,19 +191,26 @@ def _fold_table(path: Path, home: Path, held: set[str]) -> Path:
 
 
 def _write_fixed_table(
-    path: Path, data: Table, fix: Path, index: dict[str, int], audit: Any, labels: list[str]
+    path: Path, data: Table, fix: Path, index: dict[str, int], audit: Any, labels: list[str], action: str
 ) -> None:
-    """``fix/table.csv``: the flagged labels replaced (written as the table wrote them: class names or indices)."""
+    """``fix/table.csv``: the flagged labels replaced (written as the table wrote them: class names or indices), or
+    with ``action`` unlabel the flagged training samples marked ``use_label`` 0."""
     _, rows = _absolute_rows(path)
     names = data.class_names
     for row in rows:
         n = index.get(row["id"])
+        row.setdefault("use_label", "")
         if n is None:
             row["audit"], row["audit_original_label"] = "not audited", ""
             continue
         row["audit_original_label"] = ";".join(row[c] for c in labels)
         if not audit.issue[n]:
             row["audit"] = "kept"
+            continue
+        if action == "unlabel":
+            scored = row["split"] != "train"
+            row["use_label"] = row["use_label"] if scored else "0"
+            row["audit"] = "flagged, kept: val and test labels are scored" if scored else "unlabelled"
             continue
         if data.multilabel:
             for c, value in zip(labels, audit.likely[n]):
