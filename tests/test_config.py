@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import REPO, SMOKE, run_cli
@@ -136,21 +137,28 @@ def test_the_shipped_drive_ds6_config_is_what_benchmarks_ds6_drive_measured():
     assert shipped == measured
 
 
-def test_the_noisy_mask_default_is_the_clean_recipe_with_a_calibrated_threshold_and_trains(tmp_path):
-    """configs/drive-noisy.yaml is configs/drive-unet-mss.yaml with ``threshold: calibrate`` (what
-    benchmarks/noise_matrix.py measured as ``noisy``); it reloads and trains a few steps on vessel pictures, and the
-    run's inference.json holds the threshold chosen on the validation case."""
+def test_the_noisy_mask_default_is_the_clean_recipe_with_a_calibrated_threshold_and_trains(tmp_path, capfd):
+    """configs/drive-noisy.yaml is configs/drive-unet-mss.yaml with ``threshold: calibrate`` and
+    ``data.sparse_masks`` (what benchmarks/noise_matrix.py measured as ``noisy``); it reloads and trains a few steps on
+    vessel pictures, and the run's inference.json holds the threshold chosen on the validation case."""
     import json
 
+    from labelwise.data.manifest import read_manifest
     from labelwise.data.synth.vessels import write_vessels
+    from labelwise.data.volumes import read_volume, write_volume
     from labelwise.training import train
 
     shipped = load_config(REPO / "configs" / "drive-noisy.yaml", check_files=False).to_dict()
     clean = load_config(
-        REPO / "configs" / "drive-unet-mss.yaml", ["method.threshold=calibrate", "name=drive-noisy"], check_files=False
+        REPO / "configs" / "drive-unet-mss.yaml",
+        ["method.threshold=calibrate", "data.sparse_masks=0.1", "name=drive-noisy"],
+        check_files=False,
     ).to_dict()
     assert shipped == clean
     manifest = write_vessels(tmp_path / "v2d", 2, 5, [48, 48], seed=1)
+    skipped = next(c for c in read_manifest(manifest) if c.split == "train")
+    blank = read_volume(skipped.label, mask=True)
+    write_volume(skipped.label, np.zeros_like(blank.array), blank.spacing, blank.affine)  # a tree nobody traced
     cfg = load_config(
         REPO / "configs" / "drive-noisy.yaml",
         [
@@ -167,6 +175,7 @@ def test_the_noisy_mask_default_is_the_clean_recipe_with_a_calibrated_threshold_
     )
     result = train(cfg, tmp_path / "run")
     assert result.status == "completed"
+    assert f"left out of training: {skipped.id}" in capfd.readouterr().err
     spec = json.loads((tmp_path / "run" / "inference.json").read_text())["inference"]
     assert spec["threshold"] == "calibrate" and 0 < spec["calibrated_threshold"] < 1
     scores = json.loads((tmp_path / "run" / "predictions" / "test" / "segmentation.json").read_text())

@@ -127,3 +127,33 @@ def test_options_tag_variants_and_scale_pixel_strengths():
     assert nm.strength_of("thin", "drive175", nm.parse_args(["--no-scale-strength"])) is None
     args = nm.parse_args(["--strength", "erode=2"])
     assert nm.strength_of("erode", "drive175", args) == 2.0 and nm.kind_key("erode", args) == "erode@2"
+
+
+def test_noisy_shares_unet_mss_training_only_where_no_mask_is_sparse(tmp_path):
+    """configs/drive-noisy.yaml differs from drive-unet-mss.yaml in the threshold and data.sparse_masks: one training
+    serves both cells unless some training mask is sparse (then the two train different cases)."""
+    import numpy as np
+
+    from labelwise.data.volumes import write_volume
+
+    def manifest(sparse: bool) -> Path:
+        folder = tmp_path / ("sparse" if sparse else "full")
+        rows = ["id,image,label,split"]
+        for i, split in enumerate(["train", "train", "train", "val", "test"]):
+            mask = np.zeros((16, 16), np.int64)
+            mask[4:12, 6 + i % 2] = 1  # 8 pixels
+            if sparse and i == 1:
+                mask[:] = 0
+            write_volume(folder / f"i{i}.png", mask.astype(np.float32) * 0.5)
+            write_volume(folder / f"m{i}.png", mask)
+            rows.append(f"c{i},i{i}.png,m{i}.png,{split}")
+        (folder / "m.csv").write_text("\n".join(rows) + "\n")
+        return folder / "m.csv"
+
+    args = nm.parse_args(["--datasets", "drive"])
+    assert (
+        nm.sparse_training_masks(manifest(True), 0.1) == ["c1"] and nm.sparse_training_masks(manifest(False), 0.1) == []
+    )
+    assert nm.shares_training("drive", "noisy", "unet-mss", args, manifest(False))
+    assert not nm.shares_training("drive", "noisy", "unet-mss", args, manifest(True))
+    assert not nm.shares_training("drive", "noisy", "unet-mss", args)  # manifest unknown: train both
