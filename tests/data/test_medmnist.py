@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import invoke_cli as cli
+from sklearn.metrics import roc_auc_score
 
 from labelwise.config import load_config
 from labelwise.data.datasets import load_data
@@ -103,6 +104,18 @@ def test_trains_resized_and_predicts_after_moving(tmp_path):
     got, own = load_npz(tmp_path / "p" / "predictions.npz"), load_npz(Path(moved) / "predictions" / "test.npz")
     np.testing.assert_allclose(got["probability"], own["probability"], atol=1e-6)
     assert (tmp_path / "p" / "predictions.csv").read_text().splitlines()[1].startswith("test-00000,")
+    # scored against the same file: its test split is the one whose size matches the predictions
+    scores = tmp_path / "scores.json"
+    code, output = cli(
+        "evaluate", "classification", "--predictions", str(tmp_path / "p" / "predictions.npz"), "--labels", str(kept),
+        "--json", str(scores), "--bootstrap", "0",
+    )  # fmt: skip
+    assert code == 0, output
+    truth = _medmnist()["test_labels"].reshape(-1)
+    accuracy = float((got["probability"].argmax(1) == truth).mean())
+    scored = json.loads(scores.read_text())
+    assert scored["n"] == 6 and scored["accuracy"] == pytest.approx(accuracy)
+    assert scored["auc"] == pytest.approx(roc_auc_score(truth, got["probability"][:, 1]))
 
 
 def test_image_size_refused_for_segmentation(tmp_path):

@@ -153,6 +153,10 @@ def read_labels(
     returned), or from single labels in row order (``.npy``, ``.npz`` with ``target``/``label``, JSON, text; see
     :func:`read_single_labels`). Labels: int64 (N,) for one column, (N, K) for several (multi-label 0/1)."""
     path = Path(path)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        medmnist = _medmnist_labels(path, row_ids, n_rows, what)
+        if medmnist is not None:
+            return medmnist
     if path.suffix.lower() != ".csv":
         labels = read_single_labels(path, what)
         if n_rows is not None and len(labels) != n_rows:
@@ -175,6 +179,34 @@ def read_labels(
     except ValueError:
         raise DataError(f"{what} {path}: column(s) {', '.join(columns)} must hold integer labels") from None
     return (values[:, 0] if len(columns) == 1 else values), row_ids
+
+
+def _medmnist_labels(
+    path: Path, row_ids: list[str] | None, n_rows: int | None, what: str
+) -> tuple[np.ndarray, list[str] | None] | None:
+    """The labels of a MedMNIST file as downloaded (None for any other ``.npz``), with its ids (``test-00000``, as
+    ``labelwise predict --input FILE --split test`` names the rows): matched by ``row_ids``, else the one split
+    with ``n_rows`` samples."""
+    from labelwise.data.npz import from_medmnist, is_medmnist, load_npz
+
+    with np.load(path, allow_pickle=False) as data:
+        if not is_medmnist(data.files):
+            return None
+    arrays = load_npz(path)  # MedMNIST's layout read into labelwise's: label, split, ids
+    labels, keys, splits = arrays["label"].astype(np.int64), [str(i) for i in arrays["ids"]], arrays["split"]
+    if row_ids is not None:
+        return labels[match_ids(row_ids, keys, what)], row_ids
+    sizes = {name: int((splits == name).sum()) for name in dict.fromkeys(splits.tolist())}
+    fits = [name for name, size in sizes.items() if size == n_rows]
+    if len(fits) != 1:
+        listed = ", ".join(f"{name} {size}" for name, size in sizes.items())
+        raise DataError(
+            f"{what} {path}: a MedMNIST file holds several splits ({listed}) and {n_rows} prediction rows match "
+            f"{'none' if not fits else 'more than one'}; give --ids (the ids of the rows, e.g. a predictions.csv "
+            "of labelwise predict --split) to match them"
+        )
+    rows = np.flatnonzero(splits == fits[0])
+    return labels[rows], [keys[i] for i in rows]
 
 
 def read_predictions(path: str | Path) -> np.ndarray:
