@@ -73,6 +73,10 @@ def test_png_reads_without_a_spacing(tmp_path):
     mask = read_volume(tmp_path / "case01_mask.png", mask=True)  # a 0/255 picture is a binary mask
     assert mask.spacing == (1.0, 1.0)
     np.testing.assert_array_equal(mask.array, (grey > 100).astype(np.int64))
+    Image.fromarray(np.full((4, 5), 255, np.uint8)).save(tmp_path / "full_mask.png")  # every pixel foreground
+    assert read_volume(tmp_path / "full_mask.png", mask=True).array.tolist() == [[1] * 5] * 4
+    Image.fromarray(np.array([[0, 3], [255, 0]], np.uint8)).save(tmp_path / "labels.png")  # not 0/255: as written
+    assert read_volume(tmp_path / "labels.png", mask=True).array.tolist() == [[0, 3], [255, 0]]
 
 
 def test_unknown_suffix_refused_naming_the_table_suffixes(tmp_path):

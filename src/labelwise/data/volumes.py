@@ -187,7 +187,7 @@ def _read_picture(path: Path, mask: bool, modalities: Sequence[str]) -> Volume:
         raise DataError(f"{path}: cannot read image: {err}") from None
     if mask:
         values = np.unique(raw)
-        if values.size == 2 and values[0] == 0 and values[1] == 255:  # 0/255 pictures: binary
+        if values[-1:].tolist() == [255] and set(values.tolist()) <= {0, 255}:  # 0/255 pictures (or all 255): binary
             raw = (raw > 0).astype(np.uint8)
         return Volume(raw, (1.0, 1.0))
     array = raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0)
