@@ -187,7 +187,7 @@ def _medmnist_labels(
     """The labels of a MedMNIST file as downloaded (None for any other ``.npz``), with its ids (``test-00000``, as
     ``labelwise predict --input FILE --split test`` names the rows): matched by ``row_ids``, else the one split
     with ``n_rows`` samples."""
-    from labelwise.data.npz import from_medmnist, is_medmnist, load_npz
+    from labelwise.data.npz import is_medmnist, load_npz
 
     with np.load(path, allow_pickle=False) as data:
         if not is_medmnist(data.files):
