@@ -243,7 +243,9 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     if cfg.sparse_masks:
         train = volumes["train"]
         labelled = [p for p, flag in enumerate(train.labelled.tolist()) if flag]
-        counts = [len(train.foreground[p]) for p in labelled]
+        foreground = train.foreground
+        assert foreground is not None  # the cache holds every labelled case's foreground indices
+        counts = [len(foreground[p]) for p in labelled]
         sparse = {chosen["train"][labelled[k]] for k in sparse_positions(counts, cfg.sparse_masks)}
         if sparse:
             kept = "used as unlabelled images" if keep_unlabelled else "left out of training"
