@@ -559,6 +559,13 @@ def evaluate_segmentation(
             "names (default: per class, named 1, 2, ..., when a mask holds labels above 1)"
         ),
     ] = None,
+    ignore: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="a reference mask value that carries no label (e.g. 255, as data.ignore): those voxels are scored "
+            "nowhere; repeat for several"
+        ),
+    ] = None,
 ) -> None:
     """Score segmentations: Dice, IoU, precision, sensitivity, volumetric similarity, HD95, ASSD (physical units)
     and clDice, per case and mean ± std; label maps with several classes also per class."""
@@ -575,7 +582,7 @@ def evaluate_segmentation(
             raise LabelwiseError(
                 f"--class-names {class_names!r}: expected names separated by commas such as artery,vein"
             )
-    result = run(pred, truth, allow_missing=allow_missing, roi=roi, class_names=names)
+    result = run(pred, truth, allow_missing=allow_missing, roi=roi, class_names=names, ignore=ignore or [])
     rows = format_table(result)
     table = Table(title=f"{result['n']} case(s): {pred} vs {truth}{f' inside {roi}' if roi else ''}")
     for i, column in enumerate(rows[0]):

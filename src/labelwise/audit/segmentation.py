@@ -37,6 +37,7 @@ from labelwise.inference.figures import mask_overlay_rgb, write_png
 from labelwise.inference.run import RunModel, load_run
 from labelwise.io import atomic_open, atomic_write
 from labelwise.metrics.label_quality import SWAPPED, MaskAudit, mask_suspects, mask_thresholds
+from labelwise.metrics.surface import split_ignored
 from labelwise.report.audit import build_audit_page
 
 __all__ = ["audit_masks", "run_cases"]
@@ -130,18 +131,23 @@ def audit_masks(
 
     def items():
         for case in labelled:
-            label = read_volume(case.label, mask=True)
+            label = read_volume(case.label, mask=True, ignore=run.ignore)
             probs = np.load(probabilities / f"{case.id}.npy").astype(np.float32)
             if probs.shape[1:] != label.array.shape:
                 raise DataError(
                     f"{case.label}: mask of shape {label.array.shape}, but its image {case.image} has {probs.shape[1:]}"
                 )
             roi = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else None
-            yield case, probs, label, roi
+            original = label.array
+            array, unlabelled = split_ignored(original, run.ignore)  # data.ignore: audited nowhere, never changed
+            if unlabelled is not None:
+                roi = ~unlabelled if roi is None else roi & ~unlabelled
+                label = Volume(array, label.spacing, label.affine)
+            yield case, probs, label, roi, original
 
-    thresholds = mask_thresholds((p, lab.array, roi) for _, p, lab, roi in items())
+    thresholds = mask_thresholds((p, lab.array, roi) for _, p, lab, roi, _ in items())
     rows, audits = [], {}
-    for case, probs, label, roi in items():
+    for case, probs, label, roi, original in items():
         result = mask_suspects(probs, label.array, thresholds, roi)
         suffix = suffix_of(case.label)
         write_volume(out / "suspects" / f"{case.id}{suffix}", result.suspects, label.spacing, label.affine)
@@ -159,7 +165,7 @@ def audit_masks(
         )
         audits[case.id] = result
         if fix is not None:
-            _write_fixed(Path(fix), case, label, result)
+            _write_fixed(Path(fix), case, label, result, original)
     rows.sort(key=lambda r: (np.nan_to_num(r["quality"], nan=2.0), r["id"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
@@ -223,11 +229,13 @@ def _figure(path: Path, case: Case, audit: MaskAudit, row: dict[str, Any]) -> No
     )
 
 
-def _write_fixed(fix: Path, case: Case, label: Volume, audit: MaskAudit) -> None:
+def _write_fixed(fix: Path, case: Case, label: Volume, audit: MaskAudit, original: np.ndarray) -> None:
+    """The corrected mask, its voxels without a label (``data.ignore``, background in ``label``) as ``original``."""
     assert case.label is not None  # only labelled cases are audited
     if not (audit.suspects > 0).any():
         return
-    write_volume(fix / "labels" / f"{case.id}{suffix_of(case.label)}", audit.corrected, label.spacing, label.affine)
+    corrected = np.where(label.array != original, original, audit.corrected)
+    write_volume(fix / "labels" / f"{case.id}{suffix_of(case.label)}", corrected, label.spacing, label.affine)
 
 
 def _write_fixed_manifest(fix: Path, cases: list[Case], audits: dict[str, MaskAudit]) -> None:

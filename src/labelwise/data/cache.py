@@ -73,11 +73,12 @@ def cache_folder(manifest: Path, cache: Path | None = None) -> Path:
     return Path(cache) if Path(cache).is_absolute() else base / cache
 
 
-def label_dtype(top: int) -> np.dtype:
+def label_dtype(top: int, low: int = 0) -> np.dtype:
     """The smallest integer type a label map with largest label ``top`` is stored in: uint8, uint16, uint32, else
-    int64."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(dtype).max:
+    int64; with a negative label (``low``: :data:`labelwise.metrics.surface.IGNORE`, voxels without a label) int8,
+    int16, int32, else int64."""
+    for dtype in (np.int8, np.int16, np.int32) if low < 0 else (np.uint8, np.uint16, np.uint32):
+        if np.iinfo(dtype).min <= low and top <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.int64)
 
@@ -169,11 +170,13 @@ class CaseCache:
         seed: int = 0,
         reorient: bool = False,
         spacing: Sequence[float] | None = None,
+        ignore: Sequence[int] = (),
     ) -> dict[str, Any]:
         """The training statistics of intensity scheme ``mode`` over ``cases`` (the training split), computed by
         streaming over them one case at a time (:func:`labelwise.data.intensity.intensity_statistics_of`), kept
         under ``statistics/`` keyed by the cases' files, the scheme, (``percentile``: it draws voxels) the seed and
-        the grid (``reorient``, target ``spacing``: the cases are measured on the training grid)."""
+        the grid (``reorient``, target ``spacing``: the cases are measured on the training grid) and the mask values
+        without a label (``ignore``, not foreground)."""
         from labelwise.data.intensity import intensity_statistics_of
 
         masks = mode == "percentile"  # channel: the images alone
@@ -185,6 +188,8 @@ class CaseCache:
         ]
         if reorient or spacing is not None:  # keys of runs without either stay as they were
             key.append([bool(reorient), list(spacing) if spacing is not None else None])
+        if masks and ignore:
+            key.append(["ignore", sorted(ignore)])
         path = self.folder / "statistics" / f"{mode}-{_digest(key)}.json"
         with self._locked():
             if path.is_file():
@@ -198,7 +203,9 @@ class CaseCache:
 
             def stream() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
                 for case in cases:
-                    image, target, _ = read_case(case, self.modalities, masks=masks, reorient=reorient, spacing=spacing)
+                    image, target, _ = read_case(
+                        case, self.modalities, masks=masks, reorient=reorient, spacing=spacing, ignore=ignore
+                    )
                     yield image.array, target
 
             statistics = intensity_statistics_of(stream(), mode, seed)
@@ -261,6 +268,7 @@ class CaseCache:
             self.modalities,
             reorient=bool(preprocessing.get("reorient", False)),
             spacing=preprocessing.get("spacing"),
+            ignore=preprocessing.get("ignore", ()),
         )
         for stale in scheme.glob(f".{name}.*.tmp"):  # left by a process that stopped while writing (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
@@ -269,11 +277,11 @@ class CaseCache:
             tmp.mkdir(parents=True)
             array = np.ascontiguousarray(preprocess_image(image.array, preprocessing), dtype=np.float32)
             np.save(tmp / "image.npy", array)
-            files, top = ["image.npy"], 0
+            files, top, low = ["image.npy"], 0, 0
             del array
             if target is not None:
-                top = int(target.max(initial=0))
-                np.save(tmp / "label.npy", target.astype(label_dtype(top)))
+                top, low = int(target.max(initial=0)), int(target.min(initial=0))
+                np.save(tmp / "label.npy", target.astype(label_dtype(top, low)))
                 flat = np.flatnonzero(target.reshape(-1) > 0)
                 np.save(tmp / "foreground.npy", flat.astype(np.int64 if target.size > 2**31 else np.int32))
                 files += ["label.npy", "foreground.npy"]
@@ -288,7 +296,7 @@ class CaseCache:
                 "affine": image.affine.tolist() if image.affine is not None else None,
                 "original": image.grid.to_json() if image.grid is not None else None,
                 "label_max": top,
-                "label_dtype": str(label_dtype(top)) if target is not None else None,
+                "label_dtype": str(label_dtype(top, low)) if target is not None else None,
                 "files": files,
                 "made_from": {k: _stamp(getattr(case, k)) for k in ("image", "label", "roi")},
             }

@@ -71,6 +71,11 @@ class DataConfig(Section):
         "training masks' median is treated as unlabelled (an annotator who skipped the image's structures): "
         "semi-supervised methods learn from its image alone, the others leave the case out; 0: every mask counts",
     )
+    ignore: list[int] = Field(
+        default_factory=list,
+        description="segmentation (manifest): mask values that carry no label (e.g. [255]: not annotated): those "
+        "voxels count in no loss and no score, and no training patch is centred on one",
+    )
     intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
         "max",
         description="max/zscore: per image; channel: per channel with the training split's mean and std; "
@@ -129,6 +134,12 @@ class DataConfig(Section):
                 )
         if self.sparse_masks and (self.task != "segmentation" or self.manifest is None):
             raise ValueError("data.sparse_masks: judges the masks of a segmentation manifest's training cases")
+        if self.ignore and (self.task != "segmentation" or self.manifest is None):
+            raise ValueError("data.ignore: values of the masks of a segmentation manifest")
+        if any(v < 1 for v in self.ignore) or len(set(self.ignore)) != len(self.ignore):
+            raise ValueError(
+                f"data.ignore: expected distinct mask values >= 1 (0 is the background), got {self.ignore}"
+            )
         if self.image_size is not None and (len(self.image_size) not in (2, 3) or min(self.image_size) < 1):
             raise ValueError(f"data.image_size: expected 2 or 3 positive sizes, got {self.image_size}")
         if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):

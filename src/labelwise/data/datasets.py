@@ -232,9 +232,13 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     cache = CaseCache(cache_folder(cfg.manifest, cfg.cache), cfg.modalities)
     spacing = target_spacing([cases[i] for i in chosen["train"]], cfg.spacing, cfg.reorient, cfg.modalities)
     preprocessing: dict = {"intensity": cfg.intensity, "reorient": bool(cfg.reorient), "spacing": spacing}
+    if cfg.ignore:  # only then: the cache keys of runs without it stay as they were
+        preprocessing["ignore"] = sorted(cfg.ignore)
     if cfg.intensity in TRAINED_INTENSITY:  # statistics of the training split, streamed one case at a time
         preprocessing.update(
-            cache.statistics([cases[i] for i in chosen["train"]], cfg.intensity, seed, cfg.reorient, spacing)
+            cache.statistics(
+                [cases[i] for i in chosen["train"]], cfg.intensity, seed, cfg.reorient, spacing, cfg.ignore
+            )
         )
     volumes = cache.volumes(
         {name: ([cases[i] for i in rows], np.array(rows, dtype=np.int64)) for name, rows in chosen.items()},
@@ -270,7 +274,9 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         m for split in volumes.values() for m, labelled in zip(split.label_max, split.labelled.tolist()) if labelled
     )
     if cfg.patch_size is not None:
-        splits["train"] = PatchDataset(train, cfg.patch_size, cfg.patches_per_volume, cfg.foreground_ratio, seed)
+        splits["train"] = PatchDataset(
+            train, cfg.patch_size, cfg.patches_per_volume, cfg.foreground_ratio, seed, labelled_centres=bool(cfg.ignore)
+        )
     elif len({s[1:] for s in train.shapes}) > 1:
         raise DataError(f"{cfg.manifest}: training images differ in size; set data.patch_size to train on patches")
     size = tuple(cfg.patch_size) if cfg.patch_size is not None else tuple(first[1:])

@@ -5,7 +5,8 @@ int64, each of its own size; :func:`load_cases` holds them in memory, :mod:`labe
 memory-mapped files on access (what a run on a manifest uses). :class:`PatchDataset` turns the training cases into
 ``patches_per_volume`` random patches each: sample ``i`` is a pure function of ``(seed, i)`` (so any number of
 loader workers and a resumed run see the same patches), centred with probability ``foreground_ratio`` on a random
-foreground voxel of a labelled case, otherwise anywhere; volumes smaller than the patch are zero-padded."""
+foreground voxel of a labelled case, otherwise anywhere (with ``data.ignore``: on a voxel that carries a label);
+volumes smaller than the patch are zero-padded."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ from torch.utils.data import Dataset
 from labelwise.data.manifest import Case
 from labelwise.data.volumes import Volume, read_image, read_volume, to_grid
 from labelwise.errors import DataError
+from labelwise.metrics.surface import IGNORE, mark_ignored
 
 __all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity", "read_case", "read_mask"]
+
+CENTRE_TRIES = 32  # data.ignore: random centres drawn until one carries a label (else the last one is kept)
 
 Intensity = Literal["max", "zscore", "none"]  # per image; "channel" and "percentile" need training statistics
 
@@ -83,17 +87,19 @@ class VolumeDataset(Dataset):
         }
 
 
-def load_cases(cases: Sequence[Case], indices: np.ndarray, intensity: Intensity = "max") -> VolumeDataset:
+def load_cases(
+    cases: Sequence[Case], indices: np.ndarray, intensity: Intensity = "max", ignore: Sequence[int] = ()
+) -> VolumeDataset:
     """Read the cases' images, labels (unlabelled: an all-zero target) and regions of interest, checking that each
     mask matches its image in shape and spacing and that every image has the same channels and number of spatial
-    axes; images normalised per image by ``intensity``."""
+    axes; images normalised per image by ``intensity``; ``ignore``: as :func:`read_case`."""
     images: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     spacings: list[tuple[float, ...]] = []
     affines: list[np.ndarray | None] = []
     rois: list[torch.Tensor | None] = []
     for case in cases:
-        image, target, roi = read_case(case)
+        image, target, roi = read_case(case, ignore=ignore)
         if images and (image.array.shape[0], image.array.ndim) != (images[0].shape[0], images[0].ndim):
             raise DataError(
                 f"{case.image}: {image.array.shape[0]} channel(s), {image.array.ndim - 1}D; the first "
@@ -117,27 +123,36 @@ def read_case(
     masks: bool = True,
     reorient: bool = False,
     spacing: Sequence[float] | None = None,
+    ignore: Sequence[int] = (),
 ) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
     """One case: its image (the one reader, :func:`labelwise.data.volumes.read_image`; values as in the file), its
     label ``(*spatial)`` int64 (None when unlabelled) and its region of interest ``(*spatial)`` bool (None without
     one), each mask checked against the image's shape and spacing; ``masks=False``: the image alone. ``reorient``,
     ``spacing``: all of them then put on the training grid (:func:`labelwise.data.volumes.to_grid`: reoriented to
     RAS+, resampled to ``spacing``, masks by nearest neighbour); the image's ``grid`` says what was done (None
-    when neither is asked)."""
+    when neither is asked). Label voxels of a value in ``ignore`` (``data.ignore``) read as
+    :data:`~labelwise.metrics.surface.IGNORE`: no label."""
     image = read_image(case.image, modalities)
     if image.array.ndim not in (3, 4):
         raise DataError(f"{case.image}: image of shape {image.array.shape}; expected 2D or 3D")
     spatial = image.array.shape[1:]
-    target = read_mask(case.label, image.spacing, spatial, case.image) if masks and case.label is not None else None
+    target = (
+        read_mask(case.label, image.spacing, spatial, case.image, ignore) if masks and case.label is not None else None
+    )
     roi = read_mask(case.roi, image.spacing, spatial, case.image) > 0 if masks and case.roi is not None else None
+    if target is not None:
+        target = mark_ignored(target, ignore)
     if reorient or spacing is not None:
         image, (target, roi) = to_grid(image, reorient, spacing, (target, roi))
     return image, target, roi
 
 
-def read_mask(path: Path, spacing: tuple[float, ...], spatial: tuple[int, ...], image: Path) -> np.ndarray:
-    """The mask at ``path`` (labels or a region of interest), checked against its image's shape and spacing."""
-    mask = read_volume(path, mask=True)
+def read_mask(
+    path: Path, spacing: tuple[float, ...], spatial: tuple[int, ...], image: Path, ignore: Sequence[int] = ()
+) -> np.ndarray:
+    """The mask at ``path`` (labels or a region of interest), checked against its image's shape and spacing;
+    ``ignore``: as :func:`labelwise.data.volumes.read_volume`."""
+    mask = read_volume(path, mask=True, ignore=ignore)
     if mask.array.shape != tuple(spatial):
         raise DataError(f"{path}: mask shape {mask.array.shape} differs from its image {image} {tuple(spatial)}")
     if not np.allclose(mask.spacing, spacing, rtol=1e-3):
@@ -156,6 +171,7 @@ class PatchDataset(Dataset):
         patches_per_volume: int = 100,
         foreground_ratio: float = 0.5,
         seed: int = 0,
+        labelled_centres: bool = False,
     ):
         self.shapes = volumes.shapes
         dims = len(self.shapes[0]) - 1 if len(volumes) else len(patch_size)
@@ -165,6 +181,7 @@ class PatchDataset(Dataset):
             )
         self.volumes, self.patch = volumes, tuple(int(p) for p in patch_size)
         self.patches_per_volume, self.foreground_ratio, self.seed = patches_per_volume, foreground_ratio, seed
+        self.labelled_centres = labelled_centres  # data.ignore: no centre on a voxel without a label
         # flat indices of foreground voxels, per labelled case (int32 where they fit): the volumes' own (a cache
         # holds them on disk), else computed here
         self.foreground = (
@@ -193,6 +210,13 @@ class PatchDataset(Dataset):
             centre = np.unravel_index(int(foreground[rng.integers(len(foreground))]), spatial)
         else:
             centre = tuple(int(rng.integers(s)) for s in spatial)
+            for _ in range(CENTRE_TRIES - 1 if self.labelled_centres else 0):
+                if (
+                    int(_window(self.volumes.target, v, tuple(slice(c, c + 1) for c in centre)).reshape(-1)[0])
+                    != IGNORE
+                ):
+                    break
+                centre = tuple(int(rng.integers(s)) for s in spatial)
         starts = [min(max(c - p // 2, 0), max(s - p, 0)) for c, p, s in zip(centre, self.patch, spatial)]
         window = tuple(slice(a, a + p) for a, p in zip(starts, self.patch))
         image_patch = _window(self.volumes.image, v, (slice(None), *window))

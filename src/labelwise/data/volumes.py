@@ -185,10 +185,7 @@ def _read_picture(path: Path, mask: bool, modalities: Sequence[str]) -> Volume:
                 )
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: cannot read image: {err}") from None
-    if mask:
-        values = np.unique(raw)
-        if values[-1:].tolist() == [255] and set(values.tolist()) <= {0, 255}:  # 0/255 pictures (or all 255): binary
-            raw = (raw > 0).astype(np.uint8)
+    if mask:  # _read makes a 0/255 picture binary
         return Volume(raw, (1.0, 1.0))
     array = raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0)
     return Volume(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), (1.0, 1.0))
@@ -293,13 +290,14 @@ def case_id(path: str | Path) -> str:
     return name[: len(name) - len(suffix)] if suffix else name
 
 
-def read_volume(path: str | Path, mask: bool = False) -> Volume:
+def read_volume(path: str | Path, mask: bool = False, ignore: Sequence[int] = ()) -> Volume:
     """Read ``path`` (a format of :data:`FORMATS` with ``volume``). Images: pictures scaled to [0, 1] (grey: 1
     channel, colour: 3), NIfTI and ``.npy`` values as stored, NIfTI ``(X, Y, Z[, C])`` -> ``(C, X, Y, Z)``, ``.npy``
     taken as ``(*spatial)`` or ``(C, *spatial)`` (2D when it has 2 axes, else channel-first). Masks
-    (``mask=True``): integer labels ``(*spatial)``; a picture holding only 0 and 255 becomes 0/1; a palette picture
-    (PNG, GIF mode ``P``) gives its palette indices."""
-    return _read(Path(path), mask, (), volume=True)
+    (``mask=True``): integer labels ``(*spatial)``; a picture holding only 0 and 255 becomes 0/1, unless 255 is in
+    ``ignore`` (the mask values without a label, ``data.ignore``: kept as stored); a palette picture (PNG, GIF mode
+    ``P``) gives its palette indices."""
+    return _read(Path(path), mask, (), volume=True, ignore=ignore)
 
 
 def read_image(path: str | Path, modalities: Sequence[str] = ("rnflt",)) -> Volume:
@@ -309,12 +307,18 @@ def read_image(path: str | Path, modalities: Sequence[str] = ("rnflt",)) -> Volu
     return _read(Path(path), False, modalities, volume=False)
 
 
-def _read(path: Path, mask: bool, modalities: Sequence[str], volume: bool) -> Volume:
+def _read(path: Path, mask: bool, modalities: Sequence[str], volume: bool, ignore: Sequence[int] = ()) -> Volume:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    raw = format_of(path, volume=volume).read(path, mask, modalities)
+    reader = format_of(path, volume=volume).read
+    raw = reader(path, mask, modalities)
     if mask:
-        return Volume(_as_labels(raw.array, path), tuple(raw.spacing), raw.affine)
+        array = raw.array
+        if reader is _read_picture and 255 not in ignore:
+            values = np.unique(array)
+            if values[-1:].tolist() == [255] and set(values.tolist()) <= {0, 255}:  # 0/255 (or all 255): binary
+                array = (array > 0).astype(np.uint8)
+        return Volume(_as_labels(array, path), tuple(raw.spacing), raw.affine)
     array = np.ascontiguousarray(raw.array, dtype=np.float32)
     return Volume(array, tuple(raw.spacing[: array.ndim - 1]), raw.affine)
 

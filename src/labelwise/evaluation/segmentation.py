@@ -50,6 +50,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ from labelwise.data.volumes import case_id, read_volume, stores_spacing
 from labelwise.errors import DataError
 from labelwise.io import atomic_write, json_ready
 from labelwise.metrics.aggregate import empty_mask_note, mean_std
-from labelwise.metrics.surface import SCORE_NAMES, highest_label, score_case, scored_classes
+from labelwise.metrics.surface import SCORE_NAMES, highest_label, mark_ignored, score_case, scored_classes
 
 __all__ = [
     "SCORE_LABELS",
@@ -137,10 +138,12 @@ def evaluate_segmentation(
     allow_missing: bool = False,
     roi: Path | None = None,
     class_names: list[str] | None = None,
+    ignore: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Score every predicted mask in ``pred`` (or ``pred/masks``) against the same case in ``truth``; with ``roi``, a
     folder of region-of-interest masks matched by case id (every scored case needs one), inside them only. Per class
-    too when a mask holds labels above 1 or ``class_names`` (one per label ``1..K``) are given.
+    too when a mask holds labels above 1 or ``class_names`` (one per label ``1..K``) are given. Truth voxels of a
+    value in ``ignore`` (``data.ignore``) carry no label and are scored nowhere.
 
     Returns ``{"cases", "mean", "std", "count", "n", "spacing_unit", "notes", "skipped", "classes", "per_class"}``
     as described in the module docstring; cases are in case-id order."""
@@ -182,7 +185,8 @@ def evaluate_segmentation(
     tops: list[int] = []  # each case's highest label
     for cid in common:
         pp, tp = pred_files[cid], truth_files[cid]
-        pv, tv = read_volume(pp, mask=True), read_volume(tp, mask=True)
+        pv, tv = read_volume(pp, mask=True), read_volume(tp, mask=True, ignore=ignore)
+        tv.array = mark_ignored(tv.array, ignore)  # IGNORE: outside every score, and not a label
         spacing = check_reference(pp, pv, tp, tv, "truth", "prediction")
         for path, vol, what in ((pp, pv, "prediction"), (tp, tv, "truth")):
             if highest_label(vol.array) > 1:

@@ -62,6 +62,11 @@ class RunModel:
         return int(self.spec["output"]["num_classes"])
 
     @property
+    def ignore(self) -> list[int]:
+        """The mask values that carry no label (``data.ignore``): a reference's voxels of those are scored nowhere."""
+        return [int(v) for v in self.spec["preprocessing"].get("ignore", [])]
+
+    @property
     def class_names(self) -> list[str]:
         """One name per output class: class or label names; segmentation: ``background`` first."""
         return list(self.spec["output"]["class_names"])

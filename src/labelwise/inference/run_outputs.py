@@ -20,7 +20,7 @@ from labelwise.errors import DataError
 from labelwise.evaluation.segmentation import SCORE_NAMES, summarize_cases, summarize_classes, to_json
 from labelwise.inference.segmentation import write_case
 from labelwise.io import atomic_write
-from labelwise.metrics.surface import highest_label, score_case, scored_classes
+from labelwise.metrics.surface import highest_label, mark_ignored, score_case, scored_classes
 
 __all__ = ["N_SAMPLES", "save_run_predictions", "save_split_arrays", "write_run_outputs"]
 
@@ -115,10 +115,14 @@ def save_run_predictions(
     ``data.spacing``) are written and scored on their files' own grid: the probability resampled back linearly, the
     mask by nearest neighbour (the evaluation's mask is not thresholded again), both with the axes put back in the
     file's order (:func:`labelwise.data.volumes.from_grid`), with the file's spacing and affine; the label and
-    region of interest are read from their files again. Returns the path of ``segmentation.json``."""
+    region of interest are read from their files again. Voxels without a label (``data.ignore``) are scored
+    nowhere (:func:`labelwise.metrics.surface.score_case`). Returns the path of ``segmentation.json``."""
     folder = Path(folder)
+    ignore: list[int] = []  # data.ignore: the label files' values without a label (the dataset's are IGNORE)
     try:
-        output = json.loads((folder.parent.parent / "inference.json").read_text(encoding="utf-8"))["output"]
+        spec = json.loads((folder.parent.parent / "inference.json").read_text(encoding="utf-8"))
+        ignore = [int(v) for v in spec.get("preprocessing", {}).get("ignore", [])]
+        output = spec["output"]
         classes = scored_classes(int(output["num_classes"]), [str(n) for n in output["class_names"][1:]])
     except (OSError, ValueError, KeyError, TypeError):
         masks = [*predictions["prediction"], *(t for t, known in zip(volumes.target, volumes.labelled) if known)]
@@ -139,16 +143,18 @@ def save_run_predictions(
             image = from_grid(image, grid)
             roi = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else None
             labelled = bool(volumes.labelled[i])  # Case.labelled: case.label is not None
-            label = read_volume(case.label, mask=True).array if labelled and case.label is not None else None
+            label = (
+                read_volume(case.label, mask=True, ignore=ignore).array if labelled and case.label is not None else None
+            )
         else:
             case_roi = volumes.rois[i]
             roi = case_roi.cpu().numpy() if case_roi is not None else None
             label = volumes.target[i].cpu().numpy() if bool(volumes.labelled[i]) else None
         candidates = {
             "label": label,
-            "truth": read_volume(case.truth, mask=True).array if case.truth is not None else None,
+            "truth": read_volume(case.truth, mask=True, ignore=ignore).array if case.truth is not None else None,
         }
-        references = {name: reference for name, reference in candidates.items() if reference is not None}
+        references = {name: mark_ignored(ref, ignore) for name, ref in candidates.items() if ref is not None}
         for name, reference in references.items():
             if reference.shape != mask.shape:
                 raise DataError(

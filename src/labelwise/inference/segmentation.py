@@ -45,7 +45,7 @@ from labelwise.errors import DataError
 from labelwise.inference.figures import diff_rgb, mask_overlay_rgb, project, write_png
 from labelwise.inference.run import RunModel, input_files, reporter
 from labelwise.io import atomic_write
-from labelwise.metrics.surface import inside, score_case, scored_classes
+from labelwise.metrics.surface import inside, mark_ignored, score_case, scored_classes
 from labelwise.models.outputs import Threshold, parse_threshold, segment
 from labelwise.models.windows import sizes
 
@@ -157,9 +157,10 @@ def predict_files(
         cid = case_id(path)
         raw = run.read_raw(path)  # the input's own grid: what outputs, references and rois are on
         image = run.preprocess(raw)  # the training grid (reoriented, resampled) and intensity
-        ref = read_volume(references[cid], mask=True) if cid in references else None
+        ref = read_volume(references[cid], mask=True, ignore=run.ignore) if cid in references else None
         if ref is not None:
             check_reference(path, raw, references[cid], ref)
+            ref.array = mark_ignored(ref.array, run.ignore)  # data.ignore: those voxels are scored nowhere
         spatial = raw.spatial_shape
         logits = run.logits(torch.from_numpy(image.array)[None], spacing=image.spacing)
         shown = image.array

@@ -1,8 +1,9 @@
-"""Training losses: Focal Tversky and multi-scale supervision (:mod:`labelwise.losses.segmentation`); MONAI supplies
-Dice + cross-entropy."""
+"""Training losses (:mod:`labelwise.losses.segmentation`): Dice + cross-entropy (MONAI's values, voxels without a
+label left out), Focal Tversky and multi-scale supervision."""
 
 from labelwise.losses.segmentation import (
     MSS_WEIGHTS,
+    dice_ce_loss,
     focal_tversky_loss,
     mss_loss,
     self_corrected_target,
@@ -12,6 +13,7 @@ from labelwise.losses.segmentation import (
 
 __all__ = [
     "MSS_WEIGHTS",
+    "dice_ce_loss",
     "focal_tversky_loss",
     "mss_loss",
     "self_corrected_target",

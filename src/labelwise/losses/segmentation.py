@@ -6,6 +6,9 @@ Learning: Application to Small Vessel Segmentation with Noisy Training Data", J.
 
 Logits and targets are channel-first, ``(B, C, *spatial)`` in 2D or 3D. Each channel is a binary problem with its own
 sigmoid (one channel, the paper's case; several: multi-label, the loss averaged over channels).
+
+Dice + cross-entropy (:func:`dice_ce_loss`) is MONAI's ``DiceCELoss`` on integer label maps, with the voxels that
+carry no label (:data:`labelwise.metrics.surface.IGNORE`, ``data.ignore``) left out of both terms.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import torch
 from torch import Tensor
 
 from labelwise.errors import ConfigError, DataError
+from labelwise.metrics.surface import IGNORE
 
-__all__ = ["MSS_WEIGHTS", "focal_tversky_loss", "mss_loss", "soft_cross_entropy", "soft_dice_ce_loss"]
+__all__ = ["MSS_WEIGHTS", "dice_ce_loss", "focal_tversky_loss", "mss_loss", "soft_cross_entropy", "soft_dice_ce_loss"]
 
 Reduction = Literal["batch", "mean", "none"]
 MSS_WEIGHTS = (1.0, 0.66, 0.34)
@@ -122,6 +126,31 @@ def soft_dice_ce_loss(logits: Tensor, target: Tensor, weight: Tensor | None = No
     return dice.mean() + cross_entropy.mean()
 
 
+def dice_ce_loss(logits: Tensor, target: Tensor, label_smoothing: float = 0.0, smooth: float = 1e-5) -> Tensor:
+    """Dice + cross-entropy of softmax ``logits`` ``(B, K, *spatial)`` against an integer label map ``target``
+    ``(B, 1, *spatial)``: the mean over samples and classes of ``1 - (2 sum p t + smooth) / (sum p + sum t +
+    smooth)`` (``t`` one-hot) plus the mean over voxels of the cross-entropy (with ``label_smoothing``), the values of
+    MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=...)``. Voxels of label
+    :data:`~labelwise.metrics.surface.IGNORE` carry no label: both terms run over the others only, so the loss
+    equals the same loss over the labelled voxels alone (0 when a batch has none)."""
+    if not isinstance(target, Tensor) or target.ndim != logits.ndim or target.shape[1] != 1:
+        found = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise DataError(f"target: expected a label map (B, 1, *spatial) for logits {tuple(logits.shape)}, got {found}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    labels = target[:, 0].long()
+    labelled = labels != IGNORE
+    z = logits.to(dtype)
+    p = torch.softmax(z, dim=1)
+    onehot = torch.nn.functional.one_hot(labels.clamp_min(0), logits.shape[1]).movedim(-1, 1).to(dtype)
+    w = labelled.unsqueeze(1).to(dtype)
+    dims = list(range(2, p.ndim))
+    dice = 1 - (2 * (w * p * onehot).sum(dims) + smooth) / ((w * p).sum(dims) + (w * onehot).sum(dims) + smooth)
+    if not bool(labelled.any()):
+        return dice.mean() + 0 * z.sum()  # no labelled voxel: no cross-entropy (its mean over none is nan)
+    cross_entropy = torch.nn.functional.cross_entropy(z, labels, ignore_index=IGNORE, label_smoothing=label_smoothing)
+    return dice.mean() + cross_entropy
+
+
 def soft_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """Cross-entropy of ``logits`` ``(B, K, *spatial)`` against probabilities ``target`` of the same shape, averaged
     over voxels: one channel is a sigmoid (binary cross-entropy against ``target``), several a softmax
@@ -182,5 +211,5 @@ def self_corrected_target(
     if band:
         pool = torch.nn.functional.max_pool3d if target.ndim == 4 else torch.nn.functional.max_pool2d
         labelled = pool(labelled, kernel_size=2 * band + 1, stride=1, padding=band)
-    changed = (labelled[:, 0] == 0) & (foreground > threshold)
+    changed = (labelled[:, 0] == 0) & (foreground > threshold) & (target != IGNORE)  # no label: stays without
     return torch.where(changed, torch.ones_like(target), target), changed

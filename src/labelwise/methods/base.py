@@ -15,7 +15,7 @@ from labelwise.data.datasets import DataBundle
 from labelwise.errors import ConfigError
 from labelwise.metrics import classification as cls_metrics
 from labelwise.metrics import segmentation as seg_metrics
-from labelwise.metrics.surface import inside, score_case, scored_classes
+from labelwise.metrics.surface import IGNORE, inside, score_case, scored_classes
 from labelwise.models.backbones import build_backbone, encoder_state, freeze_encoder, load_encoder
 from labelwise.models.config import ModelConfig
 from labelwise.models.outputs import Threshold, remove_small_components, segment
@@ -65,6 +65,7 @@ class Method:
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_unlabelled: ClassVar[bool] = False  # True: unlabelled training cases are loaded (flag "labelled" = False)
     augments: ClassVar[bool] = False  # True: the method applies the config's augment section (see augment_batch)
+    honours_ignore: ClassVar[bool] = False  # True: voxels without a label (data.ignore) count in none of its losses
     threshold: float | Literal["otsu", "calibrate"] = (
         0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, "otsu", "calibrate"
     )
@@ -90,6 +91,11 @@ class Method:
         # segmenters (sigmoid of the foreground) set 1
         self.out_channels = data.num_classes
         self.augmenter = Augment(config.augment) if config.augment is not None and self.augments else None
+        if config.data.ignore and not self.honours_ignore:
+            raise ConfigError(
+                f"data.ignore: method {self.name} does not leave the voxels without a label out of its losses yet; "
+                "method: supervised (with any segmentation model) does"
+            )
 
     @property
     def activation(self) -> str | None:
@@ -365,8 +371,13 @@ class Method:
         mean Dice. Validation masks of the quality wanted beside training masks with a systematic error (too thin,
         too wide) move the threshold to where the wanted borders are."""
         probability = [segment(o[None].float(), None)[0][0] for o in outputs]  # each case (K, *spatial)
+        regions = list(rois) if rois is not None else [None] * len(probability)
+        labelled = [  # data.ignore: voxels without a label are outside the region scored
+            r if bool((t != IGNORE).all()) else (t != IGNORE) if r is None else r & (t != IGNORE)
+            for t, r in zip(target, regions)
+        ]
         value, score = seg_metrics.best_threshold(
-            probability, [t > 0 for t in target], rois, tolerance=self.calibration_tolerance
+            probability, [t > 0 for t in target], labelled, tolerance=self.calibration_tolerance
         )
         self.calibrated = value
         return value, score

@@ -80,6 +80,7 @@ class DS6(Supervised):
     name = "ds6"
     Options = DS6Options
     uses_unlabelled = True
+    honours_ignore = False  # its deformed and consistency terms do not know voxels without a label yet
 
     def __init__(self, config, data):
         super().__init__(config, data)

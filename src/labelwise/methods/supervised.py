@@ -10,9 +10,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelwise.errors import ConfigError
-from labelwise.losses import MSS_WEIGHTS, focal_tversky_loss, mss_loss, self_corrected_target
+from labelwise.losses import MSS_WEIGHTS, dice_ce_loss, focal_tversky_loss, mss_loss, self_corrected_target
 from labelwise.methods.base import Method
 from labelwise.methods.semi import classification_loss
+from labelwise.metrics.surface import IGNORE
 from labelwise.models import build_model
 
 
@@ -72,7 +73,7 @@ class Supervised(Method):
     name = "supervised"
     Options = SupervisedOptions
     augments = True
-    _dice_ce: torch.nn.Module | None  # MONAI's DiceCELoss, made on first use (see dice_ce)
+    honours_ignore = True
 
     def __init__(self, config, data):
         super().__init__(config, data)
@@ -97,7 +98,6 @@ class Supervised(Method):
         self.networks["model"] = build_model(
             config.model, data.spatial_dims, data.in_channels, self.out_channels, data.task, data.image_size
         )
-        self._dice_ce = None
         if self.options.self_correct is not None and (data.task != "segmentation" or data.num_classes != 2):
             raise ConfigError(
                 f"method.self_correct: corrects binary masks (2 classes); the data has {data.num_classes} classes "
@@ -123,24 +123,19 @@ class Supervised(Method):
         o = self.options
         return self_corrected_target(foreground, target, o.self_correct, o.self_correct_band)
 
-    def dice_ce(self) -> torch.nn.Module:
-        """MONAI's ``DiceCELoss`` (one-hot targets, softmax, the configured label smoothing), made on first use:
-        importing MONAI takes seconds, which loading a run to predict with it should not pay."""
-        if self._dice_ce is None:
-            from monai.losses import DiceCELoss
-
-            self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=self.options.label_smoothing)
-        return self._dice_ce
-
     def segmentation_loss(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
-        """The configured loss of logits (a tensor, or U-Net MSS's tuple) against a label map ``(B, *spatial)``."""
+        """The configured loss of logits (a tensor, or U-Net MSS's tuple) against a label map ``(B, *spatial)``;
+        voxels of label :data:`~labelwise.metrics.surface.IGNORE` (``data.ignore``) count in neither loss."""
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         if self.loss_name == "focal_tversky":
             o = self.options
-            loss_fn = partial(focal_tversky_loss, alpha=o.alpha, beta=o.beta, gamma=o.gamma)
-            target = target.unsqueeze(1).float()
+            labelled = (target != IGNORE).unsqueeze(1)
+            weight = None if bool(labelled.all()) else labelled.float()
+            loss_fn = partial(focal_tversky_loss, alpha=o.alpha, beta=o.beta, gamma=o.gamma, weight=weight)
+            target = target.clamp_min(0).unsqueeze(1).float()
         else:
-            loss_fn, target = self.dice_ce(), target.unsqueeze(1)
+            loss_fn = partial(dice_ce_loss, label_smoothing=self.options.label_smoothing)
+            target = target.unsqueeze(1)
         if isinstance(outputs, (tuple, list)):  # a U-Net MSS's outputs: one weight each
             return mss_loss(outputs, target, loss_fn, self.options.mss_weights[: len(outputs)])
         return loss_fn(outputs, target)

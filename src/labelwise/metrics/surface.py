@@ -64,7 +64,11 @@ predicted, nan when absent from both).
 One scorer per case: :func:`score_case` is what every place that scores a segmentation case calls (the validation
 Dice of ``Method.evaluate``, the end-of-run ``segmentation.json``, ``labelwise predict --reference`` and
 ``labelwise evaluate segmentation``), with the one roi masking (:func:`inside`) and the one class detection
-(:func:`scored_classes`); ``distances=False`` gives its overlap scores alone, for the validations that run often."""
+(:func:`scored_classes`); ``distances=False`` gives its overlap scores alone, for the validations that run often.
+
+Voxels that carry no label (``data.ignore``): a truth voxel of label :data:`IGNORE` (-1, what training reads an
+ignore value as) or of one of the values in ``score_case(..., ignore=[255])`` counts nowhere: both masks are
+background there, as outside a roi (:func:`split_ignored`)."""
 
 from __future__ import annotations
 
@@ -77,6 +81,7 @@ import numpy as np
 from labelwise.errors import DataError
 
 __all__ = [
+    "IGNORE",
     "OVERLAP_NAMES",
     "SCORE_NAMES",
     "Confusion",
@@ -90,14 +95,17 @@ __all__ = [
     "precision",
     "score_case",
     "scored_classes",
+    "mark_ignored",
     "segmentation_scores",
     "sensitivity",
+    "split_ignored",
     "surface_distances",
     "volumetric_similarity",
 ]
 
 SCORE_NAMES = ("dice", "iou", "precision", "sensitivity", "volumetric_similarity", "hd95", "assd", "cldice")
 OVERLAP_NAMES = SCORE_NAMES[:5]  # from the voxel counts alone: what distances=False computes
+IGNORE = -1  # the label of a voxel that carries none (data.ignore): no loss, no score
 
 _KDTREE_FRACTION = 0.05  # KD-tree when the surface voxels are fewer than this fraction of the box
 
@@ -346,8 +354,8 @@ def _labels(mask, what: str) -> np.ndarray:
 
 
 def highest_label(*masks) -> int:
-    """The highest label of integer label maps (arrays or tensors); 0 for empty ones."""
-    return max([0, *(int(_labels(m, "mask").max(initial=0)) for m in masks)])
+    """The highest label of integer label maps (arrays or tensors); 0 for empty ones; :data:`IGNORE` not counted."""
+    return max([0, *(int(_labels(split_ignored(m)[0], "mask").max(initial=0)) for m in masks)])
 
 
 def scored_classes(num_classes: int | None = None, names: Sequence[str] | None = None, highest: int = 0) -> list[str]:
@@ -368,6 +376,31 @@ def scored_classes(num_classes: int | None = None, names: Sequence[str] | None =
     return [str(k) for k in range(1, highest + 1)] if highest > 1 else []
 
 
+def mark_ignored(label: np.ndarray, ignore: Sequence[int] = ()) -> np.ndarray:
+    """``label`` (an integer label map) with the voxels of a value in ``ignore`` set to :data:`IGNORE` (the array
+    itself when there are none): how a mask with ``data.ignore`` values is read for training and scoring."""
+    if not len(ignore):
+        return label
+    unlabelled = np.isin(label, np.asarray(list(ignore), dtype=np.int64))
+    return np.where(unlabelled, IGNORE, label) if unlabelled.any() else label
+
+
+def split_ignored(truth, ignore: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray | None]:
+    """``truth`` (an integer label map, array or tensor) with its unlabelled voxels, those of label :data:`IGNORE`
+    or of a value in ``ignore``, made background, and the mask of those voxels (None when there is none)."""
+    if hasattr(truth, "detach"):  # torch tensor
+        truth = truth.detach().cpu().numpy()
+    array = np.asarray(truth)
+    if array.dtype == bool or array.dtype.kind not in "iuf":
+        return array, None
+    unlabelled = array < 0 if array.dtype.kind != "u" else np.zeros(array.shape, dtype=bool)
+    if len(ignore):
+        unlabelled |= np.isin(array, np.asarray(list(ignore), dtype=np.int64))
+    if not unlabelled.any():
+        return array, None
+    return np.where(unlabelled, 0, array), unlabelled
+
+
 def score_case(
     pred,
     truth,
@@ -376,6 +409,7 @@ def score_case(
     classes: Sequence[str] = (),
     *,
     distances: bool = True,
+    ignore: Sequence[int] = (),
 ) -> dict[str, dict]:
     """The one per-case segmentation scorer: :func:`segmentation_scores` of the whole foreground (``label > 0``)
     and, for each of ``classes`` (the names of labels ``1..K``, from :func:`scored_classes`), of label ``k`` against
@@ -384,7 +418,14 @@ def score_case(
 
     ``pred``, ``truth``: ``(*spatial)`` arrays or tensors; with ``classes`` integer label maps, a label above ``K``
     refused. Returns ``{"foreground": scores, "per_class": {name: scores}}`` (``per_class`` empty without
-    classes); a class absent from both masks scores nan everywhere."""
+    classes); a class absent from both masks scores nan everywhere. Truth voxels of label :data:`IGNORE` or of a
+    value in ``ignore`` count nowhere: outside the scored region, as outside ``roi`` (:func:`split_ignored`)."""
+    truth, unlabelled = split_ignored(truth, ignore)
+    if unlabelled is not None:
+        for what, other in (("prediction", pred), ("roi", roi)):
+            if other is not None and tuple(other.shape) != unlabelled.shape:
+                raise DataError(f"{what} shape {tuple(other.shape)} differs from the truth's {unlabelled.shape}")
+        roi = ~unlabelled if roi is None else _binary(roi, "roi") & ~unlabelled
     if not classes:
         return {"foreground": segmentation_scores(pred, truth, spacing, roi, distances=distances), "per_class": {}}
     p, t = _labels(pred, "prediction"), _labels(truth, "truth")
