@@ -10,6 +10,7 @@ volumes smaller than the patch are zero-padded."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -153,6 +154,13 @@ def read_mask(
     """The mask at ``path`` (labels or a region of interest), checked against its image's shape and spacing;
     ``ignore``: as :func:`labelwise.data.volumes.read_volume`."""
     mask = read_volume(path, mask=True, ignore=ignore)
+    if 255 in ignore and set(np.unique(mask.array).tolist()) == {0, 255}:
+        print(
+            f"labelwise: data.ignore: {path} holds only 0 and 255; its 255s are read as unlabelled, not as the "
+            "foreground of a 0/255 mask (store the foreground as 1, or mark unlabelled voxels with another value)",
+            file=sys.stderr,
+            flush=True,
+        )
     if mask.array.shape != tuple(spatial):
         raise DataError(f"{path}: mask shape {mask.array.shape} differs from its image {image} {tuple(spatial)}")
     if not np.allclose(mask.spacing, spacing, rtol=1e-3):

@@ -294,9 +294,9 @@ def read_volume(path: str | Path, mask: bool = False, ignore: Sequence[int] = ()
     """Read ``path`` (a format of :data:`FORMATS` with ``volume``). Images: pictures scaled to [0, 1] (grey: 1
     channel, colour: 3), NIfTI and ``.npy`` values as stored, NIfTI ``(X, Y, Z[, C])`` -> ``(C, X, Y, Z)``, ``.npy``
     taken as ``(*spatial)`` or ``(C, *spatial)`` (2D when it has 2 axes, else channel-first). Masks
-    (``mask=True``): integer labels ``(*spatial)``; a picture holding only 0 and 255 becomes 0/1, unless 255 is in
-    ``ignore`` (the mask values without a label, ``data.ignore``: kept as stored); a palette picture (PNG, GIF mode
-    ``P``) gives its palette indices."""
+    (``mask=True``): integer labels ``(*spatial)``; a picture holding only 0 and 255 besides the values of
+    ``ignore`` (those without a label, ``data.ignore``: kept as stored) has its 255s read as 1; a palette picture
+    (PNG, GIF mode ``P``) gives its palette indices."""
     return _read(Path(path), mask, (), volume=True, ignore=ignore)
 
 
@@ -314,10 +314,10 @@ def _read(path: Path, mask: bool, modalities: Sequence[str], volume: bool, ignor
     raw = reader(path, mask, modalities)
     if mask:
         array = raw.array
-        if reader is _read_picture and 255 not in ignore:
-            values = np.unique(array)
-            if values[-1:].tolist() == [255] and set(values.tolist()) <= {0, 255}:  # 0/255 (or all 255): binary
-                array = (array > 0).astype(np.uint8)
+        if reader is _read_picture:  # 0/255 pictures (or all 255), besides their ignore values: binary
+            values = set(np.unique(array).tolist()) - set(ignore)
+            if 255 in values and values <= {0, 255}:
+                array = np.where(array == 255, 1, array).astype(np.uint8)
         return Volume(_as_labels(array, path), tuple(raw.spacing), raw.affine)
     array = np.ascontiguousarray(raw.array, dtype=np.float32)
     return Volume(array, tuple(raw.spacing[: array.ndim - 1]), raw.affine)

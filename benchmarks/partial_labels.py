@@ -1,0 +1,144 @@
+"""Masks annotated in part (issue 30, ``data.ignore``): DRIVE with only a band of each training image annotated.
+
+Each training mask keeps a horizontal band of its rows (``--share`` of the image's height, 0.3 by default; where the
+band lies is drawn once per case from its id, the same for every seed and variant), and the rest is
+
+- ``ignore``: 128, trained with ``data.ignore: [128]`` (those pixels count in no loss, no patch is centred on them;
+  not 255, which DRIVE's own 0/255 validation and test masks use for vessels);
+- ``naive``: 0, background, as a tool without ignore regions would train on it;
+
+against ``full``: the whole masks. Validation and test masks stay whole (the scores are DRIVE's test images against
+their first-observer masks inside the field of view). The recipe is ``configs/drive-unet-mss.yaml`` with
+``--steps`` steps. Goal (issue 30): ``ignore`` within 0.02 Dice of ``full``, 3 seeds::
+
+    python benchmarks/partial_labels.py --seeds 0 1 2 --steps 1000 --out runs/bench-partial
+    python benchmarks/partial_labels.py --table-only --out runs/bench-partial   # the table from results.json
+
+Per run ``OUT/results.json`` (keyed ``variant/share/steps/seed``; a key already there is not trained again) holds
+Dice, clDice, precision, sensitivity and wall minutes; the table prints mean ± sample std over seeds and the paired
+differences to ``full``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import drive  # noqa: E402  (benchmarks/drive.py: the DRIVE manifest, train_and_score)
+
+REPO = drive.REPO
+VARIANTS = ("full", "ignore", "naive")
+SCORES = ("dice", "cldice", "precision", "sensitivity")
+IGNORED = 128
+
+
+def band_rows(case_id: str, height: int, share: float) -> slice:
+    """The rows annotated in case ``case_id``: ``round(share * height)`` consecutive rows starting where a generator
+    keyed by the id puts them (the same band whatever the seed, the variant or the manifest's order)."""
+    rows = max(1, round(share * height))
+    start = int(np.random.default_rng(zlib.crc32(case_id.encode())).integers(0, height - rows + 1))
+    return slice(start, start + rows)
+
+
+def partial_manifest(clean: Path, variant: str, share: float) -> Path:
+    """A copy of the manifest ``clean`` whose training masks are annotated on :func:`band_rows` only, the rest
+    :data:`IGNORED` (``ignore``) or 0 (``naive``), written once under ``clean``'s folder; ``full``: ``clean``."""
+    from labelwise.audit.folds import write_manifest_rows
+    from labelwise.data.manifest import read_manifest
+    from labelwise.data.volumes import read_volume, write_volume
+
+    if variant == "full":
+        return clean
+    folder = clean.parent / f"partial-{variant}-{share:g}"
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    cases, labels = read_manifest(clean), {}
+    for case in cases:
+        if case.split == "train" and case.label is not None:
+            label = read_volume(case.label, mask=True).array
+            partial = np.full(label.shape, IGNORED if variant == "ignore" else 0, dtype=np.uint8)
+            rows = band_rows(case.id, label.shape[0], share)
+            partial[rows] = label[rows] * 255  # 0/255 as DRIVE's own masks (a band without vessels stays readable)
+            labels[case.id] = write_volume(folder / "labels" / f"{case.id}.png", partial)
+    return write_manifest_rows(manifest, cases, labels=labels)
+
+
+def run(args) -> dict:
+    from labelwise.config import load_config
+
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    folder = args.out / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    clean = folder / "drive.csv" if (folder / "drive.csv").is_file() else drive.build_manifest(args.drive, folder)
+    for seed in args.seeds:
+        for variant in args.variants:
+            key = f"{variant}/share{args.share:g}/steps{args.steps}/seed{seed}"
+            if key in results:
+                continue
+            print(f"== {key}", flush=True)
+            manifest = partial_manifest(clean, variant, args.share)
+            options = [f"data.manifest={manifest}", f"seed={seed}", f"trainer.max_steps={args.steps}",
+                       f"trainer.checkpoint_every={args.steps}"]
+            if variant == "ignore":
+                options.append(f"data.ignore=[{IGNORED}]")
+            config = load_config(REPO / "configs" / "drive-unet-mss.yaml", options)
+            results[key] = drive.train_and_score(config, args.out / key.replace("/", "-"))
+            print(json.dumps(results[key]), flush=True)
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def table(results: dict, share: float, steps: int, seeds: list[int]) -> str:
+    """Mean ± sample std over seeds per variant, and the paired Dice difference to ``full``."""
+    def rows(variant: str) -> dict[int, dict]:
+        found = {s: results.get(f"{variant}/share{share:g}/steps{steps}/seed{s}") for s in seeds}
+        return {s: r for s, r in found.items() if r}
+
+    def fmt(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+    lines = [f"| training masks ({share:.0%} of each training image annotated) | Dice | clDice | precision | "
+             "sensitivity | wall minutes | Dice - full (paired) | seeds |", "|---|---|---|---|---|---|---|---|"]
+    full = rows("full")
+    for variant in VARIANTS:
+        found = rows(variant)
+        diffs = [found[s]["dice"] - full[s]["dice"] for s in found if s in full] if variant != "full" else []
+        cells = [fmt([r[k] for r in found.values() if r.get(k) is not None]) for k in SCORES]
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {fmt([r['wall_minutes'] for r in found.values()])}"
+                     f" | {fmt(diffs) if diffs else '-'} | {len(found)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--drive", type=Path, default=REPO.parent / "shared" / "data" / "drive")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-partial")
+    parser.add_argument("--share", type=float, default=0.3, help="share of each training image's rows annotated")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        results_path = args.out / "results.json"
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    else:
+        if not (args.drive / "training" / "images").is_dir():
+            raise SystemExit(f"{args.drive}: DRIVE not found (see ../shared/data/drive/SOURCES.md)")
+        results = run(args)
+    print(table(results, args.share, args.steps, args.seeds))
+
+
+if __name__ == "__main__":
+    main()
