@@ -45,11 +45,16 @@ def test_the_table_pairs_each_variant_with_full_on_the_same_seed():
     for seed, (full, ignore, naive) in enumerate([(0.80, 0.79, 0.70), (0.82, 0.80, 0.72)]):
         for variant, dice in (("full", full), ("ignore", ignore), ("naive", naive)):
             results[f"{variant}/share0.3/steps100/seed{seed}"] = {
-                "dice": dice, "cldice": dice, "precision": dice, "sensitivity": dice, "wall_minutes": 1.0
+                "dice": dice,
+                "cldice": dice,
+                "precision": dice,
+                "sensitivity": dice,
+                "wall_minutes": 1.0,
             }
     text = pl.table(results, 0.3, 100, [0, 1])
     ignore_row = next(line for line in text.splitlines() if line.startswith("| ignore"))
     assert "0.795 ± 0.007" in ignore_row and "-0.015 ± 0.007" in ignore_row
     assert text.splitlines()[2].startswith("| full") and text.splitlines()[2].endswith("| - | 2 |")
-    assert pytest.approx(-0.10) == float(next(line for line in text.splitlines() if line.startswith("| naive"))
-                                         .split("|")[7].split("±")[0])
+    assert pytest.approx(-0.10) == float(
+        next(line for line in text.splitlines() if line.startswith("| naive")).split("|")[7].split("±")[0]
+    )
