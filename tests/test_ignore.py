@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import invoke_cli
+from conftest import REPO, invoke_cli
 from sklearn.metrics import f1_score
 
 from labelwise.config import load_config
@@ -235,3 +235,44 @@ def test_a_partly_annotated_run_is_scored_predicted_evaluated_and_audited_on_its
     )  # fmt: skip
     assert code == 0, text
     assert {c["id"]: c["dice"] for c in json.loads(result.read_text())["cases"]} == pytest.approx(dice)
+
+
+def test_a_volume_annotated_on_a_few_slices_trains_and_is_scored_on_them(tmp_path):
+    """3D: training masks (NIfTI, through nibabel) annotated on their first 8 of 32 slices, the rest value 2 (the
+    label above the classes, as nnU-Net's ignore label); test masks likewise: a run trains, and its test Dice is the
+    Dice over the annotated slices."""
+    import nibabel as nib
+
+    from labelwise.data.manifest import read_manifest
+    from labelwise.data.synth.vessels import write_vessels
+
+    manifest = write_vessels(tmp_path / "v3d", 3, 5, [32, 32, 32], seed=2)
+    for case in read_manifest(manifest):
+        assert case.label is not None
+        image = nib.load(case.label)
+        label = np.asarray(image.dataobj).astype(np.uint8)
+        label[..., 8:] = 2
+        nib.save(nib.Nifti1Image(label, image.affine), case.label)
+    overrides = [
+        f"data.manifest={manifest}",
+        "data.ignore=[2]",
+        "data.patch_size=[16,16,16]",
+        "data.patches_per_volume=2",
+        "data.batch_size=2",
+        "model.channels=[2,4,4,4,4]",
+        "trainer.max_steps=3",
+        "trainer.checkpoint_every=3",
+        "trainer.val_every=0",
+    ]
+    run = tmp_path / "run"
+    assert train(load_config(REPO / "configs" / "unet-mss-synthetic-3d.yaml", overrides), run).status == "completed"
+    assert json.loads((run / "inference.json").read_text())["output"]["num_classes"] == 2
+    scored = json.loads((run / "predictions" / "test" / "segmentation.json").read_text())["references"]["label"]
+    assert scored["cases"]
+    for case in scored["cases"]:
+        pred = read_volume(run / "predictions" / "test" / "masks" / f"{case['id']}.nii.gz", mask=True).array
+        label = read_volume(tmp_path / "v3d" / "labels" / f"{case['id']}.nii.gz", mask=True).array
+        labelled = label != 2
+        truth, predicted = label[labelled] > 0, pred[labelled] > 0
+        expected = 2 * (truth & predicted).sum() / max(truth.sum() + predicted.sum(), 1)
+        assert case["dice"] == pytest.approx(expected) or (np.isnan(case["dice"]) and not truth.any())
