@@ -519,29 +519,41 @@ class Trainer:
         self.fabric.barrier()
 
     def _calibrate(self, step: int, started: float) -> None:
-        """A method that chooses its threshold on the validation cases (``method.threshold: calibrate``) does so with
-        the weights about to be tested; ``inference.json`` then holds it, so predict and export apply it too. Without
-        validation cases the method keeps its uncalibrated threshold, and the summary says so."""
-        if not self.method.calibrates:
+        """With the weights about to be tested, on the validation cases: a method that fits its temperature
+        (``method.temperature: fit``) does so first, then one that chooses its threshold (``method.threshold:
+        calibrate``) chooses it on the tempered probabilities; ``inference.json`` then holds both, so predict and
+        export apply them too. Without validation cases the method keeps temperature 1 and its uncalibrated
+        threshold, and the summary says so."""
+        if not (self.method.calibrates or self.method.fits_temperature):
             return
         if "val" not in self.data.splits or len(self.data.splits["val"]) == 0:
             if self.fabric.is_global_zero:
-                self.run.update_summary(calibration="no validation cases: the threshold stays 0.5 (argmax)")
+                self.run.update_summary(calibration="no validation cases: temperature 1, threshold 0.5 (argmax)")
             return
         outputs, target = self.predict_split("val")
         dataset = self.data.split("val")
         rois = dataset.rois if isinstance(dataset, VolumeDataset) else None
-        value, score = self.method.calibrate(outputs, target, rois)
+        record: dict[str, Any] = {"step": step}
+        if self.method.fits_temperature:
+            record.update(self.method.fit_temperature(outputs, target, rois))
+            t = record["temperature"]
+            outputs = [o / t for o in outputs] if isinstance(outputs, list) else outputs / t
+        if self.method.calibrates:
+            value, score = self.method.calibrate(outputs, target, rois)
+            record.update(threshold=value, val_dice=score)
         if self.fabric.is_global_zero:
             atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
-            self.run.update_summary(calibration={"threshold": value, "val_dice": score, "step": step})
+            self.run.update_summary(calibration=record)
+            logged = {"calibrated_threshold": "threshold", "dice_at_calibrated_threshold": "val_dice"}
+            logged |= {
+                k: k for k in ("temperature", "val_nll_before", "val_nll_after", "val_ece_before", "val_ece_after")
+            }
             self.run.append_metrics(
                 {
                     "step": step,
                     "split": "val",
                     "time": round(time.perf_counter() - started, 3),
-                    "calibrated_threshold": value,
-                    "dice_at_calibrated_threshold": score,
+                    **{name: record[key] for name, key in logged.items() if key in record},
                 }
             )
 

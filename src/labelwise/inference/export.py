@@ -213,6 +213,15 @@ def _onnxruntime_difference(data: bytes, x: torch.Tensor, reference: torch.Tenso
 
 
 def _output_note(run: RunModel, channels: int) -> str:
+    temperature = float(run.spec["inference"].get("temperature") or 1.0)
+    if temperature != 1.0:  # the network's own logits: predict divides them by the fitted temperature
+        return f"logits; divide them by inference.temperature ({temperature:.4g}), then: " + _activation_note(
+            run, channels
+        )
+    return _activation_note(run, channels)
+
+
+def _activation_note(run: RunModel, channels: int) -> str:
     if run.activation == "softmax":
         calibrated = run.spec["inference"].get("calibrated_threshold")
         return "logits; softmax over axis 1 gives one probability per class_names entry" + (
@@ -282,7 +291,8 @@ def _sidecar(
         "network": {"name": spec["network"].get("name"), "arguments": spec["network"].get("arguments")},
         "preprocessing": spec["preprocessing"],
         "inference": {
-            key: spec["inference"].get(key) for key in ("threshold", "calibrated_threshold", "window", "overlap")
+            key: spec["inference"].get(key)
+            for key in ("threshold", "calibrated_threshold", "temperature", "window", "overlap")
         },
         "source": {"run": str(Path(run.run_dir).resolve()), "checkpoint": str(Path(run.checkpoint).resolve())},
         "checked": {"input_shape": [2, run.in_channels, *check_size], "max_abs_difference": checked},

@@ -200,6 +200,7 @@ class RunModel:
             raise LabelwiseError(f"overlap: expected a value in [0, 1), got {overlap}")
         self.method.threshold, self.method.overlap = settings["threshold"], overlap
         self.method.calibrated = settings.get("calibrated_threshold")  # threshold: calibrate, chosen on validation
+        self.method.temperature = float(settings.get("temperature") or 1.0)  # temperature: fit, chosen on validation
         window = settings.get("window") if window is None else window
         self.method.window = list(window) if window else None
         return self

@@ -71,6 +71,8 @@ class Method:
     )
     calibrated: float | None = None  # threshold: calibrate: the validation cases' best threshold (binary masks)
     calibration_tolerance: float = 0.005  # threshold: calibrate: mean validation Dice given up to stay nearer 0.5
+    temperature: float = 1.0  # segmenters: predict divides the logits by it (temperature: fit, chosen on validation)
+    fits_temperature: bool = False  # True: fit_temperature runs on the validation cases at the end of training
     overlap: float = 0.5  # segmenters: overlap of the sliding windows of predict
     window: list[int] | None = None  # segmenters: sliding-window size of predict (None: the whole image)
     tta: bool = False  # segmenters: average the logits over flips along every spatial axis
@@ -145,6 +147,7 @@ class Method:
             "inference": {
                 "threshold": self.threshold,
                 "calibrated_threshold": self.calibrated,
+                "temperature": self.temperature,
                 "overlap": self.overlap,
                 "window": self.window,
                 "tta": self.tta,
@@ -259,20 +262,23 @@ class Method:
         :attr:`predictor` network; segmenters see overlapping windows of :attr:`window` (None: the whole image,
         padded to a size the network takes) blended as :func:`labelwise.models.windows.sliding_window_predict` does,
         and with :attr:`tta` the mean of the logits over every combination of flips of the spatial axes. ``spacing``:
-        the voxel spacing of the batch's images, for methods whose output depends on it (Frangi's scales)."""
+        the voxel spacing of the batch's images, for methods whose output depends on it (Frangi's scales).
+        Segmentation logits are divided by :attr:`temperature` (1 unless ``temperature: fit`` chose one)."""
         assert self.predictor is not None  # a method without a predictor (pretraining) has its own predict
         model = self.networks[self.predictor]
         if self.data.task == "segmentation":
             if not self.tta:
-                return self._windows(model, image)
-            dims = list(range(2, image.ndim))
-            flips = [[d for k, d in enumerate(dims) if mask >> k & 1] for mask in range(2 ** len(dims))]
+                logits = self._windows(model, image)
+            else:
+                dims = list(range(2, image.ndim))
+                flips = [[d for k, d in enumerate(dims) if mask >> k & 1] for mask in range(2 ** len(dims))]
 
-            def flipped(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
-                return x.flip(axes) if axes else x
+                def flipped(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
+                    return x.flip(axes) if axes else x
 
-            total = sum(flipped(self._windows(model, flipped(image, f)), f) for f in flips)
-            return cast(torch.Tensor, total) / len(flips)  # tensors summed: a tensor (typed "| float" for sum's start)
+                total = sum(flipped(self._windows(model, flipped(image, f)), f) for f in flips)
+                logits = cast(torch.Tensor, total) / len(flips)  # tensors summed: a tensor (typed "| float")
+            return logits if self.temperature == 1.0 else logits / self.temperature
         out = model(image)
         return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -371,16 +377,39 @@ class Method:
         mean Dice. Validation masks of the quality wanted beside training masks with a systematic error (too thin,
         too wide) move the threshold to where the wanted borders are."""
         probability = [segment(o[None].float(), None)[0][0] for o in outputs]  # each case (K, *spatial)
-        regions = list(rois) if rois is not None else [None] * len(probability)
-        labelled = [  # data.ignore: voxels without a label are outside the region scored
-            r if bool((t != IGNORE).all()) else (t != IGNORE) if r is None else r & (t != IGNORE)
-            for t, r in zip(target, regions)
-        ]
         value, score = seg_metrics.best_threshold(
-            probability, [t > 0 for t in target], labelled, tolerance=self.calibration_tolerance
+            probability,
+            [t > 0 for t in target],
+            labelled_regions(list(target), rois),
+            tolerance=self.calibration_tolerance,
         )
         self.calibrated = value
         return value, score
+
+    def fit_temperature(
+        self,
+        outputs: list[torch.Tensor] | torch.Tensor,
+        target: list[torch.Tensor] | torch.Tensor,
+        rois: Sequence[torch.Tensor | None] | None = None,
+    ) -> dict[str, float]:
+        """``temperature: fit``: set :attr:`temperature` by :func:`labelwise.metrics.segmentation.fit_temperature` on
+        the validation cases (their logits at temperature 1 ``outputs`` and masks ``target``, inside each roi, voxels
+        without a label left out). Returns it with the validation voxels' negative log-likelihood and expected
+        calibration error (of the foreground probability, 15 bins) before and after."""
+        from labelwise.metrics.fairness import expected_calibration_error
+
+        regions = labelled_regions(list(target), rois)
+        value = seg_metrics.fit_temperature(list(outputs), list(target), regions)
+        z, y = seg_metrics.labelled_voxels(list(outputs), list(target), regions)
+        foreground = (y > 0).numpy()
+        found = {"temperature": value}
+        for when, t in (("before", 1.0), ("after", value)):
+            found[f"val_nll_{when}"] = seg_metrics.calibration_nll(z, y, t)
+            found[f"val_ece_{when}"] = expected_calibration_error(
+                seg_metrics.foreground_probability(z, t).numpy(), foreground
+            )
+        self.temperature = value
+        return found
 
     def _dice_metrics(self, per_class: torch.Tensor) -> dict[str, torch.Tensor]:
         metrics = {"dice": torch.nanmean(per_class)}
@@ -391,6 +420,18 @@ class Method:
     def _class_name(self, segment_class: int) -> str:
         names = self.data.class_names
         return names[segment_class - 1] if segment_class - 1 < len(names) else str(segment_class)
+
+
+def labelled_regions(
+    target: Sequence[torch.Tensor], rois: Sequence[torch.Tensor | None] | None
+) -> list[torch.Tensor | None]:
+    """Per case the voxels to score or calibrate on: its roi (None: everywhere) without the voxels of label
+    :data:`~labelwise.metrics.surface.IGNORE` (``data.ignore``)."""
+    regions = list(rois) if rois is not None else [None] * len(target)
+    return [
+        r if bool((t != IGNORE).all()) else (t != IGNORE) if r is None else r & (t != IGNORE)
+        for t, r in zip(target, regions)
+    ]
 
 
 def build_optimizer(config: RunConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -39,6 +39,12 @@ class SupervisedOptions(BaseModel):
         description="threshold: calibrate: among the thresholds "
         "within this much of the best mean validation Dice, the one nearest 0.5",
     )
+    temperature: Literal["fit", "none"] = Field(
+        "none",
+        description="segmentation: fit, divide the logits by the temperature with the lowest negative "
+        "log-likelihood of the validation voxels, chosen at the end of training (calibrated probabilities; the "
+        "argmax and the 0.5 threshold stay); none: 1",
+    )
     overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window inference: overlap of the patches")
     tta: bool = Field(
         False,
@@ -108,6 +114,11 @@ class Supervised(Method):
                 "method.threshold: calibrate chooses the threshold of binary masks (2 classes); the data "
                 f"has {data.num_classes} classes ({data.task})"
             )
+        if self.options.temperature == "fit" and data.task != "segmentation":
+            raise ConfigError(
+                "method.temperature: fit calibrates segmentation probabilities; the data is classification"
+            )
+        self.fits_temperature = self.options.temperature == "fit"
         self.threshold, self.overlap = self.options.threshold, self.options.overlap
         self.calibration_tolerance = self.options.calibration_tolerance
         self.tta, self.min_size = self.options.tta, self.options.min_size

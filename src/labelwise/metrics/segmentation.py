@@ -22,7 +22,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["best_threshold", "dice", "dice_over_thresholds", "iou", "mean_dice", "mean_iou", "one_hot"]
+__all__ = [
+    "best_threshold",
+    "calibration_nll",
+    "dice",
+    "dice_over_thresholds",
+    "fit_temperature",
+    "foreground_probability",
+    "iou",
+    "labelled_voxels",
+    "mean_dice",
+    "mean_iou",
+    "one_hot",
+]
 
 
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -197,3 +209,60 @@ def _check_spacing(spacing: Sequence[float] | None, spatial_dims: int) -> None:
     values = [float(s) for s in spacing]
     if len(values) != spatial_dims or not all(s > 0 for s in values):
         raise ValueError(f"spacing must be {spatial_dims} positive numbers (one per spatial axis), got {spacing!r}")
+
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+TEMPERATURE_VOXELS = 2_000_000  # fit_temperature: at most this many voxels (drawn with a fixed seed) give the fit
+
+
+def labelled_voxels(
+    logits: Sequence[Tensor], targets: Sequence[Tensor], regions: Sequence[Tensor | None] | None = None
+) -> tuple[Tensor, Tensor]:
+    """The logits ``(N, K)`` float64 and labels ``(N,)`` of the voxels of segmentation cases (logits ``(K,
+    *spatial)``, label maps ``(*spatial)``) inside each case's region (a bool mask or None: everywhere), voxels of a
+    negative label (no label) left out; one channel: labels 0/1 (foreground > 0)."""
+    rows, labels = [], []
+    regions = list(regions) if regions is not None else [None] * len(logits)
+    for z, y, region in zip(logits, targets, regions, strict=True):
+        keep = y >= 0 if region is None else (y >= 0) & region.bool()
+        rows.append(z.detach().double().reshape(z.shape[0], -1)[:, keep.reshape(-1)].T)
+        labels.append(y.reshape(-1)[keep.reshape(-1)].long())
+    z, y = torch.cat(rows), torch.cat(labels)
+    return z, (y > 0).long() if z.shape[1] == 1 else y
+
+
+def calibration_nll(z: Tensor, y: Tensor, temperature: float) -> float:
+    """Mean negative log-likelihood of labels ``y`` under ``logits / temperature`` (one channel: sigmoid)."""
+    if z.shape[1] == 1:
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0] / temperature, y.double()))
+    return float(torch.nn.functional.cross_entropy(z / temperature, y))
+
+
+def foreground_probability(z: Tensor, temperature: float = 1.0) -> Tensor:
+    """The foreground probability of logits ``(N, K)`` at ``temperature``: sigmoid of one channel, else 1 - the
+    softmax's background."""
+    z = z / temperature
+    return torch.sigmoid(z[:, 0]) if z.shape[1] == 1 else 1 - torch.softmax(z, dim=1)[:, 0]
+
+
+def fit_temperature(
+    logits: Sequence[Tensor], targets: Sequence[Tensor], regions: Sequence[Tensor | None] | None = None
+) -> float:
+    """Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) of segmentation
+    logits: the ``T`` in :data:`TEMPERATURE_BOUNDS` minimising :func:`calibration_nll` of the voxels of
+    :func:`labelled_voxels` (at most :data:`TEMPERATURE_VOXELS` of them, drawn with a fixed seed), found by a bounded
+    search on ``log T``. Dividing logits by ``T`` changes no argmax and no 0.5 threshold: only how sure the
+    probabilities are."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = labelled_voxels(logits, targets, regions)
+    if len(y) == 0:
+        return 1.0
+    if len(y) > TEMPERATURE_VOXELS:
+        pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:TEMPERATURE_VOXELS]
+        z, y = z[pick], y[pick]
+    low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    found = minimize_scalar(
+        lambda t: calibration_nll(z, y, math.exp(t)), bounds=(low, high), method="bounded", options={"xatol": 1e-4}
+    )
+    return float(math.exp(found.x))
