@@ -64,6 +64,26 @@ def test_a_run_fits_its_temperature_and_predict_and_export_apply_it_after_moving
     assert spec["inference"]["temperature"] == pytest.approx(fitted["temperature"]) and fitted["temperature"] != 1.0
     assert fitted["val_nll_after"] <= fitted["val_nll_before"] + 1e-9
     assert 0 < fitted["threshold"] < 1  # the threshold is then calibrated on the tempered probabilities
+    # the test voxels' calibration, against a hand computation from the saved probabilities and masks
+    from labelwise.data.manifest import read_manifest
+    from labelwise.data.volumes import read_volume
+
+    tested = tmp_path / "run" / "predictions" / "test"
+    found = json.loads((tested / "segmentation.json").read_text())["references"]["label"]["calibration"]
+    p, y = [], []
+    for case in (c for c in read_manifest(manifest) if c.split == "test"):
+        p.append(np.load(tested / "probabilities" / f"{case.id}.npy").reshape(-1))
+        y.append(read_volume(case.label, mask=True).array.reshape(-1) > 0)
+    p, y = np.concatenate(p).astype(np.float64), np.concatenate(y)
+    bins = np.minimum((p * 15).astype(int), 14)
+    ece = sum(abs(p[bins == b].sum() - y[bins == b].sum()) for b in range(15)) / p.size
+    assert found["ece"] == pytest.approx(ece, abs=1e-6) and sum(found["voxels"]) == p.size
+    from conftest import invoke_cli
+
+    code, text = invoke_cli("report", str(tmp_path / "run"))
+    assert code == 0, text
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert 'id="segmentation-reliability"' in html and "Expected\n    calibration error vs label" in html
     moved = tmp_path / "elsewhere" / "run"
     shutil.move(tmp_path / "run", moved)
     run = load_run(moved)

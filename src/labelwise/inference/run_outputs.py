@@ -20,6 +20,7 @@ from labelwise.errors import DataError
 from labelwise.evaluation.segmentation import SCORE_NAMES, summarize_cases, summarize_classes, to_json
 from labelwise.inference.segmentation import write_case
 from labelwise.io import atomic_write
+from labelwise.metrics.fairness import calibration_counts, ece_from_counts
 from labelwise.metrics.surface import highest_label, mark_ignored, score_case, scored_classes
 
 __all__ = ["N_SAMPLES", "save_run_predictions", "save_split_arrays", "write_run_outputs"]
@@ -91,6 +92,21 @@ def _summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def reliability(counts: np.ndarray) -> dict[str, Any]:
+    """The expected calibration error of the foreground probability over every voxel scored (inside the rois,
+    voxels without a label left out; 15 equal-width bins) and its reliability diagram: per bin the voxels, their mean
+    probability and their foreground rate (None for an empty bin)."""
+    voxels = counts[2]
+    share = [None if n == 0 else float(v / n) for v, n in zip(counts[0], voxels)]
+    rate = [None if n == 0 else float(y / n) for y, n in zip(counts[1], voxels)]
+    return {
+        "ece": ece_from_counts(counts),
+        "voxels": voxels.astype(int).tolist(),
+        "mean_probability": share,
+        "foreground_rate": rate,
+    }
+
+
 def save_run_predictions(
     folder: str | Path, volumes: VolumeDataset, predictions: dict[str, list[torch.Tensor]]
 ) -> Path:
@@ -102,13 +118,14 @@ def save_run_predictions(
     for each reference (``label``: the mask the run was scored on; ``truth``: the manifest's clean mask, when it has
     one), and ``segmentation.json``: every score of :func:`labelwise.metrics.surface.segmentation_scores` per case
     and their mean and std, per reference; cases with a region of interest (the manifest's ``roi``) scored inside
-    it (``roi``: how many). Runs with more than 2 classes are also scored per class
-    (:func:`labelwise.metrics.surface.score_case`, the one per-case scorer): ``classes`` (the foreground class
-    names, :func:`labelwise.metrics.surface.scored_classes`), per case
-    ``per_class`` and per reference ``per_class`` (each class's mean, std, count; see
+    it (``roi``: how many), and per reference ``calibration`` (:func:`reliability`: the foreground probability's
+    expected calibration error and reliability diagram over every voxel scored). Runs with more than 2 classes are
+    also scored per class (:func:`labelwise.metrics.surface.score_case`, the one per-case scorer): ``classes`` (the
+    foreground class names, :func:`labelwise.metrics.surface.scored_classes`), per case ``per_class`` and per
+    reference ``per_class`` (each class's mean, std, count; see
     :func:`labelwise.evaluation.segmentation.summarize_classes`). The classes and their names are the run's
-    ``inference.json`` ``output`` (written when training starts, two folders above ``folder``, the run directory: the
-    dataset holds no class names and the engine's hook passes none); without that file, the highest label of the
+    ``inference.json`` ``output`` (written when training starts, two folders above ``folder``, the run directory:
+    the dataset holds no class names and the engine's hook passes none); without that file, the highest label of the
     predictions and labels.
 
     Cases the dataset reoriented or resampled (its ``grids``, from the case cache: ``data.reorient``,
@@ -128,6 +145,7 @@ def save_run_predictions(
         masks = [*predictions["prediction"], *(t for t, known in zip(volumes.target, volumes.labelled) if known)]
         classes = scored_classes(highest=highest_label(*masks))
     scores: dict[str, list[dict[str, Any]]] = {"label": [], "truth": []}
+    calibration: dict[str, np.ndarray] = {}  # per reference: the foreground probability's reliability counts
     figures = []
     grids = getattr(volumes, "grids", None) or [None] * len(volumes.cases)
     for i, case in enumerate(volumes.cases):
@@ -167,6 +185,9 @@ def save_run_predictions(
             scores[name].append(
                 {"id": case.id, **scored["foreground"], **({"per_class": scored["per_class"]} if classes else {})}
             )
+            region = reference >= 0 if roi is None else (reference >= 0) & (roi > 0)  # IGNORE: no label
+            counts = calibration_counts(probability[region], reference[region] > 0)
+            calibration[name] = calibration[name] + counts if name in calibration else counts
         nifti = mask.ndim == 3 or stores_spacing(case.image)
         files = write_case(folder, case.id, image, probability, mask, spacing, affine, nifti, references)
         entry = {"id": case.id, **{key: value for key, value in files.items() if key.startswith(("mip", "diff"))}}
@@ -181,6 +202,7 @@ def save_run_predictions(
                 "cases": cases,
                 **summarize_cases(cases),
                 **({"per_class": summarize_classes(cases, classes)} if classes else {}),
+                "calibration": reliability(calibration[name]),
             }
             for name, cases in scores.items()
             if cases

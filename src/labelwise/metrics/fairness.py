@@ -27,6 +27,8 @@ from labelwise.metrics.classification import f1_from_counts
 
 __all__ = [
     "auc_confidence_interval",
+    "calibration_counts",
+    "ece_from_counts",
     "equity_scaled_auc",
     "expected_calibration_error",
     "group_auc",
@@ -105,19 +107,34 @@ def sensitivity_at_specificity(scores: Any, labels: Any, specificity: float = 0.
     return float(sens[spec >= specificity - 1e-12].max())
 
 
-def expected_calibration_error(probabilities: Any, labels: Any, bins: int = 15) -> float:
-    """Binary ECE: the probabilities of the positive class in ``bins`` equal-width bins of [0, 1]; the mean over
-    cases of |mean probability - positive rate| of each case's bin."""
+def calibration_counts(probabilities: Any, labels: Any, bins: int = 15) -> np.ndarray:
+    """Per equal-width bin of [0, 1] of the positive class's probability: ``(3, bins)`` float64, the sum of the
+    probabilities, the number of positives and the number of cases in it. Counts of several sets add up: the
+    reliability diagram and :func:`ece_from_counts` of their union."""
     probabilities, labels = binary_scores(probabilities, labels)
     if probabilities.size and (probabilities.min() < 0 or probabilities.max() > 1):
         raise DataError("probabilities must lie in [0, 1]")
-    if probabilities.size == 0:
-        return float("nan")
     which = np.minimum((probabilities * bins).astype(int), bins - 1)
-    # sum over bins of (n_b / N) |mean p - positive rate| = sum over bins |sum p - positives| / N
-    sum_p = np.bincount(which, probabilities, minlength=bins)
-    sum_y = np.bincount(which, labels.astype(np.float64), minlength=bins)
-    return float(np.abs(sum_p - sum_y).sum() / probabilities.size)
+    return np.stack(
+        [
+            np.bincount(which, probabilities, minlength=bins),
+            np.bincount(which, labels.astype(np.float64), minlength=bins),
+            np.bincount(which, minlength=bins).astype(np.float64),
+        ]
+    )
+
+
+def ece_from_counts(counts: np.ndarray) -> float:
+    """ECE of :func:`calibration_counts`: sum over bins of (n_b / N) |mean p - positive rate| = sum over bins of
+    |sum p - positives| / N (nan without cases)."""
+    total = counts[2].sum()
+    return float(np.abs(counts[0] - counts[1]).sum() / total) if total else float("nan")
+
+
+def expected_calibration_error(probabilities: Any, labels: Any, bins: int = 15) -> float:
+    """Binary ECE: the probabilities of the positive class in ``bins`` equal-width bins of [0, 1]; the mean over
+    cases of |mean probability - positive rate| of each case's bin."""
+    return ece_from_counts(calibration_counts(probabilities, labels, bins))
 
 
 def group_auc(scores: Any, labels: Any, groups: Sequence[Any] | np.ndarray) -> dict[str, dict[str, Any]]:

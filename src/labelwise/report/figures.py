@@ -242,3 +242,33 @@ def samples_png(samples: dict[str, np.ndarray]) -> bytes | None:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=10, frameon=False)
     fig.suptitle(f"Test samples{where}: target (fill + contour) | prediction", fontsize=12)
     return _png(fig)
+
+
+def reliability_png(calibration: dict[str, dict[str, Any]]) -> bytes | None:
+    """Reliability diagram of the test voxels' foreground probability, one line per reference (``{name:
+    segmentation.json's calibration}``: mean probability against foreground rate per bin, the diagonal being
+    perfect calibration), ECE in the legend; None when no bin holds a voxel."""
+    fig = Figure(figsize=(4.2, 4.0))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="perfectly calibrated")
+    drawn = False
+    for name, found in calibration.items():
+        pairs = [
+            (p, r)
+            for p, r in zip(found.get("mean_probability") or [], found.get("foreground_rate") or [])
+            if _number(p) is not None and _number(r) is not None
+        ]
+        if not pairs:
+            continue
+        ece = _number(found.get("ece"))
+        ax.plot(*zip(*pairs), marker="o", label=f"vs {name}" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel("predicted foreground probability (bin mean)")
+    ax.set_ylabel("foreground rate in the reference")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)

@@ -18,7 +18,7 @@ from labelwise.errors import DataError
 from labelwise.io import atomic_write
 from labelwise.report.common import environment, fmt, save_figure
 from labelwise.report.fairness import fairness_section
-from labelwise.report.figures import _RESERVED, _number, loss_curves_png, samples_png
+from labelwise.report.figures import _RESERVED, _number, loss_curves_png, reliability_png, samples_png
 
 # Metrics whose name contains one of these are better when lower; every other metric when higher.
 LOWER_IS_BETTER = ("loss", "error", "hausdorff", "hd95", "ece", "nll", "brier", "mae", "mse", "rmse")
@@ -377,7 +377,13 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
         if images:
             cases.append({"id": entry.get("id"), "images": images})
     roi = data.get("roi") or 0
+    calibration = {name: r["calibration"] for name, r in references.items() if isinstance(r.get("calibration"), dict)}
+    reliability = reliability_png(calibration) if calibration else None
     return {
+        "reliability": "data:image/png;base64," + base64.b64encode(reliability).decode("ascii")
+        if reliability
+        else None,
+        "ece": {name: found.get("ece") for name, found in calibration.items()},
         "columns": [label for _, label in SEGMENTATION_SCORES],
         "rows": rows,
         "cases": cases,
