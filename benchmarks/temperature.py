@@ -1,0 +1,88 @@
+"""Temperature scaling on DRIVE (issue 30, ``method.temperature: fit``): expected calibration error of the test
+voxels' vessel probability before and after, and the Dice (unchanged by construction at the argmax / 0.5).
+
+One training per seed of ``configs/drive-unet-mss.yaml`` (``--steps`` steps) with ``method.temperature=fit``; the
+"before" figures are the same network's at temperature 1, recovered from the saved test probabilities (``p_T =
+sigmoid(d / T)`` for the logit difference ``d``, so ``p_1 = sigmoid(T logit(p_T))``), inside the field of view,
+against the first observer's masks; the validation figures are the run's own (``summary.json``'s calibration).
+Goal (issue 30): the test ECE at least halved, Dice unchanged (± 0.002)::
+
+    python benchmarks/temperature.py --seeds 0 1 2 --steps 1000 --out runs/bench-temperature
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import drive  # noqa: E402  (benchmarks/drive.py: the DRIVE manifest, train_and_score)
+
+REPO = drive.REPO
+
+
+def test_ece(run_dir: Path, manifest: Path, temperature: float) -> dict[str, float]:
+    """ECE (15 bins) of the test voxels inside their roi at the fitted temperature and at 1."""
+    from labelwise.data.manifest import read_manifest
+    from labelwise.data.volumes import read_volume
+    from labelwise.metrics.fairness import calibration_counts, ece_from_counts
+
+    counts = {"after": np.zeros((3, 15)), "before": np.zeros((3, 15))}
+    folder = run_dir / "predictions" / "test" / "probabilities"
+    for case in (c for c in read_manifest(manifest) if c.split == "test"):
+        p = np.load(folder / f"{case.id}.npy").astype(np.float64)
+        y = read_volume(case.label, mask=True).array > 0
+        inside = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else np.ones(y.shape, bool)
+        p, y = p.reshape(y.shape)[inside], y[inside]
+        q = np.clip(p, 1e-7, 1 - 1e-7)
+        before = 1 / (1 + np.exp(-temperature * np.log(q / (1 - q))))
+        counts["after"] += calibration_counts(p, y)
+        counts["before"] += calibration_counts(before, y)
+    return {f"test_ece_{k}": ece_from_counts(v) for k, v in counts.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from labelwise.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--drive", type=Path, default=REPO.parent / "shared" / "data" / "drive")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-temperature")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    folder = args.out / "data"
+    folder.mkdir(exist_ok=True)
+    manifest = folder / "drive.csv" if (folder / "drive.csv").is_file() else drive.build_manifest(args.drive, folder)
+    for seed in args.seeds:
+        key = f"steps{args.steps}/seed{seed}"
+        if key not in results:
+            run_dir = args.out / key.replace("/", "-")
+            options = [f"data.manifest={manifest}", f"seed={seed}", f"trainer.max_steps={args.steps}",
+                       f"trainer.checkpoint_every={args.steps}", "method.temperature=fit"]
+            scores = drive.train_and_score(load_config(REPO / "configs" / "drive-unet-mss.yaml", options), run_dir)
+            fitted = json.loads((run_dir / "summary.json").read_text())["calibration"]
+            results[key] = {**scores, **fitted, **test_ece(run_dir, manifest, fitted["temperature"])}
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
+        print(json.dumps(results[key]), flush=True)
+    rows = [results[f"steps{args.steps}/seed{s}"] for s in args.seeds]
+
+    def fmt(key: str) -> str:
+        values = [r[key] for r in rows]
+        return f"{statistics.mean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+
+    print("| seeds | temperature | val ECE before / after | test ECE before / after | test Dice (the same at T=1) |")
+    print("|---|---|---|---|---|")
+    print(f"| {len(rows)} | {fmt('temperature')} | {fmt('val_ece_before')} / {fmt('val_ece_after')} | "
+          f"{fmt('test_ece_before')} / {fmt('test_ece_after')} | {fmt('dice')} |")
+
+
+if __name__ == "__main__":
+    main()
