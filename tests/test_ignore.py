@@ -21,7 +21,7 @@ from labelwise.data.volumes import read_volume, write_volume
 from labelwise.errors import ConfigError
 from labelwise.losses import dice_ce_loss
 from labelwise.methods import METHODS
-from labelwise.metrics.surface import IGNORE, score_case
+from labelwise.metrics.surface import IGNORE, mark_ignored, score_case
 from labelwise.training import train
 
 SPLITS = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
@@ -118,6 +118,8 @@ def test_scores_leave_unlabelled_voxels_out():
     for marked, ignore in ((np.where(unlabelled, 255, truth), [255]), (np.where(unlabelled, IGNORE, truth), [])):
         scores = score_case(pred, marked, roi=roi, ignore=ignore, distances=False)["foreground"]
         assert scores["dice"] == pytest.approx(expected)
+    marked = mark_ignored(np.where(unlabelled, 255, truth).astype(np.uint8), [255])  # any integer type
+    assert marked.dtype == np.int64 and (marked == IGNORE).sum() == unlabelled.sum()
     plain = score_case(pred, truth, roi=roi, distances=False)["foreground"]["dice"]
     assert plain != pytest.approx(expected)  # the unlabelled voxels did count before
 

@@ -377,12 +377,13 @@ def scored_classes(num_classes: int | None = None, names: Sequence[str] | None =
 
 
 def mark_ignored(label: np.ndarray, ignore: Sequence[int] = ()) -> np.ndarray:
-    """``label`` (an integer label map) with the voxels of a value in ``ignore`` set to :data:`IGNORE` (the array
-    itself when there are none): how a mask with ``data.ignore`` values is read for training and scoring."""
+    """``label`` (an integer label map) with the voxels of a value in ``ignore`` set to :data:`IGNORE` (as int64;
+    the array itself when there are none): how a mask with ``data.ignore`` values is read for training and
+    scoring."""
     if not len(ignore):
         return label
     unlabelled = np.isin(label, np.asarray(list(ignore), dtype=np.int64))
-    return np.where(unlabelled, IGNORE, label) if unlabelled.any() else label
+    return np.where(unlabelled, IGNORE, label.astype(np.int64, copy=False)) if unlabelled.any() else label
 
 
 def split_ignored(truth, ignore: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray | None]:
