@@ -215,7 +215,9 @@ def test_runs_on_a_manifest_write_nifti_predictions(tmp_path, method):
     section = html[html.index('<section id="segmentation">') :]
     section = section[: section.index("</section>")]
     assert section.count('<tr><td class="name">') == 2 and "truth" in section and "label" in section
-    assert section.count('<img src="data:image/png;base64,') == 3
+    gallery = section[section.index('id="segmentation-gallery"') :]
+    assert gallery.count('<img src="data:image/png;base64,') == 3
+    assert 'id="segmentation-reliability"' in section  # and the reliability diagram of the test voxels
     assert ".gallery {" in html  # the grid layout is styled without an explanations section too
 
 
