@@ -398,9 +398,8 @@ class Method:
         calibration error (of the foreground probability, 15 bins) before and after."""
         from labelwise.metrics.fairness import expected_calibration_error
 
-        regions = labelled_regions(list(target), rois)
-        value = seg_metrics.fit_temperature(list(outputs), list(target), regions)
-        z, y = seg_metrics.labelled_voxels(list(outputs), list(target), regions)
+        value = seg_metrics.fit_temperature(list(outputs), list(target), rois)  # voxels without a label left out
+        z, y = seg_metrics.labelled_voxels(list(outputs), list(target), rois)
         foreground = (y > 0).numpy()
         found = {"temperature": value}
         for when, t in (("before", 1.0), ("after", value)):

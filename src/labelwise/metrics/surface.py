@@ -394,9 +394,8 @@ def split_ignored(truth, ignore: Sequence[int] = ()) -> tuple[np.ndarray, np.nda
     array = np.asarray(truth)
     if array.dtype == bool or array.dtype.kind not in "iuf":
         return array, None
-    unlabelled = array < 0 if array.dtype.kind != "u" else np.zeros(array.shape, dtype=bool)
-    if len(ignore):
-        unlabelled |= np.isin(array, np.asarray(list(ignore), dtype=np.int64))
+    array = mark_ignored(array, ignore)
+    unlabelled = array < 0
     if not unlabelled.any():
         return array, None
     return np.where(unlabelled, 0, array), unlabelled
