@@ -142,9 +142,11 @@ def dice_ce_loss(logits: Tensor, target: Tensor, label_smoothing: float = 0.0, s
     z = logits.to(dtype)
     p = torch.softmax(z, dim=1)
     onehot = torch.nn.functional.one_hot(labels.clamp_min(0), logits.shape[1]).movedim(-1, 1).to(dtype)
-    w = labelled.unsqueeze(1).to(dtype)
+    if not bool(labelled.all()):  # voxels without a label: out of every sum (the usual case skips the products)
+        w = labelled.unsqueeze(1).to(dtype)
+        p, onehot = p * w, onehot * w
     dims = list(range(2, p.ndim))
-    dice = 1 - (2 * (w * p * onehot).sum(dims) + smooth) / ((w * p).sum(dims) + (w * onehot).sum(dims) + smooth)
+    dice = 1 - (2 * (p * onehot).sum(dims) + smooth) / (p.sum(dims) + onehot.sum(dims) + smooth)
     if not bool(labelled.any()):
         return dice.mean() + 0 * z.sum()  # no labelled voxel: no cross-entropy (its mean over none is nan)
     cross_entropy = torch.nn.functional.cross_entropy(z, labels, ignore_index=IGNORE, label_smoothing=label_smoothing)
