@@ -470,3 +470,35 @@ def test_pseudo_supervisor_adaptive_confidence_by_hand(npz):
     assert method.threshold_mean == pytest.approx(again)
     with pytest.raises(ConfigError, match="adaptive"):
         config(npz, "pseudo_supervisor", confidence=1.5)
+
+
+def test_pseudo_supervisor_soft_confidence_by_hand(npz):
+    """``confidence: soft`` (SoftMatch): every label counts; at or above the running mean of the policy's sureness
+    with weight 1, below it with the Gaussian weight exp(-(s - mean)^2 / (2 var)), mean and variance running
+    (decay 0.99) from 1 / classes and 1; the weights reach the predictor's loss."""
+    import math
+
+    from labelwise.methods.pseudo_supervisor import ALIGN_DECAY
+
+    method, _ = pseudo_supervisor(npz, steps=10, confidence="soft")
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.1], [0.0, -3.0], [0.3, 0.0]])
+    sure = [max(math.exp(a), math.exp(b)) / (math.exp(a) + math.exp(b)) for a, b in logits.tolist()]
+    n = len(sure)
+    mean_s = sum(sure) / n
+    var_s = sum((s - mean_s) ** 2 for s in sure) / (n - 1)
+    mean = ALIGN_DECAY * 0.5 + (1 - ALIGN_DECAY) * mean_s
+    var = ALIGN_DECAY * 1.0 + (1 - ALIGN_DECAY) * var_s
+    assert method._sure(logits).tolist() == [1.0] * n  # the first mean, near 1 / classes, is below every sureness
+    assert method.threshold_mean == pytest.approx(mean) and method.threshold_var == pytest.approx(var)
+    method.threshold_mean, method.threshold_var = 0.8, 0.01  # later in training: a mean inside the sureness range
+    mean = ALIGN_DECAY * 0.8 + (1 - ALIGN_DECAY) * mean_s
+    var = ALIGN_DECAY * 0.01 + (1 - ALIGN_DECAY) * var_s
+    expected = [1.0 if s >= mean else math.exp(-((s - mean) ** 2) / (2 * var)) for s in sure]
+    weights = method._sure(logits)
+    assert weights.tolist() == pytest.approx(expected, rel=1e-5)
+    assert 0 < min(expected) < 1 and max(expected) == 1.0  # both sides of the mean are in the hand case
+    # a weighted label counts by its weight in the pseudo loss: cross-entropy times weight, mean over images
+    out = torch.tensor([[0.5, -0.5], [1.0, 0.0], [0.0, 0.0], [-1.0, 1.0]])
+    action = torch.tensor([0, 1, 0, 1])
+    ce = torch.nn.functional.cross_entropy(out, action, reduction="none")
+    assert float(method.pseudo_loss(out, action, weights)) == pytest.approx(float((ce * weights).mean()), rel=1e-6)

@@ -34,7 +34,10 @@ labels and is rewarded by the change of a held-out loss) and changes when and ho
   threshold, Wang et al. 2023): a sampled pseudo label counts (in the predictor's step and in the policy's
   REINFORCE credit) only where the policy's largest class probability (per label: max(p, 1 - p)) reaches it; a
   step in which no label counts takes no pseudo step at all (an optimizer step on a zero loss would still move the
-  predictor by Adam's momentum);
+  predictor by Adam's momentum). ``soft`` (SoftMatch's truncated Gaussian, Chen et al. 2023): every label counts,
+  fully where the sureness reaches the running mean mu of the policy's sureness, else with the weight
+  exp(-(sureness - mu)^2 / (2 var)), var its running variance; labels are kept in number, the unsure ones weigh
+  less;
 - ``align`` (default on; distribution alignment, Berthelot et al., ReMixMatch, 2020): before sampling, the
   policy's class probabilities are multiplied by the labelled training samples' class frequencies over the running
   mean (decay :data:`ALIGN_DECAY`) of its own probabilities on unlabelled images, and renormalised (per label: the
@@ -112,11 +115,12 @@ class PseudoSupervisorOptions(BaseModel):
         description="after the warm-up, policy = follow * policy + "
         "(1 - follow) * predictor after every step (default 0.99; paper 0: off)",
     )
-    confidence: float | Literal["adaptive"] | None = Field(
+    confidence: float | Literal["adaptive", "soft"] | None = Field(
         None,
         description="pseudo labels count only where the policy is at least this sure, in [0, 1) (default 0.95; "
         "paper 0: all); adaptive: the running mean of the policy's own largest probability on unlabelled images "
-        "(FreeMatch's self-adaptive global threshold)",
+        "(FreeMatch's self-adaptive global threshold); soft: every label counts, weighted by a Gaussian below that "
+        "mean (SoftMatch)",
     )
     align: bool | None = Field(
         None,
@@ -229,7 +233,8 @@ class PseudoSupervisor(SemiSupervised):
         self.prior: Tensor | None = None  # labelled class frequencies (align)
         self.running: Tensor | None = None  # running mean of the policy's probabilities on unlabelled images (align)
         self.trust = 1.0  # the reward gate's factor of the pseudo-label weight
-        self.threshold_mean: float | None = None  # confidence: adaptive: the running mean of the policy's sureness
+        self.threshold_mean: float | None = None  # confidence: adaptive, soft: the running mean of its sureness
+        self.threshold_var: float | None = None  # confidence: soft: the running variance of the policy's sureness
         if data.splits and self.align:
             train = data.split("train")
             self.prior = class_frequencies(train.target[train.labelled], data.num_classes, self.multilabel)
@@ -285,15 +290,24 @@ class PseudoSupervisor(SemiSupervised):
         return log_prob.sum(dim=1) if self.multilabel else log_prob
 
     def _sure(self, logits: Tensor) -> Tensor:
-        """1 where the policy is at least :attr:`confidence` sure (per image, or per label), else 0; ``adaptive``:
-        at least the running mean (decay :data:`ALIGN_DECAY`, from 1 / classes) of its sureness, updated here."""
+        """How much each label counts, per image (or per label): 1 where the policy is at least :attr:`confidence`
+        sure, else 0; ``adaptive``: at least the running mean (decay :data:`ALIGN_DECAY`, from 1 / classes) of its
+        sureness; ``soft``: 1 at or above that mean, exp(-(sureness - mean)^2 / (2 var)) below it, var the running
+        variance (from 1, as SoftMatch). The running figures are updated here."""
         p = self.probabilities(logits.float())
         sure = torch.maximum(p, 1 - p) if self.multilabel else p.max(dim=1).values
-        if self.confidence == "adaptive":
+        if self.confidence in ("adaptive", "soft"):
             if self.threshold_mean is None:
-                self.threshold_mean = 0.5 if self.multilabel else 1.0 / p.shape[1]
+                self.threshold_mean, self.threshold_var = (0.5 if self.multilabel else 1.0 / p.shape[1]), 1.0
             self.threshold_mean = ALIGN_DECAY * self.threshold_mean + (1 - ALIGN_DECAY) * float(sure.mean())
-            return (sure >= self.threshold_mean).float()
+            var = float(sure.var()) if sure.numel() > 1 else 0.0
+            self.threshold_var = ALIGN_DECAY * (self.threshold_var if self.threshold_var is not None else 1.0) + (
+                1 - ALIGN_DECAY
+            ) * var
+            if self.confidence == "adaptive":
+                return (sure >= self.threshold_mean).float()
+            below = torch.exp(-((sure - self.threshold_mean) ** 2) / (2 * max(self.threshold_var, 1e-8)))
+            return torch.where(sure >= self.threshold_mean, torch.ones_like(sure), below)
         return (sure >= float(self.confidence)).float()
 
     def pseudo_loss(self, logits: Tensor, action: Tensor, mask: Tensor) -> Tensor:
@@ -369,7 +383,7 @@ class PseudoSupervisor(SemiSupervised):
         }
         if self.reward_gate:  # the trust is 1 throughout without the gate: not logged then
             logged["trust"] = zero + self.trust
-        if self.threshold_mean is not None:  # confidence: adaptive
+        if self.threshold_mean is not None:  # confidence: adaptive or soft
             logged["threshold"] = zero + self.threshold_mean
         return logged
 
@@ -417,6 +431,7 @@ class PseudoSupervisor(SemiSupervised):
             "trust": self.trust,
             "running": None if self.running is None else self.running.cpu(),
             "threshold_mean": self.threshold_mean,
+            "threshold_var": self.threshold_var,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -436,4 +451,5 @@ class PseudoSupervisor(SemiSupervised):
         ]
         self.trust = float(state.get("trust", 1.0))
         self.threshold_mean = state.get("threshold_mean")
+        self.threshold_var = state.get("threshold_var")
         self.running = state.get("running")
