@@ -301,9 +301,9 @@ class PseudoSupervisor(SemiSupervised):
                 self.threshold_mean, self.threshold_var = (0.5 if self.multilabel else 1.0 / p.shape[1]), 1.0
             self.threshold_mean = ALIGN_DECAY * self.threshold_mean + (1 - ALIGN_DECAY) * float(sure.mean())
             var = float(sure.var()) if sure.numel() > 1 else 0.0
-            self.threshold_var = ALIGN_DECAY * (self.threshold_var if self.threshold_var is not None else 1.0) + (
-                1 - ALIGN_DECAY
-            ) * var
+            self.threshold_var = (
+                ALIGN_DECAY * (self.threshold_var if self.threshold_var is not None else 1.0) + (1 - ALIGN_DECAY) * var
+            )
             if self.confidence == "adaptive":
                 return (sure >= self.threshold_mean).float()
             below = torch.exp(-((sure - self.threshold_mean) ** 2) / (2 * max(self.threshold_var, 1e-8)))
