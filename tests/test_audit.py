@@ -267,6 +267,30 @@ def test_the_run_report_links_to_its_audits_also_after_the_run_moved(bars, tmp_p
     assert rows[0][0] is None and "page not found" in rows[0][1] and rows[1][0] is not None
 
 
+def test_a_moved_run_is_audited_from_its_recorded_cases(bars, tmp_path):
+    """A run moved away from its data (its config names the manifest relative to its old folder) still knows what
+    it trained on: ``cases.json`` holds the manifest's absolute path and every split's ids, so the audit of its own
+    cases runs, and an --input manifest's training cases are still refused as in-sample."""
+    import shutil
+
+    root, run, noisy = bars
+    recorded = json.loads((run / "cases.json").read_text())
+    by_split = {s: [c.id for c in read_manifest(root / "clean" / "manifest.csv") if c.split == s] for s in SPLITS}
+    assert recorded["splits"] == by_split and recorded["data"] == str((root / "clean" / "manifest.csv").resolve())
+    moved = tmp_path / "far" / "away" / "run"
+    shutil.copytree(run, moved)
+    (moved / "audits.json").unlink(missing_ok=True)
+    code, text = invoke_cli("audit", str(moved), "--out", str(tmp_path / "own"))
+    assert code == 0, text
+    assert "8 training case(s) left out" in text
+    assert {r["id"] for r in rows_of(tmp_path / "own" / "cases.csv")} == {"case8", "case9", "case10", "case11"}
+    code, text = invoke_cli("audit", str(moved), "--input", str(noisy), "--out", str(tmp_path / "refused"))
+    assert code == 2 and "in-sample" in text and "case0" in text
+    (moved / "cases.json").unlink()  # a run from before cases.json, moved: the message says what to do
+    code, text = invoke_cli("audit", str(moved), "--out", str(tmp_path / "lost"))
+    assert code == 2 and "is not there (was the run or its data moved?)" in text and "--input" in text
+
+
 # --- class labels --------------------------------------------------------------------------------------------------
 
 CLASS_SPLITS = ["train"] * 48 + ["val"] * 16 + ["test"] * 16
@@ -335,8 +359,14 @@ def test_class_audit_finds_the_flipped_labels_and_fixes_them(squares, tmp_path):
 
 
 def test_class_audit_refuses_training_samples_without_folds(squares, tmp_path):
+    import shutil
+
     _, run, noisy = squares
     code, text = invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(tmp_path / "a"))
+    assert code == 2 and "in-sample" in text and "s0" in text
+    moved = tmp_path / "elsewhere" / "run"  # moved away from its table: cases.json still says what trained it
+    shutil.copytree(run, moved)
+    code, text = invoke_cli("audit", str(moved), "--input", str(noisy), "--out", str(tmp_path / "b"))
     assert code == 2 and "in-sample" in text and "s0" in text
 
 

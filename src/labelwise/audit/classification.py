@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from labelwise.audit.folds import fold_runs, split_seen
+from labelwise.audit.folds import fold_runs, run_data, split_seen, training_ids
 from labelwise.config import load_config
 from labelwise.data.table import Table, read_rows, read_table, write_table
 from labelwise.data.volumes import read_volume
@@ -38,17 +38,6 @@ from labelwise.metrics.label_quality import class_issues, multilabel_issues
 from labelwise.report.audit import build_audit_page
 
 __all__ = ["audit_labels"]
-
-
-def _table_of(run_dir: Path) -> Path:
-    saved = load_config(run_dir / "config.yaml", check_files=False)
-    if saved.data.manifest is None:
-        raise LabelwiseError(
-            f"{run_dir}: the run did not train on a classification table (data.manifest), so its samples cannot be "
-            "audited by name; give --input TABLE (an .npz data set: write it as a table first)"
-        )
-    path = Path(saved.data.manifest)
-    return path if path.is_absolute() else run_dir / path
 
 
 def _probabilities(model: RunModel, table: Path, split: str | None, scratch: Path) -> dict[str, np.ndarray]:
@@ -73,21 +62,23 @@ def audit_labels(
     run_dir = run.run_dir
     started = time.perf_counter()
     labels = list(load_config(run_dir / "config.yaml", check_files=False).data.labels)
-    own_path = _table_of(run_dir)
-    path = Path(table) if table is not None else own_path
-    try:
-        own = read_table(own_path, labels)
-    except DataError as err:
-        raise LabelwiseError(
-            f"{run_dir}: its training table cannot be read, so its training samples are unknown "
-            f"({str(err).splitlines()[0]})"
-        ) from None
-    data = read_table(path, labels) if table is not None else own
+    recorded = training_ids(run_dir)
+    own: Table | None = None
+    if table is None or recorded is None:  # the samples audited by default, or the only record of what trained it
+        try:
+            own = read_table(run_data(run_dir), labels)
+        except DataError as err:
+            raise LabelwiseError(
+                f"{run_dir}: its training table cannot be read, so its training samples are unknown "
+                f"({str(err).splitlines()[0]})"
+            ) from None
+    path = Path(table) if table is not None else run_data(run_dir)
+    data = read_table(path, labels) if table is not None or own is None else own
     usable = np.asarray(data.target >= 0 if not data.multilabel else (data.target >= 0).all(axis=1))
     chosen = [i for i in range(len(data.ids)) if usable[i] and (not splits or data.splits[i] in splits)]
     if not chosen:
         raise DataError(f"{path}: no labelled samples to audit")
-    trained = {own.ids[i] for i in np.flatnonzero(own.splits == "train")}
+    trained = recorded if own is None else {own.ids[i] for i in np.flatnonzero(own.splits == "train")}
     ids = [data.ids[i] for i in chosen]
     kept = split_seen(ids, trained, folds, table, run_dir, report, "sample")
     chosen = [i for i in chosen if data.ids[i] in kept]

@@ -21,7 +21,41 @@ from labelwise.data.table import write_table
 from labelwise.errors import LabelwiseError
 from labelwise.io import atomic_write
 
-__all__ = ["assign_folds", "fold_runs", "split_seen", "write_manifest_rows"]
+__all__ = ["assign_folds", "fold_runs", "run_data", "split_seen", "training_ids", "write_manifest_rows"]
+
+
+def run_data(run_dir: Path) -> Path:
+    """The manifest or table ``run_dir`` trained on: its config's ``data.manifest`` (relative to the run), else the
+    absolute path its ``cases.json`` recorded at training (the run folder has moved, its data has not). A clear
+    error when the run trained on no manifest, or when neither is there."""
+    saved = load_config(run_dir / "config.yaml", check_files=False)
+    if saved.data.manifest is None:
+        raise LabelwiseError(
+            f"{run_dir}: the run did not train on a manifest or table (data.manifest), so its samples cannot be "
+            "audited by name; give --input MANIFEST_OR_TABLE"
+        )
+    path = saved.data.manifest if saved.data.manifest.is_absolute() else run_dir / saved.data.manifest
+    recorded = _cases_record(run_dir).get("data")
+    if not path.is_file() and recorded and Path(recorded).is_file():
+        return Path(recorded)
+    if not path.is_file():
+        raise LabelwiseError(
+            f"{run_dir}: its training data {saved.data.manifest} is not there (was the run or its data moved?); "
+            "give --input MANIFEST_OR_TABLE"
+        )
+    return path
+
+
+def training_ids(run_dir: Path) -> set[str] | None:
+    """The ids of the samples ``run_dir`` trained on, as its ``cases.json`` recorded them; None for a run from
+    before that file (its training data is then read again)."""
+    splits = _cases_record(run_dir).get("splits")
+    return None if splits is None else set(splits.get("train", []))
+
+
+def _cases_record(run_dir: Path) -> dict:
+    path = run_dir / "cases.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def assign_folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:

@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from labelwise.audit.folds import fold_runs, split_seen, write_manifest_rows
-from labelwise.config import load_config
+from labelwise.audit.folds import fold_runs, run_data, split_seen, training_ids, write_manifest_rows
 from labelwise.data.manifest import Case, read_manifest
 from labelwise.data.volumes import Volume, from_grid, read_volume, suffix_of, write_volume
 from labelwise.errors import DataError, LabelwiseError
@@ -44,12 +43,8 @@ __all__ = ["audit_masks", "run_cases"]
 
 
 def run_cases(run_dir: Path) -> list[Case]:
-    """The cases of the manifest ``run_dir`` trained on (its saved ``data.manifest``, relative to the run)."""
-    saved = load_config(run_dir / "config.yaml", check_files=False)
-    if saved.data.manifest is None:
-        raise LabelwiseError(f"{run_dir}: the run trained on generated data (no data.manifest); give --input")
-    path = Path(saved.data.manifest)
-    path = path if path.is_absolute() else run_dir / path
+    """The cases of the manifest ``run_dir`` trained on (:func:`~labelwise.audit.folds.run_data`)."""
+    path = run_data(run_dir)
     try:
         return read_manifest(path)
     except DataError as err:
@@ -85,7 +80,15 @@ def audit_masks(
     """Audit the masks of ``manifest`` (default: the run's own) with segmentation ``run``; see the module docstring
     and :func:`labelwise.audit.audit_run`."""
     run_dir = run.run_dir
-    own = run_cases(run_dir)
+    recorded = training_ids(run_dir)
+    # the run's own manifest: the cases audited by default; with an input, only to know what trained the run (by
+    # image file as well as id), which the ids cases.json recorded tell without it
+    try:
+        own = run_cases(run_dir)
+    except LabelwiseError:
+        if manifest is None or recorded is None:
+            raise
+        own = []
     cases = read_manifest(manifest) if manifest is not None else own
     labelled = [c for c in cases if c.label is not None and (not splits or c.split in splits)]
     if not labelled:
@@ -93,7 +96,7 @@ def audit_masks(
             f"{manifest or run_dir}: no labelled cases to audit{' in split ' + ', '.join(splits) if splits else ''}"
         )
     images = {str(Path(c.image).resolve()) for c in own if c.split == "train"}
-    trained = {c.id for c in own if c.split == "train"} | {
+    trained = (recorded if recorded is not None else {c.id for c in own if c.split == "train"}) | {
         c.id for c in labelled if str(Path(c.image).resolve()) in images
     }
     kept = split_seen([c.id for c in labelled], trained, folds, manifest, run_dir, report, "case")

@@ -232,6 +232,7 @@ class Trainer:
                 setattr(saved.method, key, value)
             save_config(saved, self.run.config)  # resumed: with its --set overrides, so that config.yaml says what ran
             atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
+            self._write_cases()
             self.run.update_summary(
                 name=cfg.name,
                 status="running",
@@ -252,6 +253,20 @@ class Trainer:
             )
         fabric.barrier()
         return self.start_step
+
+    def _write_cases(self) -> None:
+        """``cases.json``: the absolute path of the data file the run trained on (as found then, so a moved run still
+        knows it) and the sample ids of each split (what ``labelwise audit`` needs to tell in-sample samples from
+        the others, even when the data file has moved too). Only for data whose samples have ids."""
+        if self.data.ids is None:
+            return
+        source = self.config.data.manifest or self.config.data.path
+        splits = {}
+        for name, split in self.data.splits.items():
+            indices = getattr(split, "volumes", split).indices  # a PatchDataset cuts the cases of its volumes
+            splits[name] = [str(self.data.ids[int(i)]) for i in indices]
+        record = {"data": None if source is None else str(Path(source).resolve()), "splits": splits}
+        atomic_write(self.run.cases, json.dumps(record) + "\n")
 
     def _check_resume_config(self) -> None:
         """Refuse, before anything is written, a resumed run whose ``trainer.max_steps`` is below its last
@@ -543,6 +558,7 @@ class Trainer:
             record.update(threshold=value, val_dice=score)
         if self.fabric.is_global_zero:
             atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
+            self._write_cases()
             self.run.update_summary(calibration=record)
             logged = {"calibrated_threshold": "threshold", "dice_at_calibrated_threshold": "val_dice"}
             logged |= {
