@@ -58,6 +58,13 @@ def invoke_cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def bar(i: int, size: int = 32) -> np.ndarray:
+    """Case ``i``'s mask of a small PNG set: a vertical bar, 4 pixels wide, its column moving with ``i``."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[4:28, 6 + 2 * i % 18 : 10 + 2 * i % 18] = 1
+    return mask
+
+
 @pytest.fixture
 def tiny_config() -> dict:
     """A config dict that trains in about a second."""

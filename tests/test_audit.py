@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, invoke_cli, require_chromium
+from conftest import CHROMIUM, CHROMIUM_ARGS, bar, invoke_cli, require_chromium
 
 from labelwise.config import load_config
 from labelwise.data.manifest import read_manifest
@@ -18,12 +18,6 @@ from labelwise.training import train
 
 SPLITS = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
 UNSEEN = ("--split", "val", "--split", "test")  # the cases the run did not train on
-
-
-def bar(i: int, size: int = 32) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
-    mask[4:28, 6 + 2 * i % 18 : 10 + 2 * i % 18] = 1
-    return mask
 
 
 def make_pngs(folder, corrupt: dict[int, str]):

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, invoke_cli
+from conftest import REPO, bar, invoke_cli
 from sklearn.metrics import f1_score
 
 from labelwise.config import load_config
@@ -122,12 +122,6 @@ def test_scores_leave_unlabelled_voxels_out():
     assert marked.dtype == np.int64 and (marked == IGNORE).sum() == unlabelled.sum()
     plain = score_case(pred, truth, roi=roi, distances=False)["foreground"]["dice"]
     assert plain != pytest.approx(expected)  # the unlabelled voxels did count before
-
-
-def bar(i: int) -> np.ndarray:
-    mask = np.zeros((32, 32), np.uint8)
-    mask[4:28, 6 + 2 * i % 18 : 10 + 2 * i % 18] = 1
-    return mask
 
 
 @pytest.fixture(scope="module")

@@ -172,6 +172,7 @@ def demo(
     import json
 
     from labelwise.demo import run_demo
+    from labelwise.report.audit import AUDITS
 
     for path in run_demo(out, quick=quick):
         summary = json.loads((path.parent / "summary.json").read_text())
@@ -208,7 +209,7 @@ def demo(
             typer.echo(
                 f"  explanations: {len(explained.get('entries', []))} maps; pointing game {hits}; {index.parent}"
             )
-        audits = path.parent / "audits.json"
+        audits = path.parent / AUDITS
         if audits.is_file():
             for entry in json.loads(audits.read_text()):
                 typer.echo(

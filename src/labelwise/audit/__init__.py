@@ -22,6 +22,7 @@ from typing import Any
 from labelwise.data.manifest import SPLITS
 from labelwise.errors import LabelwiseError
 from labelwise.io import atomic_write
+from labelwise.report.audit import AUDITS
 
 __all__ = ["AUDITS", "audit_run", "record_audit"]
 
@@ -71,9 +72,6 @@ def audit_run(
         summary = audit_labels(*args, fix_action=fix_action)
     record_audit(Path(run_dir), Path(out), summary)
     return summary
-
-
-AUDITS = "audits.json"  # in the run folder: the audits of the run, for its report
 
 
 def record_audit(run_dir: Path, out: Path, summary: dict[str, Any]) -> None:

@@ -145,7 +145,7 @@ class PseudoSupervisorOptions(BaseModel):
     @classmethod
     def _confidence(cls, value: float | str | None) -> float | str | None:
         if isinstance(value, float | int) and not 0 <= value < 1:
-            raise ValueError(f"expected a sureness in [0, 1) or adaptive, got {value}")
+            raise ValueError(f"expected a sureness in [0, 1), adaptive or soft, got {value}")
         return value
 
 

@@ -11,7 +11,9 @@ import labelwise
 from labelwise.io import atomic_write
 from labelwise.report.common import environment
 
-__all__ = ["build_audit_page"]
+__all__ = ["AUDITS", "build_audit_page"]
+
+AUDITS = "audits.json"  # in the run folder: the audits of the run (`labelwise audit` adds them), for its report
 
 
 MASK_COLUMNS = ["rank", "id", "split", "quality", "missed", "extra", "swapped", "label_voxels", "probabilities"]

@@ -16,6 +16,7 @@ import yaml
 import labelwise
 from labelwise.errors import DataError
 from labelwise.io import atomic_write
+from labelwise.report.audit import AUDITS
 from labelwise.report.common import environment, fmt, save_figure
 from labelwise.report.fairness import fairness_section
 from labelwise.report.figures import _RESERVED, _number, loss_curves_png, reliability_png, samples_png
@@ -425,7 +426,7 @@ def _png_inside(path: Path, folder: Path) -> bytes | None:
 def _audits(run_dir: Path, out: Path, notes: list[str]) -> list[dict[str, Any]] | None:
     """The label audits recorded in ``run_dir/audits.json`` (``labelwise audit`` writes it): each with a link to its
     page relative to the report, or a note where the page is gone."""
-    path = run_dir / "audits.json"
+    path = run_dir / AUDITS
     if not path.is_file():
         return None
     try:
@@ -433,7 +434,7 @@ def _audits(run_dir: Path, out: Path, notes: list[str]) -> list[dict[str, Any]] 
         if not isinstance(entries, list):
             raise ValueError("not a list")
     except ValueError as exc:
-        notes.append(f"audits.json could not be read: {exc}")
+        notes.append(f"{AUDITS} could not be read: {exc}")
         return None
     shown = []
     for entry in entries:
