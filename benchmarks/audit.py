@@ -275,6 +275,7 @@ def unseen_benchmark(args) -> None:
                   f"{lw['precision']:.3f}/{lw['recall']:.3f} vs {cl['precision']:.3f}/{cl['recall']:.3f}; "
                   f"{lw['seconds']:.2f} s vs {cl['seconds']:.2f} s ({cl['seconds'] / lw['seconds']:.1f} x); peak "
                   f"{lw['peak_mib']:.0f} vs {cl['peak_mib']:.0f} MiB", flush=True)
+    masks_table_md(results, args.kinds, args.steps)
 
 
 # --- class labels: digits ---------------------------------------------------------------------------------------
@@ -437,6 +438,42 @@ def digits_benchmark(args) -> None:
     digits_table_md(results, args)
 
 
+def mean_std(values, digits=3) -> str:
+    """``mean ± sample std`` of the values that are not None (one value alone; ``-`` for none)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def masks_table_md(results: dict, kinds: list[str], steps: int) -> None:
+    """Mean ± std over the seeds found, one row per noise kind: labelwise / cleanlab on the same probabilities,
+    and (the default mode) the Dice of the runs on degraded, fixed and clean masks."""
+    print("\n| kind | AP labelwise / cleanlab | AUROC labelwise / cleanlab | Spearman labelwise / cleanlab | "
+          "flagged P / R, labelwise | flagged P / R, cleanlab | s labelwise / cleanlab (x) | peak MiB labelwise / "
+          "cleanlab | Dice degraded / fixed / clean | recovered | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        rows = [r for k, r in results.items() if k.startswith(f"{kind}/") and f"/steps{steps}" in k]
+        if not rows:
+            continue
+        lw, cl = [r["labelwise"] for r in rows], [r["cleanlab"] for r in rows]
+        dice = [r["dice"] for r in rows if "dice" in r]
+
+        def pair(key, digits=3, rows_a=lw, rows_b=cl):
+            return f"{mean_std([x[key] for x in rows_a], digits)} / {mean_std([x[key] for x in rows_b], digits)}"
+
+        ratio = mean_std([b["seconds"] / a["seconds"] for a, b in zip(lw, cl)], 1)
+        print(f"| {kind} | {pair('ap')} | {pair('auroc')} | {pair('spearman')} | "
+              f"{mean_std([x['precision'] for x in lw])} / {mean_std([x['recall'] for x in lw])} | "
+              f"{mean_std([x['precision'] for x in cl])} / {mean_std([x['recall'] for x in cl])} | "
+              f"{pair('seconds', 2)} ({ratio}) | {pair('peak_mib', 0)} | "
+              + (" / ".join(mean_std([d[k] for d in dice]) for k in ("degraded", "fixed", "clean")) if dice else "-")
+              + f" | {mean_std([d['recovered'] for d in dice], 2) if dice else '-'} | {len(rows)} |")
+
+
 def digits_table_md(results: dict, args) -> None:
     """Mean ± std over the seeds found, one row per noise kind and --fix-action."""
     print("\n| noise (20% of training labels) | --fix-action | flagged P / R, labelwise | flagged P / R, cleanlab | "
@@ -447,20 +484,14 @@ def digits_table_md(results: dict, args) -> None:
         rows = [r for k, r in results.items() if k.startswith(f"{kind}/") and k.endswith(ending)]
         if not rows:
             continue
-
-        def f(values, digits=3):
-            values = [v for v in values if v is not None]
-            if len(values) == 1:
-                return f"{values[0]:.{digits}f}"
-            return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
         lw, cl, acc = [r["labelwise"] for r in rows], [r["cleanlab"] for r in rows], [r["accuracy"] for r in rows]
-        print(f"| {kind} | {action} | {f([x['precision'] for x in lw])} / {f([x['recall'] for x in lw])} | "
-              f"{f([x['precision'] for x in cl])} / {f([x['recall'] for x in cl])} | {f([x['ap'] for x in lw])} / "
-              f"{f([x['ap'] for x in cl])} | {f([x['seconds'] * 1e3 for x in lw], 2)} / "
-              f"{f([x['seconds'] * 1e3 for x in cl], 2)} | {f([a['clean'] for a in acc])} / "
-              f"{f([a['noisy'] for a in acc])} / {f([a['fixed'] for a in acc])} | "
-              f"{f([a['recovered'] for a in acc], 2)} | {len(rows)} |")
+        print(f"| {kind} | {action} | {mean_std([x['precision'] for x in lw])} / "
+              f"{mean_std([x['recall'] for x in lw])} | {mean_std([x['precision'] for x in cl])} / "
+              f"{mean_std([x['recall'] for x in cl])} | {mean_std([x['ap'] for x in lw])} / "
+              f"{mean_std([x['ap'] for x in cl])} | {mean_std([x['seconds'] * 1e3 for x in lw], 2)} / "
+              f"{mean_std([x['seconds'] * 1e3 for x in cl], 2)} | {mean_std([a['clean'] for a in acc])} / "
+              f"{mean_std([a['noisy'] for a in acc])} / {mean_std([a['fixed'] for a in acc])} | "
+              f"{mean_std([a['recovered'] for a in acc], 2)} | {len(rows)} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -521,6 +552,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{lw['seconds']:.2f} s vs {cl['seconds']:.2f} s ({cl['seconds'] / lw['seconds']:.1f} x); "
                   f"Dice degraded {degraded['dice']:.3f} -> fixed {after['dice']:.3f} (clean {cleaned['dice']:.3f})",
                   flush=True)
+    masks_table_md(results, args.kinds, args.steps)
 
 
 if __name__ == "__main__":
