@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
             manifest = limit_train(noise_matrix.kind_manifest(kind, "drive", clean, matrix_args), args.limit_train)
             home = args.out / f"{kind}-seed{seed}-steps{args.steps}"
             run, degraded = run_for(kind, manifest, seed, args, "degraded")
-            audit_dir, fixed = home / "audit", home / "fixed"
+            audit_dir, fixed = home / "audit", home / "fixed-masks"  # not "fixed": run_for's run folder
             labelwise_cli("audit", str(run), "--input", str(manifest), "--split", "train", "--folds",
                           str(args.folds), "--out", str(audit_dir), "--fix", str(fixed))
             row = compare(audit_dir, manifest, args.repeats)
