@@ -78,7 +78,11 @@ def audit_labels(
     chosen = [i for i in range(len(data.ids)) if usable[i] and (not splits or data.splits[i] in splits)]
     if not chosen:
         raise DataError(f"{path}: no labelled samples to audit")
-    trained = recorded if own is None else {own.ids[i] for i in np.flatnonzero(own.splits == "train")}
+    if own is not None:
+        trained = {own.ids[i] for i in np.flatnonzero(own.splits == "train")}
+    else:  # own is read whenever nothing was recorded
+        assert recorded is not None
+        trained = recorded
     ids = [data.ids[i] for i in chosen]
     kept = split_seen(ids, trained, folds, table, run_dir, report, "sample")
     chosen = [i for i in chosen if data.ids[i] in kept]
