@@ -63,26 +63,26 @@ def audit_labels(
     started = time.perf_counter()
     labels = list(load_config(run_dir / "config.yaml", check_files=False).data.labels)
     recorded = training_ids(run_dir)
+    path = Path(table) if table is not None else run_data(run_dir)
     own: Table | None = None
     if table is None or recorded is None:  # the samples audited by default, or the only record of what trained it
         try:
-            own = read_table(run_data(run_dir), labels)
+            own = read_table(path if table is None else run_data(run_dir), labels)
         except DataError as err:
             raise LabelwiseError(
                 f"{run_dir}: its training table cannot be read, so its training samples are unknown "
                 f"({str(err).splitlines()[0]})"
             ) from None
-    path = Path(table) if table is not None else run_data(run_dir)
-    data = read_table(path, labels) if table is not None or own is None else own
+    data = own if table is None and own is not None else read_table(path, labels)
     usable = np.asarray(data.target >= 0 if not data.multilabel else (data.target >= 0).all(axis=1))
     chosen = [i for i in range(len(data.ids)) if usable[i] and (not splits or data.splits[i] in splits)]
     if not chosen:
         raise DataError(f"{path}: no labelled samples to audit")
-    if own is not None:
-        trained = {own.ids[i] for i in np.flatnonzero(own.splits == "train")}
-    else:  # own is read whenever nothing was recorded
-        assert recorded is not None
+    if recorded is not None:  # what trained the run, as it recorded it (as the mask audit takes it)
         trained = recorded
+    else:  # a run from before cases.json: its own table, read above
+        assert own is not None
+        trained = {own.ids[i] for i in np.flatnonzero(own.splits == "train")}
     ids = [data.ids[i] for i in chosen]
     kept = split_seen(ids, trained, folds, table, run_dir, report, "sample")
     chosen = [i for i in chosen if data.ids[i] in kept]

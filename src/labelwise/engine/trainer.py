@@ -558,7 +558,6 @@ class Trainer:
             record.update(threshold=value, val_dice=score)
         if self.fabric.is_global_zero:
             atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
-            self._write_cases()
             self.run.update_summary(calibration=record)
             logged = {"calibrated_threshold": "threshold", "dice_at_calibrated_threshold": "val_dice"}
             logged |= {
