@@ -161,3 +161,18 @@ def test_resume_may_change_keys_that_leave_the_network_as_it_was(run):
     assert code in (0, None), text
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["trainer"]["max_steps"] == 3 and saved["trainer"]["log_every"] == 5
+
+
+def test_predict_uncertainty_is_refused_for_a_classification_run(run, tmp_path):
+    text = _one_line(
+        *invoke_cli(
+            "predict",
+            str(run),
+            "--input",
+            str(_image(tmp_path / "a.npy")),
+            "--out",
+            str(tmp_path / "o"),
+            "--uncertainty",
+        )  # fmt: skip
+    )
+    assert "--uncertainty: only for segmentation runs" in text and not (tmp_path / "o").exists()

@@ -295,6 +295,13 @@ def predict(
             "(default 32)",
         ),
     ] = None,
+    uncertainty: Annotated[
+        bool,
+        typer.Option(
+            help="segmentation: also write uncertainty/<id>_entropy and _variance, the predictive entropy and the "
+            "foreground probability's variance over flips of the input (the mask is unchanged)",
+        ),
+    ] = False,
 ) -> None:
     """Predict with a trained run, exactly as it was trained and tested: inputs are read and preprocessed as its
     training data was. Segmentation runs: sliding windows, probability and mask (NIfTI or PNG), a maximum-intensity
@@ -314,6 +321,7 @@ def predict(
                 ("--roi", roi),
                 ("--tta", tta),
                 ("--min-size", min_size),
+                ("--uncertainty", uncertainty or None),
             )
             if value is not None and value != []
         ]
@@ -336,6 +344,7 @@ def predict(
         tta=tta,
         min_size=min_size,
         batch_size=batch_size,
+        uncertainty=uncertainty,
     )
     dice = [c["dice"] for c in cases if c.get("dice") is not None]
     tail = (

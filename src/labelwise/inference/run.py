@@ -160,6 +160,19 @@ class RunModel:
         self.require_head()
         return self.method.predict(image.to(self.device), spacing=spacing).float().cpu()
 
+    @torch.no_grad()
+    def flip_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``(F, B, K, *spatial)`` of a batch under every combination of flips of its axes, each flipped back
+        (:meth:`labelwise.methods.base.Method.flip_logits`, with the run's windows): what ``predict
+        --uncertainty`` measures. Refused for a method with a predict of its own (Frangi's filter)."""
+        self.require_head()
+        if self.task != "segmentation" or type(self.method).predict is not Method.predict:
+            raise LabelwiseError(
+                f"{self.run_dir}: --uncertainty measures how a segmentation network's output varies over flips; "
+                f"this run's method ({type(self.method).__name__}) predicts by its own rule"
+            )
+        return self.method.flip_logits(image.to(self.device)).float().cpu()
+
     def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
         """Foreground probability, label map and the threshold used per case, from segmentation logits
         ``(B, K, *spatial)``: the run's threshold (one channel) or argmax (several), unless :meth:`configure` set

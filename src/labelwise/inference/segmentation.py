@@ -11,6 +11,9 @@ Written under ``out`` for an input ``<id>.<suffix>`` (``<id>`` as :func:`labelwi
     probabilities/<id>.nii.gz   foreground probability, float32 (3D and NIfTI inputs; input's spacing and affine)
     probabilities/<id>.png      ... 2D pictures and arrays: 8-bit picture, plus <id>.npy (float32)
     masks/<id>.nii.gz           predicted labels, uint8 (2D pictures and arrays: masks/<id>.png, 0/255 if binary)
+    uncertainty/<id>_entropy.nii.gz   with --uncertainty: the predictive entropy over every flip of the input, over
+                                its maximum ([0, 1]); 2D pictures and arrays: .npy (float32) and an 8-bit .png
+    uncertainty/<id>_variance.nii.gz  ... and the variance of the foreground probability over the flips ([0, 0.25])
     figures/<id>_mip.png        3D: maximum-intensity projection of the image with the mask's projection in colour;
                                 2D: the image with the mask filled and outlined
     figures/<id>_diff.png       with a reference mask: true positives white, false negatives red, false positives
@@ -19,7 +22,8 @@ Written under ``out`` for an input ``<id>.<suffix>`` (``<id>`` as :func:`labelwi
     predictions.json            {"run", "checkpoint", "class_names" (label k of a mask is class_names[k]:
                                 background, then data.class_names or foreground), "cases": [one entry per input],
                                 "mean_dice"}; with a reference, an entry's "dice" is the foreground Dice (None where
-                                both are empty)
+                                both are empty); with --uncertainty, "entropy" and "variance" (the maps' paths) and
+                                "mean_entropy" and "mean_variance" (inside the roi): a case to review ranks high
 
 References and regions of interest are paired with the inputs by :func:`labelwise.data.pairing.match_references`
 (the rule of ``labelwise evaluate segmentation`` too) and scored by :func:`labelwise.metrics.surface.score_case`
@@ -46,12 +50,13 @@ from labelwise.inference.figures import diff_rgb, mask_overlay_rgb, project, wri
 from labelwise.inference.run import RunModel, input_files, reporter
 from labelwise.io import atomic_write
 from labelwise.metrics.surface import inside, mark_ignored, score_case, scored_classes
-from labelwise.models.outputs import Threshold, parse_threshold, segment
+from labelwise.models.outputs import Threshold, flip_uncertainty, parse_threshold, segment
 from labelwise.models.windows import sizes
 
 __all__ = ["INDEX_NAME", "predict_files", "prediction_inputs", "probabilities", "write_case"]
 
 INDEX_NAME = "predictions.json"
+UNCERTAINTY = ("entropy", "variance")  # predict --uncertainty: the maps written per case
 
 
 def probabilities(logits: Any, threshold: Threshold = None) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +106,7 @@ def predict_files(
     min_size: int | None = None,
     batch_size: int | None = None,
     mip_axis: int | None = None,
+    uncertainty: bool = False,
     progress: bool | Callable[[str], None] = True,
 ) -> list[dict[str, Any]]:
     """Predict every input (files, or folders of them) with ``run`` (a segmentation :class:`RunModel`) and write the
@@ -117,7 +123,10 @@ def predict_files(
     trained on whole images sees whole images). ``tta`` (flip test-time augmentation), ``min_size`` (smallest
     connected component kept, voxels): None keeps the run's (``method.tta``, ``method.min_size``); ``batch_size``:
     windows per forward pass. ``mip_axis``: the projection axis of 3D figures (see
-    :func:`labelwise.inference.figures.project`). ``progress``: True prints one line per case to stderr; a callable
+    :func:`labelwise.inference.figures.project`). ``uncertainty``: also write the entropy and flip-variance maps
+    (module docstring; :func:`labelwise.models.outputs.flip_uncertainty`) from every flip of the input, whatever
+    ``tta`` (which still decides the mask: the flips' mean logits, or the unflipped ones), and their means inside
+    the roi in the index. ``progress``: True prints one line per case to stderr; a callable
     receives that line.
 
     Returns the cases' index entries (also merged, by id, into ``out/predictions.json``)."""
@@ -162,11 +171,19 @@ def predict_files(
             check_reference(path, raw, references[cid], ref)
             ref.array = mark_ignored(ref.array, run.ignore)  # data.ignore: those voxels are scored nowhere
         spatial = raw.spatial_shape
-        logits = run.logits(torch.from_numpy(image.array)[None], spacing=image.spacing)
+        maps: dict[str, np.ndarray] = {}
+        if uncertainty:  # every flip once: their mean (with the run's tta) or the unflipped one gives the mask
+            samples = run.flip_logits(torch.from_numpy(image.array)[None])
+            logits = samples.mean(0) if run.method.tta else samples[0]
+            maps = dict(zip(UNCERTAINTY, (m[0].numpy() for m in flip_uncertainty(samples))))
+            del samples
+        else:
+            logits = run.logits(torch.from_numpy(image.array)[None], spacing=image.spacing)
         shown = image.array
         if image.grid is not None and image.grid.changed:  # logits back on the input's grid (linear), then thresholded
             logits = torch.from_numpy(from_grid(logits.numpy(), image.grid))
             shown = from_grid(image.array, image.grid)
+            maps = {name: from_grid(m, image.grid) for name, m in maps.items()}
         probability, mask, used = (t[0] for t in run.segment(logits))
         probability, mask = probability.numpy().astype(np.float32), mask.numpy()
         del logits
@@ -193,6 +210,8 @@ def predict_files(
                 mip_axis,
             )
         )
+        for name, values in maps.items():  # float maps as the probability is written; their means inside the roi
+            files_written[name] = write_map(out, f"uncertainty/{cid}_{name}", values, raw.spacing, raw.affine, nifti)
         seconds = time.perf_counter() - start
         window = run.method.window or list(spatial)
         entry: dict[str, Any] = {
@@ -211,6 +230,8 @@ def predict_files(
             "foreground_voxels": int((mask > 0).sum()),
             "seconds": round(seconds, 3),
         }
+        for name, values in maps.items():
+            entry[f"mean_{name}"] = float(values[region].mean() if region is not None else values.mean())
         if ref is not None:  # the overlap scores of the one per-case scorer, inside the roi
             scored = score_case(mask, ref.array, raw.spacing, region, scored_classes(run.num_classes), distances=False)
             entry["dice"] = _finite(scored["foreground"]["dice"])
@@ -258,6 +279,21 @@ def _write_index(out: Path, run: RunModel, entries: list[dict[str, Any]]) -> Pat
         "mean_dice": float(np.mean(scores)) if scores else None,
     }
     return atomic_write(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
+
+
+def write_map(
+    out: Path, stem: str, values: np.ndarray, spacing: Sequence[float], affine: np.ndarray | None, nifti: bool
+) -> str:
+    """A float voxel map (values in [0, 1]) written as the probability is: ``<stem>.nii.gz`` with ``spacing`` and
+    ``affine`` when ``nifti``, else ``<stem>.npy`` (float32) and an 8-bit ``<stem>.png`` beside it. Returns the
+    main file's path relative to ``out``."""
+    values = np.asarray(values, dtype=np.float32)
+    if nifti:
+        write_volume(out / f"{stem}.nii.gz", values, spacing, affine)
+        return f"{stem}.nii.gz"
+    write_volume(out / f"{stem}.npy", values)
+    write_volume(out / f"{stem}.png", np.clip(values, 0.0, 1.0))
+    return f"{stem}.npy"
 
 
 def write_case(

@@ -270,17 +270,33 @@ class Method:
             if not self.tta:
                 logits = self._windows(model, image)
             else:
-                dims = list(range(2, image.ndim))
-                flips = [[d for k, d in enumerate(dims) if mask >> k & 1] for mask in range(2 ** len(dims))]
-
-                def flipped(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
-                    return x.flip(axes) if axes else x
-
-                total = sum(flipped(self._windows(model, flipped(image, f)), f) for f in flips)
+                flips = self._flips(image.ndim)
+                total = sum(self._flipped_windows(model, image, f) for f in flips)
                 logits = cast(torch.Tensor, total) / len(flips)  # tensors summed: a tensor (typed "| float")
             return logits if self.temperature == 1.0 else logits / self.temperature
         out = model(image)
         return out[0] if isinstance(out, (tuple, list)) else out
+
+    def flip_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits ``(F, B, K, *spatial)`` of a batch under each of the ``F`` combinations of flips of
+        its spatial axes (the first unflipped; each flipped back), divided by :attr:`temperature`: the samples whose
+        mean :meth:`predict` takes with :attr:`tta` (``labelwise predict --uncertainty`` measures their spread)."""
+        assert self.predictor is not None and self.data.task == "segmentation"
+        model = self.networks[self.predictor]
+        samples = torch.stack([self._flipped_windows(model, image, f) for f in self._flips(image.ndim)])
+        return samples if self.temperature == 1.0 else samples / self.temperature
+
+    @staticmethod
+    def _flips(ndim: int) -> list[list[int]]:
+        """Every combination of the spatial axes of a batch with ``ndim`` axes (the first: none)."""
+        dims = list(range(2, ndim))
+        return [[d for k, d in enumerate(dims) if mask >> k & 1] for mask in range(2 ** len(dims))]
+
+    def _flipped_windows(self, model: nn.Module, image: torch.Tensor, axes: list[int]) -> torch.Tensor:
+        """The windows' logits of ``image`` flipped along ``axes``, flipped back."""
+        if not axes:
+            return self._windows(model, image)
+        return self._windows(model, image.flip(axes)).flip(axes)
 
     def _windows(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
         if self.window is None:  # whole images: one window each, the batch in one forward pass

@@ -4,6 +4,7 @@ functions, so a run predicts after training exactly as it was scored."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -11,7 +12,15 @@ import torch
 from labelwise.errors import ConfigError
 from labelwise.filters.vesselness import otsu_threshold
 
-__all__ = ["ACTIVATIONS", "Threshold", "activate", "parse_threshold", "remove_small_components", "segment"]
+__all__ = [
+    "ACTIVATIONS",
+    "Threshold",
+    "activate",
+    "flip_uncertainty",
+    "parse_threshold",
+    "remove_small_components",
+    "segment",
+]
 
 ACTIVATIONS = ("softmax", "sigmoid")
 Threshold = float | Literal["otsu"] | None
@@ -77,6 +86,29 @@ def segment(logits: torch.Tensor, threshold: Threshold = None) -> tuple[torch.Te
         return probability, foreground.long(), used
     labels = soft[:, 1:].argmax(dim=1) + 1
     return probability, torch.where(foreground, labels, torch.zeros_like(labels)), used
+
+
+def flip_uncertainty(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two voxel maps ``(B, *spatial)`` of how unsure a segmenter is, from its logits under ``S`` test-time flips
+    ``(S, B, K, *spatial)`` (:meth:`labelwise.methods.base.Method.flip_logits`):
+
+    - entropy: the entropy of the predictive distribution (the flips' class probabilities averaged), over its
+      maximum (ln K for K >= 2 softmax classes; one sigmoid channel: ln 2, foreground or not), so in [0, 1];
+    - variance: the variance over the flips of the foreground probability as :func:`segment` defines it
+      (one channel: the sigmoid; K >= 2: 1 - p(background)), in [0, 0.25]."""
+    samples = samples.float()
+    if samples.ndim < 4:
+        raise ConfigError(f"flip_uncertainty: expected logits (S, B, K, *spatial), got shape {tuple(samples.shape)}")
+    if samples.shape[2] == 1:
+        foreground = torch.sigmoid(samples[:, :, 0])
+        mean = foreground.mean(0)
+        entropy = -(torch.xlogy(mean, mean) + torch.xlogy(1 - mean, 1 - mean)) / math.log(2)
+    else:
+        soft = samples.softmax(dim=2)
+        foreground = soft[:, :, 1:].sum(dim=2)
+        mean = soft.mean(0)
+        entropy = -torch.xlogy(mean, mean).sum(dim=1) / math.log(samples.shape[2])
+    return entropy.clamp(0, 1), foreground.var(dim=0, unbiased=False)
 
 
 def remove_small_components(labels: torch.Tensor, min_size: int) -> torch.Tensor:
