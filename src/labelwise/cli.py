@@ -220,7 +220,13 @@ def demo(
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory (or one of its checkpoint folders)")],
+    run_dir: Annotated[
+        list[Path],
+        typer.Argument(
+            help="a run directory (or one of its checkpoint folders); segmentation: several runs predict as an "
+            "ensemble (their probabilities averaged)"
+        ),
+    ],
     input: Annotated[
         list[Path],
         typer.Option(
@@ -305,11 +311,13 @@ def predict(
 ) -> None:
     """Predict with a trained run, exactly as it was trained and tested: inputs are read and preprocessed as its
     training data was. Segmentation runs: sliding windows, probability and mask (NIfTI or PNG), a maximum-intensity
-    projection and, with --reference, a difference map. Classification runs: class or label probabilities as CSV
-    and .npz, readable by labelwise evaluate classification."""
+    projection and, with --reference, a difference map; several runs: an ensemble, their probabilities averaged.
+    Classification runs: class or label probabilities as CSV and .npz, readable by labelwise evaluate
+    classification."""
     from labelwise.inference import load_run, predict_classes, predict_files
 
-    run = load_run(run_dir, device=device)
+    runs = [load_run(path, device=device) for path in run_dir]
+    run = runs[0]
     if run.task == "classification":
         given = [
             name
@@ -326,14 +334,20 @@ def predict(
             if value is not None and value != []
         ]
         if given:
-            raise LabelwiseError(f"{', '.join(given)}: only for segmentation runs; {run_dir} is a classification run")
+            raise LabelwiseError(
+                f"{', '.join(given)}: only for segmentation runs; {run_dir[0]} is a classification run"
+            )
+        if len(runs) > 1:
+            raise LabelwiseError(
+                f"{len(runs)} runs given: ensembles are for segmentation runs; {run_dir[0]} is a classification run"
+            )
         files = predict_classes(run, input, out, split=split, batch_size=batch_size or 32)
         typer.echo(f"wrote {files['csv']} and {files['npz']}")
         return
     if split is not None:
         raise LabelwiseError("--split: only for classification runs (a table or dataset .npz)")
     cases = predict_files(
-        run,
+        runs,
         input,
         out,
         threshold=threshold,

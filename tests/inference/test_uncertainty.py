@@ -113,3 +113,52 @@ def test_predict_uncertainty_cli_writes_maps_on_the_input_grid(tmp_path, tta):
     entropy_values, variance_values = (m.get_fdata().ravel() for m in maps.values())
     top = variance_values > np.quantile(variance_values, 0.99)
     assert entropy_values[top].mean() > entropy_values.mean()
+
+
+def test_an_ensemble_averages_the_runs_probabilities(tmp_path):
+    """labelwise predict RUN1 RUN2: the probability is the mean of each run's own (a hand computation from the two
+    single-run predictions), the mask its argmax (two softmax classes: the mean above 0.5), and --uncertainty pools
+    both runs' flips."""
+    runs = [_vessels_run(tmp_path / f"r{i}", tta=bool(i)) for i in range(2)]
+    image = sorted((tmp_path / "r0" / "v" / "images").iterdir())[0]
+    single = []
+    for i, run in enumerate(runs):
+        code, text = invoke_cli("predict", str(run), "--input", str(image), "--out", str(tmp_path / f"o{i}"))
+        assert code == 0, text
+        entry = json.loads((tmp_path / f"o{i}" / "predictions.json").read_text())["cases"][0]
+        single.append(nib.load(tmp_path / f"o{i}" / entry["probability"]).get_fdata())
+    assert not np.allclose(single[0], single[1], atol=1e-3)
+    out = tmp_path / "ens"
+    code, text = invoke_cli("predict", str(runs[0]), str(runs[1]), "--input", str(image), "--out", str(out),
+                            "--uncertainty")  # fmt: skip
+    assert code == 0, text
+    index = json.loads((out / "predictions.json").read_text())
+    assert index["ensemble"] == [str(r) for r in runs] and index["run"] == str(runs[0])
+    entry = index["cases"][0]
+    mean = (single[0] + single[1]) / 2
+    np.testing.assert_allclose(nib.load(out / entry["probability"]).get_fdata(), mean, atol=1e-5)
+    mask = np.asarray(nib.load(out / entry["mask"]).dataobj)
+    clear = np.abs(mean - 0.5) > 1e-4
+    np.testing.assert_array_equal(mask[clear], (mean > 0.5)[clear])
+    assert nib.load(out / entry["entropy"]).shape == mask.shape and entry["mean_variance"] > 0
+
+
+def test_an_ensemble_with_other_classes_is_refused(tmp_path):
+    from labelwise.training import train
+
+    first = _vessels_run(tmp_path / "a", tta=False)
+    cfg = load_config(
+        {
+            "seed": 0,
+            "method": "supervised",
+            "data": {"synth": {"n": 12, "size": 16, "dim": 3, "num_classes": 3}, "task": "segmentation",
+                     "batch_size": 4},
+            "model": {"name": "unet", "channels": [4, 8]},
+            "trainer": {"max_steps": 1, "checkpoint_every": 1},
+        }
+    )  # fmt: skip
+    other = train(cfg, tmp_path / "three").run_dir
+    image = sorted((tmp_path / "a" / "v" / "images").iterdir())[0]
+    code, text = invoke_cli("predict", str(first), str(other), "--input", str(image), "--out", str(tmp_path / "o"))
+    assert code == 2 and "an ensemble averages the probabilities of the same classes" in text
+    assert not (tmp_path / "o").exists()

@@ -21,9 +21,10 @@ Written under ``out`` for an input ``<id>.<suffix>`` (``<id>`` as :func:`labelwi
                                 (:func:`labelwise.inference.figures.diff_rgb`)
     predictions.json            {"run", "checkpoint", "class_names" (label k of a mask is class_names[k]:
                                 background, then data.class_names or foreground), "cases": [one entry per input],
-                                "mean_dice"}; with a reference, an entry's "dice" is the foreground Dice (None where
-                                both are empty); with --uncertainty, "entropy" and "variance" (the maps' paths) and
-                                "mean_entropy" and "mean_variance" (inside the roi): a case to review ranks high
+                                "mean_dice"; an ensemble: "ensemble", its runs}; with a reference, an entry's
+                                "dice" is the foreground Dice (None where both are empty); with --uncertainty,
+                                "entropy" and "variance" (the maps' paths) and "mean_entropy" and "mean_variance"
+                                (inside the roi): a case to review ranks high
 
 References and regions of interest are paired with the inputs by :func:`labelwise.data.pairing.match_references`
 (the rule of ``labelwise evaluate segmentation`` too) and scored by :func:`labelwise.metrics.surface.score_case`
@@ -44,7 +45,15 @@ import numpy as np
 import torch
 
 from labelwise.data.pairing import check_reference, match_references
-from labelwise.data.volumes import VOLUME_SUFFIXES, case_id, from_grid, read_volume, stores_spacing, write_volume
+from labelwise.data.volumes import (
+    VOLUME_SUFFIXES,
+    Volume,
+    case_id,
+    from_grid,
+    read_volume,
+    stores_spacing,
+    write_volume,
+)
 from labelwise.errors import DataError
 from labelwise.inference.figures import diff_rgb, mask_overlay_rgb, project, write_png
 from labelwise.inference.run import RunModel, input_files, reporter
@@ -93,7 +102,7 @@ def _references(reference: str | Path | None, files: Sequence[Path], what: str =
 
 
 def predict_files(
-    run: RunModel,
+    run: RunModel | Sequence[RunModel],
     files: Sequence[str | Path],
     out: str | Path,
     threshold: Threshold | str = None,
@@ -129,21 +138,47 @@ def predict_files(
     the roi in the index. ``progress``: True prints one line per case to stderr; a callable
     receives that line.
 
+    Several runs (``run`` a sequence: an ensemble, e.g. the folds of a cross-validation) each predict as above on
+    the input's own grid; their class probabilities are averaged (not their logits), and the mean is thresholded by
+    the first run's rule (``min_size``, and its threshold, or the runs' mean threshold where they calibrated
+    different ones; ``threshold`` overrides both). They must have the same outputs (classes, names, activation).
+    With ``uncertainty``, every run's flips are pooled.
+
     Returns the cases' index entries (also merged, by id, into ``out/predictions.json``)."""
-    if run.task != "segmentation":
-        raise DataError(
-            f"{run.run_dir}: a classification run; its predict writes class probabilities "
-            "(labelwise.inference.predict_classes)"
-        )
+    runs = [run] if isinstance(run, RunModel) else list(run)
+    if not runs:
+        raise DataError("predict: no run given")
+    run = runs[0]
+    for other in runs:
+        if other.task != "segmentation":
+            raise DataError(
+                f"{other.run_dir}: a classification run; its predict writes class probabilities "
+                "(labelwise.inference.predict_classes)"
+            )
+        if other.spec["output"] != run.spec["output"]:
+            raise DataError(
+                f"{other.run_dir}: its outputs ({other.class_names}, {other.activation}) differ from {run.run_dir}'s "
+                f"({run.class_names}, {run.activation}); an ensemble averages the probabilities of the same classes"
+            )
     dims = run.spatial_dims
-    run.configure(
-        threshold=threshold,
-        overlap=overlap,
-        window=sizes(window, dims, "window size") if window is not None else None,
-        tta=tta,
-        min_size=min_size,
-        batch_size=batch_size,
-    )
+    for other in runs:
+        other.configure(
+            threshold=threshold,
+            overlap=overlap,
+            window=sizes(window, dims, "window size") if window is not None else None,
+            tta=tta,
+            min_size=min_size,
+            batch_size=batch_size,
+        )
+    if threshold is None and len(runs) > 1:  # the runs' own thresholds: one, or the mean of calibrated ones
+        chosen = [r.method.segment_threshold(run.num_classes) for r in runs]
+        if len({str(t) for t in chosen}) > 1:
+            if not all(isinstance(t, float) for t in chosen):
+                raise DataError(
+                    f"the runs threshold their probabilities differently ({', '.join(map(str, chosen))}); "
+                    "give the ensemble's with --threshold"
+                )
+            run.threshold_override = (float(np.mean([float(t) for t in chosen if t is not None])),)
     files = prediction_inputs(files)
     ids = [case_id(f) for f in files]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
@@ -171,19 +206,19 @@ def predict_files(
             check_reference(path, raw, references[cid], ref)
             ref.array = mark_ignored(ref.array, run.ignore)  # data.ignore: those voxels are scored nowhere
         spatial = raw.spatial_shape
+        shown = from_grid(image.array, image.grid)
+        outputs = [_case_logits(r, path, uncertainty, image if r is run else None) for r in runs]
+        if len(runs) == 1:
+            logits = outputs[0][0]
+        else:  # the mean probability, as logits the first run's threshold reads the same way
+            mean = torch.stack([r.probabilities(o[0]) for r, o in zip(runs, outputs)]).mean(0)
+            logits = mean.clamp_min(1e-12).log() if run.activation == "softmax" else torch.logit(mean, eps=1e-7)
         maps: dict[str, np.ndarray] = {}
-        if uncertainty:  # every flip once: their mean (with the run's tta) or the unflipped one gives the mask
-            samples = run.flip_logits(torch.from_numpy(image.array)[None])
-            logits = samples.mean(0) if run.method.tta else samples[0]
+        if uncertainty:
+            samples = torch.cat([o[1] for o in outputs if o[1] is not None])
             maps = dict(zip(UNCERTAINTY, (m[0].numpy() for m in flip_uncertainty(samples))))
             del samples
-        else:
-            logits = run.logits(torch.from_numpy(image.array)[None], spacing=image.spacing)
-        shown = image.array
-        if image.grid is not None and image.grid.changed:  # logits back on the input's grid (linear), then thresholded
-            logits = torch.from_numpy(from_grid(logits.numpy(), image.grid))
-            shown = from_grid(image.array, image.grid)
-            maps = {name: from_grid(m, image.grid) for name, m in maps.items()}
+        del outputs
         probability, mask, used = (t[0] for t in run.segment(logits))
         probability, mask = probability.numpy().astype(np.float32), mask.numpy()
         del logits
@@ -240,7 +275,7 @@ def predict_files(
         elif reference is not None:
             entry["dice"] = None
         entries.append(entry)
-        _write_index(out, run, entries)  # after every case, so an error later keeps what is done
+        _write_index(out, runs, entries)  # after every case, so an error later keeps what is done
         score = (
             f", Dice {entry['dice']:.4f}"
             if entry.get("dice") is not None
@@ -253,6 +288,27 @@ def predict_files(
     return entries
 
 
+def _case_logits(
+    run: RunModel, path: Path, uncertainty: bool, image: Volume | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One run's logits ``(1, K, *spatial)`` of the input at ``path`` on the input's own grid (read and preprocessed
+    as the run's training data was; ``image``: the input already so preprocessed for this run), and with
+    ``uncertainty`` its logits under every flip ``(F, 1, K, *spatial)``: their mean (with the run's tta) or the
+    unflipped one are the logits."""
+    image = run.read(path) if image is None else image
+    samples = None
+    if uncertainty:  # every flip once: their mean (with the run's tta) or the unflipped one gives the mask
+        samples = run.flip_logits(torch.from_numpy(image.array)[None])
+        logits = samples.mean(0) if run.method.tta else samples[0]
+    else:
+        logits = run.logits(torch.from_numpy(image.array)[None], spacing=image.spacing)
+    if image.grid is not None and image.grid.changed:  # back on the input's grid (linear), then thresholded
+        logits = torch.from_numpy(from_grid(logits.numpy(), image.grid))
+        if samples is not None:
+            samples = torch.from_numpy(from_grid(samples.numpy(), image.grid))
+    return logits, samples
+
+
 def _finite(value: Any) -> float | None:
     """A score for JSON: None where it is undefined (nan: both masks empty, the convention of
     :func:`labelwise.metrics.segmentation.dice`)."""
@@ -260,7 +316,8 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _write_index(out: Path, run: RunModel, entries: list[dict[str, Any]]) -> Path:
+def _write_index(out: Path, runs: Sequence[RunModel], entries: list[dict[str, Any]]) -> Path:
+    run = runs[0]
     path = out / INDEX_NAME
     old: list[dict[str, Any]] = []
     if path.is_file():
@@ -278,6 +335,8 @@ def _write_index(out: Path, run: RunModel, entries: list[dict[str, Any]]) -> Pat
         "cases": cases,
         "mean_dice": float(np.mean(scores)) if scores else None,
     }
+    if len(runs) > 1:  # an ensemble: every run, the first also under "run"
+        document["ensemble"] = [str(r.run_dir) for r in runs]
     return atomic_write(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
 
 
