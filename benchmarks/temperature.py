@@ -5,7 +5,9 @@ One training per seed of ``configs/drive-unet-mss.yaml`` (``--steps`` steps) wit
 "before" figures are the same network's at temperature 1, recovered from the saved test probabilities (``p_T =
 sigmoid(d / T)`` for the logit difference ``d``, so ``p_1 = sigmoid(T logit(p_T))``), inside the field of view,
 against the first observer's masks; the validation figures are the run's own (``summary.json``'s calibration).
-Goal (issue 30): the test ECE at least halved, Dice unchanged (± 0.002)::
+Goal (issue 30): the test ECE at least halved, Dice unchanged (± 0.002). Then the ensemble of the seeds' runs
+(``labelwise predict RUN1 RUN2 RUN3``: their probabilities averaged; seeds on the same training images, not folds)
+against each run alone, the same test images, Dice and ECE::
 
     python benchmarks/temperature.py --seeds 0 1 2 --steps 1000 --out runs/bench-temperature
 """
@@ -46,6 +48,26 @@ def test_ece(run_dir: Path, manifest: Path, temperature: float) -> dict[str, flo
     return {f"test_ece_{k}": ece_from_counts(v) for k, v in counts.items()}
 
 
+def ensemble_scores(run_dirs: list[Path], manifest: Path, out: Path) -> dict[str, float]:
+    """Dice and ECE (15 bins, inside the roi) of the runs' ensemble on the test cases (``predict_files`` with every
+    run: the probabilities averaged)."""
+    from labelwise.data.manifest import read_manifest
+    from labelwise.data.volumes import read_volume
+    from labelwise.inference import load_run, predict_files
+    from labelwise.metrics.fairness import calibration_counts, ece_from_counts
+
+    runs = [load_run(r) for r in run_dirs]
+    counts, dice = np.zeros((3, 15)), []
+    for case in (c for c in read_manifest(manifest) if c.split == "test"):
+        (entry,) = predict_files(runs, [case.image], out, reference=case.label, roi=case.roi, progress=False)
+        p = np.load(out / entry["probability_npy"]).astype(np.float64)
+        y = read_volume(case.label, mask=True).array > 0
+        inside = read_volume(case.roi, mask=True).array > 0
+        counts += calibration_counts(p[inside], y[inside])
+        dice.append(entry["dice"])
+    return {"dice": float(np.mean(dice)), "test_ece": ece_from_counts(counts), "runs": len(runs)}
+
+
 def main(argv: list[str] | None = None) -> None:
     from labelwise.config import load_config
 
@@ -82,6 +104,16 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     print(f"| {len(rows)} | {fmt('temperature')} | {fmt('val_ece_before')} / {fmt('val_ece_after')} | "
           f"{fmt('test_ece_before')} / {fmt('test_ece_after')} | {fmt('dice')} |")
+    if len(args.seeds) > 1:
+        key = f"steps{args.steps}/ensemble-" + "-".join(map(str, args.seeds))
+        if key not in results:
+            dirs = [args.out / f"steps{args.steps}-seed{s}" for s in args.seeds]
+            results[key] = ensemble_scores(dirs, manifest, args.out / key.replace("/", "-"))
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
+        ens = results[key]
+        print(f"\n| {len(rows)} runs | Dice | test ECE (temperature fitted) |\n|---|---|---|")
+        print(f"| each alone | {fmt('dice')} | {fmt('test_ece_after')} |")
+        print(f"| their ensemble | {ens['dice']:.4f} | {ens['test_ece']:.4f} |")
 
 
 if __name__ == "__main__":
