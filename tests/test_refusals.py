@@ -181,7 +181,13 @@ def test_predict_uncertainty_is_refused_for_a_classification_run(run, tmp_path):
 def test_an_ensemble_of_classification_runs_is_refused(run, tmp_path):
     text = _one_line(
         *invoke_cli(
-            "predict", str(run), str(run), "--input", str(_image(tmp_path / "a.npy")), "--out", str(tmp_path / "o"),
+            "predict",
+            str(run),
+            str(run),
+            "--input",
+            str(_image(tmp_path / "a.npy")),
+            "--out",
+            str(tmp_path / "o"),
         )  # fmt: skip
     )
     assert "2 runs given: ensembles are for segmentation runs" in text and not (tmp_path / "o").exists()

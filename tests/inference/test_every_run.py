@@ -293,6 +293,25 @@ def _same_as_own_test(run: Path, kept: Path, tmp_path: Path, extension: str) -> 
         )
 
 
+def _uncertainty_and_ensemble(run: Path, kept: Path, tmp_path: Path, extension: str) -> None:
+    """The moved run's ``predict --uncertainty`` writes both maps of the input's size beside the run's own test
+    probability, and the run in an ensemble with itself gives that probability again (the mean of equals)."""
+    own = run / "predictions" / "test"
+    cid = sorted(p.name.removesuffix(extension) for p in (own / "masks").iterdir())[0]
+    image = str(next((kept / "images").glob(f"{cid}.*")))
+    theirs = read_volume(own / "probabilities" / (f"{cid}.npy" if extension == ".png" else f"{cid}.nii.gz")).array
+    for name, runs, extra in (("uncertain", [str(run)], ["--uncertainty"]), ("ensemble", [str(run)] * 2, [])):
+        out = tmp_path / name
+        code, output = cli("predict", *runs, "--input", image, "--out", str(out), *extra)
+        assert code == 0, output
+        entry = json.loads((out / "predictions.json").read_text())["cases"][0]
+        mine = read_volume(out / entry["probability_npy" if extension == ".png" else "probability"]).array
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+        for key in ("entropy", "variance") if extra else ():
+            values = read_volume(out / entry[key]).array
+            assert values.shape == theirs.shape and np.isfinite(values).all() and 0 <= values.min() <= values.max() <= 1
+
+
 MSS = {"name": "unet_mss", "channels": [4, 8, 8, 16, 16]}
 
 
@@ -309,6 +328,11 @@ def test_2d_vessel_segmenters(tmp_path, vessels_2d, name, method):
     run, kept = _segmentation_run(tmp_path, vessels_2d, name, method, [32, 32], MSS)
     _same_as_own_test(run, kept, tmp_path, ".png")
     image = next((kept / "images").iterdir())
+    if name == "frangi":  # a filter: no network whose flips could disagree
+        code, output = cli("predict", str(run), "--input", str(image), "--out", str(tmp_path / "u"), "--uncertainty")
+        assert code == 2 and "predicts by its own rule" in output
+    else:
+        _uncertainty_and_ensemble(run, kept, tmp_path, ".png")
     entry = _explain(run, image, "foreground", tmp_path)
     assert entry["target"] == 1 and entry["activation"] == "sigmoid"
 
@@ -419,6 +443,7 @@ def test_calibrated_threshold_travels_with_the_run(tmp_path, vessels_2d, loss):
 def test_3d_unet_mss(tmp_path, vessels_3d):
     run, kept = _segmentation_run(tmp_path, vessels_3d, "unet-mss-3d", "supervised", [16, 16, 16], MSS)
     _same_as_own_test(run, kept, tmp_path, ".nii.gz")
+    _uncertainty_and_ensemble(run, kept, tmp_path, ".nii.gz")
     _explain(run, next((kept / "images").iterdir()), "foreground", tmp_path)
 
 
