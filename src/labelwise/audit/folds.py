@@ -80,10 +80,12 @@ def write_manifest_rows(
     extra = extra or {}
     labels = labels or {}
     columns = ["id", "image", "label", "split", "truth", "roi"]
+    columns += [f"label_{k}" for k in range(2, 1 + max((len(c.raters) for c in cases), default=0))]
     columns += sorted({c for row in extra.values() for c in row})
     rows = []
     for case in cases:
         label = labels.get(case.id, case.label)
+        raters = case.raters[1:] if case.id not in labels else ()  # a replaced label is the case's one mask
         rows.append(
             {
                 "id": case.id,
@@ -92,6 +94,7 @@ def write_manifest_rows(
                 "split": case.split,
                 "truth": str(Path(case.truth).resolve()) if case.truth else "",
                 "roi": str(Path(case.roi).resolve()) if case.roi else "",
+                **{f"label_{k}": str(Path(p).resolve()) for k, p in enumerate(raters, start=2)},
                 **extra.get(case.id, {}),
             }
         )

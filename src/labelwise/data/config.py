@@ -76,6 +76,12 @@ class DataConfig(Section):
         description="segmentation (manifest): mask values that carry no label (e.g. [255]: not annotated): those "
         "voxels count in no loss and no score, and no training patch is centred on one",
     )
+    raters: Literal["consensus", "majority", "first"] = Field(
+        "consensus",
+        description="segmentation (manifest) with label_2, label_3, ... columns (several raters' masks per case): "
+        "the target is their STAPLE consensus (each rater's sensitivity and specificity fitted by EM on the "
+        "training cases, written to the run's raters.json), their majority vote, or the first rater's (label)",
+    )
     intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
         "max",
         description="max/zscore: per image; channel: per channel with the training split's mean and std; "

@@ -66,6 +66,7 @@ class DataBundle:
     image_size: tuple[int, ...] | None = None  # spatial size of a training sample (a patch, for patch training)
     # how an input file becomes a sample, with the statistics measured on the training split (see preprocess_image)
     preprocessing: dict = field(default_factory=lambda: {"intensity": "none"})
+    raters: dict | None = None  # data.raters: the fit that fused several raters' masks (raters.json in the run)
 
     def split(self, name: str) -> Any:
         """One split (see ``splits``); a clear error when it is empty."""
@@ -216,6 +217,7 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     from labelwise.data.cache import CaseCache, cache_folder
     from labelwise.data.manifest import read_manifest
     from labelwise.data.patches import PatchDataset
+    from labelwise.data.raters import fuse_cases
 
     assert cfg.manifest is not None  # load_data reads cases for a manifest
     cases = read_manifest(cfg.manifest)
@@ -229,6 +231,8 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         )
     if not any(cases[i].labelled for i in chosen["train"]):
         raise DataError(f"{cfg.manifest}: the training cases have no labels")
+    raters_folder = cache_folder(cfg.manifest, cfg.cache) / "raters"
+    cases, raters = fuse_cases(cases, chosen["train"], cfg.raters, raters_folder, cfg.ignore)
     cache = CaseCache(cache_folder(cfg.manifest, cfg.cache), cfg.modalities)
     spacing = target_spacing([cases[i] for i in chosen["train"]], cfg.spacing, cfg.reorient, cfg.modalities)
     preprocessing: dict = {"intensity": cfg.intensity, "reorient": bool(cfg.reorient), "spacing": spacing}
@@ -291,6 +295,7 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         class_names=class_names,
         ids=np.array([c.id for c in cases]),
         preprocessing=preprocessing,
+        raters=raters,
     )
 
 

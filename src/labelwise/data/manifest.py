@@ -2,8 +2,10 @@
 
 Columns: ``id`` (unique), ``image`` (a NIfTI volume or a 2D picture), ``label`` (its mask; empty: the case is
 unlabelled), ``split`` (``train``, ``val`` or ``test``), and optionally ``truth`` (a reference mask used only for
-evaluation, e.g. the clean mask of a synthetic set whose ``label`` is noisy) and ``roi`` (a region-of-interest mask:
-scores are computed inside it, e.g. a fundus photograph's field of view). Paths are relative to the manifest's
+evaluation, e.g. the clean mask of a synthetic set whose ``label`` is noisy), ``roi`` (a region-of-interest mask:
+scores are computed inside it, e.g. a fundus photograph's field of view) and ``label_2``, ``label_3``, ... (the masks
+of more raters of the case, ``label`` being the first's: ``data.raters`` says how they make the training target,
+:mod:`labelwise.data.raters`). Paths are relative to the manifest's
 folder or absolute. Which cases may use their label is said by the manifest, never inferred from file order::
 
     id,image,label,split,truth
@@ -14,6 +16,7 @@ folder or absolute. Which cases may use their label is said by the manifest, nev
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ __all__ = ["SPLITS", "Case", "read_manifest"]
 
 SPLITS = ("train", "val", "test")
 REQUIRED = ("id", "image", "split")
+RATER = re.compile(r"label_([2-9]|[1-9][0-9]+)")  # label_2, label_3, ...: more raters' masks
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Case:
     split: str
     truth: Path | None = None
     roi: Path | None = None
+    raters: tuple[Path, ...] = ()  # with label_2, ...: every rater's mask, the first the manifest's label
 
     @property
     def labelled(self) -> bool:
@@ -74,7 +79,8 @@ def read_manifest(path: str | Path) -> list[Case]:
         if split not in SPLITS:
             problems.append(f"{where}: split {split!r} of {case_id}; use one of {', '.join(SPLITS)}")
         files: dict[str, Path | None] = {}
-        for column in ("image", "label", "truth", "roi"):
+        extra = sorted((c for c in row if RATER.fullmatch(c) and row[c]), key=lambda c: int(c.split("_")[1]))
+        for column in ("image", "label", "truth", "roi", *extra):
             text = row.get(column, "")
             if not text:
                 files[column] = None
@@ -91,8 +97,13 @@ def read_manifest(path: str | Path) -> list[Case]:
                 f"{where}: {case_id} is in the {split} split but has no label; val and test cases are "
                 "scored, so they need one"
             )
+        if extra and files["label"] is None:
+            problems.append(f"{where}: {case_id} has {', '.join(extra)} but no label (the first rater's mask)")
+        raters = (files["label"], *(files[c] for c in extra)) if extra and files["label"] is not None else ()
         if image is not None:  # else a problem: no case is returned
-            cases.append(Case(case_id, image, files["label"], split, files["truth"], files["roi"]))
+            cases.append(
+                Case(case_id, image, files["label"], split, files["truth"], files["roi"], tuple(p for p in raters if p))
+            )
     if problems:
         shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
         raise DataError("\n".join(shown))

@@ -21,6 +21,7 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
         self.inference = self.path / "inference.json"  # what inference needs besides the weights
         self.cases = self.path / "cases.json"  # the data file it trained on and the sample ids of every split
+        self.raters = self.path / "raters.json"  # data.raters: how several raters' masks were fused (their fit)
         self.checkpoints = self.path / "checkpoints"
         self.predictions = self.path / "predictions"
         self.figures = self.path / "figures"

@@ -267,6 +267,8 @@ class Trainer:
             splits[name] = [str(self.data.ids[int(i)]) for i in indices]
         record = {"data": None if source is None else str(Path(source).resolve()), "splits": splits}
         atomic_write(self.run.cases, json.dumps(record) + "\n")
+        if self.data.raters is not None:
+            atomic_write(self.run.raters, json.dumps(self.data.raters, indent=1) + "\n")
 
     def _check_resume_config(self) -> None:
         """Refuse, before anything is written, a resumed run whose ``trainer.max_steps`` is below its last

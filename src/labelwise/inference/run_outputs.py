@@ -133,7 +133,9 @@ def save_run_predictions(
     mask by nearest neighbour (the evaluation's mask is not thresholded again), both with the axes put back in the
     file's order (:func:`labelwise.data.volumes.from_grid`), with the file's spacing and affine; the label and
     region of interest are read from their files again. Voxels without a label (``data.ignore``) are scored
-    nowhere (:func:`labelwise.metrics.surface.score_case`). Returns the path of ``segmentation.json``."""
+    nowhere (:func:`labelwise.metrics.surface.score_case`). Cases with several raters (``data.raters``: their label
+    is the raters' fusion) add ``raters``: the model's mean Dice against each rater, each rater's against the fused
+    label, and the raters' between themselves. Returns the path of ``segmentation.json``."""
     folder = Path(folder)
     ignore: list[int] = []  # data.ignore: the label files' values without a label (the dataset's are IGNORE)
     try:
@@ -147,6 +149,7 @@ def save_run_predictions(
     scores: dict[str, list[dict[str, Any]]] = {"label": [], "truth": []}
     calibration: dict[str, np.ndarray] = {}  # per reference: the foreground probability's reliability counts
     figures = []
+    rated: list[dict[str, Any]] = []  # per case with several raters: their Dice scores (_rater_scores)
     grids = getattr(volumes, "grids", None) or [None] * len(volumes.cases)
     for i, case in enumerate(volumes.cases):
         spacing, affine = volumes.spacings[i], volumes.affines[i]
@@ -188,6 +191,8 @@ def save_run_predictions(
             region = reference >= 0 if roi is None else (reference >= 0) & (roi > 0)  # IGNORE: no label
             counts = calibration_counts(probability[region], reference[region] > 0)
             calibration[name] = calibration[name] + counts if name in calibration else counts
+        if len(getattr(case, "raters", ())) > 1 and "label" in references:  # data.raters: the label is their fusion
+            rated.append(_rater_scores(mask, references["label"], case.raters, spacing, roi))
         nifti = mask.ndim == 3 or stores_spacing(case.image)
         files = write_case(folder, case.id, image, probability, mask, spacing, affine, nifti, references)
         entry = {"id": case.id, **{key: value for key, value in files.items() if key.startswith(("mip", "diff"))}}
@@ -208,6 +213,31 @@ def save_run_predictions(
             if cases
         },
     }
+    if rated:
+        result["raters"] = {
+            "cases": len(rated),
+            **{key: np.nanmean([r[key] for r in rated], axis=0).tolist() for key in ("model", "rater_vs_label")},
+            "between_raters": float(np.nanmean([r["between_raters"] for r in rated])),
+        }
     path = folder / "segmentation.json"
     atomic_write(path, to_json(result))
     return path
+
+
+def _rater_scores(
+    mask: np.ndarray, label: np.ndarray, raters: Any, spacing: Any, roi: np.ndarray | None
+) -> dict[str, Any]:
+    """One case's Dice (inside ``roi``, by the one per-case scorer) of the predicted ``mask`` against each rater's
+    mask (``model``), of each rater against the fused ``label`` (``rater_vs_label``), and between the raters (the
+    mean over pairs): the model's agreement beside the raters' own."""
+
+    def dice(a: np.ndarray, b: np.ndarray) -> float:
+        return float(score_case(a, b, spacing, roi, distances=False)["foreground"]["dice"])
+
+    masks = [read_volume(path, mask=True).array for path in raters]
+    pairs = [dice(masks[j], masks[k]) for j in range(len(masks)) for k in range(j + 1, len(masks))]
+    return {
+        "model": [dice(mask, m) for m in masks],
+        "rater_vs_label": [dice(m, label) for m in masks],
+        "between_raters": float(np.nanmean(pairs)),
+    }
