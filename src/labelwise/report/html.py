@@ -378,6 +378,7 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
         if images:
             cases.append({"id": entry.get("id"), "images": images})
     roi = data.get("roi") or 0
+    raters = data.get("raters") if isinstance(data.get("raters"), dict) else None
     calibration = {name: r["calibration"] for name, r in references.items() if isinstance(r.get("calibration"), dict)}
     reliability = reliability_png(calibration) if calibration else None
     return {
@@ -385,6 +386,15 @@ def _segmentation(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
         if reliability
         else None,
         "ece": {name: found.get("ece") for name, found in calibration.items()},
+        "raters": (
+            {
+                "cases": raters.get("cases"),
+                "rows": list(zip(raters.get("model", []), raters.get("rater_vs_label", []), strict=False)),
+                "between": raters.get("between_raters"),
+            }
+            if raters
+            else None
+        ),
         "columns": [label for _, label in SEGMENTATION_SCORES],
         "rows": rows,
         "cases": cases,
