@@ -118,7 +118,7 @@ def test_the_manifest_reads_every_raters_mask_and_refuses_a_rater_without_the_fi
         read_manifest(tmp_path / "bad.csv")
 
 
-@pytest.mark.parametrize("method", ["consensus", "majority"])
+@pytest.mark.parametrize("method", ["consensus", "majority", "first"])
 def test_a_run_on_three_raters_through_the_cli(tmp_path, method):
     """The run trains on the fused masks (the majority of narrow, true and wide bars is the true bar, as is their
     consensus), writes raters.json (STAPLE: a sensitivity and specificity per rater) and scores its test case against
@@ -142,6 +142,11 @@ def test_a_run_on_three_raters_through_the_cli(tmp_path, method):
     result = run_cli("train", str(REPO / "configs" / "drive-unet-mss.yaml"), "--run-dir", str(run),
                      *[a for s in sets for a in ("--set", s)], *report)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    scores = json.loads((run / "predictions" / "test" / "segmentation.json").read_text())
+    if method == "first":  # the first rater's masks, no fit; the test case is still scored against every rater
+        assert not (run / "raters.json").exists()
+        np.testing.assert_allclose(scores["raters"]["rater_vs_label"], [1.0, 2 * 5 / 12, 2 * 7 / 16], atol=1e-6)
+        return
     record = json.loads((run / "raters.json").read_text())
     assert record["method"] == method and record["raters"] == 3 and record["fitted_on"] == 4
     if method == "consensus":
@@ -151,7 +156,6 @@ def test_a_run_on_three_raters_through_the_cli(tmp_path, method):
     assert len(fused) == 1
     np.testing.assert_array_equal(read_volume(fused[0], mask=True).array, read_volume(tmp_path / "p0_truth.png",
                                   mask=True).array)  # fmt: skip
-    scores = json.loads((run / "predictions" / "test" / "segmentation.json").read_text())
     raters = scores["raters"]
     assert raters["cases"] == 1 and len(raters["model"]) == len(raters["rater_vs_label"]) == 3
     # a hand count: the narrow (5 px) and wide (9 px) bars against the true 7 px and each other
@@ -160,3 +164,20 @@ def test_a_run_on_three_raters_through_the_cli(tmp_path, method):
     if method == "consensus":  # the report shows the model beside the raters
         html = (run / "report.html").read_text()
         assert 'id="segmentation-raters"' in html and f"mean Dice of {raters['between_raters']:.4g}" in html
+
+
+def test_raters_of_the_test_cases_alone_are_fitted_on_those(tmp_path):
+    """Only the evaluation cases traced by several raters (DRIVE's test set has two observers): the fusion is fitted
+    on them, the training cases keep their one mask."""
+    from dataclasses import replace
+
+    from labelwise.data.raters import fuse_cases
+
+    cases = read_manifest(_rated_pictures(tmp_path))
+    cases = [replace(c, raters=()) if c.split == "train" else c for c in cases]
+    train = [i for i, c in enumerate(cases) if c.split == "train"]
+    fused, record = fuse_cases(cases, train, "consensus", tmp_path / "fused", quiet=True)
+    assert record is not None and record["fitted_on"] == record["cases"] == 2
+    assert [c.label for c in fused[:4]] == [c.label for c in cases[:4]]  # training masks untouched
+    assert all(c.label.parent == tmp_path / "fused" for c in fused[4:])
+    assert fuse_cases(cases, train, "first", tmp_path / "none") == (cases, None)

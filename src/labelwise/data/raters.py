@@ -14,7 +14,9 @@
 
 Counts are taken inside each case's roi where it has one; the fit of the training cases makes the targets of the
 validation and test cases too (their consensus is what the run is scored against; the raters' own scores, and
-their agreement, are given beside it).
+their agreement, are given beside it). With ``first`` the label stays the first rater's, and the scores against
+each rater are given all the same (DRIVE's second observer as ``label_2`` of the test cases: the model beside the
+human agreement).
 """
 
 from __future__ import annotations
@@ -160,7 +162,8 @@ def fuse_cases(
     quiet: bool = False,
 ) -> tuple[list[Case], dict[str, Any] | None]:
     """``cases`` with the label of every case that has several raters replaced by their fused mask (``method``:
-    ``consensus`` or ``majority``; ``first`` changes nothing), fitted on the cases at positions ``train``. The fused
+    ``consensus`` or ``majority``; ``first`` changes nothing), fitted on the cases at positions ``train`` (where none
+    of them has several raters, as when only the test set was traced twice: on the cases that have). The fused
     masks are written under ``folder`` (2D: PNG, 3D: NIfTI with the first rater's geometry), named by a digest of
     the raters' files and the fit, so a later run with the same ones reuses them (and the case cache its entries).
     Returns the cases and the record of the fit (None when no case has several raters or ``method`` is ``first``)."""
@@ -179,9 +182,7 @@ def fuse_cases(
     if len(counts_raters) > 1:
         raise DataError(f"data.raters: the cases have different numbers of raters ({sorted(counts_raters)})")
     raters = counts_raters.pop()
-    fitted = [i for i in train if i in set(rated)]
-    if not fitted:
-        raise DataError("data.raters: no training case has several raters' masks to fit the fusion on")
+    fitted = [i for i in train if i in set(rated)] or rated  # raters of the test cases only: fitted on those
     loaded = {i: read_raters(cases[i]) for i in rated}
     classes = max(2, 1 + max(int(m.max()) for masks, _ in loaded.values() for m in masks))
     counts: dict[int, int] = {}
