@@ -51,7 +51,7 @@ def _predict_params(args: list[str]) -> dict:
 def test_predict_roi_space_separated_is_parsed_like_the_repeated_form():
     base = ["--input", "a.nii.gz", "--out", "o"]
     spaced = _predict_params(["runs/x", *base, "--window", "64", "64", "32"])
-    assert spaced["window"] == [64, 64, 32] and str(spaced["run_dir"]) == "runs/x"
+    assert spaced["window"] == [64, 64, 32] and [str(r) for r in spaced["run_dir"]] == ["runs/x"]
     assert _predict_params(["runs/x", *base, "--window", "64", "--window", "64", "--window", "32"])["window"] == [
         64,
         64,
@@ -59,8 +59,16 @@ def test_predict_roi_space_separated_is_parsed_like_the_repeated_form():
     ]
     # values stop at the first token that is not a number: the run directory may follow
     before = _predict_params(["--window", "48", "40", "runs/x", *base, "--overlap", "0.25"])
-    assert before["window"] == [48, 40] and str(before["run_dir"]) == "runs/x" and before["overlap"] == 0.25
+    assert before["window"] == [48, 40] and [str(r) for r in before["run_dir"]] == ["runs/x"]
+    assert before["overlap"] == 0.25
     assert _predict_params(["runs/x", *base, "--window", "96"])["window"] == [96]
+    # several runs (an ensemble), before or after the per-axis values
+    for args in (
+        ["runs/a", "runs/b", *base, "--window", "64", "32"],
+        ["--window", "64", "32", "runs/a", "runs/b", *base],
+    ):
+        params = _predict_params(args)
+        assert [str(r) for r in params["run_dir"]] == ["runs/a", "runs/b"] and params["window"] == [64, 32]
 
 
 def test_expand_per_axis_options_touches_only_the_listed_options():
