@@ -181,3 +181,27 @@ def test_raters_of_the_test_cases_alone_are_fitted_on_those(tmp_path):
     assert [c.label for c in fused[:4]] == [c.label for c in cases[:4]]  # training masks untouched
     assert all(c.label.parent == tmp_path / "fused" for c in fused[4:])
     assert fuse_cases(cases, train, "first", tmp_path / "none") == (cases, None)
+
+
+def test_fused_volumes_keep_the_first_raters_geometry(tmp_path):
+    """3D: the fused mask of NIfTI raters is a NIfTI with the first rater's affine (read back with nibabel), its
+    values the majority of three volumes (a hand count per voxel)."""
+    import nibabel as nib
+
+    from labelwise.data.raters import fuse_cases
+
+    rng = np.random.default_rng(1)
+    affine = np.diag([0.8, 0.7, 1.5, 1.0])
+    masks = [(rng.random((6, 7, 5)) > 0.6).astype(np.uint8) for _ in range(3)]
+    rows = ["id,image,label,label_2,label_3,split"]
+    nib.save(nib.Nifti1Image(rng.random((6, 7, 5)).astype(np.float32), affine), str(tmp_path / "v.nii.gz"))
+    for k, mask in enumerate(masks, start=1):
+        nib.save(nib.Nifti1Image(mask, affine), str(tmp_path / f"r{k}.nii.gz"))
+    rows.append("v,v.nii.gz,r1.nii.gz,r2.nii.gz,r3.nii.gz,train")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    cases = read_manifest(tmp_path / "m.csv")
+    (fused,), record = fuse_cases(cases, [0], "majority", tmp_path / "fused", quiet=True)
+    written = nib.load(fused.label)
+    np.testing.assert_allclose(written.affine, affine)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), (sum(masks) >= 2).astype(np.uint8))
+    assert record["method"] == "majority" and record["cases"] == 1
