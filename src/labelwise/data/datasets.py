@@ -231,9 +231,9 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         )
     if not any(cases[i].labelled for i in chosen["train"]):
         raise DataError(f"{cfg.manifest}: the training cases have no labels")
-    raters_folder = cache_folder(cfg.manifest, cfg.cache) / "raters"
-    cases, raters = fuse_cases(cases, chosen["train"], cfg.raters, raters_folder, cfg.ignore)
-    cache = CaseCache(cache_folder(cfg.manifest, cfg.cache), cfg.modalities)
+    folder = cache_folder(cfg.manifest, cfg.cache)
+    cases, raters = fuse_cases(cases, chosen["train"], cfg.raters, folder / "raters", cfg.ignore)
+    cache = CaseCache(folder, cfg.modalities)
     spacing = target_spacing([cases[i] for i in chosen["train"]], cfg.spacing, cfg.reorient, cfg.modalities)
     preprocessing: dict = {"intensity": cfg.intensity, "reorient": bool(cfg.reorient), "spacing": spacing}
     if cfg.ignore:  # only then: the cache keys of runs without it stay as they were

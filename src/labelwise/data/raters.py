@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from labelwise.data.manifest import Case
+from labelwise.data.volumes import Volume, read_volume, write_volume
 from labelwise.errors import DataError
 
 __all__ = ["RaterModel", "fit_raters", "fuse", "fuse_cases", "read_raters"]
@@ -66,18 +67,18 @@ class RaterModel:
         return record
 
 
-def read_raters(case: Case) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """The raters' masks of ``case`` (every one the same shape) and its roi (bool, or None)."""
-    from labelwise.data.volumes import read_volume
-
-    masks = [np.asarray(read_volume(path, mask=True).array) for path in case.raters]
+def read_raters(case: Case) -> tuple[list[np.ndarray], np.ndarray | None, Volume]:
+    """The raters' masks of ``case`` (every one the same shape), its roi (bool, or None) and the first rater's
+    mask as read (its spacing and affine are the fused mask's)."""
+    volumes = [read_volume(path, mask=True) for path in case.raters]
+    masks = [np.asarray(v.array) for v in volumes]
     if len({m.shape for m in masks}) > 1:
         shapes = ", ".join(f"{p.name} {m.shape}" for p, m in zip(case.raters, masks))
         raise DataError(f"{case.id}: its raters' masks differ in shape ({shapes})")
     if any(m.min() < 0 for m in masks):
         raise DataError(f"{case.id}: a rater's mask has negative values")
     roi = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else None
-    return masks, roi
+    return masks, roi, volumes[0]
 
 
 def _codes(masks: Sequence[np.ndarray], classes: int) -> np.ndarray:
@@ -95,8 +96,7 @@ def _patterns(codes: np.ndarray, raters: int, classes: int) -> np.ndarray:
 
 def _majority(patterns: np.ndarray, classes: int) -> np.ndarray:
     """Vote shares ``(P, K)`` of each pattern."""
-    shares = np.stack([(patterns == k).mean(1) for k in range(classes)], axis=1)
-    return shares
+    return np.stack([(patterns == k).mean(1) for k in range(classes)], axis=1)
 
 
 def fit_raters(counts: dict[int, int], raters: int, classes: int, method: str) -> RaterModel:
@@ -168,7 +168,6 @@ def fuse_cases(
     the raters' files and the fit, so a later run with the same ones reuses them (and the case cache its entries).
     Returns the cases and the record of the fit (None when no case has several raters or ``method`` is ``first``)."""
     from labelwise.data.cache import _stamp
-    from labelwise.data.volumes import read_volume, write_volume
 
     rated = [i for i, c in enumerate(cases) if len(c.raters) > 1]
     if method == "first" or not rated:
@@ -184,10 +183,10 @@ def fuse_cases(
     raters = counts_raters.pop()
     fitted = [i for i in train if i in set(rated)] or rated  # raters of the test cases only: fitted on those
     loaded = {i: read_raters(cases[i]) for i in rated}
-    classes = max(2, 1 + max(int(m.max()) for masks, _ in loaded.values() for m in masks))
+    classes = max(2, 1 + max(int(m.max()) for masks, _, _ in loaded.values() for m in masks))
     counts: dict[int, int] = {}
     for i in fitted:
-        masks, roi = loaded[i]
+        masks, roi, _ = loaded[i]
         codes = _codes(masks, classes)
         unique, number = np.unique(codes[roi] if roi is not None else codes, return_counts=True)
         for code, n in zip(unique.tolist(), number.tolist()):
@@ -198,8 +197,7 @@ def fuse_cases(
     out = list(cases)
     for i in rated:
         case = cases[i]
-        masks, _ = loaded[i]
-        first = read_volume(case.raters[0], mask=True)
+        masks, _, first = loaded[i]
         suffix = ".png" if masks[0].ndim == 2 else ".nii.gz"
         path = folder / f"{case.id}-{key.hexdigest()[:12]}{suffix}"
         if not path.is_file():
