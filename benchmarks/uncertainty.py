@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     auroc: dict[str, list[float]] = {"one-pass entropy": [], "flip entropy": [], "flip variance": []}
     means: dict[str, list[float]] = {k: [] for k in auroc}
     dice = []
+    run = load_run(run_dir)  # predict_files sets every inference option of each call (configure)
     for number, case in enumerate(cases, 1):
         outputs = {}
         for way in WAYS:  # interleaved: the three ways of one image one after the other
-            run = load_run(run_dir)
             out = args.out / way.replace(" ", "-")
             started = time.perf_counter()
             (entry,) = predict_files(run, [case.image], out, reference=case.label, roi=case.roi, progress=False,
