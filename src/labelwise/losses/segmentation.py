@@ -126,31 +126,70 @@ def soft_dice_ce_loss(logits: Tensor, target: Tensor, weight: Tensor | None = No
     return dice.mean() + cross_entropy.mean()
 
 
-def dice_ce_loss(logits: Tensor, target: Tensor, label_smoothing: float = 0.0, smooth: float = 1e-5) -> Tensor:
+def dice_ce_loss(
+    logits: Tensor,
+    target: Tensor,
+    label_smoothing: float = 0.0,
+    smooth: float = 1e-5,
+    weight: Tensor | None = None,
+) -> Tensor:
     """Dice + cross-entropy of softmax ``logits`` ``(B, K, *spatial)`` against an integer label map ``target``
     ``(B, 1, *spatial)``: the mean over samples and classes of ``1 - (2 sum p t + smooth) / (sum p + sum t +
     smooth)`` (``t`` one-hot) plus the mean over voxels of the cross-entropy (with ``label_smoothing``), the values of
     MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True, label_smoothing=...)``. Voxels of label
     :data:`~labelwise.metrics.surface.IGNORE` carry no label: both terms run over the others only, so the loss
-    equals the same loss over the labelled voxels alone (0 when a batch has none)."""
-    if not isinstance(target, Tensor) or target.ndim != logits.ndim or target.shape[1] != 1:
-        found = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise DataError(f"target: expected a label map (B, 1, *spatial) for logits {tuple(logits.shape)}, got {found}")
+    equals the same loss over the labelled voxels alone (0 when a batch has none).
+
+    ``target`` may instead hold class probabilities ``(B, K, *spatial)`` (soft targets, ``data.soft_labels``): ``t``
+    is then that target in both terms (cross-entropy ``-sum_k t_k log p_k``, smoothed as torch does:
+    ``(1 - label_smoothing) t + label_smoothing / K``). ``weight`` ``(B, 1, *spatial)``, >= 0 (``weight`` column
+    of a manifest): every voxel's products in the Dice sums are multiplied by it and the cross-entropy is the
+    weighted mean ``sum w l / sum w``, so an integer weight counts a voxel that many times and a weight of 0 is a
+    voxel without a label."""
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    labels = target[:, 0].long()
-    labelled = labels != IGNORE
+    classes = logits.shape[1] if isinstance(logits, Tensor) and logits.ndim >= 3 else 0
+    soft = isinstance(target, Tensor) and target.shape == logits.shape and target.is_floating_point() and classes > 1
+    if not soft and (not isinstance(target, Tensor) or target.ndim != logits.ndim or target.shape[1] != 1):
+        found = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise DataError(
+            f"target: expected a label map (B, 1, *spatial) or class probabilities shaped like the logits "
+            f"{tuple(logits.shape)}, got {found}"
+        )
     z = logits.to(dtype)
     p = torch.softmax(z, dim=1)
-    onehot = torch.nn.functional.one_hot(labels.clamp_min(0), logits.shape[1]).movedim(-1, 1).to(dtype)
-    if not bool(labelled.all()):  # voxels without a label: out of every sum (the usual case skips the products)
-        w = labelled.unsqueeze(1).to(dtype)
-        p, onehot = p * w, onehot * w
+    w: Tensor | None = None
+    if soft:
+        labels, onehot = None, target.to(dtype)
+    else:
+        labels = target[:, 0].long()
+        labelled = labels != IGNORE
+        onehot = torch.nn.functional.one_hot(labels.clamp_min(0), classes).movedim(-1, 1).to(dtype)
+        if not bool(labelled.all()):  # voxels without a label: out of every sum (the usual case skips the products)
+            w = labelled.unsqueeze(1).to(dtype)
+    if weight is not None:
+        if weight.ndim != logits.ndim or weight.shape[1] != 1 or weight.shape[2:] != logits.shape[2:]:
+            raise DataError(
+                f"weight: expected (B, 1, *spatial) for logits {tuple(logits.shape)}, got {tuple(weight.shape)}"
+            )
+        w = weight.to(dtype) if w is None else w * weight.to(dtype)
     dims = list(range(2, p.ndim))
-    dice = 1 - (2 * (p * onehot).sum(dims) + smooth) / (p.sum(dims) + onehot.sum(dims) + smooth)
-    if not bool(labelled.any()):
-        return dice.mean() + 0 * z.sum()  # no labelled voxel: no cross-entropy (its mean over none is nan)
-    cross_entropy = torch.nn.functional.cross_entropy(z, labels, ignore_index=IGNORE, label_smoothing=label_smoothing)
-    return dice.mean() + cross_entropy
+    pw, tw = (p, onehot) if w is None else (p * w, onehot * w)
+    dice = 1 - (2 * (pw * onehot).sum(dims) + smooth) / (pw.sum(dims) + tw.sum(dims) + smooth)
+    if labels is not None and weight is None:  # hard labels: torch's cross-entropy (ignore_index: IGNORE)
+        if w is not None and not bool(w.any()):
+            return dice.mean() + 0 * z.sum()  # no labelled voxel: no cross-entropy (its mean over none is nan)
+        cross_entropy = torch.nn.functional.cross_entropy(
+            z, labels, ignore_index=IGNORE, label_smoothing=label_smoothing
+        )
+        return dice.mean() + cross_entropy
+    t = onehot * (1 - label_smoothing) + label_smoothing / classes if label_smoothing else onehot
+    per_voxel = -(t * torch.log_softmax(z, dim=1)).sum(1, keepdim=True)
+    if w is None:
+        return dice.mean() + per_voxel.mean()
+    total = w.expand_as(per_voxel).sum()
+    if not bool(total > 0):
+        return dice.mean() + 0 * z.sum()
+    return dice.mean() + (w * per_voxel).sum() / total
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
