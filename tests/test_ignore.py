@@ -95,12 +95,18 @@ def test_a_loss_with_ignored_voxels_is_the_loss_over_the_labelled_ones(loss, dim
 
 
 def test_methods_that_do_not_leave_unlabelled_voxels_out_refuse():
-    cfg = load_config(
-        base("ds6"), ["data.manifest=m.csv", "data.ignore=[255]", "data.patch_size=[16,16]"], check_files=False
-    )
+    overrides = ["data.manifest=m.csv", "data.ignore=[255]", "data.patch_size=[16,16]"]
     data = DataBundle(splits={}, task="segmentation", num_classes=2, in_channels=1, spatial_dims=2)
-    with pytest.raises(ConfigError, match="data.ignore: method ds6 does not leave"):
-        METHODS["ds6"](cfg, data)
+    METHODS["ds6"](load_config(base("ds6"), overrides, check_files=False), data)  # ds6 does
+    with pytest.raises(ConfigError, match="data.ignore: method frangi does not leave"):
+        METHODS["frangi"](load_config(base("frangi"), overrides, check_files=False), data)
+    for maps, unlabelled, said in ((("weight",), False, "a weight column"), ((), True, "an ignore column")):
+        partial = DataBundle(
+            splits={}, task="segmentation", num_classes=2, in_channels=1, spatial_dims=2, maps=maps,
+            unlabelled_voxels=unlabelled,
+        )  # fmt: skip
+        with pytest.raises(ConfigError, match=f"come with {said}; method frangi does not"):
+            METHODS["frangi"](load_config(base("frangi"), overrides[:1], check_files=False), partial)
     with pytest.raises(ValueError, match="data.ignore: values of the masks of a segmentation manifest"):
         DataConfig(synth={"kind": "shapes"}, task="classification", ignore=[255])
     with pytest.raises(ValueError, match="distinct mask values >= 1"):

@@ -558,10 +558,11 @@ def _evaluate_fairness(
 def evaluate_segmentation(
     pred: Annotated[Path, typer.Option(help="folder of predicted masks (a labelwise predict folder: its masks/)")],
     truth: Annotated[
-        Path,
+        list[Path],
         typer.Option(
             help="folder of reference masks, matched to each input by file name (<id>, <id>_mask, _seg, _label, _gt, "
-            "_roi) or the data manifest's key rule"
+            "_roi) or the data manifest's key rule; repeat for several raters: scores against each, and the raters' "
+            "agreement between themselves"
         ),
     ],
     json_out: Annotated[Path | None, typer.Option("--json", help="write the scores as JSON here")] = None,
@@ -596,8 +597,8 @@ def evaluate_segmentation(
     from rich.console import Console
     from rich.table import Table
 
+    from labelwise.evaluation.segmentation import evaluate_raters, format_table, raters_csv, to_csv, to_json
     from labelwise.evaluation.segmentation import evaluate_segmentation as run
-    from labelwise.evaluation.segmentation import format_table, to_csv, to_json
 
     names = None
     if class_names is not None:
@@ -606,22 +607,37 @@ def evaluate_segmentation(
             raise LabelwiseError(
                 f"--class-names {class_names!r}: expected names separated by commas such as artery,vein"
             )
-    result = run(pred, truth, allow_missing=allow_missing, roi=roi, class_names=names, ignore=ignore or [])
-    rows = format_table(result)
-    table = Table(title=f"{result['n']} case(s): {pred} vs {truth}{f' inside {roi}' if roi else ''}")
-    for i, column in enumerate(rows[0]):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in rows[1:]:
-        table.add_row(*row)
+    options: dict = {"allow_missing": allow_missing, "roi": roi, "class_names": names, "ignore": ignore or []}
+    several = len(truth) > 1
+    result = evaluate_raters(pred, truth, **options) if several else run(pred, truth[0], **options)
     console = Console()
-    console.print(table)
-    for note in result.get("notes", []):
-        console.print(f"note: {note}", highlight=False)
+    for k, scored in enumerate(result["raters"] if several else [result], start=1):
+        rows = format_table(scored)
+        who = f"rater {k}: " if several else ""
+        table = Table(title=f"{who}{scored['n']} case(s): {pred} vs {truth[k - 1]}{f' inside {roi}' if roi else ''}")
+        for i, column in enumerate(rows[0]):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in rows[1:]:
+            table.add_row(*row)
+        console.print(table)
+        for note in scored.get("notes", []):
+            console.print(f"note: {note}", highlight=False)
+    if several:
+        summary = Table(title="mean Dice: the model against each rater, and the raters between themselves")
+        for column in ("", *(f"rater {k}" for k in range(1, len(truth) + 1))):
+            summary.add_column(column, justify="right")
+        summary.add_row("model", *(f"{d:.3f}" for d in result["model"]))
+        between = {tuple(p["raters"]): p["dice"] for p in result["between_raters"]["pairs"]}
+        for j in range(1, len(truth) + 1):
+            cells = ["-" if j == k else f"{between[(min(j, k), max(j, k))]:.3f}" for k in range(1, len(truth) + 1)]
+            summary.add_row(f"rater {j}", *cells)
+        console.print(summary)
+        console.print(f"raters between themselves: mean Dice {result['between_raters']['dice']:.3f}", highlight=False)
     if json_out is not None:
         to_json(result, json_out)
         typer.echo(f"wrote {json_out}")
     if csv_out is not None:
-        to_csv(result, csv_out)
+        (raters_csv if several else to_csv)(result, csv_out)
         typer.echo(f"wrote {csv_out}")
 
 

@@ -76,8 +76,11 @@ def test_majority_ties_go_to_the_lowest_class_and_identical_raters_are_their_own
     same = [np.array([[0, 1, 1, 0, 2]])] * 3
     model = fit_raters(_counts(same, 3), 3, 3, "consensus")
     np.testing.assert_array_equal(fuse(same, model), same[0])
-    with pytest.raises(DataError, match="first, majority or consensus"):
-        fit_raters({}, 2, 2, "mean")
+    with pytest.raises(DataError, match="first, majority, mean or consensus"):
+        fit_raters({}, 2, 2, "sample")
+    # mean: the share of raters who said foreground (a soft target)
+    c = np.array([[1, 1, 0, 0]])
+    np.testing.assert_allclose(fuse([a == 1, b, c], fit_raters({}, 3, 2, "mean")), [[2 / 3, 2 / 3, 2 / 3, 1 / 3]])
 
 
 def _rated_pictures(folder, raters: int = 3, n: int = 6, size: int = 48):

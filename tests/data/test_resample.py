@@ -15,6 +15,7 @@ from torch import nn
 
 from labelwise.config import DataConfig, load_config
 from labelwise.data.datasets import load_data, target_spacing
+from labelwise.data.manifest import Case
 from labelwise.data.patches import read_case
 from labelwise.data.volumes import Volume, from_grid, read_volume, resample, to_grid, write_volume
 from labelwise.inference import load_run, predict_files
@@ -48,12 +49,22 @@ def test_reorientation_matches_nibabel(tmp_path):
     np.testing.assert_array_equal(from_grid(volume.array, volume.grid)[0], data)  # back: the file's own order
     np.testing.assert_array_equal(from_grid(mask, volume.grid, mask=True), labels)
 
-    # read_case applies it to the image, label and roi alike
-    case = type("C", (), {"image": image, "label": label, "roi": label})()
-    got, target, roi = read_case(case, reorient=True)
+    # read_case applies it to the image, label, roi, weights and soft label alike
+    weights = tmp_path / "odd_weight.nii.gz"
+    nib.save(nib.Nifti1Image(np.abs(data) / np.abs(data).max(), ODD), str(weights))
+    case = Case("odd", image, label, "train", roi=label, weight=weights)
+    got, target, roi, weight, soft = read_case(case, reorient=True)
     np.testing.assert_array_equal(got.array, volume.array)
     np.testing.assert_array_equal(target, mask)
     np.testing.assert_array_equal(roi, mask > 0)
+    expected = nib.as_closest_canonical(nib.load(str(weights))).get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(weight, expected, rtol=1e-6)
+    assert soft is None
+    # a probability mask as the label (data.soft_labels): the label is where it exceeds 0.5
+    case = Case("odd", image, weights, "train")
+    _, target, _, _, soft = read_case(case, reorient=True, soft=True)
+    np.testing.assert_allclose(soft, expected, rtol=1e-6)
+    np.testing.assert_array_equal(target, expected > 0.5)
     # a canonical volume is left as it is
     plain = Volume(data[None], (1.0, 1.0, 1.0), np.eye(4))
     same, _ = to_grid(plain, reorient=True, spacing=[1.0, 1.0, 1.0])

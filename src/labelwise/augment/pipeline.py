@@ -27,6 +27,7 @@ mask), in physical units when the patch is not square (a 30 degree rotation of a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -184,15 +185,28 @@ class Augment:
         self.elastic = RandomElastic(spacing=e.spacing, magnitude=e.magnitude, generator=None) if e.p > 0 else None
 
     def __call__(self, image: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        image, target, _ = self.with_maps(image, target)
+        return image, target
+
+    def with_maps(
+        self, image: Tensor, target: Tensor | None = None, maps: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        """As calling it, with per-voxel float ``maps`` ``(B, *spatial)`` of a segmentation batch (loss weights, soft
+        labels) moved with the mask: the same geometry, nearest neighbour, values kept."""
         dims = image.ndim - 2
         spatial_target = target is not None and target.ndim == image.ndim - 1 and target.shape[1:] == image.shape[2:]
         mask = target.unsqueeze(1) if target is not None and spatial_target else None
+        if mask is not None and maps:  # one float stack: labels are exact in float32 up to 2**24
+            mask = torch.cat([mask.float(), *(m.unsqueeze(1).float() for m in maps)], dim=1)
         image, mask = self._flip(image, mask, dims)
         image, mask = self._rotate90(image, mask)
         image, mask = self._affine(image, mask, dims)
         image, mask = self._elastic(image, mask)
         image = self._intensity(image)
-        return image, (mask.squeeze(1) if mask is not None else target)
+        if mask is None or target is None:
+            return image, target, list(maps)
+        moved = mask[:, 0].round().to(target.dtype) if maps else mask.squeeze(1)
+        return image, moved, [mask[:, 1 + k] for k in range(len(maps))] if maps else []
 
     # --- geometry: the same for the image and its mask ---
 
@@ -262,14 +276,12 @@ class Augment:
             F.grid_sample(work[chosen], grid[chosen], mode="bilinear", padding_mode="zeros", align_corners=False),
         ).to(image.dtype)
         if mask is not None:
-            moved = (
-                F.grid_sample(
-                    mask[chosen].float(), grid[chosen], mode="nearest", padding_mode="zeros", align_corners=False
-                )
-                .round()
-                .to(mask.dtype)
+            moved = F.grid_sample(
+                mask[chosen].float(), grid[chosen], mode="nearest", padding_mode="zeros", align_corners=False
             )
-            mask = mask.index_copy(0, chosen, moved)
+            mask = mask.index_copy(
+                0, chosen, moved.to(mask.dtype) if mask.is_floating_point() else moved.round().to(mask.dtype)
+            )
         return out, mask
 
     def _elastic(self, image: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -279,7 +291,7 @@ class Augment:
         if not len(chosen):
             return image, mask
         tensors = (image[chosen],) if mask is None else (image[chosen], mask[chosen])
-        moved, _ = self.elastic(*tensors)
+        moved, _ = self.elastic(*tensors, modes=("bilinear", "nearest") if mask is not None else None)
         image = image.index_copy(0, chosen, moved[0])
         if mask is not None:
             mask = mask.index_copy(0, chosen, moved[1])

@@ -14,6 +14,8 @@ Each case is read with the one reader (:func:`labelwise.data.patches.read_case`)
             foreground.npy  flat indices of the label's foreground voxels, int32 (int64 past 2**31 voxels): where
                             foreground-centred patches are drawn; absent for an unlabelled case
             roi.npy         bool (*spatial), the region of interest; absent without one
+            weight.npy      float32 (*spatial), per-voxel loss weights (a manifest's weight column); absent without
+            soft.npy        float32 (*spatial), the foreground probability (data.soft_labels); absent without
             meta.json       id, shape, spacing, affine (of the arrays: reoriented and resampled as data.reorient and
                             data.spacing ask), ``original`` (the file's own shape, spacing, affine and what was done,
                             :class:`labelwise.data.volumes.Grid`), largest label, and the files it was made from
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 
 from labelwise.data.manifest import Case
-from labelwise.data.patches import VolumeDataset, read_case
+from labelwise.data.patches import MAPS, VolumeDataset, read_case
 from labelwise.data.volumes import Grid, suffix_of
 from labelwise.errors import DataError
 from labelwise.io import atomic_write
@@ -124,8 +126,11 @@ class CaseCache:
 
     def _case_names(self, case: Case) -> tuple[str, str]:
         """(prefix shared by every version of the case's entry, the entry's name)."""
-        paths = [str(p.resolve()) if p is not None else None for p in (case.image, case.label, case.roi)]
-        stamps = [_stamp(p) for p in (case.image, case.label, case.roi)]
+        files = [case.image, case.label, case.roi]
+        if case.ignore is not None or case.weight is not None:  # only then: the keys of other cases stay as they were
+            files += [case.ignore, case.weight]
+        paths = [str(p.resolve()) if p is not None else None for p in files]
+        stamps = [_stamp(p) for p in files]
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", case.id)[:48] or "case"
         prefix = f"{safe}-{_digest([FORMAT, paths])}"
         return prefix, f"{prefix}-{_digest([FORMAT, stamps, self._reader(case)])}"
@@ -171,6 +176,7 @@ class CaseCache:
         reorient: bool = False,
         spacing: Sequence[float] | None = None,
         ignore: Sequence[int] = (),
+        soft: bool = False,
     ) -> dict[str, Any]:
         """The training statistics of intensity scheme ``mode`` over ``cases`` (the training split), computed by
         streaming over them one case at a time (:func:`labelwise.data.intensity.intensity_statistics_of`), kept
@@ -190,6 +196,8 @@ class CaseCache:
             key.append([bool(reorient), list(spacing) if spacing is not None else None])
         if masks and ignore:
             key.append(["ignore", sorted(ignore)])
+        if masks and (soft or any(c.ignore is not None for c in cases)):
+            key.append(["soft", soft, [_stamp(c.ignore) for c in cases]])
         path = self.folder / "statistics" / f"{mode}-{_digest(key)}.json"
         with self._locked():
             if path.is_file():
@@ -203,10 +211,10 @@ class CaseCache:
 
             def stream() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
                 for case in cases:
-                    image, target, _ = read_case(
-                        case, self.modalities, masks=masks, reorient=reorient, spacing=spacing, ignore=ignore
+                    arrays = read_case(
+                        case, self.modalities, masks=masks, reorient=reorient, spacing=spacing, ignore=ignore, soft=soft
                     )
-                    yield image.array, target
+                    yield arrays.image.array, arrays.target
 
             statistics = intensity_statistics_of(stream(), mode, seed)
             _write_json(path, {"intensity": mode, "cases": [c.id for c in cases], "statistics": statistics})
@@ -263,12 +271,13 @@ class CaseCache:
             return Entry(folder, json.loads((folder / "meta.json").read_text()))
         from labelwise.data.intensity import preprocess_image
 
-        image, target, roi = read_case(
+        image, target, roi, weight, probability = read_case(
             case,
             self.modalities,
             reorient=bool(preprocessing.get("reorient", False)),
             spacing=preprocessing.get("spacing"),
             ignore=preprocessing.get("ignore", ()),
+            soft=bool(preprocessing.get("soft_labels", False)),
         )
         for stale in scheme.glob(f".{name}.*.tmp"):  # left by a process that stopped while writing (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
@@ -288,6 +297,10 @@ class CaseCache:
             if roi is not None:
                 np.save(tmp / "roi.npy", roi.astype(bool))
                 files.append("roi.npy")
+            for kind, values in (("weight", weight), ("soft", probability)):
+                if values is not None:
+                    np.save(tmp / f"{kind}.npy", values.astype(np.float32))
+                    files.append(f"{kind}.npy")
             meta = {
                 "format": FORMAT,
                 "id": case.id,
@@ -298,7 +311,7 @@ class CaseCache:
                 "label_max": top,
                 "label_dtype": str(label_dtype(top, low)) if target is not None else None,
                 "files": files,
-                "made_from": {k: _stamp(getattr(case, k)) for k in ("image", "label", "roi")},
+                "made_from": {k: _stamp(getattr(case, k)) for k in ("image", "label", "roi", "ignore", "weight")},
             }
             _write_json(tmp / "meta.json", meta)
             # An entry is several files that must appear together, so its folder is renamed into place (not
@@ -345,7 +358,8 @@ class _Maps:
         self._reset()
 
     def get(self, i: int, kind: str) -> np.ndarray | None:
-        """The memory map of ``kind`` (image, label, foreground, roi) of case ``i``; None when the case has none."""
+        """The memory map of ``kind`` (image, label, foreground, roi, weight, soft) of case ``i``; None when the case
+        has none."""
         if self._pid != os.getpid():
             self._reset()
         maps = self._open.get(i)
@@ -371,9 +385,10 @@ class _Maps:
 
 
 class CachedArrays(Sequence):
-    """One kind of array (``image``, ``label``, ``roi`` or ``foreground``) of every case of a split, read from the
-    memory maps on access. ``[i]``: a tensor of the whole case, copied into memory (images float32, labels int64,
-    an unlabelled case's all zero; rois bool, or None without one; foreground: the memory-mapped array itself);
+    """One kind of array (``image``, ``label``, ``roi``, ``foreground``, ``weight`` or ``soft``) of every case of a
+    split, read from the memory maps on access. ``[i]``: a tensor of the whole case, copied into memory (images
+    float32, labels int64, an unlabelled case's all zero; rois bool, weights and soft labels float32, or None without
+    one; foreground: the memory-mapped array itself);
     ``[a:b]``: the same for those cases, still lazy (nothing is read); ``read(i, index)``: only a window of case
     ``i`` (what patches read)."""
 
@@ -397,20 +412,24 @@ class CachedArrays(Sequence):
             raise IndexError(f"case {i} of {len(self)}")
         return self.read(i % len(self), None)
 
+    def has(self, i: int) -> bool:
+        """Whether case ``i`` has this kind of array (from its entry, nothing read)."""
+        return self.maps.entries[self.rows[i]].has(self.kind)
+
     def read(self, i: int, index: tuple[slice, ...] | None) -> Any:
         row = self.rows[i]
         array = self.maps.get(row, self.kind)
         if self.kind == "foreground":
             return array if array is not None else np.empty(0, dtype=np.int32)
         if array is None:
-            if self.kind == "roi":
+            if self.kind in ("roi", "weight", "soft"):
                 return None
             spatial = tuple(self._shapes[row][1:])  # an unlabelled case: no label
             if index is not None:
                 spatial = tuple(len(range(*s.indices(n))) for s, n in zip(index, spatial))
             return torch.zeros(spatial, dtype=torch.int64)
         part = array if index is None else array[index]
-        dtype = {"image": np.float32, "label": np.int64, "roi": np.bool_}[self.kind]
+        dtype = {"image": np.float32, "label": np.int64, "roi": np.bool_}.get(self.kind, np.float32)
         return torch.from_numpy(np.array(part, dtype=dtype, order="C"))  # a copy: the map stays read-only
 
 
@@ -437,6 +456,7 @@ class CachedVolumes(VolumeDataset):
             indices,
             CachedArrays(maps, "roi", shapes),
             CachedArrays(maps, "foreground", shapes),
+            {kind: CachedArrays(maps, kind, shapes) for kind in MAPS if any(e.has(kind) for e in entries)},
         )
         self.entries = list(entries)
         self.label_max = [int(e.meta["label_max"]) for e in entries]

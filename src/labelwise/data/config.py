@@ -76,11 +76,18 @@ class DataConfig(Section):
         description="segmentation (manifest): mask values that carry no label (e.g. [255]: not annotated): those "
         "voxels count in no loss and no score, and no training patch is centred on one",
     )
-    raters: Literal["consensus", "majority", "first"] = Field(
+    raters: Literal["consensus", "majority", "mean", "first"] = Field(
         "consensus",
         description="segmentation (manifest) with label_2, label_3, ... columns (several raters' masks per case): "
         "the target is their STAPLE consensus (each rater's sensitivity and specificity fitted by EM on the "
-        "training cases, written to the run's raters.json), their majority vote, or the first rater's (label)",
+        "training cases, written to the run's raters.json), their majority vote, their mean (a soft target: the "
+        "share of raters who drew foreground; binary masks), or the first rater's (label)",
+    )
+    soft_labels: bool = Field(
+        False,
+        description="segmentation (manifest), binary: the label files are foreground probabilities in [0, 1] "
+        "(float NIfTI or .npy; pictures: 8/16-bit grey scaled to [0, 1], 0/1 kept), trained as soft targets; scores "
+        "and patch sampling use the mask where the probability exceeds 0.5",
     )
     intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
         "max",
@@ -142,6 +149,13 @@ class DataConfig(Section):
             raise ValueError("data.sparse_masks: judges the masks of a segmentation manifest's training cases")
         if self.ignore and (self.task != "segmentation" or self.manifest is None):
             raise ValueError("data.ignore: values of the masks of a segmentation manifest")
+        if self.soft_labels and (self.task != "segmentation" or self.manifest is None):
+            raise ValueError("data.soft_labels: probability masks of a segmentation manifest")
+        if self.soft_labels and self.ignore:
+            raise ValueError(
+                "data.soft_labels with data.ignore: a probability mask has no ignore values; give the voxels without "
+                "a label as a mask in the manifest's ignore column"
+            )
         if any(v < 1 for v in self.ignore) or len(set(self.ignore)) != len(self.ignore):
             raise ValueError(
                 f"data.ignore: expected distinct mask values >= 1 (0 is the background), got {self.ignore}"

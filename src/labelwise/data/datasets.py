@@ -67,6 +67,10 @@ class DataBundle:
     # how an input file becomes a sample, with the statistics measured on the training split (see preprocess_image)
     preprocessing: dict = field(default_factory=lambda: {"intensity": "none"})
     raters: dict | None = None  # data.raters: the fit that fused several raters' masks (raters.json in the run)
+    maps: tuple[
+        str, ...
+    ] = ()  # per-voxel maps the training cases carry: "weight" (weight column), "soft" (soft labels)
+    unlabelled_voxels: bool = False  # some masks leave voxels without a label (data.ignore, an ignore column)
 
     def split(self, name: str) -> Any:
         """One split (see ``splits``); a clear error when it is empty."""
@@ -232,16 +236,19 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     if not any(cases[i].labelled for i in chosen["train"]):
         raise DataError(f"{cfg.manifest}: the training cases have no labels")
     folder = cache_folder(cfg.manifest, cfg.cache)
+    soft = cfg.soft_labels or (cfg.raters == "mean" and any(len(c.raters) > 1 for c in cases))
     cases, raters = fuse_cases(cases, chosen["train"], cfg.raters, folder / "raters", cfg.ignore)
     cache = CaseCache(folder, cfg.modalities)
     spacing = target_spacing([cases[i] for i in chosen["train"]], cfg.spacing, cfg.reorient, cfg.modalities)
     preprocessing: dict = {"intensity": cfg.intensity, "reorient": bool(cfg.reorient), "spacing": spacing}
     if cfg.ignore:  # only then: the cache keys of runs without it stay as they were
         preprocessing["ignore"] = sorted(cfg.ignore)
+    if soft:  # likewise: labels read as foreground probabilities
+        preprocessing["soft_labels"] = True
     if cfg.intensity in TRAINED_INTENSITY:  # statistics of the training split, streamed one case at a time
         preprocessing.update(
             cache.statistics(
-                [cases[i] for i in chosen["train"]], cfg.intensity, seed, cfg.reorient, spacing, cfg.ignore
+                [cases[i] for i in chosen["train"]], cfg.intensity, seed, cfg.reorient, spacing, cfg.ignore, soft
             )
         )
     volumes = cache.volumes(
@@ -277,9 +284,15 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
     top = max(
         m for split in volumes.values() for m, labelled in zip(split.label_max, split.labelled.tolist()) if labelled
     )
+    unlabelled_voxels = bool(cfg.ignore) or any(c.ignore is not None for c in train.cases)
     if cfg.patch_size is not None:
         splits["train"] = PatchDataset(
-            train, cfg.patch_size, cfg.patches_per_volume, cfg.foreground_ratio, seed, labelled_centres=bool(cfg.ignore)
+            train,
+            cfg.patch_size,
+            cfg.patches_per_volume,
+            cfg.foreground_ratio,
+            seed,
+            labelled_centres=unlabelled_voxels,
         )
     elif len({s[1:] for s in train.shapes}) > 1:
         raise DataError(f"{cfg.manifest}: training images differ in size; set data.patch_size to train on patches")
@@ -296,6 +309,8 @@ def _load_manifest(cfg: DataConfig, keep_unlabelled: bool, seed: int) -> DataBun
         ids=np.array([c.id for c in cases]),
         preprocessing=preprocessing,
         raters=raters,
+        maps=tuple(train.maps),
+        unlabelled_voxels=unlabelled_voxels,
     )
 
 

@@ -3,10 +3,12 @@
 Columns: ``id`` (unique), ``image`` (a NIfTI volume or a 2D picture), ``label`` (its mask; empty: the case is
 unlabelled), ``split`` (``train``, ``val`` or ``test``), and optionally ``truth`` (a reference mask used only for
 evaluation, e.g. the clean mask of a synthetic set whose ``label`` is noisy), ``roi`` (a region-of-interest mask:
-scores are computed inside it, e.g. a fundus photograph's field of view) and ``label_2``, ``label_3``, ... (the masks
-of more raters of the case, ``label`` being the first's: ``data.raters`` says how they make the training target,
-:mod:`labelwise.data.raters`). Paths are relative to the manifest's
-folder or absolute. Which cases may use their label is said by the manifest, never inferred from file order::
+scores are computed inside it, e.g. a fundus photograph's field of view), ``ignore`` (a mask of the voxels that carry
+no label: they count in no loss and no score, as the values of ``data.ignore`` do), ``weight`` (a map of per-voxel
+loss weights >= 0, e.g. low where the annotator was unsure) and ``label_2``, ``label_3``, ... (the masks of more
+raters of the case, ``label`` being the first's: ``data.raters`` says how they make the training target,
+:mod:`labelwise.data.raters`). Every mask and map has its image's shape and spacing. Paths are relative to the
+manifest's folder or absolute. Which cases may use their label is said by the manifest, never inferred from file order::
 
     id,image,label,split,truth
     vessel_000,images/vessel_000.nii.gz,labels/vessel_000.nii.gz,train,truth/vessel_000.nii.gz
@@ -40,6 +42,8 @@ class Case:
     truth: Path | None = None
     roi: Path | None = None
     raters: tuple[Path, ...] = ()  # with label_2, ...: every rater's mask, the first the manifest's label
+    ignore: Path | None = None  # a mask of the voxels without a label (> 0)
+    weight: Path | None = None  # per-voxel loss weights
 
     @property
     def labelled(self) -> bool:
@@ -58,8 +62,8 @@ def read_manifest(path: str | Path) -> list[Case]:
         missing = [c for c in REQUIRED if c not in columns]
         if missing:
             raise DataError(
-                f"{path}: missing column(s) {', '.join(missing)}; expected id,image,label,split[,truth][,roi], "
-                f"got {','.join(columns) or 'nothing'}"
+                f"{path}: missing column(s) {', '.join(missing)}; expected "
+                f"id,image,label,split[,truth][,roi][,ignore][,weight], got {','.join(columns) or 'nothing'}"
             )
         rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
     if not rows:
@@ -80,7 +84,7 @@ def read_manifest(path: str | Path) -> list[Case]:
             problems.append(f"{where}: split {split!r} of {case_id}; use one of {', '.join(SPLITS)}")
         files: dict[str, Path | None] = {}
         extra = sorted((c for c in row if RATER.fullmatch(c) and row[c]), key=lambda c: int(c.split("_")[1]))
-        for column in ("image", "label", "truth", "roi", *extra):
+        for column in ("image", "label", "truth", "roi", "ignore", "weight", *extra):
             text = row.get(column, "")
             if not text:
                 files[column] = None
@@ -100,9 +104,21 @@ def read_manifest(path: str | Path) -> list[Case]:
         if extra and files["label"] is None:
             problems.append(f"{where}: {case_id} has {', '.join(extra)} but no label (the first rater's mask)")
         raters = (files["label"], *(files[c] for c in extra)) if extra and files["label"] is not None else ()
+        if (files["ignore"] or files["weight"]) and files["label"] is None:
+            problems.append(f"{where}: {case_id} has an ignore or weight map but no label")
         if image is not None:  # else a problem: no case is returned
             cases.append(
-                Case(case_id, image, files["label"], split, files["truth"], files["roi"], tuple(p for p in raters if p))
+                Case(
+                    case_id,
+                    image,
+                    files["label"],
+                    split,
+                    files["truth"],
+                    files["roi"],
+                    tuple(p for p in raters if p),
+                    files["ignore"],
+                    files["weight"],
+                )
             )
     if problems:
         shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])

@@ -11,21 +11,34 @@ volumes smaller than the patch are zero-padded."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from labelwise.data.manifest import Case
-from labelwise.data.volumes import Volume, read_image, read_volume, to_grid
+from labelwise.data.volumes import Volume, read_image, read_map, read_volume, to_grid
 from labelwise.errors import DataError
 from labelwise.metrics.surface import IGNORE, mark_ignored
 
-__all__ = ["PatchDataset", "VolumeDataset", "load_cases", "normalize_intensity", "read_case", "read_mask"]
+__all__ = [
+    "MAPS",
+    "SOFT_THRESHOLD",
+    "CaseArrays",
+    "PatchDataset",
+    "VolumeDataset",
+    "load_cases",
+    "normalize_intensity",
+    "read_case",
+    "read_label",
+    "read_mask",
+]
 
+SOFT_THRESHOLD = 0.5  # a soft label's mask (patch sampling, scores): where its probability exceeds it
+MAPS = ("weight", "soft")  # per-voxel maps a case may carry besides its label: loss weights, soft labels
 CENTRE_TRIES = 32  # data.ignore: random centres drawn until one carries a label (else the last one is kept)
 
 Intensity = Literal["max", "zscore", "none"]  # per image; "channel" and "percentile" need training statistics
@@ -60,11 +73,14 @@ class VolumeDataset(Dataset):
         indices: np.ndarray,
         rois: Sequence[torch.Tensor | None] | None = None,
         foreground: Sequence[Any] | None = None,
+        maps: Mapping[str, Sequence[torch.Tensor | None]] | None = None,
     ):
         self.cases = list(cases)
         self.image, self.target = images, targets
         self.rois = rois if rois is not None else [None] * len(self.cases)  # region-of-interest masks (bool) or None
         self.foreground = foreground
+        # per-voxel maps some case carries, by name (``weight``, ``soft``): per case a float32 tensor or None
+        self.maps = {name: cases_maps for name, cases_maps in (maps or {}).items()}
         self.spacings, self.affines = spacings, affines
         self.labelled = torch.tensor([c.labelled for c in self.cases], dtype=torch.bool)
         self.indices = torch.from_numpy(np.asarray(indices, dtype=np.int64))
@@ -80,27 +96,45 @@ class VolumeDataset(Dataset):
         return len(self.cases)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        target = self.target[i]
         return {
             "image": self.image[i],
-            "target": self.target[i],
+            "target": target,
             "labelled": self.labelled[i],
             "index": self.indices[i],
+            **{name: map_or_default(name, cases_maps[i], target) for name, cases_maps in self.maps.items()},
         }
 
 
+def map_or_default(name: str, value: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+    """A case's map ``name``, or what stands for it where the case has none (a batch holds one for every sample):
+    weight 1 everywhere; a soft target equal to the label (foreground 1, else 0)."""
+    if value is not None:
+        return value
+    return torch.ones(target.shape) if name == "weight" else (target == 1).float()
+
+
 def load_cases(
-    cases: Sequence[Case], indices: np.ndarray, intensity: Intensity = "max", ignore: Sequence[int] = ()
+    cases: Sequence[Case],
+    indices: np.ndarray,
+    intensity: Intensity = "max",
+    ignore: Sequence[int] = (),
+    soft: bool = False,
 ) -> VolumeDataset:
-    """Read the cases' images, labels (unlabelled: an all-zero target) and regions of interest, checking that each
-    mask matches its image in shape and spacing and that every image has the same channels and number of spatial
-    axes; images normalised per image by ``intensity``; ``ignore``: as :func:`read_case`."""
+    """Read the cases' images, labels (unlabelled: an all-zero target), regions of interest and maps (weights, soft
+    labels), checking that each mask matches its image in shape and spacing and that every image has the same
+    channels and number of spatial axes; images normalised per image by ``intensity``; ``ignore``, ``soft``: as
+    :func:`read_case`."""
     images: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     spacings: list[tuple[float, ...]] = []
     affines: list[np.ndarray | None] = []
     rois: list[torch.Tensor | None] = []
+    maps: dict[str, list[torch.Tensor | None]] = {name: [] for name in MAPS}
     for case in cases:
-        image, target, roi = read_case(case, ignore=ignore)
+        image, target, roi, weight, probability = read_case(case, ignore=ignore, soft=soft)
+        maps["weight"].append(torch.from_numpy(weight) if weight is not None else None)
+        maps["soft"].append(torch.from_numpy(probability) if probability is not None else None)
         if images and (image.array.shape[0], image.array.ndim) != (images[0].shape[0], images[0].ndim):
             raise DataError(
                 f"{case.image}: {image.array.shape[0]} channel(s), {image.array.ndim - 1}D; the first "
@@ -115,7 +149,18 @@ def load_cases(
         )
         spacings.append(image.spacing)
         affines.append(image.affine)
-    return VolumeDataset(cases, images, targets, spacings, affines, indices, rois)
+    present = {name: values for name, values in maps.items() if any(v is not None for v in values)}
+    return VolumeDataset(cases, images, targets, spacings, affines, indices, rois, maps=present)
+
+
+class CaseArrays(NamedTuple):
+    """One case as :func:`read_case` reads it."""
+
+    image: Volume
+    target: np.ndarray | None  # int64 labels (*spatial), IGNORE where there is none; None: unlabelled
+    roi: np.ndarray | None  # bool (*spatial); None: no region of interest
+    weight: np.ndarray | None = None  # float32 per-voxel loss weights (a manifest's weight column)
+    soft: np.ndarray | None = None  # float32 foreground probability (data.soft_labels)
 
 
 def read_case(
@@ -125,31 +170,81 @@ def read_case(
     reorient: bool = False,
     spacing: Sequence[float] | None = None,
     ignore: Sequence[int] = (),
-) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
+    soft: bool = False,
+) -> CaseArrays:
     """One case: its image (the one reader, :func:`labelwise.data.volumes.read_image`; values as in the file), its
-    label ``(*spatial)`` int64 (None when unlabelled) and its region of interest ``(*spatial)`` bool (None without
-    one), each mask checked against the image's shape and spacing; ``masks=False``: the image alone. ``reorient``,
-    ``spacing``: all of them then put on the training grid (:func:`labelwise.data.volumes.to_grid`: reoriented to
-    RAS+, resampled to ``spacing``, masks by nearest neighbour); the image's ``grid`` says what was done (None
-    when neither is asked). Label voxels of a value in ``ignore`` (``data.ignore``) read as
-    :data:`~labelwise.metrics.surface.IGNORE`: no label."""
+    label (:func:`read_label`), region of interest ``(*spatial)`` bool (None without one), loss weights (None without
+    a ``weight`` column) and, with ``soft``, its foreground probability, each checked against the image's shape and
+    spacing; ``masks=False``: the image alone. ``reorient``, ``spacing``: all of them then put on the training grid
+    (:func:`labelwise.data.volumes.to_grid`: reoriented to RAS+, resampled to ``spacing``, masks and maps by nearest
+    neighbour); the image's ``grid`` says what was done (None when neither is asked)."""
     image = read_image(case.image, modalities)
     if image.array.ndim not in (3, 4):
         raise DataError(f"{case.image}: image of shape {image.array.shape}; expected 2D or 3D")
-    spatial = image.array.shape[1:]
-    target = (
-        read_mask(case.label, image.spacing, spatial, case.image, ignore) if masks and case.label is not None else None
-    )
-    roi = read_mask(case.roi, image.spacing, spatial, case.image) > 0 if masks and case.roi is not None else None
-    if target is not None:
-        target = mark_ignored(target, ignore)
+    if not masks:
+        return CaseArrays(image, None, None)
+    grid = (image.spacing, image.array.shape[1:], case.image)
+    probability = _read_map(case.label, "probability", *grid) if soft and case.label is not None else None
+    target = read_label(case, ignore, probability, grid)
+    roi = read_mask(case.roi, *grid) > 0 if case.roi is not None else None
+    weight = _read_map(case.weight, "weight", *grid) if case.weight is not None else None
     if reorient or spacing is not None:
-        image, (target, roi) = to_grid(image, reorient, spacing, (target, roi))
-    return image, target, roi
+        image, (target, roi, weight, probability) = to_grid(
+            image, reorient, spacing, (target, roi, weight, probability)
+        )
+    return CaseArrays(image, target, roi, weight, probability)
+
+
+def read_label(
+    case: Case,
+    ignore: Sequence[int] = (),
+    probability: np.ndarray | None = None,
+    grid: tuple[tuple[float, ...], tuple[int, ...], Path] | None = None,
+) -> np.ndarray | None:
+    """A case's label as training and scoring see it, on its file's grid: ``(*spatial)`` int64 (None when
+    unlabelled), voxels of a value in ``ignore`` (``data.ignore``) and those of the case's ``ignore`` mask
+    :data:`~labelwise.metrics.surface.IGNORE` (no label). With a foreground ``probability`` (``data.soft_labels``,
+    read from the label file) the label is where it exceeds 0.5. ``grid``: the image's spacing, spatial shape and
+    path the masks are checked against (default: the label's own)."""
+    if case.label is None:
+        return None
+    if probability is not None:
+        target = (probability > SOFT_THRESHOLD).astype(np.int64)
+    else:
+        spacing, spatial, image = grid if grid is not None else (None, None, case.image)
+        target = mark_ignored(read_mask(case.label, spacing, spatial, image, ignore), ignore)
+    if case.ignore is not None:
+        spacing, spatial, image = grid if grid is not None else (None, target.shape, case.image)
+        target = np.where(read_mask(case.ignore, spacing, spatial, image) > 0, IGNORE, target)
+    return target
+
+
+def _read_map(path: Path, kind: str, spacing: tuple[float, ...], spatial: tuple[int, ...], image: Path) -> np.ndarray:
+    volume = read_map(path, kind)
+    _check_grid(path, volume, spacing, spatial, image, f"{kind} map")
+    return volume.array
+
+
+def _check_grid(
+    path: Path,
+    volume: Volume,
+    spacing: tuple[float, ...] | None,
+    spatial: tuple[int, ...] | None,
+    image: Path,
+    what: str = "mask",
+) -> None:
+    if spatial is not None and volume.array.shape != tuple(spatial):
+        raise DataError(f"{path}: {what} shape {volume.array.shape} differs from its image {image} {tuple(spatial)}")
+    if spacing is not None and not np.allclose(volume.spacing, spacing, rtol=1e-3):
+        raise DataError(f"{path}: spacing {volume.spacing} differs from its image {image} {spacing}")
 
 
 def read_mask(
-    path: Path, spacing: tuple[float, ...], spatial: tuple[int, ...], image: Path, ignore: Sequence[int] = ()
+    path: Path,
+    spacing: tuple[float, ...] | None,
+    spatial: tuple[int, ...] | None,
+    image: Path,
+    ignore: Sequence[int] = (),
 ) -> np.ndarray:
     """The mask at ``path`` (labels or a region of interest), checked against its image's shape and spacing;
     ``ignore``: as :func:`labelwise.data.volumes.read_volume`."""
@@ -161,10 +256,7 @@ def read_mask(
             file=sys.stderr,
             flush=True,
         )
-    if mask.array.shape != tuple(spatial):
-        raise DataError(f"{path}: mask shape {mask.array.shape} differs from its image {image} {tuple(spatial)}")
-    if not np.allclose(mask.spacing, spacing, rtol=1e-3):
-        raise DataError(f"{path}: spacing {mask.spacing} differs from its image {image} {spacing}")
+    _check_grid(path, mask, spacing, spatial, image)
     return mask.array
 
 
@@ -229,19 +321,38 @@ class PatchDataset(Dataset):
         window = tuple(slice(a, a + p) for a, p in zip(starts, self.patch))
         image_patch = _window(self.volumes.image, v, (slice(None), *window))
         target_patch = _window(self.volumes.target, v, window)
+        maps = {
+            name: map_or_default(name, _window(cases, v, window) if _has(cases, v) else None, target_patch)
+            for name, cases in self.volumes.maps.items()
+        }
         if tuple(target_patch.shape) != self.patch:  # the volume is smaller than the patch along some axis
             pad = [x for got, want in zip(reversed(target_patch.shape), reversed(self.patch)) for x in (0, want - got)]
             image_patch = torch.nn.functional.pad(image_patch, pad)
             target_patch = torch.nn.functional.pad(target_patch, pad)
+            # the padding is labelled background, as without maps: weight 1, probability 0
+            maps = {k: torch.nn.functional.pad(m, pad, value=float(k == "weight")) for k, m in maps.items()}
         return {
             "image": image_patch.contiguous(),
             "target": target_patch.contiguous(),
             "labelled": self.volumes.labelled[v],
             "index": torch.tensor(int(i)),
+            **{name: m.contiguous() for name, m in maps.items()},
         }
 
 
-def _window(cases: Sequence[torch.Tensor], v: int, index: tuple[slice, ...]) -> torch.Tensor:
+def _has(cases: Sequence[torch.Tensor | None], v: int) -> bool:
+    """Whether case ``v`` has the map (a lazy sequence answers without reading it)."""
+    has = getattr(cases, "has", None)
+    return bool(has(v)) if has is not None else cases[v] is not None
+
+
+def _window(
+    cases: Sequence[torch.Tensor] | Sequence[torch.Tensor | None], v: int, index: tuple[slice, ...]
+) -> torch.Tensor:
     """``cases[v][index]``, reading only the window when ``cases`` is a lazy sequence of memory-mapped files."""
     read = getattr(cases, "read", None)
-    return read(v, index) if read is not None else cases[v][index]
+    if read is not None:
+        return read(v, index)
+    case = cases[v]
+    assert case is not None  # maps: asked only of the cases that have one (_has)
+    return case[index]

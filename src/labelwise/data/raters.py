@@ -10,6 +10,8 @@
   distinct vote patterns (at most ``K ** R`` for ``K`` classes and ``R`` raters), pooled over the training cases:
   exact, and its cost does not grow with the volumes.
 - ``majority``: the class most raters said (ties: the lowest class among the tied, so background).
+- ``mean``: binary masks: the share of raters who said foreground, a soft target (trained as ``data.soft_labels``;
+  scored where more than half said foreground, the majority).
 - ``first``: the first rater's (``label``) alone: the others serve only evaluation.
 
 Counts are taken inside each case's roi where it has one; the fit of the training cases makes the targets of the
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from labelwise.data.manifest import Case
-from labelwise.data.volumes import Volume, read_volume, write_volume
+from labelwise.data.volumes import Volume, read_volume, suffix_of, write_volume
 from labelwise.errors import DataError
 
 __all__ = ["RaterModel", "fit_raters", "fuse", "fuse_cases", "read_raters"]
@@ -101,10 +103,10 @@ def _majority(patterns: np.ndarray, classes: int) -> np.ndarray:
 
 def fit_raters(counts: dict[int, int], raters: int, classes: int, method: str) -> RaterModel:
     """The fusion ``method`` fitted on ``counts`` (voxels per vote-pattern code, pooled over cases)."""
-    if method == "majority":
-        return RaterModel("majority", classes)
+    if method in ("majority", "mean"):
+        return RaterModel(method, classes)
     if method != "consensus":
-        raise DataError(f"data.raters: expected first, majority or consensus, got {method!r}")
+        raise DataError(f"data.raters: expected first, majority, mean or consensus, got {method!r}")
     codes = np.array(sorted(counts), dtype=np.int64)
     weight = np.array([counts[c] for c in codes], dtype=np.float64)
     patterns = _patterns(codes, raters, classes)
@@ -140,8 +142,11 @@ def _posterior(patterns: np.ndarray, confusion: np.ndarray, prior: np.ndarray) -
 
 
 def fuse(masks: Sequence[np.ndarray], model: RaterModel) -> np.ndarray:
-    """One case's target from its raters' ``masks`` by the fitted ``model`` (int64, the masks' shape)."""
+    """One case's target from its raters' ``masks`` by the fitted ``model``: int64 labels, the masks' shape;
+    ``mean``: float32, the share of raters who said foreground."""
     classes, raters = model.classes, len(masks)
+    if model.method == "mean":
+        return np.asarray(np.mean([np.asarray(m) == 1 for m in masks], axis=0), dtype=np.float32)
     codes = _codes(masks, classes)
     unique, inverse = np.unique(codes.ravel(), return_inverse=True)
     patterns = _patterns(unique, raters, classes)
@@ -162,9 +167,11 @@ def fuse_cases(
     quiet: bool = False,
 ) -> tuple[list[Case], dict[str, Any] | None]:
     """``cases`` with the label of every case that has several raters replaced by their fused mask (``method``:
-    ``consensus`` or ``majority``; ``first`` changes nothing), fitted on the cases at positions ``train`` (where none
-    of them has several raters, as when only the test set was traced twice: on the cases that have). The fused
-    masks are written under ``folder`` (2D: PNG, 3D: NIfTI with the first rater's geometry), named by a digest of
+    ``consensus``, ``majority`` or ``mean``, a probability map to be read with ``data.soft_labels``; ``first``
+    changes nothing), fitted on the cases at positions ``train`` (where none of them has several raters, as when only
+    the test set was traced twice: on the cases that have). The fused masks are written under ``folder`` (3D, or the
+    raters' masks NIfTI: NIfTI with the first rater's geometry; else PNG, ``mean``: float32 ``.npy``), named by a
+    digest of
     the raters' files and the fit, so a later run with the same ones reuses them (and the case cache its entries).
     Returns the cases and the record of the fit (None when no case has several raters or ``method`` is ``first``)."""
     from labelwise.data.cache import _stamp
@@ -178,12 +185,20 @@ def fuse_cases(
             "set data.raters: first, or give masks without ignore values"
         )
     counts_raters = {len(cases[i].raters) for i in rated}
-    if len(counts_raters) > 1:
-        raise DataError(f"data.raters: the cases have different numbers of raters ({sorted(counts_raters)})")
-    raters = counts_raters.pop()
+    if len(counts_raters) > 1 and method == "consensus":
+        raise DataError(
+            f"data.raters: consensus: the cases have different numbers of raters ({sorted(counts_raters)}); STAPLE "
+            "fits each rater's sensitivity and specificity (majority and mean take any number per case)"
+        )
+    raters = max(counts_raters)
     fitted = [i for i in train if i in set(rated)] or rated  # raters of the test cases only: fitted on those
     loaded = {i: read_raters(cases[i]) for i in rated}
     classes = max(2, 1 + max(int(m.max()) for masks, _, _ in loaded.values() for m in masks))
+    if method == "mean" and classes > 2:
+        raise DataError(
+            f"data.raters: mean makes a soft target of binary masks; the raters' masks hold {classes} classes "
+            "(use consensus or majority)"
+        )
     counts: dict[int, int] = {}
     for i in fitted:
         masks, roi, _ = loaded[i]
@@ -198,10 +213,12 @@ def fuse_cases(
     for i in rated:
         case = cases[i]
         masks, _, first = loaded[i]
-        suffix = ".png" if masks[0].ndim == 2 else ".nii.gz"
+        nifti = masks[0].ndim == 3 or suffix_of(case.raters[0]) in (".nii", ".nii.gz")  # keeps its spacing
+        suffix = ".nii.gz" if nifti else ".npy" if method == "mean" else ".png"
         path = folder / f"{case.id}-{key.hexdigest()[:12]}{suffix}"
         if not path.is_file():
-            write_volume(path, fuse(masks, model).astype(np.uint8), first.spacing, first.affine)
+            fused = fuse(masks, model)
+            write_volume(path, fused if method == "mean" else fused.astype(np.uint8), first.spacing, first.affine)
         out[i] = replace(case, label=path)
     if not quiet:
         said = (

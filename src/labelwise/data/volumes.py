@@ -44,6 +44,7 @@ __all__ = [
     "from_grid",
     "orient",
     "read_image",
+    "read_map",
     "read_spacing",
     "read_volume",
     "resample",
@@ -323,9 +324,35 @@ def _read(path: Path, mask: bool, modalities: Sequence[str], volume: bool, ignor
     return Volume(array, tuple(raw.spacing[: array.ndim - 1]), raw.affine)
 
 
+def read_map(path: str | Path, kind: str = "probability") -> Volume:
+    """A per-voxel map ``(*spatial)`` float32: ``kind`` ``probability`` (a soft mask, ``data.soft_labels``: values in
+    [0, 1]) or ``weight`` (loss weights, a manifest's ``weight`` column: values >= 0). NIfTI and ``.npy`` as stored;
+    8/16-bit pictures holding only 0 and 1 as they are, else probabilities scaled from 0-255 (0-65535) to [0, 1]
+    (weights as stored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    reader = format_of(path, volume=True).read
+    raw = reader(path, True, ())
+    array = np.asarray(raw.array)
+    if reader is _read_picture and kind == "probability" and array.dtype.kind in "ui" and array.max(initial=0) > 1:
+        array = array / float(np.iinfo(array.dtype).max)
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
+        raise DataError(f"{path}: the {kind} map holds non-finite values")
+    low, high = (float(array.min(initial=0.0)), float(array.max(initial=0.0))) if array.size else (0.0, 0.0)
+    if low < 0 or (kind == "probability" and high > 1):
+        expected = "probabilities in [0, 1]" if kind == "probability" else "weights >= 0"
+        raise DataError(f"{path}: expected {expected}, found values in [{low:g}, {high:g}]")
+    return Volume(array, tuple(raw.spacing), raw.affine)
+
+
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
     if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))):
-        raise DataError(f"{path}: a mask must hold integer labels, found fractional or non-finite values")
+        raise DataError(
+            f"{path}: a mask must hold integer labels, found fractional or non-finite values (probability masks: "
+            "set data.soft_labels: true)"
+        )
     values = np.unique(array)
     if values.size and values.min() < 0:
         raise DataError(f"{path}: a mask must hold labels >= 0, found {values.min()}")

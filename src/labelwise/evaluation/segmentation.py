@@ -66,8 +66,10 @@ from labelwise.metrics.surface import SCORE_NAMES, highest_label, mark_ignored, 
 __all__ = [
     "SCORE_LABELS",
     "SCORE_NAMES",
+    "evaluate_raters",
     "evaluate_segmentation",
     "format_table",
+    "raters_csv",
     "summarize_cases",
     "summarize_classes",
     "to_csv",
@@ -243,6 +245,41 @@ def evaluate_segmentation(
         "classes": classes,
         "per_class": summarize_classes(cases, classes),
     }
+
+
+def evaluate_raters(pred: Path, truths: Sequence[Path], **options: Any) -> dict[str, Any]:
+    """Score ``pred`` against several raters' folders of reference masks, and the raters against each other: the
+    model's agreement beside the raters' own. ``options``: as :func:`evaluate_segmentation`, for every pair.
+
+    Returns ``{"raters": [one evaluate_segmentation result per folder, with "truth": its folder], "model": [the mean
+    Dice against each rater], "between_raters": {"pairs": [{"raters": [j, k], "n", "dice"}], "dice": the mean of the
+    pairs' mean Dice}}``, raters numbered from 1 in the order given."""
+    if len(truths) < 2:
+        raise DataError(f"evaluate_raters: expected at least two raters' folders, got {len(truths)}")
+    results = [{**evaluate_segmentation(pred, truth, **options), "truth": str(truth)} for truth in truths]
+    pairs = []
+    for j in range(len(truths)):
+        for k in range(j + 1, len(truths)):
+            scored = evaluate_segmentation(Path(truths[j]), Path(truths[k]), **options)
+            pairs.append({"raters": [j + 1, k + 1], "n": scored["n"], "dice": scored["mean"]["dice"]})
+    return {
+        "raters": results,
+        "model": [r["mean"]["dice"] for r in results],
+        "between_raters": {"pairs": pairs, "dice": float(np.nanmean([p["dice"] for p in pairs]))},
+    }
+
+
+def raters_csv(result: dict[str, Any], path: Path | None = None) -> str:
+    """:func:`evaluate_raters`'s result as CSV: :func:`to_csv`'s rows of each rater, after a first column ``rater``
+    (its number)."""
+    lines = []
+    for k, rater in enumerate(result["raters"], start=1):
+        rows = to_csv(rater).splitlines()
+        lines += ([f"rater,{rows[0]}"] if k == 1 else []) + [f"{k},{row}" for row in rows[1:]]
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        atomic_write(path, text)
+    return text
 
 
 def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import torch
 
 from labelwise.data.datasets import DataBundle
 from labelwise.data.npz import save_npz
-from labelwise.data.patches import VolumeDataset
-from labelwise.data.volumes import from_grid, read_volume, stores_spacing
+from labelwise.data.patches import SOFT_THRESHOLD, VolumeDataset, read_label
+from labelwise.data.volumes import from_grid, read_map, read_volume, stores_spacing
 from labelwise.errors import DataError
 from labelwise.evaluation.segmentation import SCORE_NAMES, summarize_cases, summarize_classes, to_json
 from labelwise.inference.segmentation import write_case
@@ -132,15 +132,18 @@ def save_run_predictions(
     ``data.spacing``) are written and scored on their files' own grid: the probability resampled back linearly, the
     mask by nearest neighbour (the evaluation's mask is not thresholded again), both with the axes put back in the
     file's order (:func:`labelwise.data.volumes.from_grid`), with the file's spacing and affine; the label and
-    region of interest are read from their files again. Voxels without a label (``data.ignore``) are scored
-    nowhere (:func:`labelwise.metrics.surface.score_case`). Cases with several raters (``data.raters``: their label
-    is the raters' fusion) add ``raters``: the model's mean Dice against each rater, each rater's against the fused
-    label, and the raters' between themselves. Returns the path of ``segmentation.json``."""
+    region of interest are read from their files again. Voxels without a label (``data.ignore``, an ignore column)
+    are scored nowhere (:func:`labelwise.metrics.surface.score_case`); soft labels (``data.soft_labels``) are scored
+    where their probability exceeds 0.5 (said in ``soft_labels``). Cases with several raters (``data.raters``: their
+    label is the raters' fusion) add ``raters``: the model's mean Dice against each rater, each rater's against the
+    fused label, and the raters' between themselves. Returns the path of ``segmentation.json``."""
     folder = Path(folder)
     ignore: list[int] = []  # data.ignore: the label files' values without a label (the dataset's are IGNORE)
+    soft = False  # data.soft_labels: the label files are foreground probabilities
     try:
         spec = json.loads((folder.parent.parent / "inference.json").read_text(encoding="utf-8"))
         ignore = [int(v) for v in spec.get("preprocessing", {}).get("ignore", [])]
+        soft = bool(spec.get("preprocessing", {}).get("soft_labels", False))
         output = spec["output"]
         classes = scored_classes(int(output["num_classes"]), [str(n) for n in output["class_names"][1:]])
     except (OSError, ValueError, KeyError, TypeError):
@@ -164,9 +167,8 @@ def save_run_predictions(
             image = from_grid(image, grid)
             roi = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else None
             labelled = bool(volumes.labelled[i])  # Case.labelled: case.label is not None
-            label = (
-                read_volume(case.label, mask=True, ignore=ignore).array if labelled and case.label is not None else None
-            )
+            probability_label = read_map(case.label).array if soft and labelled and case.label is not None else None
+            label = read_label(case, ignore, probability_label) if labelled else None
         else:
             case_roi = volumes.rois[i]
             roi = case_roi.cpu().numpy() if case_roi is not None else None
@@ -213,6 +215,8 @@ def save_run_predictions(
             if cases
         },
     }
+    if soft:  # the references are the soft labels' masks
+        result["soft_labels"] = {"threshold": SOFT_THRESHOLD, "reference": "label probability > threshold"}
     if rated:
         result["raters"] = {
             "cases": len(rated),

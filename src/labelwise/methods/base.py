@@ -12,6 +12,7 @@ from torch import nn
 from labelwise.augment.pipeline import Augment, AugmentOptions
 from labelwise.data.config import DataConfig
 from labelwise.data.datasets import DataBundle
+from labelwise.data.patches import MAPS
 from labelwise.errors import ConfigError
 from labelwise.metrics import classification as cls_metrics
 from labelwise.metrics import segmentation as seg_metrics
@@ -65,7 +66,9 @@ class Method:
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_unlabelled: ClassVar[bool] = False  # True: unlabelled training cases are loaded (flag "labelled" = False)
     augments: ClassVar[bool] = False  # True: the method applies the config's augment section (see augment_batch)
-    honours_ignore: ClassVar[bool] = False  # True: voxels without a label (data.ignore) count in none of its losses
+    # True: voxels without a label (data.ignore, an ignore column) count in none of its losses, and the batch's weight
+    # and soft maps (a weight column, soft labels) are honoured
+    honours_ignore: ClassVar[bool] = False
     threshold: float | Literal["otsu", "calibrate"] = (
         0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, "otsu", "calibrate"
     )
@@ -96,7 +99,21 @@ class Method:
         if config.data.ignore and not self.honours_ignore:
             raise ConfigError(
                 f"data.ignore: method {self.name} does not leave the voxels without a label out of its losses yet; "
-                "method: supervised (with any segmentation model) does"
+                "methods supervised and ds6 do"
+            )
+        partial = [
+            what
+            for what, given in (
+                ("an ignore column", data.unlabelled_voxels and not config.data.ignore),
+                ("a weight column", "weight" in data.maps),
+                ("soft labels", "soft" in data.maps),
+            )
+            if given
+        ]
+        if partial and not self.honours_ignore:
+            raise ConfigError(
+                f"the manifest's masks come with {' and '.join(partial)}; method {self.name} does not honour them in "
+                "its losses yet; methods supervised and ds6 do"
             )
 
     @property
@@ -208,9 +225,10 @@ class Method:
             return batch
         if self.data.task != "segmentation":
             return {**batch, "image": self.augmenter(batch["image"], None)[0]}
-        image, target = self.augmenter(batch["image"], batch["target"])
+        names = [name for name in MAPS if name in batch]  # per-voxel maps move with the mask
+        image, target, maps = self.augmenter.with_maps(batch["image"], batch["target"], [batch[n] for n in names])
         assert target is not None  # a mask in, a mask out
-        return {**batch, "image": image, "target": target}
+        return {**batch, "image": image, "target": target, **dict(zip(names, maps))}
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses of one batch: ``"loss"`` is minimised (manual optimisation: only logged and checked to be finite);

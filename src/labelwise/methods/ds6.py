@@ -12,6 +12,10 @@ only; unlabelled cases (an empty ``label`` in the manifest) contribute the consi
 semi-supervised part. ``baseline_steps`` first trains the plain U-Net MSS for that many steps, then switches the
 deformation terms on: the paper's two-stage recipe (train the baseline, fine-tune with deformation) in one config.
 
+Partial and soft labels: voxels without a label (``data.ignore``, a manifest's ``ignore`` column) count in none of
+the three terms (the deformed term sees them where ``T`` moved them); a ``weight`` column's weights and soft labels
+(``data.soft_labels``, ``data.raters: mean``) enter the two supervised terms, moved by ``T`` like the mask.
+
 Beyond the paper (each an option, the paper's choice the default until a benchmark says otherwise):
 
 - ``loss: dice_ce``: softmax outputs with Dice + cross-entropy for the two supervised terms and the soft Dice +
@@ -35,11 +39,13 @@ import torch
 from pydantic import Field
 
 from labelwise.augment import RandomElastic, warp
+from labelwise.data.patches import MAPS
 from labelwise.errors import ConfigError
 from labelwise.losses import focal_tversky_loss, soft_cross_entropy, soft_dice_ce_loss
 from labelwise.methods.base import ema_update, frozen_copy, warmed_decay
 from labelwise.methods.semi import ramp_up
 from labelwise.methods.supervised import Supervised, SupervisedOptions
+from labelwise.metrics.surface import IGNORE
 
 
 class DS6Options(SupervisedOptions):
@@ -80,7 +86,8 @@ class DS6(Supervised):
     name = "ds6"
     Options = DS6Options
     uses_unlabelled = True
-    honours_ignore = False  # its deformed and consistency terms do not know voxels without a label yet
+    honours_ignore = True  # voxels without a label count in none of the three terms; weights and soft labels in the two
+    # supervised ones
 
     def __init__(self, config, data):
         super().__init__(config, data)
@@ -106,7 +113,8 @@ class DS6(Supervised):
         outputs = model(x)
         full = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         zero = full.sum() * 0  # keeps the graph when a term is empty
-        supervised = self._labelled_loss(outputs, y, labelled, zero)
+        names = [name for name in MAPS if name in batch]  # a weight column, soft labels
+        supervised = self._labelled_loss(outputs, y, labelled, zero, {n: batch[n] for n in names})
         if self.step < o.baseline_steps:  # the other terms logged as 0, so every step logs the same keys
             return {
                 "loss": supervised,
@@ -115,11 +123,16 @@ class DS6(Supervised):
                 "consistency": zero.detach(),
             }
         # one deformation for the batch, drawn from the global RNG (seeded per step by the engine)
-        (x_t, y_t), field = self.elastic(x, y.unsqueeze(1))
-        y_t = y_t.squeeze(1)
+        if names:  # the maps move with the mask, as one float stack (nearest neighbour: values kept)
+            stack = torch.cat([y.unsqueeze(1).float(), *(batch[n].unsqueeze(1).float() for n in names)], dim=1)
+            (x_t, moved), field = self.elastic(x, stack, modes=(None, "nearest"))
+            y_t, maps_t = moved[:, 0].round().to(y.dtype), {n: moved[:, 1 + k] for k, n in enumerate(names)}
+        else:
+            (x_t, y_t), field = self.elastic(x, y.unsqueeze(1))
+            y_t, maps_t = y_t.squeeze(1), {}
         outputs_t = model(x_t)
         full_t = outputs_t[0] if isinstance(outputs_t, (tuple, list)) else outputs_t
-        deformed = self._labelled_loss(outputs_t, y_t, labelled, zero)
+        deformed = self._labelled_loss(outputs_t, y_t, labelled, zero, maps_t)
         if o.teacher == "ema":
             with torch.no_grad():
                 source = self.networks["teacher"](x)
@@ -133,6 +146,10 @@ class DS6(Supervised):
         if o.confidence > 0:
             sure = torch.maximum(target, 1 - target) if target.shape[1] == 1 else target.max(1, keepdim=True).values
             weight = (sure >= o.confidence).to(target.dtype).detach()
+        unlabelled = (y_t == IGNORE).unsqueeze(1)  # voxels without a label: out of the consistency term too
+        if bool(unlabelled.any()):
+            kept = (~unlabelled).to(target.dtype)
+            weight = kept if weight is None else weight * kept
         if o.consistency == "ce":
             consistency = soft_cross_entropy(full_t, target, weight)
         elif self.loss_name == "dice_ce":
@@ -159,11 +176,18 @@ class DS6(Supervised):
                 self.networks["model"], self.networks["teacher"], warmed_decay(self.options.ema_decay, self.step)
             )
 
-    def _labelled_loss(self, outputs, target: torch.Tensor, labelled: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        if bool(labelled.all()):
-            return self.segmentation_loss(outputs, target)
+    def _labelled_loss(
+        self,
+        outputs,
+        target: torch.Tensor,
+        labelled: torch.Tensor,
+        zero: torch.Tensor,
+        maps: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         if not bool(labelled.any()):
             return zero
-        pick = labelled.nonzero().squeeze(1)
-        chosen = tuple(o[pick] for o in outputs) if isinstance(outputs, (tuple, list)) else outputs[pick]
-        return self.segmentation_loss(chosen, target[pick])
+        if not bool(labelled.all()):
+            pick = labelled.nonzero().squeeze(1)
+            outputs = tuple(o[pick] for o in outputs) if isinstance(outputs, (tuple, list)) else outputs[pick]
+            target, maps = target[pick], {n: m[pick] for n, m in maps.items()}
+        return self.segmentation_loss(outputs, target, maps.get("weight"), maps.get("soft"))

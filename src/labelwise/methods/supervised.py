@@ -134,21 +134,36 @@ class Supervised(Method):
         o = self.options
         return self_corrected_target(foreground, target, o.self_correct, o.self_correct_band)
 
-    def segmentation_loss(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+    def segmentation_loss(
+        self,
+        outputs: torch.Tensor | tuple[torch.Tensor, ...],
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        soft: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The configured loss of logits (a tensor, or U-Net MSS's tuple) against a label map ``(B, *spatial)``;
-        voxels of label :data:`~labelwise.metrics.surface.IGNORE` (``data.ignore``) count in neither loss."""
+        voxels of label :data:`~labelwise.metrics.surface.IGNORE` (``data.ignore``, an ignore column) count in
+        neither loss. ``weight`` ``(B, *spatial)``: per-voxel loss weights (a weight column); ``soft``
+        ``(B, *spatial)``: the foreground probability trained against instead of the label (soft labels)."""
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+        o = self.options
+        labelled = (target != IGNORE).unsqueeze(1)
+        w = None if bool(labelled.all()) else labelled.float()
+        if weight is not None:
+            w = weight.unsqueeze(1).float() if w is None else w * weight.unsqueeze(1)
         if self.loss_name == "focal_tversky":
-            o = self.options
-            labelled = (target != IGNORE).unsqueeze(1)
-            weight = None if bool(labelled.all()) else labelled.float()
-            loss_fn = partial(focal_tversky_loss, alpha=o.alpha, beta=o.beta, gamma=o.gamma, weight=weight)
-            target = target.clamp_min(0).unsqueeze(1).float()
-        else:
-            loss_fn = partial(dice_ce_loss, label_smoothing=self.options.label_smoothing)
+            loss_fn = partial(focal_tversky_loss, alpha=o.alpha, beta=o.beta, gamma=o.gamma, weight=w)
+            target = (soft if soft is not None else target.clamp_min(0)).unsqueeze(1).float()
+        elif soft is not None:  # class probabilities (binary: background 1 - p), the weights with IGNORE's zeros
+            loss_fn = partial(dice_ce_loss, label_smoothing=o.label_smoothing, weight=w)
+            target = torch.stack([1 - soft, soft], dim=1).float()
+        else:  # IGNORE is dice_ce_loss's own
+            loss_fn = partial(
+                dice_ce_loss, label_smoothing=o.label_smoothing, weight=None if weight is None else weight.unsqueeze(1)
+            )
             target = target.unsqueeze(1)
         if isinstance(outputs, (tuple, list)):  # a U-Net MSS's outputs: one weight each
-            return mss_loss(outputs, target, loss_fn, self.options.mss_weights[: len(outputs)])
+            return mss_loss(outputs, target, loss_fn, o.mss_weights[: len(outputs)])
         return loss_fn(outputs, target)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -158,8 +173,11 @@ class Supervised(Method):
         if self.data.task == "segmentation":
             logs = {}
             o = self.options
+            soft = batch.get("soft")
             if o.self_correct is not None and self.step >= o.self_correct_from * self.config.trainer.max_steps:
                 target, changed = self.self_corrected(outputs, target)
                 logs["corrected"] = changed.float().mean().detach()
-            return {"loss": self.segmentation_loss(outputs, target), **logs}
+                if soft is not None:  # a corrected pixel is foreground for sure
+                    soft = torch.where(changed, torch.ones_like(soft), soft)
+            return {"loss": self.segmentation_loss(outputs, target, batch.get("weight"), soft), **logs}
         return {"loss": classification_loss(outputs, target, self.data.multilabel, self.options.label_smoothing)}
