@@ -258,3 +258,52 @@ def test_ds6_trains_on_partial_and_soft_labels_through_the_cli(rated):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("loss/consistency" in m for m in metrics)
     assert (run / "predictions" / "test" / "segmentation.json").is_file()
+
+
+def test_sample_trains_each_case_against_one_of_its_raters():
+    """data.raters: sample: after rater_target, each sample's target is exactly one rater's mask (drawn anew each
+    step: over many draws every rater comes up), voxels without a label stay so."""
+    from labelwise.data.raters import vote_codes
+
+    m = _method("supervised")
+    m.data.raters = {"method": "sample", "raters": 3, "classes": 2}
+    rng = np.random.default_rng(4)
+    masks = [(rng.random((4, 8, 8)) < 0.4).astype(np.int64) for _ in range(3)]
+    target = torch.from_numpy(masks[0]).clone()
+    target[:, 0] = IGNORE
+    votes = torch.from_numpy(vote_codes(masks, 2))
+    seen = set()
+    for step in range(20):
+        torch.manual_seed(step)
+        out = m.rater_target({"target": target, "votes": votes})
+        assert "votes" not in out and (out["target"][:, 0] == IGNORE).all()
+        for b in range(4):
+            chosen = [r for r in range(3) if torch.equal(out["target"][b, 1:], torch.from_numpy(masks[r][b, 1:]))]
+            assert len(chosen) >= 1
+            seen.update(chosen)
+    assert seen == {0, 1, 2}
+
+
+def test_a_sample_run_trains_on_drawn_raters_and_is_scored_on_the_majority(rated, tmp_path):
+    rows = (rated / "manifest.csv").read_text().splitlines()
+    keep = [rows[0]] + [row.replace("ignore/case0.png", "") for row in rows[1:5] + rows[9:]]  # cases 0-3, 8-11
+    (rated / "sample.csv").write_text("\n".join(keep) + "\n")
+    config = (rated / "config.yaml").read_text().replace("manifest.csv", "sample.csv").replace("mean", "sample")
+    (rated / "sample.yaml").write_text(config)
+    run = tmp_path / "run"
+    code, text = invoke_cli(
+        "train", str(rated / "sample.yaml"), "--set", "trainer.max_steps=20", "--run-dir", str(run), "--no-report"
+    )
+    assert code == 0, text
+    assert json.loads((run / "raters.json").read_text())["raters"] == 3  # the training cases' three
+    scored = json.loads((run / "predictions" / "test" / "segmentation.json").read_text())
+    for case in scored["references"]["label"]["cases"]:  # two raters: the majority is where both said foreground
+        pred = read_volume(run / "predictions" / "test" / "masks" / f"{case['id']}.png", mask=True).array
+        both = np.minimum(
+            *(read_volume(rated / d / f"{case['id']}.png", mask=True).array for d in ("labels", "labels2"))
+        )
+        assert case["dice"] == pytest.approx(dice(pred, both))
+    one = "\n".join(keep[:2] + [keep[2].replace("labels2/case1.png,labels3/case1.png", ",")] + keep[3:]) + "\n"
+    (rated / "sample.csv").write_text(one)
+    code, text = invoke_cli("train", str(rated / "sample.yaml"), "--run-dir", str(tmp_path / "no"), "--no-report")
+    assert code == 2 and "sample draws one of every labelled training case's raters" in text

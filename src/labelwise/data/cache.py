@@ -16,6 +16,7 @@ Each case is read with the one reader (:func:`labelwise.data.patches.read_case`)
             roi.npy         bool (*spatial), the region of interest; absent without one
             weight.npy      float32 (*spatial), per-voxel loss weights (a manifest's weight column); absent without
             soft.npy        float32 (*spatial), the foreground probability (data.soft_labels); absent without
+            votes.npy       int32 (*spatial), the raters' vote codes (data.raters: sample); absent without
             meta.json       id, shape, spacing, affine (of the arrays: reoriented and resampled as data.reorient and
                             data.spacing ask), ``original`` (the file's own shape, spacing, affine and what was done,
                             :class:`labelwise.data.volumes.Grid`), largest label, and the files it was made from
@@ -127,8 +128,8 @@ class CaseCache:
     def _case_names(self, case: Case) -> tuple[str, str]:
         """(prefix shared by every version of the case's entry, the entry's name)."""
         files = [case.image, case.label, case.roi]
-        if case.ignore is not None or case.weight is not None:  # only then: the keys of other cases stay as they were
-            files += [case.ignore, case.weight]
+        if case.ignore is not None or case.weight is not None or case.votes is not None:  # only then: other keys stay
+            files += [case.ignore, case.weight] + ([case.votes] if case.votes is not None else [])
         paths = [str(p.resolve()) if p is not None else None for p in files]
         stamps = [_stamp(p) for p in files]
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", case.id)[:48] or "case"
@@ -271,7 +272,7 @@ class CaseCache:
             return Entry(folder, json.loads((folder / "meta.json").read_text()))
         from labelwise.data.intensity import preprocess_image
 
-        image, target, roi, weight, probability = read_case(
+        image, target, roi, weight, probability, votes = read_case(
             case,
             self.modalities,
             reorient=bool(preprocessing.get("reorient", False)),
@@ -297,9 +298,9 @@ class CaseCache:
             if roi is not None:
                 np.save(tmp / "roi.npy", roi.astype(bool))
                 files.append("roi.npy")
-            for kind, values in (("weight", weight), ("soft", probability)):
+            for kind, values in (("weight", weight), ("soft", probability), ("votes", votes)):
                 if values is not None:
-                    np.save(tmp / f"{kind}.npy", values.astype(np.float32))
+                    np.save(tmp / f"{kind}.npy", values.astype(np.int32 if kind == "votes" else np.float32))
                     files.append(f"{kind}.npy")
             meta = {
                 "format": FORMAT,
@@ -311,7 +312,9 @@ class CaseCache:
                 "label_max": top,
                 "label_dtype": str(label_dtype(top, low)) if target is not None else None,
                 "files": files,
-                "made_from": {k: _stamp(getattr(case, k)) for k in ("image", "label", "roi", "ignore", "weight")},
+                "made_from": {
+                    k: _stamp(getattr(case, k)) for k in ("image", "label", "roi", "ignore", "weight", "votes")
+                },
             }
             _write_json(tmp / "meta.json", meta)
             # An entry is several files that must appear together, so its folder is renamed into place (not
@@ -422,14 +425,14 @@ class CachedArrays(Sequence):
         if self.kind == "foreground":
             return array if array is not None else np.empty(0, dtype=np.int32)
         if array is None:
-            if self.kind in ("roi", "weight", "soft"):
+            if self.kind in ("roi", *MAPS):
                 return None
             spatial = tuple(self._shapes[row][1:])  # an unlabelled case: no label
             if index is not None:
                 spatial = tuple(len(range(*s.indices(n))) for s, n in zip(index, spatial))
             return torch.zeros(spatial, dtype=torch.int64)
         part = array if index is None else array[index]
-        dtype = {"image": np.float32, "label": np.int64, "roi": np.bool_}.get(self.kind, np.float32)
+        dtype = {"image": np.float32, "label": np.int64, "roi": np.bool_, "votes": np.int64}.get(self.kind, np.float32)
         return torch.from_numpy(np.array(part, dtype=dtype, order="C"))  # a copy: the map stays read-only
 
 

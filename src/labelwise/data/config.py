@@ -76,12 +76,13 @@ class DataConfig(Section):
         description="segmentation (manifest): mask values that carry no label (e.g. [255]: not annotated): those "
         "voxels count in no loss and no score, and no training patch is centred on one",
     )
-    raters: Literal["consensus", "majority", "mean", "first"] = Field(
+    raters: Literal["consensus", "majority", "mean", "sample", "first"] = Field(
         "consensus",
         description="segmentation (manifest) with label_2, label_3, ... columns (several raters' masks per case): "
         "the target is their STAPLE consensus (each rater's sensitivity and specificity fitted by EM on the "
         "training cases, written to the run's raters.json), their majority vote, their mean (a soft target: the "
-        "share of raters who drew foreground; binary masks), or the first rater's (label)",
+        "share of raters who drew foreground; binary masks), one rater per case drawn anew at every step (sample; "
+        "scored against the majority), or the first rater's (label)",
     )
     soft_labels: bool = Field(
         False,

@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 SOFT_THRESHOLD = 0.5  # a soft label's mask (patch sampling, scores): where its probability exceeds it
-MAPS = ("weight", "soft")  # per-voxel maps a case may carry besides its label: loss weights, soft labels
+# per-voxel maps a case may carry besides its label: loss weights, soft labels, each rater's label (data.raters: sample)
+MAPS = ("weight", "soft", "votes")
 CENTRE_TRIES = 32  # data.ignore: random centres drawn until one carries a label (else the last one is kept)
 
 Intensity = Literal["max", "zscore", "none"]  # per image; "channel" and "percentile" need training statistics
@@ -108,9 +109,12 @@ class VolumeDataset(Dataset):
 
 def map_or_default(name: str, value: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
     """A case's map ``name``, or what stands for it where the case has none (a batch holds one for every sample):
-    weight 1 everywhere; a soft target equal to the label (foreground 1, else 0)."""
+    weight 1 everywhere; a soft target equal to the label (foreground 1, else 0); vote codes 0 (only an unlabelled
+    case lacks them: data.raters: sample refuses labelled training cases without raters)."""
     if value is not None:
         return value
+    if name == "votes":
+        return torch.zeros(target.shape, dtype=torch.int64)
     return torch.ones(target.shape) if name == "weight" else (target == 1).float()
 
 
@@ -132,9 +136,9 @@ def load_cases(
     rois: list[torch.Tensor | None] = []
     maps: dict[str, list[torch.Tensor | None]] = {name: [] for name in MAPS}
     for case in cases:
-        image, target, roi, weight, probability = read_case(case, ignore=ignore, soft=soft)
-        maps["weight"].append(torch.from_numpy(weight) if weight is not None else None)
-        maps["soft"].append(torch.from_numpy(probability) if probability is not None else None)
+        image, target, roi, *rest = read_case(case, ignore=ignore, soft=soft)
+        for name, values in zip(MAPS, rest):
+            maps[name].append(torch.from_numpy(values) if values is not None else None)
         if images and (image.array.shape[0], image.array.ndim) != (images[0].shape[0], images[0].ndim):
             raise DataError(
                 f"{case.image}: {image.array.shape[0]} channel(s), {image.array.ndim - 1}D; the first "
@@ -161,6 +165,7 @@ class CaseArrays(NamedTuple):
     roi: np.ndarray | None  # bool (*spatial); None: no region of interest
     weight: np.ndarray | None = None  # float32 per-voxel loss weights (a manifest's weight column)
     soft: np.ndarray | None = None  # float32 foreground probability (data.soft_labels)
+    votes: np.ndarray | None = None  # int64 codes of the raters' labels (data.raters: sample)
 
 
 def read_case(
@@ -174,7 +179,8 @@ def read_case(
 ) -> CaseArrays:
     """One case: its image (the one reader, :func:`labelwise.data.volumes.read_image`; values as in the file), its
     label (:func:`read_label`), region of interest ``(*spatial)`` bool (None without one), loss weights (None without
-    a ``weight`` column) and, with ``soft``, its foreground probability, each checked against the image's shape and
+    a ``weight`` column), with ``soft`` its foreground probability, and its raters' vote codes (``Case.votes``,
+    ``data.raters: sample``), each checked against the image's shape and
     spacing; ``masks=False``: the image alone. ``reorient``, ``spacing``: all of them then put on the training grid
     (:func:`labelwise.data.volumes.to_grid`: reoriented to RAS+, resampled to ``spacing``, masks and maps by nearest
     neighbour); the image's ``grid`` says what was done (None when neither is asked)."""
@@ -188,11 +194,12 @@ def read_case(
     target = read_label(case, ignore, probability, grid)
     roi = read_mask(case.roi, *grid) > 0 if case.roi is not None else None
     weight = _read_map(case.weight, "weight", *grid) if case.weight is not None else None
+    votes = read_mask(case.votes, *grid) if case.votes is not None else None
     if reorient or spacing is not None:
-        image, (target, roi, weight, probability) = to_grid(
-            image, reorient, spacing, (target, roi, weight, probability)
+        image, (target, roi, weight, probability, votes) = to_grid(
+            image, reorient, spacing, (target, roi, weight, probability, votes)
         )
-    return CaseArrays(image, target, roi, weight, probability)
+    return CaseArrays(image, target, roi, weight, probability, votes)
 
 
 def read_label(

@@ -12,6 +12,8 @@
 - ``majority``: the class most raters said (ties: the lowest class among the tied, so background).
 - ``mean``: binary masks: the share of raters who said foreground, a soft target (trained as ``data.soft_labels``;
   scored where more than half said foreground, the majority).
+- ``sample``: each training step trains every case against one of its raters drawn at random (the case's ``votes``
+  map holds what each rater said, :func:`vote_codes`); scored, and its patches centred, on the majority.
 - ``first``: the first rater's (``label``) alone: the others serve only evaluation.
 
 Counts are taken inside each case's roi where it has one; the fit of the training cases makes the targets of the
@@ -37,7 +39,7 @@ from labelwise.data.manifest import Case
 from labelwise.data.volumes import Volume, read_volume, suffix_of, write_volume
 from labelwise.errors import DataError
 
-__all__ = ["RaterModel", "fit_raters", "fuse", "fuse_cases", "read_raters"]
+__all__ = ["RaterModel", "fit_raters", "fuse", "fuse_cases", "rater_label", "read_raters", "vote_codes"]
 
 TOLERANCE = 1e-7
 ROUNDS = 200
@@ -83,6 +85,17 @@ def read_raters(case: Case) -> tuple[list[np.ndarray], np.ndarray | None, Volume
     return masks, roi, volumes[0]
 
 
+def vote_codes(masks: Sequence[np.ndarray], classes: int) -> np.ndarray:
+    """One integer per voxel for what the raters said there: ``sum_j label_j * K ** j`` (rater ``j``'s label is
+    ``code // K ** j % K``; :func:`rater_label`)."""
+    return _codes(masks, classes)
+
+
+def rater_label(codes: Any, rater: Any, classes: int) -> Any:
+    """Rater ``rater``'s labels from :func:`vote_codes` (numpy arrays or torch tensors, ``rater`` broadcast)."""
+    return codes // classes**rater % classes
+
+
 def _codes(masks: Sequence[np.ndarray], classes: int) -> np.ndarray:
     """One integer per voxel for what the raters said there: ``sum_j label_j * K ** j``."""
     code = np.zeros(masks[0].shape, np.int64)
@@ -103,10 +116,10 @@ def _majority(patterns: np.ndarray, classes: int) -> np.ndarray:
 
 def fit_raters(counts: dict[int, int], raters: int, classes: int, method: str) -> RaterModel:
     """The fusion ``method`` fitted on ``counts`` (voxels per vote-pattern code, pooled over cases)."""
-    if method in ("majority", "mean"):
+    if method in ("majority", "mean", "sample"):
         return RaterModel(method, classes)
     if method != "consensus":
-        raise DataError(f"data.raters: expected first, majority, mean or consensus, got {method!r}")
+        raise DataError(f"data.raters: expected first, majority, mean, sample or consensus, got {method!r}")
     codes = np.array(sorted(counts), dtype=np.int64)
     weight = np.array([counts[c] for c in codes], dtype=np.float64)
     patterns = _patterns(codes, raters, classes)
@@ -150,7 +163,7 @@ def fuse(masks: Sequence[np.ndarray], model: RaterModel) -> np.ndarray:
     codes = _codes(masks, classes)
     unique, inverse = np.unique(codes.ravel(), return_inverse=True)
     patterns = _patterns(unique, raters, classes)
-    if model.method == "majority":
+    if model.method in ("majority", "sample"):
         scores = _majority(patterns, classes)
     else:
         assert model.confusion is not None and model.prior is not None
@@ -171,8 +184,8 @@ def fuse_cases(
     changes nothing), fitted on the cases at positions ``train`` (where none of them has several raters, as when only
     the test set was traced twice: on the cases that have). The fused masks are written under ``folder`` (3D, or the
     raters' masks NIfTI: NIfTI with the first rater's geometry; else PNG, ``mean``: float32 ``.npy``), named by a
-    digest of
-    the raters' files and the fit, so a later run with the same ones reuses them (and the case cache its entries).
+    digest of the raters' files and the fit, so a later run with the same ones reuses them (and the case cache its
+    entries); ``sample`` also writes each case's vote codes (:func:`vote_codes`, int32) and sets ``Case.votes``.
     Returns the cases and the record of the fit (None when no case has several raters or ``method`` is ``first``)."""
     from labelwise.data.cache import _stamp
 
@@ -188,12 +201,22 @@ def fuse_cases(
     if len(counts_raters) > 1 and method == "consensus":
         raise DataError(
             f"data.raters: consensus: the cases have different numbers of raters ({sorted(counts_raters)}); STAPLE "
-            "fits each rater's sensitivity and specificity (majority and mean take any number per case)"
+            "fits each rater's sensitivity and specificity (majority, mean and sample take any number per case)"
         )
     raters = max(counts_raters)
+    if method == "sample":  # a step draws one of every training case's raters: the same number for every one
+        drawn = {len(cases[i].raters) for i in train if cases[i].labelled}
+        if len(drawn) != 1 or min(drawn) < 2:
+            raise DataError(
+                "data.raters: sample draws one of every labelled training case's raters; they have "
+                f"{', '.join(map(str, sorted(drawn)))} mask(s) (every one needs the same number, at least two)"
+            )
+        raters = drawn.pop()
     fitted = [i for i in train if i in set(rated)] or rated  # raters of the test cases only: fitted on those
     loaded = {i: read_raters(cases[i]) for i in rated}
     classes = max(2, 1 + max(int(m.max()) for masks, _, _ in loaded.values() for m in masks))
+    if method == "sample" and classes**raters > 2**24:
+        raise DataError(f"data.raters: sample: {raters} raters of {classes} classes are too many to store")
     if method == "mean" and classes > 2:
         raise DataError(
             f"data.raters: mean makes a soft target of binary masks; the raters' masks hold {classes} classes "
@@ -219,7 +242,12 @@ def fuse_cases(
         if not path.is_file():
             fused = fuse(masks, model)
             write_volume(path, fused if method == "mean" else fused.astype(np.uint8), first.spacing, first.affine)
-        out[i] = replace(case, label=path)
+        votes = None
+        if method == "sample":
+            votes = folder / f"{case.id}-{key.hexdigest()[:12]}-votes{'.nii.gz' if nifti else '.npy'}"
+            if not votes.is_file():
+                write_volume(votes, vote_codes(masks, classes).astype(np.int32), first.spacing, first.affine)
+        out[i] = replace(case, label=path, votes=votes)
     if not quiet:
         said = (
             ", ".join(f"rater {j + 1} {s:.3f}/{t:.3f}" for j, (s, t) in enumerate(zip(record["sensitivity"],

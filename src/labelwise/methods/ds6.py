@@ -107,7 +107,8 @@ class DS6(Supervised):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         o, model = self.options, self.networks["model"]
-        batch = self.augment_batch(batch)  # the config's augmentation first, then DS6's own deformation
+        # the config's augmentation first (data.raters: sample: then a rater drawn), then DS6's own deformation
+        batch = self.rater_target(self.augment_batch(batch))
         x, y = batch["image"], batch["target"]
         labelled = batch.get("labelled", torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
         outputs = model(x)

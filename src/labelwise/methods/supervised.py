@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from labelwise.data.raters import rater_label
 from labelwise.errors import ConfigError
 from labelwise.losses import MSS_WEIGHTS, dice_ce_loss, focal_tversky_loss, mss_loss, self_corrected_target
 from labelwise.methods.base import Method
@@ -166,8 +167,22 @@ class Supervised(Method):
             return mss_loss(outputs, target, loss_fn, o.mss_weights[: len(outputs)])
         return loss_fn(outputs, target)
 
+    def rater_target(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``data.raters: sample``: the batch's target replaced by the labels of one of the case's raters, drawn for
+        every sample at every step (the global RNG, seeded per step by the engine), from its ``votes`` map; voxels
+        without a label stay so. Other batches are returned as they are."""
+        votes = batch.get("votes")
+        if votes is None:
+            return batch
+        fit = self.data.raters or {}
+        raters, classes = int(fit.get("raters", 1)), int(fit.get("classes", 2))
+        pick = torch.randint(raters, (votes.shape[0],), device=votes.device).view(-1, *[1] * (votes.ndim - 1))
+        labels = rater_label(votes.long(), pick, classes)
+        target = torch.where(batch["target"] == IGNORE, batch["target"], labels.to(batch["target"].dtype))
+        return {**{k: v for k, v in batch.items() if k != "votes"}, "target": target}
+
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        batch = self.augment_batch(batch)
+        batch = self.rater_target(self.augment_batch(batch))
         outputs = self.networks["model"](batch["image"])
         target = batch["target"]
         if self.data.task == "segmentation":
