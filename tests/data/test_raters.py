@@ -76,8 +76,8 @@ def test_majority_ties_go_to_the_lowest_class_and_identical_raters_are_their_own
     same = [np.array([[0, 1, 1, 0, 2]])] * 3
     model = fit_raters(_counts(same, 3), 3, 3, "consensus")
     np.testing.assert_array_equal(fuse(same, model), same[0])
-    with pytest.raises(DataError, match="first, majority, mean or consensus"):
-        fit_raters({}, 2, 2, "sample")
+    with pytest.raises(DataError, match="first, majority, mean, sample or consensus"):
+        fit_raters({}, 2, 2, "median")
     # mean: the share of raters who said foreground (a soft target)
     c = np.array([[1, 1, 0, 0]])
     np.testing.assert_allclose(fuse([a == 1, b, c], fit_raters({}, 3, 2, "mean")), [[2 / 3, 2 / 3, 2 / 3, 1 / 3]])
