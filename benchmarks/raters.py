@@ -10,6 +10,8 @@ observer's. Variants, each ``configs/drive-unet-mss.yaml`` with ``--steps`` step
   majority                   ``data.raters: majority`` of the three
   consensus                  ``data.raters: consensus`` (STAPLE, fitted on the training images inside the field of
                              view; its sensitivity and specificity per rater are printed)
+  mean                       ``data.raters: mean``: the share of raters who drew a vessel, a soft target
+  sample                     ``data.raters: sample``: one rater per image drawn anew at every step
 
 Scored on DRIVE's 20 test images inside the field of view against the first observer. Goal (issue 30): the best
 fusion beats the best single rater by more than the seed std (3 seeds)::
@@ -33,7 +35,7 @@ import drive  # noqa: E402  (benchmarks/drive.py: the DRIVE manifest, train_and_
 
 REPO = drive.REPO
 RATERS = ("thin", "dilate", "semi-automatic")  # the kind of each rater's errors
-VARIANTS = ("rater1", "rater2", "rater3", "majority", "consensus")
+VARIANTS = ("rater1", "rater2", "rater3", "majority", "consensus", "mean", "sample")
 SCORES = ("dice", "cldice", "precision", "sensitivity")
 
 

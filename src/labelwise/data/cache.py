@@ -361,7 +361,7 @@ class _Maps:
         self._reset()
 
     def get(self, i: int, kind: str) -> np.ndarray | None:
-        """The memory map of ``kind`` (image, label, foreground, roi, weight, soft) of case ``i``; None when the case
+        """The memory map of ``kind`` (image, label, foreground, roi, weight, soft, votes) of case ``i``; None when the case
         has none."""
         if self._pid != os.getpid():
             self._reset()
@@ -388,10 +388,10 @@ class _Maps:
 
 
 class CachedArrays(Sequence):
-    """One kind of array (``image``, ``label``, ``roi``, ``foreground``, ``weight`` or ``soft``) of every case of a
-    split, read from the memory maps on access. ``[i]``: a tensor of the whole case, copied into memory (images
-    float32, labels int64, an unlabelled case's all zero; rois bool, weights and soft labels float32, or None without
-    one; foreground: the memory-mapped array itself);
+    """One kind of array (``image``, ``label``, ``roi``, ``foreground``, ``weight``, ``soft`` or ``votes``) of every
+    case of a split, read from the memory maps on access. ``[i]``: a tensor of the whole case, copied into memory
+    (images float32, labels int64, an unlabelled case's all zero; rois bool, weights and soft labels float32, votes
+    int64, or None without one; foreground: the memory-mapped array itself);
     ``[a:b]``: the same for those cases, still lazy (nothing is read); ``read(i, index)``: only a window of case
     ``i`` (what patches read)."""
 

@@ -67,9 +67,9 @@ class DataBundle:
     # how an input file becomes a sample, with the statistics measured on the training split (see preprocess_image)
     preprocessing: dict = field(default_factory=lambda: {"intensity": "none"})
     raters: dict | None = None  # data.raters: the fit that fused several raters' masks (raters.json in the run)
-    maps: tuple[
-        str, ...
-    ] = ()  # per-voxel maps the training cases carry: "weight" (weight column), "soft" (soft labels)
+    # per-voxel maps the training cases carry (labelwise.data.patches.MAPS): "weight" (a weight column), "soft" (soft
+    # labels), "votes" (data.raters: sample)
+    maps: tuple[str, ...] = ()
     unlabelled_voxels: bool = False  # some masks leave voxels without a label (data.ignore, an ignore column)
 
     def split(self, name: str) -> Any:

@@ -6,7 +6,9 @@ memory-mapped files on access (what a run on a manifest uses). :class:`PatchData
 ``patches_per_volume`` random patches each: sample ``i`` is a pure function of ``(seed, i)`` (so any number of
 loader workers and a resumed run see the same patches), centred with probability ``foreground_ratio`` on a random
 foreground voxel of a labelled case, otherwise anywhere (with ``data.ignore``: on a voxel that carries a label);
-volumes smaller than the patch are zero-padded."""
+volumes smaller than the patch are zero-padded. Where some case carries a per-voxel map (:data:`MAPS`: a ``weight``
+column, soft labels, raters' vote codes) every sample has it under its name, cut like the mask (a case without one
+gets :func:`map_or_default`'s)."""
 
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ class VolumeDataset(Dataset):
         self.image, self.target = images, targets
         self.rois = rois if rois is not None else [None] * len(self.cases)  # region-of-interest masks (bool) or None
         self.foreground = foreground
-        # per-voxel maps some case carries, by name (``weight``, ``soft``): per case a float32 tensor or None
+        # per-voxel maps some case carries, by name (:data:`MAPS`): per case a tensor or None
         self.maps = {name: cases_maps for name, cases_maps in (maps or {}).items()}
         self.spacings, self.affines = spacings, affines
         self.labelled = torch.tensor([c.labelled for c in self.cases], dtype=torch.bool)
@@ -137,7 +139,7 @@ def load_cases(
     maps: dict[str, list[torch.Tensor | None]] = {name: [] for name in MAPS}
     for case in cases:
         image, target, roi, *rest = read_case(case, ignore=ignore, soft=soft)
-        for name, values in zip(MAPS, rest):
+        for name, values in zip(MAPS, rest):  # CaseArrays' last fields are the maps, in MAPS's order
             maps[name].append(torch.from_numpy(values) if values is not None else None)
         if images and (image.array.shape[0], image.array.ndim) != (images[0].shape[0], images[0].ndim):
             raise DataError(
@@ -180,8 +182,7 @@ def read_case(
     """One case: its image (the one reader, :func:`labelwise.data.volumes.read_image`; values as in the file), its
     label (:func:`read_label`), region of interest ``(*spatial)`` bool (None without one), loss weights (None without
     a ``weight`` column), with ``soft`` its foreground probability, and its raters' vote codes (``Case.votes``,
-    ``data.raters: sample``), each checked against the image's shape and
-    spacing; ``masks=False``: the image alone. ``reorient``, ``spacing``: all of them then put on the training grid
+    ``data.raters: sample``), each checked against the image's shape and spacing; ``masks=False``: the image alone. ``reorient``, ``spacing``: all of them then put on the training grid
     (:func:`labelwise.data.volumes.to_grid`: reoriented to RAS+, resampled to ``spacing``, masks and maps by nearest
     neighbour); the image's ``grid`` says what was done (None when neither is asked)."""
     image = read_image(case.image, modalities)

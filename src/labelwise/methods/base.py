@@ -66,8 +66,8 @@ class Method:
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_unlabelled: ClassVar[bool] = False  # True: unlabelled training cases are loaded (flag "labelled" = False)
     augments: ClassVar[bool] = False  # True: the method applies the config's augment section (see augment_batch)
-    # True: voxels without a label (data.ignore, an ignore column) count in none of its losses, and the batch's weight
-    # and soft maps (a weight column, soft labels) are honoured
+    # True: voxels without a label (data.ignore, an ignore column) count in none of its losses, and the batch's maps
+    # (a weight column, soft labels, data.raters: sample's votes) are honoured
     honours_ignore: ClassVar[bool] = False
     threshold: float | Literal["otsu", "calibrate"] = (
         0.5  # one-channel (sigmoid) segmenters: foreground where p > threshold, "otsu", "calibrate"
@@ -107,6 +107,7 @@ class Method:
                 ("an ignore column", data.unlabelled_voxels and not config.data.ignore),
                 ("a weight column", "weight" in data.maps),
                 ("soft labels", "soft" in data.maps),
+                ("raters to sample (data.raters: sample)", "votes" in data.maps),
             )
             if given
         ]
