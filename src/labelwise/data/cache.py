@@ -361,8 +361,8 @@ class _Maps:
         self._reset()
 
     def get(self, i: int, kind: str) -> np.ndarray | None:
-        """The memory map of ``kind`` (image, label, foreground, roi, weight, soft, votes) of case ``i``; None when the case
-        has none."""
+        """The memory map of ``kind`` (image, label, foreground, roi, weight, soft, votes) of case ``i``; None when
+        the case has none."""
         if self._pid != os.getpid():
             self._reset()
         maps = self._open.get(i)

@@ -182,9 +182,10 @@ def read_case(
     """One case: its image (the one reader, :func:`labelwise.data.volumes.read_image`; values as in the file), its
     label (:func:`read_label`), region of interest ``(*spatial)`` bool (None without one), loss weights (None without
     a ``weight`` column), with ``soft`` its foreground probability, and its raters' vote codes (``Case.votes``,
-    ``data.raters: sample``), each checked against the image's shape and spacing; ``masks=False``: the image alone. ``reorient``, ``spacing``: all of them then put on the training grid
-    (:func:`labelwise.data.volumes.to_grid`: reoriented to RAS+, resampled to ``spacing``, masks and maps by nearest
-    neighbour); the image's ``grid`` says what was done (None when neither is asked)."""
+    ``data.raters: sample``), each checked against the image's shape and spacing; ``masks=False``: the image alone.
+    ``reorient``, ``spacing``: all of them then put on the training grid (:func:`labelwise.data.volumes.to_grid`:
+    reoriented to RAS+, resampled to ``spacing``, masks and maps by nearest neighbour); the image's ``grid`` says
+    what was done (None when neither is asked)."""
     image = read_image(case.image, modalities)
     if image.array.ndim not in (3, 4):
         raise DataError(f"{case.image}: image of shape {image.array.shape}; expected 2D or 3D")
