@@ -14,9 +14,18 @@ their first-observer masks inside the field of view). The recipe is ``configs/dr
     python benchmarks/partial_labels.py --seeds 0 1 2 --steps 1000 --out runs/bench-partial
     python benchmarks/partial_labels.py --table-only --out runs/bench-partial   # the table from results.json
 
-Per run ``OUT/results.json`` (keyed ``variant/share/steps/seed``; a key already there is not trained again) holds
-Dice, clDice, precision, sensitivity and wall minutes; the table prints mean ± sample std over seeds and the paired
-differences to ``full``."""
+``--dataset vessels3d``: the synthetic 3D vessels (``labelwise data synth vessels --dim 3 --n 11 --shape 96``, 6
+train / 2 val / 3 test, every mask the clean truth; as ``benchmarks/noise_matrix.py`` builds them), each training
+volume annotated on ``--slices`` axial slices only (evenly spaced, an offset per case drawn from its id), the rest
+``ignore`` (2, ``data.ignore: [2]``, nnU-Net's convention: the label above the classes) or ``naive`` (0). The recipe
+is ``configs/unet-mss-synthetic-3d.yaml`` CPU-sized as in the noise matrix (48^3 patches, widths 8..128; 600 steps
+by default)::
+
+    python benchmarks/partial_labels.py --dataset vessels3d --slices 8 --seeds 0 1 2 --steps 600 --out runs/bench-partial
+
+Per run ``OUT/results.json`` (keyed ``variant/share/steps/seed``, 3D ``vessels3d/variant/slicesK/steps/seed``; a key
+already there is not trained again) holds Dice, clDice, precision, sensitivity and wall minutes; the table prints
+mean ± sample std over seeds and the paired differences to ``full``."""
 
 from __future__ import annotations
 
@@ -70,6 +79,71 @@ def partial_manifest(clean: Path, variant: str, share: float) -> Path:
     return write_manifest_rows(manifest, cases, labels=labels)
 
 
+def slice_rows(case_id: str, depth: int, slices: int) -> np.ndarray:
+    """The axial slices annotated in 3D case ``case_id``: ``slices`` evenly spaced ones, from an offset drawn from
+    its id (the same whatever the seed or the variant)."""
+    step = max(1, depth // slices)
+    start = int(np.random.default_rng(zlib.crc32(case_id.encode())).integers(0, step))
+    return np.arange(start, depth, step)[:slices]
+
+
+def sliced_manifest(clean: Path, variant: str, slices: int) -> Path:
+    """As :func:`partial_manifest` for 3D: the training masks annotated on :func:`slice_rows` (last axis) only, the
+    rest 2 (``ignore``) or 0 (``naive``), NIfTI with each mask's own geometry; ``full``: ``clean``."""
+    import nibabel as nib
+
+    from labelwise.audit.folds import write_manifest_rows
+    from labelwise.data.manifest import read_manifest
+
+    if variant == "full":
+        return clean
+    folder = clean.parent / f"sliced-{variant}-{slices}"
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    cases, labels = read_manifest(clean), {}
+    for case in cases:
+        if case.split == "train" and case.label is not None:
+            image = nib.load(case.label)
+            label = np.asarray(image.dataobj).astype(np.uint8)
+            partial = np.full(label.shape, 2 if variant == "ignore" else 0, dtype=np.uint8)
+            kept = slice_rows(case.id, label.shape[-1], slices)
+            partial[..., kept] = label[..., kept]
+            labels[case.id] = folder / "labels" / f"{case.id}.nii.gz"
+            labels[case.id].parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(partial, image.affine), labels[case.id])
+    return write_manifest_rows(manifest, cases, labels=labels)
+
+
+def run_3d(args) -> dict:
+    """The vessels3d grid (see the module's description)."""
+    from labelwise.config import load_config
+    from noise_matrix import vessels_manifest
+
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    folder = args.out / "data" / "vessels3d"
+    folder.mkdir(parents=True, exist_ok=True)
+    clean = vessels_manifest(folder, 11, 96)
+    for seed in args.seeds:
+        for variant in args.variants:
+            key = f"vessels3d/{variant}/slices{args.slices}/steps{args.steps}/seed{seed}"
+            if key in results:
+                continue
+            print(f"== {key}", flush=True)
+            options = [f"data.manifest={sliced_manifest(clean, variant, args.slices)}", f"seed={seed}",
+                       f"trainer.max_steps={args.steps}", f"trainer.checkpoint_every={args.steps}",
+                       f"trainer.val_every={args.steps}", "model.channels=[8,16,32,64,128]",
+                       "data.patch_size=[48,48,48]", "trainer.log_every=50"]
+            if variant == "ignore":
+                options.append("data.ignore=[2]")
+            config = load_config(REPO / "configs" / "unet-mss-synthetic-3d.yaml", options)
+            results[key] = drive.train_and_score(config, args.out / key.replace("/", "-"))
+            print(json.dumps(results[key]), flush=True)
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
 def run(args) -> dict:
     from labelwise.config import load_config
 
@@ -96,10 +170,13 @@ def run(args) -> dict:
     return results
 
 
-def table(results: dict, share: float, steps: int, seeds: list[int]) -> str:
-    """Mean ± sample std over seeds per variant, and the paired Dice difference to ``full``."""
+def table(results: dict, share: float, steps: int, seeds: list[int], slices: int | None = None) -> str:
+    """Mean ± sample std over seeds per variant, and the paired Dice difference to ``full`` (``slices``: the
+    vessels3d grid's)."""
     def rows(variant: str) -> dict[int, dict]:
-        found = {s: results.get(f"{variant}/share{share:g}/steps{steps}/seed{s}") for s in seeds}
+        key = (f"vessels3d/{variant}/slices{slices}/steps{steps}/seed{{}}" if slices is not None
+               else f"{variant}/share{share:g}/steps{steps}/seed{{}}")
+        found = {s: results.get(key.format(s)) for s in seeds}
         return {s: r for s, r in found.items() if r}
 
     def fmt(values: list[float]) -> str:
@@ -107,7 +184,9 @@ def table(results: dict, share: float, steps: int, seeds: list[int]) -> str:
             return "-"
         return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
 
-    lines = [f"| training masks ({share:.0%} of each training image annotated) | Dice | clDice | precision | "
+    what = (f"{slices} axial slices of each training volume annotated" if slices is not None
+            else f"{share:.0%} of each training image annotated")
+    lines = [f"| training masks ({what}) | Dice | clDice | precision | "
              "sensitivity | wall minutes | Dice - full (paired) | seeds |", "|---|---|---|---|---|---|---|---|"]
     full = rows("full")
     for variant in VARIANTS:
@@ -127,17 +206,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--dataset", choices=("drive", "vessels3d"), default="drive")
+    parser.add_argument("--slices", type=int, default=8, help="vessels3d: axial slices annotated per training volume")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    three = args.dataset == "vessels3d"
     if args.table_only:
         results_path = args.out / "results.json"
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    elif three:
+        results = run_3d(args)
     else:
         if not (args.drive / "training" / "images").is_dir():
             raise SystemExit(f"{args.drive}: DRIVE not found (see ../shared/data/drive/SOURCES.md)")
         results = run(args)
-    print(table(results, args.share, args.steps, args.seeds))
+    print(table(results, args.share, args.steps, args.seeds, args.slices if three else None))
 
 
 if __name__ == "__main__":
