@@ -362,3 +362,17 @@ def test_soft_labels_weights_and_an_ignore_column_train_in_3d(tmp_path, method):
         truth, predicted = soft[kept] > 0.5, pred[kept] > 0
         expected = 2 * (truth & predicted).sum() / max(truth.sum() + predicted.sum(), 1)
         assert case["dice"] == pytest.approx(expected) or (np.isnan(case["dice"]) and not truth.any())
+
+
+def test_a_rewritten_manifest_keeps_the_ignore_weight_and_rater_columns(rated, tmp_path):
+    """audit --fix and the benchmarks write manifests with write_manifest_rows: every column comes back."""
+    from labelwise.audit.folds import write_manifest_rows
+    from labelwise.data.manifest import read_manifest
+
+    cases = read_manifest(rated / "manifest.csv")
+    again = read_manifest(write_manifest_rows(tmp_path / "again.csv", cases))
+    assert [(c.id, c.ignore, c.weight, c.raters) for c in again] == [
+        (c.id, c.ignore.resolve() if c.ignore else None, c.weight.resolve() if c.weight else None,
+         tuple(p.resolve() for p in c.raters)) for c in cases
+    ]  # fmt: skip
+    assert any(c.ignore for c in again) and any(c.weight for c in again)

@@ -75,11 +75,12 @@ def write_manifest_rows(
     extra: dict[str, dict[str, str]] | None = None,
     labels: dict[str, Path] | None = None,
 ) -> Path:
-    """A manifest of ``cases`` at ``path`` (absolute paths, so it can live anywhere); ``labels`` replaces the label
-    of the ids it holds, ``extra`` adds columns per id."""
+    """A manifest of ``cases`` at ``path`` (absolute paths, so it can live anywhere; their ignore and weight maps and
+    raters' masks kept); ``labels`` replaces the label of the ids it holds, ``extra`` adds columns per id."""
     extra = extra or {}
     labels = labels or {}
     columns = ["id", "image", "label", "split", "truth", "roi"]
+    columns += [c for c in ("ignore", "weight") if any(getattr(case, c) is not None for case in cases)]
     columns += [f"label_{k}" for k in range(2, 1 + max((len(c.raters) for c in cases), default=0))]
     columns += sorted({c for row in extra.values() for c in row})
     rows = []
@@ -94,6 +95,8 @@ def write_manifest_rows(
                 "split": case.split,
                 "truth": str(Path(case.truth).resolve()) if case.truth else "",
                 "roi": str(Path(case.roi).resolve()) if case.roi else "",
+                "ignore": str(Path(case.ignore).resolve()) if case.ignore else "",
+                "weight": str(Path(case.weight).resolve()) if case.weight else "",
                 **{f"label_{k}": str(Path(p).resolve()) for k, p in enumerate(raters, start=2)},
                 **extra.get(case.id, {}),
             }
