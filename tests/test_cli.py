@@ -139,6 +139,7 @@ def test_quick_demo(tmp_path):
         "demo-segmentation",
         "demo-multilabel",
         "demo-vessels",
+        "demo-raters",
         "demo-semi",
         "demo-pretrain",
         "demo-pretrain-probe",
@@ -155,6 +156,10 @@ def test_quick_demo(tmp_path):
     assert [a["page"] for a in audits] == ["audit/report.html"] and audits[0]["audited"] >= 2
     assert (tmp_path / "demo-vessels" / "audit" / "cases.csv").is_file()
     assert 'href="audit/report.html"' in (tmp_path / "demo-vessels" / "report.html").read_text()
+    raters = json.loads((tmp_path / "demo-raters" / "predictions" / "test" / "segmentation.json").read_text())
+    assert raters["raters"]["cases"] >= 1 and len(raters["raters"]["model"]) == 2 and raters["soft_labels"]
+    assert json.loads((tmp_path / "demo-raters" / "raters.json").read_text())["method"] == "mean"
+    assert "segmentation-raters" in (tmp_path / "demo-raters" / "report.html").read_text()
     for run, names in (("demo-vessels", {"foreground"}), ("demo-semi", {"0", "1"})):  # explained as models
         entries = json.loads((tmp_path / run / "explanations" / "explanations.json").read_text())["entries"]
         assert 1 <= len(entries) <= 2 and {e["class_name"] for e in entries} <= names
