@@ -178,24 +178,46 @@ def hand_dice(pred: np.ndarray, label: np.ndarray) -> float:
     return float(f1_score(label[labelled] > 0, pred[labelled] > 0))
 
 
-def test_patches_are_centred_on_labelled_voxels(partly_annotated):
+def test_patches_are_centred_on_labelled_voxels_anywhere_in_the_patch(partly_annotated):
+    """Every patch holds a labelled voxel (its centre); the centre lies anywhere in the patch, so the labelled
+    columns (the left 20 of the training masks) fall on every column of the patches, not always the middle one."""
     manifest = partly_annotated / "manifest.csv"
     options = {
         "manifest": manifest,
         "task": "segmentation",
         "patch_size": [9, 9],
         "foreground_ratio": 0.0,
-        "patches_per_volume": 4,
+        "patches_per_volume": 40,
     }
     patches = load_data(DataConfig(**options, ignore=[255])).split("train")
     target = patches.volumes.target[0]
     label = read_volume(partly_annotated / "labels" / "case0.png", mask=True).array
     np.testing.assert_array_equal(target.numpy(), np.where(label == 255, IGNORE, label))
-    # a centre in columns 4..27 is the patch's middle voxel (no clipping at the borders); columns >= 20: no label
-    centres = [patches[i]["target"][4, 4] for i in range(len(patches))]
-    assert len(centres) == 32 and all(int(c) != IGNORE for c in centres)
+    cut = [patches[i]["target"] for i in range(len(patches))]
+    assert len(cut) == 320 and all(bool((t != IGNORE).any()) for t in cut)
+    labelled = np.mean([(t != IGNORE).numpy() for t in cut], axis=0).mean(axis=0)  # per patch column
+    assert labelled.min() > 0.2 and labelled[4] < 1  # every column often labelled, the middle one not always
     before = load_data(DataConfig(**options)).split("train")  # without data.ignore: 255 is a class of its own
     assert any(int(before[i]["target"][4, 4]) == 255 for i in range(len(before)))
+
+
+def test_slices_annotated_at_regular_steps_fall_on_every_patch_position(tmp_path):
+    """3D, every 4th slice annotated: centred in the middle, the labelled slices of a patch would always be its
+    slices 0, 4, 8 (the network learns to be careful there only); anywhere, each patch slice is labelled in some."""
+    from labelwise.data.manifest import Case
+    from labelwise.data.patches import PatchDataset, load_cases
+
+    rng = np.random.default_rng(0)
+    image = rng.random((20, 20, 20)).astype(np.float32)
+    label = (image > 0.7).astype(np.uint8)
+    label[..., [k for k in range(20) if k % 4]] = 2
+    write_volume(tmp_path / "i.nii.gz", image)
+    write_volume(tmp_path / "l.nii.gz", label)
+    volumes = load_cases([Case("c", tmp_path / "i.nii.gz", tmp_path / "l.nii.gz", "train")], np.arange(1), ignore=[2])
+    patches = PatchDataset(volumes, [9, 9, 9], patches_per_volume=60, foreground_ratio=0.5, labelled_centres=True)
+    labelled = np.stack([(patches[i]["target"] != IGNORE).numpy().any(axis=(0, 1)) for i in range(60)])
+    assert labelled.any(axis=1).all()  # a labelled slice in every patch
+    assert labelled.any(axis=0).all() and not labelled.all(axis=0).any()  # every patch slice sometimes, none always
 
 
 def test_a_partly_annotated_run_is_scored_predicted_evaluated_and_audited_on_its_labels(partly_annotated, tmp_path):

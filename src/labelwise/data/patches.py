@@ -5,7 +5,8 @@ int64, each of its own size; :func:`load_cases` holds them in memory, :mod:`labe
 memory-mapped files on access (what a run on a manifest uses). :class:`PatchDataset` turns the training cases into
 ``patches_per_volume`` random patches each: sample ``i`` is a pure function of ``(seed, i)`` (so any number of
 loader workers and a resumed run see the same patches), centred with probability ``foreground_ratio`` on a random
-foreground voxel of a labelled case, otherwise anywhere (with ``data.ignore``: on a voxel that carries a label);
+foreground voxel of a labelled case, otherwise anywhere (with voxels without a label, ``data.ignore`` or an
+``ignore`` column: on a voxel that carries a label, and that voxel lies anywhere in the patch, not in its middle);
 volumes smaller than the patch are zero-padded. Where some case carries a per-voxel map (:data:`MAPS`: a ``weight``
 column, soft labels, raters' vote codes) every sample has it under its name, cut like the mask (a case without one
 gets :func:`map_or_default`'s)."""
@@ -326,7 +327,11 @@ class PatchDataset(Dataset):
                 ):
                     break
                 centre = tuple(int(rng.integers(s)) for s in spatial)
-        starts = [min(max(c - p // 2, 0), max(s - p, 0)) for c, p, s in zip(centre, self.patch, spatial)]
+        # the centre in the middle of the patch; with voxels without a label, anywhere in it: labelled voxels that lie
+        # in a regular pattern (every k-th slice annotated) would otherwise always fall on the same positions of the
+        # patch, and the network learns to be right there only
+        offsets = [int(rng.integers(p)) if self.labelled_centres else p // 2 for p in self.patch]
+        starts = [min(max(c - o, 0), max(s - p, 0)) for c, o, p, s in zip(centre, offsets, self.patch, spatial)]
         window = tuple(slice(a, a + p) for a, p in zip(starts, self.patch))
         image_patch = _window(self.volumes.image, v, (slice(None), *window))
         target_patch = _window(self.volumes.target, v, window)
