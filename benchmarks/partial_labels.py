@@ -55,27 +55,37 @@ def band_rows(case_id: str, height: int, share: float) -> slice:
     return slice(start, start + rows)
 
 
-def partial_manifest(clean: Path, variant: str, share: float) -> Path:
-    """A copy of the manifest ``clean`` whose training masks are annotated on :func:`band_rows` only, the rest
-    :data:`IGNORED` (``ignore``) or 0 (``naive``), written once under ``clean``'s folder; ``full``: ``clean``."""
+def partial_manifest(clean: Path, variant: str, share: float, slices: int | None = None) -> Path:
+    """A copy of the manifest ``clean`` whose training masks are annotated in part, the rest unlabelled (``ignore``)
+    or 0 (``naive``), written once under ``clean``'s folder; ``full``: ``clean``. 2D: on :func:`band_rows` only, the
+    rest :data:`IGNORED`, PNG; 3D (``slices``): on :func:`slice_rows` of the last axis only, the rest 2, NIfTI with
+    each mask's own geometry."""
     from labelwise.audit.folds import write_manifest_rows
     from labelwise.data.manifest import read_manifest
     from labelwise.data.volumes import read_volume, write_volume
 
     if variant == "full":
         return clean
-    folder = clean.parent / f"partial-{variant}-{share:g}"
+    folder = clean.parent / (f"sliced-{variant}-{slices}" if slices else f"partial-{variant}-{share:g}")
     manifest = folder / "manifest.csv"
     if manifest.is_file():
         return manifest
     cases, labels = read_manifest(clean), {}
     for case in cases:
         if case.split == "train" and case.label is not None:
-            label = read_volume(case.label, mask=True).array
-            partial = np.full(label.shape, IGNORED if variant == "ignore" else 0, dtype=np.uint8)
-            rows = band_rows(case.id, label.shape[0], share)
-            partial[rows] = label[rows] * 255  # 0/255 as DRIVE's own masks (a band without vessels stays readable)
-            labels[case.id] = write_volume(folder / "labels" / f"{case.id}.png", partial)
+            volume = read_volume(case.label, mask=True)
+            label = volume.array
+            unlabelled = (2 if slices else IGNORED) if variant == "ignore" else 0
+            partial = np.full(label.shape, unlabelled, dtype=np.uint8)
+            if slices:
+                kept = (..., slice_rows(case.id, label.shape[-1], slices))
+                partial[kept] = label[kept]
+                path = folder / "labels" / f"{case.id}.nii.gz"
+                labels[case.id] = write_volume(path, partial, volume.spacing, volume.affine)
+            else:
+                rows = band_rows(case.id, label.shape[0], share)
+                partial[rows] = label[rows] * 255  # 0/255 as DRIVE's own masks (a band without vessels stays readable)
+                labels[case.id] = write_volume(folder / "labels" / f"{case.id}.png", partial)
     return write_manifest_rows(manifest, cases, labels=labels)
 
 
@@ -85,34 +95,6 @@ def slice_rows(case_id: str, depth: int, slices: int) -> np.ndarray:
     step = max(1, depth // slices)
     start = int(np.random.default_rng(zlib.crc32(case_id.encode())).integers(0, step))
     return np.arange(start, depth, step)[:slices]
-
-
-def sliced_manifest(clean: Path, variant: str, slices: int) -> Path:
-    """As :func:`partial_manifest` for 3D: the training masks annotated on :func:`slice_rows` (last axis) only, the
-    rest 2 (``ignore``) or 0 (``naive``), NIfTI with each mask's own geometry; ``full``: ``clean``."""
-    import nibabel as nib
-
-    from labelwise.audit.folds import write_manifest_rows
-    from labelwise.data.manifest import read_manifest
-
-    if variant == "full":
-        return clean
-    folder = clean.parent / f"sliced-{variant}-{slices}"
-    manifest = folder / "manifest.csv"
-    if manifest.is_file():
-        return manifest
-    cases, labels = read_manifest(clean), {}
-    for case in cases:
-        if case.split == "train" and case.label is not None:
-            image = nib.load(case.label)
-            label = np.asarray(image.dataobj).astype(np.uint8)
-            partial = np.full(label.shape, 2 if variant == "ignore" else 0, dtype=np.uint8)
-            kept = slice_rows(case.id, label.shape[-1], slices)
-            partial[..., kept] = label[..., kept]
-            labels[case.id] = folder / "labels" / f"{case.id}.nii.gz"
-            labels[case.id].parent.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(partial, image.affine), labels[case.id])
-    return write_manifest_rows(manifest, cases, labels=labels)
 
 
 def run_3d(args) -> dict:
@@ -131,7 +113,7 @@ def run_3d(args) -> dict:
             if key in results:
                 continue
             print(f"== {key}", flush=True)
-            options = [f"data.manifest={sliced_manifest(clean, variant, args.slices)}", f"seed={seed}",
+            options = [f"data.manifest={partial_manifest(clean, variant, args.share, args.slices)}", f"seed={seed}",
                        f"trainer.max_steps={args.steps}", f"trainer.checkpoint_every={args.steps}",
                        f"trainer.val_every={args.steps}", "model.channels=[8,16,32,64,128]",
                        "data.patch_size=[48,48,48]", "trainer.log_every=50"]
