@@ -53,16 +53,17 @@ def test_reorientation_matches_nibabel(tmp_path):
     weights = tmp_path / "odd_weight.nii.gz"
     nib.save(nib.Nifti1Image(np.abs(data) / np.abs(data).max(), ODD), str(weights))
     case = Case("odd", image, label, "train", roi=label, weight=weights)
-    got, target, roi, weight, soft = read_case(case, reorient=True)
+    got, target, roi, weight, soft, votes = read_case(case, reorient=True)
     np.testing.assert_array_equal(got.array, volume.array)
     np.testing.assert_array_equal(target, mask)
     np.testing.assert_array_equal(roi, mask > 0)
     expected = nib.as_closest_canonical(nib.load(str(weights))).get_fdata(dtype=np.float32)
     np.testing.assert_allclose(weight, expected, rtol=1e-6)
-    assert soft is None
+    assert soft is None and votes is None
     # a probability mask as the label (data.soft_labels): the label is where it exceeds 0.5
     case = Case("odd", image, weights, "train")
-    _, target, _, _, soft = read_case(case, reorient=True, soft=True)
+    arrays = read_case(case, reorient=True, soft=True)
+    target, soft = arrays.target, arrays.soft
     np.testing.assert_allclose(soft, expected, rtol=1e-6)
     np.testing.assert_array_equal(target, expected > 0.5)
     # a canonical volume is left as it is
