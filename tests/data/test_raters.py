@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, run_cli
 
 from labelwise.data.manifest import read_manifest
-from labelwise.data.raters import _codes, fit_raters, fuse
+from labelwise.data.raters import fit_raters, fuse, vote_codes
 from labelwise.errors import DataError
 
 # (sensitivity, specificity) of three simulated raters: a careful one and two hasty ones, whose agreement outvotes
@@ -27,7 +27,7 @@ def _simulated(n: int = 200_000, prevalence: float = 0.2, seed: int = 0) -> tupl
 
 
 def _counts(raters: list[np.ndarray], classes: int = 2) -> dict[int, int]:
-    codes, number = np.unique(_codes(raters, classes), return_counts=True)
+    codes, number = np.unique(vote_codes(raters, classes), return_counts=True)
     return dict(zip(codes.tolist(), number.tolist()))
 
 

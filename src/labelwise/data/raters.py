@@ -88,20 +88,15 @@ def read_raters(case: Case) -> tuple[list[np.ndarray], np.ndarray | None, Volume
 def vote_codes(masks: Sequence[np.ndarray], classes: int) -> np.ndarray:
     """One integer per voxel for what the raters said there: ``sum_j label_j * K ** j`` (rater ``j``'s label is
     ``code // K ** j % K``; :func:`rater_label`)."""
-    return _codes(masks, classes)
+    code = np.zeros(masks[0].shape, np.int64)
+    for j, mask in enumerate(masks):
+        code += mask.astype(np.int64) * classes**j
+    return code
 
 
 def rater_label(codes: Any, rater: Any, classes: int) -> Any:
     """Rater ``rater``'s labels from :func:`vote_codes` (numpy arrays or torch tensors, ``rater`` broadcast)."""
     return codes // classes**rater % classes
-
-
-def _codes(masks: Sequence[np.ndarray], classes: int) -> np.ndarray:
-    """One integer per voxel for what the raters said there: ``sum_j label_j * K ** j``."""
-    code = np.zeros(masks[0].shape, np.int64)
-    for j, mask in enumerate(masks):
-        code += mask.astype(np.int64) * classes**j
-    return code
 
 
 def _patterns(codes: np.ndarray, raters: int, classes: int) -> np.ndarray:
@@ -160,7 +155,7 @@ def fuse(masks: Sequence[np.ndarray], model: RaterModel) -> np.ndarray:
     classes, raters = model.classes, len(masks)
     if model.method == "mean":
         return np.asarray(np.mean([np.asarray(m) == 1 for m in masks], axis=0), dtype=np.float32)
-    codes = _codes(masks, classes)
+    codes = vote_codes(masks, classes)
     unique, inverse = np.unique(codes.ravel(), return_inverse=True)
     patterns = _patterns(unique, raters, classes)
     if model.method in ("majority", "sample"):
@@ -225,7 +220,7 @@ def fuse_cases(
     counts: dict[int, int] = {}
     for i in fitted:
         masks, roi, _ = loaded[i]
-        codes = _codes(masks, classes)
+        codes = vote_codes(masks, classes)
         unique, number = np.unique(codes[roi] if roi is not None else codes, return_counts=True)
         for code, n in zip(unique.tolist(), number.tolist()):
             counts[code] = counts.get(code, 0) + n
