@@ -8,9 +8,11 @@ against the first observer's masks; the validation figures are the run's own (``
 Goal (issue 30): the test ECE at least halved, Dice unchanged (± 0.002). Then the ensemble of the seeds' runs
 (``labelwise predict RUN1 RUN2 RUN3``: their probabilities averaged; seeds on the same training images, not folds)
 against each run alone, the same test images, Dice and ECE. And a bound: the temperatures chosen on the test images
-themselves (by NLL, and by least ECE), and their test ECE: what no validation set could beat::
+themselves (by NLL, and by least ECE), and their test ECE: what no validation set could beat. ``--folds K``: K
+more runs (the first seed), each leaving out every K-th training image from the K-th, and their ensemble (a fold
+ensemble)::
 
-    python benchmarks/temperature.py --seeds 0 1 2 --steps 1000 --out runs/bench-temperature
+    python benchmarks/temperature.py --seeds 0 1 2 --steps 1000 --out runs/bench-temperature [--folds 3]
 """
 
 from __future__ import annotations
@@ -101,6 +103,21 @@ def ensemble_scores(run_dirs: list[Path], manifest: Path, out: Path) -> dict[str
     return {"dice": float(np.mean(dice)), "test_ece": ece_from_counts(counts), "runs": len(runs)}
 
 
+def fold_manifest(manifest: Path, folds: int, fold: int) -> Path:
+    """``manifest`` with the training images of fold ``fold`` (every ``folds``-th in id order, from the ``fold``-th)
+    left out: a fold run's training set; validation and test images unchanged."""
+    from labelwise.audit.folds import write_manifest_rows
+    from labelwise.data.manifest import read_manifest
+
+    target = manifest.parent / f"fold{fold}of{folds}.csv"
+    if not target.is_file():
+        cases = read_manifest(manifest)
+        train = sorted(c.id for c in cases if c.split == "train")
+        out = {train[k] for k in range(fold, len(train), folds)}
+        write_manifest_rows(target, [c for c in cases if c.id not in out])
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     from labelwise.config import load_config
 
@@ -109,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-temperature")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--folds", type=int, default=0, help="also train one run per fold (seed: the first) and score "
+                        "their ensemble: a fold ensemble")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
@@ -155,6 +174,29 @@ def main(argv: list[str] | None = None) -> None:
         ens = results[key]
         print(f"\n| {len(rows)} runs | Dice | test ECE (temperature fitted) |\n|---|---|---|")
         print(f"| each alone | {fmt('dice')} | {fmt('test_ece_after')} |")
+        print(f"| their ensemble | {ens['dice']:.4f} | {ens['test_ece']:.4f} |")
+    if args.folds:
+        seed, dirs, fold_rows = args.seeds[0], [], []
+        for fold in range(args.folds):
+            key = f"steps{args.steps}/fold{fold}of{args.folds}/seed{seed}"
+            run_dir = args.out / key.replace("/", "-")
+            dirs.append(run_dir)
+            if key not in results:
+                options = [f"data.manifest={fold_manifest(manifest, args.folds, fold)}", f"seed={seed}",
+                           f"trainer.max_steps={args.steps}", f"trainer.checkpoint_every={args.steps}",
+                           "method.temperature=fit"]
+                scores = drive.train_and_score(load_config(REPO / "configs" / "drive-unet-mss.yaml", options), run_dir)
+                fitted = json.loads((run_dir / "summary.json").read_text())["calibration"]
+                results[key] = {**scores, **fitted, **test_ece(run_dir, manifest, fitted["temperature"])}
+                results_path.write_text(json.dumps(results, indent=1) + "\n")
+            fold_rows.append(results[key])
+        key = f"steps{args.steps}/fold-ensemble-{args.folds}/seed{seed}"
+        if key not in results:
+            results[key] = ensemble_scores(dirs, manifest, args.out / key.replace("/", "-"))
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
+        ens, rows = results[key], fold_rows
+        print(f"\n| {args.folds}-fold runs (seed {seed}) | Dice | test ECE (temperature fitted) |\n|---|---|---|")
+        print(f"| each fold run alone | {fmt('dice')} | {fmt('test_ece_after')} |")
         print(f"| their ensemble | {ens['dice']:.4f} | {ens['test_ece']:.4f} |")
 
 
