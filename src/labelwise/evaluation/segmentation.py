@@ -249,7 +249,8 @@ def evaluate_segmentation(
 
 def evaluate_raters(pred: Path, truths: Sequence[Path], **options: Any) -> dict[str, Any]:
     """Score ``pred`` against several raters' folders of reference masks, and the raters against each other: the
-    model's agreement beside the raters' own. ``options``: as :func:`evaluate_segmentation`, for every pair.
+    model's agreement beside the raters' own. ``options``: as :func:`evaluate_segmentation`, for every pair. The
+    model is scored on the cases it predicted, the raters between themselves on every case both folders hold.
 
     Returns ``{"raters": [one evaluate_segmentation result per folder, with "truth": its folder], "model": [the mean
     Dice against each rater], "between_raters": {"pairs": [{"raters": [j, k], "n", "dice"}], "dice": the mean of the
