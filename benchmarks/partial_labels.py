@@ -97,55 +97,43 @@ def slice_rows(case_id: str, depth: int, slices: int) -> np.ndarray:
     return np.arange(start, depth, step)[:slices]
 
 
-def run_3d(args) -> dict:
-    """The vessels3d grid (see the module's description)."""
-    from labelwise.config import load_config
-    from noise_matrix import vessels_manifest
-
-    results_path = args.out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    folder = args.out / "data" / "vessels3d"
-    folder.mkdir(parents=True, exist_ok=True)
-    clean = vessels_manifest(folder, 11, 96)
-    for seed in args.seeds:
-        for variant in args.variants:
-            key = f"vessels3d/{variant}/slices{args.slices}/steps{args.steps}/seed{seed}"
-            if key in results:
-                continue
-            print(f"== {key}", flush=True)
-            options = [f"data.manifest={partial_manifest(clean, variant, args.share, args.slices)}", f"seed={seed}",
-                       f"trainer.max_steps={args.steps}", f"trainer.checkpoint_every={args.steps}",
-                       f"trainer.val_every={args.steps}", "model.channels=[8,16,32,64,128]",
-                       "data.patch_size=[48,48,48]", "trainer.log_every=50"]
-            if variant == "ignore":
-                options.append("data.ignore=[2]")
-            config = load_config(REPO / "configs" / "unet-mss-synthetic-3d.yaml", options)
-            results[key] = drive.train_and_score(config, args.out / key.replace("/", "-"))
-            print(json.dumps(results[key]), flush=True)
-            results_path.write_text(json.dumps(results, indent=1) + "\n")
-    return results
+def result_key(variant: str, share: float, steps: int, seed: int, slices: int | None = None) -> str:
+    """A run's key in ``results.json``: DRIVE's by the annotated share, vessels3d's (``slices``) by the slices."""
+    if slices is not None:
+        return f"vessels3d/{variant}/slices{slices}/steps{steps}/seed{seed}"
+    return f"{variant}/share{share:g}/steps{steps}/seed{seed}"
 
 
 def run(args) -> dict:
+    """The grid of ``args.dataset`` (see the module's description); runs already in ``results.json`` are kept."""
     from labelwise.config import load_config
 
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    folder = args.out / "data"
+    three = args.dataset == "vessels3d"
+    folder = args.out / "data" / ("vessels3d" if three else "")
     folder.mkdir(parents=True, exist_ok=True)
-    clean = folder / "drive.csv" if (folder / "drive.csv").is_file() else drive.build_manifest(args.drive, folder)
+    if three:
+        from noise_matrix import vessels_manifest
+
+        clean, slices, unlabelled = vessels_manifest(folder, 11, 96), args.slices, 2
+        config_file, extra = "unet-mss-synthetic-3d.yaml", [
+            f"trainer.val_every={args.steps}", "model.channels=[8,16,32,64,128]", "data.patch_size=[48,48,48]",
+            "trainer.log_every=50"]  # fmt: skip
+    else:
+        clean = folder / "drive.csv" if (folder / "drive.csv").is_file() else drive.build_manifest(args.drive, folder)
+        slices, unlabelled, config_file, extra = None, IGNORED, "drive-unet-mss.yaml", []
     for seed in args.seeds:
         for variant in args.variants:
-            key = f"{variant}/share{args.share:g}/steps{args.steps}/seed{seed}"
+            key = result_key(variant, args.share, args.steps, seed, slices)
             if key in results:
                 continue
             print(f"== {key}", flush=True)
-            manifest = partial_manifest(clean, variant, args.share)
-            options = [f"data.manifest={manifest}", f"seed={seed}", f"trainer.max_steps={args.steps}",
-                       f"trainer.checkpoint_every={args.steps}"]
+            options = [f"data.manifest={partial_manifest(clean, variant, args.share, slices)}", f"seed={seed}",
+                       f"trainer.max_steps={args.steps}", f"trainer.checkpoint_every={args.steps}", *extra]
             if variant == "ignore":
-                options.append(f"data.ignore=[{IGNORED}]")
-            config = load_config(REPO / "configs" / "drive-unet-mss.yaml", options)
+                options.append(f"data.ignore=[{unlabelled}]")
+            config = load_config(REPO / "configs" / config_file, options)
             results[key] = drive.train_and_score(config, args.out / key.replace("/", "-"))
             print(json.dumps(results[key]), flush=True)
             results_path.write_text(json.dumps(results, indent=1) + "\n")
@@ -156,9 +144,7 @@ def table(results: dict, share: float, steps: int, seeds: list[int], slices: int
     """Mean ± sample std over seeds per variant, and the paired Dice difference to ``full`` (``slices``: the
     vessels3d grid's)."""
     def rows(variant: str) -> dict[int, dict]:
-        key = (f"vessels3d/{variant}/slices{slices}/steps{steps}/seed{{}}" if slices is not None
-               else f"{variant}/share{share:g}/steps{steps}/seed{{}}")
-        found = {s: results.get(key.format(s)) for s in seeds}
+        found = {s: results.get(result_key(variant, share, steps, s, slices)) for s in seeds}
         return {s: r for s, r in found.items() if r}
 
     def fmt(values: list[float]) -> str:
@@ -197,10 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.table_only:
         results_path = args.out / "results.json"
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    elif three:
-        results = run_3d(args)
     else:
-        if not (args.drive / "training" / "images").is_dir():
+        if not three and not (args.drive / "training" / "images").is_dir():
             raise SystemExit(f"{args.drive}: DRIVE not found (see ../shared/data/drive/SOURCES.md)")
         results = run(args)
     print(table(results, args.share, args.steps, args.seeds, args.slices if three else None))
