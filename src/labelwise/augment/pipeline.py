@@ -174,6 +174,18 @@ class AugmentOptions(BaseModel):
         return self
 
 
+def stack_maps(target: Tensor, maps: Sequence[Tensor]) -> Tensor:
+    """A label map ``(B, *spatial)`` and per-voxel maps ``(B, *spatial)`` as one float stack ``(B, 1 + k,
+    *spatial)``, to be moved by one geometric transform with nearest neighbour (labels are exact in float32 up to
+    2**24); :func:`unstack_maps` parts it again."""
+    return torch.cat([target.unsqueeze(1).float(), *(m.unsqueeze(1).float() for m in maps)], dim=1)
+
+
+def unstack_maps(stack: Tensor, dtype: torch.dtype) -> tuple[Tensor, list[Tensor]]:
+    """:func:`stack_maps`'s stack, moved, as the label map (``dtype``) and the maps."""
+    return stack[:, 0].round().to(dtype), [stack[:, k] for k in range(1, stack.shape[1])]
+
+
 class Augment:
     """The transforms of an :class:`AugmentOptions`, applied to a batch: ``image, target = augment(image, target)``
     with ``image`` ``(B, C, *spatial)`` floating and ``target`` a label map ``(B, *spatial)`` (segmentation) or
@@ -196,8 +208,8 @@ class Augment:
         dims = image.ndim - 2
         spatial_target = target is not None and target.ndim == image.ndim - 1 and target.shape[1:] == image.shape[2:]
         mask = target.unsqueeze(1) if target is not None and spatial_target else None
-        if mask is not None and maps:  # one float stack: labels are exact in float32 up to 2**24
-            mask = torch.cat([mask.float(), *(m.unsqueeze(1).float() for m in maps)], dim=1)
+        if target is not None and mask is not None and maps:
+            mask = stack_maps(target, maps)
         image, mask = self._flip(image, mask, dims)
         image, mask = self._rotate90(image, mask)
         image, mask = self._affine(image, mask, dims)
@@ -205,8 +217,10 @@ class Augment:
         image = self._intensity(image)
         if mask is None or target is None:
             return image, target, list(maps)
-        moved = mask[:, 0].round().to(target.dtype) if maps else mask.squeeze(1)
-        return image, moved, [mask[:, 1 + k] for k in range(len(maps))] if maps else []
+        if not maps:
+            return image, mask.squeeze(1), []
+        moved, moved_maps = unstack_maps(mask, target.dtype)
+        return image, moved, moved_maps
 
     # --- geometry: the same for the image and its mask ---
 

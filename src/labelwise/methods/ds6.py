@@ -39,6 +39,7 @@ import torch
 from pydantic import Field
 
 from labelwise.augment import RandomElastic, warp
+from labelwise.augment.pipeline import stack_maps, unstack_maps
 from labelwise.data.patches import MAPS
 from labelwise.errors import ConfigError
 from labelwise.losses import focal_tversky_loss, soft_cross_entropy, soft_dice_ce_loss
@@ -124,10 +125,12 @@ class DS6(Supervised):
                 "consistency": zero.detach(),
             }
         # one deformation for the batch, drawn from the global RNG (seeded per step by the engine)
-        if names:  # the maps move with the mask, as one float stack (nearest neighbour: values kept)
-            stack = torch.cat([y.unsqueeze(1).float(), *(batch[n].unsqueeze(1).float() for n in names)], dim=1)
-            (x_t, moved), field = self.elastic(x, stack, modes=(None, "nearest"))
-            y_t, maps_t = moved[:, 0].round().to(y.dtype), {n: moved[:, 1 + k] for k, n in enumerate(names)}
+        if names:  # the maps move with the mask (nearest neighbour: values kept)
+            (x_t, moved), field = self.elastic(
+                x, stack_maps(y, [batch[n] for n in names]), modes=("bilinear", "nearest")
+            )
+            y_t, moved_maps = unstack_maps(moved, y.dtype)
+            maps_t = dict(zip(names, moved_maps))
         else:
             (x_t, y_t), field = self.elastic(x, y.unsqueeze(1))
             y_t, maps_t = y_t.squeeze(1), {}
