@@ -148,21 +148,22 @@ class Supervised(Method):
         ``(B, *spatial)``: the foreground probability trained against instead of the label (soft labels)."""
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         o = self.options
-        labelled = (target != IGNORE).unsqueeze(1)
-        w = None if bool(labelled.all()) else labelled.float()
-        if weight is not None:
-            w = weight.unsqueeze(1).float() if w is None else w * weight.unsqueeze(1)
-        if self.loss_name == "focal_tversky":
-            loss_fn = partial(focal_tversky_loss, alpha=o.alpha, beta=o.beta, gamma=o.gamma, weight=w)
-            target = (soft if soft is not None else target.clamp_min(0)).unsqueeze(1).float()
-        elif soft is not None:  # class probabilities (binary: background 1 - p), the weights with IGNORE's zeros
-            loss_fn = partial(dice_ce_loss, label_smoothing=o.label_smoothing, weight=w)
-            target = torch.stack([1 - soft, soft], dim=1).float()
-        else:  # IGNORE is dice_ce_loss's own
-            loss_fn = partial(
-                dice_ce_loss, label_smoothing=o.label_smoothing, weight=None if weight is None else weight.unsqueeze(1)
-            )
+        if self.loss_name != "focal_tversky" and soft is None:  # hard labels: IGNORE is dice_ce_loss's own
+            weights = None if weight is None else weight.unsqueeze(1)
+            loss_fn = partial(dice_ce_loss, label_smoothing=o.label_smoothing, weight=weights)
             target = target.unsqueeze(1)
+        else:  # IGNORE as a weight of 0, with the weight column's
+            labelled = (target != IGNORE).unsqueeze(1)
+            w = None if bool(labelled.all()) else labelled.float()
+            if weight is not None:
+                w = weight.unsqueeze(1).float() if w is None else w * weight.unsqueeze(1)
+            if self.loss_name == "focal_tversky":
+                loss_fn = partial(focal_tversky_loss, alpha=o.alpha, beta=o.beta, gamma=o.gamma, weight=w)
+                target = (soft if soft is not None else target.clamp_min(0)).unsqueeze(1).float()
+            else:  # soft labels as class probabilities (binary: background 1 - p)
+                assert soft is not None
+                loss_fn = partial(dice_ce_loss, label_smoothing=o.label_smoothing, weight=w)
+                target = torch.stack([1 - soft, soft], dim=1).float()
         if isinstance(outputs, (tuple, list)):  # a U-Net MSS's outputs: one weight each
             return mss_loss(outputs, target, loss_fn, o.mss_weights[: len(outputs)])
         return loss_fn(outputs, target)
