@@ -44,9 +44,8 @@ class Case:
     raters: tuple[Path, ...] = ()  # with label_2, ...: every rater's mask, the first the manifest's label
     ignore: Path | None = None  # a mask of the voxels without a label (> 0)
     weight: Path | None = None  # per-voxel loss weights
-    votes: Path | None = (
-        None  # data.raters: sample: what each rater said per voxel (labelwise.data.raters, not a column)
-    )
+    # data.raters: sample: what each rater said per voxel (labelwise.data.raters writes it; not a column)
+    votes: Path | None = None
 
     @property
     def labelled(self) -> bool:

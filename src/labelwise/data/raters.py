@@ -180,8 +180,9 @@ def fuse_cases(
     the test set was traced twice: on the cases that have). The fused masks are written under ``folder`` (3D, or the
     raters' masks NIfTI: NIfTI with the first rater's geometry; else PNG, ``mean``: float32 ``.npy``), named by a
     digest of the raters' files and the fit, so a later run with the same ones reuses them (and the case cache its
-    entries); ``sample`` also writes each case's vote codes (:func:`vote_codes`, int32) and sets ``Case.votes``.
-    Returns the cases and the record of the fit (None when no case has several raters or ``method`` is ``first``)."""
+    entries); ``sample`` also writes each training case's vote codes (:func:`vote_codes`, int32) and sets its
+    ``Case.votes``. Returns the cases and the record of the fit (None when no case has several raters or ``method``
+    is ``first``)."""
     from labelwise.data.cache import _stamp
 
     rated = [i for i, c in enumerate(cases) if len(c.raters) > 1]
@@ -207,6 +208,7 @@ def fuse_cases(
                 f"{', '.join(map(str, sorted(drawn)))} mask(s) (every one needs the same number, at least two)"
             )
         raters = drawn.pop()
+    drawn_from = set(train)
     fitted = [i for i in train if i in set(rated)] or rated  # raters of the test cases only: fitted on those
     loaded = {i: read_raters(cases[i]) for i in rated}
     classes = max(2, 1 + max(int(m.max()) for masks, _, _ in loaded.values() for m in masks))
@@ -238,7 +240,7 @@ def fuse_cases(
             fused = fuse(masks, model)
             write_volume(path, fused if method == "mean" else fused.astype(np.uint8), first.spacing, first.affine)
         votes = None
-        if method == "sample":
+        if method == "sample" and i in drawn_from:  # only training draws raters
             votes = folder / f"{case.id}-{key.hexdigest()[:12]}-votes{'.nii.gz' if nifti else '.npy'}"
             if not votes.is_file():
                 write_volume(votes, vote_codes(masks, classes).astype(np.int32), first.spacing, first.affine)
