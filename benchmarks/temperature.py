@@ -10,9 +10,14 @@ Goal (issue 30): the test ECE at least halved, Dice unchanged (± 0.002). Then t
 against each run alone, the same test images, Dice and ECE. And a bound: the temperatures chosen on the test images
 themselves (by NLL, and by least ECE), and their test ECE: what no validation set could beat. ``--folds K``: K
 more runs (the first seed), each leaving out every K-th training image from the K-th, and their ensemble (a fold
-ensemble)::
+ensemble).
 
-    python benchmarks/temperature.py --seeds 0 1 2 --steps 1000 --out runs/bench-temperature [--folds 3]
+Isotonic recalibration (``method.isotonic: true``): for each seed's run, the map fitted on its validation images as
+the run would fit it (the network's tempered probabilities), its test ECE. ``--val K`` trains runs of their own with
+K validation images (the 2 of the shipped split, then training images spread over the ids) and ``method.isotonic:
+true``: a map wants more validation images than a temperature does. Their Dice against the shipped split's::
+
+    python benchmarks/temperature.py --seeds 0 1 2 --steps 1000 --out runs/bench-temperature [--folds 3] [--val 6]
 """
 
 from __future__ import annotations
@@ -83,6 +88,63 @@ def temperature_bound(run_dir: Path, manifest: Path, temperature: float) -> dict
             "least_ece_temperature": float(grid[best]), "least_ece": float(eces[best])}
 
 
+def calibration_scores(run_dir: Path, manifest: Path) -> dict[str, float]:
+    """Test ECE (15 bins, inside the roi) of a run's network at temperature 1, at its fitted temperature, and through
+    an isotonic map: the run's own (``method.isotonic: true``), else one fitted as the run would have fitted it, on
+    its validation images' tempered probabilities (``Method.fit_isotonic``). The masks are the same in all three."""
+    import torch
+
+    from labelwise.data.manifest import read_manifest
+    from labelwise.data.volumes import read_volume
+    from labelwise.inference import load_run
+    from labelwise.metrics.fairness import calibration_counts, ece_from_counts
+    from labelwise.metrics.segmentation import interpolate
+
+    run = load_run(run_dir)
+    own, temperature = run.method.isotonic, run.method.temperature
+    run.method.isotonic = None
+
+    def case_probability(case):  # tempered foreground probability and label inside the roi, on the image's grid
+        image = torch.from_numpy(run.preprocess(run.read_raw(case.image)).array)[None]
+        logits = run.logits(image)
+        y = read_volume(case.label, mask=True).array > 0
+        inside = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else np.ones(y.shape, bool)
+        return logits[0][:, torch.from_numpy(inside)], y[inside]
+
+    cases = read_manifest(manifest)
+    if own is None:
+        val = [case_probability(c) for c in cases if c.split == "val"]
+        run.method.fit_isotonic([z for z, _ in val], [torch.from_numpy(y.astype(np.int64)) for _, y in val])
+        own = run.method.isotonic
+    counts = {k: np.zeros((3, 15)) for k in ("before", "after", "isotonic")}
+    for case in (c for c in cases if c.split == "test"):
+        z, y = case_probability(case)
+        tempered = 1 - z.double().softmax(dim=0)[0] if z.shape[0] > 1 else torch.sigmoid(z[0].double())
+        raw = 1 - (z.double() * temperature).softmax(dim=0)[0] if z.shape[0] > 1 else torch.sigmoid(z[0] * temperature)
+        mapped = interpolate(tempered, *own)
+        for key, p in (("before", raw), ("after", tempered), ("isotonic", mapped)):
+            counts[key] += calibration_counts(p.numpy(), y)
+    return {"isotonic_knots": len(own[0]), **{f"test_ece_{k}": ece_from_counts(v) for k, v in counts.items()}}
+
+
+def val_manifest(manifest: Path, count: int) -> Path:
+    """``manifest`` with ``count`` validation images: its own, then training images evenly spread over the sorted
+    training ids."""
+    import dataclasses
+
+    from labelwise.audit.folds import write_manifest_rows
+    from labelwise.data.manifest import read_manifest
+
+    target = manifest.parent / f"val{count}.csv"
+    if not target.is_file():
+        cases = read_manifest(manifest)
+        train = sorted(c.id for c in cases if c.split == "train")
+        more = count - sum(c.split == "val" for c in cases)
+        moved = {train[round(k * (len(train) - 1) / max(more - 1, 1))] for k in range(more)} if more > 0 else set()
+        write_manifest_rows(target, [dataclasses.replace(c, split="val") if c.id in moved else c for c in cases])
+    return target
+
+
 def ensemble_scores(run_dirs: list[Path], manifest: Path, out: Path) -> dict[str, float]:
     """Dice and ECE (15 bins, inside the roi) of the runs' ensemble on the test cases (``predict_files`` with every
     run: the probabilities averaged)."""
@@ -128,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--folds", type=int, default=0, help="also train one run per fold (seed: the first) and score "
                         "their ensemble: a fold ensemble")
+    parser.add_argument("--val", type=int, default=0, help="also train runs with this many validation images and "
+                        "method.isotonic: true (the shipped split keeps 2)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
@@ -149,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
             run_dir = args.out / key.replace("/", "-")
             results[key].update(temperature_bound(run_dir, manifest, results[key]["temperature"]))
             results_path.write_text(json.dumps(results, indent=1) + "\n")
+        if "test_ece_isotonic" not in results[key]:  # a map fitted on the same 2 validation images
+            results[key].update(calibration_scores(args.out / key.replace("/", "-"), manifest))
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
         print(json.dumps(results[key]), flush=True)
     rows = [results[f"steps{args.steps}/seed{s}"] for s in args.seeds]
 
@@ -165,6 +232,30 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| the 2 validation images (NLL; what the run does) | {fmt('temperature')} | {fmt('test_ece_after')} |")
     print(f"| the test images (NLL) | {fmt('test_fitted_temperature')} | {fmt('test_fitted_ece')} |")
     print(f"| the test images (least ECE of 400 in [0.5, 4]) | {fmt('least_ece_temperature')} | {fmt('least_ece')} |")
+    print(f"| the 2 validation images, then an isotonic map fitted there | {fmt('temperature')} | "
+          f"{fmt('test_ece_isotonic')} |")
+    if args.val:
+        shipped, rows = rows, []
+        for seed in args.seeds:
+            key = f"steps{args.steps}/val{args.val}/seed{seed}"
+            if key not in results:
+                run_dir = args.out / key.replace("/", "-")
+                options = [f"data.manifest={val_manifest(manifest, args.val)}", f"seed={seed}",
+                           f"trainer.max_steps={args.steps}", f"trainer.checkpoint_every={args.steps}",
+                           "method.temperature=fit", "method.isotonic=true"]
+                scores = drive.train_and_score(load_config(REPO / "configs" / "drive-unet-mss.yaml", options), run_dir)
+                fitted = json.loads((run_dir / "summary.json").read_text())["calibration"]
+                results[key] = {**scores, **fitted, **calibration_scores(run_dir, manifest)}
+                results_path.write_text(json.dumps(results, indent=1) + "\n")
+            print(json.dumps(results[key]), flush=True)
+            rows.append(results[key])
+        print("\n| validation images | runs | Dice | test ECE at T = 1 | temperature | + isotonic map |")
+        print("|---|---|---|---|---|---|")
+        for count, group in ((2, shipped), (args.val, rows)):
+            rows = group
+            print(f"| {count} | {len(rows)} | {fmt('dice')} | {fmt('test_ece_before')} | {fmt('test_ece_after')} | "
+                  f"{fmt('test_ece_isotonic')} |")
+        rows = shipped
     if len(args.seeds) > 1:
         key = f"steps{args.steps}/ensemble-" + "-".join(map(str, args.seeds))
         if key not in results:

@@ -105,7 +105,8 @@ def _same_as_torch(run_dir: Path, fmt: str, tmp_path: Path, spatial_sizes: list[
     assert sidecar["output"]["class_names"] == spec["output"]["class_names"]
     assert sidecar["preprocessing"] == spec["preprocessing"]
     assert sidecar["inference"] == {
-        k: spec["inference"][k] for k in ("threshold", "calibrated_threshold", "temperature", "window", "overlap")
+        k: spec["inference"][k]
+        for k in ("threshold", "calibrated_threshold", "temperature", "isotonic", "window", "overlap")
     }
     assert sidecar["source"]["run"] == str(run_dir.resolve())
     assert Path(sidecar["source"]["checkpoint"]) == run.checkpoint.resolve()

@@ -538,14 +538,17 @@ class Trainer:
     def _calibrate(self, step: int, started: float) -> None:
         """With the weights about to be tested, on the validation cases: a method that fits its temperature
         (``method.temperature: fit``) does so first, then one that chooses its threshold (``method.threshold:
-        calibrate``) chooses it on the tempered probabilities; ``inference.json`` then holds both, so predict and
-        export apply them too. Without validation cases the method keeps temperature 1 and its uncalibrated
-        threshold, and the summary says so."""
-        if not (self.method.calibrates or self.method.fits_temperature):
+        calibrate``) chooses it on the tempered probabilities, and last one that maps its probabilities
+        (``method.isotonic: true``) fits the map on them; ``inference.json`` then holds all three, so predict and
+        export apply them too. Without validation cases the method keeps temperature 1, its uncalibrated threshold
+        and no map, and the summary says so."""
+        if not (self.method.calibrates or self.method.fits_temperature or self.method.fits_isotonic):
             return
         if "val" not in self.data.splits or len(self.data.splits["val"]) == 0:
             if self.fabric.is_global_zero:
-                self.run.update_summary(calibration="no validation cases: temperature 1, threshold 0.5 (argmax)")
+                self.run.update_summary(
+                    calibration="no validation cases: temperature 1, threshold 0.5 (argmax), no isotonic map"
+                )
             return
         outputs, target = self.predict_split("val")
         dataset = self.data.split("val")
@@ -558,12 +561,16 @@ class Trainer:
         if self.method.calibrates:
             value, score = self.method.calibrate(outputs, target, rois)
             record.update(threshold=value, val_dice=score)
+        if self.method.fits_isotonic:
+            record.update(self.method.fit_isotonic(outputs, target, rois))
         if self.fabric.is_global_zero:
             atomic_write(self.run.inference, json.dumps(self.method.inference_spec(), indent=2) + "\n")
             self.run.update_summary(calibration=record)
             logged = {"calibrated_threshold": "threshold", "dice_at_calibrated_threshold": "val_dice"}
             logged |= {
-                k: k for k in ("temperature", "val_nll_before", "val_nll_after", "val_ece_before", "val_ece_after")
+                k: k
+                for k in ("temperature", "val_nll_before", "val_nll_after", "val_ece_before", "val_ece_after")
+                + ("isotonic_knots", "val_ece_before_isotonic", "val_ece_after_isotonic")
             }
             self.run.append_metrics(
                 {

@@ -214,11 +214,15 @@ def _onnxruntime_difference(data: bytes, x: torch.Tensor, reference: torch.Tenso
 
 def _output_note(run: RunModel, channels: int) -> str:
     temperature = float(run.spec["inference"].get("temperature") or 1.0)
+    note = _activation_note(run, channels)
     if temperature != 1.0:  # the network's own logits: predict divides them by the fitted temperature
-        return f"logits; divide them by inference.temperature ({temperature:.4g}), then: " + _activation_note(
-            run, channels
+        note = f"logits; divide them by inference.temperature ({temperature:.4g}), then: " + note
+    if run.spec["inference"].get("isotonic"):  # the mask is decided before the map; the probability goes through it
+        note += (
+            "; predict's foreground probability is then mapped through inference.isotonic (numpy.interp of the "
+            "probability on its knots x, y; the mask is decided before)"
         )
-    return _activation_note(run, channels)
+    return note
 
 
 def _activation_note(run: RunModel, channels: int) -> str:
@@ -292,7 +296,7 @@ def _sidecar(
         "preprocessing": spec["preprocessing"],
         "inference": {
             key: spec["inference"].get(key)
-            for key in ("threshold", "calibrated_threshold", "temperature", "window", "overlap")
+            for key in ("threshold", "calibrated_threshold", "temperature", "isotonic", "window", "overlap")
         },
         "source": {"run": str(Path(run.run_dir).resolve()), "checkpoint": str(Path(run.checkpoint).resolve())},
         "checked": {"input_shape": [2, run.in_channels, *check_size], "max_abs_difference": checked},

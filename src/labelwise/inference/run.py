@@ -174,14 +174,15 @@ class RunModel:
         return self.method.flip_logits(image.to(self.device)).float().cpu()
 
     def segment(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
-        """Foreground probability, label map and the threshold used per case, from segmentation logits
-        ``(B, K, *spatial)``: the run's threshold (one channel) or argmax (several), unless :meth:`configure` set
-        one (:func:`labelwise.models.outputs.segment`, the function training's evaluation uses), components smaller than
-        the run's ``min_size`` removed."""
+        """Foreground probability (through the run's isotonic map, if it has one), label map and the threshold used
+        per case, from segmentation logits ``(B, K, *spatial)``: the run's threshold (one channel) or argmax
+        (several), unless :meth:`configure` set one (:func:`labelwise.models.outputs.segment`, the function
+        training's evaluation uses), components smaller than the run's ``min_size`` removed."""
         if self.threshold_override is not None:
             probability, labels, used = segment(logits, self.threshold_override[0])
         else:
             probability, labels, used = segment(logits, self.method.segment_threshold(logits.shape[1]))
+        probability = self.method.recalibrated(probability)  # isotonic: true: the map fitted on validation
         return probability, remove_small_components(labels, self.method.min_size), used
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -214,6 +215,8 @@ class RunModel:
         self.method.threshold, self.method.overlap = settings["threshold"], overlap
         self.method.calibrated = settings.get("calibrated_threshold")  # threshold: calibrate, chosen on validation
         self.method.temperature = float(settings.get("temperature") or 1.0)  # temperature: fit, chosen on validation
+        isotonic = settings.get("isotonic")  # isotonic: true: the foreground probability's map, fitted on validation
+        self.method.isotonic = (list(isotonic["x"]), list(isotonic["y"])) if isotonic else None
         window = settings.get("window") if window is None else window
         self.method.window = list(window) if window else None
         return self

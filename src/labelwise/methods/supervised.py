@@ -46,6 +46,12 @@ class SupervisedOptions(BaseModel):
         "log-likelihood of the validation voxels, chosen at the end of training (calibrated probabilities; the "
         "argmax and the 0.5 threshold stay); none: 1",
     )
+    isotonic: bool = Field(
+        False,
+        description="binary segmentation: map the foreground probability through the isotonic regression of the "
+        "validation voxels' labels on it, fitted at the end of training (after temperature: fit and threshold: "
+        "calibrate); the masks stay the network's own. Wants more validation cases than a temperature does",
+    )
     overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window inference: overlap of the patches")
     tta: bool = Field(
         False,
@@ -119,7 +125,13 @@ class Supervised(Method):
             raise ConfigError(
                 "method.temperature: fit calibrates segmentation probabilities; the data is classification"
             )
+        if self.options.isotonic and (data.task != "segmentation" or data.num_classes != 2):
+            raise ConfigError(
+                "method.isotonic: true recalibrates the foreground probability of binary masks (2 classes); the "
+                f"data has {data.num_classes} classes ({data.task})"
+            )
         self.fits_temperature = self.options.temperature == "fit"
+        self.fits_isotonic = self.options.isotonic
         self.threshold, self.overlap = self.options.threshold, self.options.overlap
         self.calibration_tolerance = self.options.calibration_tolerance
         self.tta, self.min_size = self.options.tta, self.options.min_size
@@ -145,7 +157,8 @@ class Supervised(Method):
         """The configured loss of logits (a tensor, or U-Net MSS's tuple) against a label map ``(B, *spatial)``;
         voxels of label :data:`~labelwise.metrics.surface.IGNORE` (``data.ignore``, an ignore column) count in
         neither loss. ``weight`` ``(B, *spatial)``: per-voxel loss weights (a weight column); ``soft``
-        ``(B, *spatial)``: the foreground probability trained against instead of the label (soft labels)."""
+        ``(B, *spatial)``: the foreground probability trained against instead of the label (soft labels), or
+        ``(B, K, *spatial)``: one probability per class."""
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         o = self.options
         if self.loss_name != "focal_tversky" and soft is None:  # hard labels: IGNORE is dice_ce_loss's own
@@ -160,10 +173,10 @@ class Supervised(Method):
             if self.loss_name == "focal_tversky":
                 loss_fn = partial(focal_tversky_loss, alpha=o.alpha, beta=o.beta, gamma=o.gamma, weight=w)
                 target = (soft if soft is not None else target.clamp_min(0)).unsqueeze(1).float()
-            else:  # soft labels as class probabilities (binary: background 1 - p)
+            else:  # soft labels as class probabilities (binary: background 1 - p; or one map per class)
                 assert soft is not None
                 loss_fn = partial(dice_ce_loss, label_smoothing=o.label_smoothing, weight=w)
-                target = torch.stack([1 - soft, soft], dim=1).float()
+                target = soft.float() if soft.ndim > target.ndim else torch.stack([1 - soft, soft], dim=1).float()
         if isinstance(outputs, (tuple, list)):  # a U-Net MSS's outputs: one weight each
             return mss_loss(outputs, target, loss_fn, o.mss_weights[: len(outputs)])
         return loss_fn(outputs, target)

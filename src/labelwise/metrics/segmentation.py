@@ -27,8 +27,10 @@ __all__ = [
     "calibration_nll",
     "dice",
     "dice_over_thresholds",
+    "fit_isotonic",
     "fit_temperature",
     "foreground_probability",
+    "interpolate",
     "iou",
     "labelled_voxels",
     "mean_dice",
@@ -266,3 +268,36 @@ def fit_temperature(
         lambda t: calibration_nll(z, y, math.exp(t)), bounds=(low, high), method="bounded", options={"xatol": 1e-4}
     )
     return float(math.exp(found.x))
+
+
+def fit_isotonic(probability: Tensor, labels: Tensor) -> tuple[list[float], list[float]]:
+    """Isotonic recalibration (Zadrozny and Elkan, KDD 2002) of a foreground probability: the non-decreasing map
+    fitted by least squares to the labels ``labels`` (0/1) of voxels with probability ``probability`` (both
+    ``(N,)``; at most :data:`TEMPERATURE_VOXELS` of them, drawn with a fixed seed), by scikit-learn's
+    ``IsotonicRegression``, as its knots ``(xs, ys)`` for :func:`interpolate` (linear between knots, constant beyond
+    them, as its ``predict``). No voxels: the identity."""
+    from sklearn.isotonic import IsotonicRegression
+
+    p, y = probability.detach().double().reshape(-1).cpu(), labels.detach().reshape(-1).cpu() > 0
+    if len(p) == 0:
+        return [0.0, 1.0], [0.0, 1.0]
+    if len(p) > TEMPERATURE_VOXELS:
+        pick = torch.randperm(len(p), generator=torch.Generator().manual_seed(0))[:TEMPERATURE_VOXELS]
+        p, y = p[pick], y[pick]
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p.numpy(), y.double().numpy())
+    return [float(v) for v in fitted.X_thresholds_], [float(v) for v in fitted.y_thresholds_]
+
+
+def interpolate(values: Tensor, xs: Sequence[float], ys: Sequence[float]) -> Tensor:
+    """The piecewise-linear map through the knots ``(xs, ys)`` (``xs`` increasing) at ``values``, constant beyond
+    the first and last knot: ``numpy.interp`` in torch, on the values' device, in float64 (knots can lie closer than
+    float32 resolves), returned in the values' dtype."""
+    x = torch.as_tensor(xs, dtype=torch.float64, device=values.device)
+    y = torch.as_tensor(ys, dtype=torch.float64, device=values.device)
+    if len(x) == 1:
+        return torch.full_like(values, float(y[0]))
+    v = values.double().contiguous()
+    right = torch.searchsorted(x, v, right=True).clamp(1, len(x) - 1)
+    x0, x1, y0, y1 = x[right - 1], x[right], y[right - 1], y[right]
+    share = ((v - x0) / (x1 - x0).clamp_min(torch.finfo(torch.float64).tiny)).clamp(0, 1)
+    return (y0 + share * (y1 - y0)).to(values.dtype)

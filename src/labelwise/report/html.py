@@ -284,7 +284,15 @@ def _model_section(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
             threshold = f"{settings['calibrated_threshold']:g} (calibrated on the validation cases)"
         temperature = float(settings.get("temperature") or 1.0)
         tempered = f"; logits divided by temperature {temperature:.3g} (fitted on the validation cases)"
-        rows.append(("inference", f"threshold {threshold}; {seen}" + (tempered if temperature != 1.0 else "")))
+        mapped = "; probabilities through an isotonic map (fitted on the validation cases)"
+        rows.append(
+            (
+                "inference",
+                f"threshold {threshold}; {seen}"
+                + (tempered if temperature != 1.0 else "")
+                + (mapped if settings.get("isotonic") else ""),
+            )
+        )
     name = run_dir.name
     commands = "\n".join(
         [
