@@ -175,15 +175,26 @@ class AugmentOptions(BaseModel):
 
 
 def stack_maps(target: Tensor, maps: Sequence[Tensor]) -> Tensor:
-    """A label map ``(B, *spatial)`` and per-voxel maps ``(B, *spatial)`` as one float stack ``(B, 1 + k,
-    *spatial)``, to be moved by one geometric transform with nearest neighbour (labels are exact in float32 up to
-    2**24); :func:`unstack_maps` parts it again."""
-    return torch.cat([target.unsqueeze(1).float(), *(m.unsqueeze(1).float() for m in maps)], dim=1)
+    """A label map ``(B, *spatial)`` and per-voxel maps ``(B, *spatial)`` or ``(B, K, *spatial)`` (soft labels, one
+    map per class) as one float stack ``(B, 1 + channels, *spatial)``, to be moved by one geometric transform with
+    nearest neighbour (labels are exact in float32 up to 2**24); :func:`unstack_maps` parts it again."""
+    parts = (m.unsqueeze(1) if m.ndim == target.ndim else m for m in maps)
+    return torch.cat([target.unsqueeze(1).float(), *(m.float() for m in parts)], dim=1)
 
 
-def unstack_maps(stack: Tensor, dtype: torch.dtype) -> tuple[Tensor, list[Tensor]]:
-    """:func:`stack_maps`'s stack, moved, as the label map (``dtype``) and the maps."""
-    return stack[:, 0].round().to(dtype), [stack[:, k] for k in range(1, stack.shape[1])]
+def unstack_maps(stack: Tensor, dtype: torch.dtype, maps: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """:func:`stack_maps`'s stack, moved, as the label map (``dtype``) and the maps, each with the axes of its
+    original in ``maps``. Maps with a class axis are class probabilities: where the transform filled voxels from
+    outside the image with zeros (background in the label map), they are background for sure."""
+    moved, start = [], 1
+    for m in maps:
+        width = m.shape[1] if m.ndim == stack.ndim else 1
+        part = stack[:, start : start + width]
+        if m.ndim == stack.ndim:
+            part = torch.cat([part[:, :1] + (1 - part.sum(dim=1, keepdim=True)).clamp_min(0), part[:, 1:]], dim=1)
+        moved.append(part if m.ndim == stack.ndim else part[:, 0])
+        start += width
+    return stack[:, 0].round().to(dtype), moved
 
 
 class Augment:
@@ -203,8 +214,8 @@ class Augment:
     def with_maps(
         self, image: Tensor, target: Tensor | None = None, maps: Sequence[Tensor] = ()
     ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
-        """As calling it, with per-voxel float ``maps`` ``(B, *spatial)`` of a segmentation batch (loss weights, soft
-        labels) moved with the mask: the same geometry, nearest neighbour, values kept."""
+        """As calling it, with per-voxel float ``maps`` ``(B, *spatial)`` or ``(B, K, *spatial)`` of a segmentation
+        batch (loss weights, soft labels) moved with the mask: the same geometry, nearest neighbour, values kept."""
         dims = image.ndim - 2
         spatial_target = target is not None and target.ndim == image.ndim - 1 and target.shape[1:] == image.shape[2:]
         mask = target.unsqueeze(1) if target is not None and spatial_target else None
@@ -219,7 +230,7 @@ class Augment:
             return image, target, list(maps)
         if not maps:
             return image, mask.squeeze(1), []
-        moved, moved_maps = unstack_maps(mask, target.dtype)
+        moved, moved_maps = unstack_maps(mask, target.dtype, maps)
         return image, moved, moved_maps
 
     # --- geometry: the same for the image and its mask ---

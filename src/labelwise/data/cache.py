@@ -15,7 +15,8 @@ Each case is read with the one reader (:func:`labelwise.data.patches.read_case`)
                             foreground-centred patches are drawn; absent for an unlabelled case
             roi.npy         bool (*spatial), the region of interest; absent without one
             weight.npy      float32 (*spatial), per-voxel loss weights (a manifest's weight column); absent without
-            soft.npy        float32 (*spatial), the foreground probability (data.soft_labels); absent without
+            soft.npy        float32 (*spatial), the foreground probability (data.soft_labels), or (K, *spatial) one
+                            probability per class (label_max then counts them too); absent without
             votes.npy       int32 (*spatial), the raters' vote codes (data.raters: sample); absent without
             meta.json       id, shape, spacing, affine (of the arrays: reoriented and resampled as data.reorient and
                             data.spacing ask), ``original`` (the file's own shape, spacing, affine and what was done,
@@ -291,6 +292,8 @@ class CaseCache:
             del array
             if target is not None:
                 top, low = int(target.max(initial=0)), int(target.min(initial=0))
+                if probability is not None and probability.ndim == target.ndim + 1:  # one map per class: K classes
+                    top = max(top, probability.shape[0] - 1)
                 np.save(tmp / "label.npy", target.astype(label_dtype(top, low)))
                 flat = np.flatnonzero(target.reshape(-1) > 0)
                 np.save(tmp / "foreground.npy", flat.astype(np.int64 if target.size > 2**31 else np.int32))
@@ -419,7 +422,7 @@ class CachedArrays(Sequence):
         """Whether case ``i`` has this kind of array (from its entry, nothing read)."""
         return self.maps.entries[self.rows[i]].has(self.kind)
 
-    def read(self, i: int, index: tuple[slice, ...] | None) -> Any:
+    def read(self, i: int, index: tuple[Any, ...] | None) -> Any:
         row = self.rows[i]
         array = self.maps.get(row, self.kind)
         if self.kind == "foreground":

@@ -86,9 +86,10 @@ class DataConfig(Section):
     )
     soft_labels: bool = Field(
         False,
-        description="segmentation (manifest), binary: the label files are foreground probabilities in [0, 1] "
-        "(float NIfTI or .npy; pictures: 8/16-bit grey scaled to [0, 1], 0/1 kept), trained as soft targets; scores "
-        "and patch sampling use the mask where the probability exceeds 0.5",
+        description="segmentation (manifest): the label files are foreground probabilities in [0, 1] (float NIfTI "
+        "or .npy; pictures: 8/16-bit grey scaled to [0, 1], 0/1 kept), or one probability map per class, background "
+        "first (.npy (K, *spatial), NIfTI (X, Y, Z, K); summing to 1), trained as soft targets; scores and patch "
+        "sampling use the mask where the probability exceeds 0.5 (per class: the likeliest class)",
     )
     intensity: Literal["max", "zscore", "channel", "percentile", "none"] = Field(
         "max",

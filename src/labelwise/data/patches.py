@@ -193,7 +193,7 @@ def read_case(
     if not masks:
         return CaseArrays(image, None, None)
     grid = (image.spacing, image.array.shape[1:], case.image)
-    probability = _read_map(case.label, "probability", *grid) if soft and case.label is not None else None
+    probability = read_probability(case.label, *grid) if soft and case.label is not None else None
     target = read_label(case, ignore, probability, grid)
     roi = read_mask(case.roi, *grid) > 0 if case.roi is not None else None
     weight = _read_map(case.weight, "weight", *grid) if case.weight is not None else None
@@ -209,16 +209,20 @@ def read_label(
     case: Case,
     ignore: Sequence[int] = (),
     probability: np.ndarray | None = None,
-    grid: tuple[tuple[float, ...], tuple[int, ...], Path] | None = None,
+    grid: tuple[tuple[float, ...] | None, tuple[int, ...], Path] | None = None,
 ) -> np.ndarray | None:
     """A case's label as training and scoring see it, on its file's grid: ``(*spatial)`` int64 (None when
     unlabelled), voxels of a value in ``ignore`` (``data.ignore``) and those of the case's ``ignore`` mask
-    :data:`~labelwise.metrics.surface.IGNORE` (no label). With a foreground ``probability`` (``data.soft_labels``,
-    read from the label file) the label is where it exceeds 0.5. ``grid``: the image's spacing, spatial shape and
-    path the masks are checked against (default: the label's own)."""
+    :data:`~labelwise.metrics.surface.IGNORE` (no label). With a ``probability`` read from the label file
+    (``data.soft_labels``, :func:`read_probability`) the label is where the foreground probability exceeds 0.5, or
+    with one map per class ``(K, *spatial)`` (told apart by ``grid``'s shape) the likeliest class (ties: the lower).
+    ``grid``: the image's spacing, spatial shape and path the masks are checked against (default: the label's
+    own)."""
     if case.label is None:
         return None
-    if probability is not None:
+    if probability is not None and grid is not None and probability.ndim == len(grid[1]) + 1:
+        target = probability.argmax(axis=0).astype(np.int64)
+    elif probability is not None:
         target = (probability > SOFT_THRESHOLD).astype(np.int64)
     else:
         spacing, spatial, image = grid if grid is not None else (None, None, case.image)
@@ -233,6 +237,31 @@ def _read_map(path: Path, kind: str, spacing: tuple[float, ...], spatial: tuple[
     volume = read_map(path, kind)
     _check_grid(path, volume, spacing, spatial, image, f"{kind} map")
     return volume.array
+
+
+def read_probability(
+    path: Path, spacing: tuple[float, ...] | None, spatial: tuple[int, ...], image: Path
+) -> np.ndarray:
+    """A soft label (``data.soft_labels``) checked against its image's ``spacing`` (None: not checked) and
+    ``spatial`` shape: the foreground probability ``(*spatial)``, or one probability map per class ``(K,
+    *spatial)`` for K >= 3 classes (``.npy`` ``(K, *spatial)``, NIfTI ``(X, Y, Z, K)``), which must sum to 1 at
+    every voxel; a file of two class maps gives its second (the foreground's)."""
+    volume = read_map(path, "probability")
+    array = volume.array
+    if array.ndim != len(spatial) + 1:
+        _check_grid(path, volume, spacing, spatial, image, "probability map")
+        return array
+    classes = Volume(array[0], tuple(volume.spacing[-len(spatial) :]), volume.affine)
+    _check_grid(path, classes, spacing, spatial, image, "probability maps' (one per class)")
+    if array.shape[0] < 2:
+        raise DataError(f"{path}: {array.shape[0]} class probability map; expected one per class, background first")
+    total = array.sum(axis=0, dtype=np.float64)
+    if not np.allclose(total, 1.0, atol=1e-3):
+        raise DataError(
+            f"{path}: one probability map per class must sum to 1 at every voxel; the sums lie in "
+            f"[{total.min():.4g}, {total.max():.4g}]"
+        )
+    return np.ascontiguousarray(array[1]) if array.shape[0] == 2 else array
 
 
 def _check_grid(
@@ -335,16 +364,18 @@ class PatchDataset(Dataset):
         window = tuple(slice(a, a + p) for a, p in zip(starts, self.patch))
         image_patch = _window(self.volumes.image, v, (slice(None), *window))
         target_patch = _window(self.volumes.target, v, window)
-        maps = {
-            name: map_or_default(name, _window(cases, v, window) if _has(cases, v) else None, target_patch)
+        maps = {  # the spatial window of each (the last axes: soft labels may have one map per class first)
+            name: map_or_default(name, _window(cases, v, (Ellipsis, *window)) if _has(cases, v) else None, target_patch)
             for name, cases in self.volumes.maps.items()
         }
         if tuple(target_patch.shape) != self.patch:  # the volume is smaller than the patch along some axis
             pad = [x for got, want in zip(reversed(target_patch.shape), reversed(self.patch)) for x in (0, want - got)]
             image_patch = torch.nn.functional.pad(image_patch, pad)
             target_patch = torch.nn.functional.pad(target_patch, pad)
-            # the padding is labelled background, as without maps: weight 1, probability 0
+            # the padding is labelled background, as without maps: weight 1, probability 0 (per class: background 1)
             maps = {k: torch.nn.functional.pad(m, pad, value=float(k == "weight")) for k, m in maps.items()}
+            if "soft" in maps and maps["soft"].ndim > target_patch.ndim:
+                maps["soft"][0] += 1 - maps["soft"].sum(dim=0)
         return {
             "image": image_patch.contiguous(),
             "target": target_patch.contiguous(),
@@ -361,7 +392,7 @@ def _has(cases: Sequence[torch.Tensor | None], v: int) -> bool:
 
 
 def _window(
-    cases: Sequence[torch.Tensor] | Sequence[torch.Tensor | None], v: int, index: tuple[slice, ...]
+    cases: Sequence[torch.Tensor] | Sequence[torch.Tensor | None], v: int, index: tuple[Any, ...]
 ) -> torch.Tensor:
     """``cases[v][index]``, reading only the window when ``cases`` is a lazy sequence of memory-mapped files."""
     read = getattr(cases, "read", None)

@@ -328,13 +328,17 @@ def read_map(path: str | Path, kind: str = "probability") -> Volume:
     """A per-voxel map ``(*spatial)`` float32: ``kind`` ``probability`` (a soft mask, ``data.soft_labels``: values in
     [0, 1]) or ``weight`` (loss weights, a manifest's ``weight`` column: values >= 0). NIfTI and ``.npy`` as stored;
     8/16-bit pictures holding only 0 and 1 as they are, else probabilities scaled from 0-255 (0-65535) to [0, 1]
-    (weights as stored)."""
+    (weights as stored). Probabilities may also be one map per class: ``.npy`` ``(K, *spatial)`` as stored, NIfTI
+    ``(X, Y, Z, K)`` read as ``(K, X, Y, Z)`` (:func:`labelwise.data.patches.read_probability` tells them apart)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     reader = format_of(path, volume=True).read
-    raw = reader(path, True, ())
+    classes = kind == "probability" and reader is _read_nifti  # (X, Y, Z, K): the classes first, as images' channels
+    raw = reader(path, not classes, ())
     array = np.asarray(raw.array)
+    if classes and array.shape[0] == 1:  # one map
+        array = array[0]
     if reader is _read_picture and kind == "probability" and array.dtype.kind in "ui" and array.max(initial=0) > 1:
         array = array / float(np.iinfo(array.dtype).max)
     array = np.ascontiguousarray(array, dtype=np.float32)

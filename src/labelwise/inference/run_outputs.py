@@ -14,8 +14,8 @@ import torch
 
 from labelwise.data.datasets import DataBundle
 from labelwise.data.npz import save_npz
-from labelwise.data.patches import SOFT_THRESHOLD, VolumeDataset, read_label
-from labelwise.data.volumes import from_grid, read_map, read_volume, stores_spacing
+from labelwise.data.patches import SOFT_THRESHOLD, VolumeDataset, read_label, read_probability
+from labelwise.data.volumes import from_grid, read_volume, stores_spacing
 from labelwise.errors import DataError
 from labelwise.evaluation.segmentation import SCORE_NAMES, summarize_cases, summarize_classes, to_json
 from labelwise.inference.segmentation import write_case
@@ -167,8 +167,11 @@ def save_run_predictions(
             image = from_grid(image, grid)
             roi = read_volume(case.roi, mask=True).array > 0 if case.roi is not None else None
             labelled = bool(volumes.labelled[i])  # Case.labelled: case.label is not None
-            probability_label = read_map(case.label).array if soft and labelled and case.label is not None else None
-            label = read_label(case, ignore, probability_label) if labelled else None
+            on_file = (None, mask.shape, case.image)  # the file's own grid
+            probability_label = (
+                read_probability(case.label, *on_file) if soft and labelled and case.label is not None else None
+            )
+            label = read_label(case, ignore, probability_label, on_file) if labelled else None
         else:
             case_roi = volumes.rois[i]
             roi = case_roi.cpu().numpy() if case_roi is not None else None
@@ -216,7 +219,12 @@ def save_run_predictions(
         },
     }
     if soft:  # the references are the soft labels' masks
-        result["soft_labels"] = {"threshold": SOFT_THRESHOLD, "reference": "label probability > threshold"}
+        result["soft_labels"] = {
+            "threshold": SOFT_THRESHOLD,
+            "reference": "the likeliest class of the label's class probabilities"
+            if classes
+            else "label probability > threshold",
+        }
     if rated:
         result["raters"] = {
             "cases": len(rated),

@@ -129,7 +129,7 @@ class DS6(Supervised):
             (x_t, moved), field = self.elastic(
                 x, stack_maps(y, [batch[n] for n in names]), modes=("bilinear", "nearest")
             )
-            y_t, moved_maps = unstack_maps(moved, y.dtype)
+            y_t, moved_maps = unstack_maps(moved, y.dtype, [batch[n] for n in names])
             maps_t = dict(zip(names, moved_maps))
         else:
             (x_t, y_t), field = self.elastic(x, y.unsqueeze(1))
