@@ -122,7 +122,8 @@ def test_one_hot_class_maps_are_the_hard_labels_loss():
     assert float(m.segmentation_loss(outputs, part, soft=soft)) == pytest.approx(float(right), rel=1e-5)
 
 
-def test_a_three_class_run_trains_on_nifti_class_maps_and_is_scored_on_their_likeliest_class(tmp_path):
+@pytest.mark.parametrize("method", ["supervised", "ds6"])
+def test_a_three_class_run_trains_on_nifti_class_maps_and_is_scored_on_their_likeliest_class(tmp_path, method):
     """Synthetic NIfTI vessels, split into two foreground classes (left and right half), given as 4D NIfTI class
     probabilities: the run trains, counts 3 classes, and scores its test masks against each map's likeliest class."""
     from labelwise.data.manifest import read_manifest
@@ -144,7 +145,8 @@ def test_a_three_class_run_trains_on_nifti_class_maps_and_is_scored_on_their_lik
         nib.save(nib.Nifti1Image(np.moveaxis(maps, 0, -1), image.affine), tmp_path / f"{case.id}_p.nii.gz")
         rows.append(f"{case.id},{case.image},{tmp_path / f'{case.id}_p.nii.gz'},{case.split}")
     (tmp_path / "soft.csv").write_text("\n".join(rows) + "\n")
-    overrides = [f"data.manifest={tmp_path / 'soft.csv'}", "data.soft_labels=true", *TINY_3D, "method.loss=dice_ce"]
+    overrides = [f"data.manifest={tmp_path / 'soft.csv'}", "data.soft_labels=true", *TINY_3D, f"method={method}"]
+    overrides += ["method.loss=dice_ce"] + (["method.baseline_steps=1"] if method == "ds6" else [])
     run = tmp_path / "run"
     config = load_config(REPO / "configs" / "unet-mss-synthetic-3d.yaml", overrides)
     assert train(config, run).status == "completed"
