@@ -160,6 +160,9 @@ def test_quick_demo(tmp_path):
     assert raters["raters"]["cases"] >= 1 and len(raters["raters"]["model"]) == 2 and raters["soft_labels"]
     assert json.loads((tmp_path / "demo-raters" / "raters.json").read_text())["method"] == "mean"
     assert "segmentation-raters" in (tmp_path / "demo-raters" / "report.html").read_text()
+    calibrated = json.loads((tmp_path / "demo-raters" / "inference.json").read_text())["inference"]
+    assert calibrated["temperature"] != 1.0 and len(calibrated["isotonic"]["x"]) >= 2
+    assert "isotonic map" in (tmp_path / "demo-raters" / "report.html").read_text()
     for run, names in (("demo-vessels", {"foreground"}), ("demo-semi", {"0", "1"})):  # explained as models
         entries = json.loads((tmp_path / run / "explanations" / "explanations.json").read_text())["entries"]
         assert 1 <= len(entries) <= 2 and {e["class_name"] for e in entries} <= names

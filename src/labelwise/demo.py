@@ -12,7 +12,8 @@ training) on them (``runs/demo-vessels``), scored against the noisy and the clea
 difference maps in its report.
 Raters part: the same vessel pictures traced by three simulated raters (``labelwise data degrade`` of the clean masks:
 thin vessels left out, vessels a pixel wider, a vesselness filter), U-Net MSS trained on their mean as a soft target
-(``data.raters: mean``, ``runs/demo-raters``); the test images carry two raters (the clean and the semi-automatic
+(``data.raters: mean``, ``runs/demo-raters``; its probabilities calibrated by ``method.temperature: fit`` and
+``method.isotonic: true``); the test images carry two raters (the clean and the semi-automatic
 mask), so its report sets the model's Dice to each beside the raters' agreement.
 Semi-supervised part: synthetic RNFL thickness maps (Harvard-GDP layout) with 20% of the training patients labelled,
 the pseudo supervisor trained on them (``runs/demo-semi``), its report showing AUC, ROC curves per group and ES-AUC
@@ -241,7 +242,9 @@ def raters_demo(out: Path, quick: bool = False) -> Path:
             rated.append(replace(c, label=c.truth))
     manifest = write_manifest_rows(folder / "raters.csv", rated)
     config = vessels_config(manifest, quick)
-    config.update(name="demo-raters", method={"name": "supervised"})
+    # probabilities calibrated on the validation images: a temperature, then an isotonic map (the report's
+    # reliability diagram and inference settings show them)
+    config.update(name="demo-raters", method={"name": "supervised", "temperature": "fit", "isotonic": True})
     config["data"]["raters"] = "mean"
     return train(load_config(config), _fresh(out / "demo-raters")).run_dir
 
