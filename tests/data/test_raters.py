@@ -208,3 +208,41 @@ def test_fused_volumes_keep_the_first_raters_geometry(tmp_path):
     np.testing.assert_allclose(written.affine, affine)
     np.testing.assert_array_equal(np.asarray(written.dataobj), (sum(masks) >= 2).astype(np.uint8))
     assert record["method"] == "majority" and record["cases"] == 1
+
+
+def test_consensus_pools_cases_of_different_classes_and_reuses_its_fused_masks(tmp_path, monkeypatch):
+    """Cases fused one at a time: a case whose raters use classes 0-1 and one whose raters use 0-2 give the fit of
+    the vote counts of both on one code base (a hand pooling); a second call with the fused masks in place reads
+    each case's raters once (the fit) and writes nothing."""
+    import nibabel as nib
+
+    import labelwise.data.raters as raters_module
+    from labelwise.data.raters import fuse_cases
+
+    rng = np.random.default_rng(3)
+    affine = np.eye(4)
+    rows = ["id,image,label,label_2,label_3,split"]
+    all_masks = []
+    for case, classes in (("a", 2), ("b", 3)):
+        truth = rng.integers(0, classes, (8, 9, 6))
+        masks = [np.where(rng.random(truth.shape) < 0.85, truth, rng.integers(0, classes, truth.shape)) for _ in "xyz"]
+        all_masks.append(masks)
+        nib.save(nib.Nifti1Image(rng.random(truth.shape).astype(np.float32), affine), str(tmp_path / f"{case}.nii.gz"))
+        for k, mask in enumerate(masks, start=1):
+            nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(tmp_path / f"{case}{k}.nii.gz"))
+        rows.append(f"{case},{case}.nii.gz,{case}1.nii.gz,{case}2.nii.gz,{case}3.nii.gz,train")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    cases = read_manifest(tmp_path / "m.csv")
+    fused, record = fuse_cases(cases, [0, 1], "consensus", tmp_path / "fused", quiet=True)
+    pooled = _counts([np.concatenate([m[j].ravel() for m in all_masks]) for j in range(3)], classes=3)
+    model = fit_raters(pooled, 3, 3, "consensus")
+    assert record == {**model.to_json(), "raters": 3, "fitted_on": 2, "cases": 2}
+    for case, masks in zip(fused, all_masks):
+        np.testing.assert_array_equal(np.asarray(nib.load(case.label).dataobj), fuse(masks, model))
+    reads = []
+    original = raters_module.read_raters
+    monkeypatch.setattr(raters_module, "read_raters", lambda case: reads.append(case.id) or original(case))
+    stamps = {c.label: c.label.stat().st_mtime_ns for c in fused}
+    again, _ = fuse_cases(cases, [0, 1], "consensus", tmp_path / "fused", quiet=True)
+    assert [c.label for c in again] == [c.label for c in fused] and reads == ["a", "b"]
+    assert {c.label: c.label.stat().st_mtime_ns for c in again} == stamps

@@ -209,9 +209,23 @@ def fuse_cases(
             )
         raters = drawn.pop()
     drawn_from = set(train)
-    fitted = [i for i in train if i in set(rated)] or rated  # raters of the test cases only: fitted on those
-    loaded = {i: read_raters(cases[i]) for i in rated}
-    classes = max(2, 1 + max(int(m.max()) for masks, _, _ in loaded.values() for m in masks))
+    fitted = set([i for i in train if i in set(rated)] or rated)  # raters of the test cases only: fitted on those
+    # first pass, one case in memory at a time: the classes, each case's format, and (consensus) how often each
+    # pattern of votes occurs, as label tuples (the codes' base is the classes of all cases, known only at the end)
+    top, nifti = 1, {}
+    patterns: dict[tuple[int, ...], int] = {}
+    for i in rated:
+        masks, roi, _ = read_raters(cases[i])
+        here = max(2, 1 + max(int(m.max(initial=0)) for m in masks))
+        top = max(top, here - 1)
+        nifti[i] = masks[0].ndim == 3 or suffix_of(cases[i].raters[0]) in (".nii", ".nii.gz")  # keeps its spacing
+        if i in fitted and method == "consensus":
+            codes = vote_codes(masks, here)
+            unique, number = np.unique(codes[roi] if roi is not None else codes, return_counts=True)
+            for labels, n in zip(_patterns(unique, len(masks), here).tolist(), number.tolist()):
+                patterns[tuple(labels)] = patterns.get(tuple(labels), 0) + n
+        del masks, roi
+    classes = top + 1
     if method == "sample" and classes**raters > 2**24:
         raise DataError(f"data.raters: sample: {raters} raters of {classes} classes are too many to store")
     if method == "mean" and classes > 2:
@@ -219,31 +233,26 @@ def fuse_cases(
             f"data.raters: mean makes a soft target of binary masks; the raters' masks hold {classes} classes "
             "(use consensus or majority)"
         )
-    counts: dict[int, int] = {}
-    for i in fitted:
-        masks, roi, _ = loaded[i]
-        codes = vote_codes(masks, classes)
-        unique, number = np.unique(codes[roi] if roi is not None else codes, return_counts=True)
-        for code, n in zip(unique.tolist(), number.tolist()):
-            counts[code] = counts.get(code, 0) + n
+    counts = {sum(label * classes**j for j, label in enumerate(labels)): n for labels, n in patterns.items()}
     model = fit_raters(counts, raters, classes, method)
     record = {**model.to_json(), "raters": raters, "fitted_on": len(fitted), "cases": len(rated)}
     key = hashlib.sha256(json.dumps([record, [[_stamp(p) for p in cases[i].raters] for i in rated]]).encode())
     out = list(cases)
-    for i in rated:
+    for i in rated:  # second pass: each fused mask (and vote codes) written once, one case in memory at a time
         case = cases[i]
-        masks, _, first = loaded[i]
-        nifti = masks[0].ndim == 3 or suffix_of(case.raters[0]) in (".nii", ".nii.gz")  # keeps its spacing
-        suffix = ".nii.gz" if nifti else ".npy" if method == "mean" else ".png"
+        suffix = ".nii.gz" if nifti[i] else ".npy" if method == "mean" else ".png"
         path = folder / f"{case.id}-{key.hexdigest()[:12]}{suffix}"
-        if not path.is_file():
-            fused = fuse(masks, model)
-            write_volume(path, fused if method == "mean" else fused.astype(np.uint8), first.spacing, first.affine)
         votes = None
         if method == "sample" and i in drawn_from:  # only training draws raters
-            votes = folder / f"{case.id}-{key.hexdigest()[:12]}-votes{'.nii.gz' if nifti else '.npy'}"
-            if not votes.is_file():
+            votes = folder / f"{case.id}-{key.hexdigest()[:12]}-votes{'.nii.gz' if nifti[i] else '.npy'}"
+        if not path.is_file() or (votes is not None and not votes.is_file()):
+            masks, _, first = read_raters(case)
+            if not path.is_file():
+                fused = fuse(masks, model)
+                write_volume(path, fused if method == "mean" else fused.astype(np.uint8), first.spacing, first.affine)
+            if votes is not None and not votes.is_file():
                 write_volume(votes, vote_codes(masks, classes).astype(np.int32), first.spacing, first.affine)
+            del masks
         out[i] = replace(case, label=path, votes=votes)
     if not quiet:
         said = (
