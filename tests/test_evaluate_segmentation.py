@@ -427,3 +427,45 @@ def test_drive_like_names_pair_by_the_manifest_rule(tmp_path):
     assert result["cases"][0]["truth"].endswith("01_manual1.gif") and result["cases"][0]["roi"].endswith(
         "01_test_mask.gif"
     )
+
+
+def test_soft_truth_is_scored_as_its_mask_and_said_so_through_the_cli(tmp_path):
+    """Probability references (--soft-truth): a float NIfTI foreground probability and 4D NIfTI class maps (through
+    nibabel) are scored as their mask at 0.5 and their likeliest class, equal to scoring those hard masks; without
+    the option a fractional reference is refused; several raters with soft truth are refused."""
+    import nibabel as nib
+    from conftest import invoke_cli
+
+    rng = np.random.default_rng(4)
+    affine = np.diag([*SPACING, 1.0])
+    pred, soft, hard, classes, hard3 = (tmp_path / n for n in ("pred", "soft", "hard", "classes", "hard3"))
+    for folder in (pred, soft, hard, classes, hard3):
+        folder.mkdir()
+    for cid in ("a", "b"):
+        labels = rng.integers(0, 3, (10, 11, 9))
+        probability = np.clip(rng.random(labels.shape) * 0.6 + 0.4 * (labels > 0), 0, 1).astype(np.float32)
+        maps = np.stack([rng.random(labels.shape) + 2 * (labels == k) for k in range(3)]).astype(np.float32)
+        maps /= maps.sum(axis=0)
+        nib.save(nib.Nifti1Image(probability, affine), str(soft / f"{cid}.nii.gz"))
+        nib.save(nib.Nifti1Image((probability > 0.5).astype(np.uint8), affine), str(hard / f"{cid}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.moveaxis(maps, 0, -1), affine), str(classes / f"{cid}.nii.gz"))
+        nib.save(nib.Nifti1Image(maps.argmax(0).astype(np.uint8), affine), str(hard3 / f"{cid}.nii.gz"))
+        nib.save(nib.Nifti1Image(labels.astype(np.uint8), affine), str(pred / f"{cid}.nii.gz"))
+    for reference, as_hard in ((soft, hard), (classes, hard3)):
+        code, text = invoke_cli(
+            "evaluate", "segmentation", "--pred", str(pred), "--truth", str(reference), "--soft-truth",
+            "--json", str(tmp_path / "soft.json"),
+        )  # fmt: skip
+        assert code == 0, text
+        got = json.loads((tmp_path / "soft.json").read_text())
+        assert got["soft_truth"]["threshold"] == 0.5
+        expected = evaluate_segmentation(pred, as_hard)
+        for case, oracle in zip(got["cases"], expected["cases"]):
+            assert case["dice"] == pytest.approx(oracle["dice"]) and case["hd95"] == pytest.approx(oracle["hd95"])
+        assert got["classes"] == expected["classes"]
+    code, text = invoke_cli("evaluate", "segmentation", "--pred", str(pred), "--truth", str(soft))
+    assert code == 2 and "fractional" in text
+    code, text = invoke_cli(
+        "evaluate", "segmentation", "--pred", str(pred), "--truth", str(soft), "--truth", str(hard), "--soft-truth"
+    )
+    assert code == 2 and "give each rater's own mask" in text

@@ -591,6 +591,13 @@ def evaluate_segmentation(
             "nowhere; repeat for several"
         ),
     ] = None,
+    soft_truth: Annotated[
+        bool,
+        typer.Option(
+            help="the --truth files are probability masks (a foreground probability, or one map per class, as "
+            "data.soft_labels reads them): scored as the mask where it exceeds 0.5 (the likeliest class)"
+        ),
+    ] = False,
 ) -> None:
     """Score segmentations: Dice, IoU, precision, sensitivity, volumetric similarity, HD95, ASSD (physical units)
     and clDice, per case and mean ± std; label maps with several classes also per class."""
@@ -608,6 +615,7 @@ def evaluate_segmentation(
                 f"--class-names {class_names!r}: expected names separated by commas such as artery,vein"
             )
     options: dict = {"allow_missing": allow_missing, "roi": roi, "class_names": names, "ignore": ignore or []}
+    options["soft_truth"] = soft_truth
     several = len(truth) > 1
     result = evaluate_raters(pred, truth, **options) if several else run(pred, truth[0], **options)
     console = Console()

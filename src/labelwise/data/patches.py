@@ -220,10 +220,8 @@ def read_label(
     own)."""
     if case.label is None:
         return None
-    if probability is not None and grid is not None and probability.ndim == len(grid[1]) + 1:
-        target = probability.argmax(axis=0).astype(np.int64)
-    elif probability is not None:
-        target = (probability > SOFT_THRESHOLD).astype(np.int64)
+    if probability is not None:
+        target = soft_label_mask(probability, len(grid[1]) if grid is not None else probability.ndim)
     else:
         spacing, spatial, image = grid if grid is not None else (None, None, case.image)
         target = mark_ignored(read_mask(case.label, spacing, spatial, image, ignore), ignore)
@@ -239,6 +237,15 @@ def _read_map(path: Path, kind: str, spacing: tuple[float, ...], spatial: tuple[
     return volume.array
 
 
+def soft_label_mask(probability: np.ndarray, spatial_dims: int) -> np.ndarray:
+    """The label map ``(*spatial)`` int64 of a soft label: where the foreground probability exceeds
+    :data:`SOFT_THRESHOLD`, or with one map per class ``(K, *spatial)`` (one axis more than ``spatial_dims``) the
+    likeliest class (ties: the lower)."""
+    if probability.ndim == spatial_dims + 1:
+        return probability.argmax(axis=0).astype(np.int64)
+    return (probability > SOFT_THRESHOLD).astype(np.int64)
+
+
 def read_probability(
     path: Path, spacing: tuple[float, ...] | None, spatial: tuple[int, ...], image: Path
 ) -> np.ndarray:
@@ -246,11 +253,18 @@ def read_probability(
     ``spatial`` shape: the foreground probability ``(*spatial)``, or one probability map per class ``(K,
     *spatial)`` for K >= 3 classes (``.npy`` ``(K, *spatial)``, NIfTI ``(X, Y, Z, K)``), which must sum to 1 at
     every voxel; a file of two class maps gives its second (the foreground's)."""
+    return read_probability_volume(path, spacing, spatial, image).array
+
+
+def read_probability_volume(
+    path: Path, spacing: tuple[float, ...] | None, spatial: tuple[int, ...], image: Path
+) -> Volume:
+    """:func:`read_probability` with the file's spacing (of the spatial axes) and affine."""
     volume = read_map(path, "probability")
     array = volume.array
     if array.ndim != len(spatial) + 1:
         _check_grid(path, volume, spacing, spatial, image, "probability map")
-        return array
+        return volume
     classes = Volume(array[0], tuple(volume.spacing[-len(spatial) :]), volume.affine)
     _check_grid(path, classes, spacing, spatial, image, "probability maps' (one per class)")
     if array.shape[0] < 2:
@@ -261,7 +275,7 @@ def read_probability(
             f"{path}: one probability map per class must sum to 1 at every voxel; the sums lie in "
             f"[{total.min():.4g}, {total.max():.4g}]"
         )
-    return np.ascontiguousarray(array[1]) if array.shape[0] == 2 else array
+    return Volume(np.ascontiguousarray(array[1]) if array.shape[0] == 2 else array, classes.spacing, volume.affine)
 
 
 def _check_grid(

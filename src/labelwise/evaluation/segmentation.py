@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from labelwise.data.pairing import check_reference, mask_files, match_references
+from labelwise.data.patches import SOFT_THRESHOLD, read_probability_volume, soft_label_mask
 from labelwise.data.volumes import case_id, read_volume, stores_spacing
 from labelwise.errors import DataError
 from labelwise.io import atomic_write, json_ready
@@ -141,15 +142,20 @@ def evaluate_segmentation(
     roi: Path | None = None,
     class_names: list[str] | None = None,
     ignore: Sequence[int] = (),
+    soft_truth: bool = False,
 ) -> dict[str, Any]:
     """Score every predicted mask in ``pred`` (or ``pred/masks``) against the same case in ``truth``; with ``roi``, a
     folder of region-of-interest masks matched by case id (every scored case needs one), inside them only. Per class
     too when a mask holds labels above 1 or ``class_names`` (one per label ``1..K``) are given. Truth voxels of a
-    value in ``ignore`` (``data.ignore``) carry no label and are scored nowhere.
+    value in ``ignore`` (``data.ignore``) carry no label and are scored nowhere. ``soft_truth``: the truth files are
+    probability masks (as ``data.soft_labels`` reads them: a foreground probability, or one map per class), scored
+    as the mask where the probability exceeds 0.5 (the likeliest class); the result says so in ``soft_truth``.
 
     Returns ``{"cases", "mean", "std", "count", "n", "spacing_unit", "notes", "skipped", "classes", "per_class"}``
     as described in the module docstring; cases are in case-id order."""
     names = [str(n) for n in class_names] if class_names else None
+    if soft_truth and ignore:
+        raise DataError("soft truth masks have no ignore values: a probability cannot also be a value without a label")
     pred, truth = Path(pred), Path(truth)
     if (pred / "masks").is_dir():
         pred = pred / "masks"
@@ -187,8 +193,13 @@ def evaluate_segmentation(
     tops: list[int] = []  # each case's highest label
     for cid in common:
         pp, tp = pred_files[cid], truth_files[cid]
-        pv, tv = read_volume(pp, mask=True), read_volume(tp, mask=True, ignore=ignore)
-        tv.array = mark_ignored(tv.array, ignore)  # IGNORE: outside every score, and not a label
+        pv = read_volume(pp, mask=True)
+        if soft_truth:  # a probability mask: the mask where it exceeds 0.5, or the likeliest of its classes
+            tv = read_probability_volume(tp, None, pv.array.shape, pp)
+            tv.array = soft_label_mask(tv.array, pv.array.ndim)
+        else:
+            tv = read_volume(tp, mask=True, ignore=ignore)
+            tv.array = mark_ignored(tv.array, ignore)  # IGNORE: outside every score, and not a label
         spacing = check_reference(pp, pv, tp, tv, "truth", "prediction")
         for path, vol, what in ((pp, pv, "prediction"), (tp, tv, "truth")):
             if highest_label(vol.array) > 1:
@@ -244,7 +255,14 @@ def evaluate_segmentation(
         "skipped": {"pred_only": pred_only, "truth_only": truth_only},
         "classes": classes,
         "per_class": summarize_classes(cases, classes),
+        **({"soft_truth": SOFT_TRUTH} if soft_truth else {}),
     }
+
+
+SOFT_TRUTH = {
+    "threshold": SOFT_THRESHOLD,
+    "reference": "truth probability > threshold; with one probability map per class, the likeliest class",
+}
 
 
 def evaluate_raters(pred: Path, truths: Sequence[Path], **options: Any) -> dict[str, Any]:
@@ -257,6 +275,10 @@ def evaluate_raters(pred: Path, truths: Sequence[Path], **options: Any) -> dict[
     pairs' mean Dice}}``, raters numbered from 1 in the order given."""
     if len(truths) < 2:
         raise DataError(f"evaluate_raters: expected at least two raters' folders, got {len(truths)}")
+    if options.get("soft_truth"):
+        raise DataError(
+            "several raters' folders with soft truth: give each rater's own mask (or one soft reference, their mean)"
+        )
     results = [{**evaluate_segmentation(pred, truth, **options), "truth": str(truth)} for truth in truths]
     pairs = []
     for j in range(len(truths)):
