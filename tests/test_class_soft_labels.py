@@ -160,3 +160,31 @@ def test_a_three_class_run_trains_on_nifti_class_maps_and_is_scored_on_their_lik
         assert_dice_by_hand(case["dice"], truth[case["id"]] > 0, pred > 0)
         for k, name in enumerate(scored["classes"], 1):
             assert_dice_by_hand(case["per_class"][name]["dice"], truth[case["id"]] == k, pred == k)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_resampling_moves_soft_labels_linearly_and_makes_their_mask_on_the_new_grid(tmp_path, classes):
+    """data.spacing: a soft label (one foreground probability, or class maps) is resampled linearly, like an image
+    (numpy's linear interpolation along the resampled axis, the oracle), and the mask is that of the resampled
+    probabilities; weights stay nearest-neighbour."""
+    from labelwise.data.patches import read_case
+    from labelwise.data.volumes import resample
+
+    rng = np.random.default_rng(5)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    labels = rng.integers(0, classes, (6, 5, 4))
+    maps = _maps(labels, classes, sure=0.6) if classes > 2 else rng.random((6, 5, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(rng.random((6, 5, 4)).astype(np.float32), affine), str(tmp_path / "i.nii.gz"))
+    stored = np.moveaxis(maps, 0, -1) if classes > 2 else maps
+    nib.save(nib.Nifti1Image(stored, affine), str(tmp_path / "p.nii.gz"))
+    case = Case("c", tmp_path / "i.nii.gz", tmp_path / "p.nii.gz", "train")
+    got = read_case(case, masks=True, spacing=(1.0, 1.0, 1.0), soft=True)
+    assert got.image.array.shape == (1, 6, 5, 8)
+    expected = resample(maps, (6, 5, 8))  # linear, as images
+    np.testing.assert_allclose(got.soft, expected, atol=1e-6)
+    along = np.interp((np.arange(8) + 0.5) / 2 - 0.5, np.arange(4), (maps if classes == 2 else maps[1])[2, 3])
+    np.testing.assert_allclose((got.soft if classes == 2 else got.soft[1])[2, 3], along, atol=1e-6)
+    mask = expected.argmax(0) if classes > 2 else (expected > 0.5).astype(np.int64)
+    np.testing.assert_array_equal(got.target, mask)
+    if classes > 2:
+        np.testing.assert_allclose(got.soft.sum(axis=0), 1.0, atol=1e-5)

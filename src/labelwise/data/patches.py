@@ -185,8 +185,8 @@ def read_case(
     a ``weight`` column), with ``soft`` its foreground probability, and its raters' vote codes (``Case.votes``,
     ``data.raters: sample``), each checked against the image's shape and spacing; ``masks=False``: the image alone.
     ``reorient``, ``spacing``: all of them then put on the training grid (:func:`labelwise.data.volumes.to_grid`:
-    reoriented to RAS+, resampled to ``spacing``, masks and maps by nearest neighbour); the image's ``grid`` says
-    what was done (None when neither is asked)."""
+    reoriented to RAS+, resampled to ``spacing``, masks and weights by nearest neighbour, soft labels linearly and
+    their mask then made on that grid); the image's ``grid`` says what was done (None when neither is asked)."""
     image = read_image(case.image, modalities)
     if image.array.ndim not in (3, 4):
         raise DataError(f"{case.image}: image of shape {image.array.shape}; expected 2D or 3D")
@@ -199,9 +199,13 @@ def read_case(
     weight = _read_map(case.weight, "weight", *grid) if case.weight is not None else None
     votes = read_mask(case.votes, *grid) if case.votes is not None else None
     if reorient or spacing is not None:
-        image, (target, roi, weight, probability, votes) = to_grid(
-            image, reorient, spacing, (target, roi, weight, probability, votes)
-        )
+        original = image
+        image, (target, roi, weight, votes) = to_grid(image, reorient, spacing, (target, roi, weight, votes))
+        if probability is not None and target is not None:  # a probability: linearly, and its mask made on the grid
+            maps = probability if probability.ndim == image.array.ndim else probability[None]
+            moved = to_grid(Volume(maps, original.spacing, original.affine), reorient, spacing)[0].array
+            probability = moved if probability.ndim == image.array.ndim else moved[0]
+            target = np.where(target == IGNORE, IGNORE, soft_label_mask(probability, image.array.ndim - 1))
     return CaseArrays(image, target, roi, weight, probability, votes)
 
 
