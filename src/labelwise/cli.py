@@ -793,6 +793,37 @@ def audit(
     audit_run(run_dir, out, manifest=input, folds=folds, fix=fix, splits=split, fix_action=fix_action)
 
 
+@app.command()
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="a binary segmentation run directory")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="output folder: calibration.json, probabilities/ and folds/ (an audit's folder with the same folds "
+            "is reused)"
+        ),
+    ],
+    folds: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            help="K runs of the run's config, each trained without one fold of its training cases (in OUT/folds/; a "
+            "killed calibration resumes them): out-of-sample probabilities for every training case",
+        ),
+    ] = 3,
+    input: Annotated[
+        Path | None, typer.Option(help="the run's training manifest, where the run cannot find it (moved data)")
+    ] = None,
+) -> None:
+    """Calibrate a run's probabilities on cross-fitted predictions: an isotonic map of the foreground probability
+    fitted on every training case's out-of-fold probabilities and the validation cases', written into the run
+    (predict, export and the report use it; the run's test outputs are rewritten through it). Masks and Dice do not
+    change: the mask is decided before the map."""
+    from labelwise.audit.calibrate import calibrate_run
+
+    calibrate_run(run_dir, folds, out, manifest=input)
+
+
 @synth_app.command("shapes")
 def synth_shapes(
     out: Annotated[Path, typer.Option(help="output .npz file")],

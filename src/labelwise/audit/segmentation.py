@@ -39,7 +39,7 @@ from labelwise.metrics.label_quality import SWAPPED, MaskAudit, mask_suspects, m
 from labelwise.metrics.surface import split_ignored
 from labelwise.report.audit import build_audit_page
 
-__all__ = ["audit_masks", "run_cases"]
+__all__ = ["audit_masks", "case_probabilities", "run_cases"]
 
 
 def run_cases(run_dir: Path) -> list[Case]:
@@ -54,7 +54,7 @@ def run_cases(run_dir: Path) -> list[Case]:
         ) from None
 
 
-def _case_probabilities(run: RunModel, case: Case) -> tuple[np.ndarray, Volume]:
+def case_probabilities(run: RunModel, case: Case) -> tuple[np.ndarray, Volume]:
     """``(K, *spatial)`` class probabilities of ``case`` on its own grid, and the raw image."""
     raw = run.read_raw(case.image)
     image = run.preprocess(raw)
@@ -124,7 +124,7 @@ def audit_masks(
             continue
         where = source[case.id]
         model = models.get(where) or models.setdefault(where, load_run(where))
-        probs, _ = _case_probabilities(model, case)
+        probs, _ = case_probabilities(model, case)
         with atomic_open(saved) as handle:
             np.save(handle, probs.astype(np.float16))
         report(
