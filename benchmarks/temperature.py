@@ -17,7 +17,12 @@ the run would fit it (the network's tempered probabilities), its test ECE. ``--v
 K validation images (the 2 of the shipped split, then training images spread over the ids) and ``method.isotonic:
 true``: a map wants more validation images than a temperature does. Their Dice against the shipped split's::
 
+Cross-fitted (``--crossfit K``): each seed's run copied, then ``labelwise calibrate COPY --folds K`` (K runs of its
+config, each without a fold of the training images; the map fitted on every training image's out-of-fold
+probabilities and the 2 validation images'), and the copy's test ECE through its map::
+
     python benchmarks/temperature.py --seeds 0 1 2 --steps 1000 --out runs/bench-temperature [--folds 3] [--val 6]
+        [--crossfit 3]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--folds", type=int, default=0, help="also train one run per fold (seed: the first) and score "
                         "their ensemble: a fold ensemble")
+    parser.add_argument("--crossfit", type=int, default=0, help="also calibrate a copy of each seed's run with "
+                        "labelwise calibrate --folds K and score it")
     parser.add_argument("--val", type=int, default=0, help="also train runs with this many validation images and "
                         "method.isotonic: true (the shipped split keeps 2)")
     args = parser.parse_args(argv)
@@ -255,6 +263,37 @@ def main(argv: list[str] | None = None) -> None:
             rows = group
             print(f"| {count} | {len(rows)} | {fmt('dice')} | {fmt('test_ece_before')} | {fmt('test_ece_after')} | "
                   f"{fmt('test_ece_isotonic')} |")
+        rows = shipped
+    if args.crossfit:
+        import shutil
+        import subprocess
+
+        crossfit = []
+        for seed in args.seeds:
+            key = f"steps{args.steps}/crossfit{args.crossfit}/seed{seed}"
+            if key not in results:
+                source = args.out / f"steps{args.steps}-seed{seed}"
+                copy = args.out / key.replace("/", "-")
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(source, copy, ignore=shutil.ignore_patterns("calibrate"))
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "labelwise", "calibrate", str(copy), "--folds",
+                                str(args.crossfit), "--out", str(copy / "calibrate")], check=True, cwd=REPO)
+                minutes = (time.perf_counter() - started) / 60
+                record = json.loads((copy / "calibrate" / "calibration.json").read_text())
+                results[key] = {"dice": results[f"steps{args.steps}/seed{seed}"]["dice"],
+                                "calibrate_minutes": minutes, **calibration_scores(copy, manifest),
+                                **{k: record[k] for k in ("knots", "ece_before", "ece_after_in_sample")}}
+                results_path.write_text(json.dumps(results, indent=1) + "\n")
+            print(json.dumps(results[key]), flush=True)
+            crossfit.append(results[key])
+        shipped, rows = rows, crossfit
+        print(f"\n| calibration ({len(rows)} seeds) | test ECE | Dice |\n|---|---|---|")
+        print(f"| none (T = 1) | {fmt('test_ece_before')} | {fmt('dice')} |")
+        print(f"| temperature (2 validation images) | {fmt('test_ece_after')} | {fmt('dice')} |")
+        print(f"| temperature, then an isotonic map cross-fitted on {args.crossfit} folds | "
+              f"{fmt('test_ece_isotonic')} | {fmt('dice')} |")
+        print(f"| labelwise calibrate's wall minutes | {fmt('calibrate_minutes')} | |")
         rows = shipped
     if len(args.seeds) > 1:
         key = f"steps{args.steps}/ensemble-" + "-".join(map(str, args.seeds))
