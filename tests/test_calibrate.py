@@ -121,6 +121,10 @@ def test_a_moved_run_is_calibrated_on_out_of_fold_probabilities_through_the_cli(
         np.load(run / "predictions" / "test" / "probabilities" / f"{test[0].id}.npy"),
         atol=1e-4,
     )
+    # the report says where the map came from
+    code, text = invoke_cli("report", str(run))
+    assert code == 0, text
+    assert "probabilities through an isotonic map (cross-fitted on 2 folds)" in (run / "report.html").read_text()
     # a second call reuses the fold runs and the saved probabilities, and fits the same map
     code, text = invoke_cli("calibrate", str(run), "--folds", "2", "--out", str(root / "cal"))
     assert code == 0, text

@@ -284,7 +284,12 @@ def _model_section(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
             threshold = f"{settings['calibrated_threshold']:g} (calibrated on the validation cases)"
         temperature = float(settings.get("temperature") or 1.0)
         tempered = f"; logits divided by temperature {temperature:.3g} (fitted on the validation cases)"
-        mapped = "; probabilities through an isotonic map (fitted on the validation cases)"
+        try:  # labelwise calibrate fits the map on cross-fitted probabilities and records it in the summary
+            crossfit = json.loads((run_dir / "summary.json").read_text()).get("calibration", {}).get("crossfit")
+        except (OSError, ValueError, AttributeError):
+            crossfit = None
+        fitted = f"cross-fitted on {crossfit['folds']} folds" if crossfit else "fitted on the validation cases"
+        mapped = f"; probabilities through an isotonic map ({fitted})"
         rows.append(
             (
                 "inference",
