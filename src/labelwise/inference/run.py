@@ -182,7 +182,7 @@ class RunModel:
             probability, labels, used = segment(logits, self.threshold_override[0])
         else:
             probability, labels, used = segment(logits, self.method.segment_threshold(logits.shape[1]))
-        probability = self.method.recalibrated(probability)  # isotonic: true: the map fitted on validation
+        probability = self.method.recalibrated(probability)  # the run's isotonic map, if it has one
         return probability, remove_small_components(labels, self.method.min_size), used
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -215,7 +215,7 @@ class RunModel:
         self.method.threshold, self.method.overlap = settings["threshold"], overlap
         self.method.calibrated = settings.get("calibrated_threshold")  # threshold: calibrate, chosen on validation
         self.method.temperature = float(settings.get("temperature") or 1.0)  # temperature: fit, chosen on validation
-        isotonic = settings.get("isotonic")  # isotonic: true: the foreground probability's map, fitted on validation
+        isotonic = settings.get("isotonic")  # the foreground probability's map (isotonic: true, labelwise calibrate)
         self.method.isotonic = (list(isotonic["x"]), list(isotonic["y"])) if isotonic else None
         window = settings.get("window") if window is None else window
         self.method.window = list(window) if window else None

@@ -76,7 +76,7 @@ class Method:
     calibration_tolerance: float = 0.005  # threshold: calibrate: mean validation Dice given up to stay nearer 0.5
     temperature: float = 1.0  # segmenters: predict divides the logits by it (temperature: fit, chosen on validation)
     fits_temperature: bool = False  # True: fit_temperature runs on the validation cases at the end of training
-    isotonic: tuple[list[float], list[float]] | None = None  # isotonic: true: the foreground probability's map (knots)
+    isotonic: tuple[list[float], list[float]] | None = None  # the foreground probability's map (knots), if fitted
     fits_isotonic: bool = False  # True: fit_isotonic runs on the validation cases at the end of training
     overlap: float = 0.5  # segmenters: overlap of the sliding windows of predict
     window: list[int] | None = None  # segmenters: sliding-window size of predict (None: the whole image)
@@ -389,8 +389,8 @@ class Method:
         return self.recalibrated(probability), remove_small_components(labels, self.min_size)
 
     def recalibrated(self, probability: torch.Tensor) -> torch.Tensor:
-        """The foreground probability through the :attr:`isotonic` map fitted on the validation cases (``isotonic:
-        true``), unchanged without one."""
+        """The foreground probability through the :attr:`isotonic` map (fitted on the validation cases with
+        ``isotonic: true``, or on cross-fitted cases by ``labelwise calibrate``), unchanged without one."""
         if self.isotonic is None:
             return probability
         return seg_metrics.interpolate(probability, *self.isotonic)
