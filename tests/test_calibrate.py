@@ -61,6 +61,7 @@ def test_a_moved_run_is_calibrated_on_out_of_fold_probabilities_through_the_cli(
     code, text = invoke_cli("calibrate", str(run), "--folds", "2", "--out", str(root / "cal"))
     assert code == 0, text
     assert "[fold 1/2] training" in text and "[fold 2/2] training" in text
+    assert not list((root / "cal" / "folds").rglob(".labelwise-cache"))  # the folds read the run's case cache
     record = json.loads((root / "cal" / "calibration.json").read_text())
     assert record["fitted_on"] == {"training cases (out of fold)": 5, "validation cases": 2}
     xs, ys = record["isotonic"]["x"], record["isotonic"]["y"]

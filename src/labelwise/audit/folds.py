@@ -12,6 +12,7 @@ import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,6 +153,7 @@ def fold_runs(
 
     saved = load_config(run_dir / "config.yaml", check_files=False)
     folds = assign_folds(training, k, saved.seed)
+    shared = _shared_cache(run_dir, saved)
     folder = out / "folds"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "folds.json", json.dumps({"k": k, "seed": saved.seed, "folds": folds}, indent=1) + "\n")
@@ -169,12 +171,26 @@ def fold_runs(
                 f"[fold {fold + 1}/{k}] {'resuming' if status == 'interrupted' else 'training'} without "
                 f"{len(held)} case(s): {target}"
             )
-            config = load_config(run_dir / "config.yaml", [f"data.manifest={manifest}"])
+            config = load_config(run_dir / "config.yaml", [f"data.manifest={manifest}", *shared])
             result = train(config, target, resume=status == "interrupted")
             if result.status != "completed":
                 raise LabelwiseError(f"fold {fold + 1}/{k}: training {result.status}: {result.message}")
         where.update({cid: target for cid in held})
     return where
+
+
+def _shared_cache(run_dir: Path, saved: Any) -> list[str]:
+    """The override that points the fold runs at the run's own case cache (a fold's manifest lies in its own folder,
+    whose default cache would preprocess every case again, once per fold); none for tables, or where the run's data
+    cannot be found."""
+    from labelwise.data.cache import cache_folder
+
+    if saved.data.task != "segmentation":
+        return []
+    try:
+        return [f"data.cache={cache_folder(run_data(run_dir), saved.data.cache)}"]
+    except LabelwiseError:
+        return []
 
 
 def _status(run: Path) -> str | None:
