@@ -109,6 +109,16 @@ def make_set(
 
 
 # a 3D run of the synthetic vessels config in seconds: 16^3 patches, the narrowest U-Net MSS, 3 steps
+TINY_2D = [  # a 2D vessel run of a few seconds (configs/drive-*.yaml on synthetic pictures)
+    "data.patch_size=[32,32]",
+    "data.patches_per_volume=4",
+    "data.batch_size=2",
+    "model.channels=[4,8,8,16,16]",
+    "trainer.max_steps=6",
+    "trainer.checkpoint_every=6",
+    "trainer.val_every=0",
+]
+
 TINY_3D = [
     "data.patch_size=[16,16,16]",
     "data.patches_per_volume=2",

@@ -11,23 +11,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, invoke_cli
+from conftest import REPO, TINY_2D, invoke_cli
 from sklearn.isotonic import IsotonicRegression
 
 from labelwise.config import load_config
 from labelwise.data.manifest import read_manifest
 from labelwise.data.volumes import read_volume
 from labelwise.metrics.fairness import expected_calibration_error
-
-TINY_2D = [
-    "data.patch_size=[32,32]",
-    "data.patches_per_volume=4",
-    "data.batch_size=2",
-    "model.channels=[4,8,8,16,16]",
-    "trainer.max_steps=6",
-    "trainer.checkpoint_every=6",
-    "trainer.val_every=0",
-]
 
 
 @pytest.fixture(scope="module")

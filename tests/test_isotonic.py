@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_2D
 from sklearn.isotonic import IsotonicRegression
 
 from labelwise.config import load_config
@@ -63,17 +64,7 @@ def test_the_map_is_numpys_interp_inside_outside_and_with_one_knot():
 def _config(manifest: Path, *overrides: str):
     return load_config(
         REPO / "configs" / "drive-noisy.yaml",
-        [
-            f"data.manifest={manifest}",
-            "data.patch_size=[32,32]",
-            "data.patches_per_volume=4",
-            "data.batch_size=2",
-            "model.channels=[4,8,8,16,16]",
-            "trainer.max_steps=6",
-            "trainer.checkpoint_every=6",
-            "trainer.val_every=0",
-            *overrides,
-        ],
+        [f"data.manifest={manifest}", *TINY_2D, *overrides],
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_2D
 
 from labelwise.config import load_config
 from labelwise.metrics.fairness import expected_calibration_error
@@ -45,17 +46,7 @@ def test_a_run_fits_its_temperature_and_predict_and_export_apply_it_after_moving
     from labelwise.training import train
 
     manifest = write_vessels(tmp_path / "v2d", 2, 6, [48, 48], seed=1)
-    overrides = [
-        f"data.manifest={manifest}",
-        "data.patch_size=[32,32]",
-        "data.patches_per_volume=4",
-        "data.batch_size=2",
-        "model.channels=[4,8,8,16,16]",
-        "trainer.max_steps=6",
-        "trainer.checkpoint_every=6",
-        "trainer.val_every=0",
-        "method.temperature=fit",
-    ]
+    overrides = [f"data.manifest={manifest}", *TINY_2D, "method.temperature=fit"]
     config = load_config(REPO / "configs" / "drive-noisy.yaml", overrides)
     assert train(config, tmp_path / "run").status == "completed"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
