@@ -33,9 +33,10 @@ from labelwise.data.patches import read_label, read_probability
 from labelwise.data.volumes import read_volume
 from labelwise.errors import DataError, LabelwiseError
 from labelwise.inference.run import RunModel, load_run, reporter
-from labelwise.io import atomic_open, atomic_write
+from labelwise.io import atomic_write
 from labelwise.metrics.fairness import calibration_counts, ece_from_counts
 from labelwise.metrics.segmentation import TEMPERATURE_VOXELS, fit_isotonic
+from labelwise.models.outputs import segment
 
 __all__ = ["calibrate_run"]
 
@@ -51,7 +52,7 @@ def calibrate_run(
     or resumed by a later call, or by an audit of the same ``out``) and write it into the run; ``manifest``: the
     run's training manifest where the run cannot find it (moved data). Returns what ``out/calibration.json``
     holds."""
-    from labelwise.audit.segmentation import case_probabilities
+    from labelwise.audit.segmentation import save_probabilities
 
     report = reporter(progress)
     run_dir, out = Path(run_dir), Path(out)
@@ -83,28 +84,20 @@ def calibrate_run(
         )
     )
     started = time.perf_counter()
-    models: dict[Path, RunModel] = {run_dir: run}
+    save_probabilities(run, fitted, source, out / "probabilities", report)
     per_case = max(TEMPERATURE_VOXELS // len(fitted), 10_000)  # the voxels kept per case: bounded memory
     generator = np.random.default_rng(0)
     probabilities, labels = [], []
     counts = np.zeros((3, 15))
-    for number, case in enumerate(fitted, 1):
-        saved = out / "probabilities" / f"{case.id}.npy"
-        if not saved.is_file():
-            where = source[case.id]
-            model = models.get(where) or models.setdefault(where, load_run(where))
-            probs, _ = case_probabilities(model, case)
-            with atomic_open(saved) as handle:
-                np.save(handle, probs.astype(np.float16))
-        p, y = _labelled_voxels(run, case, 1 - np.load(saved).astype(np.float64)[0])
+    for case in fitted:
+        saved = np.load(out / "probabilities" / f"{case.id}.npy").astype(np.float64)
+        p, y = _labelled_voxels(run, case, 1 - saved[0])
         counts += calibration_counts(p, y)
         if len(p) > per_case:
             keep = generator.choice(len(p), per_case, replace=False)
             p, y = p[keep], y[keep]
         probabilities.append(p)
         labels.append(y)
-        origin = "the run" if source[case.id] == run_dir else source[case.id].parent.name
-        report(f"[{number}/{len(fitted)}] {case.id}: probabilities from {origin}")
     p_all, y_all = np.concatenate(probabilities), np.concatenate(labels)
     xs, ys = fit_isotonic(torch.from_numpy(p_all), torch.from_numpy(y_all))
     after = calibration_counts(np.interp(p_all, xs, ys), y_all)
@@ -150,13 +143,13 @@ def _write_map(run_dir: Path, xs: list[float], ys: list[float], record: dict[str
     """The map into the run: ``inference.json``'s ``isotonic`` and the summary's ``calibration.crossfit``."""
     from labelwise.engine.rundir import RunDir
 
-    spec_path = run_dir / "inference.json"
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    run = RunDir(run_dir)
+    spec = json.loads(run.inference.read_text(encoding="utf-8"))
     spec["inference"]["isotonic"] = {"x": xs, "y": ys}
-    atomic_write(spec_path, json.dumps(spec, indent=2) + "\n")
-    calibration = RunDir(run_dir).summary().get("calibration")
+    atomic_write(run.inference, json.dumps(spec, indent=2) + "\n")
+    calibration = run.summary().get("calibration")
     calibration = calibration if isinstance(calibration, dict) else {}
-    RunDir(run_dir).update_summary(calibration={**calibration, "crossfit": record})
+    run.update_summary(calibration={**calibration, "crossfit": record})
 
 
 def _rescore_test(run_dir: Path, data_file: Path, tested: list[Case], report: Callable[[str], None]) -> dict[str, Any]:
@@ -181,7 +174,7 @@ def _rescore_test(run_dir: Path, data_file: Path, tested: list[Case], report: Ca
         target, region = test.target[i].numpy(), test.rois[i]
         keep = target >= 0 if region is None else (target >= 0) & region.numpy().astype(bool)
         probability = predictions["probability"][i].numpy()
-        unmapped = (1 - logits.float().softmax(0)[0] if logits.shape[0] > 1 else torch.sigmoid(logits[0])).numpy()
+        unmapped = segment(logits[None])[0][0].numpy()  # the foreground probability the map was given
         before += calibration_counts(unmapped[keep], target[keep] > 0)
         after += calibration_counts(probability[keep], target[keep] > 0)
     save_run_predictions(run_dir / "predictions" / "test", test, cast(Any, predictions))

@@ -39,7 +39,7 @@ from labelwise.metrics.label_quality import SWAPPED, MaskAudit, mask_suspects, m
 from labelwise.metrics.surface import split_ignored
 from labelwise.report.audit import build_audit_page
 
-__all__ = ["audit_masks", "case_probabilities", "run_cases"]
+__all__ = ["audit_masks", "case_probabilities", "run_cases", "save_probabilities"]
 
 
 def run_cases(run_dir: Path) -> list[Case]:
@@ -65,6 +65,28 @@ def case_probabilities(run: RunModel, case: Case) -> tuple[np.ndarray, Volume]:
     if probs.shape[0] == 1:  # one sigmoid channel: the foreground
         probs = np.concatenate([1 - probs, probs])
     return probs, raw
+
+
+def save_probabilities(
+    run: RunModel, cases: Sequence[Case], source: dict[str, Path], folder: Path, report: Callable[[str], None]
+) -> None:
+    """``folder/<id>.npy``: each case's out-of-sample class probabilities (:func:`case_probabilities`, float16) from
+    the run directory ``source`` names for it (``run`` itself, or a fold run), computed where not saved yet (a
+    resumed audit or calibration reuses them)."""
+    models: dict[Path, RunModel] = {run.run_dir: run}
+    for number, case in enumerate(cases, 1):
+        saved = folder / f"{case.id}.npy"
+        if saved.is_file():
+            continue
+        where = source[case.id]
+        model = models.get(where) or models.setdefault(where, load_run(where))
+        probs, _ = case_probabilities(model, case)
+        with atomic_open(saved) as handle:
+            np.save(handle, probs.astype(np.float16))
+        report(
+            f"[{number}/{len(cases)}] {case.id}: probabilities from "
+            f"{'the run' if where == run.run_dir else where.parent.name}"
+        )
 
 
 def audit_masks(
@@ -116,21 +138,8 @@ def audit_masks(
         )
 
     probabilities = out / "probabilities"
-    models: dict[Path, RunModel] = {run_dir: run}
     started = time.perf_counter()
-    for number, case in enumerate(labelled, 1):
-        saved = probabilities / f"{case.id}.npy"
-        if saved.is_file():
-            continue
-        where = source[case.id]
-        model = models.get(where) or models.setdefault(where, load_run(where))
-        probs, _ = case_probabilities(model, case)
-        with atomic_open(saved) as handle:
-            np.save(handle, probs.astype(np.float16))
-        report(
-            f"[{number}/{len(labelled)}] {case.id}: probabilities from "
-            f"{'the run' if where == run_dir else where.parent.name}"
-        )
+    save_probabilities(run, labelled, source, probabilities, report)
 
     def items():
         for case in labelled:
