@@ -7,9 +7,9 @@ For each noise kind (``labelwise data degrade``, the masks of benchmarks/noise_m
    K cross-fitted runs give every training image out-of-sample probabilities;
 3. on those probabilities (``OUT/.../audit/probabilities``) and the clean masks (the degraded manifest's ``truth``):
    - finding the corrupted pixels (label != clean mask, inside the field of view): average precision and AUROC of
-     labelwise's pixel score (the other class's probability over its confident-learning threshold, minus the given
-     class's over its own) and of cleanlab's (``cleanlab.segmentation.rank.get_label_quality_scores``: one minus
-     the self-confidence);
+     labelwise's suspicion (the posterior probability that the label is wrong under the noise estimated from the
+     confident joint, ``labelwise.metrics.label_quality``; the audit's ``suspicion/`` maps) and of cleanlab's
+     pixel score (``cleanlab.segmentation.rank.get_label_quality_scores``: one minus the self-confidence);
    - the Spearman correlation of the case scores (labelwise: ``cases.csv`` quality; cleanlab: its image score)
      with each case's true label Dice;
    - the precision and recall of the flagged pixels (labelwise's suspects; ``cleanlab.segmentation.filter.
@@ -114,19 +114,13 @@ def limit_train(manifest: Path, n: int | None) -> Path:
     return target
 
 
-def labelwise_pixel_score(probs: np.ndarray, label: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Suspicion per pixel: the most likely other class's probability over its threshold, minus the given class's."""
-    scaled = probs / thresholds[:, None, None]
-    given = np.take_along_axis(scaled, label[None], axis=0)[0]
-    others = scaled.copy()
-    np.put_along_axis(others, label[None], -np.inf, axis=0)
-    return others.max(axis=0) - given
+def scored(cases):
+    """labelwise's audit of the ``(probs, label, truth, roi)`` cases: its thresholds, noise estimate and audits."""
+    from labelwise.metrics.label_quality import mask_noise, mask_suspects, mask_thresholds
 
-
-def scored(cases, thresholds):
-    from labelwise.metrics.label_quality import mask_suspects
-
-    return [mask_suspects(p, y, thresholds, roi) for p, y, _, roi in cases]
+    thresholds = mask_thresholds((p, y, roi) for p, y, _, roi in cases)
+    noise = mask_noise(((p, y, roi) for p, y, _, roi in cases), thresholds)
+    return thresholds, noise, [mask_suspects(p, y, thresholds, roi, noise) for p, y, _, roi in cases]
 
 
 def flag_scores(flagged: np.ndarray, corrupted: np.ndarray) -> dict:
@@ -158,7 +152,6 @@ def compare(audit_dir: Path, manifest: Path, repeats: int, split: str = "train")
 
     from labelwise.data.manifest import read_manifest
     from labelwise.data.volumes import read_volume
-    from labelwise.metrics.label_quality import mask_thresholds
 
     cases = []
     for case in read_manifest(manifest):
@@ -175,8 +168,7 @@ def compare(audit_dir: Path, manifest: Path, repeats: int, split: str = "train")
     quiet = {"verbose": False}
 
     def ours():
-        thresholds = mask_thresholds((p, y, roi) for p, y, _, roi in cases)
-        return thresholds, scored(cases, thresholds)
+        return scored(cases)
 
     def theirs():
         image_scores, pixel_scores = get_label_quality_scores(labels, pred_probs, **quiet)
@@ -187,9 +179,9 @@ def compare(audit_dir: Path, manifest: Path, repeats: int, split: str = "train")
     for _ in range(repeats):  # interleaved
         runs["labelwise"].append(timed(ours, 1))
         runs["cleanlab"].append(timed(theirs, 1))
-    (thresholds, audits), (image_scores, pixel_scores, issues) = runs["labelwise"][-1][2], runs["cleanlab"][-1][2]
+    (_, noise, audits), (image_scores, pixel_scores, issues) = runs["labelwise"][-1][2], runs["cleanlab"][-1][2]
     corrupted = np.concatenate([((y != t) & roi)[roi] for _, y, t, roi in cases])
-    ours_score = np.concatenate([labelwise_pixel_score(p, y, thresholds)[roi] for p, y, _, roi in cases])
+    ours_score = np.concatenate([a.suspicion[c[3]] for a, c in zip(audits, cases)])
     theirs_score = np.concatenate([(1 - pixel_scores[i])[c[3]] for i, c in enumerate(cases)])
     flagged_ours = np.concatenate([(a.suspects > 0)[c[3]] for a, c in zip(audits, cases)])
     flagged_theirs = np.concatenate([issues[i][c[3]] for i, c in enumerate(cases)])
@@ -200,6 +192,7 @@ def compare(audit_dir: Path, manifest: Path, repeats: int, split: str = "train")
 
     return {
         "cases": len(cases), "corrupted_pixels": int(corrupted.sum()), "pixels": int(corrupted.size),
+        "noise": noise.tolist(),
         "labelwise": {"ap": float(average_precision_score(corrupted, ours_score)),
                       "auroc": float(roc_auc_score(corrupted, ours_score)),
                       "spearman": float(spearmanr([a.quality for a in audits], true_dice)[0]),

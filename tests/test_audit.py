@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, bar, invoke_cli, require_chromium
+from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, TINY_3D, bar, invoke_cli, require_chromium
 
 from labelwise.config import load_config
 from labelwise.data.manifest import read_manifest
@@ -99,12 +99,18 @@ def test_audit_finds_the_damaged_val_and_test_masks(bars, tmp_path):
     assert (suspects[blob] == 2).mean() > 0.8
     summary = json.loads((out / "audit.json").read_text())
     assert summary["cases"] == 4 and len(summary["thresholds"]) == 2
-    check_page_in_chromium(out / "report.html", rows)
+    # the noise estimate: a column per true class, each a distribution over the labels
+    np.testing.assert_allclose(np.sum(summary["noise"], axis=0), [1, 1])
+    # the suspicion map: 8 bit in a PNG, high on the removed half of the bar, low on the rest of the mask
+    suspicion = read_volume(out / "suspicion" / "case8.png").array[0]
+    assert suspicion.shape == truth.shape and 0 <= suspicion.min() and suspicion.max() <= 1
+    assert np.median(suspicion[removed]) > 0.5 and np.median(suspicion[~removed]) < 0.1
+    check_page_in_chromium(out / "report.html", rows, summary["noise"])
 
 
-def check_page_in_chromium(page_path, rows):
-    """The page as Debian's chromium renders it: every row in the table, worst first, and the figures of the 12
-    worst drawn."""
+def check_page_in_chromium(page_path, rows, noise=None):
+    """The page as Debian's chromium renders it: every row in the table, worst first, the figures of the 12
+    worst drawn, and for masks the estimated ``noise`` as percentages."""
     require_chromium()
     from playwright.sync_api import sync_playwright
 
@@ -119,6 +125,9 @@ def check_page_in_chromium(page_path, rows):
             assert [line.split()[1] for line in shown] == [r["id"] for r in rows]
             widths = page.evaluate("Array.from(document.images).map(img => img.complete ? img.naturalWidth : 0)")
             assert len(widths) == min(len(rows), 12) and all(w > 0 for w in widths), widths
+            if noise is not None:
+                cells = [line.split()[2:] for line in page.locator("#noise-table tbody tr").all_inner_texts()]
+                assert cells == [[f"{100 * v:.1f}%" for v in row] for row in noise]
         finally:
             browser.close()
 
@@ -390,3 +399,39 @@ def test_class_audit_cross_fits_the_training_samples(squares, tmp_path):
     assert {table.ids[i] for i in np.flatnonzero(table.target < 0)} == unlabelled  # what training leaves out
     code, text = invoke_cli("audit", str(run), "--out", str(tmp_path / "m"), "--fix-action", "drop")
     assert code == 2 and "--fix-action drop: use one of relabel, unlabel" in text
+
+
+def test_a_3d_nifti_audit_writes_suspicion_volumes_with_the_masks_geometry(tmp_path):
+    """A 3D NIfTI run (synthetic vessels with a non-trivial affine) audited through the CLI: the suspects and
+    suspicion are NIfTI volumes with the mask's shape and affine; the suspicion, float32, is Bayes' posterior of a
+    wrong label, recomputed here by hand from the saved probabilities and audit.json's noise estimate."""
+    import nibabel as nib
+
+    from labelwise.data.synth.vessels import write_vessels
+
+    manifest = write_vessels(tmp_path / "v3d", 3, 5, [24, 24, 24], seed=1, spacing=[0.8, 0.8, 1.5])
+    run = tmp_path / "run"
+    config = load_config(REPO / "configs" / "unet-mss-synthetic-3d.yaml", [f"data.manifest={manifest}", *TINY_3D])
+    assert train(config, run).status == "completed"
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    out = tmp_path / "audit"
+    code, text = invoke_cli("audit", str(moved), "--out", str(out), *UNSEEN)
+    assert code == 0, text
+    summary = json.loads((out / "audit.json").read_text())
+    noise, audited = np.array(summary["noise"]), rows_of(out / "cases.csv")
+    assert audited and noise.shape == (2, 2)
+    cases = {c.id: c for c in read_manifest(manifest)}
+    for row in audited:
+        label_image = nib.load(cases[row["id"]].label)
+        label = np.asarray(label_image.dataobj).astype(np.int64)
+        for folder in ("suspects", "suspicion"):
+            written = nib.load(out / folder / f"{row['id']}.nii.gz")
+            assert written.shape == label.shape
+            np.testing.assert_allclose(written.affine, label_image.affine)
+        suspicion = nib.load(out / "suspicion" / f"{row['id']}.nii.gz")
+        assert suspicion.get_data_dtype() == np.float32
+        p = np.load(out / "probabilities" / f"{row['id']}.npy").astype(np.float64)  # (2, X, Y, Z)
+        given, other = np.where(label == 1, p[1], p[0]), np.where(label == 1, p[0], p[1])
+        expected = 1 - given * noise[label, label] / (given * noise[label, label] + other * noise[label, 1 - label])
+        np.testing.assert_allclose(np.asarray(suspicion.dataobj), expected, atol=1e-5)

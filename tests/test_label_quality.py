@@ -10,6 +10,7 @@ from labelwise.metrics.label_quality import (
     class_thresholds,
     confident_class,
     confident_joint,
+    mask_noise,
     mask_suspects,
     mask_thresholds,
     multilabel_issues,
@@ -103,6 +104,66 @@ def test_mask_suspects_find_missed_and_extra_pixels():
     assert audit.quality == pytest.approx(expected)
 
 
+def test_mask_noise_is_the_calibrated_confident_joint_by_hand():
+    truth, probs = vessel_case()
+    label = truth.copy()
+    label[10:20, 18:22] = 0  # 40 foreground pixels labelled background
+    label[0:2, 0:5] = 1  # 10 background pixels labelled foreground
+    t = mask_thresholds([(probs, label, None)])
+    # confident classes: the 40 missed (p 0.9 >= t_1) are 1, the 10 extra (p_0 0.95 >= t_0) are 0, so the joint is
+    # [[1510, 40], [10, 40]] (rows: label; already summing to the label counts), plus one pixel per cell
+    noise = mask_noise([(probs, label, None)], t)
+    np.testing.assert_allclose(noise, [[1511 / 1522, 41 / 82], [11 / 1522, 41 / 82]])
+    with pytest.raises(ValueError, match="no cases"):
+        mask_noise([], t)
+
+
+def test_suspicion_is_the_posterior_of_a_wrong_label():
+    """Bayes' rule, checked by drawing: a pixel's true class from ``p``, its label from the noise ``T[:, true]``;
+    among the pixels given label i, the share whose true class is not i is the suspicion."""
+    rng = np.random.default_rng(0)
+    noise = np.array([[0.95, 0.30], [0.05, 0.70]])  # 30% of the foreground unlabelled, 5% of background added
+    p1 = np.array([0.05, 0.3, 0.5, 0.8, 0.95])
+    probs = np.stack([1 - p1, p1])[:, None, :]  # (K, 1, 5)
+    t = np.array([0.5, 0.5])
+    for given in (0, 1):
+        audit = mask_suspects(probs, np.full((1, 5), given), t, noise=noise)
+        n = 400_000
+        true = (rng.random((n, 5)) < p1).astype(int)
+        labels = (rng.random((n, 5)) < noise[1, true]).astype(int)
+        chosen = labels == given
+        wrong = ((true != given) & chosen).sum(axis=0) / chosen.sum(axis=0)
+        np.testing.assert_allclose(audit.suspicion[0], wrong, atol=0.01)
+    # without a noise estimate: one minus the probability of the label
+    audit = mask_suspects(probs, np.zeros((1, 5), int), t)
+    np.testing.assert_allclose(audit.suspicion[0], p1)
+
+
+def test_suspicion_ranks_the_class_the_masks_get_wrong_first():
+    """Masks drawn too wide: half the rim is confidently background (so the noise estimate knows masks are too wide);
+    the other half, which the model is unsure of, ranks above every background pixel, though the background beside
+    the vessel is less self-confident (self-confidence alone ranks it first)."""
+    truth, probs = vessel_case()
+    probs = probs.copy()
+    label = truth.copy()
+    label[10:30, 17] = label[10:30, 22] = 1  # a rim drawn too wide on both sides
+    probs[10:20, 17] = probs[10:20, 22] = 0.03  # confidently background
+    probs[20:30, 17] = probs[20:30, 22] = 0.4  # unsure
+    probs[10:30, 16] = 0.62  # background beside the vessel, a little more likely vessel than not
+    cases = [(probs, label, None)]
+    t = mask_thresholds(cases)
+    noise = mask_noise(cases, t)
+    # joint rows (label) [[1460, 0], [20, 80]] (20 rim pixels and 20 beside unconfident), calibrated to the label
+    # counts 1480 and 120, plus one pixel per cell
+    np.testing.assert_allclose(noise, [[1481 / 1506, 1 / 98], [25 / 1506, 97 / 98]])
+    audit = mask_suspects(probs, label, t, noise=noise)
+    unsure = np.zeros_like(label, dtype=bool)
+    unsure[20:30, 17] = unsure[20:30, 22] = True
+    assert audit.suspicion[unsure].min() > audit.suspicion[label == 0].max()
+    plain = mask_suspects(probs, label, t)
+    assert plain.suspicion[unsure].min() < plain.suspicion[label == 0].max()
+
+
 def test_mask_suspects_stay_inside_the_roi_and_order_cases_by_quality():
     truth, probs = vessel_case()
     roi = np.zeros_like(truth, dtype=bool)
@@ -117,7 +178,7 @@ def test_mask_suspects_stay_inside_the_roi_and_order_cases_by_quality():
     assert audits[0].missed == audits[0].extra == 0
     assert audits[2].extra == 0 and audits[2].quality == pytest.approx(audits[0].quality)
     assert audits[1].quality < audits[0].quality
-    assert (audits[1].score[~roi] == 1).all()
+    assert (audits[1].score[~roi] == 1).all() and (audits[1].suspicion[~roi] == 0).all()
 
 
 def test_mask_suspects_take_class_maps():

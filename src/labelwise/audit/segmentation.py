@@ -10,7 +10,8 @@ Written under ``out``::
                               confidently background), 3 swapped between foreground classes
     figures/<id>.png          image | mask | suspects over the image, for the worst cases
     report.html               the worst cases, their scores and figures
-    audit.json                the thresholds, the counts and where each case's probabilities came from
+    audit.json                the thresholds, the estimated noise (``noise[i][j]``: the share of class j's pixels
+                              labelled i), the counts and where each case's probabilities came from
     probabilities/<id>.npy    the out-of-sample class probabilities (float16; reused by a resumed audit)
     folds/                    with --folds: the cross-fitted runs (see :mod:`labelwise.audit.folds`)
 
@@ -35,7 +36,7 @@ from labelwise.errors import DataError, LabelwiseError
 from labelwise.inference.figures import mask_overlay_rgb, write_png
 from labelwise.inference.run import RunModel, load_run
 from labelwise.io import atomic_open, atomic_write
-from labelwise.metrics.label_quality import SWAPPED, MaskAudit, mask_suspects, mask_thresholds
+from labelwise.metrics.label_quality import SWAPPED, MaskAudit, mask_noise, mask_suspects, mask_thresholds
 from labelwise.metrics.surface import split_ignored
 from labelwise.report.audit import build_audit_page
 
@@ -158,11 +159,14 @@ def audit_masks(
             yield case, probs, label, roi, original
 
     thresholds = mask_thresholds((p, lab.array, roi) for _, p, lab, roi, _ in items())
+    noise = mask_noise(((p, lab.array, roi) for _, p, lab, roi, _ in items()), thresholds)
     rows, audits = [], {}
     for case, probs, label, roi, original in items():
-        result = mask_suspects(probs, label.array, thresholds, roi)
+        result = mask_suspects(probs, label.array, thresholds, roi, noise)
         suffix = suffix_of(case.label)
         write_volume(out / "suspects" / f"{case.id}{suffix}", result.suspects, label.spacing, label.affine)
+        suspicion = result.suspicion.astype(np.float32)
+        write_volume(out / "suspicion" / f"{case.id}{suffix}", suspicion, label.spacing, label.affine)
         rows.append(
             {
                 "id": case.id,
@@ -191,6 +195,7 @@ def audit_masks(
         "input": str(manifest) if manifest is not None else None,
         "folds": folds,
         "thresholds": [float(t) for t in thresholds],
+        "noise": [[float(v) for v in row] for row in noise],
         "cases": len(rows),
         "missed": sum(r["missed"] for r in rows),
         "extra": sum(r["extra"] for r in rows),
@@ -218,27 +223,38 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _figure(path: Path, case: Case, audit: MaskAudit, row: dict[str, Any]) -> None:
-    """image | mask | suspects (missed, extra, swapped in the overlay's colours 1-3); a 3D case shows the slice
-    along the last axis with the most suspects."""
+    """image | mask | suspects (missed, extra, swapped in the overlay's colours 1-3) | suspicion (0 to 1, a heat
+    map); a 3D case shows the slice along the last axis with the most suspects."""
     assert case.label is not None  # only labelled cases are audited
     image = read_volume(case.image).array.mean(axis=0)
     label = read_volume(case.label, mask=True).array
-    suspects = audit.suspects
+    suspects, suspicion = audit.suspects, audit.suspicion
     if suspects.ndim == 3:
         z = int((suspects > 0).sum(axis=(0, 1)).argmax())
-        image, label, suspects = image[..., z], label[..., z], suspects[..., z]
+        image, label, suspects, suspicion = image[..., z], label[..., z], suspects[..., z], suspicion[..., z]
     panels = [
         mask_overlay_rgb(image, np.zeros_like(label)),
         mask_overlay_rgb(image, (label > 0).astype(np.int64)),
         mask_overlay_rgb(image, suspects.astype(np.int64)),
+        _heat(mask_overlay_rgb(image, np.zeros_like(label)), suspicion),
     ]
     gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
-    rgb = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+    rgb = np.concatenate([part for panel in panels for part in (gap, panel)][1:], axis=1)
     write_png(
         path,
         rgb,
         f"{case.id}: quality {row['quality']:.3f}, {row['missed']} missed, {row['extra']} extra",
     )
+
+
+def _heat(grey: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` in [0, 1] over the uint8 RGB ``grey`` in matplotlib's plasma colours, each pixel as opaque as its
+    value (a label nobody suspects leaves the image as it is)."""
+    from matplotlib import colormaps
+
+    values = np.clip(values, 0.0, 1.0)[..., None]
+    heat = colormaps["plasma"](values[..., 0])[..., :3] * 255
+    return np.round(grey * (1 - values) + heat * values).astype(np.uint8)
 
 
 def _write_fixed(fix: Path, case: Case, label: Volume, audit: MaskAudit, original: np.ndarray) -> None:

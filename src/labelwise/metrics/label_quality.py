@@ -13,7 +13,14 @@ calibrated joint puts in ``C[i, j]``: those with the largest margin ``p_j - p_i`
 every pixel is a sample; :func:`mask_thresholds` pools the thresholds over all the cases (a case alone is too few
 thin-structure pixels), and :func:`mask_suspects` flags the pixels whose confident class is not their label. The
 quality of a mask is the soft Dice of its foreground with the model's probabilities inside the roi: a mask the model
-agrees with scores 1."""
+agrees with scores 1.
+
+Each pixel also gets a *suspicion*, the probability that its label is wrong, to rank pixels by. The masks' noise is
+estimated from the pooled confident joint (:func:`mask_noise`: ``T[i, j]``, the share of the pixels truly of class ``j``
+that are labelled ``i``), and a pixel labelled ``i`` with out-of-sample probabilities ``p`` is wrong with the posterior
+probability ``1 - p_i T[i, i] / sum_j p_j T[i, j]``. With two classes, within one label this orders the pixels as their
+self-confidence ``p_i`` does; across classes it weighs each by how often that label was found wrong, so masks drawn too
+wide rank their labelled foreground first and masks that miss structure their background."""
 
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ __all__ = [
     "class_thresholds",
     "confident_class",
     "confident_joint",
+    "mask_noise",
     "mask_suspects",
     "mask_thresholds",
     "multilabel_issues",
@@ -73,6 +81,13 @@ def confident_joint(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarra
     return np.bincount(labels[kept] * k + confident[kept], minlength=k * k).reshape(k, k)
 
 
+def _calibrated(joint: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The confident joint with each row scaled to its class's label count, so the off-diagonal counts estimate how
+    many labels of class ``i`` are truly ``j``."""
+    rows = joint.sum(axis=1, keepdims=True)
+    return np.where(rows > 0, joint / np.maximum(rows, 1) * counts[:, None], 0.0)
+
+
 @dataclass(frozen=True)
 class ClassAudit:
     """Per sample: ``issue`` (bool), ``quality`` (the probability of the given label: low is suspect) and ``likely``
@@ -91,10 +106,7 @@ def class_issues(probs: np.ndarray, labels: np.ndarray) -> ClassAudit:
     n, k = probs.shape
     thresholds = class_thresholds(probs, labels)
     joint = confident_joint(probs, labels, thresholds)
-    counts = np.bincount(labels, minlength=k)
-    # calibrate: each row sums to its class's label count, so the off-diagonal counts estimate the flips
-    rows = joint.sum(axis=1, keepdims=True)
-    calibrated = np.where(rows > 0, joint / np.maximum(rows, 1) * counts[:, None], 0.0)
+    calibrated = _calibrated(joint, np.bincount(labels, minlength=k))
     given = probs[np.arange(n), labels]
     issue = np.zeros(n, dtype=bool)
     likely = labels.copy()
@@ -173,6 +185,26 @@ def mask_thresholds(cases) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
 
 
+def mask_noise(cases, thresholds: np.ndarray) -> np.ndarray:
+    """``(K, K)`` estimated label noise of the masks: ``T[i, j]``, the share of the pixels truly of class ``j`` that
+    are labelled ``i`` (each column sums to 1). From the confident joint of the pixels of ``cases`` (read as
+    :func:`mask_thresholds` reads them) under ``thresholds``, calibrated to the label counts, with one pseudo-pixel
+    in every cell so that no kind of error is ruled out."""
+    joint: np.ndarray | None = None
+    counts: np.ndarray | None = None
+    for probs, label, roi in cases:
+        p, y = _pixels(probs, label, roi)
+        k = p.shape[1]
+        if joint is None or counts is None:
+            joint, counts = np.zeros((k, k)), np.zeros(k)
+        joint += confident_joint(p, y, thresholds)
+        counts += np.bincount(y, minlength=k)[:k]
+    if joint is None or counts is None:
+        raise ValueError("no cases to estimate the noise from")
+    calibrated = _calibrated(joint, counts) + 1.0
+    return calibrated / calibrated.sum(axis=0, keepdims=True)
+
+
 @dataclass(frozen=True)
 class MaskAudit:
     """One mask's audit: ``suspects`` (the mask's shape, uint8: 0 believed, 1 missed structure (labelled background,
@@ -183,6 +215,7 @@ class MaskAudit:
 
     suspects: np.ndarray
     score: np.ndarray
+    suspicion: np.ndarray
     quality: float
     corrected: np.ndarray
 
@@ -196,10 +229,15 @@ class MaskAudit:
 
 
 def mask_suspects(
-    probs: np.ndarray, label: np.ndarray, thresholds: np.ndarray, roi: np.ndarray | None = None
+    probs: np.ndarray,
+    label: np.ndarray,
+    thresholds: np.ndarray,
+    roi: np.ndarray | None = None,
+    noise: np.ndarray | None = None,
 ) -> MaskAudit:
     """Audit one mask ``label`` (integer classes, 0 background) against out-of-sample ``probs`` (the foreground map,
-    or ``(K, *spatial)``) with the data set's ``thresholds`` (:func:`mask_thresholds`), inside ``roi``."""
+    or ``(K, *spatial)``) with the data set's ``thresholds`` (:func:`mask_thresholds`) and ``noise``
+    (:func:`mask_noise`; without it the suspicion is one minus the self-confidence), inside ``roi``."""
     label = np.asarray(label)
     p, y = _pixels(probs, label, roi)
     inside = np.ones(label.shape, dtype=bool) if roi is None else np.asarray(roi, dtype=bool)
@@ -209,11 +247,18 @@ def mask_suspects(
     suspects = np.zeros(label.shape, dtype=np.uint8)
     suspects[inside] = np.where(flagged, code, 0)
     score = np.ones(label.shape)
-    score[inside] = p[np.arange(len(y)), y]
+    given = p[np.arange(len(y)), y]
+    score[inside] = given
+    suspicion = np.zeros(label.shape)
+    if noise is None:
+        suspicion[inside] = 1 - given
+    else:
+        likely = p * np.asarray(noise)[y]  # p_j T[label, j]: how likely each true class made this label
+        suspicion[inside] = 1 - likely[np.arange(len(y)), y] / np.maximum(likely.sum(axis=1), 1e-12)
     foreground = 1 - p[:, 0]
     labelled = (y > 0).astype(np.float64)
     total = foreground.sum() + labelled.sum()
     quality = float(2 * (foreground * labelled).sum() / total) if total > 0 else float("nan")
     corrected = label.copy()
     corrected[inside] = np.where(flagged, confident, y)
-    return MaskAudit(suspects=suspects, score=score, quality=quality, corrected=corrected)
+    return MaskAudit(suspects=suspects, score=score, suspicion=suspicion, quality=quality, corrected=corrected)

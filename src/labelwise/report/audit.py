@@ -1,4 +1,5 @@
-"""The page of ``labelwise audit``: the worst cases first, their scores and image | mask | suspects figures."""
+"""The page of ``labelwise audit``: the worst cases first, their scores, the estimated noise and image | mask |
+suspects | suspicion figures."""
 
 from __future__ import annotations
 
