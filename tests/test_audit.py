@@ -270,6 +270,53 @@ def test_the_run_report_links_to_its_audits_also_after_the_run_moved(bars, tmp_p
     assert rows[0][0] is None and "page not found" in rows[0][1] and rows[1][0] is not None
 
 
+def test_a_calibrated_run_is_audited_on_probabilities_recentred_on_its_threshold(bars, tmp_path):
+    """A run whose threshold was calibrated away from 0.5 (here set to 0.3 in a copy's inference.json, as
+    ``threshold: calibrate`` writes it) decides its masks at 0.3; the audit weighs the labels against its
+    probabilities with the foreground's logit moved by the threshold's, which audit.json and the page state. The
+    suspicion is checked by hand from the saved (raw) probabilities."""
+    import shutil
+
+    root, run, noisy = bars
+    mine = root / "run-calibrated"  # beside the run: its config names the training data relative to its folder
+    shutil.copytree(run, mine)
+    spec = json.loads((mine / "inference.json").read_text())
+    spec["inference"] |= {"threshold": "calibrate", "calibrated_threshold": 0.3}
+    (mine / "inference.json").write_text(json.dumps(spec))
+    out = tmp_path / "audit"
+    code, text = invoke_cli("audit", str(mine), "--input", str(noisy), "--out", str(out), *UNSEEN)
+    assert code == 0, text
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["decision_thresholds"] == {"run": 0.3}
+    noise = np.array(summary["noise"])
+    for row in rows_of(out / "cases.csv"):
+        label = read_volume(root / "noisy" / "labels" / f"{row['id']}.png", mask=True).array.astype(np.int64)
+        p = np.load(out / "probabilities" / f"{row['id']}.npy").astype(np.float64)
+        logit = np.log(np.clip(p[1], 1e-12, 1) / np.clip(p[0], 1e-12, 1)) - np.log(0.3 / 0.7)
+        fg = 1 / (1 + np.exp(-logit))
+        given, other = np.where(label == 1, fg, 1 - fg), np.where(label == 1, 1 - fg, fg)
+        expected = 1 - given * noise[label, label] / (given * noise[label, label] + other * noise[label, 1 - label])
+        suspicion = read_volume(out / "suspicion" / f"{row['id']}.png").array[0]
+        np.testing.assert_allclose(suspicion, expected, atol=1 / 255 + 1e-3)  # an 8-bit PNG
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto((out / "report.html").resolve().as_uri())
+            said = page.locator("#recentred").inner_text()
+            assert "recentred" in said and "run 0.3" in said, said
+        finally:
+            browser.close()
+    # the run itself takes the argmax: nothing recentred, nothing said
+    plain = tmp_path / "plain"
+    assert invoke_cli("audit", str(run), "--input", str(noisy), "--out", str(plain), *UNSEEN)[0] == 0
+    assert json.loads((plain / "audit.json").read_text())["decision_thresholds"] == {"run": None}  # an argmax
+    assert "recentred" not in (plain / "report.html").read_text()
+
+
 def test_a_moved_run_is_audited_from_its_recorded_cases(bars, tmp_path):
     """A run moved away from its data (its config names the manifest relative to its old folder) still knows what
     it trained on: ``cases.json`` holds the manifest's absolute path and every split's ids, so the audit of its own

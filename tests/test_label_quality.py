@@ -14,6 +14,7 @@ from labelwise.metrics.label_quality import (
     mask_suspects,
     mask_thresholds,
     multilabel_issues,
+    recentred,
 )
 
 PROBS = np.array(
@@ -137,6 +138,27 @@ def test_suspicion_is_the_posterior_of_a_wrong_label():
     # without a noise estimate: one minus the probability of the label
     audit = mask_suspects(probs, np.zeros((1, 5), int), t)
     np.testing.assert_allclose(audit.suspicion[0], p1)
+
+
+def test_recentred_decides_at_one_half_as_the_threshold_did():
+    """Two classes: the foreground's logit minus the threshold's, by hand; three classes: ``1 - p_0 > 0.5`` after
+    exactly where ``1 - p_0 > t`` before, the foreground classes keep their ratios and every pixel sums to 1."""
+    rng = np.random.default_rng(0)
+    p1 = rng.uniform(0.001, 0.999, (7, 9))
+    t = 0.9
+    shifted = recentred(np.stack([1 - p1, p1]), t)
+    logit = np.log(p1 / (1 - p1)) - np.log(t / (1 - t))
+    np.testing.assert_allclose(shifted[1], 1 / (1 + np.exp(-logit)), rtol=1e-10)
+    np.testing.assert_allclose(shifted.sum(axis=0), 1)
+    probs = rng.dirichlet([1.0, 1.0, 1.0], size=(50, 40)).transpose(2, 0, 1)  # (3, 50, 40)
+    for t in (0.05, 0.3, 0.7, 0.97):
+        moved = recentred(probs, t)
+        np.testing.assert_array_equal(1 - moved[0] > 0.5, 1 - probs[0] > t)
+        np.testing.assert_allclose(moved.sum(axis=0), 1)
+        np.testing.assert_allclose(moved[1] / moved[2], probs[1] / probs[2])
+    assert recentred(probs, None) is probs and recentred(probs, 0.5) is probs
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        recentred(probs, 1.0)
 
 
 def test_suspicion_ranks_the_class_the_masks_get_wrong_first():

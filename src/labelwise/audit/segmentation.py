@@ -10,9 +10,13 @@ Written under ``out``::
                               confidently background), 3 swapped between foreground classes
     figures/<id>.png          image | mask | suspects over the image, for the worst cases
     report.html               the worst cases, their scores and figures
-    audit.json                the thresholds, the estimated noise (``noise[i][j]``: the share of class j's pixels
-                              labelled i), the counts and where each case's probabilities came from
-    probabilities/<id>.npy    the out-of-sample class probabilities (float16; reused by a resumed audit)
+    audit.json                the threshold each run (or fold run) decides its masks by, the probabilities'
+                              recentring (:func:`~labelwise.metrics.label_quality.recentred`, before anything is
+                              weighed); the confident-learning thresholds, the estimated noise (``noise[i][j]``:
+                              the share of class j's pixels labelled i), the counts and where each case's
+                              probabilities came from
+    probabilities/<id>.npy    the out-of-sample class probabilities as the run gave them (float16; reused by a
+                              resumed audit)
     folds/                    with --folds: the cross-fitted runs (see :mod:`labelwise.audit.folds`)
 
 With ``fix``, ``fix/manifest.csv`` is the input manifest with every suspect flipped to its confident class in
@@ -36,7 +40,14 @@ from labelwise.errors import DataError, LabelwiseError
 from labelwise.inference.figures import mask_overlay_rgb, write_png
 from labelwise.inference.run import RunModel, load_run
 from labelwise.io import atomic_open, atomic_write
-from labelwise.metrics.label_quality import SWAPPED, MaskAudit, mask_noise, mask_suspects, mask_thresholds
+from labelwise.metrics.label_quality import (
+    SWAPPED,
+    MaskAudit,
+    mask_noise,
+    mask_suspects,
+    mask_thresholds,
+    recentred,
+)
 from labelwise.metrics.surface import split_ignored
 from labelwise.report.audit import build_audit_page
 
@@ -141,11 +152,14 @@ def audit_masks(
     probabilities = out / "probabilities"
     started = time.perf_counter()
     save_probabilities(run, labelled, source, probabilities, report)
+    decisions = {
+        where: decision_threshold(run if where == run_dir else load_run(where)) for where in set(source.values())
+    }
 
     def items():
         for case in labelled:
             label = read_volume(case.label, mask=True, ignore=run.ignore)
-            probs = np.load(probabilities / f"{case.id}.npy").astype(np.float32)
+            probs = recentred(np.load(probabilities / f"{case.id}.npy").astype(np.float32), decisions[source[case.id]])
             if probs.shape[1:] != label.array.shape:
                 raise DataError(
                     f"{case.label}: mask of shape {label.array.shape}, but its image {case.image} has {probs.shape[1:]}"
@@ -176,7 +190,7 @@ def audit_masks(
                 "extra": result.extra,
                 "swapped": int((result.suspects == SWAPPED).sum()),
                 "label_voxels": int((label.array > 0).sum()),
-                "probabilities": "run" if source[case.id] == run_dir else source[case.id].parent.name,
+                "probabilities": _source_name(source[case.id], run_dir),
             }
         )
         audits[case.id] = result
@@ -194,6 +208,7 @@ def audit_masks(
         "run": str(run_dir),
         "input": str(manifest) if manifest is not None else None,
         "folds": folds,
+        "decision_thresholds": {_source_name(where, run_dir): t for where, t in sorted(decisions.items())},
         "thresholds": [float(t) for t in thresholds],
         "noise": [[float(v) for v in row] for row in noise],
         "cases": len(rows),
@@ -212,6 +227,18 @@ def audit_masks(
         f"pixels; worst {rows[0]['id']} (quality {rows[0]['quality']:.3f}); {out / 'report.html'}"
     )
     return summary
+
+
+def decision_threshold(model: RunModel) -> float | None:
+    """The threshold on the foreground probability by which ``model`` decides its masks (its calibrated or configured
+    one, two classes), None where it takes the argmax or decides per case (Otsu): the probabilities are recentred on
+    it (:func:`~labelwise.metrics.label_quality.recentred`) before they are weighed against the labels."""
+    used = model.method.segment_threshold(int(model.spec["network"]["out_channels"]))
+    return float(used) if isinstance(used, int | float) else None
+
+
+def _source_name(where: Path, run_dir: Path) -> str:
+    return "run" if where == run_dir else where.parent.name
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

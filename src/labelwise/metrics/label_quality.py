@@ -39,6 +39,7 @@ __all__ = [
     "mask_suspects",
     "mask_thresholds",
     "multilabel_issues",
+    "recentred",
 ]
 
 MISSED, EXTRA, SWAPPED = 1, 2, 3  # values of a suspect map: 0 where the label is believed
@@ -166,6 +167,26 @@ def _pixels(probs: np.ndarray, label: np.ndarray, roi: np.ndarray | None) -> tup
     if inside.shape != label.shape:
         raise ValueError(f"roi {inside.shape} does not match the mask {label.shape}")
     return probs[:, inside].T, label[inside].astype(np.int64)
+
+
+def recentred(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    """``(K, *spatial)`` class probabilities reweighed so that 0.5 decides as ``threshold`` did: a run that calls a
+    pixel foreground where ``1 - p_0 > threshold`` (the run's threshold, :meth:`labelwise.methods.base.Method.
+    segment_threshold`) calls it so where the reweighed ``1 - p_0 > 0.5``. The background's odds are multiplied by
+    ``threshold / (1 - threshold)`` and the classes renormalised (with two classes: the foreground's logit minus the
+    threshold's). A run whose threshold was calibrated on validation masks of the quality wanted learnt the training
+    masks' systematic error (borders too wide or too narrow) as a shift of its probabilities; the reweighing takes the
+    shift out, so that confident learning weighs the labels against the masks wanted rather than the masks given.
+    ``threshold`` None (an argmax) or 0.5 leaves ``probs`` as they are."""
+    probs = np.asarray(probs)
+    if threshold is None or threshold == 0.5:
+        return probs
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"a threshold strictly between 0 and 1 is needed, got {threshold}")
+    weights = np.ones((probs.shape[0],) + (1,) * (probs.ndim - 1), dtype=np.float64)
+    weights[0] = threshold / (1 - threshold)
+    weighed = probs.astype(np.float64) * weights
+    return (weighed / np.maximum(weighed.sum(axis=0, keepdims=True), 1e-300)).astype(probs.dtype)
 
 
 def mask_thresholds(cases) -> np.ndarray:
