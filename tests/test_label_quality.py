@@ -6,6 +6,7 @@ import pytest
 from labelwise.metrics.label_quality import (
     EXTRA,
     MISSED,
+    SWAPPED,
     class_issues,
     class_thresholds,
     confident_class,
@@ -184,6 +185,32 @@ def test_suspicion_ranks_the_class_the_masks_get_wrong_first():
     assert audit.suspicion[unsure].min() > audit.suspicion[label == 0].max()
     plain = mask_suspects(probs, label, t)
     assert plain.suspicion[unsure].min() < plain.suspicion[label == 0].max()
+
+
+def test_with_a_noise_estimate_the_suspects_are_bayes_decision():
+    """Given the noise, a pixel is a suspect where another class is likelier than its label under the posterior
+    (two classes: where the suspicion exceeds one half), and the fix gives it that class; by hand on three classes,
+    where the confident class would say otherwise."""
+    p1 = np.linspace(0.02, 0.98, 49).reshape(7, 7)
+    label = (np.indices((7, 7)).sum(axis=0) % 2).astype(np.int64)
+    noise = np.array([[0.9, 0.4], [0.1, 0.6]])
+    audit = mask_suspects(p1, label, np.array([0.5, 0.5]), noise=noise)
+    np.testing.assert_array_equal(audit.suspects > 0, audit.suspicion > 0.5)
+    np.testing.assert_array_equal(audit.corrected, np.where(audit.suspicion > 0.5, 1 - label, label))
+    np.testing.assert_array_equal(
+        audit.suspects[audit.suspicion > 0.5], np.where(label == 0, MISSED, EXTRA)[audit.suspicion > 0.5]
+    )
+    # three classes, one pixel each labelled 1: p = (0.2, 0.35, 0.45); T[1, :] = (0.05, 0.8, 0.3)
+    probs = np.array([[0.2], [0.35], [0.45]])[:, :, None]  # (3, 1, 1)
+    noise3 = np.array([[0.9, 0.1, 0.1], [0.05, 0.8, 0.3], [0.05, 0.1, 0.6]])
+    likely = np.array([0.2 * 0.05, 0.35 * 0.8, 0.45 * 0.3])  # 0.01, 0.28, 0.135: class 1 stays likeliest
+    audit = mask_suspects(probs, np.ones((1, 1), int), np.array([0.1, 0.3, 0.4]), noise=noise3)
+    assert audit.suspects[0, 0] == 0 and audit.suspicion[0, 0] == pytest.approx(1 - likely[1] / likely.sum())
+    # (the confident class, by the thresholds alone, is 2: 0.45 >= 0.4 and the most probable)
+    assert confident_class(probs[:, 0, 0][None], np.array([0.1, 0.3, 0.4]))[0] == 2
+    noise3[1] = [0.05, 0.3, 0.8]  # labels 1 that are truly 2 are common: 2 is now likeliest, a swap
+    audit = mask_suspects(probs, np.ones((1, 1), int), np.array([0.1, 0.3, 0.4]), noise=noise3)
+    assert audit.suspects[0, 0] == SWAPPED and audit.corrected[0, 0] == 2
 
 
 def test_mask_suspects_stay_inside_the_roi_and_order_cases_by_quality():

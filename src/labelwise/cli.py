@@ -771,7 +771,7 @@ def audit(
         Path | None,
         typer.Option(
             help="also write a corrected copy, ready for labelwise train: FIX/manifest.csv with each suspect pixel "
-            "flipped to its confident class in FIX/labels/, or FIX/table.csv with the flagged class labels replaced "
+            "flipped to its likeliest class in FIX/labels/, or FIX/table.csv with the flagged class labels replaced "
             "(the original files are never written)"
         ),
     ] = None,
@@ -784,7 +784,7 @@ def audit(
     ] = "relabel",
 ) -> None:
     """Find suspect labels where they disagree with the run's out-of-sample probabilities (confident learning): in
-    masks, missed structure (confidently foreground, labelled background) and extra (the reverse); in class labels,
+    masks, missed structure (likelier foreground, labelled background) and extra (the reverse); in class labels,
     the samples whose label is likely another. A quality score per case or sample, the worst on a page, and with
     --fix a corrected copy. The run's probabilities are out of sample only for what it did not train on; its
     training cases need --folds K."""

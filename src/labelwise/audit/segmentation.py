@@ -6,8 +6,9 @@ Written under ``out``::
                               model's probabilities inside the roi; 1 where they agree), missed / extra / swapped
                               suspect pixels, where its probabilities came from (the run, or fold k)
     suspects/<id>.<suffix>    the suspect map in the mask's format and geometry: 0 believed, 1 missed structure
-                              (labelled background, confidently foreground), 2 extra (labelled foreground,
-                              confidently background), 3 swapped between foreground classes
+                              (labelled background, likelier foreground), 2 extra (labelled foreground,
+                              likelier background), 3 swapped between foreground classes (likelier under the
+                              posterior of :func:`~labelwise.metrics.label_quality.mask_suspects`)
     figures/<id>.png          image | mask | suspects over the image, for the worst cases
     report.html               the worst cases, their scores and figures
     audit.json                the threshold each run (or fold run) decides its masks by, the probabilities'
@@ -19,7 +20,7 @@ Written under ``out``::
                               resumed audit)
     folds/                    with --folds: the cross-fitted runs (see :mod:`labelwise.audit.folds`)
 
-With ``fix``, ``fix/manifest.csv`` is the input manifest with every suspect flipped to its confident class in
+With ``fix``, ``fix/manifest.csv`` is the input manifest with every suspect flipped to its likeliest class in
 ``fix/labels/<id>.<suffix>`` (the originals are never written) and columns saying what changed per case."""
 
 from __future__ import annotations

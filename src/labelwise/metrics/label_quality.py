@@ -11,16 +11,17 @@ Confident learning (Northcutt, Jiang and Chuang, JAIR 2021) in numpy, for class 
 For class labels, :func:`class_issues` flags, for every pair ``i != j``, as many samples labelled ``i`` as the
 calibrated joint puts in ``C[i, j]``: those with the largest margin ``p_j - p_i`` (pruning by noise rate). For masks
 every pixel is a sample; :func:`mask_thresholds` pools the thresholds over all the cases (a case alone is too few
-thin-structure pixels), and :func:`mask_suspects` flags the pixels whose confident class is not their label. The
-quality of a mask is the soft Dice of its foreground with the model's probabilities inside the roi: a mask the model
-agrees with scores 1.
+thin-structure pixels). The quality of a mask is the soft Dice of its foreground with the model's probabilities inside
+the roi: a mask the model agrees with scores 1.
 
 Each pixel also gets a *suspicion*, the probability that its label is wrong, to rank pixels by. The masks' noise is
 estimated from the pooled confident joint (:func:`mask_noise`: ``T[i, j]``, the share of the pixels truly of class ``j``
 that are labelled ``i``), and a pixel labelled ``i`` with out-of-sample probabilities ``p`` is wrong with the posterior
 probability ``1 - p_i T[i, i] / sum_j p_j T[i, j]``. With two classes, within one label this orders the pixels as their
 self-confidence ``p_i`` does; across classes it weighs each by how often that label was found wrong, so masks drawn too
-wide rank their labelled foreground first and masks that miss structure their background."""
+wide rank their labelled foreground first and masks that miss structure their background. :func:`mask_suspects` flags
+a pixel where the posterior makes another class likelier than its label (Bayes' decision under the estimated noise;
+without an estimate, where its confident class is not its label) and corrects it to that class."""
 
 from __future__ import annotations
 
@@ -229,10 +230,11 @@ def mask_noise(cases, thresholds: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class MaskAudit:
     """One mask's audit: ``suspects`` (the mask's shape, uint8: 0 believed, 1 missed structure (labelled background,
-    confidently foreground), 2 extra (labelled foreground, confidently background), 3 swapped between foreground
-    classes); ``score`` per pixel (the probability of the label given: low is suspect; 1 outside the roi);
-    ``quality``, the soft Dice of the labelled foreground with the model's (nan where both are empty);
-    ``corrected``, the mask with every suspect given its confident class."""
+    likelier foreground), 2 extra (labelled foreground, likelier background), 3 swapped between foreground classes);
+    ``score`` per pixel (the probability of the label given: low is suspect; 1 outside the roi); ``suspicion`` (the
+    probability that the label is wrong; 0 outside the roi); ``quality``, the soft Dice of the labelled foreground
+    with the model's (nan where both are empty); ``corrected``, the mask with every suspect given its likeliest
+    class."""
 
     suspects: np.ndarray
     score: np.ndarray
@@ -258,28 +260,34 @@ def mask_suspects(
 ) -> MaskAudit:
     """Audit one mask ``label`` (integer classes, 0 background) against out-of-sample ``probs`` (the foreground map,
     or ``(K, *spatial)``) with the data set's ``thresholds`` (:func:`mask_thresholds`) and ``noise``
-    (:func:`mask_noise`; without it the suspicion is one minus the self-confidence), inside ``roi``."""
+    (:func:`mask_noise`; without it the suspicion is one minus the self-confidence and the suspects are the pixels
+    whose confident class is not their label), inside ``roi``."""
     label = np.asarray(label)
     p, y = _pixels(probs, label, roi)
     inside = np.ones(label.shape, dtype=bool) if roi is None else np.asarray(roi, dtype=bool)
-    confident = confident_class(p, thresholds)
-    flagged = (confident >= 0) & (confident != y)
-    code = np.where(y == 0, MISSED, np.where(confident == 0, EXTRA, SWAPPED))
+    rows = np.arange(len(y))
+    given = p[rows, y]
+    if noise is None:
+        wrong = 1 - given
+        likeliest = confident_class(p, thresholds)
+        flagged = (likeliest >= 0) & (likeliest != y)
+    else:
+        likely = p * np.asarray(noise)[y]  # p_j T[label, j]: how likely each true class made this label
+        posterior = likely / np.maximum(likely.sum(axis=1, keepdims=True), 1e-12)
+        wrong = 1 - posterior[rows, y]
+        likeliest = posterior.argmax(axis=1)
+        flagged = posterior[rows, likeliest] > posterior[rows, y]  # Bayes' decision: another class is likelier
+    code = np.where(y == 0, MISSED, np.where(likeliest == 0, EXTRA, SWAPPED))
     suspects = np.zeros(label.shape, dtype=np.uint8)
     suspects[inside] = np.where(flagged, code, 0)
     score = np.ones(label.shape)
-    given = p[np.arange(len(y)), y]
     score[inside] = given
     suspicion = np.zeros(label.shape)
-    if noise is None:
-        suspicion[inside] = 1 - given
-    else:
-        likely = p * np.asarray(noise)[y]  # p_j T[label, j]: how likely each true class made this label
-        suspicion[inside] = 1 - likely[np.arange(len(y)), y] / np.maximum(likely.sum(axis=1), 1e-12)
+    suspicion[inside] = wrong
     foreground = 1 - p[:, 0]
     labelled = (y > 0).astype(np.float64)
     total = foreground.sum() + labelled.sum()
     quality = float(2 * (foreground * labelled).sum() / total) if total > 0 else float("nan")
     corrected = label.copy()
-    corrected[inside] = np.where(flagged, confident, y)
+    corrected[inside] = np.where(flagged, likeliest, y)
     return MaskAudit(suspects=suspects, score=score, suspicion=suspicion, quality=quality, corrected=corrected)
