@@ -52,7 +52,7 @@ from labelwise.metrics.label_quality import (
 from labelwise.metrics.surface import split_ignored
 from labelwise.report.audit import build_audit_page
 
-__all__ = ["audit_masks", "case_probabilities", "run_cases", "save_probabilities"]
+__all__ = ["audit_masks", "case_probabilities", "decision_threshold", "run_cases", "save_probabilities"]
 
 
 def run_cases(run_dir: Path) -> list[Case]:
