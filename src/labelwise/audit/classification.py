@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from labelwise.audit.folds import fold_runs, run_data, split_seen, training_ids
+from labelwise.audit.folds import fold_runs, run_data, source_name, split_seen, training_ids
 from labelwise.config import load_config
 from labelwise.data.table import Table, read_rows, read_table, write_table
 from labelwise.data.volumes import read_volume
@@ -102,7 +102,7 @@ def audit_labels(
         wanted = {data.ids[i] for i in chosen if source[data.ids[i]] == where}
         model = run if where == run_dir else load_run(where)
         report(f"probabilities of {len(wanted)} sample(s) from {'the run' if where == run_dir else where.parent.name}")
-        found = _probabilities(model, path, None, out / "scratch" / (where.parent.name if where != run_dir else "run"))
+        found = _probabilities(model, path, None, out / "scratch" / source_name(where, run_dir))
         probs.update({i: found[i] for i in wanted})
         kept_ids = sorted(probs)
         np.savez(cache, id=np.array(kept_ids), probability=np.stack([probs[i] for i in kept_ids]))
@@ -125,7 +125,7 @@ def audit_labels(
             "issue": int(audit.issue[n]),
             "label": label_text(given[n]),
             "likely": label_text(audit.likely[n]),
-            "probabilities": "run" if source[data.ids[i]] == run_dir else source[data.ids[i]].parent.name,
+            "probabilities": source_name(source[data.ids[i]], run_dir),
         }
         for n, i in enumerate(chosen)
     ]

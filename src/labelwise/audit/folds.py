@@ -22,7 +22,7 @@ from labelwise.data.table import write_table
 from labelwise.errors import LabelwiseError
 from labelwise.io import atomic_write
 
-__all__ = ["assign_folds", "fold_runs", "run_data", "split_seen", "training_ids", "write_manifest_rows"]
+__all__ = ["assign_folds", "fold_runs", "run_data", "source_name", "split_seen", "training_ids", "write_manifest_rows"]
 
 
 def run_data(run_dir: Path) -> Path:
@@ -206,3 +206,9 @@ def _status(run: Path) -> str | None:
         return "interrupted"
     shutil.rmtree(run, ignore_errors=True)
     return None
+
+
+def source_name(where: Path, run_dir: Path) -> str:
+    """How an audit names where a case's probabilities came from: ``run`` (the audited run) or its fold (``fold-k``,
+    the folder above a fold run)."""
+    return "run" if where == run_dir else where.parent.name

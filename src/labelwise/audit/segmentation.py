@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from labelwise.audit.folds import fold_runs, run_data, split_seen, training_ids, write_manifest_rows
+from labelwise.audit.folds import fold_runs, run_data, source_name, split_seen, training_ids, write_manifest_rows
 from labelwise.data.manifest import Case, read_manifest
 from labelwise.data.volumes import Volume, from_grid, read_volume, suffix_of, write_volume
 from labelwise.errors import DataError, LabelwiseError
@@ -191,7 +191,7 @@ def audit_masks(
                 "extra": result.extra,
                 "swapped": int((result.suspects == SWAPPED).sum()),
                 "label_voxels": int((label.array > 0).sum()),
-                "probabilities": _source_name(source[case.id], run_dir),
+                "probabilities": source_name(source[case.id], run_dir),
             }
         )
         audits[case.id] = result
@@ -209,7 +209,7 @@ def audit_masks(
         "run": str(run_dir),
         "input": str(manifest) if manifest is not None else None,
         "folds": folds,
-        "decision_thresholds": {_source_name(where, run_dir): t for where, t in sorted(decisions.items())},
+        "decision_thresholds": {source_name(where, run_dir): t for where, t in sorted(decisions.items())},
         "thresholds": [float(t) for t in thresholds],
         "noise": [[float(v) for v in row] for row in noise],
         "cases": len(rows),
@@ -236,10 +236,6 @@ def decision_threshold(model: RunModel) -> float | None:
     it (:func:`~labelwise.metrics.label_quality.recentred`) before they are weighed against the labels."""
     used = model.method.segment_threshold(int(model.spec["network"]["out_channels"]))
     return float(used) if isinstance(used, int | float) else None
-
-
-def _source_name(where: Path, run_dir: Path) -> str:
-    return "run" if where == run_dir else where.parent.name
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
