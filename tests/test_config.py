@@ -138,20 +138,24 @@ def test_the_shipped_drive_ds6_config_is_what_benchmarks_ds6_drive_measured():
 
 
 def test_the_noisy_mask_default_is_the_clean_recipe_with_a_calibrated_threshold_and_trains(tmp_path, capfd):
-    """configs/drive-noisy.yaml is configs/drive-unet-mss.yaml with ``threshold: calibrate`` and
-    ``data.sparse_masks`` (what benchmarks/noise_matrix.py measured as ``noisy``); it reloads and trains a few steps on
-    vessel pictures, and the run's inference.json holds the threshold chosen on the validation case."""
+    """configs/drive-noisy.yaml is configs/drive-unet-mss.yaml with ``threshold: calibrate``, ``scales: [1.0, 1.5]``
+    and ``data.sparse_masks`` (what benchmarks/noise_matrix.py measured as ``noisy``); it reloads and trains a few
+    steps on vessel pictures, and the run's inference.json holds the threshold chosen on the validation case and the
+    scales, which a moved run predicts with."""
     import json
+
+    import torch
 
     from labelwise.data.manifest import read_manifest
     from labelwise.data.synth.vessels import write_vessels
     from labelwise.data.volumes import read_volume, write_volume
+    from labelwise.inference.run import load_run
     from labelwise.training import train
 
     shipped = load_config(REPO / "configs" / "drive-noisy.yaml", check_files=False).to_dict()
     clean = load_config(
         REPO / "configs" / "drive-unet-mss.yaml",
-        ["method.threshold=calibrate", "data.sparse_masks=0.1", "name=drive-noisy"],
+        ["method.threshold=calibrate", "method.scales=[1.0,1.5]", "data.sparse_masks=0.1", "name=drive-noisy"],
         check_files=False,
     ).to_dict()
     assert shipped == clean
@@ -178,8 +182,17 @@ def test_the_noisy_mask_default_is_the_clean_recipe_with_a_calibrated_threshold_
     assert f"left out of training: {skipped.id}" in capfd.readouterr().err
     spec = json.loads((tmp_path / "run" / "inference.json").read_text())["inference"]
     assert spec["threshold"] == "calibrate" and 0 < spec["calibrated_threshold"] < 1
+    assert spec["scales"] == [1.0, 1.5]
     scores = json.loads((tmp_path / "run" / "predictions" / "test" / "segmentation.json").read_text())
     assert scores["references"]["label"]["cases"]
+    (tmp_path / "run").rename(tmp_path / "moved")
+    model = load_run(tmp_path / "moved")
+    assert model.method.scales == (1.0, 1.5)
+    test = next(c for c in read_manifest(manifest) if c.split == "test")
+    saved = np.load(tmp_path / "moved" / "predictions" / "test" / "probabilities" / f"{test.id}.npy")
+    image = torch.from_numpy(model.read(test.image).array)[None]
+    probability, _, _ = model.segment(model.logits(image))
+    np.testing.assert_allclose(probability[0].numpy().reshape(saved.shape), saved, atol=1e-5)
 
 
 def test_calibrate_without_validation_cases_keeps_the_plain_threshold_and_says_so(tmp_path):

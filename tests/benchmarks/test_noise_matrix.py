@@ -130,8 +130,8 @@ def test_options_tag_variants_and_scale_pixel_strengths():
 
 
 def test_noisy_shares_unet_mss_training_only_where_no_mask_is_sparse(tmp_path):
-    """configs/drive-noisy.yaml differs from drive-unet-mss.yaml in the threshold and data.sparse_masks: one training
-    serves both cells unless some training mask is sparse (then the two train different cases)."""
+    """A noisy-mask config that differs from drive-unet-mss.yaml only in the threshold and data.sparse_masks: one
+    training serves both cells unless some training mask is sparse (then the two train different cases)."""
     import numpy as np
 
     from labelwise.data.volumes import write_volume
@@ -150,10 +150,12 @@ def test_noisy_shares_unet_mss_training_only_where_no_mask_is_sparse(tmp_path):
         (folder / "m.csv").write_text("\n".join(rows) + "\n")
         return folder / "m.csv"
 
-    args = nm.parse_args(["--datasets", "drive"])
     assert (
         nm.sparse_training_masks(manifest(True), 0.1) == ["c1"] and nm.sparse_training_masks(manifest(False), 0.1) == []
     )
+    # the shipped default also predicts magnified (method.scales), so its saved probabilities are not U-Net MSS's
+    assert not nm.shares_training("drive", "noisy", "unet-mss", nm.parse_args(["--datasets", "drive"]), manifest(False))
+    args = nm.parse_args(["--datasets", "drive", "--set", "noisy:method.scales=[1.0]", "--tag", "one"])
     assert nm.shares_training("drive", "noisy", "unet-mss", args, manifest(False))
     assert not nm.shares_training("drive", "noisy", "unet-mss", args, manifest(True))
     assert not nm.shares_training("drive", "noisy", "unet-mss", args)  # manifest unknown: train both

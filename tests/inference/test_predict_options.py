@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from skimage.morphology import remove_small_objects
 
 from labelwise.config import load_config
 from labelwise.data.datasets import DataBundle
-from labelwise.errors import LabelwiseError
+from labelwise.errors import ConfigError, LabelwiseError
 from labelwise.methods import METHODS
-from labelwise.models.outputs import remove_small_components
+from labelwise.models.outputs import most_foreground, remove_small_components
 from labelwise.models.windows import sliding_window_predict
 
 
@@ -28,7 +29,7 @@ def test_small_components_are_removed_per_class_like_skimage():
     assert torch.equal(remove_small_components(labels, 0), labels)
 
 
-def _segmenter(options: dict, dims: int = 2) -> object:
+def _segmenter(options: dict, dims: int = 2, classes: int = 3) -> object:
     cfg = load_config(
         {
             "seed": 0,
@@ -39,7 +40,7 @@ def _segmenter(options: dict, dims: int = 2) -> object:
         }
     )
     data = DataBundle(
-        splits={}, task="segmentation", num_classes=3, in_channels=1, spatial_dims=dims, image_size=(16,) * dims
+        splits={}, task="segmentation", num_classes=classes, in_channels=1, spatial_dims=dims, image_size=(16,) * dims
     )
     torch.manual_seed(0)
     method = METHODS["supervised"](cfg, data)
@@ -59,6 +60,49 @@ def test_tta_is_the_mean_of_the_logits_over_every_flip(dims):
     torch.testing.assert_close(method.predict(image), expected, rtol=1e-5, atol=1e-6)
     method.tta = False
     assert not torch.allclose(method.predict(image), expected)
+
+
+def test_most_foreground_keeps_per_voxel_the_view_likeliest_foreground():
+    # two channels, two voxels: view a says foreground minus background 1 and -2, view b 0.5 and 1
+    a = torch.tensor([[[[0.0, 2.0]], [[1.0, 0.0]]]])
+    b = torch.tensor([[[[1.0, -1.0]], [[1.5, 0.0]]]])
+    expected = torch.tensor([[[[0.0, -1.0]], [[1.0, 0.0]]]])  # voxel 0 from a, voxel 1 from b, both channels
+    assert torch.equal(most_foreground([a, b]), expected)
+    assert torch.equal(most_foreground([b, a]), expected)
+    one = torch.tensor([[[[0.3, -2.0, 5.0]]]])
+    other = torch.tensor([[[[0.1, 1.0, -5.0]]]])
+    assert torch.equal(most_foreground([one, other]), torch.tensor([[[[0.3, 1.0, 5.0]]]]))  # one channel: the max
+    with pytest.raises(ConfigError, match="binary"):
+        most_foreground([torch.zeros(1, 3, 2, 2)] * 2)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_scales_keep_per_voxel_the_magnified_view_surest_of_the_foreground(dims):
+    method = _segmenter({"scales": [1.0, 1.5]}, dims, classes=2)
+    method.window = [16] * dims
+    image = torch.randn(1, 1, *([20] * dims))
+    model = method.networks["model"]
+    mode = "bilinear" if dims == 2 else "trilinear"
+    native = sliding_window_predict(model, image, [16] * dims)
+    big = F.interpolate(image, size=[30] * dims, mode=mode, align_corners=False)
+    back = F.interpolate(
+        sliding_window_predict(model, big, [16] * dims), size=[20] * dims, mode=mode, antialias=dims == 2
+    )
+    take = (back[:, 1] - back[:, 0] > native[:, 1] - native[:, 0]).unsqueeze(1)
+    assert 0 < take.float().mean() < 1  # both views win somewhere
+    predicted = method.predict(image)
+    torch.testing.assert_close(predicted, torch.where(take, back, native), rtol=1e-5, atol=1e-6)
+    foreground = predicted.softmax(1)[:, 1]
+    assert bool((foreground >= native.softmax(1)[:, 1] - 1e-6).all())  # never less sure than the image as it is
+    method.scales = (1.0,)
+    torch.testing.assert_close(method.predict(image), native)
+
+
+def test_scales_are_refused_for_more_than_two_classes():
+    with pytest.raises(ConfigError, match="method.scales"):
+        _segmenter({"scales": [1.0, 1.5]})
+    with pytest.raises(ConfigError, match="method.scales"):
+        _segmenter({"scales": [1.0, 0.0]}, classes=2)
 
 
 def test_the_method_segments_with_its_min_size():

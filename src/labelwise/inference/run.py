@@ -205,6 +205,7 @@ class RunModel:
         settings = self.spec["inference"]
         self.method.tta = bool(settings.get("tta", False) if tta is None else tta)
         self.method.min_size = int(settings.get("min_size", 0) if min_size is None else min_size)
+        self.method.scales = tuple(float(x) for x in settings.get("scales") or [1.0])
         self.method.window_batch = 4 if batch_size is None else int(batch_size)
         if self.method.min_size < 0 or self.method.window_batch < 1:
             raise LabelwiseError(f"min_size must be >= 0 and batch_size >= 1, got {min_size} and {batch_size}")

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, Protocol, cast
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -19,7 +20,7 @@ from labelwise.metrics import segmentation as seg_metrics
 from labelwise.metrics.surface import IGNORE, inside, score_case, scored_classes
 from labelwise.models.backbones import build_backbone, encoder_state, freeze_encoder, load_encoder
 from labelwise.models.config import ModelConfig
-from labelwise.models.outputs import Threshold, remove_small_components, segment
+from labelwise.models.outputs import Threshold, most_foreground, remove_small_components, segment
 from labelwise.models.windows import sliding_window_predict
 from labelwise.settings import OptimizerConfig, TrainerConfig
 
@@ -81,6 +82,7 @@ class Method:
     overlap: float = 0.5  # segmenters: overlap of the sliding windows of predict
     window: list[int] | None = None  # segmenters: sliding-window size of predict (None: the whole image)
     tta: bool = False  # segmenters: average the logits over flips along every spatial axis
+    scales: tuple[float, ...] = (1.0,)  # binary segmenters: magnifications predicted; per voxel the most foreground
     min_size: int = 0  # segmenters: connected components smaller than this (voxels) become background
     window_batch: int = 4  # segmenters: windows per forward pass of predict
     predictor: str | None = "model"  # the network that predicts (what inference loads); None: no classifier head
@@ -172,6 +174,7 @@ class Method:
                 "overlap": self.overlap,
                 "window": self.window,
                 "tta": self.tta,
+                "scales": list(self.scales),
                 "min_size": self.min_size,
             },
         }
@@ -289,15 +292,29 @@ class Method:
         assert self.predictor is not None  # a method without a predictor (pretraining) has its own predict
         model = self.networks[self.predictor]
         if self.data.task == "segmentation":
-            if not self.tta:
-                logits = self._windows(model, image)
-            else:
-                flips = self._flips(image.ndim)
-                total = sum(self._flipped_windows(model, image, f) for f in flips)
-                logits = cast(torch.Tensor, total) / len(flips)  # tensors summed: a tensor (typed "| float")
+            views = [self._magnified(model, image, s) for s in self.scales]
+            logits = views[0] if len(views) == 1 else most_foreground(views)
             return logits if self.temperature == 1.0 else logits / self.temperature
         out = model(image)
         return out[0] if isinstance(out, (tuple, list)) else out
+
+    def _magnified(self, model: nn.Module, image: torch.Tensor, scale: float) -> torch.Tensor:
+        """Logits of ``image`` magnified by ``scale`` (resampled linearly; 1: as it is), with :attr:`tta` the mean
+        over flips, resampled back to the image's grid."""
+        if scale != 1.0:
+            size = image.shape[2:]
+            mode = "bilinear" if image.ndim == 4 else "trilinear"
+            image = F.interpolate(image, scale_factor=scale, mode=mode, align_corners=False)
+        if not self.tta:
+            logits = self._windows(model, image)
+        else:
+            flips = self._flips(image.ndim)
+            total = sum(self._flipped_windows(model, image, f) for f in flips)
+            logits = cast(torch.Tensor, total) / len(flips)  # tensors summed: a tensor (typed "| float")
+        if scale == 1.0:
+            return logits
+        # back to the image's grid; 2D with an anti-aliasing filter (torch has none for 3D)
+        return F.interpolate(logits, size=size, mode=mode, align_corners=False, antialias=image.ndim == 4)
 
     def flip_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Segmentation logits ``(F, B, K, *spatial)`` of a batch under each of the ``F`` combinations of flips of

@@ -58,6 +58,14 @@ class SupervisedOptions(BaseModel):
         description="segmentation inference (end-of-run scores, predict): average the logits "
         "over the flips along every spatial axis (4 passes in 2D, 8 in 3D)",
     )
+    scales: list[float] = Field(
+        [1.0],
+        min_length=1,
+        description="binary segmentation inference (end-of-run scores, calibration, predict): predict each image "
+        "also magnified by these factors (resampled linearly, the logits resampled back) and keep, per voxel, the "
+        "view in which the foreground is likeliest, as a multi-scale filter keeps its strongest scale; structures "
+        "too thin for the network at 1 are found magnified. [1.0]: off",
+    )
     min_size: int = Field(
         0,
         ge=0,
@@ -116,6 +124,13 @@ class Supervised(Method):
                 f"method.self_correct: corrects binary masks (2 classes); the data has {data.num_classes} classes "
                 f"({data.task})"
             )
+        if self.options.scales != [1.0] and (
+            data.task != "segmentation" or data.num_classes != 2 or min(self.options.scales) <= 0
+        ):
+            raise ConfigError(
+                f"method.scales: {self.options.scales}: positive magnifications of binary masks (2 classes); the "
+                f"data has {data.num_classes} classes ({data.task})"
+            )
         if self.options.threshold == "calibrate" and (data.task != "segmentation" or data.num_classes != 2):
             raise ConfigError(
                 "method.threshold: calibrate chooses the threshold of binary masks (2 classes); the data "
@@ -135,6 +150,7 @@ class Supervised(Method):
         self.threshold, self.overlap = self.options.threshold, self.options.overlap
         self.calibration_tolerance = self.options.calibration_tolerance
         self.tta, self.min_size = self.options.tta, self.options.min_size
+        self.scales = tuple(self.options.scales)
         self.window = list(config.data.patch_size) if config.data.patch_size else None  # predict: windows of a patch
 
     def self_corrected(

@@ -5,6 +5,7 @@ functions, so a run predicts after training exactly as it was scored."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -17,6 +18,7 @@ __all__ = [
     "Threshold",
     "activate",
     "flip_uncertainty",
+    "most_foreground",
     "parse_threshold",
     "remove_small_components",
     "segment",
@@ -86,6 +88,20 @@ def segment(logits: torch.Tensor, threshold: Threshold = None) -> tuple[torch.Te
         return probability, foreground.long(), used
     labels = soft[:, 1:].argmax(dim=1) + 1
     return probability, torch.where(foreground, labels, torch.zeros_like(labels)), used
+
+
+def most_foreground(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per voxel, the logits of the view in which the foreground is likeliest: ``views`` are logits
+    ``(B, K, *spatial)`` of the same images seen otherwise (magnified, ...), with one channel (its logit decides) or
+    two (class 1's minus class 0's decides). How a multi-scale filter such as Frangi's keeps the strongest response
+    over its scales."""
+    stacked = torch.stack(list(views))  # (S, B, K, *spatial)
+    channels = stacked.shape[2]
+    if channels > 2:
+        raise ConfigError(f"most_foreground: binary segmentation logits (1 or 2 channels), got {channels}")
+    score = stacked[:, :, 0] if channels == 1 else stacked[:, :, 1] - stacked[:, :, 0]
+    pick = score.argmax(dim=0, keepdim=True).unsqueeze(2).expand(1, *stacked.shape[1:])
+    return stacked.gather(0, pick)[0]
 
 
 def flip_uncertainty(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
