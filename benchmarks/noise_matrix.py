@@ -333,6 +333,8 @@ def shares_training(name: str, a: str, b: str, args, manifest: Path | None = Non
         raw.pop("name", None)
         raw["method"].pop("threshold", None)
         raw["method"].pop("calibration_tolerance", None)
+        if raw["method"].get("scales") == [1.0]:  # the default, written out or not
+            raw["method"].pop("scales")
         share = raw["data"].pop("sparse_masks", 0)
         if share and (manifest is None or sparse_training_masks(manifest, share)):
             return False
