@@ -106,7 +106,7 @@ def _same_as_torch(run_dir: Path, fmt: str, tmp_path: Path, spatial_sizes: list[
     assert sidecar["preprocessing"] == spec["preprocessing"]
     assert sidecar["inference"] == {
         k: spec["inference"][k]
-        for k in ("threshold", "calibrated_threshold", "temperature", "isotonic", "window", "overlap")
+        for k in ("threshold", "calibrated_threshold", "temperature", "isotonic", "window", "overlap", "scales")
     }
     assert sidecar["source"]["run"] == str(run_dir.resolve())
     assert Path(sidecar["source"]["checkpoint"]) == run.checkpoint.resolve()

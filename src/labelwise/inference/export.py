@@ -217,6 +217,11 @@ def _output_note(run: RunModel, channels: int) -> str:
     note = _activation_note(run, channels)
     if temperature != 1.0:  # the network's own logits: predict divides them by the fitted temperature
         note = f"logits; divide them by inference.temperature ({temperature:.4g}), then: " + note
+    if (run.spec["inference"].get("scales") or [1.0]) != [1.0]:  # method.scales: predict's views, not the network's
+        note += (
+            "; predict also runs the network on the input magnified by each of inference.scales (linear "
+            "resampling), resamples those logits back and keeps, per voxel, the view whose foreground is likeliest"
+        )
     if run.spec["inference"].get("isotonic"):  # the mask is decided before the map; the probability goes through it
         note += (
             "; predict's foreground probability is then mapped through inference.isotonic (numpy.interp of the "
@@ -296,7 +301,7 @@ def _sidecar(
         "preprocessing": spec["preprocessing"],
         "inference": {
             key: spec["inference"].get(key)
-            for key in ("threshold", "calibrated_threshold", "temperature", "isotonic", "window", "overlap")
+            for key in ("threshold", "calibrated_threshold", "temperature", "isotonic", "window", "overlap", "scales")
         },
         "source": {"run": str(Path(run.run_dir).resolve()), "checkpoint": str(Path(run.checkpoint).resolve())},
         "checked": {"input_shape": [2, run.in_channels, *check_size], "max_abs_difference": checked},
