@@ -217,7 +217,7 @@ def _output_note(run: RunModel, channels: int) -> str:
     note = _activation_note(run, channels)
     if temperature != 1.0:  # the network's own logits: predict divides them by the fitted temperature
         note = f"logits; divide them by inference.temperature ({temperature:.4g}), then: " + note
-    if (run.spec["inference"].get("scales") or [1.0]) != [1.0]:  # method.scales: predict's views, not the network's
+    if run.method.scales != (1.0,):  # method.scales (as load_run configured it): predict's views, not the network's
         note += (
             "; predict also runs the network on the input magnified by each of inference.scales (linear "
             "resampling), resamples those logits back and keeps, per voxel, the view whose foreground is likeliest"
