@@ -222,3 +222,63 @@ def test_a_fresh_start_over_a_run_with_checkpoints_is_refused(tmp_path, tiny_con
     with pytest.raises(LabelwiseError, match="holds a run's checkpoints already; resume it"):
         train(load_config(tiny_config), tmp_path / "run")
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("select_best", [None, "dice"])
+def test_validation_is_predicted_once_per_weights_and_calibrated_on_the_tested_ones(
+    tmp_path, tiny_config, monkeypatch, select_best
+):
+    """``threshold: calibrate``: the end-of-run validation and the calibration share one prediction of the validation
+    cases when they score the same weights; with ``select_best`` choosing an earlier step, the calibration predicts
+    them again with the tested (best) weights. The threshold is that prediction's best (oracle: scikit-learn's F1 per
+    case at every candidate, averaged; the one nearest 0.5 within the tolerance)."""
+    from conftest import make_set
+    from sklearn.metrics import f1_score
+
+    from labelwise.engine.trainer import Trainer
+
+    def fingerprint(tensors):
+        return tuple(float(v.double().sum()) for _, v in sorted(tensors.items()))
+
+    calls: list[tuple[str, tuple[float, ...], list[torch.Tensor], list[torch.Tensor]]] = []
+    original = Trainer.predict_split
+
+    def spy(self, split):
+        outputs, target = original(self, split)
+        calls.append((split, fingerprint(self.raw_networks["model"].state_dict()), outputs, target))
+        return outputs, target
+
+    monkeypatch.setattr(Trainer, "predict_split", spy)
+    track = Trainer._track_best  # the validation Dice made best at step 2, so that select_best tests earlier weights
+    monkeypatch.setattr(
+        Trainer, "_track_best", lambda self, metrics, step: track(self, {"dice": float(step == 2)}, step)
+    )
+    manifest = make_set(
+        tmp_path / "data", splits=("train",) * 3 + ("val",) * 3 + ("test",), unlabelled=(), shape=(8, 12, 12)
+    )
+    tiny_config["data"] = {"manifest": str(manifest), "task": "segmentation", "patch_size": [8, 8, 8], "batch_size": 2}
+    tiny_config["model"] = {"name": "unet", "channels": [4, 8], "norm": "instance"}
+    tiny_config["method"] = {"name": "supervised", "threshold": "calibrate"}
+    tiny_config["optimizer"] = {"lr": 0.05}  # large steps: the validation loss moves around
+    tiny_config["trainer"].update(val_every=2, max_steps=6, select_best=select_best)
+    config = load_config(tiny_config)
+    train(config, tmp_path / "run")
+    val = [(weights, outputs, target) for split, weights, outputs, target in calls if split == "val"]
+    assert len(val) >= 3 and all(a[0] != b[0] for a, b in zip(val, val[1:]))  # never the same weights twice in a row
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary.get("tested_step") == (2 if select_best else None)
+    tested = load_file(str(run / "checkpoints" / ("best" if select_best else "step-000006") / "model.safetensors"))
+    weights, outputs, target = val[-1]  # the calibration's: the last prediction of the validation cases
+    assert weights == pytest.approx(fingerprint(tested))
+    probability = [(1 - o.float().softmax(0)[0]).numpy() for o in outputs]
+    target = [t.numpy().ravel() > 0 for t in target]
+    candidates = np.arange(1, 100) / 100
+    scores = np.array(
+        [
+            np.mean([f1_score(y.ravel(), p.ravel() > t, zero_division=1.0) for p, y in zip(probability, target)])
+            for t in candidates
+        ]
+    )
+    near = candidates[scores >= scores.max() - 0.005]
+    assert summary["calibration"]["threshold"] == pytest.approx(near[np.argmin(np.abs(near - 0.5))])

@@ -444,9 +444,10 @@ class Trainer:
 
         test: dict[str, float] = {}
         if status == "completed":
-            self._track_best(self._evaluate("val", step, started), step)
+            val = self.predict_split("val") if self._has("val") else None
+            self._track_best(self._evaluate("val", step, started, predicted=val), step)
             tested = self._load_best(step)
-            self._calibrate(tested, started)
+            self._calibrate(tested, started, val if tested == step else None)  # the same weights: not predicted again
             test = self._evaluate("test", tested, started, save_predictions=True)
         if fabric.is_global_zero:
             wall = time.perf_counter() - started
@@ -535,22 +536,23 @@ class Trainer:
             self.run.update_summary(best={"step": step, "metric": name, "value": value})
         self.fabric.barrier()
 
-    def _calibrate(self, step: int, started: float) -> None:
+    def _calibrate(self, step: int, started: float, predicted: tuple[Any, Any] | None = None) -> None:
         """With the weights about to be tested, on the validation cases: a method that fits its temperature
         (``method.temperature: fit``) does so first, then one that chooses its threshold (``method.threshold:
         calibrate``) chooses it on the tempered probabilities, and last one that maps its probabilities
         (``method.isotonic: true``) fits the map on them; ``inference.json`` then holds all three, so predict and
         export apply them too. Without validation cases the method keeps temperature 1, its uncalibrated threshold
-        and no map, and the summary says so."""
+        and no map, and the summary says so. ``predicted``: the validation outputs and targets of these weights, if
+        already predicted."""
         if not (self.method.calibrates or self.method.fits_temperature or self.method.fits_isotonic):
             return
-        if "val" not in self.data.splits or len(self.data.splits["val"]) == 0:
+        if not self._has("val"):
             if self.fabric.is_global_zero:
                 self.run.update_summary(
                     calibration="no validation cases: temperature 1, threshold 0.5 (argmax), no isotonic map"
                 )
             return
-        outputs, target = self.predict_split("val")
+        outputs, target = predicted if predicted is not None else self.predict_split("val")
         dataset = self.data.split("val")
         rois = dataset.rois if isinstance(dataset, VolumeDataset) else None
         record: dict[str, Any] = {"step": step}
@@ -631,10 +633,21 @@ class Trainer:
             outputs.append(self.method.predict(image).float().cpu())
         return torch.cat(outputs), dataset.target
 
-    def _evaluate(self, split: str, step: int, started: float, save_predictions: bool = False) -> dict[str, float]:
-        if split not in self.data.splits or len(self.data.splits[split]) == 0:
+    def _has(self, split: str) -> bool:
+        return split in self.data.splits and len(self.data.splits[split]) > 0
+
+    def _evaluate(
+        self,
+        split: str,
+        step: int,
+        started: float,
+        save_predictions: bool = False,
+        predicted: tuple[Any, Any] | None = None,
+    ) -> dict[str, float]:
+        """Score ``split`` (its outputs and targets ``predicted``, or predicted now) and log the metrics."""
+        if not self._has(split):
             return {}
-        outputs, target = self.predict_split(split)
+        outputs, target = predicted if predicted is not None else self.predict_split(split)
         rois = self.data.split(split).rois if isinstance(self.data.split(split), VolumeDataset) else None
         metrics, predictions = self.method.evaluate(outputs, target, rois=rois)
         if not self.fabric.is_global_zero:
