@@ -259,7 +259,6 @@ def test_validation_is_predicted_once_per_weights_and_calibrated_on_the_tested_o
     tiny_config["data"] = {"manifest": str(manifest), "task": "segmentation", "patch_size": [8, 8, 8], "batch_size": 2}
     tiny_config["model"] = {"name": "unet", "channels": [4, 8], "norm": "instance"}
     tiny_config["method"] = {"name": "supervised", "threshold": "calibrate"}
-    tiny_config["optimizer"] = {"lr": 0.05}  # large steps: the validation loss moves around
     tiny_config["trainer"].update(val_every=2, max_steps=6, select_best=select_best)
     config = load_config(tiny_config)
     train(config, tmp_path / "run")
