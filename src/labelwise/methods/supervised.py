@@ -124,12 +124,12 @@ class Supervised(Method):
                 f"method.self_correct: corrects binary masks (2 classes); the data has {data.num_classes} classes "
                 f"({data.task})"
             )
-        if self.options.scales != [1.0] and (
-            data.task != "segmentation" or data.num_classes != 2 or min(self.options.scales) <= 0
-        ):
+        if min(self.options.scales) <= 0:
+            raise ConfigError(f"method.scales: {self.options.scales}: magnifications must be positive")
+        if self.options.scales != [1.0] and (data.task != "segmentation" or data.num_classes != 2):
             raise ConfigError(
-                f"method.scales: {self.options.scales}: positive magnifications of binary masks (2 classes); the "
-                f"data has {data.num_classes} classes ({data.task})"
+                f"method.scales: {self.options.scales}: magnifies binary masks (2 classes); the data has "
+                f"{data.num_classes} classes ({data.task})"
             )
         if self.options.threshold == "calibrate" and (data.task != "segmentation" or data.num_classes != 2):
             raise ConfigError(
